@@ -1,0 +1,39 @@
+# The two commands: `make demo` and `make test`. Both create the venv first.
+# GPU machines: `make venv FBGEMM=gpu` installs fbgemm-gpu in place of fbgemm-gpu-cpu.
+PYTHON ?= python3.11
+FBGEMM ?= cpu
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(FBGEMM)
+PIN_TORCH := torch==2.14.1 torchvision==0.29.1
+ifeq ($(FBGEMM),gpu)
+PIN_FBGEMM := fbgemm-gpu==1.9.0
+else
+PIN_FBGEMM := fbgemm-gpu-cpu==1.9.0
+endif
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: venv test demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(PIN_TORCH) $(PIN_FBGEMM)
+	$(BIN)/python -m pip install -q --no-deps torchrec==1.9.2
+	$(BIN)/python -m pip install -q -e ".[$(FBGEMM),test]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+demo: venv
+	$(BIN)/mmctr demo --preset small --out runs/demo
+
+bench: venv
+	$(BIN)/python -m bench.loader
+
+clean:
+	rm -rf $(VENV) runs

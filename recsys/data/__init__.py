@@ -1,0 +1,1 @@
+"""The public data format, its validator and the TorchRec batch reader."""

@@ -1,0 +1,1 @@
+"""Synthetic Taobao-like world: generator of the public data format."""

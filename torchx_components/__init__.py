@@ -1,0 +1,1 @@
+"""mmctr: torchx_components."""
