@@ -1,0 +1,193 @@
+"""Pre-training data from the public format: item content and search pairs.
+
+SCL's positive pairs come from ``searches``: (query image, purchased item's
+image) and (query text, purchased item's title); the items clicked but not
+bought in the same session are its hard negatives. Only public tables are
+read, so a real log in the same format works unchanged.
+
+Notation: ``N`` items, ``S`` sessions, ``H`` image side, ``Hn`` hard
+negatives per session (padded with -1).
+
+Example::
+
+    >>> import tempfile, pathlib
+    >>> from recsys.world.generate import generate_world
+    >>> world = pathlib.Path(tempfile.mkdtemp()) / "w"
+    >>> _ = generate_world(world, "tiny", 0)
+    >>> items = load_item_content(world)
+    >>> items.images.shape, len(items.titles)
+    ((1500, 64, 64, 3), 1500)
+    >>> pairs = load_search_pairs(world, items)
+    >>> pairs.query_images.shape[1:], pairs.hard_rows.shape[1]
+    ((64, 64, 3), 3)
+"""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from recsys.data.schema import Manifest, table_files
+
+MAX_HARD_NEGATIVES = 3  # Hn: hard negatives kept per session
+
+
+def _decode(data: bytes | None, size: int) -> np.ndarray | None:
+    """uint8 (size, size, 3), or None when the bytes are not such an image."""
+    if not data:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except Exception:  # noqa: BLE001 - any decoder failure means "not an image"
+        return None
+    return arr if arr.shape == (size, size, 3) else None
+
+
+def decode_images(blobs: list[bytes | None], size: int, what: list[str], workers: int = 2) -> np.ndarray:
+    """Decodes PNG/JPEG bytes to uint8 (N, size, size, 3) on a thread pool.
+
+    Raises:
+        ValueError: naming ``what[i]`` for the first blob that is missing, does
+            not decode, or is not ``size`` x ``size`` RGB.
+    """
+    out = np.empty((len(blobs), size, size, 3), dtype=np.uint8)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for i, arr in enumerate(pool.map(_decode, blobs, [size] * len(blobs), chunksize=256)):
+            if arr is None:
+                raise ValueError(f"{what[i]}: image missing, undecodable, or not {size}x{size} RGB")
+            out[i] = arr
+    return out
+
+
+@dataclass(frozen=True)
+class ItemContent:
+    """Every item's image and title, in ascending ``item_id`` order."""
+
+    item_ids: np.ndarray  # (N,) int64, ascending
+    images: np.ndarray  # (N, H, W, 3) uint8
+    titles: list[str]  # N titles
+
+    def rows(self, item_ids: np.ndarray) -> np.ndarray:
+        """Row of each item ID; -1 where the ID is unknown."""
+        ids = np.asarray(item_ids, dtype=np.int64)
+        pos = np.searchsorted(self.item_ids, ids)
+        pos = np.minimum(pos, len(self.item_ids) - 1)
+        return np.where(self.item_ids[pos] == ids, pos, -1)
+
+
+def load_item_content(world: Path, workers: int = 2) -> ItemContent:
+    """Reads and decodes every item's image and title.
+
+    Raises:
+        ValueError: an item without a title or a decodable image (naming the
+            file and the item).
+    """
+    size = Manifest.read(world).image_size
+    ids, titles, images = [], [], []
+    for f in table_files(world, "items"):
+        t = pq.read_table(f, columns=["item_id", "title", "image"])
+        file_ids = t["item_id"].to_numpy()
+        file_titles = t["title"].to_pylist()
+        for item_id, title in zip(file_ids, file_titles):
+            if not title or not title.strip():
+                raise ValueError(f"{f.relative_to(world)}: item {item_id}: empty or missing title")
+        what = [f"{f.relative_to(world)}: item {i}" for i in file_ids]
+        images.append(decode_images(t["image"].to_pylist(), size, what, workers))
+        ids.append(file_ids)
+        titles.extend(file_titles)
+    if not ids:
+        raise ValueError(f"{world}: no items")
+    item_ids = np.concatenate(ids).astype(np.int64)
+    order = np.argsort(item_ids, kind="stable")
+    if np.any(np.diff(item_ids[order]) == 0):
+        dup = item_ids[order][np.flatnonzero(np.diff(item_ids[order]) == 0)[0]]
+        raise ValueError(f"{world}: item {dup} appears more than once")
+    return ItemContent(item_ids[order], np.concatenate(images)[order], [titles[i] for i in order])
+
+
+@dataclass(frozen=True)
+class SearchPairs:
+    """Search sessions as training pairs, rows pointing into an ``ItemContent``."""
+
+    session_ids: np.ndarray  # (S,) int64
+    days: np.ndarray  # (S,) int32
+    query_images: np.ndarray  # (S, H, W, 3) uint8
+    query_texts: list[str]  # S texts
+    purchased_rows: np.ndarray  # (S,) int64 rows of the purchased items
+    hard_rows: np.ndarray  # (S, Hn) int64 rows of clicked-not-bought items, -1 padded
+
+    def __len__(self) -> int:
+        return len(self.session_ids)
+
+    def subset(self, mask: np.ndarray) -> "SearchPairs":
+        idx = np.flatnonzero(mask)
+        return SearchPairs(
+            self.session_ids[idx],
+            self.days[idx],
+            self.query_images[idx],
+            [self.query_texts[i] for i in idx],
+            self.purchased_rows[idx],
+            self.hard_rows[idx],
+        )
+
+
+def load_search_pairs(world: Path, items: ItemContent, workers: int = 2) -> SearchPairs:
+    """Reads every search session as a (query, purchase, hard negatives) row.
+
+    Raises:
+        ValueError: a session whose purchased or clicked item is unknown, or
+            whose query is empty (naming the file and the session).
+    """
+    size = Manifest.read(world).image_size
+    cols = ["session_id", "day", "query_text", "query_image", "clicked_item_ids", "purchased_item_id"]
+    parts: dict[str, list] = {k: [] for k in ("sid", "day", "img", "txt", "pur", "hard")}
+    for f in table_files(world, "searches"):
+        t = pq.read_table(f, columns=cols)
+        sid = t["session_id"].to_numpy()
+        name = f.relative_to(world)
+        pur = items.rows(t["purchased_item_id"].to_numpy())
+        if np.any(pur < 0):
+            i = int(np.flatnonzero(pur < 0)[0])
+            raise ValueError(
+                f"{name}: session {sid[i]}: purchased item {t['purchased_item_id'][i].as_py()} is not in items/"
+            )
+        texts = t["query_text"].to_pylist()
+        for s, q in zip(sid, texts):
+            if not q or not q.strip():
+                raise ValueError(f"{name}: session {s}: empty query_text")
+        hard = np.full((len(sid), MAX_HARD_NEGATIVES), -1, dtype=np.int64)
+        for i, clicked in enumerate(t["clicked_item_ids"].to_pylist()):
+            rows = items.rows(np.asarray(clicked[:MAX_HARD_NEGATIVES], dtype=np.int64))
+            if np.any(rows < 0):
+                raise ValueError(f"{name}: session {sid[i]}: clicked item {clicked[int(np.argmin(rows))]} is not in items/")
+            hard[i, : len(rows)] = rows
+        what = [f"{name}: session {s} query_image" for s in sid]
+        parts["img"].append(decode_images(t["query_image"].to_pylist(), size, what, workers))
+        parts["sid"].append(sid)
+        parts["day"].append(t["day"].to_numpy())
+        parts["txt"].extend(texts)
+        parts["pur"].append(pur)
+        parts["hard"].append(hard)
+    if not parts["sid"]:
+        raise ValueError(f"{world}: no search sessions")
+    return SearchPairs(
+        np.concatenate(parts["sid"]).astype(np.int64),
+        np.concatenate(parts["day"]).astype(np.int32),
+        np.concatenate(parts["img"]),
+        parts["txt"],
+        np.concatenate(parts["pur"]).astype(np.int64),
+        np.concatenate(parts["hard"]),
+    )
+
+
+def split_heldout(pairs: SearchPairs, test_day: int) -> tuple[SearchPairs, SearchPairs]:
+    """(train, held-out): sessions of the test day are held out for evaluation."""
+    held = pairs.days == test_day
+    return pairs.subset(~held), pairs.subset(held)
