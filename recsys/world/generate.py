@@ -198,8 +198,7 @@ class WorldWriter:
         lens = np.round(cfg.max_history_len * (0.15 + 0.85 * pct) * rng.uniform(0.3, 1.0, us.n)).astype(np.int64)
         lens[rng.random(us.n) < 0.05] = 0  # users with no clicks yet
         users = np.repeat(np.arange(us.n), lens)
-        leaves = np.repeat(us.sample_leaves(rng, np.arange(us.n)), 1)[users]
-        leaves = np.where(rng.random(len(users)) < 0.5, us.sample_leaves(rng, users), leaves)
+        leaves = us.sample_leaves(rng, users)
         day = cfg.first_day - 1
         cands = np.stack([self.sampler.popular_in_leaf(rng, leaves, day) for _ in range(3)], axis=1)  # (n, 3)
         score = np.einsum("nks,ns->nk", self.items.semantic[cands].astype(np.float32), us.taste[users])

@@ -1,0 +1,446 @@
+"""Reads impressions into TorchRec ``Batch``es: joined, day-filtered, sharded, prefetched.
+
+Notation:
+
+* ``B``: batch size; ``W``: world size (ranks); ``K``: DataLoader workers.
+* ``n_r``: impressions of the selected days held by rank ``r``'s row groups.
+
+What one epoch of rank ``r`` reads:
+
+1. Row groups of ``impressions/`` (files in sorted order) whose ``day``
+   statistics meet ``days``; rows of other days are filtered out exactly.
+2. Rank ``r`` takes the ``i``-th selected row group when ``i % W == r``.
+   All ranks must yield the same number of batches, or the collectives of
+   ``DistributedModelParallel`` hang, so the count comes from the Parquet
+   metadata (plus the ``day`` column of row groups that straddle a day
+   boundary), never from reading rows:
+
+   * ``drop_last=True`` (default): every rank yields ``min_r n_r // B`` full
+     batches; each rank drops its rows past that.
+   * ``drop_last=False``: every rank yields ``ceil(max_r n_r / B)`` batches
+     over ``max_r n_r`` rows, the last one partial. A rank with fewer rows
+     pads by reading its own rows again from its start (as torch's
+     ``DistributedSampler`` pads), so a few impressions count twice.
+
+3. The rank's rows are cut into batches at fixed positions; DataLoader
+   worker ``k`` of ``K`` builds a contiguous run of those batches, so it reads
+   only the row groups under them, and the batches are the same for any ``K``
+   (only their order interleaves).
+4. Each impression is joined with its user (``users/``) and item
+   (``items/``) side features through dense lookup arrays indexed by ID;
+   ``items/`` is read without its title and image columns.
+5. A background thread prepares up to ``prefetch`` batches ahead.
+
+With ``shuffle=True`` the rank's row-group order and the rows within each
+row group (the shuffle buffer) are permuted, deterministically for
+``(seed, set_epoch(epoch))``. Which row groups a rank owns never changes,
+so ``num_batches()`` does not either.
+
+Dense features (``DENSE_FEATURES``): ``position`` as float and
+``log1p(len(history_item_ids))`` of the history as written (before
+truncation). ``history_item_ids`` keeps its last (most recent)
+``max_history_len`` entries.
+
+Example::
+
+    >>> import tempfile, pathlib
+    >>> import pyarrow as pa, pyarrow.parquet as pq
+    >>> from recsys.data import schema
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ("users", "items", "impressions"):
+    ...     (root / name).mkdir()
+    >>> pq.write_table(pa.table({"user_id": [0, 1], "age_bucket": [2, 3], "gender": [0, 1],
+    ...     "city_id": [5, 6]}, schema=schema.USERS), root / "users/part-00000.parquet")
+    >>> pq.write_table(pa.table({"item_id": [0, 1], "category_id": [4, 4], "shop_id": [7, 8],
+    ...     "brand_id": [9, 9], "price_bucket": [1, 2], "created_day": [0, 0], "title": ["a", "b"],
+    ...     "image": [b"", b""]}, schema=schema.ITEMS), root / "items/part-00000.parquet")
+    >>> pq.write_table(pa.table({"day": [3, 3, 4], "user_id": [0, 1, 1], "item_id": [1, 0, 1],
+    ...     "history_item_ids": [[0, 1, 0], [], [1]], "position": [0, 2, 1],
+    ...     "label": [1.0, 0.0, 0.0]}, schema=schema.IMPRESSIONS),
+    ...     root / "impressions/day-0003-part-00000.parquet")
+    >>> ranges = {"user_id": 2, "item_id": 2, "age_bucket": 4, "gender": 2, "city_id": 7,
+    ...     "category_id": 5, "shop_id": 9, "brand_id": 10, "price_bucket": 3}
+    >>> schema.Manifest(format_version=1, preset="doc", seed=0, counts={}, id_ranges=ranges,
+    ...     first_day=3, last_day=4, max_history_len=3, image_size=8).write(root)
+    >>> reader = ImpressionReader(root, ReaderConfig(batch_size=2, days=[3], max_history_len=2))
+    >>> reader.num_batches()
+    1
+    >>> (batch,) = list(reader)
+    >>> batch.dense_features  # position, log1p(history length)
+    tensor([[0.0000, 1.3863],
+            [2.0000, 0.0000]])
+    >>> batch.sparse_features["history_item_ids"].to_dense()  # the last 2 of [0, 1, 0]
+    [tensor([1, 0]), tensor([], dtype=torch.int64)]
+    >>> batch.sparse_features["shop_id"].values(), batch.labels
+    (tensor([8, 7]), tensor([1., 0.]))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys.data.prefetch import prefetch
+from recsys.data.batch import DENSE_FEATURES, SINGLE_FEATURES, SPARSE_FEATURES, Batch
+from recsys.data.schema import Manifest, table_files
+
+# Side features joined from users/ and items/, in `SINGLE_FEATURES` order.
+USER_SIDE: tuple[str, ...] = ("age_bucket", "gender", "city_id")
+ITEM_SIDE: tuple[str, ...] = ("shop_id", "brand_id", "category_id", "price_bucket")
+IMPRESSION_COLUMNS: tuple[str, ...] = ("day", "user_id", "item_id", "history_item_ids", "position", "label")
+
+_S = len(SINGLE_FEATURES)
+if SINGLE_FEATURES != ("user_id", *USER_SIDE, "item_id", *ITEM_SIDE):
+    raise ImportError("recsys.data.batch.SINGLE_FEATURES no longer matches the reader's join order")
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """How ``ImpressionReader`` reads (fields documented inline)."""
+
+    batch_size: int = 4096  # B: impressions per batch
+    days: tuple[int, ...] | range | None = None  # impression days to read; None = every day
+    rank: int = 0  # this process's rank, 0 <= rank < world_size
+    world_size: int = 1  # W: ranks reading disjoint row groups
+    shuffle: bool = False  # permute row-group order and rows within each row group
+    seed: int = 0  # shuffle seed, combined with the epoch of `set_epoch`
+    prefetch: int = 2  # batches a background thread prepares ahead; 0 = no thread
+    drop_last: bool = True  # True: drop rows past min_r n_r // B batches; False: pad (module doc)
+    max_history_len: int | None = None  # keep the last this many history items; None = manifest's
+
+    def __post_init__(self) -> None:
+        if self.days is not None and not isinstance(self.days, range):
+            object.__setattr__(self, "days", tuple(int(d) for d in self.days))  # lists stay hashable
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={self.rank}, world_size={self.world_size}")
+        if self.prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0 (0 = no thread), got {self.prefetch}")
+        if self.max_history_len is not None and self.max_history_len < 0:
+            raise ValueError(f"max_history_len must be >= 0 or None, got {self.max_history_len}")
+
+
+@dataclass(frozen=True)
+class _RowGroup:
+    """A selected row group of one impressions file."""
+
+    file: int  # index into the sorted impressions files
+    index: int  # row group index within the file
+    rows: int  # rows of the selected days
+    whole: bool  # every row is of a selected day (no row filter needed)
+
+
+@dataclass(frozen=True)
+class _Block:
+    """The selected rows of one row group, joined and truncated, columnar (n rows)."""
+
+    single: np.ndarray  # int64 (S, n): rows as SINGLE_FEATURES
+    dense: np.ndarray  # float32 (n, F): columns as DENSE_FEATURES
+    labels: np.ndarray  # float32 (n,)
+    hist_offsets: np.ndarray  # int64 (n + 1,), hist_offsets[0] == 0
+    hist_values: np.ndarray  # int64 (hist_offsets[-1],)
+
+
+class ImpressionReader(IterableDataset[Batch]):
+    """Impressions of a dataset directory as an iterable of ``Batch`` (see module doc).
+
+    Use directly (``for batch in reader``) or through
+    ``DataLoader(reader, batch_size=None, num_workers=K)``; either way each
+    epoch yields ``num_batches()`` batches on every rank.
+
+    Args:
+        root (Path): dataset directory in the format of ``recsys.data.schema``.
+        config (ReaderConfig): batch size, days, sharding, shuffle, prefetch.
+    """
+
+    def __init__(self, root: Path, config: ReaderConfig = ReaderConfig()) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.config = config
+        self.manifest = Manifest.read(self.root)
+        self.max_history_len = (
+            self.manifest.max_history_len if config.max_history_len is None else config.max_history_len
+        )
+        self._days = None if config.days is None else np.unique(np.asarray(list(config.days), dtype=np.int64))
+        self._files = table_files(self.root, "impressions")
+        selected = self._select_row_groups()
+        W = config.world_size
+        self._rank_rows = tuple(sum(rg.rows for rg in selected[r::W]) for r in range(W))
+        self._shard = selected[config.rank :: W]
+        self._rows, self._num_batches = _plan(self._rank_rows, config.batch_size, config.drop_last)
+        ranges = self.manifest.id_ranges
+        self._users = _lookup(self.root, "users", "user_id", USER_SIDE, ranges)
+        self._items = _lookup(self.root, "items", "item_id", ITEM_SIDE, ranges)
+        self._epoch = 0
+
+    def num_batches(self) -> int:
+        """Batches per epoch, the same on every rank."""
+        return self._num_batches
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+    @property
+    def rank_rows(self) -> tuple[int, ...]:
+        """Impressions of the selected days held by each rank's row groups (n_r)."""
+        return self._rank_rows
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseeds the shuffle (call before each epoch, as with ``DistributedSampler``).
+
+        DataLoader workers see it only if they are started after the call
+        (the default, ``persistent_workers=False``).
+        """
+        self._epoch = epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        batches = self._batches()
+        if self.config.prefetch == 0:
+            return batches
+        return prefetch(batches, self.config.prefetch)
+
+    # -- planning (metadata only) -------------------------------------------
+
+    def _select_row_groups(self) -> list[_RowGroup]:
+        days = self._days
+        out: list[_RowGroup] = []
+        for fi, path in enumerate(self._files):
+            meta = pq.read_metadata(path)
+            file: pq.ParquetFile | None = None  # opened for straddling row groups only
+            day_col = _leaf_index(meta, "day", path)
+            for gi in range(meta.num_row_groups):
+                group = meta.row_group(gi)
+                n = group.num_rows
+                if n == 0:
+                    continue
+                if days is None:
+                    out.append(_RowGroup(fi, gi, n, True))
+                    continue
+                stats = group.column(day_col).statistics
+                if stats is not None and stats.has_min_max:
+                    lo, hi = int(stats.min), int(stats.max)
+                    inside = int(np.searchsorted(days, hi, "right") - np.searchsorted(days, lo, "left"))
+                    if inside == 0:
+                        continue
+                    if inside == hi - lo + 1:
+                        out.append(_RowGroup(fi, gi, n, True))
+                        continue
+                # Straddles a day boundary (or has no statistics): count exactly.
+                file = file or pq.ParquetFile(path)
+                day = file.read_row_group(gi, columns=["day"]).column(0).to_numpy()
+                k = int(np.isin(day, days).sum())
+                if k:
+                    out.append(_RowGroup(fi, gi, k, k == n))
+        return out
+
+    def _order(self) -> list[_RowGroup]:
+        """This rank's row groups in this epoch's read order."""
+        if not self.config.shuffle:
+            return list(self._shard)
+        rng = np.random.default_rng((self.config.seed, self._epoch, self.config.rank))
+        return [self._shard[i] for i in rng.permutation(len(self._shard))]
+
+    # -- reading -------------------------------------------------------------
+
+    def _batches(self) -> Iterator[Batch]:
+        B = self.config.batch_size
+        info = get_worker_info()
+        k, K = (0, 1) if info is None else (info.id, info.num_workers)
+        first, last = k * self._num_batches // K, (k + 1) * self._num_batches // K
+        start, stop = first * B, min(last * B, self._rows)
+        order = self._order()
+        files: dict[int, pq.ParquetFile] = {}
+        cached: tuple[int, _Block] | None = None
+        pieces: list[tuple[_Block, int, int]] = []
+        filled = 0
+        for j, lo, hi in _segments([rg.rows for rg in order], start, stop):
+            if cached is None or cached[0] != j:
+                rg = order[j]
+                if rg.file not in files:
+                    files[rg.file] = pq.ParquetFile(self._files[rg.file])
+                cached = (j, self._load(files[rg.file], rg))
+            block = cached[1]
+            while lo < hi:
+                take = min(hi - lo, B - filled)
+                pieces.append((block, lo, lo + take))
+                filled += take
+                lo += take
+                if filled == B:
+                    yield _assemble(pieces)
+                    pieces, filled = [], 0
+        if pieces:
+            yield _assemble(pieces)
+
+    def _load(self, file: pq.ParquetFile, rg: _RowGroup) -> _Block:
+        where = f"{self._files[rg.file]} (row group {rg.index})"
+        table = file.read_row_group(rg.index, columns=list(IMPRESSION_COLUMNS))
+        n = table.num_rows
+        rows: np.ndarray | None = None  # selected row indices; None = all, in order
+        if not rg.whole:
+            rows = np.flatnonzero(np.isin(_column(table, "day", where), self._days))
+        if self.config.shuffle:
+            rng = np.random.default_rng((self.config.seed, self._epoch, rg.file, rg.index))
+            perm = rng.permutation(n if rows is None else len(rows))
+            rows = perm if rows is None else rows[perm]
+        user = _take(_column(table, "user_id", where), rows).astype(np.int64, copy=False)
+        item = _take(_column(table, "item_id", where), rows).astype(np.int64, copy=False)
+        position = _take(_column(table, "position", where), rows).astype(np.float32)
+        labels = _take(_column(table, "label", where), rows).astype(np.float32)
+        hist = table.column("history_item_ids").combine_chunks()
+        if hist.null_count or hist.values.null_count:
+            raise ValueError(f"{where}: column 'history_item_ids' has nulls; expected lists of item IDs")
+        full_len, offsets, values = _jagged_take(
+            hist.offsets.to_numpy(), hist.values.to_numpy(), rows, self.max_history_len
+        )
+        m = len(user)
+        single = np.empty((_S, m), dtype=np.int64)
+        single[0] = user
+        single[1 : 1 + len(USER_SIDE)] = _join(self._users, user, "user_id", "users", where)
+        single[1 + len(USER_SIDE)] = item
+        single[2 + len(USER_SIDE) :] = _join(self._items, item, "item_id", "items", where)
+        _check_range(values, self.manifest.id_ranges["item_id"], "history_item_ids", where)
+        dense = np.empty((m, len(DENSE_FEATURES)), dtype=np.float32)
+        dense[:, 0] = position
+        dense[:, 1] = np.log1p(full_len)
+        return _Block(single, dense, labels, offsets, values)
+
+
+def _plan(rank_rows: tuple[int, ...], batch_size: int, drop_last: bool) -> tuple[int, int]:
+    """(rows each rank reads, batches each rank yields), from the per-rank row counts."""
+    if drop_last:
+        batches = min(rank_rows) // batch_size
+        return batches * batch_size, batches
+    rows = max(rank_rows)
+    if rows and min(rank_rows) == 0:
+        empty = [r for r, n in enumerate(rank_rows) if n == 0]
+        raise ValueError(
+            f"ranks {empty} hold no rows of the selected days, so they cannot pad to {rows} rows "
+            f"(drop_last=False); use fewer ranks, more row groups or drop_last=True"
+        )
+    return rows, math.ceil(rows / batch_size)
+
+
+def _segments(sizes: list[int], start: int, stop: int) -> Iterator[tuple[int, int, int]]:
+    """(row group j, first row, end row) covering stream rows [start, stop); wraps past the end."""
+    cum = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+    total = int(cum[-1])
+    p = start
+    while p < stop:
+        q = p % total
+        j = int(np.searchsorted(cum, q, "right")) - 1
+        take = min(int(cum[j + 1]) - q, stop - p)
+        yield j, q - int(cum[j]), q - int(cum[j]) + take
+        p += take
+
+
+def _assemble(pieces: list[tuple[_Block, int, int]]) -> Batch:
+    """One Batch from row ranges of blocks (copies; no reference to the blocks survives)."""
+    values = [blk.single[s, a:b] for s in range(_S) for blk, a, b in pieces]
+    values += [blk.hist_values[blk.hist_offsets[a] : blk.hist_offsets[b]] for blk, a, b in pieces]
+    B = sum(b - a for _, a, b in pieces)
+    lengths = np.empty((_S + 1) * B, dtype=np.int32)
+    lengths[: _S * B] = 1
+    np.concatenate([np.diff(blk.hist_offsets[a : b + 1]) for blk, a, b in pieces], out=lengths[_S * B :], casting="unsafe")
+    user_ids = np.concatenate([blk.single[0, a:b] for blk, a, b in pieces])
+    item_ids = np.concatenate([blk.single[1 + len(USER_SIDE), a:b] for blk, a, b in pieces])
+    kjt = KeyedJaggedTensor(
+        keys=list(SPARSE_FEATURES),
+        values=torch.from_numpy(np.concatenate(values)),
+        lengths=torch.from_numpy(lengths),
+        stride=B,
+    )
+    return Batch(
+        dense_features=torch.from_numpy(np.concatenate([blk.dense[a:b] for blk, a, b in pieces])),
+        sparse_features=kjt,
+        labels=torch.from_numpy(np.concatenate([blk.labels[a:b] for blk, a, b in pieces])),
+        user_ids=torch.from_numpy(user_ids),
+        item_ids=torch.from_numpy(item_ids),
+    )
+
+
+def _jagged_take(
+    offsets: np.ndarray, values: np.ndarray, rows: np.ndarray | None, max_len: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Selects ``rows`` of a list column, keeping each list's last ``max_len`` entries.
+
+    Returns (full lengths (n,), new offsets (n + 1,) from 0, new values), vectorised.
+    """
+    starts, ends = offsets[:-1].astype(np.int64), offsets[1:].astype(np.int64)
+    if rows is not None:
+        starts, ends = starts[rows], ends[rows]
+    full = ends - starts
+    keep = np.minimum(full, max_len)
+    new_offsets = np.zeros(len(keep) + 1, dtype=np.int64)
+    np.cumsum(keep, out=new_offsets[1:])
+    if rows is None and len(full) and int(full.max()) <= max_len:
+        # Whole row group in order, nothing to cut: one contiguous slice.
+        return full, new_offsets, values[starts[0] : ends[-1]].astype(np.int64, copy=False)
+    src = np.repeat(ends - keep - new_offsets[:-1], keep) + np.arange(new_offsets[-1], dtype=np.int64)
+    return full, new_offsets, values[src].astype(np.int64, copy=False)
+
+
+def _take(array: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    return array if rows is None else array[rows]
+
+
+def _column(table: pa.Table, name: str, where: str) -> np.ndarray:
+    """A flat column as numpy; raises ValueError on nulls or NaN."""
+    column = table.column(name)
+    if column.null_count:
+        raise ValueError(f"{where}: column {name!r} has {column.null_count} null(s); expected none")
+    array = column.to_numpy()
+    if array.dtype.kind == "f" and np.isnan(array).any():
+        raise ValueError(f"{where}: column {name!r} has NaN value(s); expected finite numbers")
+    return array
+
+
+def _check_range(ids: np.ndarray, size: int, name: str, where: str) -> None:
+    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= size):
+        bad = ids[(ids < 0) | (ids >= size)][0]
+        raise ValueError(f"{where}: {name} {bad} outside the manifest ID range [0, {size})")
+
+
+def _join(table: np.ndarray, ids: np.ndarray, key: str, side: str, where: str) -> np.ndarray:
+    """Side features (k, n) of ``ids`` from a lookup array (k, id range); -1 marks no row."""
+    _check_range(ids, table.shape[1], key, where)
+    out = table[:, ids]
+    if len(ids) and int(out.min()) < 0:
+        missing = ids[(out < 0).any(axis=0)][0]
+        raise ValueError(f"{where}: {key} {missing} has no row in {side}/")
+    return out
+
+
+def _lookup(root: Path, table: str, key: str, columns: tuple[str, ...], ranges: dict[str, int]) -> np.ndarray:
+    """Dense lookup array (len(columns), id_ranges[key]) of a side table; -1 where no row.
+
+    Reads only ``key`` and ``columns`` (never titles or images).
+    """
+    size = ranges[key]
+    limit = max([size] + [ranges[c] for c in columns])
+    out = np.full((len(columns), size), -1, dtype=np.int32 if limit < 2**31 else np.int64)
+    for path in table_files(root, table):
+        part = pq.read_table(path, columns=[key, *columns])
+        ids = _column(part, key, str(path))
+        _check_range(ids, size, key, str(path))
+        for c, name in enumerate(columns):
+            values = _column(part, name, str(path))
+            _check_range(values, ranges[name], name, str(path))
+            out[c, ids] = values
+    return out
+
+
+def _leaf_index(meta: pq.FileMetaData, name: str, path: Path) -> int:
+    for i in range(meta.num_columns):
+        if meta.schema.column(i).path == name:
+            return i
+    raise ValueError(f"{path}: no column {name!r}; impressions need {list(IMPRESSION_COLUMNS)}")

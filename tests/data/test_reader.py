@@ -1,0 +1,376 @@
+"""ImpressionReader against a plain per-row pyarrow reference."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from recsys.data import schema
+from recsys.data.batch import DENSE_FEATURES, SINGLE_FEATURES, SPARSE_FEATURES, Batch
+from recsys.data.prefetch import prefetch
+from recsys.data.reader import ImpressionReader, ReaderConfig
+from recsys.data.schema import Manifest, table_files
+
+RANGES = {
+    "user_id": 9,
+    "item_id": 13,
+    "age_bucket": 7,
+    "gender": 3,
+    "city_id": 11,
+    "shop_id": 17,
+    "brand_id": 19,
+    "category_id": 23,
+    "price_bucket": 5,
+}
+MAX_HIST = 6
+# Impression files: name -> day of each row. One file mixes days 2 and 3, so
+# some of its row groups straddle a day boundary.
+FILES = {
+    "day-0001-part-00000": [1] * 23,
+    "day-0002-part-00000": [2] * 17,
+    "day-0002-part-00001": [2, 3] * 6,
+    "day-0003-part-00000": [3] * 9,
+}
+N_ROWS = sum(len(d) for d in FILES.values())
+THREAD = "mmctr-reader-prefetch"
+
+
+def write_dataset(root: Path, files: dict[str, list[int]] = FILES, row_group_size: int = 5, seed: int = 0) -> Path:
+    """A small dataset in the public format; ``position`` is the global row number (unique)."""
+    rng = np.random.default_rng(seed)
+    users = pa.table(
+        {
+            "user_id": rng.permutation(RANGES["user_id"]),
+            **{c: rng.integers(0, RANGES[c], RANGES["user_id"]) for c in ("age_bucket", "gender", "city_id")},
+        },
+        schema=schema.USERS,
+    )
+    n_items = RANGES["item_id"]
+    items = pa.table(
+        {
+            "item_id": rng.permutation(n_items),
+            **{c: rng.integers(0, RANGES[c], n_items) for c in ("category_id", "shop_id", "brand_id", "price_bucket")},
+            "created_day": np.zeros(n_items, dtype=np.int32),
+            "title": [f"item {i}" for i in range(n_items)],
+            "image": [b"\x89PNG" for _ in range(n_items)],
+        },
+        schema=schema.ITEMS,
+    )
+    for name in ("users", "items", "impressions"):
+        (root / name).mkdir(parents=True)
+    # Side tables in two files each, rows in shuffled ID order.
+    for part, table in enumerate([users.slice(0, 4), users.slice(4)]):
+        pq.write_table(table, root / f"users/part-{part:05d}.parquet")
+    for part, table in enumerate([items.slice(0, 6), items.slice(6)]):
+        pq.write_table(table, root / f"items/part-{part:05d}.parquet")
+    row = 0
+    for name, days in files.items():
+        n = len(days)
+        lengths = rng.integers(0, MAX_HIST + 1, n)
+        table = pa.table(
+            {
+                "day": np.asarray(days, dtype=np.int32),
+                "user_id": rng.integers(0, RANGES["user_id"], n),
+                "item_id": rng.integers(0, n_items, n),
+                "history_item_ids": [rng.integers(0, n_items, k).tolist() for k in lengths],
+                "position": np.arange(row, row + n, dtype=np.int32),
+                "label": rng.integers(0, 2, n).astype(np.float32),
+            },
+            schema=schema.IMPRESSIONS,
+        )
+        pq.write_table(table, root / f"impressions/{name}.parquet", row_group_size=row_group_size)
+        row += n
+    all_days = [d for days in files.values() for d in days]
+    Manifest(
+        format_version=schema.FORMAT_VERSION,
+        preset="test",
+        seed=seed,
+        counts={"users": RANGES["user_id"], "items": n_items, "impressions": row, "searches": 0},
+        id_ranges=dict(RANGES),
+        first_day=min(all_days),
+        last_day=max(all_days),
+        max_history_len=MAX_HIST,
+        image_size=8,
+    ).write(root)
+    return root
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return write_dataset(tmp_path / "ds")
+
+
+def reference_rows(root: Path, days: set[int] | None = None, max_len: int | None = None) -> list[dict]:
+    """The expected rows: a plain Python loop over ``to_pylist`` joined through dicts."""
+    keep = Manifest.read(root).max_history_len if max_len is None else max_len
+    users = {r["user_id"]: r for f in table_files(root, "users") for r in pq.read_table(f).to_pylist()}
+    items = {r["item_id"]: r for f in table_files(root, "items") for r in pq.read_table(f).to_pylist()}
+    rows = []
+    for path in table_files(root, "impressions"):
+        for r in pq.read_table(path).to_pylist():
+            if days is not None and r["day"] not in days:
+                continue
+            user, item, hist = users[r["user_id"]], items[r["item_id"]], r["history_item_ids"]
+            row = {
+                "position": float(r["position"]),
+                "log_history_len": math.log1p(len(hist)),
+                "label": r["label"],
+                "history_item_ids": hist[max(len(hist) - keep, 0) :],
+            }
+            row |= {k: r[k] for k in ("user_id", "item_id")}
+            row |= {k: user[k] for k in ("age_bucket", "gender", "city_id")}
+            row |= {k: item[k] for k in ("shop_id", "brand_id", "category_id", "price_bucket")}
+            rows.append(row)
+    return rows
+
+
+def batch_rows(batch: Batch) -> list[dict]:
+    """A Batch back as rows, checking its layout on the way."""
+    B = batch.batch_size
+    kjt = batch.sparse_features
+    assert kjt.keys() == list(SPARSE_FEATURES)
+    assert kjt.stride() == B
+    assert batch.dense_features.shape == (B, len(DENSE_FEATURES))
+    assert batch.dense_features.dtype == torch.float32 and batch.labels.dtype == torch.float32
+    assert kjt.values().dtype == torch.int64
+    per_key = {k: [t.tolist() for t in jt.to_dense()] for k, jt in kjt.to_dict().items()}
+    rows = []
+    for i in range(B):
+        row = {
+            "position": batch.dense_features[i, 0].item(),
+            "log_history_len": batch.dense_features[i, 1].item(),
+            "label": batch.labels[i].item(),
+            "history_item_ids": per_key["history_item_ids"][i],
+        }
+        for k in SINGLE_FEATURES:
+            (row[k],) = per_key[k][i]  # exactly one ID
+        assert batch.user_ids[i].item() == row["user_id"] and batch.item_ids[i].item() == row["item_id"]
+        rows.append(row)
+    return rows
+
+
+def read_rows(batches: object) -> list[dict]:
+    return [row for batch in batches for row in batch_rows(batch)]
+
+
+def key(row: dict) -> tuple:
+    """A hashable row with the float32 log rounded, for multiset comparisons."""
+    return tuple((k, tuple(v) if isinstance(v, list) else round(v, 5)) for k, v in sorted(row.items()))
+
+
+def assert_rows_equal(got: list[dict], want: list[dict]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g["log_history_len"] == pytest.approx(w["log_history_len"], rel=1e-6)
+        assert {k: v for k, v in g.items() if k != "log_history_len"} == {
+            k: v for k, v in w.items() if k != "log_history_len"
+        }
+
+
+@pytest.mark.parametrize("max_len", [None, 2, 0])
+@pytest.mark.parametrize("prefetch_depth", [0, 2])
+def test_batches_equal_parquet_rows(dataset: Path, max_len: int | None, prefetch_depth: int) -> None:
+    config = ReaderConfig(batch_size=7, drop_last=False, prefetch=prefetch_depth, max_history_len=max_len)
+    reader = ImpressionReader(dataset, config)
+    batches = list(reader)
+    assert len(batches) == reader.num_batches() == len(reader) == math.ceil(N_ROWS / 7)
+    assert [b.batch_size for b in batches] == [7] * (N_ROWS // 7) + [N_ROWS % 7]
+    assert_rows_equal(read_rows(batches), reference_rows(dataset, max_len=max_len))
+
+
+def test_history_keeps_most_recent(dataset: Path) -> None:
+    rows = read_rows(ImpressionReader(dataset, ReaderConfig(batch_size=64, drop_last=False, max_history_len=2)))
+    full = {r["position"]: r["history_item_ids"] for r in reference_rows(dataset)}
+    assert any(len(h) > 2 for h in full.values())
+    for row in rows:
+        assert row["history_item_ids"] == full[row["position"]][-2:]
+        assert row["log_history_len"] == pytest.approx(math.log1p(len(full[row["position"]])), rel=1e-6)
+
+
+def test_drop_last_yields_full_batches(dataset: Path) -> None:
+    reader = ImpressionReader(dataset, ReaderConfig(batch_size=8))
+    batches = list(reader)
+    assert len(batches) == reader.num_batches() == N_ROWS // 8
+    assert all(b.batch_size == 8 for b in batches)
+    assert_rows_equal(read_rows(batches), reference_rows(dataset)[: N_ROWS // 8 * 8])
+
+
+@pytest.mark.parametrize("days", [{1}, {2}, {3}, {2, 3}, {1, 3}, {7}])
+def test_day_filter(dataset: Path, days: set[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Which row groups hold a selected day, read before the reader runs.
+    wanted = 0
+    for path in table_files(dataset, "impressions"):
+        file = pq.ParquetFile(path)
+        for i in range(file.num_row_groups):
+            wanted += bool(set(file.read_row_group(i, columns=["day"]).column(0).to_pylist()) & days)
+    reads: list[set[int]] = []
+    original = pq.ParquetFile.read_row_group
+
+    def spy(self: pq.ParquetFile, i: int, columns: list[str] | None = None, **kw: object) -> pa.Table:
+        table = original(self, i, columns=columns, **kw)
+        if columns and "user_id" in columns:
+            reads.append(set(table.column("day").to_pylist()))
+        return table
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
+    reader = ImpressionReader(dataset, ReaderConfig(batch_size=4, days=sorted(days), drop_last=False, prefetch=0))
+    got = read_rows(reader)
+    assert_rows_equal(got, reference_rows(dataset, days=days))
+    assert len(reads) == wanted  # statistics skipped every row group without a selected day
+    assert all(r & days for r in reads)
+
+
+def test_day_filter_accepts_range(dataset: Path) -> None:
+    reader = ImpressionReader(dataset, ReaderConfig(batch_size=4, days=range(2, 4), drop_last=False))
+    assert_rows_equal(read_rows(reader), reference_rows(dataset, days={2, 3}))
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_rank_sharding(dataset: Path, drop_last: bool) -> None:
+    B, W = 4, 2
+    readers = [ImpressionReader(dataset, ReaderConfig(B, rank=r, world_size=W, drop_last=drop_last)) for r in range(W)]
+    n = readers[0].rank_rows
+    assert sum(n) == N_ROWS and n[0] != n[1]  # unequal shards: the interesting case
+    per_rank = [read_rows(r) for r in readers]
+    counts = {r.num_batches() for r in readers}
+    assert len(counts) == 1
+    for reader in readers:
+        assert len(list(reader)) == reader.num_batches()
+    keys = [Counter(key(row) for row in rows) for rows in per_rank]
+    assert not set(keys[0]) & set(keys[1])  # ranks read disjoint rows
+    if drop_last:
+        assert counts == {min(n) // B}
+        assert all(len(rows) == min(n) // B * B for rows in per_rank)
+    else:
+        assert counts == {math.ceil(max(n) / B)}
+        assert all(len(rows) == max(n) for rows in per_rank)  # the short rank pads
+        assert set(keys[0]) | set(keys[1]) == {key(row) for row in reference_rows(dataset)}
+
+
+def test_padding_needs_rows_on_every_rank(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "ds", files={"day-0001-part-00000": [1] * 3}, row_group_size=5)
+    with pytest.raises(ValueError, match=r"ranks \[1\] hold no rows"):
+        ImpressionReader(root, ReaderConfig(batch_size=2, rank=0, world_size=2, drop_last=False))
+    assert ImpressionReader(root, ReaderConfig(batch_size=2, rank=1, world_size=2)).num_batches() == 0
+
+
+def test_shuffle_is_deterministic_and_complete(dataset: Path) -> None:
+    def rows(seed: int, epoch: int) -> list[dict]:
+        reader = ImpressionReader(dataset, ReaderConfig(batch_size=5, shuffle=True, seed=seed, drop_last=False))
+        reader.set_epoch(epoch)
+        return read_rows(reader)
+
+    plain = read_rows(ImpressionReader(dataset, ReaderConfig(batch_size=5, drop_last=False)))
+    a, b, c = rows(0, 0), rows(0, 0), rows(0, 1)
+    assert a == b
+    assert a != plain and a != c
+    assert Counter(map(key, a)) == Counter(map(key, plain)) == Counter(map(key, c))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_dataloader_yields_same_rows(dataset: Path, num_workers: int, drop_last: bool) -> None:
+    config = ReaderConfig(batch_size=4, rank=1, world_size=2, drop_last=drop_last)
+    reader = ImpressionReader(dataset, config)
+    direct = read_rows(reader)
+    loader = DataLoader(reader, batch_size=None, num_workers=num_workers)
+    batches = list(loader)
+    assert len(batches) == reader.num_batches()
+    assert all(isinstance(b, Batch) for b in batches)
+    assert Counter(map(key, read_rows(batches))) == Counter(map(key, direct))
+
+
+@pytest.mark.parametrize("column", ["position", "label"])
+def test_nan_dense_source_raises(tmp_path: Path, column: str) -> None:
+    root = write_dataset(tmp_path / "ds")
+    path = root / "impressions/day-0002-part-00000.parquet"
+    table = pq.read_table(path)
+    values = table.column(column).to_numpy().astype(np.float64)
+    values[3] = np.nan
+    table = table.set_column(table.schema.get_field_index(column), column, pa.array(values))
+    pq.write_table(table, path, row_group_size=5)
+    with pytest.raises(ValueError, match=rf"day-0002-part-00000\.parquet.*'{column}'.*NaN"):
+        list(ImpressionReader(root, ReaderConfig(batch_size=4, prefetch=2)))  # raised in the thread
+
+
+def test_unknown_user_raises(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "ds")
+    (root / "users/part-00001.parquet").unlink()
+    with pytest.raises(ValueError, match=r"user_id \d+ has no row in users/"):
+        list(ImpressionReader(root, ReaderConfig(batch_size=4)))
+
+
+def test_side_tables_skip_content_columns(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[list[str] | None] = []
+    original = pq.read_table
+
+    def spy(source: object, columns: list[str] | None = None, **kw: object) -> pa.Table:
+        asked.append(columns)
+        return original(source, columns=columns, **kw)
+
+    monkeypatch.setattr(pq, "read_table", spy)
+    ImpressionReader(dataset, ReaderConfig())
+    assert asked and all(c is not None and not {"image", "title"} & set(c) for c in asked)
+
+
+def test_prefetch_propagates_worker_exception() -> None:
+    def source():  # noqa: ANN202
+        yield 1
+        raise RuntimeError("boom in the worker")
+
+    got = []
+    with pytest.raises(RuntimeError, match="boom in the worker"):
+        for item in prefetch(source(), depth=2):
+            got.append(item)
+    assert got == [1]
+    assert not [t for t in threading.enumerate() if t.name == THREAD]
+
+
+def test_early_stop_leaves_no_thread(dataset: Path) -> None:
+    reader = ImpressionReader(dataset, ReaderConfig(batch_size=2, prefetch=2))
+    for _ in reader:
+        assert [t for t in threading.enumerate() if t.name == THREAD]
+        break
+    assert not [t for t in threading.enumerate() if t.name == THREAD]
+    it = iter(reader)
+    next(it)
+    it.close()
+    assert not [t for t in threading.enumerate() if t.name == THREAD]
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="rank"):
+        ReaderConfig(rank=2, world_size=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        ReaderConfig(batch_size=0)
+    with pytest.raises(ValueError, match="prefetch"):
+        ReaderConfig(prefetch=-1)
+
+
+def test_batch_to_and_pin_memory(dataset: Path) -> None:
+    batch = next(iter(ImpressionReader(dataset, ReaderConfig(batch_size=6, prefetch=0))))
+    moved = batch.to(torch.device("cpu"))
+    assert batch_rows(moved) == batch_rows(batch)
+    if torch.cuda.is_available():
+        pinned = batch.pin_memory()
+        assert pinned.dense_features.is_pinned() and pinned.sparse_features.values().is_pinned()
+        back = pinned.to(torch.device("cuda"), non_blocking=True).to(torch.device("cpu"))
+        assert batch_rows(back) == batch_rows(batch)
+
+
+def test_generated_tiny_world(tiny_world: Path) -> None:
+    manifest = Manifest.read(tiny_world)
+    reader = ImpressionReader(tiny_world, ReaderConfig(batch_size=4096, drop_last=False))
+    assert_rows_equal(read_rows(reader), reference_rows(tiny_world))
+    test_day = ImpressionReader(tiny_world, ReaderConfig(batch_size=512, days=[manifest.test_day], drop_last=False))
+    rows = read_rows(test_day)
+    assert rows and len(rows) == len(reference_rows(tiny_world, days={manifest.test_day}))
