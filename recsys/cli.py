@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,30 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pretrain.config import SclConfig, load_config
+    from pretrain.train import run_pretrain
+
+    cfg = load_config(args.config) if args.config else SclConfig()
+    if args.max_steps is not None:
+        cfg = dataclasses.replace(cfg, max_steps=args.max_steps)
+    stats = run_pretrain(args.world, args.out, args.method, cfg, args.checkpoint_every, progress=not args.quiet)
+    print(f"pretrain {args.method}: {stats}")
+    return 0
+
+
+def _cmd_pretrain_eval(args: argparse.Namespace) -> int:
+    from pretrain.evaluate import evaluate_runs, format_table
+
+    results = evaluate_runs(args.world, args.runs)
+    print(format_table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The main job: today, world generation, validation and a summary."""
     world = args.out / "world"
@@ -75,6 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="counts, click rate, cold-start share of a dataset")
     p.add_argument("directory", type=Path, help="dataset directory")
     p.set_defaults(fn=_cmd_summary)
+
+    p = sub.add_parser("pretrain", help="SCL (or CLIP-style) pre-training; exports the item vector table")
+    p.add_argument("--method", choices=["scl", "clip", "random"], default="scl", help="training recipe (default: scl)")
+    p.add_argument("--world", type=Path, required=True, help="dataset directory")
+    p.add_argument("--out", type=Path, required=True, help="run directory (resumes from its checkpoint)")
+    p.add_argument("--config", type=Path, help="YAML/TOML file of SclConfig values")
+    p.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
+    p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default: 200)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=_cmd_pretrain)
+
+    p = sub.add_parser("pretrain-eval", help="query->purchase recall and neighbour purity of pre-trained runs")
+    p.add_argument("--world", type=Path, required=True, help="dataset directory")
+    p.add_argument("--runs", type=Path, nargs="+", required=True, help="pretrain run directories")
+    p.add_argument("--json", type=Path, help="also write the table as JSON here")
+    p.set_defaults(fn=_cmd_pretrain_eval)
 
     p = sub.add_parser("demo", help="the main job (see README)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="world size (default: small)")

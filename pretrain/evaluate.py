@@ -1,0 +1,138 @@
+"""``mmctr pretrain-eval``: how well item vectors match what shoppers mean.
+
+On held-out search sessions (the test day's), each run's encoder embeds the
+query image and the query text; the purchased item is retrieved among all
+items by cosine similarity against the run's item image vectors (image
+queries) and item title vectors (text queries): recall@1 and recall@10. The
+category purity of each item's 10 nearest neighbours (fused item vectors,
+the item itself excluded) is measured on a fixed sample of items.
+
+Notation: ``Q`` held-out queries, ``N`` items, ``D`` dims.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from pretrain.data import decode_images
+from pretrain.towers import build_tokenizer
+from pretrain.config import TowerConfig
+from pretrain.train import ENCODER_FILE, MODALITY_FILES, load_encoder
+from recsys.data.schema import Manifest, table_files
+from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, read_item_vectors
+
+PURITY_SAMPLE = 5_000  # items whose neighbours are checked
+PURITY_K = 10
+RECALL_KS = (1, 10)
+SCORE_CHUNK = 1_024  # queries scored against all items at once
+
+
+def recall_at_k(queries: np.ndarray, items: np.ndarray, target_rows: np.ndarray, ks: tuple[int, ...]) -> dict[int, float]:
+    """Share of queries whose target row is among the k most similar items.
+
+    Args:
+        queries (np.ndarray): (Q, D) unit vectors.
+        items (np.ndarray): (N, D) unit vectors.
+        target_rows (np.ndarray): (Q,) row of each query's target in ``items``.
+    """
+    hits = {k: 0 for k in ks}
+    for a in range(0, len(queries), SCORE_CHUNK):
+        s = queries[a : a + SCORE_CHUNK] @ items.T  # (q, N)
+        t = target_rows[a : a + SCORE_CHUNK]
+        target_score = s[np.arange(len(t)), t]
+        rank = (s > target_score[:, None]).sum(axis=1)  # 0 = best
+        for k in ks:
+            hits[k] += int((rank < k).sum())
+    return {k: hits[k] / max(len(queries), 1) for k in ks}
+
+
+def neighbour_purity(vectors: np.ndarray, categories: np.ndarray, sample: np.ndarray, k: int = PURITY_K) -> float:
+    """Mean share of each sampled item's k nearest neighbours in its own category."""
+    shares = []
+    for a in range(0, len(sample), SCORE_CHUNK):
+        rows = sample[a : a + SCORE_CHUNK]
+        s = vectors[rows] @ vectors.T  # (q, N)
+        s[np.arange(len(rows)), rows] = -np.inf  # not itself
+        nn = np.argpartition(-s, k, axis=1)[:, :k]
+        shares.append((categories[nn] == categories[rows][:, None]).mean(axis=1))
+    return float(np.concatenate(shares).mean())
+
+
+def _heldout_queries(world: Path) -> dict[str, object]:
+    """Query images, texts and purchased item IDs of the test day's sessions."""
+    m = Manifest.read(world)
+    imgs, texts, purchased = [], [], []
+    for f in table_files(world, "searches"):
+        t = pq.read_table(f, columns=["session_id", "day", "query_text", "query_image", "purchased_item_id"])
+        keep = np.flatnonzero(t["day"].to_numpy() == m.test_day)
+        if len(keep) == 0:
+            continue
+        t = t.take(keep)
+        what = [f"{f.relative_to(world)}: session {s}" for s in t["session_id"].to_pylist()]
+        imgs.append(decode_images(t["query_image"].to_pylist(), m.image_size, what))
+        texts.extend(t["query_text"].to_pylist())
+        purchased.append(t["purchased_item_id"].to_numpy())
+    if not purchased:
+        raise ValueError(f"{world}: no search sessions on the test day {m.test_day}")
+    return {"images": np.concatenate(imgs), "texts": texts, "purchased": np.concatenate(purchased)}
+
+
+def _categories(world: Path, item_ids: np.ndarray) -> np.ndarray:
+    cat = np.full(int(item_ids.max()) + 1, -1, dtype=np.int64)
+    for f in table_files(world, "items"):
+        t = pq.read_table(f, columns=["item_id", "category_id"])
+        ids = t["item_id"].to_numpy()
+        keep = ids < len(cat)
+        cat[ids[keep]] = t["category_id"].to_numpy()[keep]
+    return cat[item_ids]
+
+
+@torch.no_grad()
+def evaluate_run(run: Path, queries: dict[str, object], categories: np.ndarray, sample: np.ndarray) -> dict[str, float]:
+    """Recall and purity of one pretrain run directory."""
+    item_ids, fused = read_item_vectors(run / VECTORS_FILE)
+    by_modality = {name: np.load(run / file) for name, file in MODALITY_FILES.items()}
+    row_of = {int(i): r for r, i in enumerate(item_ids)}
+    target = np.array([row_of[int(p)] for p in queries["purchased"]])
+    encoder = load_encoder(run / ENCODER_FILE)
+    tower = TowerConfig(context_length=encoder.context_length)
+    tokens = build_tokenizer(tower)(queries["texts"])
+    images = torch.from_numpy(queries["images"])
+    q_img = torch.cat([encoder.encode_image(images[a : a + 512]) for a in range(0, len(images), 512)]).numpy()
+    q_txt = torch.cat([encoder.encode_text(tokens[a : a + 512]) for a in range(0, len(tokens), 512)]).numpy()
+    out: dict[str, float] = {}
+    for name, q in (("image", q_img), ("text", q_txt)):
+        for k, v in recall_at_k(q, by_modality[name], target, RECALL_KS).items():
+            out[f"{name}_recall@{k}"] = v
+    out[f"purity@{PURITY_K}"] = neighbour_purity(fused, categories, sample)
+    return out
+
+
+def evaluate_runs(world: Path, runs: list[Path]) -> dict[str, dict[str, float]]:
+    """One row per run, keyed ``method`` (``method-2`` etc. when repeated)."""
+    queries = _heldout_queries(world)
+    results: dict[str, dict[str, float]] = {}
+    for run in runs:
+        meta = json.loads((Path(run) / VECTORS_MANIFEST).read_text())
+        item_ids, _ = read_item_vectors(Path(run) / VECTORS_FILE)
+        categories = _categories(world, item_ids)
+        rng = np.random.default_rng(0)
+        sample = rng.choice(len(item_ids), size=min(PURITY_SAMPLE, len(item_ids)), replace=False)
+        name, i = meta["method"], 2
+        while name in results:
+            name, i = f"{meta['method']}-{i}", i + 1
+        results[name] = {"queries": float(len(queries["texts"])), **evaluate_run(Path(run), queries, categories, sample)}
+    return results
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    cols = [c for c in next(iter(results.values())) if c != "queries"]
+    lines = [f"{'method':<10}" + "".join(f"{c:>18}" for c in cols)]
+    for name, row in results.items():
+        lines.append(f"{name:<10}" + "".join(f"{row[c]:>18.4f}" for c in cols))
+    return "\n".join(lines)

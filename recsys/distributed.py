@@ -1,0 +1,51 @@
+"""Process-group set-up shared by every multi-process job: gloo on CPU, NCCL on GPU.
+
+Run under ``torchrun`` (or TorchX, which calls it), the environment names the
+rank and world size; run plainly, the job is one process and no group is made.
+
+Example::
+
+    >>> ctx = init_distributed()
+    >>> ctx.world_size >= 1 and ctx.rank < ctx.world_size
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process runs."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistContext:
+    """Initialises the default process group when ``WORLD_SIZE`` > 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return DistContext(rank=rank, world_size=world_size, device=device)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
