@@ -124,6 +124,14 @@ def write_search_chunk(path: Path, entropy: int, chunk: int, columns: dict[str, 
     return len(table)
 
 
+def _affinity(semantic: np.ndarray, cands: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Cosine of each candidate's semantics with its row's target: (n, k), in chunks."""
+    out = np.empty(cands.shape, dtype=np.float32)
+    for a in range(0, len(cands), SIM_CHUNK):
+        out[a : a + SIM_CHUNK] = np.einsum("nks,ns->nk", semantic[cands[a : a + SIM_CHUNK]], target[a : a + SIM_CHUNK])
+    return out
+
+
 class _Inline:
     """A stand-in for a process pool that runs each task on submit."""
 
@@ -198,12 +206,13 @@ class WorldWriter:
         lens = np.round(cfg.max_history_len * (0.15 + 0.85 * pct) * rng.uniform(0.3, 1.0, us.n)).astype(np.int64)
         lens[rng.random(us.n) < 0.05] = 0  # users with no clicks yet
         users = np.repeat(np.arange(us.n), lens)
-        leaves = us.sample_leaves(rng, users)
-        day = cfg.first_day - 1
-        cands = np.stack([self.sampler.popular_in_leaf(rng, leaves, day) for _ in range(3)], axis=1)  # (n, 3)
-        score = np.einsum("nks,ns->nk", self.items.semantic[cands].astype(np.float32), us.taste[users])
-        score += rng.gumbel(0.0, 0.3, score.shape)
-        chosen = cands[np.arange(len(users)), score.argmax(axis=1)]
+        chosen = np.empty(len(users), dtype=np.int64)
+        for a in range(0, len(users), SIM_CHUNK * 8):  # bounded temporaries
+            u = users[a : a + SIM_CHUNK * 8]
+            leaves = us.sample_leaves(rng, u)
+            cands = np.stack([self.sampler.popular_in_leaf(rng, leaves, cfg.first_day - 1) for _ in range(3)], axis=1)
+            score = _affinity(self.items.semantic, cands, us.taste[u]) + rng.gumbel(0.0, 0.3, cands.shape)
+            chosen[a : a + len(u)] = cands[np.arange(len(u)), score.argmax(axis=1)]
         state.append(users, chosen)
         return state
 
@@ -291,10 +300,10 @@ class WorldWriter:
             rep = np.repeat(leaves[rows], n_more)
             more[rows] = self.sampler.popular_in_leaf(rng, rep, int(day)).reshape(-1, n_more)
         # The user buys the candidate that best fits their taste.
-        score = np.einsum("nks,ns->nk", it.semantic[cands].astype(np.float32), us.taste[users])
+        score = _affinity(it.semantic, cands, us.taste[users])
         purchased = cands[np.arange(n), (score + rng.gumbel(0.0, 0.2, score.shape)).argmax(axis=1)]
         # Hard negatives: the shown items most like the purchase, clicked but not bought.
-        sim = np.einsum("nks,ns->nk", it.semantic[more].astype(np.float32), it.semantic[purchased].astype(np.float32))
+        sim = _affinity(it.semantic, more, it.semantic[purchased])
         n_hard = rng.choice(4, size=n, p=[0.15, 0.4, 0.3, 0.15])
         shown, clicked = [], []
         for i in range(n):
