@@ -46,7 +46,7 @@ def recall_at_k(queries: np.ndarray, items: np.ndarray, target_rows: np.ndarray,
         t = target_rows[a : a + SCORE_CHUNK]
         target_score = s[np.arange(len(t)), t]
         rank = (s > target_score[:, None]).sum(axis=1)  # 0 = best
-        for k in ks:
+        for k in hits:  # each k once, even if ks repeats it
             hits[k] += int((rank < k).sum())
     return {k: hits[k] / max(len(queries), 1) for k in ks}
 
