@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -286,7 +287,12 @@ class Pretrainer:
         if self.ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             t = time.perf_counter()
-            vec = embed_items(self.encoder, self.items.images, self.item_tokens, self.ctx.device, progress)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(os.cpu_count() or 1)  # the other ranks wait at the barrier
+            try:
+                vec = embed_items(self.encoder, self.items.images, self.item_tokens, self.ctx.device, progress)
+            finally:
+                torch.set_num_threads(threads)
             embed_s = time.perf_counter() - t
             for name, file in MODALITY_FILES.items():
                 np.save(self.out / file, vec[name])

@@ -1,31 +1,60 @@
-"""``mmctr validate``: checks a dataset against the public format.
+"""``mmctr validate``: checks a dataset against the public format of ``schema.py``.
 
-Every table file is checked batch by batch (bounded memory, vectorised with
-pyarrow and numpy); the first fault raises :class:`DatasetError` naming the
-file, the column and the row (0-based, within that file)::
+The first fault raises :class:`DatasetError` naming the file (relative to the
+dataset directory), the column and the row (0-based, within that file)::
 
     impressions/day-0013-part-00000.parquet: column 'label', row 17: value 0.5, expected 0.0 or 1.0
 
-Checks: manifest present and valid; each table has files; every column of
-``schema.TABLES`` present with its type; no nulls; every ID within
-``[0, manifest.id_ranges[kind])``; impression users and items, history items
-and search items known (present in ``users/`` or ``items/``); labels 0 or 1
-(no NaN); histories no longer than ``max_history_len``; every image decodes;
-row counts equal the manifest's; no item or user listed twice.
+Checks, in order:
+
+1. ``manifest.json`` present and valid, with a count for every table and a
+   range for every ID kind of ``schema.ID_COLUMNS``.
+2. From Parquet footers only (no data read): every table directory has files;
+   every column of ``schema.TABLES`` is present with its type (``string`` may
+   be ``large_string``, ``binary`` ``large_binary``, ``list`` ``large_list``);
+   rows per table equal ``manifest.counts``.
+3. Contents, file by file and batch by batch (bounded memory, vectorised with
+   pyarrow and numpy; only image decoding loops in Python, on a thread pool):
+   no nulls, in lists included; every ID column, lists included, within
+   ``0 <= id < manifest.id_ranges[kind]``; no item or user listed twice; every
+   user and item an impression or search names (histories included) has a row
+   in ``users/`` or ``items/``; impression labels 0.0 or 1.0 (no NaN), days
+   within ``[first_day, last_day]``, positions >= 0, histories no longer than
+   ``max_history_len``; every image of ``schema.IMAGE_COLUMNS`` decodes (PIL
+   ``load()``) to a non-empty picture.
 
 Example::
 
-    >>> import tempfile, pathlib
-    >>> from recsys.world.generate import generate_world
-    >>> world = pathlib.Path(tempfile.mkdtemp()) / "w"
-    >>> _ = generate_world(world, "tiny", 0)
-    >>> validate_dataset(world)["impressions"]
-    20000
+    >>> import tempfile
+    >>> import pyarrow.parquet as pq
+    >>> from recsys.data.schema import USERS
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name, schema in TABLES.items():
+    ...     (root / name).mkdir()
+    ...     pq.write_table(schema.empty_table(), root / name / "part-00000.parquet")
+    >>> kinds = {kind for columns in ID_COLUMNS.values() for kind in columns.values()}
+    >>> counts = {"items": 0, "users": 2, "impressions": 0, "searches": 0}
+    >>> Manifest(1, "doc", 0, counts, dict.fromkeys(kinds, 5), 0, 0, 20, 64).write(root)
+    >>> users = {"user_id": [0, 1], "age_bucket": [2, 2], "gender": [0, 1], "city_id": [4, 3]}
+    >>> pq.write_table(pa.table(users, schema=USERS), root / "users" / "part-00000.parquet")
+    >>> validate_dataset(root)
+    {'items': 0, 'users': 2, 'impressions': 0, 'searches': 0}
+    >>> users["city_id"] = [4, 7]
+    >>> pq.write_table(pa.table(users, schema=USERS), root / "users" / "part-00000.parquet")
+    >>> try:
+    ...     validate_dataset(root)
+    ... except DatasetError as e:
+    ...     print(e)
+    users/part-00000.parquet: column 'city_id', row 1: ID 7 outside [0, 5)
+    >>> import shutil; shutil.rmtree(root)
 """
 
 from __future__ import annotations
 
+import argparse
 import io
+import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,19 +65,17 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
-from recsys.data.schema import ID_COLUMNS, IMAGE_COLUMNS, TABLES, Manifest, table_files
+from recsys.data.schema import ID_COLUMNS, IMAGE_COLUMNS, MANIFEST, TABLES, Manifest, table_files
 
-BATCH_ROWS = 65_536
-# Types accepted for a schema type (the same values, another Arrow layout).
-_EQUIVALENT = {
-    pa.string(): (pa.string(), pa.large_string()),
-    pa.binary(): (pa.binary(), pa.large_binary()),
-    pa.list_(pa.int64()): (pa.list_(pa.int64()), pa.large_list(pa.int64())),
-}
-# Tables checked first so that later ones can be checked against their IDs.
+BATCH_ROWS = 65_536  # rows per batch of a table without images
+IMAGE_BATCH_ROWS = 2_048  # rows per batch of a table with images (~10 KB a PNG)
+IMAGE_CHUNK = 128  # images decoded per thread-pool task
+# Types accepted for a schema type: the same values in another Arrow layout.
+_EQUIVALENT = {pa.string(): (pa.string(), pa.large_string()), pa.binary(): (pa.binary(), pa.large_binary())}
+# Users and items first: later tables are checked against their IDs.
 _ORDER = ("users", "items", "impressions", "searches")
-# ID kinds whose values must exist as rows of a table (kind -> table, key column).
-_KNOWN = {"item_id": ("items", "item_id"), "user_id": ("users", "user_id")}
+# ID kinds whose values must be rows of a table: kind -> (table, key column).
+_KNOWN = {"user_id": ("users", "user_id"), "item_id": ("items", "item_id")}
 
 
 class DatasetError(ValueError):
@@ -59,127 +86,234 @@ def _where(path: str, column: str, row: int, what: str) -> DatasetError:
     return DatasetError(f"{path}: column '{column}', row {row}: {what}")
 
 
-def _flat(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+def _same_type(got: pa.DataType, want: pa.DataType) -> bool:
+    if pa.types.is_list(want):  # any list layout, any element field name
+        return (pa.types.is_list(got) or pa.types.is_large_list(got)) and _same_type(got.value_type, want.value_type)
+    return got in _EQUIVALENT.get(want, (want,))
+
+
+def _flat(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(values, row of each value): lists flattened, scalars as they are."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
-        return arr.flatten().to_numpy(zero_copy_only=False), pc.list_parent_indices(arr).to_numpy()
-    return arr.to_numpy(zero_copy_only=False), np.arange(len(arr))
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        rows = pc.list_parent_indices(col).to_numpy(zero_copy_only=False)
+        return col.flatten().to_numpy(zero_copy_only=False), rows
+    return col.to_numpy(zero_copy_only=False), np.arange(len(col))
 
 
-def _decodes(blob: bytes) -> bool:
+def _first_undecodable(blobs: list[bytes]) -> int:
+    """Index of the first blob PIL cannot decode to a non-empty image, or -1."""
+    for i, blob in enumerate(blobs):
+        try:
+            with Image.open(io.BytesIO(blob)) as im:
+                im.load()
+                if im.size[0] > 0 and im.size[1] > 0:
+                    continue
+        except Exception:  # noqa: BLE001 - any decoder failure means "undecodable"
+            pass
+        return i
+    return -1
+
+
+def _read_manifest(root: Path) -> Manifest:
+    """``Manifest.read`` with its faults as :class:`DatasetError`, plus the fields validation needs."""
     try:
-        with Image.open(io.BytesIO(blob)) as im:
-            im.load()
-            return im.size[0] > 0 and im.size[1] > 0
-    except Exception:  # noqa: BLE001 - any decoder failure means "undecodable"
-        return False
+        m = Manifest.read(root)
+    except (OSError, ValueError, TypeError) as e:
+        raise DatasetError(f"{MANIFEST}: {str(e).removeprefix(f'{root / MANIFEST}: ')}") from e
+
+    def whole(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    for what, mapping, names in (
+        ("counts", m.counts, TABLES),
+        ("id_ranges", m.id_ranges, sorted({k for cols in ID_COLUMNS.values() for k in cols.values()})),
+    ):
+        if not isinstance(mapping, dict):
+            raise DatasetError(f"{MANIFEST}: {what} is {mapping!r}, expected an object")
+        for name in names:
+            if not whole(mapping.get(name)):
+                raise DatasetError(f"{MANIFEST}: {what}['{name}'] is {mapping.get(name)!r}, expected an integer >= 0")
+    for name in ("first_day", "last_day", "max_history_len"):
+        if not whole(getattr(m, name)):
+            raise DatasetError(f"{MANIFEST}: {name} is {getattr(m, name)!r}, expected an integer >= 0")
+    if m.first_day > m.last_day:
+        raise DatasetError(f"{MANIFEST}: first_day {m.first_day} > last_day {m.last_day}")
+    return m
 
 
-class _Checker:
-    def __init__(self, root: Path, manifest: Manifest, workers: int) -> None:
-        self.root, self.m = root, manifest
-        self.known: dict[str, np.ndarray] = {}  # ID kind -> presence mask
-        self.pool = ThreadPoolExecutor(max(1, workers))
+def _open(root: Path, f: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(f)
+    except Exception as e:  # noqa: BLE001 - not Parquet at all
+        raise DatasetError(f"{f.relative_to(root)}: not a readable Parquet file ({e})") from e
 
-    def schema(self, path: str, table: str, schema: pa.Schema, got: pa.Schema) -> None:
-        for field in schema:
-            if field.name not in got.names:
-                raise DatasetError(f"{path}: missing column '{field.name}' (expected {field.type})")
-            t = got.field(field.name).type
-            if t not in _EQUIVALENT.get(field.type, (field.type,)):
-                raise DatasetError(f"{path}: column '{field.name}' has type {t}, expected {field.type}")
+
+def _check_footer(path: str, table: str, got: pa.Schema) -> None:
+    for field in TABLES[table]:
+        if field.name not in got.names:
+            raise DatasetError(f"{path}: missing column '{field.name}' (expected {field.type})")
+        t = got.field(field.name).type
+        if not _same_type(t, field.type):
+            raise DatasetError(f"{path}: column '{field.name}' has type {t}, expected {field.type}")
+
+
+class _ContentChecker:
+    """Checks batches of rows; remembers the user and item IDs seen so far."""
+
+    def __init__(self, manifest: Manifest, pool: ThreadPoolExecutor) -> None:
+        self.m = manifest
+        self.pool = pool
+        self.known = {kind: np.zeros(manifest.id_ranges[kind], dtype=bool) for kind in _KNOWN}
 
     def batch(self, path: str, table: str, b: pa.RecordBatch, offset: int) -> None:
         for name in TABLES[table].names:
-            col = b.column(name)
-            if col.null_count:
-                row = int(np.flatnonzero(pc.is_null(col).to_numpy(zero_copy_only=False))[0])
-                raise _where(path, name, offset + row, "null value")
+            self._nulls(path, name, b.column(name), offset)
         for name, kind in ID_COLUMNS[table].items():
-            values, rows = _flat(b.column(name))
-            size = self.m.id_ranges.get(kind)
-            if size is None:
-                raise DatasetError(f"manifest.json: id_ranges has no '{kind}' (needed by {path} column '{name}')")
-            bad = (values < 0) | (values >= size)
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                raise _where(path, name, offset + int(rows[i]), f"ID {values[i]} outside [0, {size})")
-            if kind in self.known and not (table == _KNOWN[kind][0] and name == _KNOWN[kind][1]):
-                unknown = ~self.known[kind][values]
-                if unknown.any():
-                    i = int(np.flatnonzero(unknown)[0])
-                    src = _KNOWN[kind][0]
-                    raise _where(path, name, offset + int(rows[i]), f"unknown {kind} {values[i]} (not in {src}/)")
+            self._ids(path, table, name, kind, b.column(name), offset)
         if table == "impressions":
-            label = b.column("label").to_numpy(zero_copy_only=False)
-            bad = ~((label == 0.0) | (label == 1.0))
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                raise _where(path, "label", offset + i, f"value {label[i]}, expected 0.0 or 1.0")
-            lengths = pc.list_value_length(b.column("history_item_ids")).to_numpy(zero_copy_only=False)
-            long = lengths > self.m.max_history_len
-            if long.any():
-                i = int(np.flatnonzero(long)[0])
-                raise _where(
-                    path, "history_item_ids", offset + i, f"length {lengths[i]} > max_history_len {self.m.max_history_len}"
-                )
+            self._impressions(path, b, offset)
         for name in IMAGE_COLUMNS.get(table, ()):
-            blobs = b.column(name).to_pylist()
-            ok = list(self.pool.map(_decodes, blobs, chunksize=64))
-            if not all(ok):
-                raise _where(path, name, offset + ok.index(False), "image does not decode")
+            self._images(path, name, b.column(name), offset)
 
-    def remember(self, path: str, table: str, b: pa.RecordBatch, offset: int) -> None:
-        for kind, (src, key) in _KNOWN.items():
-            if src == table:
-                mask = self.known.setdefault(kind, np.zeros(self.m.id_ranges[kind], dtype=bool))
-                ids = b.column(key).to_numpy(zero_copy_only=False)
-                _, first = np.unique(ids, return_index=True)
-                repeated = np.ones(len(ids), dtype=bool)
-                repeated[first] = False
-                dup = mask[ids] | repeated
-                if dup.any():
-                    i = int(np.flatnonzero(dup)[0])
-                    raise _where(path, key, offset + i, f"{kind} {ids[i]} appears more than once")
-                mask[ids] = True
+    def _nulls(self, path: str, name: str, col: pa.Array, offset: int) -> None:
+        if col.null_count:
+            row = int(np.flatnonzero(pc.is_null(col).to_numpy(zero_copy_only=False))[0])
+            raise _where(path, name, offset + row, "null value")
+        if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+            values = col.flatten()
+            if values.null_count:
+                i = int(np.flatnonzero(pc.is_null(values).to_numpy(zero_copy_only=False))[0])
+                row = pc.list_parent_indices(col)[i].as_py()
+                raise _where(path, name, offset + row, "null value in list")
+
+    def _ids(self, path: str, table: str, name: str, kind: str, col: pa.Array, offset: int) -> None:
+        values, rows = _flat(col)
+        size = self.m.id_ranges[kind]
+        bad = (values < 0) | (values >= size)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise _where(path, name, offset + int(rows[i]), f"ID {values[i]} outside [0, {size})")
+        if kind not in _KNOWN:
+            return
+        src, key = _KNOWN[kind]
+        if (table, name) == (src, key):  # the table that defines the IDs: no repeats
+            _, first = np.unique(values, return_index=True)
+            repeated = np.ones(len(values), dtype=bool)
+            repeated[first] = False
+            dup = repeated | self.known[kind][values]
+            if dup.any():
+                i = int(np.flatnonzero(dup)[0])
+                raise _where(path, name, offset + i, f"{kind} {values[i]} appears more than once")
+            self.known[kind][values] = True
+            return
+        unknown = ~self.known[kind][values]
+        if unknown.any():
+            i = int(np.flatnonzero(unknown)[0])
+            raise _where(path, name, offset + int(rows[i]), f"unknown {kind} {values[i]} (no row in {src}/)")
+
+    def _impressions(self, path: str, b: pa.RecordBatch, offset: int) -> None:
+        label = b.column("label").to_numpy(zero_copy_only=False)
+        bad = ~((label == 0.0) | (label == 1.0))  # NaN compares unequal to both
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise _where(path, "label", offset + i, f"value {label[i]}, expected 0.0 or 1.0")
+        day = b.column("day").to_numpy(zero_copy_only=False)
+        bad = (day < self.m.first_day) | (day > self.m.last_day)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            what = f"day {day[i]} outside manifest days [{self.m.first_day}, {self.m.last_day}]"
+            raise _where(path, "day", offset + i, what)
+        position = b.column("position").to_numpy(zero_copy_only=False)
+        if (position < 0).any():
+            i = int(np.flatnonzero(position < 0)[0])
+            raise _where(path, "position", offset + i, f"position {position[i]}, expected >= 0")
+        length = pc.list_value_length(b.column("history_item_ids")).to_numpy(zero_copy_only=False)
+        long = length > self.m.max_history_len
+        if long.any():
+            i = int(np.flatnonzero(long)[0])
+            what = f"length {length[i]} > max_history_len {self.m.max_history_len}"
+            raise _where(path, "history_item_ids", offset + i, what)
+
+    def _images(self, path: str, name: str, col: pa.Array, offset: int) -> None:
+        blobs = col.to_pylist()
+        starts = range(0, len(blobs), IMAGE_CHUNK)
+        firsts = self.pool.map(_first_undecodable, (blobs[s : s + IMAGE_CHUNK] for s in starts))
+        for start, i in zip(starts, firsts):
+            if i >= 0:
+                raise _where(path, name, offset + start + i, "image does not decode")
 
 
-def validate_dataset(directory: Path, *, progress: bool = False, workers: int = 2) -> dict[str, int]:
-    """Checks ``directory``; returns rows per table, raises :class:`DatasetError` on the first fault."""
+def validate_dataset(directory: Path, *, progress: bool = False, workers: int | None = None) -> dict[str, int]:
+    """Checks a dataset directory against the public format (see the module docstring).
+
+    Args:
+        directory (Path): dataset directory, the one holding ``manifest.json``.
+        progress (bool): show a tqdm bar over the files whose contents are checked.
+        workers (int | None): image-decoding threads; default ``min(8, cpu count)``.
+
+    Returns:
+        dict[str, int]: rows per table, in ``schema.TABLES`` order.
+
+    Raises:
+        DatasetError: at the first fault, naming file, column and row.
+    """
     root = Path(directory)
-    try:
-        manifest = Manifest.read(root)
-    except (FileNotFoundError, ValueError, TypeError) as e:
-        raise DatasetError(str(e)) from e
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a directory")
+    manifest = _read_manifest(root)
     files = {t: table_files(root, t) for t in _ORDER}
-    for t, fs in files.items():
-        if not fs:
-            raise DatasetError(f"{t}/: no Parquet files")
-    checker = _Checker(root, manifest, workers)
     counts: dict[str, int] = {}
-    bar = tqdm(total=sum(len(f) for f in files.values()), desc="validate", disable=not progress, unit="file")
-    try:
+    for table in _ORDER:  # footers only: layout and counts before any data is read
+        if not files[table]:
+            raise DatasetError(f"{table}/: no Parquet files")
+        counts[table] = 0
+        for f in files[table]:
+            pf = _open(root, f)
+            _check_footer(str(f.relative_to(root)), table, pf.schema_arrow)
+            counts[table] += pf.metadata.num_rows
+        if counts[table] != manifest.counts[table]:
+            raise DatasetError(f"{table}/: {counts[table]} rows, {MANIFEST} counts says {manifest.counts[table]}")
+    n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    with (
+        ThreadPoolExecutor(max(1, n_workers)) as pool,
+        tqdm(total=sum(map(len, files.values())), desc="validate", unit="file", disable=not progress) as bar,
+    ):
+        checker = _ContentChecker(manifest, pool)
         for table in _ORDER:
-            counts[table] = 0
+            rows = IMAGE_BATCH_ROWS if table in IMAGE_COLUMNS else BATCH_ROWS
             for f in files[table]:
                 path = str(f.relative_to(root))
-                try:
-                    pf = pq.ParquetFile(f)
-                except Exception as e:  # noqa: BLE001 - not Parquet at all
-                    raise DatasetError(f"{path}: not a readable Parquet file ({e})") from e
-                checker.schema(path, table, TABLES[table], pf.schema_arrow)
                 offset = 0
-                for b in pf.iter_batches(batch_size=BATCH_ROWS, columns=TABLES[table].names):
+                batches = _open(root, f).iter_batches(batch_size=rows, columns=TABLES[table].names)
+                while True:
+                    try:
+                        b = next(batches, None)
+                    except pa.ArrowException as e:
+                        raise DatasetError(f"{path}: unreadable Parquet data after row {offset} ({e})") from e
+                    if b is None:
+                        break
                     checker.batch(path, table, b, offset)
-                    checker.remember(path, table, b, offset)
                     offset += b.num_rows
-                counts[table] += offset
                 bar.update(1)
-        for table, n in counts.items():  # last: a content fault is the more useful message
-            if manifest.counts.get(table) != n:
-                raise DatasetError(f"{table}/: {n} rows, manifest.json counts says {manifest.counts.get(table)}")
-    finally:
-        bar.close()
-        checker.pool.shutdown()
-    return counts
+    return {t: counts[t] for t in TABLES}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mmctr validate DIRECTORY``: prints ``OK: ...`` and returns 0, or the fault on stderr and 1."""
+    parser = argparse.ArgumentParser(
+        prog="mmctr validate", description="Check a dataset directory against the public Parquet format."
+    )
+    parser.add_argument("directory", type=Path, help="dataset directory (holds manifest.json)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        counts = validate_dataset(args.directory, progress=not args.quiet)
+    except DatasetError as e:
+        print(f"mmctr validate: {e}", file=sys.stderr)
+        return 1
+    print(f"OK: {args.directory}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

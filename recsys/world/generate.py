@@ -47,7 +47,7 @@ INTEREST_SHARE = 0.6  # impressions drawn from the user's interest leaves
 SIM_CHUNK = 16_384  # impressions per click-model chunk
 SEARCH_CHUNK = 5_000  # sessions per searches/ file
 SHOWN_PER_SEARCH = 10  # items on a search result page, the purchased one included
-RENDER_BATCH = 1_024  # images rendered at once (bounds the float temporaries)
+RENDER_BATCH = 256  # images rendered at once: temporaries stay small (larger ones cost page faults)
 
 
 def _rng(root: np.random.SeedSequence, *key: int) -> np.random.Generator:

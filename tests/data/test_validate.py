@@ -1,50 +1,149 @@
-"""``mmctr validate``: a good world passes; each kind of bad file is named precisely."""
+"""``recsys.data.validate``: a good dataset passes; each kind of fault is named by file, column and row."""
 
 from __future__ import annotations
 
+import io
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
-from recsys.data.schema import table_files
-from recsys.data.validate import DatasetError, validate_dataset
+from recsys.data import validate
+from recsys.data.schema import IMPRESSIONS, ITEMS, SEARCHES, TABLES, USERS, Manifest
+from recsys.data.validate import DatasetError, main, validate_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+N_ITEMS, N_USERS = 12, 6  # rows; the ID ranges are larger, so IDs 12, 13 and 6, 7 have no row
+ID_RANGES = {
+    "item_id": 14,
+    "user_id": 8,
+    "category_id": 4,
+    "shop_id": 3,
+    "brand_id": 3,
+    "price_bucket": 5,
+    "age_bucket": 3,
+    "gender": 2,
+    "city_id": 4,
+}
+DAYS = (3, 4)
+IMPRESSIONS_PER_DAY = 20
+N_SEARCHES = 6
+MAX_HISTORY = 5
+Edit = Callable[[pa.Table], pa.Table]
 
 
-def test_generated_world_is_valid(tiny_world: Path, tiny_manifest) -> None:  # noqa: ANN001
-    assert validate_dataset(tiny_world) == {t: tiny_manifest.counts[t] for t in ("users", "items", "impressions", "searches")}
+def _png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
-def _broken(world: Path, tmp: Path, table: str, edit: Callable[[pa.Table], pa.Table], file_index: int = 0) -> tuple[Path, str]:
-    out = tmp / "w"
-    shutil.copytree(world, out)
-    f = table_files(out, table)[file_index]
-    pq.write_table(edit(pq.read_table(f)), f)
-    return out, str(f.relative_to(out))
+def _write(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, row_group_size=8)  # several row groups per file
 
 
-def _set(column: str, row: int, value: object, type_: pa.DataType | None = None) -> Callable[[pa.Table], pa.Table]:
+def _write_dataset(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    ids = np.arange(N_ITEMS)
+    items = pa.table(
+        {
+            "item_id": ids,
+            "category_id": ids % 4,
+            "shop_id": ids % 3,
+            "brand_id": (ids + 1) % 3,
+            "price_bucket": ids % 5,
+            "created_day": np.zeros(N_ITEMS, dtype=np.int32),
+            "title": [f"item {i}" for i in ids],
+            "image": [_png(int(i)) for i in ids],
+        },
+        schema=ITEMS,
+    )
+    _write(items.slice(0, 6), root / "items" / "part-00000.parquet")
+    _write(items.slice(6), root / "items" / "part-00001.parquet")
+    users = pa.table(
+        {
+            "user_id": np.arange(N_USERS),
+            "age_bucket": [0, 1, 2, 0, 1, 2],
+            "gender": [0, 1] * 3,
+            "city_id": [0, 1, 2, 3, 0, 1],
+        },
+        schema=USERS,
+    )
+    _write(users, root / "users" / "part-00000.parquet")
+    for day in DAYS:
+        n = IMPRESSIONS_PER_DAY
+        impressions = pa.table(
+            {
+                "day": np.full(n, day, dtype=np.int32),
+                "user_id": rng.integers(0, N_USERS, n),
+                "item_id": rng.integers(0, N_ITEMS, n),
+                "history_item_ids": [rng.integers(0, N_ITEMS, i % (MAX_HISTORY + 1)).tolist() for i in range(n)],
+                "position": rng.integers(0, 4, n).astype(np.int32),
+                "label": (rng.random(n) < 0.3).astype(np.float32),
+            },
+            schema=IMPRESSIONS,
+        )
+        _write(impressions, root / "impressions" / f"day-{day:04d}-part-00000.parquet")
+    searches = pa.table(
+        {
+            "session_id": np.arange(N_SEARCHES),
+            "day": np.full(N_SEARCHES, DAYS[0], dtype=np.int32),
+            "user_id": np.arange(N_SEARCHES) % N_USERS,
+            "query_text": [f"query {i}" for i in range(N_SEARCHES)],
+            "query_image": [_png(100 + i) for i in range(N_SEARCHES)],
+            "shown_item_ids": [[i, i + 1, i + 2] for i in range(N_SEARCHES)],
+            "clicked_item_ids": [[i + 1] for i in range(N_SEARCHES)],
+            "purchased_item_id": np.arange(N_SEARCHES),
+        },
+        schema=SEARCHES,
+    )
+    _write(searches, root / "searches" / "part-00000.parquet")
+    n_impressions = IMPRESSIONS_PER_DAY * len(DAYS)
+    counts = {"items": N_ITEMS, "users": N_USERS, "impressions": n_impressions, "searches": N_SEARCHES}
+    Manifest(1, "hand", 0, counts, ID_RANGES, DAYS[0], DAYS[-1], MAX_HISTORY, 8).write(root)
+
+
+@pytest.fixture()
+def dataset(tmp_path: Path) -> Path:
+    """A small valid dataset, written by hand; each test may change it."""
+    root = tmp_path / "ds"
+    _write_dataset(root)
+    return root
+
+
+@pytest.fixture()
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches and image chunks of a few rows, so row numbers cross batch boundaries."""
+    monkeypatch.setattr(validate, "BATCH_ROWS", 3)
+    monkeypatch.setattr(validate, "IMAGE_BATCH_ROWS", 4)
+    monkeypatch.setattr(validate, "IMAGE_CHUNK", 3)
+
+
+def _edit(root: Path, rel: str, edit: Edit) -> None:
+    pq.write_table(edit(pq.read_table(root / rel)), root / rel)
+
+
+def _set(column: str, row: int, value: object) -> Edit:
     def edit(t: pa.Table) -> pa.Table:
         values = t[column].to_pylist()
         values[row] = value
         i = t.schema.get_field_index(column)
-        field = pa.field(column, t.schema.field(i).type if type_ is None else type_)  # nullable
+        field = pa.field(column, t.schema.field(i).type)  # nullable, so a test can write a null
         return t.set_column(i, field, pa.array(values, type=field.type))
 
     return edit
 
 
-def _drop(column: str) -> Callable[[pa.Table], pa.Table]:
-    return lambda t: t.drop_columns([column])
-
-
-def _cast(column: str, type_: pa.DataType) -> Callable[[pa.Table], pa.Table]:
+def _cast(column: str, type_: pa.DataType) -> Edit:
     def edit(t: pa.Table) -> pa.Table:
         i = t.schema.get_field_index(column)
         return t.set_column(i, pa.field(column, type_), t[column].cast(type_))
@@ -52,78 +151,140 @@ def _cast(column: str, type_: pa.DataType) -> Callable[[pa.Table], pa.Table]:
     return edit
 
 
+def _drop(column: str) -> Edit:
+    return lambda t: t.drop_columns([column])
+
+
+IMP3 = "impressions/day-0003-part-00000.parquet"
+IMP4 = "impressions/day-0004-part-00000.parquet"
+ITEMS0, ITEMS1 = "items/part-00000.parquet", "items/part-00001.parquet"
+USERS0, SEARCHES0 = "users/part-00000.parquet", "searches/part-00000.parquet"
+TRUNCATED_PNG = _png(7)[:60]
+
+# (file, edit, what the message says after "<file>: ")
 CASES = [
-    ("impressions", _drop("label"), "missing column 'label'"),
-    ("impressions", _cast("user_id", pa.float64()), "column 'user_id' has type double, expected int64"),
-    ("impressions", _set("item_id", 7, -3), "column 'item_id', row 7: ID -3 outside"),
-    ("impressions", _set("user_id", 9, 10**6), "column 'user_id', row 9: ID 1000000 outside"),
-    ("items", _set("shop_id", 4, 10**6), "column 'shop_id', row 4: ID 1000000 outside"),
-    ("impressions", _set("label", 11, float("nan")), "column 'label', row 11: value nan"),
-    ("impressions", _set("label", 12, 0.5), "column 'label', row 12: value 0.5, expected 0.0 or 1.0"),
-    ("impressions", _set("history_item_ids", 5, list(range(21))), "column 'history_item_ids', row 5: length 21 > max_history_len 20"),
-    ("items", _set("image", 6, b"\x89PNG broken"), "column 'image', row 6: image does not decode"),
-    ("searches", _set("query_image", 8, b"nope"), "column 'query_image', row 8: image does not decode"),
-    ("items", _set("title", 2, None), "column 'title', row 2: null value"),
-    ("searches", _set("purchased_item_id", 3, -1), "column 'purchased_item_id', row 3: ID -1 outside"),
+    (IMP4, _drop("label"), "missing column 'label' (expected float)"),
+    (IMP3, _cast("user_id", pa.float64()), "column 'user_id' has type double, expected int64"),
+    (IMP4, _cast("history_item_ids", pa.list_(pa.int32())), "column 'history_item_ids' has type list<"),
+    (ITEMS1, _set("title", 3, None), "column 'title', row 3: null value"),
+    (SEARCHES0, _set("shown_item_ids", 2, [1, None]), "column 'shown_item_ids', row 2: null value in list"),
+    (IMP4, _set("item_id", 13, -3), "column 'item_id', row 13: ID -3 outside [0, 14)"),
+    (USERS0, _set("city_id", 5, 4), "column 'city_id', row 5: ID 4 outside [0, 4)"),
+    (ITEMS0, _set("shop_id", 4, 10**6), "column 'shop_id', row 4: ID 1000000 outside [0, 3)"),
+    (IMP3, _set("history_item_ids", 9, [1, 14]), "column 'history_item_ids', row 9: ID 14 outside [0, 14)"),
+    (SEARCHES0, _set("clicked_item_ids", 5, [-1]), "column 'clicked_item_ids', row 5: ID -1 outside [0, 14)"),
+    (IMP4, _set("label", 11, float("nan")), "column 'label', row 11: value nan, expected 0.0 or 1.0"),
+    (IMP4, _set("label", 12, 0.5), "column 'label', row 12: value 0.5, expected 0.0 or 1.0"),
+    (IMP3, _set("day", 7, 9), "column 'day', row 7: day 9 outside manifest days [3, 4]"),
+    (IMP3, _set("position", 8, -1), "column 'position', row 8: position -1, expected >= 0"),
+    (IMP4, _set("history_item_ids", 5, [0] * 6), "column 'history_item_ids', row 5: length 6 > max_history_len 5"),
+    (IMP4, _set("history_item_ids", 4, [3, 12]), "column 'history_item_ids', row 4: unknown item_id 12 (no row in"),
+    (IMP3, _set("user_id", 14, 7), "column 'user_id', row 14: unknown user_id 7 (no row in users/)"),
+    (SEARCHES0, _set("purchased_item_id", 3, 13), "column 'purchased_item_id', row 3: unknown item_id 13 (no"),
+    (ITEMS1, _set("item_id", 1, 2), "column 'item_id', row 1: item_id 2 appears more than once"),
+    (ITEMS1, _set("image", 5, b"\x89PNG broken"), "column 'image', row 5: image does not decode"),
+    (ITEMS0, _set("image", 2, TRUNCATED_PNG), "column 'image', row 2: image does not decode"),
+    (SEARCHES0, _set("query_image", 4, b"nope"), "column 'query_image', row 4: image does not decode"),
 ]
 
 
-@pytest.mark.parametrize(("table", "edit", "message"), CASES, ids=[c[2].split(":")[0][:40] for c in CASES])
-def test_bad_files_are_named(tiny_world: Path, tmp_path: Path, table: str, edit, message: str) -> None:  # noqa: ANN001
-    world, path = _broken(tiny_world, tmp_path, table, edit)
+def test_valid_dataset(dataset: Path) -> None:
+    expected = {"items": N_ITEMS, "users": N_USERS, "impressions": 40, "searches": N_SEARCHES}
+    assert validate_dataset(dataset) == expected
+    assert list(validate_dataset(dataset, workers=1)) == list(TABLES)
+
+
+def test_valid_dataset_small_batches_and_progress(
+    dataset: Path, small_batches: None, capsys: pytest.CaptureFixture
+) -> None:
+    assert validate_dataset(dataset, progress=True)["impressions"] == 40
+    assert "validate" in capsys.readouterr().err  # the tqdm bar
+
+
+@pytest.mark.parametrize(("rel", "edit", "message"), CASES, ids=[c[2].split(":")[0][:48] for c in CASES])
+def test_fault_is_named(dataset: Path, small_batches: None, rel: str, edit: Edit, message: str) -> None:
+    _edit(dataset, rel, edit)
     with pytest.raises(DatasetError) as e:
-        validate_dataset(world)
-    assert str(e.value).startswith(path + ": "), str(e.value)
-    assert message in str(e.value)
+        validate_dataset(dataset)
+    assert str(e.value).startswith(f"{rel}: {message}"), str(e.value)
 
 
-def test_unknown_item_in_history(tiny_world: Path, tmp_path: Path) -> None:
-    # An item ID inside the range but without a row in items/: drop an item no
-    # impression or search mentions, then mention it in one history.
-    world = tmp_path / "w"
-    shutil.copytree(tiny_world, world)
-    used: set[int] = set()
-    for f in table_files(world, "impressions"):
-        t = pq.read_table(f, columns=["item_id", "history_item_ids"])
-        used.update(t["item_id"].to_pylist())
-        used.update(pa.compute.list_flatten(t["history_item_ids"]).to_pylist())
-    for f in table_files(world, "searches"):
-        t = pq.read_table(f, columns=["shown_item_ids", "purchased_item_id"])
-        used.update(t["purchased_item_id"].to_pylist())
-        used.update(pa.compute.list_flatten(t["shown_item_ids"]).to_pylist())
-    items_file = table_files(world, "items")[0]
-    items = pq.read_table(items_file)
-    missing = next(i for i in items["item_id"].to_pylist() if i not in used)
-    pq.write_table(items.filter(pa.compute.not_equal(items["item_id"], missing)), items_file)
-    imp_file = table_files(world, "impressions")[0]
-    pq.write_table(_set("history_item_ids", 4, [missing])(pq.read_table(imp_file)), imp_file)
-    with pytest.raises(DatasetError, match=rf"column 'history_item_ids', row 4: unknown item_id {missing} \(not in items/\)"):
-        validate_dataset(world)
+def test_fault_in_a_large_batch_is_named(dataset: Path) -> None:
+    _edit(dataset, IMP4, _set("label", 19, 2.0))
+    with pytest.raises(DatasetError, match=rf"^{IMP4}: column 'label', row 19: value 2.0, expected 0.0 or 1.0$"):
+        validate_dataset(dataset)
 
 
-def test_count_mismatch_and_missing_manifest(tiny_world: Path, tmp_path: Path) -> None:
-    world = tmp_path / "w"
-    shutil.copytree(tiny_world, world)
-    raw = json.loads((world / "manifest.json").read_text())
-    raw["counts"]["searches"] += 1
-    (world / "manifest.json").write_text(json.dumps(raw))
-    with pytest.raises(DatasetError, match=r"searches/: 1200 rows, manifest.json counts says 1201"):
-        validate_dataset(world)
-    (world / "manifest.json").unlink()
-    with pytest.raises(DatasetError, match="manifest.json: missing"):
-        validate_dataset(world)
+def test_equivalent_layouts_and_extra_columns_pass(dataset: Path) -> None:
+    _edit(dataset, ITEMS0, _cast("title", pa.large_string()))
+    _edit(dataset, ITEMS0, _cast("image", pa.large_binary()))
+    _edit(dataset, IMP3, _cast("history_item_ids", pa.large_list(pa.field("element", pa.int64()))))
+    _edit(dataset, USERS0, lambda t: t.append_column("note", pa.array(["x"] * t.num_rows)))
+    assert validate_dataset(dataset)["impressions"] == 40
 
 
-def test_duplicate_item_is_named(tiny_world: Path, tmp_path: Path) -> None:
-    world, path = _broken(tiny_world, tmp_path, "items", _set("item_id", 5, 4))
-    with pytest.raises(DatasetError, match=r"column 'item_id', row 5: item_id 4 appears more than once"):
-        validate_dataset(world)
+def _manifest(root: Path, change: Callable[[dict], None]) -> None:
+    raw = json.loads((root / "manifest.json").read_text())
+    change(raw)
+    (root / "manifest.json").write_text(json.dumps(raw))
 
 
-def test_cli_exit_codes(tiny_world: Path, tmp_path: Path) -> None:
-    ok = subprocess.run([sys.executable, "-m", "recsys.cli", "validate", str(tiny_world), "--quiet"], capture_output=True, text=True)
-    assert ok.returncode == 0 and ok.stdout.startswith("OK: ")
-    world, path = _broken(tiny_world, tmp_path, "impressions", _set("label", 3, 2.0))
-    bad = subprocess.run([sys.executable, "-m", "recsys.cli", "validate", str(world), "--quiet"], capture_output=True, text=True)
-    assert bad.returncode == 1
-    assert f"{path}: column 'label', row 3: value 2.0" in bad.stderr
+def test_count_mismatch(dataset: Path) -> None:
+    _manifest(dataset, lambda raw: raw["counts"].update(impressions=41))
+    with pytest.raises(DatasetError, match=r"^impressions/: 40 rows, manifest.json counts says 41$"):
+        validate_dataset(dataset)
+
+
+def test_manifest_faults(dataset: Path) -> None:
+    _manifest(dataset, lambda raw: raw["id_ranges"].pop("city_id"))
+    message = r"^manifest.json: id_ranges\['city_id'\] is None, expected an integer >= 0$"
+    with pytest.raises(DatasetError, match=message):
+        validate_dataset(dataset)
+    (dataset / "manifest.json").write_text("{not json")
+    with pytest.raises(DatasetError, match=r"^manifest.json: not valid JSON"):
+        validate_dataset(dataset)
+    (dataset / "manifest.json").unlink()
+    with pytest.raises(DatasetError, match=r"^manifest.json: missing; every dataset needs a manifest.json$"):
+        validate_dataset(dataset)
+    with pytest.raises(DatasetError, match="not a directory"):
+        validate_dataset(dataset / "nowhere")
+
+
+def test_table_without_files(dataset: Path) -> None:
+    (dataset / SEARCHES0).unlink()
+    with pytest.raises(DatasetError, match=r"^searches/: no Parquet files$"):
+        validate_dataset(dataset)
+
+
+def test_file_that_is_not_parquet(dataset: Path) -> None:
+    (dataset / USERS0).write_bytes(b"PAR1 not really")
+    with pytest.raises(DatasetError, match=rf"^{USERS0}: not a readable Parquet file"):
+        validate_dataset(dataset)
+
+
+def test_main(dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([str(dataset), "--quiet"]) == 0
+    assert capsys.readouterr().out == f"OK: {dataset}: items=12, users=6, impressions=40, searches=6\n"
+    _edit(dataset, IMP3, _set("label", 3, 2.0))
+    assert main([str(dataset), "--quiet"]) == 1
+    assert capsys.readouterr().err == f"mmctr validate: {IMP3}: column 'label', row 3: value 2.0, expected 0.0 or 1.0\n"
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "dataset directory" in capsys.readouterr().out
+
+
+def test_module_runs_as_a_program(dataset: Path) -> None:
+    def run(root: Path) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "recsys.data.validate", str(root)]
+        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+    ok = run(dataset)
+    assert ok.returncode == 0 and ok.stdout.startswith("OK: "), ok.stderr
+    _edit(dataset, SEARCHES0, _set("query_image", 1, b""))
+    bad = run(dataset)
+    assert bad.returncode == 1 and not bad.stdout
+    assert f"{SEARCHES0}: column 'query_image', row 1: image does not decode" in bad.stderr
+
+
+def test_generated_world_is_valid(tiny_world: Path, tiny_manifest: Manifest) -> None:
+    assert validate_dataset(tiny_world) == tiny_manifest.counts

@@ -13,7 +13,7 @@ def test_defaults_are_valid_and_frozen() -> None:
     cfg = SclConfig()
     assert cfg.tower == TowerConfig() and cfg.tower.embed_dim == 64
     assert (cfg.momentum, cfg.queue_size, cfg.temperature, cfg.triplet_margin, cfg.triplet_weight) == (
-        0.995, 8192, 0.07, 0.2, 0.5,
+        0.99, 8192, 0.07, 0.2, 0.5,
     )
     with pytest.raises(AttributeError):
         cfg.momentum = 0.5  # type: ignore[misc]
