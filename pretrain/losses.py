@@ -34,18 +34,26 @@ from open_clip.loss import ClipLoss
 
 
 def info_nce_loss(
-    query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, temperature: float
+    query: torch.Tensor,
+    positive: torch.Tensor,
+    negatives: torch.Tensor,
+    temperature: float,
+    ignore: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """InfoNCE with shared negatives: cross entropy of ``[q.k+, q.n_1..q.n_K] / tau`` with target 0.
 
     Inputs are used as given (pass unit vectors for cosine logits). With no
-    negatives (K = 0, an empty bank) the loss is 0.
+    negatives (K = 0, an empty bank) the loss is 0. ``ignore`` drops false
+    negatives: keys of the query's own positive item, which a memory bank
+    holds many times over when popular items are bought again and again.
 
     Args:
         query (Tensor): float of shape (B, D), from the query encoder.
         positive (Tensor): float of shape (B, D), row i the positive key of query i.
         negatives (Tensor): float of shape (K, D), shared by all queries.
         temperature (float): tau > 0.
+        ignore (Tensor | None): bool of shape (B, K), true where negative j
+            is not a negative of query i (left out of its softmax).
 
     Returns:
         Tensor: scalar, the mean over the B queries.
@@ -60,6 +68,10 @@ def info_nce_loss(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     l_pos = (query * positive).sum(dim=-1, keepdim=True)  # (B, 1)
     l_neg = query @ negatives.T  # (B, K)
+    if ignore is not None:
+        if ignore.shape != l_neg.shape:
+            raise ValueError(f"ignore must have shape {tuple(l_neg.shape)}, got {tuple(ignore.shape)}")
+        l_neg = l_neg.masked_fill(ignore, float("-inf"))
     logits = torch.cat([l_pos, l_neg], dim=1) / temperature  # (B, 1 + K)
     target = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)
     return F.cross_entropy(logits, target)

@@ -50,6 +50,7 @@ class KeyQueue(nn.Module):
         self.capacity = capacity
         self.dim = dim
         self.register_buffer("bank", torch.zeros(capacity, dim))  # (K, D)
+        self.register_buffer("bank_ids", torch.full((capacity,), -1, dtype=torch.long))  # (K,) what each key is of
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))  # next row to write
         self.register_buffer("count", torch.zeros((), dtype=torch.long))  # keys ever enqueued
 
@@ -59,7 +60,7 @@ class KeyQueue(nn.Module):
         return min(int(self.count), self.capacity)
 
     @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
+    def enqueue(self, keys: torch.Tensor, ids: torch.Tensor | None = None) -> None:
         """Add keys, gathered from all ranks first when distributed.
 
         If more than K keys arrive at once, only the last K are kept.
@@ -67,22 +68,30 @@ class KeyQueue(nn.Module):
         Args:
             keys (Tensor): float of shape (B, D), from the momentum encoder.
                 B may differ between ranks (a short last batch).
+            ids (Tensor | None): int of shape (B,), what each key is of (an
+                item ID), kept beside it; -1 when not given.
         """
         if keys.dim() != 2 or keys.shape[1] != self.dim:
             raise ValueError(f"keys must have shape (B, {self.dim}), got {tuple(keys.shape)}")
+        if ids is None:
+            ids = torch.full((keys.shape[0],), -1, dtype=torch.long, device=keys.device)
+        if ids.shape != (keys.shape[0],):
+            raise ValueError(f"ids must have shape ({keys.shape[0]},), got {tuple(ids.shape)}")
         keys = _gather_from_ranks(keys.detach().to(self.bank.dtype))  # (N, D)
+        ids = _gather_from_ranks(ids.long()[:, None])[:, 0]  # (N,)
         n = keys.shape[0]
         if n == 0:
             return
         if n > self.capacity:
             # Only the newest K survive; advance the pointer as if all were written.
             start = (int(self.ptr) + n - self.capacity) % self.capacity
-            keys, n_written = keys[-self.capacity :], n
+            keys, ids, n_written = keys[-self.capacity :], ids[-self.capacity :], n
             n = self.capacity
         else:
             start, n_written = int(self.ptr), n
         rows = (torch.arange(n, device=self.bank.device) + start) % self.capacity
         self.bank[rows] = keys
+        self.bank_ids[rows] = ids
         self.ptr.fill_((start + n) % self.capacity)
         self.count.add_(n_written)
 
@@ -98,6 +107,13 @@ class KeyQueue(nn.Module):
             return self.bank[: self.filled].clone()
         p = int(self.ptr)
         return torch.cat([self.bank[p:], self.bank[:p]], dim=0)
+
+    def ids(self) -> torch.Tensor:
+        """What each key of ``keys()`` is of, same order: int64 of shape (``filled``,)."""
+        if self.filled < self.capacity:
+            return self.bank_ids[: self.filled].clone()
+        p = int(self.ptr)
+        return torch.cat([self.bank_ids[p:], self.bank_ids[:p]], dim=0)
 
     def extra_repr(self) -> str:
         return f"capacity={self.capacity}, dim={self.dim}"

@@ -190,11 +190,17 @@ class Pretrainer:
             if len(real):
                 h_img[mask] = self.key.encode_image(self._images(real, self.items.images))
                 h_txt[mask] = self.key.encode_text(self.item_tokens[real].to(dev))
-        loss = info_nce_loss(q_img, k_img, self.queues["image"].keys(), cfg.temperature)
-        loss = loss + info_nce_loss(q_txt, k_txt, self.queues["text"].keys(), cfg.temperature)
+        # Negatives: this batch's keys and the bank, minus keys of the query's own
+        # item (itself in the batch; earlier purchases of it in the bank).
+        item = torch.from_numpy(self.items.item_ids[pur]).to(dev)  # (B,)
+        loss = q_img.new_zeros(())
+        for q, k, queue in ((q_img, k_img, self.queues["image"]), (q_txt, k_txt, self.queues["text"])):
+            negatives = torch.cat([k, queue.keys()])  # (B + K', D)
+            ignore = item[:, None] == torch.cat([item, queue.ids()])[None, :]  # (B, B + K')
+            loss = loss + info_nce_loss(q, k, negatives, cfg.temperature, ignore)
         triplet = triplet_loss(q_img, k_img, h_img, mask, cfg.triplet_margin)
         triplet = triplet + triplet_loss(q_txt, k_txt, h_txt, mask, cfg.triplet_margin)
-        self._pending_keys = (k_img, k_txt)
+        self._pending_keys = (k_img, k_txt, item)
         return loss + cfg.triplet_weight * triplet
 
     def _clip_loss(self, rows: np.ndarray) -> torch.Tensor:
@@ -211,9 +217,9 @@ class Pretrainer:
         self.opt.step()
         self.sched.step()
         if self.method == "scl":
-            k_img, k_txt = self._pending_keys
-            self.queues["image"].enqueue(k_img)  # gathered from every rank inside
-            self.queues["text"].enqueue(k_txt)
+            k_img, k_txt, item = self._pending_keys
+            self.queues["image"].enqueue(k_img, item)  # gathered from every rank inside
+            self.queues["text"].enqueue(k_txt, item)
         self.step += 1
         return float(loss.detach())
 

@@ -132,3 +132,23 @@ def test_clip_loss_matches_reference_forward_and_grad() -> None:
 def test_bad_shapes_raise(call: Callable[[torch.Tensor], torch.Tensor], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call(torch.zeros(2, 3))
+
+
+def test_info_nce_ignore_drops_false_negatives_like_a_reference() -> None:
+    torch.manual_seed(3)
+    q = F.normalize(torch.randn(4, 8, dtype=torch.float64), dim=-1).requires_grad_()
+    k = F.normalize(torch.randn(4, 8, dtype=torch.float64), dim=-1)
+    bank = F.normalize(torch.randn(6, 8, dtype=torch.float64), dim=-1)
+    ignore = torch.zeros(4, 6, dtype=torch.bool)
+    ignore[0, [1, 4]] = True
+    ignore[2, 0] = True
+    got = info_nce_loss(q, k, bank, 0.1, ignore)
+    ref = 0.0
+    for i in range(4):
+        logits = [float(q[i] @ k[i]) / 0.1] + [float(q[i] @ bank[j]) / 0.1 for j in range(6) if not ignore[i, j]]
+        ref += -logits[0] + math.log(sum(math.exp(x) for x in logits))
+    assert abs(float(got) - ref / 4) < 1e-9
+    got.backward()
+    assert torch.isfinite(q.grad).all()
+    # Ignoring nothing equals passing no mask.
+    assert torch.allclose(info_nce_loss(q, k, bank, 0.1, torch.zeros(4, 6, dtype=torch.bool)), info_nce_loss(q, k, bank, 0.1))

@@ -121,3 +121,13 @@ def test_two_ranks_store_both_ranks_keys_in_rank_order(tmp_path: Path, monkeypat
     torch.testing.assert_close(results[0]["keys"], results[1]["keys"])
     assert set((results[0]["keys"][:, 0] // 100).tolist()) == {0.0, 1.0}  # keys of both ranks
     sys.modules.pop("dist_workers", None)
+
+
+def test_ids_travel_with_their_keys_through_wrap_around() -> None:
+    bank = KeyQueue(capacity=4, dim=1)
+    bank.enqueue(torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([10, 20, 30]))
+    bank.enqueue(torch.tensor([[4.0], [5.0]]), torch.tensor([40, 50]))
+    assert bank.keys()[:, 0].tolist() == [2.0, 3.0, 4.0, 5.0]
+    assert bank.ids().tolist() == [20, 30, 40, 50]
+    bank.enqueue(torch.tensor([[6.0]]))  # no ids given: -1
+    assert bank.ids().tolist() == [30, 40, 50, -1]
