@@ -1,0 +1,116 @@
+"""Target attention: DIN's activation unit pooling a history against a target.
+
+Notation:
+
+* ``B``: batch size.
+* ``L``: (padded) history length.
+* ``D``: width of the target and history representations.
+* ``X``: width of optional extra per-position inputs (0 if none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torchrec.modules.mlp import MLP
+
+
+class TargetAttention(nn.Module):
+    """Weighted sum of history items, weights from an MLP over (target, item) pairs.
+
+    As DIN's activation unit (Zhou et al., 2018): for each position ``l`` the
+    score is ``s_l = MLP([q, k_l, q - k_l, q * k_l, x_l])`` (``x_l`` the
+    optional extra inputs, e.g. a similarity), and the output is
+    ``sum_l w_l * k_l`` over unmasked positions. With ``softmax=False`` (DIN)
+    ``w_l = s_l``, unnormalised, so the output also carries how much of the
+    history matches; with ``softmax=True`` ``w`` is a softmax over the
+    unmasked positions. Masked positions get weight 0 either way, so their
+    contents never change the output; an all-masked row gives zeros.
+
+    Args:
+        dim (int): D, width of the query and of each key.
+        hidden_sizes (Sequence[int]): hidden widths of the activation unit
+            (ReLU), followed by a linear layer to one score.
+        extra_dim (int): X, width of the extra per-position inputs (0: none).
+        softmax (bool): normalise the weights with a masked softmax.
+        device (torch.device | None): where to create parameters (``meta`` works).
+
+    Example::
+
+        >>> att = TargetAttention(dim=4, hidden_sizes=[8])
+        >>> q, k = torch.randn(2, 4), torch.randn(2, 3, 4)
+        >>> mask = torch.tensor([[True, True, False], [False, False, False]])
+        >>> out = att(q, k, mask)
+        >>> out.shape, att.output_dim()
+        (torch.Size([2, 4]), 4)
+        >>> bool((out[1] == 0).all())  # empty history
+        True
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_sizes: Sequence[int],
+        extra_dim: int = 0,
+        softmax: bool = False,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        if dim < 1 or extra_dim < 0 or not hidden_sizes:
+            raise ValueError(
+                f"TargetAttention needs dim >= 1, extra_dim >= 0 and hidden sizes; got "
+                f"dim={dim}, extra_dim={extra_dim}, hidden_sizes={list(hidden_sizes)}"
+            )
+        self._dim = dim
+        self._extra_dim = extra_dim
+        self._softmax = softmax
+        self.unit = nn.Sequential(
+            MLP(4 * dim + extra_dim, list(hidden_sizes), device=device),
+            nn.Linear(hidden_sizes[-1], 1, device=device),
+        )
+
+    def output_dim(self) -> int:
+        return self._dim
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        mask: torch.Tensor,
+        extra: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            query (torch.Tensor): target, tensor of shape (B, D).
+            keys (torch.Tensor): history, tensor of shape (B, L, D).
+            mask (torch.Tensor): bool tensor of shape (B, L), True = real item.
+            extra (torch.Tensor | None): extra per-position inputs, tensor of
+                shape (B, L, X); required iff ``extra_dim > 0``.
+
+        Returns:
+            torch.Tensor: pooled history, tensor of shape (B, D).
+        """
+        B, L, D = keys.shape
+        if query.shape != (B, D) or mask.shape != (B, L) or D != self._dim:
+            raise ValueError(
+                f"TargetAttention(dim={self._dim}) expects query (B, D), keys (B, L, D), mask (B, L); "
+                f"got {tuple(query.shape)}, {tuple(keys.shape)}, {tuple(mask.shape)}"
+            )
+        q = query.unsqueeze(1).expand(B, L, D)
+        parts = [q, keys, q - keys, q * keys]
+        if self._extra_dim:
+            if extra is None or extra.shape != (B, L, self._extra_dim):
+                got = None if extra is None else tuple(extra.shape)
+                raise ValueError(f"TargetAttention expects extra of shape ({B}, {L}, {self._extra_dim}), got {got}")
+            parts.append(extra.to(keys.dtype))
+        elif extra is not None:
+            raise ValueError("TargetAttention was built with extra_dim=0 but got extra inputs")
+        scores = self.unit(torch.cat(parts, dim=-1)).squeeze(-1)  # (B, L)
+        if self._softmax:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            weights = torch.softmax(scores, dim=1) * mask  # all-masked rows: uniform * 0 = 0
+        else:
+            weights = scores.masked_fill(~mask, 0.0)
+        return torch.einsum("bl,bld->bd", weights, keys)

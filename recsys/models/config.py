@@ -1,0 +1,163 @@
+"""Configuration of the CTR models: one frozen dataclass and table sizes from the manifest.
+
+:class:`ModelConfig` holds the widths and switches of every module in
+``recsys.models``; its fields mirror the module arguments. It is built in
+code or read from a small YAML/TOML file whose keys are its field names.
+Embedding table sizes are not configuration: they come from the world's
+manifest through :func:`table_sizes`.
+
+Example::
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "model.yaml"
+    >>> _ = path.write_text("variant: simtier\\nmlp_hidden: [64, 32]\\n")
+    >>> cfg = load_model_config(path)
+    >>> cfg.variant, cfg.mlp_hidden, cfg.simtier_tiers
+    ('simtier', (64, 32), 20)
+    >>> _ = path.write_text("varaint: simtier\\n")
+    >>> load_model_config(path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    ValueError: ...: unknown key(s) ['varaint']; known keys: ['variant', ...]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recsys.data.batch import FEATURE_ID_KIND
+from recsys.data.schema import Manifest
+
+# The model variants (issue 4): the ID-only DIN, the paper's two methods and
+# their combination, and the paper's two weaker baselines.
+VARIANTS: tuple[str, ...] = ("id_only", "simtier", "make", "simtier_make", "vector", "simscore")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Widths and switches of the CTR model (``recsys.models.ctr_model.CtrModel``).
+
+    Args:
+        variant (str): one of ``VARIANTS``.
+        embedding_dim (int): E, width of every ID embedding table.
+        mlp_hidden (tuple[int, ...]): hidden widths of the ID model's MLP
+            tower (a final linear layer maps the last one to the logit).
+        attention_hidden (tuple[int, ...]): hidden widths of the DIN
+            activation unit of ``TargetAttention``.
+        attention_softmax (bool): normalise attention scores with a masked
+            softmax; ``False`` keeps DIN's raw (unnormalised) weights.
+        simtier_tiers (int): T, equal-width similarity tiers over [-1, 1].
+        make_hidden (tuple[int, ...]): hidden widths of MAKE's shallow MLP;
+            its last hidden output joins the ID model in stage 2.
+        make_frozen (bool): in stage 2, MAKE runs without gradients (its
+            outputs are constants to the ID model); ``False`` fine-tunes it.
+    """
+
+    variant: str = "id_only"  # the issue's baseline
+    embedding_dim: int = 16  # E: DIN-sized ID embeddings; the small world has ~1e5 items
+    mlp_hidden: tuple[int, ...] = (128, 64)  # DIN's tower shape, scaled down
+    attention_hidden: tuple[int, ...] = (64, 32)  # DIN's activation unit (80, 40), scaled down
+    attention_softmax: bool = False  # DIN keeps raw weights to preserve interest intensity
+    simtier_tiers: int = 20  # T: tier width 0.1, the paper's example
+    make_hidden: tuple[int, ...] = (64,)  # "shallow MLP": one hidden layer
+    make_frozen: bool = True  # stage-2 gradients do not reach MAKE (issue: measure both)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"ModelConfig.variant must be one of {list(VARIANTS)}, got {self.variant!r}")
+        for name in ("embedding_dim", "simtier_tiers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+        for name in ("mlp_hidden", "attention_hidden", "make_hidden"):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, tuple)
+                or not value
+                or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in value)
+            ):
+                raise ValueError(f"ModelConfig.{name} must be a non-empty tuple of positive ints, got {value!r}")
+        for name in ("attention_softmax", "make_frozen"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
+
+
+def table_sizes(manifest: Manifest) -> dict[str, int]:
+    """Rows of each ID embedding table, keyed by ID kind (``FEATURE_ID_KIND`` values).
+
+    Args:
+        manifest (Manifest): the world's manifest; ``id_ranges`` bounds the IDs.
+
+    Returns:
+        dict[str, int]: ID kind -> number of rows (``history_item_ids`` shares
+        the ``item_id`` table, so it has no entry of its own).
+
+    Example::
+
+        >>> from recsys.data.batch import SINGLE_FEATURES
+        >>> m = Manifest(format_version=1, preset="doc", seed=0, counts={},
+        ...     id_ranges={k: 10 for k in SINGLE_FEATURES}, first_day=0, last_day=1,
+        ...     max_history_len=5, image_size=8)
+        >>> table_sizes(m)["item_id"], len(table_sizes(m))
+        (10, 9)
+    """
+    kinds = sorted(set(FEATURE_ID_KIND.values()))
+    missing = [k for k in kinds if k not in manifest.id_ranges]
+    if missing:
+        raise ValueError(f"manifest id_ranges lacks {missing}; the model needs a size for each of {kinds}")
+    sizes = {k: int(manifest.id_ranges[k]) for k in kinds}
+    empty = [k for k, n in sizes.items() if n < 1]
+    if empty:
+        raise ValueError(f"manifest id_ranges {empty} are < 1; every embedding table needs at least one row")
+    return sizes
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    """Read a :class:`ModelConfig` from a ``.yaml``/``.yml`` or ``.toml`` file.
+
+    Keys are field names; missing keys keep their defaults; lists become
+    tuples. Unknown keys raise ``ValueError`` naming the file and the key.
+
+    Args:
+        path (str | Path): the config file.
+
+    Returns:
+        ModelConfig: the configuration.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".toml"):
+        raise ValueError(f"{path}: unknown config format {suffix!r}; expected .yaml, .yml or .toml")
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: not valid {suffix[1:].upper()} ({e})") from e
+    return model_config_from_dict({} if raw is None else raw, source=str(path))
+
+
+def model_config_from_dict(raw: Any, source: str = "<dict>") -> ModelConfig:
+    """Build a :class:`ModelConfig` from a plain mapping (as read from YAML/TOML).
+
+    Example::
+
+        >>> model_config_from_dict({"variant": "make", "make_frozen": False}).make_frozen
+        False
+    """
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: expected a mapping of ModelConfig keys, got {type(raw).__name__}")
+    known = [f.name for f in dataclasses.fields(ModelConfig)]
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {unknown}; known keys: {known}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    try:
+        return ModelConfig(**values)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e

@@ -1,0 +1,197 @@
+"""The CTR model of every variant, and its training wrapper.
+
+Notation:
+
+* ``B``: batch size; ``L``: padded history length; ``F``: dense features.
+* ``D``: multimodal vector width; ``T``: SimTier tiers.
+
+What each variant adds to the DIN-style ID model (``recsys.models.id_model``);
+every variant but ``id_only`` also feeds the target's "missing vector" flag
+(B, 1) to the MLP:
+
+==============  ================================================================
+variant         added inputs
+==============  ================================================================
+id_only         none
+simtier         SimTier histogram (B, T) -> MLP
+make            MAKE attention (B, D), hidden (B, H), logit (B, 1) -> MLP
+simtier_make    both of the above
+vector          raw multimodal vectors appended to the target (B, D) and history
+                (B, L, D) ID embeddings before target attention (and the target
+                one also to the MLP input)
+simscore        cosine similarity of the target's and each history item's vector
+                (B, L, 1) as an extra input of the attention unit, so it can
+                weight the history by it
+==============  ================================================================
+
+SimTier counts only history items that have a vector, and gives an all-zero
+row when the target has none. In ``simscore`` a missing vector gives
+similarity 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys.data.batch import Batch
+from recsys.models.config import ModelConfig
+from recsys.models.id_model import ExtraInputs, ExtraWidths, IdModel
+from recsys.models.make import Make
+from recsys.models.mm_table import MultimodalArch
+from recsys.models.simtier import SimTier
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """Which multimodal inputs a variant uses."""
+
+    simtier: bool = False  # SimTier histogram into the MLP
+    make: bool = False  # MAKE outputs into the MLP
+    vector: bool = False  # raw vectors inside target attention
+    simscore: bool = False  # per-item similarity as attention input
+
+    def uses_vectors(self) -> bool:
+        return self.simtier or self.make or self.vector or self.simscore
+
+
+# One entry per ``config.VARIANTS`` name (a test keeps them in step).
+VARIANT_SPECS: dict[str, VariantSpec] = {
+    "id_only": VariantSpec(),
+    "simtier": VariantSpec(simtier=True),
+    "make": VariantSpec(make=True),
+    "simtier_make": VariantSpec(simtier=True, make=True),
+    "vector": VariantSpec(vector=True),
+    "simscore": VariantSpec(simscore=True),
+}
+
+
+class CtrModel(nn.Module):
+    """The ID model plus the multimodal inputs of ``config.variant``; returns logits.
+
+    Sub-modules (``None`` where the variant does not use them): ``id_model``
+    (all ID tables, attention, MLP tower), ``mm_arch`` (the frozen
+    multimodal table), ``simtier``, ``make``. With ``make_frozen`` MAKE's
+    parameters have ``requires_grad=False`` and it runs under
+    ``torch.no_grad()``, so stage-2 gradients never reach it; load its
+    stage-1 weights with ``model.make.load_state_dict(stage1.make.state_dict())``.
+
+    Args:
+        config (ModelConfig): the variant and all widths.
+        table_sizes (dict[str, int]): rows per ID kind (``config.table_sizes``).
+        mm_dim (int): D, width of the item vectors (unused by ``id_only``).
+        device (torch.device | None): where to create parameters (``meta`` works).
+
+    Example::
+
+        >>> from recsys.data.batch import DENSE_FEATURES, SINGLE_FEATURES, SPARSE_FEATURES
+        >>> model = CtrModel(ModelConfig(variant="simtier_make"), {k: 10 for k in SINGLE_FEATURES}, mm_dim=8)
+        >>> B = 2
+        >>> kjt = KeyedJaggedTensor(keys=list(SPARSE_FEATURES), values=torch.arange(9 * B + 3) % 10,
+        ...     lengths=torch.tensor([1] * (9 * B) + [3, 0]))
+        >>> model(torch.zeros(B, len(DENSE_FEATURES)), kjt).shape
+        torch.Size([2])
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        table_sizes: dict[str, int],
+        mm_dim: int,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        spec = VARIANT_SPECS[config.variant]
+        self._spec = spec
+        self._make_frozen = config.make_frozen
+        uses_vectors = spec.uses_vectors()
+        if uses_vectors and mm_dim < 1:
+            raise ValueError(f"variant {config.variant!r} needs item vectors; got mm_dim={mm_dim}")
+        self.mm_arch = MultimodalArch(table_sizes["item_id"], mm_dim, device=device) if uses_vectors else None
+        self.simtier = SimTier(config.simtier_tiers) if spec.simtier else None
+        self.make = Make(config, mm_dim, device=device) if spec.make else None
+        if self.make is not None and config.make_frozen:
+            self.make.requires_grad_(False)
+        mlp_dim = 1 if uses_vectors else 0  # the target's missing flag
+        mlp_dim += self.simtier.output_dim() if self.simtier is not None else 0
+        mlp_dim += self.make.output_dim() if self.make is not None else 0
+        widths = ExtraWidths(
+            vector_dim=mm_dim if spec.vector else 0,
+            attention_dim=1 if spec.simscore else 0,
+            mlp_dim=mlp_dim,
+        )
+        self.id_model = IdModel(config, table_sizes, widths, device=device)
+
+    def forward(self, dense: torch.Tensor, features: KeyedJaggedTensor) -> torch.Tensor:
+        """
+        Args:
+            dense (torch.Tensor): dense features, tensor of shape (B, F).
+            features (KeyedJaggedTensor): the batch KJT (keys ``SPARSE_FEATURES``), stride B.
+
+        Returns:
+            torch.Tensor: logits, tensor of shape (B,).
+        """
+        if self.mm_arch is None:
+            return self.id_model(dense, features)
+        mm = self.mm_arch(features)
+        extra = ExtraInputs(mlp_inputs=(mm.target_missing,))
+        if self.simtier is not None:
+            counted = mm.history_mask & (mm.target_missing == 0)  # (B, L)
+            extra.mlp_inputs += (self.simtier(mm.target, mm.history, counted),)
+        if self.make is not None:
+            if self._make_frozen:
+                with torch.no_grad():
+                    make_out = self.make(mm, dense)
+            else:
+                make_out = self.make(mm, dense)
+            extra.mlp_inputs += make_out.mlp_inputs()
+        if self._spec.vector:
+            extra.target_vector, extra.history_vectors = mm.target, mm.history
+        if self._spec.simscore:
+            sims = torch.einsum("bd,bld->bl", F.normalize(mm.target, dim=-1), F.normalize(mm.history, dim=-1))
+            extra.attention_features = sims.unsqueeze(-1)  # (B, L, 1); 0 where a vector is missing
+        return self.id_model(dense, features, extra)
+
+
+class CtrTrain(nn.Module):
+    """Adds the binary cross-entropy loss to a logits model (as torchrec's ``DLRMTrain``).
+
+    Args:
+        model (nn.Module): maps (dense (B, F), KJT) to logits (B,): a
+            :class:`CtrModel` or a ``MakeModel``.
+
+    Example::
+
+        >>> from recsys.data.batch import DENSE_FEATURES, SINGLE_FEATURES, SPARSE_FEATURES
+        >>> train = CtrTrain(CtrModel(ModelConfig(), {k: 10 for k in SINGLE_FEATURES}, mm_dim=0))
+        >>> B = 2
+        >>> kjt = KeyedJaggedTensor(keys=list(SPARSE_FEATURES), values=torch.arange(9 * B + 1) % 10,
+        ...     lengths=torch.tensor([1] * (9 * B) + [1, 0]))
+        >>> batch = Batch(dense_features=torch.zeros(B, len(DENSE_FEATURES)), sparse_features=kjt,
+        ...     labels=torch.tensor([1.0, 0.0]), user_ids=torch.tensor([0, 1]), item_ids=torch.tensor([4, 5]))
+        >>> loss, (loss_d, logits, labels) = train(batch)
+        >>> loss.shape, logits.shape, labels.tolist()
+        (torch.Size([]), torch.Size([2]), [1.0, 0.0])
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = nn.BCEWithLogitsLoss()
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """
+        Args:
+            batch (Batch): dense (B, F), KJT, labels (B,).
+
+        Returns:
+            tuple: the mean loss (scalar, with gradient) and, detached, (loss,
+            logits (B,), labels (B,)) for metrics.
+        """
+        logits = self.model(batch.dense_features, batch.sparse_features)
+        loss = self.loss_fn(logits, batch.labels)
+        return loss, (loss.detach(), logits.detach(), batch.labels)

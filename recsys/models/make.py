@@ -1,0 +1,133 @@
+"""MAKE, the multimodal knowledge extractor: a DIN over the frozen multimodal vectors.
+
+Notation:
+
+* ``B``: batch size; ``L``: padded history length; ``F``: dense features.
+* ``D``: multimodal vector width; ``H``: last hidden width of MAKE's MLP.
+
+Stage 1 trains :class:`MakeModel` (the frozen table plus :class:`Make`) on
+the CTR task for several epochs. Stage 2 copies ``MakeModel.make``'s state
+into ``CtrModel.make``, whose three outputs (:class:`MakeOutput`) join the
+ID model's MLP input; with ``ModelConfig.make_frozen`` they are computed
+without gradients (``recsys.models.ctr_model``).
+
+MAKE's MLP input is ``[target, attention, target * attention, missing flag,
+dense]``: the ID model's layout with every ID embedding replaced by the
+multimodal vector (only item IDs have vectors, so user-side IDs drop out);
+the product gives a one-hidden-layer MLP the target-interest match directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchrec.modules.mlp import MLP
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys.data.batch import DENSE_FEATURES
+from recsys.models.attention import TargetAttention
+from recsys.models.config import ModelConfig
+from recsys.models.mm_table import MultimodalArch, MultimodalFeatures
+
+
+@dataclass
+class MakeOutput:
+    """What MAKE hands to the ID model in stage 2.
+
+    Args:
+        attention (torch.Tensor): attention output, tensor of shape (B, D).
+        hidden (torch.Tensor): last hidden layer of the shallow MLP, tensor of shape (B, H).
+        logit (torch.Tensor): MAKE's CTR logit, tensor of shape (B,).
+    """
+
+    attention: torch.Tensor
+    hidden: torch.Tensor
+    logit: torch.Tensor
+
+    def mlp_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The three outputs as 2-D MLP inputs: (B, D), (B, H), (B, 1)."""
+        return self.attention, self.hidden, self.logit.unsqueeze(-1)
+
+
+class Make(nn.Module):
+    """Target attention over multimodal history vectors, then a shallow MLP -> logit.
+
+    Args:
+        config (ModelConfig): ``attention_hidden``, ``attention_softmax`` and
+            ``make_hidden`` are read.
+        mm_dim (int): D, width of the multimodal vectors.
+        device (torch.device | None): where to create parameters (``meta`` works).
+
+    Example::
+
+        >>> make = Make(ModelConfig(), mm_dim=4)
+        >>> mm = MultimodalFeatures(target=torch.randn(2, 4), history=torch.randn(2, 3, 4),
+        ...     history_mask=torch.ones(2, 3, dtype=torch.bool), target_missing=torch.zeros(2, 1))
+        >>> out = make(mm, torch.zeros(2, len(DENSE_FEATURES)))
+        >>> out.attention.shape, out.hidden.shape, out.logit.shape, make.output_dim()
+        (torch.Size([2, 4]), torch.Size([2, 64]), torch.Size([2]), 69)
+    """
+
+    def __init__(self, config: ModelConfig, mm_dim: int, device: torch.device | None = None) -> None:
+        super().__init__()
+        self._mm_dim = mm_dim
+        self._hidden_dim = config.make_hidden[-1]
+        self.attention = TargetAttention(
+            mm_dim, config.attention_hidden, softmax=config.attention_softmax, device=device
+        )
+        self.mlp = MLP(3 * mm_dim + 1 + len(DENSE_FEATURES), list(config.make_hidden), device=device)
+        self.logit = nn.Linear(self._hidden_dim, 1, device=device)
+
+    def output_dim(self) -> int:
+        """Total width of :meth:`MakeOutput.mlp_inputs`: D + H + 1."""
+        return self._mm_dim + self._hidden_dim + 1
+
+    def forward(self, mm: MultimodalFeatures, dense: torch.Tensor) -> MakeOutput:
+        """
+        Args:
+            mm (MultimodalFeatures): target (B, D), history (B, L, D), masks.
+            dense (torch.Tensor): dense features, tensor of shape (B, F).
+
+        Returns:
+            MakeOutput: attention (B, D), hidden (B, H), logit (B,).
+        """
+        attention = self.attention(mm.target, mm.history, mm.history_mask)  # (B, D)
+        hidden = self.mlp(torch.cat([mm.target, attention, mm.target * attention, mm.target_missing, dense], dim=-1))
+        return MakeOutput(attention=attention, hidden=hidden, logit=self.logit(hidden).squeeze(-1))
+
+
+class MakeModel(nn.Module):
+    """Stage 1 of MAKE: the frozen multimodal table and :class:`Make`, returning logits.
+
+    Args:
+        config (ModelConfig): as for :class:`Make`.
+        num_items (int): rows of the multimodal table (``table_sizes(manifest)["item_id"]``).
+        mm_dim (int): D.
+        device (torch.device | None): where to create parameters (``meta`` works).
+
+    Example::
+
+        >>> model = MakeModel(ModelConfig(), num_items=5, mm_dim=4)
+        >>> kjt = KeyedJaggedTensor(keys=["item_id", "history_item_ids"],
+        ...     values=torch.tensor([1, 2, 3, 4]), lengths=torch.tensor([1, 1, 2, 0]))
+        >>> model(torch.zeros(2, len(DENSE_FEATURES)), kjt).shape
+        torch.Size([2])
+    """
+
+    def __init__(self, config: ModelConfig, num_items: int, mm_dim: int, device: torch.device | None = None) -> None:
+        super().__init__()
+        self.mm_arch = MultimodalArch(num_items, mm_dim, device=device)
+        self.make = Make(config, mm_dim, device=device)
+
+    def forward(self, dense: torch.Tensor, features: KeyedJaggedTensor) -> torch.Tensor:
+        """
+        Args:
+            dense (torch.Tensor): dense features, tensor of shape (B, F).
+            features (KeyedJaggedTensor): the batch KJT, stride B.
+
+        Returns:
+            torch.Tensor: logits, tensor of shape (B,).
+        """
+        return self.make(self.mm_arch(features), dense).logit

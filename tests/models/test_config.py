@@ -1,0 +1,46 @@
+"""ModelConfig validation, the YAML/TOML loader and table sizes from the manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recsys.data.batch import SINGLE_FEATURES
+from recsys.data.schema import Manifest
+from recsys.models.config import ModelConfig, load_model_config, table_sizes
+
+
+def test_toml_and_yaml_give_the_same_config(tmp_path: Path) -> None:
+    (tmp_path / "m.toml").write_text('variant = "make"\nmake_hidden = [32, 16]\nmake_frozen = false\n')
+    (tmp_path / "m.yaml").write_text("variant: make\nmake_hidden: [32, 16]\nmake_frozen: false\n")
+    cfg = load_model_config(tmp_path / "m.toml")
+    assert cfg == load_model_config(tmp_path / "m.yaml")
+    assert cfg == ModelConfig(variant="make", make_hidden=(32, 16), make_frozen=False)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("variant: nope\n", "variant must be one of"),
+        ("mlp_hidden: []\n", "mlp_hidden must be a non-empty tuple"),
+        ("simtier_tiers: 0\n", "simtier_tiers must be a positive int"),
+        ("make_frozen: 1\n", "make_frozen must be a bool"),
+        ("embeding_dim: 8\n", "unknown key(s) ['embeding_dim']"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "m.yaml").write_text(text)
+    with pytest.raises(ValueError, match=r"m\.yaml") as info:
+        load_model_config(tmp_path / "m.yaml")
+    assert message in str(info.value)
+
+
+def test_table_sizes_from_manifest() -> None:
+    ranges = {k: i + 2 for i, k in enumerate(SINGLE_FEATURES)}
+    m = Manifest(format_version=1, preset="t", seed=0, counts={}, id_ranges=ranges,
+                 first_day=0, last_day=1, max_history_len=4, image_size=8)
+    assert table_sizes(m) == ranges
+    del ranges["brand_id"]
+    with pytest.raises(ValueError, match="brand_id"):
+        table_sizes(m)

@@ -1,0 +1,64 @@
+"""SimTier against a plain per-row Python reference."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from recsys.models.simtier import SimTier
+
+
+def reference(target: torch.Tensor, history: torch.Tensor, mask: torch.Tensor, T: int) -> torch.Tensor:
+    """Per row, per item: cosine in float64, tier = floor((s + 1) / (2 / T)), 1.0 -> last tier."""
+    B, L, _ = history.shape
+    out = torch.zeros(B, T)
+    for b in range(B):
+        t = target[b].tolist()
+        counted = 0
+        for l in range(L):
+            if not mask[b, l]:
+                continue
+            h = history[b, l].tolist()
+            dot = sum(x * y for x, y in zip(t, h))
+            s = dot / (math.sqrt(sum(x * x for x in t)) * math.sqrt(sum(y * y for y in h)))
+            s = min(1.0, max(-1.0, s))
+            out[b, min(int((s + 1.0) / (2.0 / T)), T - 1)] += 1.0
+            counted += 1
+        if counted:
+            out[b] /= counted
+    return out
+
+
+def test_equals_per_row_reference() -> None:
+    g = torch.Generator().manual_seed(0)
+    B, L, D = 6, 9, 8
+    target, history = torch.randn(B, D, generator=g), torch.randn(B, L, D, generator=g)
+    mask = torch.rand(B, L, generator=g) < 0.7
+    mask[2] = False  # an empty history
+    for T in (20, 7, 1):
+        got = SimTier(T)(target, history, mask)
+        assert got.shape == (B, T)
+        torch.testing.assert_close(got, reference(target, history, mask, T))
+    assert SimTier(20)(target, history, mask)[2].eq(0).all()
+
+
+def test_edges_and_padding() -> None:
+    t = torch.tensor([[0.6, 0.8, 0.0]])
+    # cos = 1, -1, 0 (the edge between tiers 9 and 10 of 20), then padding.
+    history = torch.stack([t[0], -t[0], torch.tensor([0.8, -0.6, 0.0]), torch.randn(3)]).unsqueeze(0)
+    mask = torch.tensor([[True, True, True, False]])
+    got = SimTier(20)(t, history, mask)
+    expected = torch.zeros(1, 20)
+    expected[0, [19, 0, 10]] = 1 / 3
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got, reference(t, history, mask, 20))
+    history[0, 3] = 5.0  # changing a padded item changes nothing
+    torch.testing.assert_close(SimTier(20)(t, history, mask), got)
+
+
+def test_rows_sum_to_one_and_no_grad() -> None:
+    target = torch.randn(4, 5, requires_grad=True)
+    out = SimTier(20)(target, torch.randn(4, 3, 5), torch.ones(4, 3, dtype=torch.bool))
+    torch.testing.assert_close(out.sum(1), torch.ones(4))
+    assert not out.requires_grad and torch.isfinite(out).all()
