@@ -125,6 +125,8 @@ class SclConfig:
         max_steps (int | None): stop after this many steps if set (overrides
             ``epochs`` when it comes first).
         seed (int): seed of initialisation and data order.
+        init_from (str | None): ``encoder.pt`` whose weights replace the
+            random initialisation.
     """
 
     tower: TowerConfig = field(default_factory=TowerConfig)  # see TowerConfig
@@ -144,6 +146,10 @@ class SclConfig:
     epochs: int = 2  # two passes over the `small` world's ~37k training sessions: ~580 steps at 2 ranks, ~7 min
     max_steps: int | None = None  # no cap; `mmctr pretrain --max-steps N` sets one
     seed: int = 0  # torch.manual_seed of init and the data order
+    # An encoder.pt to start from instead of random towers (same TowerConfig):
+    # the paper fine-tunes SCL from a generic CLIP; here a `--method clip` run
+    # stands in for that backbone. None: random initialisation.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.tower, TowerConfig):

@@ -135,6 +135,11 @@ class Pretrainer:
         self.pairs: SearchPairs = split_heldout(load_search_pairs(world, self.items), manifest.test_day)[0]
         self.query_tokens = tokenize(self.pairs.query_texts)  # (S, C)
         self.encoder = build_encoder(cfg).to(ctx.device)
+        if cfg.init_from:
+            try:
+                self.encoder.load_state_dict(load_encoder(Path(cfg.init_from)).state_dict())
+            except RuntimeError as e:  # shape mismatches
+                raise ValueError(f"{cfg.init_from}: its towers differ from this config's tower section ({e})") from e
         self.encoder.clip.logit_scale.data.fill_(math.log(1.0 / cfg.temperature))
         if method == "scl":
             self.encoder.clip.logit_scale.requires_grad_(False)  # only the CLIP loss uses it

@@ -55,6 +55,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(args.config) if args.config else SclConfig()
     if args.max_steps is not None:
         cfg = dataclasses.replace(cfg, max_steps=args.max_steps)
+    if args.init_from is not None:
+        cfg = dataclasses.replace(cfg, init_from=str(args.init_from))
     stats = run_pretrain(args.world, args.out, args.method, cfg, args.checkpoint_every, progress=not args.quiet)
     print(f"pretrain {args.method}: {stats}")
     return 0
@@ -107,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run directory (resumes from its checkpoint)")
     p.add_argument("--config", type=Path, help="YAML/TOML file of SclConfig values")
     p.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
+    p.add_argument("--init-from", type=Path, help="encoder.pt to start from (e.g. a clip run's) instead of random towers")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default: 200)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=_cmd_pretrain)

@@ -377,3 +377,16 @@ def test_neighbour_purity_matches_a_plain_reference() -> None:
         shares.append(np.mean(categories[np.argsort(-s)[:10]] == categories[r]))
     assert neighbour_purity(vectors, categories, sample, k=10) == pytest.approx(np.mean(shares), abs=1e-9)
     assert neighbour_purity(vectors, np.zeros(1200, dtype=np.int64), sample, k=10) == 1.0
+
+
+def test_init_from_starts_from_another_runs_encoder(runs: dict, tiny_world: Path, tmp_path: Path) -> None:
+    # A `random` run started from the trained scl encoder exports that encoder's vectors.
+    source = runs["scl"][0]
+    cfg = dataclasses.replace(CFG, init_from=str(source / ENCODER_FILE), seed=123)
+    run_pretrain(tiny_world, tmp_path / "ft", "random", cfg, progress=False)
+    _, want = read_item_vectors(source / VECTORS_FILE)
+    _, got = read_item_vectors(tmp_path / "ft" / VECTORS_FILE)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    bigger = dataclasses.replace(CFG, tower=dataclasses.replace(TOWER, embed_dim=2 * D), init_from=str(source / ENCODER_FILE))
+    with pytest.raises(ValueError, match="towers differ"):
+        run_pretrain(tiny_world, tmp_path / "bad", "random", bigger, progress=False)
