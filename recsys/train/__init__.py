@@ -1,0 +1,1 @@
+"""CTR training entry points: sharding the plain models with DistributedModelParallel."""

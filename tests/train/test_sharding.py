@@ -1,0 +1,86 @@
+"""shard_model: 2-rank gloo sharded training equals an unsharded reference after one fused SGD step."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from recsys.train.sharding import CpuCapableEmbeddingBagCollectionSharder, CpuCapableEmbeddingCollectionSharder
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sharders_offer_row_wise_on_cpu() -> None:
+    for sharder in (CpuCapableEmbeddingBagCollectionSharder(), CpuCapableEmbeddingCollectionSharder()):
+        assert {"table_wise", "row_wise", "column_wise", "table_row_wise"} <= set(sharder.sharding_types("cpu"))
+
+
+def _reference(workers: object) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Unsharded loss on the global batch and the weights after one plain SGD step on the tables."""
+    model = workers.TinyCtr()
+    model.load_state_dict(workers.initial_state())
+    kjt, label = workers.global_batch()
+    # Mean over the global batch = mean of the two ranks' local means, i.e. TorchRec's grads / world size.
+    loss = model(kjt, label)
+    loss.backward()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                p -= workers.LR * p.grad
+    return loss.detach(), {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    ("sharding", "on_meta"), [("table_wise", False), ("row_wise", True), ("column_wise", False), ("auto", True)]
+)
+def test_sharded_equals_unsharded_after_one_step(
+    sharding: str, on_meta: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    import sharding_workers as workers
+
+    init = f"tcp://127.0.0.1:{_free_port()}"
+    mp.spawn(workers.shard_worker, args=(2, init, str(tmp_path), sharding, on_meta, False), nprocs=2, join=True)
+    got = torch.load(tmp_path / "result.pt", weights_only=False)
+    ref_loss, ref_weights = _reference(workers)
+    initial = workers.initial_state()
+
+    torch.testing.assert_close(got["loss"], ref_loss)
+    assert set(got["weights"]) == set(ref_weights), got["weights"].keys()
+    for name, ref in ref_weights.items():
+        torch.testing.assert_close(got["weights"][name], ref, msg=lambda m: f"{name}: {m}")
+    for name in ("ebc.embedding_bags.user_id.weight", "item_table.embeddings.item_id.weight", "bias"):
+        assert not torch.equal(ref_weights[name], initial[name])  # the step did move the ID tables
+    mm = "mm_arch.mm_table.embeddings.mm_item.weight"
+    assert torch.equal(got["weights"][mm], initial[mm])  # bitwise unchanged
+    # Rank 0's fused state: the mm table, where rank 0 holds a shard of it, has an empty entry (stateless SGD).
+    assert all(v == [] for k, v in got["fused_state"].items() if "mm_item" in k), got["fused_state"]
+    sys.modules.pop("sharding_workers", None)
+
+
+def test_frozen_table_holds_no_state_beside_adagrad_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    import sharding_workers as workers
+
+    init = f"tcp://127.0.0.1:{_free_port()}"
+    mp.spawn(workers.shard_worker, args=(2, init, str(tmp_path), "row_wise", False, True), nprocs=2, join=True)
+    got = torch.load(tmp_path / "result.pt", weights_only=False)
+    mm = "mm_arch.mm_table.embeddings.mm_item.weight"
+    assert torch.equal(got["weights"][mm], workers.initial_state()[mm])  # bitwise unchanged
+    state = got["fused_state"]  # row_wise: rank 0 holds a shard of every table
+    assert state[mm] == [], state
+    assert state["ebc.embedding_bags.user_id.weight"] and state["item_table.embeddings.item_id.weight"], state
+    sys.modules.pop("sharding_workers", None)
