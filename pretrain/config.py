@@ -23,14 +23,14 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from recsys.config_file import read_config_file
+
 
 # How the item vector is formed from the image and text embeddings
 # (see ``pretrain.towers.ItemEncoder.fuse``).
@@ -184,17 +184,7 @@ def load_config(path: str | Path) -> SclConfig:
     Returns:
         SclConfig: the configuration.
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".yaml", ".yml", ".toml"):
-        raise ValueError(f"{path}: unknown config format {suffix!r}; expected .yaml, .yml or .toml")
-    text = path.read_text()
-    try:
-        raw = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: not valid {suffix[1:].upper()} ({e})") from e
-    raw = {} if raw is None else raw
-    return config_from_dict(raw, source=str(path))
+    return config_from_dict(read_config_file(path), source=str(path))
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> SclConfig:

@@ -40,7 +40,7 @@ def prefetch(source: Iterable[_T], depth: int) -> Iterator[_T]:
                 slots.put(item, timeout=0.05)
                 return True
             except queue.Full:
-                pass
+                continue  # the consumer is slow: wait again unless told to stop
         return False
 
     def work() -> None:

@@ -106,11 +106,11 @@ def _first_undecodable(blobs: list[bytes]) -> int:
         try:
             with Image.open(io.BytesIO(blob)) as im:
                 im.load()
-                if im.size[0] > 0 and im.size[1] > 0:
-                    continue
+                ok = im.size[0] > 0 and im.size[1] > 0
         except Exception:  # noqa: BLE001 - any decoder failure means "undecodable"
-            pass
-        return i
+            ok = False
+        if not ok:
+            return i
     return -1
 
 

@@ -24,13 +24,11 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from recsys.config_file import read_config_file
 from recsys.data.batch import FEATURE_ID_KIND
 from recsys.data.schema import Manifest
 
@@ -130,16 +128,7 @@ def load_model_config(path: str | Path) -> ModelConfig:
     Returns:
         ModelConfig: the configuration.
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".yaml", ".yml", ".toml"):
-        raise ValueError(f"{path}: unknown config format {suffix!r}; expected .yaml, .yml or .toml")
-    text = path.read_text()
-    try:
-        raw = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: not valid {suffix[1:].upper()} ({e})") from e
-    return model_config_from_dict({} if raw is None else raw, source=str(path))
+    return model_config_from_dict(read_config_file(path), source=str(path))
 
 
 def model_config_from_dict(raw: Any, source: str = "<dict>") -> ModelConfig:
