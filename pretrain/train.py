@@ -164,16 +164,18 @@ class Pretrainer:
             lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, self.total_steps - warm))),
         )
         self.step = 0
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, this rank's rows)
 
     # -- data order ---------------------------------------------------------
     def _batch_rows(self, step: int) -> np.ndarray:
         """Rows (sessions or items) of this rank's batch at global ``step``."""
         epoch, k = divmod(step, self.steps_per_epoch)
-        n = len(self.pairs) if self.method == "scl" else len(self.items.item_ids)
-        perm = np.random.default_rng([self.cfg.seed, epoch]).permutation(n)
-        mine = perm[self.ctx.rank :: self.ctx.world_size]
+        if self._order is None or self._order[0] != epoch:  # one permutation per epoch
+            n = len(self.pairs) if self.method == "scl" else len(self.items.item_ids)
+            perm = np.random.default_rng([self.cfg.seed, epoch]).permutation(n)
+            self._order = (epoch, perm[self.ctx.rank :: self.ctx.world_size])
         b = self.cfg.batch_size
-        return mine[k * b : (k + 1) * b]
+        return self._order[1][k * b : (k + 1) * b]
 
     # -- steps --------------------------------------------------------------
     def _images(self, rows: np.ndarray, source: np.ndarray) -> torch.Tensor:
