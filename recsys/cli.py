@@ -72,6 +72,29 @@ def _cmd_pretrain_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from recsys.train.config import load_job_config
+    from recsys.train.trainer import TrainJob, run_train
+
+    model, train = load_job_config(args.config, variant=args.variant)
+    overrides = {k: getattr(args, k) for k in ("seed", "epochs", "checkpoint_every", "stop_after_steps", "batch_size")}
+    train = dataclasses.replace(train, **{k: v for k, v in overrides.items() if v is not None})
+    job = TrainJob(
+        world=args.world,
+        out=args.out,
+        model=model,
+        train=train,
+        vectors=args.vectors,
+        sharding=args.sharding,
+        make_from=args.make_from,
+        quiet=args.quiet,
+    )
+    run_train(job)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The main job: today, world generation, validation and a summary."""
     world = args.out / "world"
@@ -119,6 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=Path, nargs="+", required=True, help="pretrain run directories")
     p.add_argument("--json", type=Path, help="also write the table as JSON here")
     p.set_defaults(fn=_cmd_pretrain_eval)
+
+    from recsys.models.config import VARIANTS
+    from recsys.train.sharding import SHARDINGS
+
+    p = sub.add_parser("train", help="train a CTR variant with TorchRec (DMP) and evaluate it on the test day")
+    p.add_argument("--world", type=Path, required=True, help="dataset directory")
+    p.add_argument("--vectors", type=Path, help="item_vectors.parquet (or its run folder); every variant but id_only")
+    p.add_argument("--variant", choices=VARIANTS, help="model variant (default: the config's, else id_only)")
+    p.add_argument("--out", type=Path, required=True, help="run directory (resumes from its newest checkpoint)")
+    p.add_argument("--config", type=Path, help="YAML/TOML job file with 'model' and 'train' sections")
+    p.add_argument("--sharding", choices=SHARDINGS, default="auto", help="ID table sharding (default: auto, the planner's)")
+    p.add_argument("--make-from", type=Path, help="finished MAKE stage-1 folder (default: run stage 1 into OUT/make_stage1)")
+    p.add_argument("--seed", type=int, help="overrides train.seed")
+    p.add_argument("--epochs", type=int, help="overrides train.epochs")
+    p.add_argument("--batch-size", type=int, help="overrides train.batch_size (per rank)")
+    p.add_argument("--checkpoint-every", type=int, help="overrides train.checkpoint_every (steps)")
+    p.add_argument("--stop-after-steps", type=int, help="stop after N steps as if preempted (checkpoint; rerun resumes)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=_cmd_train)
 
     p = sub.add_parser("demo", help="the main job (see README)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="world size (default: small)")

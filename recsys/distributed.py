@@ -32,8 +32,14 @@ class DistContext:
         return self.rank == 0
 
 
-def init_distributed() -> DistContext:
-    """Initialises the default process group when ``WORLD_SIZE`` > 1."""
+def init_distributed(always: bool = False) -> DistContext:
+    """Initialises the default process group when ``WORLD_SIZE`` > 1 (or always).
+
+    Args:
+        always (bool): also make a one-rank group when run plainly (an
+            in-memory store, no port): ``DistributedModelParallel`` needs a
+            process group even at world size 1.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -42,7 +48,10 @@ def init_distributed() -> DistContext:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
+    elif always and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1)
     rank = dist.get_rank() if dist.is_initialized() else 0
+    world_size = dist.get_world_size() if dist.is_initialized() else world_size
     return DistContext(rank=rank, world_size=world_size, device=device)
 
 

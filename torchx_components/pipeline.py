@@ -6,6 +6,9 @@ gloo group on CPU or NCCL on GPU). Run locally::
 
     torchx run -s local_cwd torchx_components/pipeline.py:pretrain \\
         --world runs/demo/world --out runs/demo/pretrain-scl --nproc 2
+    torchx run -s local_cwd torchx_components/pipeline.py:train \\
+        --world runs/demo/world --vectors runs/demo/pretrain-scl --variant simtier_make \\
+        --out runs/demo/ctr-simtier_make --nproc 2 --sharding row_wise
 
 On a cluster scheduler (``-s kubernetes`` or ``-s slurm``) the same
 components run with ``image`` pointing at a container with this project
@@ -17,6 +20,8 @@ Example::
     >>> cmd = app.roles[0].args[-1]
     >>> "--nproc_per_node 2" in cmd, cmd.split(" -m ")[1]
     (True, 'recsys.cli pretrain --method scl --world w --out o --quiet --max-steps 5')
+    >>> train(world="w", out="o", variant="simtier", vectors="v", sharding="row_wise").roles[0].args[-1].split(" -m ")[1]
+    'recsys.cli train --world w --out o --variant simtier --sharding row_wise --quiet --vectors v'
 """
 
 # No `from __future__ import annotations`: TorchX reads the real annotation
@@ -65,3 +70,50 @@ def pretrain(
     if max_steps is not None:
         args += ["--max-steps", str(max_steps)]
     return _stage("pretrain", args, nproc, image, cpu, memMB)
+
+
+def train(
+    world: str,
+    out: str,
+    variant: str = "id_only",
+    vectors: Optional[str] = None,
+    nproc: int = 2,
+    sharding: str = "auto",
+    config: Optional[str] = None,
+    make_from: Optional[str] = None,
+    seed: Optional[int] = None,
+    checkpoint_every: Optional[int] = None,
+    stop_after_steps: Optional[int] = None,
+    image: str = DEFAULT_IMAGE,
+    cpu: int = 2,
+    memMB: int = 8192,
+) -> specs.AppDef:
+    """Trains one CTR variant with DistributedModelParallel and evaluates it on the test day.
+
+    Args:
+        world: dataset directory (public Parquet format)
+        out: run directory; a restarted job resumes from its newest checkpoint
+        variant: id_only, simtier, make, simtier_make, vector or simscore
+        vectors: item_vectors.parquet (or its pretrain run folder); every variant but id_only
+        nproc: processes (ranks) on the node
+        sharding: table_wise, row_wise, column_wise or auto
+        config: YAML/TOML job file with model and train sections
+        make_from: finished MAKE stage-1 folder (default: stage 1 runs into OUT/make_stage1)
+        seed: overrides train.seed
+        checkpoint_every: steps between distributed checkpoints
+        stop_after_steps: stop after N steps as if preempted (a rerun resumes)
+        image: container image (cluster schedulers only)
+        cpu: CPUs per replica
+        memMB: memory per replica, MB
+    """
+    args = ["--world", world, "--out", out, "--variant", variant, "--sharding", sharding, "--quiet"]
+    optional = {
+        "--vectors": vectors,
+        "--config": config,
+        "--make-from": make_from,
+        "--seed": seed,
+        "--checkpoint-every": checkpoint_every,
+        "--stop-after-steps": stop_after_steps,
+    }
+    args += [x for flag, value in optional.items() if value is not None for x in (flag, str(value))]
+    return _stage("train", args, nproc, image, cpu, memMB)

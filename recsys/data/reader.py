@@ -29,7 +29,14 @@ What one epoch of rank ``r`` reads:
 4. Each impression is joined with its user (``users/``) and item
    (``items/``) side features through dense lookup arrays indexed by ID;
    ``items/`` is read without its title and image columns.
-5. A background thread prepares up to ``prefetch`` batches ahead.
+5. IDs at or beyond their embedding table's rows (``table_sizes``, by
+   default the manifest's ranges) are refused (``ValueError`` naming file,
+   feature and count) or, with ``out_of_range="hash"``, folded in as
+   ``id % rows`` and counted in ``out_of_range_counts``.
+6. A background thread prepares up to ``prefetch`` batches ahead.
+
+``start_batch`` skips an epoch's first batches without reading their rows
+(a resumed job continues mid-epoch with the same batches).
 
 With ``shuffle=True`` the rank's row-group order and the rows within each
 row group (the shuffle buffer) are permuted, deterministically for
@@ -90,7 +97,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.prefetch import prefetch
-from recsys.data.batch import DENSE_FEATURES, SINGLE_FEATURES, SPARSE_FEATURES, Batch
+from recsys.data.batch import DENSE_FEATURES, FEATURE_ID_KIND, SINGLE_FEATURES, SPARSE_FEATURES, Batch
 from recsys.data.schema import Manifest, table_files
 
 # Side features joined from users/ and items/, in `SINGLE_FEATURES` order.
@@ -99,6 +106,7 @@ ITEM_SIDE: tuple[str, ...] = ("shop_id", "brand_id", "category_id", "price_bucke
 IMPRESSION_COLUMNS: tuple[str, ...] = ("day", "user_id", "item_id", "history_item_ids", "position", "label")
 
 _S = len(SINGLE_FEATURES)
+OUT_OF_RANGE: tuple[str, ...] = ("refuse", "hash")
 if SINGLE_FEATURES != ("user_id", *USER_SIDE, "item_id", *ITEM_SIDE):
     raise ImportError("recsys.data.batch.SINGLE_FEATURES no longer matches the reader's join order")
 
@@ -116,6 +124,9 @@ class ReaderConfig:
     prefetch: int = 2  # batches a background thread prepares ahead; 0 = no thread
     drop_last: bool = True  # True: drop rows past min_r n_r // B batches; False: pad (module doc)
     max_history_len: int | None = None  # keep the last this many history items; None = manifest's
+    start_batch: int = 0  # skip this epoch's first batches (resume mid-epoch); same batches after
+    table_sizes: dict[str, int] | None = None  # rows per ID kind; None = the manifest's id_ranges
+    out_of_range: str = "refuse"  # IDs >= their table's rows: "refuse" (ValueError) or "hash" (id % rows)
 
     def __post_init__(self) -> None:
         if self.days is not None and not isinstance(self.days, range):
@@ -128,6 +139,10 @@ class ReaderConfig:
             raise ValueError(f"prefetch must be >= 0 (0 = no thread), got {self.prefetch}")
         if self.max_history_len is not None and self.max_history_len < 0:
             raise ValueError(f"max_history_len must be >= 0 or None, got {self.max_history_len}")
+        if self.start_batch < 0:
+            raise ValueError(f"start_batch must be >= 0, got {self.start_batch}")
+        if self.out_of_range not in OUT_OF_RANGE:
+            raise ValueError(f"out_of_range must be one of {OUT_OF_RANGE}, got {self.out_of_range!r}")
 
 
 @dataclass(frozen=True)
@@ -181,7 +196,11 @@ class ImpressionReader(IterableDataset[Batch]):
         ranges = self.manifest.id_ranges
         self._users = _lookup(self.root, "users", "user_id", USER_SIDE, ranges)
         self._items = _lookup(self.root, "items", "item_id", ITEM_SIDE, ranges)
+        self._table_rows = _table_rows(ranges, config.table_sizes)
         self._epoch = 0
+        # IDs hashed per feature, counted as row groups are read (rows that
+        # drop_last drops included; each pass counts again).
+        self.out_of_range_counts: dict[str, int] = {f: 0 for f in SPARSE_FEATURES}
 
     def num_batches(self) -> int:
         """Batches per epoch, the same on every rank."""
@@ -257,6 +276,7 @@ class ImpressionReader(IterableDataset[Batch]):
         info = get_worker_info()
         k, K = (0, 1) if info is None else (info.id, info.num_workers)
         first, last = k * self._num_batches // K, (k + 1) * self._num_batches // K
+        first = max(first, min(self.config.start_batch, last))
         start, stop = first * B, min(last * B, self._rows)
         order = self._order()
         files: dict[int, pq.ParquetFile] = {}
@@ -309,10 +329,41 @@ class ImpressionReader(IterableDataset[Batch]):
         single[1 + len(USER_SIDE)] = item
         single[2 + len(USER_SIDE) :] = _join(self._items, item, "item_id", "items", where)
         _check_range(values, self.manifest.id_ranges["item_id"], "history_item_ids", where)
+        for s, name in enumerate(SINGLE_FEATURES):
+            single[s] = self._fit_table(single[s], name, where)
+        values = self._fit_table(values, "history_item_ids", where)
         dense = np.empty((m, len(DENSE_FEATURES)), dtype=np.float32)
         dense[:, 0] = position
         dense[:, 1] = np.log1p(full_len)
         return _Block(single, dense, labels, offsets, values)
+
+    def _fit_table(self, ids: np.ndarray, feature: str, where: str) -> np.ndarray:
+        """IDs of ``feature`` within its table's rows: hashed (``id % rows``) or refused, counted."""
+        rows = self._table_rows[FEATURE_ID_KIND[feature]]
+        over = ids >= rows
+        n = int(over.sum()) if len(ids) and int(ids.max()) >= rows else 0
+        if not n:
+            return ids
+        if self.config.out_of_range == "refuse":
+            raise ValueError(
+                f"{where}: {n} {feature} value(s) >= the table's {rows} rows (e.g. {int(ids[over][0])}); "
+                f"set out_of_range='hash' to fold them into the table"
+            )
+        self.out_of_range_counts[feature] += n
+        return np.where(over, ids % rows, ids)
+
+
+def _table_rows(ranges: dict[str, int], sizes: dict[str, int] | None) -> dict[str, int]:
+    """Rows of each ID kind's table: ``sizes`` where given, else the manifest's range."""
+    kinds = sorted(set(FEATURE_ID_KIND.values()))
+    rows = {k: int(ranges[k]) for k in kinds}
+    for k, n in (sizes or {}).items():
+        if k not in rows:
+            raise ValueError(f"table_sizes names unknown ID kind {k!r}; known: {kinds}")
+        if n < 1:
+            raise ValueError(f"table_sizes[{k!r}] must be >= 1, got {n}")
+        rows[k] = int(n)
+    return rows
 
 
 def _plan(rank_rows: tuple[int, ...], batch_size: int, drop_last: bool) -> tuple[int, int]:

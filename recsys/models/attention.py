@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torchrec.modules.mlp import MLP
 
 
 class TargetAttention(nn.Module):
@@ -66,10 +65,11 @@ class TargetAttention(nn.Module):
         self._dim = dim
         self._extra_dim = extra_dim
         self._softmax = softmax
-        self.unit = nn.Sequential(
-            MLP(4 * dim + extra_dim, list(hidden_sizes), device=device),
-            nn.Linear(hidden_sizes[-1], 1, device=device),
-        )
+        widths = [4 * dim + extra_dim, *hidden_sizes]
+        layers: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b, device=device), nn.ReLU()]
+        self.unit = nn.Sequential(*layers, nn.Linear(widths[-1], 1, device=device))
 
     def output_dim(self) -> int:
         return self._dim
@@ -98,16 +98,22 @@ class TargetAttention(nn.Module):
                 f"TargetAttention(dim={self._dim}) expects query (B, D), keys (B, L, D), mask (B, L); "
                 f"got {tuple(query.shape)}, {tuple(keys.shape)}, {tuple(mask.shape)}"
             )
-        q = query.unsqueeze(1).expand(B, L, D)
-        parts = [q, keys, q - keys, q * keys]
         if self._extra_dim:
             if extra is None or extra.shape != (B, L, self._extra_dim):
                 got = None if extra is None else tuple(extra.shape)
                 raise ValueError(f"TargetAttention expects extra of shape ({B}, {L}, {self._extra_dim}), got {got}")
-            parts.append(extra.to(keys.dtype))
         elif extra is not None:
             raise ValueError("TargetAttention was built with extra_dim=0 but got extra inputs")
-        scores = self.unit(torch.cat(parts, dim=-1)).squeeze(-1)  # (B, L)
+        # The first layer on [q, k, q - k, q * k, x] is W_q q + W_k k + W_d (q - k) + W_p (q * k) + W_x x
+        # = (W_q + W_d) q + (W_k - W_d) k + W_p (q * k) + W_x x: the query term once per row
+        # instead of per position, and half the per-position work of the concatenation.
+        first = self.unit[0]
+        w_q, w_k, w_d, w_p, w_x = first.weight.split([D, D, D, D, self._extra_dim], dim=1)
+        hidden = keys @ (w_k - w_d).t() + (query.unsqueeze(1) * keys) @ w_p.t()  # (B, L, H1)
+        hidden = hidden + (query @ (w_q + w_d).t() + first.bias).unsqueeze(1)
+        if self._extra_dim:
+            hidden = hidden + extra.to(keys.dtype) @ w_x.t()
+        scores = self.unit[1:](hidden).squeeze(-1)  # (B, L)
         if self._softmax:
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
             weights = torch.softmax(scores, dim=1) * mask  # all-masked rows: uniform * 0 = 0

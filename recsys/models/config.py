@@ -13,7 +13,7 @@ Example::
     >>> _ = path.write_text("variant: simtier\\nmlp_hidden: [64, 32]\\n")
     >>> cfg = load_model_config(path)
     >>> cfg.variant, cfg.mlp_hidden, cfg.simtier_tiers
-    ('simtier', (64, 32), 20)
+    ('simtier', (64, 32), 50)
     >>> _ = path.write_text("varaint: simtier\\n")
     >>> load_model_config(path)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -60,11 +60,11 @@ class ModelConfig:
     variant: str = "id_only"  # the issue's baseline
     embedding_dim: int = 16  # E: DIN-sized ID embeddings; the small world has ~1e5 items
     mlp_hidden: tuple[int, ...] = (128, 64)  # DIN's tower shape, scaled down
-    attention_hidden: tuple[int, ...] = (64, 32)  # DIN's activation unit (80, 40), scaled down
+    attention_hidden: tuple[int, ...] = (32,)  # DIN's activation unit (80, 40) cut to one layer: 1.7x faster steps on CPU
     attention_softmax: bool = False  # DIN keeps raw weights to preserve interest intensity
-    simtier_tiers: int = 20  # T: tier width 0.1, the paper's example
+    simtier_tiers: int = 50  # T: tier width 0.04; best of 20/50/100 on the small world (README)
     make_hidden: tuple[int, ...] = (64,)  # "shallow MLP": one hidden layer
-    make_frozen: bool = True  # stage-2 gradients do not reach MAKE (issue: measure both)
+    make_frozen: bool = False  # fine-tune MAKE in stage 2: measured better than frozen on the small world (README)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -136,8 +136,8 @@ def model_config_from_dict(raw: Any, source: str = "<dict>") -> ModelConfig:
 
     Example::
 
-        >>> model_config_from_dict({"variant": "make", "make_frozen": False}).make_frozen
-        False
+        >>> model_config_from_dict({"variant": "make", "make_frozen": True}).make_frozen
+        True
     """
     if not isinstance(raw, dict):
         raise ValueError(f"{source}: expected a mapping of ModelConfig keys, got {type(raw).__name__}")

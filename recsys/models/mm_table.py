@@ -177,6 +177,7 @@ class MultimodalArch(nn.Module):
         return MultimodalFeatures(
             target=target,
             history=history,
-            history_mask=mask & (history != 0).any(dim=-1),
-            target_missing=(target == 0).all(dim=-1, keepdim=True).to(target.dtype),
+            # zero rows = no vector (stored vectors are unit norm); norms are the fast reduction
+            history_mask=mask & (torch.linalg.vector_norm(history, dim=-1) > 0),
+            target_missing=(torch.linalg.vector_norm(target, dim=-1, keepdim=True) == 0).to(target.dtype),
         )

@@ -45,6 +45,8 @@ from recsys.distributed import DistContext
 from recsys.models.mm_table import is_mm_table_param
 
 SHARDINGS = ("table_wise", "row_wise", "column_wise", "auto")
+FUSED_OPTIMIZER = "fused"  # key of the fused table optimizer in make_optimizer's CombinedOptimizer
+DENSE_OPTIMIZER = "dense"  # key of the dense optimizer there
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,18 @@ def _table_names(model: nn.Module) -> list[str]:
     return names
 
 
+# "auto": the planner's choice among these. data_parallel is left out: a replicated
+# table is stepped by the dense optimizer, not the fused one, so its optimizer
+# state would change keys when another world size plans it otherwise, and
+# checkpoints would not reshard.
+# table_column_wise and grid_shard add nothing on one host.
+AUTO_SHARDING_TYPES: tuple[str, ...] = tuple(
+    t.value for t in (ShardingType.TABLE_WISE, ShardingType.ROW_WISE, ShardingType.COLUMN_WISE, ShardingType.TABLE_ROW_WISE)
+)
+
+
 def _constraints(model: nn.Module, sharding: str) -> dict[str, ParameterConstraints]:
-    types = None if sharding == "auto" else [ShardingType(sharding).value]
+    types = list(AUTO_SHARDING_TYPES) if sharding == "auto" else [ShardingType(sharding).value]
     return {name: ParameterConstraints(sharding_types=types) for name in _table_names(model)}
 
 
@@ -150,4 +162,4 @@ def make_optimizer(
     if not params:
         raise ValueError("the model has no dense parameters to optimize; step model.fused_optimizer alone")
     wrapped = KeyedOptimizerWrapper(params, dense)
-    return CombinedOptimizer([("fused", model.fused_optimizer), ("dense", wrapped)])
+    return CombinedOptimizer([(FUSED_OPTIMIZER, model.fused_optimizer), (DENSE_OPTIMIZER, wrapped)])

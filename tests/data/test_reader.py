@@ -374,3 +374,34 @@ def test_generated_tiny_world(tiny_world: Path) -> None:
     test_day = ImpressionReader(tiny_world, ReaderConfig(batch_size=512, days=[manifest.test_day], drop_last=False))
     rows = read_rows(test_day)
     assert rows and len(rows) == len(reference_rows(tiny_world, days={manifest.test_day}))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_start_batch_yields_the_rest_of_the_epoch(dataset: Path, shuffle: bool) -> None:
+    config = ReaderConfig(batch_size=4, shuffle=shuffle, seed=3, world_size=2, rank=1)
+    full = list(ImpressionReader(dataset, config))
+    for start in (0, 2, len(full), len(full) + 3):
+        reader = ImpressionReader(dataset, ReaderConfig(**{**config.__dict__, "start_batch": start}))
+        rest = list(reader)
+        assert reader.num_batches() == len(full)
+        assert [batch_rows(b) for b in rest] == [batch_rows(b) for b in full[start:]]
+
+
+def test_ids_beyond_table_refused_or_hashed_and_counted(dataset: Path) -> None:
+    sizes = {"item_id": 5, "shop_id": 4}
+    with pytest.raises(ValueError, match=r"\d+ item_id value\(s\) >= the table's 5 rows"):
+        list(ImpressionReader(dataset, ReaderConfig(batch_size=4, table_sizes=sizes)))
+    plain = list(ImpressionReader(dataset, ReaderConfig(batch_size=4, drop_last=False)))
+    reader = ImpressionReader(dataset, ReaderConfig(batch_size=4, drop_last=False, table_sizes=sizes, out_of_range="hash"))
+    hashed = list(reader)
+    want = Counter()
+    for raw, got in zip(plain, hashed):
+        for feature, rows in (("item_id", 5), ("history_item_ids", 5), ("shop_id", 4)):
+            a, b = raw.sparse_features[feature].values(), got.sparse_features[feature].values()
+            assert torch.equal(b, a % rows)
+            want[feature] += int((a >= rows).sum())
+        assert torch.equal(raw.sparse_features["user_id"].values(), got.sparse_features["user_id"].values())
+    assert want["item_id"] > 0
+    assert {k: v for k, v in reader.out_of_range_counts.items() if v} == dict(want)
+    with pytest.raises(ValueError, match="unknown ID kind 'items'"):
+        ImpressionReader(dataset, ReaderConfig(table_sizes={"items": 3}))

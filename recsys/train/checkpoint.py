@@ -1,0 +1,118 @@
+"""Distributed checkpoints of a sharded model and its optimizer, with the data position.
+
+Layout under a run's ``checkpoints/`` folder::
+
+    checkpoints/
+      step-00000120/        # torch.distributed.checkpoint (DCP) files of
+        .metadata           #   {"model": DMP state_dict, "optim": optimizer state_dict}
+        __0_0.distcp ...
+        progress.json       # Progress: where training stands (written last)
+      LATEST                # name of the newest complete checkpoint folder
+
+A checkpoint counts only once ``LATEST`` names it (written by rank 0 after
+every rank has saved, by an atomic rename), so a job killed mid-save resumes
+from the previous one. Only the newest ``keep`` checkpoints stay.
+
+Loading goes through DCP's resharding: the ID tables' ``ShardedTensor``s and
+the fused optimizer's row-wise state are read into whatever sharding plan
+and world size the resuming job has, so a 2-rank checkpoint loads on 1 rank.
+
+Data position. The reader's batches are fixed by (seed, epoch, rank), so
+``Progress.batch`` (batches done in ``Progress.epoch``) resumes the same data
+stream at the same world size. At another world size, every rank reads other
+rows; the job resumes after the same number of impressions,
+``batch * old_world_size / new_world_size`` batches (rounded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torchrec.optim.keyed import CombinedOptimizer
+
+from recsys.distributed import DistContext, barrier
+from recsys.train.sharding import DENSE_OPTIMIZER
+
+PROGRESS_FILE = "progress.json"
+LATEST_FILE = "LATEST"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands when a checkpoint is taken.
+
+    Example::
+
+        >>> Progress(epoch=0, batch=30, step=30, world_size=2).resume_batch(world_size=1)
+        60
+    """
+
+    epoch: int  # current epoch (0-based)
+    batch: int  # batches done within `epoch`
+    step: int  # optimizer steps done in all
+    world_size: int  # ranks of the job that saved it
+    finished: bool = False  # every epoch done
+
+    def resume_batch(self, world_size: int) -> int:
+        """Batches of ``epoch`` to skip at ``world_size`` ranks (same impressions done)."""
+        if world_size == self.world_size:
+            return self.batch
+        return round(self.batch * self.world_size / world_size)
+
+
+def save_checkpoint(
+    root: Path, model: nn.Module, optimizer: CombinedOptimizer, progress: Progress, ctx: DistContext, keep: int = 2
+) -> Path:
+    """Saves model and optimizer state on every rank, then marks the checkpoint complete.
+
+    Returns:
+        Path: the checkpoint folder.
+    """
+    path = Path(root) / f"step-{progress.step:08d}"
+    dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=path)
+    barrier()
+    if ctx.is_main:
+        (path / PROGRESS_FILE).write_text(json.dumps(dataclasses.asdict(progress), indent=2))
+        tmp = Path(root) / f".{LATEST_FILE}.tmp"
+        tmp.write_text(path.name)
+        os.replace(tmp, Path(root) / LATEST_FILE)
+        old = sorted(p for p in Path(root).glob("step-*") if p.is_dir() and p.name != path.name)
+        for stale in old[: max(0, len(old) - (keep - 1))]:
+            shutil.rmtree(stale, ignore_errors=True)
+    barrier()
+    return path
+
+
+def latest_checkpoint(root: Path) -> tuple[Path, Progress] | None:
+    """The newest complete checkpoint under ``root`` and its progress, or ``None``."""
+    marker = Path(root) / LATEST_FILE
+    if not marker.exists():
+        return None
+    path = Path(root) / marker.read_text().strip()
+    try:
+        raw = json.loads((path / PROGRESS_FILE).read_text())
+        return path, Progress(**raw)
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: checkpoint named by {marker} is unreadable ({e}); remove {marker} to start over") from e
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: CombinedOptimizer) -> None:
+    """Loads a checkpoint in place into a sharded model and its optimizer (any world size).
+
+    The dense optimizer's state is lazy; it is initialised first (a zero-gradient
+    step that leaves the weights unchanged) so DCP has tensors to load into.
+    """
+    for name, opt in optimizer.optimizers:
+        if name == DENSE_OPTIMIZER and not any(opt.state.values()):
+            opt.init_state()
+    state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
+    dcp.load(state, checkpoint_id=Path(path))
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optim"])

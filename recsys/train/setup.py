@@ -1,0 +1,133 @@
+"""What every training stage sets up: the day split, table sizes, item vectors, the sharded model.
+
+Days of a world (``Manifest.first_day`` .. ``last_day``):
+
+* the ID model trains on every day but the last, and is tested on the last;
+* MAKE's stage 1 fits on the training days but their last, its validation
+  day, where its AUC decides when to stop.
+
+Example::
+
+    >>> from recsys.data.schema import Manifest
+    >>> m = Manifest(format_version=1, preset="doc", seed=0, counts={}, id_ranges={},
+    ...     first_day=30, last_day=43, max_history_len=5, image_size=8)
+    >>> split = split_days(m)
+    >>> (split.train.start, split.train.stop - 1), split.test, (split.make_fit.stop - 1), split.validation
+    ((30, 42), 43, 41, 42)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.optim.keyed import CombinedOptimizer
+
+from recsys.data.schema import Manifest
+from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, read_item_vectors
+from recsys.distributed import DistContext
+from recsys.models.config import table_sizes
+from recsys.models.mm_table import MM_TABLE, MultimodalArch, load_item_vectors_into
+from recsys.train.config import TrainConfig
+from recsys.train.sharding import FusedOptimConfig, make_optimizer, shard_model
+
+
+@dataclass(frozen=True)
+class DaySplit:
+    """Which days each stage reads."""
+
+    train: range  # the ID model's training days
+    test: int  # the evaluation day
+    make_fit: range  # MAKE stage 1's training days
+    validation: int  # MAKE stage 1's early-stopping day
+
+
+def split_days(manifest: Manifest) -> DaySplit:
+    """The day split of a world (module docstring); needs at least 3 days."""
+    first, last = manifest.first_day, manifest.last_day
+    if last - first < 2:
+        raise ValueError(f"the world has days {first}..{last}; training needs at least 3 (fit, validation, test)")
+    return DaySplit(train=range(first, last), test=last, make_fit=range(first, last - 1), validation=last - 1)
+
+
+def capped_table_sizes(manifest: Manifest, config: TrainConfig) -> dict[str, int]:
+    """Rows per ID kind: the manifest's ID ranges, capped at ``config.max_table_rows``."""
+    sizes = table_sizes(manifest)
+    if config.max_table_rows is None:
+        return sizes
+    return {k: min(n, config.max_table_rows) for k, n in sizes.items()}
+
+
+@dataclass(frozen=True)
+class ItemVectors:
+    """The multimodal item vector table and where it came from."""
+
+    item_ids: np.ndarray  # int64 (M,)
+    vectors: np.ndarray  # float32 (M, D), unit norm
+    path: Path  # the item_vectors.parquet file
+    manifest: dict  # its vectors.json (method, D, hashes), {} if absent
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+
+def load_vectors(path: Path) -> ItemVectors:
+    """Reads an item vector table: an ``item_vectors.parquet`` file or a folder holding one."""
+    path = Path(path)
+    file = path / VECTORS_FILE if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: no item vector table (expected {VECTORS_FILE} from `mmctr pretrain`)")
+    ids, vectors = read_item_vectors(file)
+    meta_file = file.parent / VECTORS_MANIFEST
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    return ItemVectors(item_ids=np.asarray(ids, dtype=np.int64), vectors=np.asarray(vectors), path=file, manifest=meta)
+
+
+def fill_mm_table(arch: MultimodalArch, vectors: ItemVectors, num_items: int) -> int:
+    """Loads the vectors into the (unsharded) frozen table; returns how many rows lack one.
+
+    Args:
+        arch (MultimodalArch): holds the table.
+        vectors (ItemVectors): the item vectors.
+        num_items (int): the world's item ID range; a vector of an item
+            outside it means the vectors belong to another world (ValueError).
+
+    With a capped item table (``max_table_rows`` < ``num_items``) item ``i``
+    goes to row ``i % rows``, as the reader hashes IDs; on a collision the
+    larger ID wins.
+    """
+    weight = arch.mm_table.embeddings[MM_TABLE].weight
+    rows = weight.shape[0]
+    outside = (vectors.item_ids < 0) | (vectors.item_ids >= num_items)
+    if outside.any():
+        raise ValueError(
+            f"{vectors.path}: {int(outside.sum())} item IDs outside the world's range [0, {num_items}) "
+            f"(e.g. item_id {int(vectors.item_ids[outside][0])}); the vectors belong to another world"
+        )
+    order = np.argsort(vectors.item_ids, kind="stable")
+    ids = vectors.item_ids[order] % rows
+    keep = np.unique(ids[::-1], return_index=True)[1]  # last occurrence of each row
+    keep = len(ids) - 1 - keep
+    missing = load_item_vectors_into(weight, ids[keep], vectors.vectors[order][keep])
+    return int(missing.sum())
+
+
+def shard_and_optimize(
+    model: nn.Module, ctx: DistContext, sharding: str, sparse_lr: float, dense_lr: float
+) -> tuple[DistributedModelParallel, CombinedOptimizer]:
+    """Shards a plain model built identically on every rank, keeping its initial weights.
+
+    The ID tables get fused row-wise Adagrad at ``sparse_lr``; the dense
+    parameters Adam at ``dense_lr``; the frozen table nothing.
+    """
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    dmp = shard_model(model, ctx, sharding, FusedOptimConfig(learning_rate=sparse_lr))
+    dmp.load_state_dict(initial)
+    optimizer = make_optimizer(dmp, lambda params: torch.optim.Adam(params, lr=dense_lr))
+    return dmp, optimizer

@@ -1,0 +1,196 @@
+"""mmctr train end to end on the tiny world: resume equivalence, resharding 2 -> 1, the frozen table, MAKE, TorchX."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from recsys.data.schema import Manifest
+from recsys.data.vectors import VECTORS_FILE, write_item_vectors
+from recsys.models.config import ModelConfig
+from recsys.models.mm_table import MM_TABLE
+from recsys.distributed import init_distributed
+from recsys.train.checkpoint import LATEST_FILE, latest_checkpoint, load_checkpoint
+from recsys.train.config import TrainConfig
+from recsys.train.make_stage import MAKE_FILE
+from recsys.train.trainer import CHECKPOINTS, METRICS_FILE, TRAIN_LOG, TrainJob, build, run_train
+
+REPO = Path(__file__).resolve().parents[2]
+BATCH = 256
+D = 8
+
+
+@pytest.fixture(scope="module")
+def vectors(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random unit vectors in the public vector format for every item but every 10th (missing)."""
+    n = Manifest.read(tiny_world).id_ranges["item_id"]
+    rng = np.random.default_rng(0)
+    ids = np.array([i for i in range(n) if i % 10 != 3])
+    v = rng.standard_normal((len(ids), D)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    path = tmp_path_factory.mktemp("vectors") / VECTORS_FILE
+    write_item_vectors(path, ids, v, dim=D)
+    return path
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": str(REPO)}
+
+
+def torchrun_train(nproc: int, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "recsys.cli", "train", "--quiet", "--batch-size", str(BATCH), *args]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def metrics(out: Path) -> dict:
+    return json.loads((out / METRICS_FILE).read_text())["metrics"]
+
+
+def full_checkpoint(out: Path, tmp: Path) -> dict:
+    """The newest checkpoint of a run as one plain state dict (DCP -> torch.save, unsharded)."""
+    ckpt = out / CHECKPOINTS
+    target = tmp / f"{out.name}-full.pt"
+    dcp_to_torch_save(ckpt / (ckpt / LATEST_FILE).read_text().strip(), target)
+    return torch.load(target, weights_only=False)
+
+
+def _mm_weight(state: dict) -> torch.Tensor:
+    (key,) = [k for k in state["model"] if k.endswith(f"embeddings.{MM_TABLE}.weight")]
+    return state["model"][key]
+
+
+def test_resume_on_two_ranks_ends_as_uninterrupted_run(tiny_world: Path, vectors: Path, tmp_path: Path) -> None:
+    common = ["--world", str(tiny_world), "--vectors", str(vectors), "--variant", "simtier", "--sharding", "row_wise"]
+    torchrun_train(2, *common, "--out", str(tmp_path / "whole"))
+    torchrun_train(2, *common, "--out", str(tmp_path / "cut"), "--stop-after-steps", "9")
+    assert not (tmp_path / "cut" / METRICS_FILE).exists()
+    assert json.loads((tmp_path / "cut" / TRAIN_LOG).read_text())["progress"]["step"] == 9
+    torchrun_train(2, *common, "--out", str(tmp_path / "cut"))
+    whole, cut = metrics(tmp_path / "whole"), metrics(tmp_path / "cut")
+    assert whole["all"]["auc"] > 0.5
+    for bucket in whole:
+        for name, value in whole[bucket].items():
+            assert cut[bucket][name] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=True), (bucket, name)
+    a, b = full_checkpoint(tmp_path / "whole", tmp_path), full_checkpoint(tmp_path / "cut", tmp_path)
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0)
+
+
+def _gathered(state: dict) -> dict[str, torch.Tensor]:
+    """A one-rank DMP state dict as plain tensors (ShardedTensor -> full tensor)."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    out = {}
+    for key, value in state.items():
+        if isinstance(value, ShardedTensor):
+            full = torch.empty(value.size())
+            value.gather(dst=0, out=full)
+            value = full
+        out[key] = value.detach().clone()
+    return out
+
+
+def test_two_rank_checkpoint_resumes_on_one_rank(tiny_world: Path, vectors: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    torchrun_train(2, "--world", str(tiny_world), "--vectors", str(vectors), "--variant", "simtier",
+                   "--sharding", "row_wise", "--out", str(out), "--stop-after-steps", "7")
+    saved = full_checkpoint(out, tmp_path)
+    # Loaded into a one-rank, table-wise model, the checkpoint is the same state (resharded by DCP).
+    job = TrainJob(world=tiny_world, out=out, model=ModelConfig(variant="simtier"), vectors=vectors,
+                   train=TrainConfig(batch_size=BATCH), sharding="table_wise", quiet=True)
+    ctx = init_distributed(always=True)
+    try:
+        built = build(job, ctx)
+        path, progress = latest_checkpoint(out / CHECKPOINTS)
+        load_checkpoint(path, built.model, built.optimizer)
+        loaded = _gathered(built.model.state_dict())
+    finally:
+        torch.distributed.destroy_process_group()
+    assert progress.world_size == 2 and progress.resume_batch(1) == 14
+    assert set(loaded) == set(saved["model"])
+    for key, value in saved["model"].items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+    # ...and the job finishes on one rank from the same number of impressions.
+    result = run_train(job)
+    assert result is not None and result["world_size"] == 1
+    segments = json.loads((out / TRAIN_LOG).read_text())["segments"]
+    assert [s["world_size"] for s in segments] == [2, 1]
+    assert segments[0]["samples"] == 7 * 2 * BATCH
+    assert 0.5 < metrics(out)["all"]["auc"] < 1.0
+
+
+def test_frozen_table_bitwise_unchanged_and_stateless(tiny_world: Path, vectors: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    job = TrainJob(world=tiny_world, out=out, model=ModelConfig(variant="simtier_make", make_frozen=True),
+                   vectors=vectors, train=TrainConfig(batch_size=BATCH, make_max_epochs=2), quiet=True)
+    run_train(job)
+    state = full_checkpoint(out, tmp_path)
+    n = Manifest.read(tiny_world).id_ranges["item_id"]
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(vectors)
+    want = torch.zeros(n, D)
+    want[torch.tensor(table.column("item_id").to_numpy())] = torch.tensor(
+        np.stack(table.column("vector").to_numpy(zero_copy_only=False)))
+    assert torch.equal(_mm_weight(state), want)
+    mm_state = [k for k, v in state["optim"]["state"].items() if MM_TABLE in k and v]
+    assert mm_state == [], mm_state
+    # MAKE frozen in stage 2: its weights are stage 1's.
+    make = torch.load(out / "make_stage1" / MAKE_FILE, weights_only=True)["state_dict"]
+    for key, value in make.items():
+        (full,) = [k for k in state["model"] if k.endswith(f"model.make.{key}")]
+        assert torch.equal(state["model"][full], value), key
+    log = json.loads((out / "make_stage1" / "make.json").read_text())
+    assert len(log["epochs"]) == 2 and log["best_epoch"] in (0, 1)
+
+
+def test_ids_beyond_capped_tables_hashed_or_refused(tiny_world: Path, tmp_path: Path) -> None:
+    capped = TrainConfig(batch_size=BATCH, max_table_rows=1000, out_of_range="hash")
+    run_train(TrainJob(world=tiny_world, out=tmp_path / "hash", model=ModelConfig(), train=capped, quiet=True))
+    counts = json.loads((tmp_path / "hash" / TRAIN_LOG).read_text())["out_of_range_ids"]
+    assert counts["item_id"] > 0 and counts["history_item_ids"] > 0 and counts["category_id"] == 0
+    refuse = TrainConfig(batch_size=BATCH, max_table_rows=1000)
+    with pytest.raises(ValueError, match=r"item_id value\(s\) >= the table's 1000 rows"):
+        run_train(TrainJob(world=tiny_world, out=tmp_path / "refuse", model=ModelConfig(), train=refuse, quiet=True))
+
+
+def test_vectors_of_another_world_refused(tiny_world: Path, tmp_path: Path) -> None:
+    path = tmp_path / VECTORS_FILE
+    write_item_vectors(path, np.array([0, 99_999]), np.eye(2, D, dtype=np.float32), dim=D)
+    job = TrainJob(world=tiny_world, out=tmp_path / "run", model=ModelConfig(variant="simtier"), vectors=path, quiet=True)
+    with pytest.raises(ValueError, match=r"item_vectors.parquet: 1 item IDs outside the world's range .*99999"):
+        run_train(job)
+    with pytest.raises(ValueError, match="needs item vectors"):
+        run_train(TrainJob(world=tiny_world, out=tmp_path / "run", model=ModelConfig(variant="make"), quiet=True))
+
+
+def test_torchx_component_runs_two_rank_make_job(tiny_world: Path, vectors: Path, tmp_path: Path) -> None:
+    config = tmp_path / "job.yaml"
+    config.write_text(f"train:\n  batch_size: {BATCH}\n  make_max_epochs: 2\n")
+    out = tmp_path / "make"
+    torchx = Path(sys.executable).parent / "torchx"
+    cmd = [str(torchx), "run", "-s", "local_cwd", "torchx_components/pipeline.py:train",
+           "--world", str(tiny_world), "--vectors", str(vectors), "--variant", "make", "--out", str(out),
+           "--nproc", "2", "--sharding", "column_wise", "--config", str(config)]
+    env = {**_env(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads((out / METRICS_FILE).read_text())
+    assert result["world_size"] == 2 and result["variant"] == "make"
+    assert set(result["metrics"]) >= {"all", "head", "torso", "tail", "new_items"}
+    # Fine-tuned in stage 2 (the default): MAKE's weights moved away from stage 1's.
+    make = torch.load(out / "make_stage1" / MAKE_FILE, weights_only=True)["state_dict"]
+    state = full_checkpoint(out, tmp_path)
+    moved = [k for k, v in make.items() if not torch.equal(state["model"][f"model.make.{k}"], v)]
+    assert moved, "stage 2 left MAKE unchanged although make_frozen is False"
