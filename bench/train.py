@@ -1,0 +1,277 @@
+"""``python -m bench.train``: CTR training throughput, the DMP path against plain PyTorch, and sharded memory.
+
+Every measurement runs ours and its baseline in this run, one thread per
+process (``OMP_NUM_THREADS=1``, so 1- and 2-process numbers compare), and
+prints the ratio the issue names:
+
+1. samples/s of every variant at 1 and 2 processes, through
+   ``recsys.train.trainer.build`` and the real DMP step (fused row-wise
+   Adagrad + Adam), batches from ``ImpressionReader`` over the training days
+   (MAKE variants get randomly initialised stage-1 weights, so stage 1 is not run);
+2. ``simtier_make`` / ``id_only`` step time at 1 process (goal <= 1.3);
+3. the DMP path vs a plain-PyTorch ``id_only`` (``nn.EmbeddingBag(sparse=True)``
+   tables, sparse Adagrad + Adam) on the same batches (goal >= 1.0);
+4. reader throughput alone / ``id_only`` training consumption (goal >= 3);
+5. vectorised GAUC vs a per-user sklearn loop (``bench.gauc``, goal >= 20x);
+6. per-rank embedding memory (tables, and tables + fused optimizer state)
+   with 2-rank row-wise sharding vs 1 rank on the ``large`` world (goal <= 0.55).
+
+Usage::
+
+    python -m bench.train [--world DIR] [--vectors RUN] [--large-world DIR] [--steps 40] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torchrec.modules.mlp import MLP
+
+from recsys.data.batch import DENSE_FEATURES, Batch
+from recsys.data.reader import ImpressionReader, ReaderConfig
+from recsys.distributed import init_distributed
+from recsys.models.attention import TargetAttention
+from recsys.models.config import VARIANTS, ModelConfig, table_sizes
+from recsys.models.id_model import POOLED_FEATURES
+from recsys.models.make import Make
+from recsys.train.config import TrainConfig
+from recsys.train.make_stage import MAKE_FILE
+from recsys.train.setup import load_vectors, split_days
+from recsys.train.trainer import TrainJob, build
+
+
+@dataclass(frozen=True)
+class Run:
+    """One throughput or memory measurement (picklable for spawned workers)."""
+
+    world: str
+    vectors: str
+    variant: str
+    steps: int
+    warmup: int
+    batch_size: int
+    sharding: str = "auto"
+    memory_only: bool = False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fake_make_stage1(folder: Path, vectors: str) -> Path:
+    """A stage-1 folder with randomly initialised MAKE weights (the bench does not run stage 1)."""
+    dim = load_vectors(Path(vectors)).dim
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": Make(ModelConfig(), dim).state_dict(), "mm_dim": dim}, folder / MAKE_FILE)
+    return folder
+
+
+def _steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: object, run: Run) -> tuple[int, float]:
+    """Runs warmup + timed steps; returns (samples timed on this rank, seconds)."""
+    it = iter(batches)
+    for _ in range(run.warmup):
+        loss, _ = model(next(it))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    samples, start = 0, time.perf_counter()
+    for _ in range(run.steps):
+        batch = next(it)
+        loss, _ = model(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        samples += batch.batch_size
+    return samples, time.perf_counter() - start
+
+
+def _memory(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes of this rank's shards of every sharded table, and of the fused optimizer state."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    def local_bytes(value: object) -> int:
+        if isinstance(value, ShardedTensor):
+            return sum(s.tensor.numel() * s.tensor.element_size() for s in value.local_shards())
+        return 0
+
+    tables = sum(local_bytes(v) for v in model.state_dict().values())
+    state = optimizer.state_dict()["state"]
+    optim = sum(local_bytes(v) for entry in state.values() for v in entry.values())
+    return {"tables": tables, "tables_and_optimizer": tables + optim}
+
+
+def worker(rank: int, world_size: int, port: int, run: Run, out: str) -> None:
+    """One rank of a measurement; rank 0 writes the result JSON to ``out``."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    ctx = init_distributed(always=True)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            make_from = _fake_make_stage1(Path(tmp) / "make", run.vectors) if "make" in run.variant else None
+            job = TrainJob(world=Path(run.world), out=Path(tmp) / "run", model=ModelConfig(variant=run.variant),
+                           train=TrainConfig(batch_size=run.batch_size), vectors=Path(run.vectors),
+                           sharding=run.sharding, make_from=make_from, quiet=True)
+            built = build(job, ctx)
+            result: dict[str, object] = {}
+            if run.memory_only:
+                mem = _memory(built.model, built.optimizer)
+                t = torch.tensor([mem["tables"], mem["tables_and_optimizer"]], dtype=torch.float64)
+                if world_size > 1:
+                    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                result = {"max_rank_tables": t[0].item(), "max_rank_tables_and_optimizer": t[1].item()}
+            else:
+                reader = ImpressionReader(Path(run.world), ReaderConfig(
+                    batch_size=run.batch_size, days=built.split.train, rank=ctx.rank, world_size=ctx.world_size,
+                    shuffle=True, table_sizes=built.sizes))
+                samples, seconds = _steps(built.model, built.optimizer, reader, run)
+                result = {"samples_per_s": samples * world_size / seconds, "step_s": seconds / run.steps}
+            if ctx.is_main:
+                Path(out).write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def measure(run: Run, nproc: int) -> dict:
+    """Runs ``worker`` on ``nproc`` spawned processes; returns rank 0's result."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "result.json")
+        os.environ["OMP_NUM_THREADS"] = "1"
+        mp.spawn(worker, args=(nproc, _free_port(), run, out), nprocs=nproc, join=True)
+        return json.loads(Path(out).read_text())
+
+
+class PlainIdOnly(nn.Module):
+    """The ``id_only`` model in plain PyTorch: ``nn.EmbeddingBag(sparse=True)`` tables, same widths."""
+
+    def __init__(self, config: ModelConfig, sizes: dict[str, int]) -> None:
+        super().__init__()
+        E = config.embedding_dim
+        self.bags = nn.ModuleDict({f: nn.EmbeddingBag(sizes[f], E, mode="sum", sparse=True, include_last_offset=True) for f in POOLED_FEATURES})
+        self.items = nn.Embedding(sizes["item_id"], E, sparse=True)
+        self.attention = TargetAttention(E, config.attention_hidden, softmax=config.attention_softmax)
+        in_dim = len(POOLED_FEATURES) * E + 2 * E + len(DENSE_FEATURES)
+        self.mlp = nn.Sequential(MLP(in_dim, list(config.mlp_hidden)), nn.Linear(config.mlp_hidden[-1], 1))
+        self.loss_fn = nn.BCEWithLogitsLoss()
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, None]:
+        kjt = batch.sparse_features.to_dict()
+        pooled = [self.bags[f](kjt[f].values(), kjt[f].offsets()) for f in POOLED_FEATURES]
+        target = self.items(kjt["item_id"].values())
+        hist = kjt["history_item_ids"]
+        lengths = hist.lengths()
+        L = max(1, int(lengths.max()))
+        mask = torch.arange(L).unsqueeze(0) < lengths.unsqueeze(1)
+        history = torch.zeros(len(lengths), L, target.shape[1])
+        history[mask] = self.items(hist.values())
+        pooled_history = self.attention(target, history, mask)
+        logit = self.mlp(torch.cat([*pooled, target, pooled_history, batch.dense_features], dim=-1)).squeeze(-1)
+        return self.loss_fn(logit, batch.labels), None
+
+
+class _PlainOptimizer:
+    """Sparse Adagrad on the tables (as the fused row-wise Adagrad) + Adam on the rest."""
+
+    def __init__(self, model: PlainIdOnly, sparse_lr: float, dense_lr: float) -> None:
+        sparse = [p for n, p in model.named_parameters() if n.startswith(("bags.", "items."))]
+        dense = [p for n, p in model.named_parameters() if not n.startswith(("bags.", "items."))]
+        self.opts = [torch.optim.Adagrad(sparse, lr=sparse_lr), torch.optim.Adam(dense, lr=dense_lr)]
+
+    def step(self) -> None:
+        for o in self.opts:
+            o.step()
+
+    def zero_grad(self) -> None:
+        for o in self.opts:
+            o.zero_grad()
+
+
+def plain_id_only(run: Run) -> float:
+    """Samples/s of the plain-PyTorch id_only model on the same batches, this process."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    reader = ImpressionReader(Path(run.world), ReaderConfig(batch_size=run.batch_size, shuffle=True))
+    reader = ImpressionReader(Path(run.world), replace(reader.config, days=split_days(reader.manifest).train))
+    train = TrainConfig()
+    model = PlainIdOnly(ModelConfig(), table_sizes(reader.manifest))
+    samples, seconds = _steps(model, _PlainOptimizer(model, train.sparse_lr, train.dense_lr), reader, run)
+    return samples / seconds
+
+
+def reader_rate(run: Run, batches: int) -> float:
+    """Samples/s of ImpressionReader alone (prefetch on, one thread), over the training days."""
+    torch.set_num_threads(1)
+    reader = ImpressionReader(Path(run.world), ReaderConfig(batch_size=run.batch_size, shuffle=True))
+    reader = ImpressionReader(Path(run.world), replace(reader.config, days=split_days(reader.manifest).train))
+    it = iter(reader)
+    next(it)
+    samples, start = 0, time.perf_counter()
+    for _, batch in zip(range(batches), it):
+        samples += batch.batch_size
+    return samples / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--world", default="runs/world-small", help="dataset directory")
+    parser.add_argument("--vectors", default="runs/pt/e2", help="item vectors (file or pretrain run)")
+    parser.add_argument("--large-world", default="runs/world-large", help="world for the memory measurement")
+    parser.add_argument("--skip-large", action="store_true", help="skip the memory measurement")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--gauc-impressions", type=int, default=400_000)
+    parser.add_argument("--json", type=Path, help="also write every number here")
+    args = parser.parse_args(argv)
+    base = Run(args.world, args.vectors, "id_only", args.steps, args.warmup, args.batch_size)
+    results: dict[str, object] = {"throughput": {}}
+
+    print(f"training samples/s (batch {args.batch_size} per rank, {args.steps} steps after {args.warmup}, 1 thread/process)")
+    for variant in VARIANTS:
+        rates = {n: measure(replace(base, variant=variant), n)["samples_per_s"] for n in (1, 2)}
+        results["throughput"][variant] = rates
+        print(f"  {variant:<13} 1 process {rates[1]:>9,.0f}   2 processes {rates[2]:>9,.0f}   ({rates[2] / rates[1]:.2f}x)")
+    tp = results["throughput"]
+    ratio = tp["id_only"][1] / tp["simtier_make"][1]
+    print(f"simtier_make / id_only step time (1 process): {ratio:.2f} (goal <= 1.3)")
+
+    plain = plain_id_only(base)
+    ours = tp["id_only"][1]
+    print(f"id_only samples/s: DMP fused {ours:,.0f} vs plain nn.EmbeddingBag(sparse=True) {plain:,.0f}: {ours / plain:.2f}x (goal >= 1.0)")
+    rate = reader_rate(base, batches=200)
+    print(f"reader {rate:,.0f} samples/s vs id_only training {ours:,.0f}: {rate / ours:.1f}x (goal >= 3)")
+    results.update(step_time_ratio=ratio, plain_id_only=plain, dmp_vs_plain=ours / plain,
+                   reader_samples_per_s=rate, reader_vs_training=rate / ours)
+
+    from bench.gauc import bench_gauc
+
+    g = bench_gauc(n_impressions=args.gauc_impressions)
+    print(f"GAUC: per-user sklearn loop {g['sklearn_s']:.2f} s vs vectorised {g['ours_s']:.3f} s: {g['speedup']:.0f}x (goal >= 20x)")
+    results["gauc"] = g
+
+    if not args.skip_large:
+        mem = replace(base, world=args.large_world, sharding="row_wise", memory_only=True)
+        one, two = measure(mem, 1), measure(mem, 2)
+        for key in ("max_rank_tables", "max_rank_tables_and_optimizer"):
+            print(f"{key}: 2 ranks row-wise {two[key] / 2**20:,.0f} MiB per rank vs 1 rank {one[key] / 2**20:,.0f} MiB: "
+                  f"{two[key] / one[key]:.3f} (goal <= 0.55)")
+        results["memory"] = {"one_rank": one, "two_ranks_row_wise": two}
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
