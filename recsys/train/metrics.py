@@ -1,30 +1,46 @@
 """Offline ranking metrics of a scored day: AUC, GAUC, NE, calibration, by item bucket and for new items.
 
-Notation: ``N``: scored impressions; ``I``: the item ID range.
+Notation: ``N``: scored impressions; ``I``: the item ID range (``manifest.id_ranges["item_id"]``).
 
 Definitions (README, "CTR ranking"):
 
-* **AUC**: ``torchrec.metrics.auc.compute_auc`` over all impressions (it
-  sorts by prediction; tied predictions are ordered arbitrarily, not
-  counted 1/2 — immaterial for continuous scores).
+* **AUC**: ``torchrec.metrics.auc.compute_auc`` over all impressions, weights
+  1. TorchRec sorts by prediction (``torch.argsort``, descending, no stable
+  order promised) and integrates the ROC curve one impression at a time with
+  the trapezoid rule, so impressions tied on a prediction are not counted
+  1/2: a tied (click, no-click) pair counts 1 if the sort leaves the click
+  first and 0 otherwise (on CPU, in input order in practice; all-tied
+  ``[1, 0]`` gives 1.0 and ``[0, 1]`` gives 0.0, sklearn 0.5 for both).
+  Immaterial for continuous scores, and for shuffled impressions the errors
+  average out (scores rounded to 1 decimal, 100k impressions: 0.74770 vs
+  sklearn's 0.74768). TorchRec returns 0.5 for empty or one-class input; we
+  report ``nan`` there.
 * **GAUC** (as at Alibaba since DIN): the mean of per-user AUCs weighted by
-  each user's number of impressions, over users whose impressions hold both
-  labels; users with one class are left out. Per-user AUC is Mann–Whitney's,
-  ties counted 1/2 (as ``sklearn.metrics.roc_auc_score``). TorchRec's
-  ``GAUCMetric`` is an unweighted mean over contiguous sessions, another
-  definition, so :func:`gauc` computes this one, vectorised (one sort, segment sums).
-* **NE**: normalised entropy, the mean log loss divided by the entropy of the
-  observed click rate (``torchrec.metrics.ne.compute_ne``); **logloss** is
-  ``compute_logloss``, in bits (torchrec takes ``log2``; divide by
-  ``log2(e)`` for nats). Lower is better; NE < 1 beats predicting the base rate.
-* **calibration**: mean prediction / observed click rate.
+  each user's number of impressions, over the users whose impressions hold
+  both labels; users with one class are left out. Per-user AUC is
+  Mann–Whitney's, ties counted 1/2 (as ``sklearn.metrics.roc_auc_score``).
+  TorchRec's ``GAUCMetric`` is an unweighted mean over contiguous sessions,
+  another definition, so :func:`gauc` computes this one, vectorised (two
+  sorts and segment sums, no loop over users).
+* **logloss**: ``torchrec.metrics.ne.compute_logloss``, the mean cross
+  entropy in bits (torchrec takes ``log2``; multiply by ``ln 2`` for nats),
+  predictions clamped to ``[eta, 1 - eta]``, ``eta = 1e-12`` (torchrec's default).
+* **NE**: normalised entropy, ``compute_ne``: the logloss divided by the
+  entropy of the observed click rate, i.e. the logloss of always predicting
+  the base rate. Lower is better; NE < 1 beats the base rate.
+* **ctr** is clicks / impressions, **pred_ctr** the mean prediction,
+  **calibration** pred_ctr / ctr (1 is calibrated).
 * **Item buckets** by training impressions (:func:`item_buckets`): items
-  ranked by training impressions; ``head`` holds the most-shown items that
-  together make the first 50% of training impressions, ``torso`` the next
-  30%, ``tail`` the rest, including items never shown in training.
-* **new items**: impressions of items created on the scored day.
+  ranked by training impressions (descending, ties by item ID); ``head``
+  holds the most-shown items that together make the first 50% of training
+  impressions, ``torso`` the next 30%, ``tail`` the rest, including items
+  never shown in training.
+* **new items**: impressions of items created on the scored day (:func:`new_item_mask`).
 
-Empty or one-class subsets give ``nan`` for AUC and GAUC (never an exception).
+Degenerate subsets give ``nan``, never an exception: AUC, GAUC and NE are
+``nan`` on empty or one-class input (GAUC also when no user has both labels;
+NE's denominator is 0 there); ctr, pred_ctr and logloss are ``nan`` when
+empty; calibration is ``nan`` without clicks.
 
 Example::
 
@@ -38,6 +54,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -48,152 +65,212 @@ from torchrec.metrics.ne import compute_cross_entropy, compute_logloss, compute_
 
 from recsys.data.schema import Manifest, table_files
 
-BUCKETS: tuple[str, ...] = ("head", "torso", "tail")
-ETA = 1e-12  # torchrec's clamp of predictions inside log
+BUCKETS: tuple[str, ...] = ("head", "torso", "tail")  # item_buckets value b is BUCKETS[b]
+ETA = 1e-12  # torchrec's clamp of predictions (and of the base rate) inside log2
 
 
-def _check(predictions: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> None:
+def _check(predictions: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, groups_name: str) -> None:
+    """Raises ValueError naming the argument that is not (N,) / finite in [0, 1] / 0-1 / integer."""
+    if predictions.dim() != 1:
+        raise ValueError(f"predictions must be a tensor of shape (N,), got shape {tuple(predictions.shape)}")
     n = predictions.shape[0]
-    for name, t in (("labels", labels), ("user_ids", groups)):
+    for name, t in (("labels", labels), (groups_name, groups)):
         if t.shape != (n,):
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected ({n},) like predictions")
-    if predictions.dim() != 1:
-        raise ValueError(f"predictions must be 1-D, got shape {tuple(predictions.shape)}")
-    if torch.isnan(predictions).any():
-        raise ValueError(f"predictions hold {int(torch.isnan(predictions).sum())} NaN value(s)")
-    if n and (predictions.min() < 0 or predictions.max() > 1):
-        raise ValueError("predictions must be probabilities in [0, 1]")
-    if n and not ((labels == 0) | (labels == 1)).all():
-        raise ValueError("labels must be 0 or 1")
+    if groups.is_floating_point() or groups.is_complex():
+        raise ValueError(f"{groups_name} must be integer IDs, got dtype {groups.dtype}")
+    if n == 0:
+        return
+    nan = int(torch.isnan(predictions).sum())
+    if nan:
+        raise ValueError(f"predictions hold {nan} NaN value(s); expected probabilities in [0, 1]")
+    low, high = float(predictions.min()), float(predictions.max())
+    if low < 0 or high > 1:
+        raise ValueError(f"predictions must be probabilities in [0, 1], got values in [{low}, {high}]")
+    if not ((labels == 0) | (labels == 1)).all():
+        raise ValueError(f"labels must be 0 or 1, got values {torch.unique(labels)[:5].tolist()}...")
+
+
+def _gauc(p: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> tuple[float, int]:
+    """:func:`gauc` on checked float64 inputs of shape (N,)."""
+    N = p.shape[0]
+    if N == 0:
+        return float("nan"), 0
+    # Sort by (group, prediction): a stable sort by prediction, then a stable sort by group.
+    order = torch.argsort(p, stable=True)
+    order = order[torch.argsort(groups[order], stable=True)]
+    g, p, y = groups[order], p[order], y[order]
+    new_group = torch.ones(N, dtype=torch.bool, device=p.device)
+    new_group[1:] = g[1:] != g[:-1]
+    gid = torch.cumsum(new_group, 0) - 1  # (N,) dense group index 0..G-1
+    G = int(gid[-1]) + 1
+    # A tie run is a run of equal (group, prediction); its members share their mean rank.
+    new_run = new_group.clone()
+    new_run[1:] |= p[1:] != p[:-1]
+    run = torch.cumsum(new_run, 0) - 1  # (N,) dense run index 0..R-1
+    position = torch.arange(N, dtype=torch.float64, device=p.device)
+    run_mid = position[new_run] + (torch.bincount(run).double() - 1) / 2  # (R,) mean position in each run
+    rank = run_mid[run] - position[new_group][gid] + 1  # (N,) 1-based mean rank within the group
+    size = torch.bincount(gid, minlength=G).double()  # (G,)
+    pos = torch.zeros(G, dtype=torch.float64, device=p.device).index_add_(0, gid, y)
+    rank_sum = torch.zeros(G, dtype=torch.float64, device=p.device).index_add_(0, gid, rank * y)
+    neg = size - pos
+    valid = (pos > 0) & (neg > 0)
+    if not bool(valid.any()):
+        return float("nan"), 0
+    pos, neg, rank_sum, size = pos[valid], neg[valid], rank_sum[valid], size[valid]
+    auc = (rank_sum - pos * (pos + 1) / 2) / (pos * neg)  # Mann–Whitney U / (pos * neg)
+    return float((auc * size).sum() / size.sum()), int(valid.sum())
 
 
 def gauc(predictions: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> tuple[float, int]:
-    """Impression-weighted mean of per-group AUCs (module docstring), without a loop over groups.
+    """Impression-weighted mean of per-group AUCs (ties 1/2), without a loop over groups.
+
+    Groups (users) whose impressions hold one label only are left out.
+    Computed in float64 on the inputs' device.
 
     Args:
-        predictions (torch.Tensor): scores, tensor of shape (N,).
+        predictions (torch.Tensor): scores in [0, 1], tensor of shape (N,).
         labels (torch.Tensor): 0/1, tensor of shape (N,).
-        groups (torch.Tensor): int group (user) IDs, any values and order, shape (N,).
+        groups (torch.Tensor): integer group (user) IDs, any values and order, shape (N,).
 
     Returns:
         tuple[float, int]: GAUC (``nan`` if no group has both labels) and the
         number of groups counted.
+
+    Example::
+
+        >>> p = torch.tensor([0.5, 0.5, 0.1, 0.9, 0.3])
+        >>> y = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0])
+        >>> gauc(p, y, torch.tensor([10**12, 10**12, 5, 5, 8]))  # a tie counts 1/2; 5 and 8: one class
+        (0.5, 1)
     """
-    _check(predictions, labels, groups)
-    p, y = predictions.double(), labels.double()
-    # Sort by (group, prediction): two stable sorts.
-    order = torch.argsort(p, stable=True)
-    order = order[torch.argsort(groups[order], stable=True)]
-    g, p, y = groups[order], p[order], y[order]
-    n = len(g)
-    if n == 0:
-        return float("nan"), 0
-    new_group = torch.ones(n, dtype=torch.bool)
-    new_group[1:] = g[1:] != g[:-1]
-    gid = torch.cumsum(new_group.long(), 0) - 1  # dense group index 0..G-1
-    G = int(gid[-1]) + 1
-    # Ranks within each group, ties averaged: a tie run is a run of equal (group, prediction).
-    new_run = new_group.clone()
-    new_run[1:] |= p[1:] != p[:-1]
-    run = torch.cumsum(new_run.long(), 0) - 1
-    position = torch.arange(n, dtype=torch.float64)
-    group_start = torch.zeros(G, dtype=torch.float64).scatter_reduce(0, gid, position, "amin", include_self=False)
-    run_sum = torch.zeros(int(run[-1]) + 1, dtype=torch.float64).index_add_(0, run, position)
-    run_len = torch.bincount(run).double()
-    rank = run_sum[run] / run_len[run] - group_start[gid] + 1.0  # 1-based average rank in the group
-    pos = torch.zeros(G, dtype=torch.float64).index_add_(0, gid, y)
-    size = torch.bincount(gid, minlength=G).double()
-    neg = size - pos
-    rank_sum = torch.zeros(G, dtype=torch.float64).index_add_(0, gid, rank * y)
-    valid = (pos > 0) & (neg > 0)
-    if not valid.any():
-        return float("nan"), 0
-    auc = (rank_sum[valid] - pos[valid] * (pos[valid] + 1) / 2) / (pos[valid] * neg[valid])
-    weight = size[valid]
-    return float((auc * weight).sum() / weight.sum()), int(valid.sum())
+    _check(predictions, labels, groups, "groups")
+    return _gauc(predictions.double(), labels.double(), groups)
 
 
 def ranking_metrics(predictions: torch.Tensor, labels: torch.Tensor, user_ids: torch.Tensor) -> dict[str, float]:
-    """AUC, GAUC, NE, logloss and calibration of one set of impressions.
+    """AUC, GAUC, NE, logloss and calibration of one set of impressions (module docstring).
 
     Args:
-        predictions (torch.Tensor): click probabilities, tensor of shape (N,).
+        predictions (torch.Tensor): click probabilities in [0, 1], tensor of shape (N,).
         labels (torch.Tensor): 0/1 clicks, tensor of shape (N,).
-        user_ids (torch.Tensor): int user IDs, tensor of shape (N,).
+        user_ids (torch.Tensor): integer user IDs, tensor of shape (N,).
 
     Returns:
         dict[str, float]: impressions, clicks, ctr, pred_ctr, calibration,
-        auc, gauc, gauc_users, ne, logloss.
+        auc, gauc, gauc_users, ne, logloss (``nan`` where undefined, see
+        the module docstring).
 
     Example::
 
         >>> m = ranking_metrics(torch.tensor([0.8, 0.1, 0.3]), torch.tensor([1.0, 0.0, 0.0]), torch.tensor([1, 1, 2]))
-        >>> m["auc"], m["gauc"], m["gauc_users"], m["impressions"]
-        (1.0, 1.0, 1, 3.0)
+        >>> m["auc"], m["gauc"], m["gauc_users"], m["impressions"], m["clicks"]
+        (1.0, 1.0, 1, 3.0, 1.0)
+        >>> round(m["ctr"], 4), round(m["pred_ctr"], 4), round(m["calibration"], 4)
+        (0.3333, 0.4, 1.2)
+        >>> ranking_metrics(torch.tensor([0.3]), torch.tensor([0.0]), torch.tensor([1]))["auc"]
+        nan
     """
-    _check(predictions, labels, user_ids)
+    _check(predictions, labels, user_ids, "user_ids")
+    nan = float("nan")
     p, y = predictions.double(), labels.double()
-    n = float(len(p))
-    clicks = float(y.sum())
-    out = {"impressions": n, "clicks": clicks}
-    out["ctr"] = clicks / n if n else float("nan")
-    out["pred_ctr"] = float(p.mean()) if n else float("nan")
-    out["calibration"] = out["pred_ctr"] / out["ctr"] if n and clicks else float("nan")
-    one_class = n == 0 or clicks in (0.0, n)
     w = torch.ones_like(p)
-    out["auc"] = float("nan") if one_class else float(compute_auc(1, [p.view(1, -1)], [y.view(1, -1)], [w.view(1, -1)]))
-    out["gauc"], out["gauc_users"] = gauc(p, y, user_ids)
-    if n:
-        ce = compute_cross_entropy(y, p, w, ETA).sum()
-        out["ne"] = float(compute_ne(ce, w.sum(), y.sum(), (1 - y).sum(), ETA))
-        out["logloss"] = float(compute_logloss(ce, y.sum(), (1 - y).sum(), ETA))
-    else:
-        out["ne"] = out["logloss"] = float("nan")
+    n, clicks = float(p.shape[0]), float(y.sum())
+    one_class = clicks in (0.0, n)  # empty input included
+    out = {
+        "impressions": n,
+        "clicks": clicks,
+        "ctr": clicks / n if n else nan,
+        "pred_ctr": float(p.mean()) if n else nan,
+    }
+    out["calibration"] = out["pred_ctr"] / out["ctr"] if clicks else nan
+    out["auc"] = nan if one_class else float(compute_auc(1, [p.view(1, -1)], [y.view(1, -1)], [w.view(1, -1)]))
+    out["gauc"], out["gauc_users"] = _gauc(p, y, user_ids)
+    ce_sum = compute_cross_entropy(y, p, w, ETA).sum()
+    out["ne"] = nan if one_class else float(compute_ne(ce_sum, w.sum(), y.sum(), (1 - y).sum(), ETA))
+    out["logloss"] = float(compute_logloss(ce_sum, y.sum(), (1 - y).sum(), ETA)) if n else nan
     return out
 
 
-def train_item_counts(root: Path, days: range | list[int]) -> np.ndarray:
-    """Training impressions per item ID: int64 array of shape (I,), I = the manifest's item range."""
-    n = Manifest.read(root).id_ranges["item_id"]
-    wanted = np.asarray(list(days), dtype=np.int64)
-    counts = np.zeros(n, dtype=np.int64)
+def train_item_counts(root: Path, days: Iterable[int]) -> np.ndarray:
+    """Training impressions per item ID, from the ``day`` and ``item_id`` columns of the impressions.
+
+    Args:
+        root (Path): dataset directory (``manifest.json``, ``impressions/``).
+        days (Iterable[int]): the training days counted (e.g. ``range(first, test)``).
+
+    Returns:
+        np.ndarray: int64 counts, array of shape (I,), indexed by item ID.
+    """
+    I = Manifest.read(root).id_ranges["item_id"]
+    wanted = np.fromiter(days, dtype=np.int64)
+    counts = np.zeros(I, dtype=np.int64)
     for path in table_files(Path(root), "impressions"):
         t = pq.read_table(path, columns=["day", "item_id"])
-        keep = np.isin(t.column("day").to_numpy(), wanted)
-        counts += np.bincount(t.column("item_id").to_numpy()[keep], minlength=n)[:n]
+        items = t.column("item_id").to_numpy()[np.isin(t.column("day").to_numpy(), wanted)]
+        if items.size and (items.min() < 0 or items.max() >= I):
+            raise ValueError(f"{path}: item_id outside the manifest's range [0, {I})")
+        counts += np.bincount(items, minlength=I)
     return counts
 
 
 def item_buckets(counts: np.ndarray, head_share: float = 0.5, torso_share: float = 0.3) -> np.ndarray:
-    """Bucket per item (0 head, 1 torso, 2 tail; ``BUCKETS``) by training impressions.
+    """Bucket per item ID (0 head, 1 torso, 2 tail; ``BUCKETS``) by training impressions.
 
-    Items are ranked by count (descending, ties by item ID); an item is head
-    while the impressions of the items ranked before it are under
-    ``head_share`` of all, torso while under ``head_share + torso_share``.
+    Items are ranked by count (descending, ties by item ID). An item is head
+    while the impressions of the items ranked before it make less than
+    ``head_share`` of all training impressions, torso while less than
+    ``head_share + torso_share``, tail otherwise; items never shown are tail.
+    The item that crosses a boundary stays in the bucket it starts in.
+
+    Args:
+        counts (np.ndarray): training impressions per item ID, integer array of shape (I,).
+        head_share (float): share of training impressions covered by the head.
+        torso_share (float): share covered by the torso after the head.
+
+    Returns:
+        np.ndarray: int8 bucket per item ID, array of shape (I,).
 
     Example::
 
-        >>> item_buckets(np.array([1, 50, 0, 30, 19])).tolist()  # 50 | 30 | 19, 1, 0
+        >>> item_buckets(np.array([1, 50, 0, 30, 19])).tolist()  # shares before: 50 -> 0, 30 -> .5, 19 -> .8
         [2, 0, 2, 1, 2]
     """
-    counts = np.asarray(counts, dtype=np.int64)
-    order = np.lexsort((np.arange(len(counts)), -counts))
-    before = np.concatenate([[0], np.cumsum(counts[order])[:-1]]) / max(int(counts.sum()), 1)
-    ranked = np.where(before < head_share, 0, np.where(before < head_share + torso_share, 1, 2))
-    ranked[counts[order] == 0] = 2
+    counts = np.asarray(counts)
+    if counts.ndim != 1 or not np.issubdtype(counts.dtype, np.integer) or (counts < 0).any():
+        raise ValueError(f"counts must be a 1-D array of non-negative integers, got {counts.dtype} {counts.shape}")
+    if head_share < 0 or torso_share < 0 or head_share + torso_share > 1:
+        raise ValueError(f"head_share {head_share} and torso_share {torso_share} must be >= 0 with sum <= 1")
+    counts = counts.astype(np.int64)
+    order = np.lexsort((np.arange(len(counts)), -counts))  # rank -> item ID
+    ranked = counts[order]
+    before = (np.cumsum(ranked) - ranked) / max(int(counts.sum()), 1)  # share of impressions ranked before
+    bucket = np.where(before < head_share, 0, np.where(before < head_share + torso_share, 1, 2))
+    bucket[ranked == 0] = 2
     out = np.empty(len(counts), dtype=np.int8)
-    out[order] = ranked
+    out[order] = bucket
     return out
 
 
 def new_item_mask(root: Path, day: int) -> np.ndarray:
-    """Bool per item ID, True where the item was created on ``day``: shape (I,)."""
-    n = Manifest.read(root).id_ranges["item_id"]
-    out = np.zeros(n, dtype=bool)
+    """True for the items created on ``day``, from the ``item_id`` and ``created_day`` columns of the items.
+
+    Args:
+        root (Path): dataset directory (``manifest.json``, ``items/``).
+        day (int): the scored (test) day.
+
+    Returns:
+        np.ndarray: bool per item ID, array of shape (I,).
+    """
+    I = Manifest.read(root).id_ranges["item_id"]
+    out = np.zeros(I, dtype=bool)
     for path in table_files(Path(root), "items"):
         t = pq.read_table(path, columns=["item_id", "created_day"])
-        ids = t.column("item_id").to_numpy()
-        out[ids[t.column("created_day").to_numpy() == day]] = True
+        ids = t.column("item_id").to_numpy()[t.column("created_day").to_numpy() == day]
+        if ids.size and (ids.min() < 0 or ids.max() >= I):
+            raise ValueError(f"{path}: item_id outside the manifest's range [0, {I})")
+        out[ids] = True
     return out
 
 
@@ -207,22 +284,43 @@ def evaluation_report(
 ) -> dict[str, dict[str, float]]:
     """:func:`ranking_metrics` of all impressions, of each item bucket and of new items.
 
+    Each subset is scored on its own (GAUC per user within the subset).
+
     Args:
-        predictions, labels, user_ids (torch.Tensor): as :func:`ranking_metrics`, shape (N,).
-        item_ids (torch.Tensor): int item IDs, tensor of shape (N,).
+        predictions (torch.Tensor): click probabilities, tensor of shape (N,).
+        labels (torch.Tensor): 0/1 clicks, tensor of shape (N,).
+        user_ids (torch.Tensor): integer user IDs, tensor of shape (N,).
+        item_ids (torch.Tensor): integer item IDs, tensor of shape (N,).
         buckets (np.ndarray): bucket per item ID (:func:`item_buckets`), shape (I,).
-        new_items (np.ndarray | None): bool per item ID (:func:`new_item_mask`).
+        new_items (np.ndarray | None): bool per item ID (:func:`new_item_mask`), shape (I,).
 
     Returns:
-        dict[str, dict[str, float]]: keys ``all``, ``head``, ``torso``,
-        ``tail`` and, with ``new_items``, ``new_items``.
+        dict[str, dict[str, float]]: ``all``, ``head``, ``torso``, ``tail``
+        and, when ``new_items`` is given, ``new_items``.
+
+    Example::
+
+        >>> p, y = torch.tensor([0.9, 0.1, 0.7, 0.2]), torch.tensor([1.0, 0.0, 0.0, 1.0])
+        >>> users, items = torch.tensor([1, 1, 2, 2]), torch.tensor([0, 0, 1, 2])
+        >>> buckets, new = np.array([0, 2, 2], dtype=np.int8), np.array([False, False, True])
+        >>> report = evaluation_report(p, y, users, items, buckets, new)
+        >>> {name: (m["impressions"], m["auc"]) for name, m in report.items()}
+        {'all': (4.0, 0.75), 'head': (2.0, 1.0), 'torso': (0.0, nan), 'tail': (2.0, 0.0), 'new_items': (1.0, nan)}
     """
-    items = item_ids.numpy()
+    if item_ids.shape != predictions.shape:
+        raise ValueError(
+            f"item_ids has shape {tuple(item_ids.shape)}, expected {tuple(predictions.shape)} like predictions"
+        )
+    items = item_ids.cpu().numpy()
+    tables = {"buckets": buckets} if new_items is None else {"buckets": buckets, "new_items": new_items}
+    for name, table in tables.items():
+        if table.ndim != 1 or (items.size and (items.min() < 0 or items.max() >= len(table))):
+            raise ValueError(f"{name} must be a 1-D array over item IDs covering item_ids, got shape {table.shape}")
     report = {"all": ranking_metrics(predictions, labels, user_ids)}
     subsets = {name: buckets[items] == b for b, name in enumerate(BUCKETS)}
     if new_items is not None:
-        subsets["new_items"] = new_items[items]
+        subsets["new_items"] = new_items[items].astype(bool)
     for name, mask in subsets.items():
-        keep = torch.from_numpy(mask)
+        keep = torch.from_numpy(mask).to(predictions.device)
         report[name] = ranking_metrics(predictions[keep], labels[keep], user_ids[keep])
     return report
