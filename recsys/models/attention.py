@@ -105,12 +105,14 @@ class TargetAttention(nn.Module):
         elif extra is not None:
             raise ValueError("TargetAttention was built with extra_dim=0 but got extra inputs")
         # The first layer on [q, k, q - k, q * k, x] is W_q q + W_k k + W_d (q - k) + W_p (q * k) + W_x x
-        # = (W_q + W_d) q + (W_k - W_d) k + W_p (q * k) + W_x x: the query term once per row
-        # instead of per position, and half the per-position work of the concatenation.
+        # = (W_q + W_d) q + M_b k + W_x x with M_b = (W_k - W_d) + W_p diag(q_b), one (H1, D) matrix
+        # per row: one batched product per position instead of two, no (B, L, D) product tensor,
+        # and the query term is computed once per row.
         first = self.unit[0]
         w_q, w_k, w_d, w_p, w_x = first.weight.split([D, D, D, D, self._extra_dim], dim=1)
-        hidden = keys @ (w_k - w_d).t() + (query.unsqueeze(1) * keys) @ w_p.t()  # (B, L, H1)
-        hidden = hidden + (query @ (w_q + w_d).t() + first.bias).unsqueeze(1)
+        per_row = (w_k - w_d).t().unsqueeze(0) + query.unsqueeze(2) * w_p.t().unsqueeze(0)  # (B, D, H1)
+        row_term = (query @ (w_q + w_d).t() + first.bias).unsqueeze(1)  # (B, 1, H1)
+        hidden = torch.baddbmm(row_term, keys, per_row)  # (B, L, H1)
         if self._extra_dim:
             hidden = hidden + extra.to(keys.dtype) @ w_x.t()
         scores = self.unit[1:](hidden).squeeze(-1)  # (B, L)
@@ -119,4 +121,4 @@ class TargetAttention(nn.Module):
             weights = torch.softmax(scores, dim=1) * mask  # all-masked rows: uniform * 0 = 0
         else:
             weights = scores.masked_fill(~mask, 0.0)
-        return torch.einsum("bl,bld->bd", weights, keys)
+        return torch.bmm(weights.unsqueeze(1), keys).squeeze(1)  # (B, D)

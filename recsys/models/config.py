@@ -51,6 +51,8 @@ class ModelConfig:
         attention_softmax (bool): normalise attention scores with a masked
             softmax; ``False`` keeps DIN's raw (unnormalised) weights.
         simtier_tiers (int): T, equal-width similarity tiers over [-1, 1].
+        simtier_soft (bool): share each similarity between its two nearest
+            tier centres (``SimTier(soft=True)``) instead of counting it in one tier.
         make_hidden (tuple[int, ...]): hidden widths of MAKE's shallow MLP;
             its last hidden output joins the ID model in stage 2.
         make_frozen (bool): in stage 2, MAKE runs without gradients (its
@@ -63,6 +65,7 @@ class ModelConfig:
     attention_hidden: tuple[int, ...] = (32,)  # DIN's activation unit (80, 40) cut to one layer: 1.7x faster steps on CPU
     attention_softmax: bool = False  # DIN keeps raw weights to preserve interest intensity
     simtier_tiers: int = 50  # T: tier width 0.04; best of 20/50/100 on the small world (README)
+    simtier_soft: bool = False  # hard counts, as the paper
     make_hidden: tuple[int, ...] = (64,)  # "shallow MLP": one hidden layer
     make_frozen: bool = False  # fine-tune MAKE in stage 2: measured better than frozen on the small world (README)
 
@@ -81,7 +84,7 @@ class ModelConfig:
                 or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in value)
             ):
                 raise ValueError(f"ModelConfig.{name} must be a non-empty tuple of positive ints, got {value!r}")
-        for name in ("attention_softmax", "make_frozen"):
+        for name in ("attention_softmax", "simtier_soft", "make_frozen"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
 

@@ -24,12 +24,22 @@ class SimTier(nn.Module):
     counted. Counts are divided by the number of counted items, so each row
     sums to 1, or is all zeros when nothing is counted (empty history).
 
-    The histogram is piecewise constant in the vectors, so no gradient flows
-    through it; the multimodal vectors are frozen anyway. The module has no
-    parameters.
+    With ``soft=True`` each similarity is shared between the two tiers whose
+    centres ``-1 + (t + 0.5) * w`` bracket it, linearly by distance (a
+    triangular kernel; similarities beyond the outer centres go wholly to the
+    outer tier): the histogram then changes smoothly with the similarity, and
+    its mean recovers the mean similarity exactly inside the outer centres.
+
+    The histogram is piecewise constant (hard) or piecewise linear (soft) in
+    the vectors; no gradient flows through it, as the multimodal vectors are
+    frozen anyway. The module has no parameters.
 
     Args:
         n_tiers (int): T, number of tiers.
+        soft (bool): triangular (linear) assignment to the two nearest tiers.
+        unit_vectors (bool): the inputs are unit-norm or all-zero rows (the
+            frozen table's vectors), so cosine is the dot product and the
+            normalisation pass is skipped.
 
     Example::
 
@@ -41,13 +51,17 @@ class SimTier(nn.Module):
         tensor([[0.3333, 0.0000, 0.0000, 0.6667]])
         >>> simtier.output_dim()
         4
+        >>> SimTier(n_tiers=4, soft=True)(target, history, mask)  # centres -0.75, -0.25, 0.25, 0.75
+        tensor([[0.3333, 0.0000, 0.1000, 0.5667]])
     """
 
-    def __init__(self, n_tiers: int) -> None:
+    def __init__(self, n_tiers: int, soft: bool = False, unit_vectors: bool = False) -> None:
         super().__init__()
         if n_tiers < 1:
             raise ValueError(f"SimTier n_tiers must be >= 1, got {n_tiers}")
         self._n_tiers = n_tiers
+        self._soft = soft
+        self._unit = unit_vectors
 
     def output_dim(self) -> int:
         return self._n_tiers
@@ -69,10 +83,20 @@ class SimTier(nn.Module):
                 f"{tuple(target.shape)}, {tuple(history.shape)}, {tuple(mask.shape)}"
             )
         with torch.no_grad():
-            sims = torch.einsum("bd,bld->bl", F.normalize(target, dim=-1), F.normalize(history, dim=-1))
+            if not self._unit:
+                target, history = F.normalize(target, dim=-1), F.normalize(history, dim=-1)
+            sims = torch.bmm(history, target.unsqueeze(2)).squeeze(2).clamp_(-1.0, 1.0)  # (B, L)
             T = self._n_tiers
-            tier = ((sims.clamp(-1.0, 1.0) + 1.0) * (T / 2)).floor().long().clamp(0, T - 1)  # (B, L)
             weight = mask.to(history.dtype)
             counts = torch.zeros(B, T, dtype=history.dtype, device=history.device)
-            counts.scatter_add_(1, tier, weight)
+            if self._soft:
+                x = (sims + 1.0) * (T / 2) - 0.5  # position in units of tiers, centres at integers
+                low = x.floor()
+                upper_share = (x - low) * weight
+                low = low.long()
+                counts.scatter_add_(1, low.clamp(0, T - 1), weight - upper_share)
+                counts.scatter_add_(1, (low + 1).clamp(0, T - 1), upper_share)
+            else:
+                tier = ((sims + 1.0) * (T / 2)).floor().long().clamp_(0, T - 1)  # (B, L)
+                counts.scatter_add_(1, tier, weight)
             return counts / weight.sum(dim=1, keepdim=True).clamp(min=1.0)

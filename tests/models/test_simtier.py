@@ -62,3 +62,63 @@ def test_rows_sum_to_one_and_no_grad() -> None:
     out = SimTier(20)(target, torch.randn(4, 3, 5), torch.ones(4, 3, dtype=torch.bool))
     torch.testing.assert_close(out.sum(1), torch.ones(4))
     assert not out.requires_grad and torch.isfinite(out).all()
+
+
+def soft_reference(target: torch.Tensor, history: torch.Tensor, mask: torch.Tensor, T: int) -> torch.Tensor:
+    """Per item: weight to the two tier centres -1 + (t + 0.5) * 2 / T around the cosine, by distance."""
+    B, L, _ = history.shape
+    out = torch.zeros(B, T, dtype=torch.float64)
+    w = 2.0 / T
+    centres = [-1.0 + (t + 0.5) * w for t in range(T)]
+    for b in range(B):
+        counted = 0
+        for l in range(L):
+            if not mask[b, l]:
+                continue
+            s = float(torch.nn.functional.cosine_similarity(target[b].double(), history[b, l].double(), dim=0))
+            if s <= centres[0]:
+                out[b, 0] += 1.0
+            elif s >= centres[-1]:
+                out[b, T - 1] += 1.0
+            else:
+                t = next(i for i in range(T - 1) if centres[i] <= s < centres[i + 1])
+                out[b, t] += (centres[t + 1] - s) / w
+                out[b, t + 1] += (s - centres[t]) / w
+            counted += 1
+        if counted:
+            out[b] /= counted
+    return out.float()
+
+
+def test_soft_equals_per_row_reference_and_keeps_the_mean() -> None:
+    g = torch.Generator().manual_seed(3)
+    B, L, D = 5, 7, 6
+    target, history = torch.randn(B, D, generator=g), torch.randn(B, L, D, generator=g)
+    mask = torch.rand(B, L, generator=g) < 0.8
+    mask[1] = False
+    for T in (20, 5, 1):
+        got = SimTier(T, soft=True)(target, history, mask)
+        torch.testing.assert_close(got, soft_reference(target, history, mask, T))
+    # inside the outer centres the soft histogram's mean tier centre is the mean cosine
+    T = 20
+    got = SimTier(T, soft=True)(target, history, mask)
+    centres = -1.0 + (torch.arange(T) + 0.5) * 2.0 / T
+    cos = torch.nn.functional.cosine_similarity(target.unsqueeze(1), history, dim=-1)
+    for b in (0, 2, 3, 4):
+        m = mask[b]
+        if m.any() and cos[b][m].abs().max() < 1 - 1 / T:
+            torch.testing.assert_close((got[b] * centres).sum(), cos[b][m].mean())
+    assert got[1].eq(0).all()
+
+
+def test_unit_vectors_path_equals_normalising_path() -> None:
+    g = torch.Generator().manual_seed(4)
+    target = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    history = torch.nn.functional.normalize(torch.randn(3, 4, 8, generator=g), dim=-1)
+    history[0, 1] = 0.0  # an item without a vector: a zero row
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    mask[0, 1] = False
+    for soft in (False, True):
+        torch.testing.assert_close(
+            SimTier(10, soft, unit_vectors=True)(target, history, mask), SimTier(10, soft)(target, history, mask)
+        )
