@@ -90,8 +90,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
         sharding=args.sharding,
         make_from=args.make_from,
         quiet=args.quiet,
+        train_until=args.train_until,
     )
     run_train(job)
+    return 0
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    import os
+
+    from recsys.train.retrain import RetrainJob, retrain_summary, run_retrain
+
+    job = RetrainJob(parent=args.from_run, day=args.day, out=args.out, vectors=args.vectors,
+                     retrain_make=args.retrain_make, world=args.world, sharding=args.sharding, quiet=args.quiet)
+    metrics = run_retrain(job)
+    if metrics is not None and os.environ.get("RANK", "0") == "0":
+        print(f"retrain {args.out}: {retrain_summary(metrics)}")
     return 0
 
 
@@ -159,8 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="overrides train.batch_size (per rank)")
     p.add_argument("--checkpoint-every", type=int, help="overrides train.checkpoint_every (steps)")
     p.add_argument("--stop-after-steps", type=int, help="stop after N steps as if preempted (checkpoint; rerun resumes)")
+    p.add_argument("--train-until", type=int, help="last training day (default: the day before the world's last); "
+                   "the next day is the test day")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=_cmd_train)
+
+    p = sub.add_parser("retrain", help="daily retrain: warm-start a run, reload vectors, train one pass over a day")
+    p.add_argument("--from", dest="from_run", type=Path, required=True, help="yesterday's finished run folder")
+    p.add_argument("--day", type=int, required=True, help="the day to train on (the next day, if any, is scored)")
+    p.add_argument("--out", type=Path, required=True, help="new run folder (resumes from its newest checkpoint)")
+    p.add_argument("--vectors", type=Path, help="item vectors to load: item_vectors.parquet, its folder, or a vector "
+                   "store (default: the parent's)")
+    p.add_argument("--retrain-make", action="store_true", help="run MAKE stage 1 again instead of keeping the parent's")
+    p.add_argument("--world", type=Path, help="dataset directory (default: the parent's)")
+    p.add_argument("--sharding", choices=SHARDINGS, default="auto", help="ID table sharding (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=_cmd_retrain)
 
     p = sub.add_parser("demo", help="the main job (see README)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="world size (default: small)")

@@ -53,6 +53,11 @@ class ModelConfig:
         simtier_tiers (int): T, equal-width similarity tiers over [-1, 1].
         simtier_soft (bool): share each similarity between its two nearest
             tier centres (``SimTier(soft=True)``) instead of counting it in one tier.
+        simtier_learned_metric (bool): SimTier's similarity is a learned
+            bilinear form of the vectors, initialised to the cosine
+            (``SimTier(learned_metric=True)``); needs ``simtier_soft``.
+        make_attention_hidden (tuple[int, ...]): hidden widths of the
+            activation unit of MAKE's target attention (over the D-wide vectors).
         make_hidden (tuple[int, ...]): hidden widths of MAKE's shallow MLP;
             its last hidden output joins the ID model in stage 2.
         make_frozen (bool): in stage 2, MAKE runs without gradients (its
@@ -66,6 +71,8 @@ class ModelConfig:
     attention_softmax: bool = False  # DIN keeps raw weights to preserve interest intensity
     simtier_tiers: int = 50  # T: tier width 0.04; best of 20/50/100 on the small world (README)
     simtier_soft: bool = False  # hard counts, as the paper
+    simtier_learned_metric: bool = False  # the paper's fixed cosine
+    make_attention_hidden: tuple[int, ...] = (32,)  # as the ID model's unit
     make_hidden: tuple[int, ...] = (64,)  # "shallow MLP": one hidden layer
     make_frozen: bool = False  # fine-tune MAKE in stage 2: measured better than frozen on the small world (README)
 
@@ -76,7 +83,7 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
-        for name in ("mlp_hidden", "attention_hidden", "make_hidden"):
+        for name in ("mlp_hidden", "attention_hidden", "make_attention_hidden", "make_hidden"):
             value = getattr(self, name)
             if (
                 not isinstance(value, tuple)
@@ -84,9 +91,11 @@ class ModelConfig:
                 or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in value)
             ):
                 raise ValueError(f"ModelConfig.{name} must be a non-empty tuple of positive ints, got {value!r}")
-        for name in ("attention_softmax", "simtier_soft", "make_frozen"):
+        for name in ("attention_softmax", "simtier_soft", "simtier_learned_metric", "make_frozen"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.simtier_learned_metric and not self.simtier_soft:
+            raise ValueError("ModelConfig.simtier_learned_metric needs simtier_soft: true (hard tiers pass no gradient)")
 
 
 def table_sizes(manifest: Manifest) -> dict[str, int]:

@@ -112,7 +112,11 @@ class CtrModel(nn.Module):
         if uses_vectors and mm_dim < 1:
             raise ValueError(f"variant {config.variant!r} needs item vectors; got mm_dim={mm_dim}")
         self.mm_arch = MultimodalArch(table_sizes["item_id"], mm_dim, device=device) if uses_vectors else None
-        self.simtier = SimTier(config.simtier_tiers, config.simtier_soft, unit_vectors=True) if spec.simtier else None
+        self.simtier = (
+            SimTier(config.simtier_tiers, config.simtier_soft, True, config.simtier_learned_metric, mm_dim)
+            if spec.simtier
+            else None
+        )
         self.make = Make(config, mm_dim, device=device) if spec.make else None
         if self.make is not None and config.make_frozen:
             self.make.requires_grad_(False)

@@ -32,6 +32,20 @@ from recsys.models.config import ModelConfig
 from recsys.models.mm_table import MultimodalArch, MultimodalFeatures
 
 
+MAKE_MODULE = "make"  # attribute holding ``Make`` in ``CtrModel`` and ``MakeModel``
+
+
+def is_make_param(name: str) -> bool:
+    """Whether a parameter or state entry (fully qualified name) belongs to MAKE.
+
+    Example::
+
+        >>> is_make_param("model.make.attention.unit.0.weight"), is_make_param("model.id_model.over_arch.1.bias")
+        (True, False)
+    """
+    return f".{MAKE_MODULE}." in f".{name}"
+
+
 @dataclass
 class MakeOutput:
     """What MAKE hands to the ID model in stage 2.
@@ -55,8 +69,8 @@ class Make(nn.Module):
     """Target attention over multimodal history vectors, then a shallow MLP -> logit.
 
     Args:
-        config (ModelConfig): ``attention_hidden``, ``attention_softmax`` and
-            ``make_hidden`` are read.
+        config (ModelConfig): ``make_attention_hidden``, ``attention_softmax``
+            and ``make_hidden`` are read.
         mm_dim (int): D, width of the multimodal vectors.
         device (torch.device | None): where to create parameters (``meta`` works).
 
@@ -75,7 +89,7 @@ class Make(nn.Module):
         self._mm_dim = mm_dim
         self._hidden_dim = config.make_hidden[-1]
         self.attention = TargetAttention(
-            mm_dim, config.attention_hidden, softmax=config.attention_softmax, device=device
+            mm_dim, config.make_attention_hidden, softmax=config.attention_softmax, device=device
         )
         self.mlp = MLP(3 * mm_dim + 1 + len(DENSE_FEATURES), list(config.make_hidden), device=device)
         self.logit = nn.Linear(self._hidden_dim, 1, device=device)

@@ -30,9 +30,16 @@ class SimTier(nn.Module):
     outer tier): the histogram then changes smoothly with the similarity, and
     its mean recovers the mean similarity exactly inside the outer centres.
 
-    The histogram is piecewise constant (hard) or piecewise linear (soft) in
-    the vectors; no gradient flows through it, as the multimodal vectors are
-    frozen anyway. The module has no parameters.
+    With ``learned_metric=True`` (needs ``soft``) the similarity is the
+    bilinear form ``h^T W t`` with a learned ``W`` (D, D) initialised to the
+    identity, i.e. the cosine of the unit vectors at the start: the soft
+    histogram is piecewise linear in the similarities, so the CTR loss trains
+    ``W`` through it and SimTier can weight the directions of the vector space
+    that matter for clicks. It costs one (B, D) x (D, D) product forward and
+    one pass over the history backward (the vectors are frozen: no gradient
+    for them). Without it the module has no parameters and no gradient flows
+    through it (the histogram is piecewise constant or linear in the frozen
+    vectors).
 
     Args:
         n_tiers (int): T, number of tiers.
@@ -40,6 +47,7 @@ class SimTier(nn.Module):
         unit_vectors (bool): the inputs are unit-norm or all-zero rows (the
             frozen table's vectors), so cosine is the dot product and the
             normalisation pass is skipped.
+        learned_metric (bool): learn the similarity's bilinear form ``W``.
 
     Example::
 
@@ -53,15 +61,24 @@ class SimTier(nn.Module):
         4
         >>> SimTier(n_tiers=4, soft=True)(target, history, mask)  # centres -0.75, -0.25, 0.25, 0.75
         tensor([[0.3333, 0.0000, 0.1000, 0.5667]])
+        >>> learned = SimTier(n_tiers=4, soft=True, learned_metric=True, dim=2)
+        >>> learned(target, history, mask).sum().backward()  # W = I at the start: same histogram
+        >>> learned.metric.grad.shape
+        torch.Size([2, 2])
     """
 
-    def __init__(self, n_tiers: int, soft: bool = False, unit_vectors: bool = False) -> None:
+    def __init__(
+        self, n_tiers: int, soft: bool = False, unit_vectors: bool = False, learned_metric: bool = False, dim: int = 0
+    ) -> None:
         super().__init__()
         if n_tiers < 1:
             raise ValueError(f"SimTier n_tiers must be >= 1, got {n_tiers}")
+        if learned_metric and (not soft or dim < 1):
+            raise ValueError(f"SimTier learned_metric needs soft=True and the vector width dim >= 1, got soft={soft}, dim={dim}")
         self._n_tiers = n_tiers
         self._soft = soft
         self._unit = unit_vectors
+        self.metric = nn.Parameter(torch.eye(dim)) if learned_metric else None  # W (D, D)
 
     def output_dim(self) -> int:
         return self._n_tiers
@@ -82,20 +99,21 @@ class SimTier(nn.Module):
                 f"SimTier expects target (B, D), history (B, L, D), mask (B, L); got "
                 f"{tuple(target.shape)}, {tuple(history.shape)}, {tuple(mask.shape)}"
             )
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.metric is not None):
             if not self._unit:
                 target, history = F.normalize(target, dim=-1), F.normalize(history, dim=-1)
-            sims = torch.bmm(history, target.unsqueeze(2)).squeeze(2).clamp_(-1.0, 1.0)  # (B, L)
+            query = target if self.metric is None else target @ self.metric.t()  # (B, D): W t
+            sims = torch.bmm(history, query.unsqueeze(2)).squeeze(2).clamp(-1.0, 1.0)  # (B, L): h^T W t
             T = self._n_tiers
             weight = mask.to(history.dtype)
             counts = torch.zeros(B, T, dtype=history.dtype, device=history.device)
             if self._soft:
                 x = (sims + 1.0) * (T / 2) - 0.5  # position in units of tiers, centres at integers
-                low = x.floor()
+                low = x.detach().floor()
                 upper_share = (x - low) * weight
                 low = low.long()
-                counts.scatter_add_(1, low.clamp(0, T - 1), weight - upper_share)
-                counts.scatter_add_(1, (low + 1).clamp(0, T - 1), upper_share)
+                counts = counts.scatter_add(1, low.clamp(0, T - 1), weight - upper_share)
+                counts = counts.scatter_add(1, (low + 1).clamp(0, T - 1), upper_share)
             else:
                 tier = ((sims + 1.0) * (T / 2)).floor().long().clamp_(0, T - 1)  # (B, L)
                 counts.scatter_add_(1, tier, weight)

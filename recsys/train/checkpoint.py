@@ -30,6 +30,7 @@ import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,16 +104,36 @@ def latest_checkpoint(root: Path) -> tuple[Path, Progress] | None:
         raise ValueError(f"{path}: checkpoint named by {marker} is unreadable ({e}); remove {marker} to start over") from e
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: CombinedOptimizer) -> None:
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer: CombinedOptimizer, skip: Callable[[str], bool] | None = None
+) -> None:
     """Loads a checkpoint in place into a sharded model and its optimizer (any world size).
 
     The dense optimizer's state is lazy; it is initialised first (a zero-gradient
     step that leaves the weights unchanged) so DCP has tensors to load into.
+
+    Args:
+        path (Path): a checkpoint folder (``step-NNNNNNNN``).
+        model (nn.Module): the sharded model.
+        optimizer (CombinedOptimizer): its optimizer.
+        skip (Callable[[str], bool] | None): parameter names (fully qualified,
+            as in ``model.state_dict()``) whose weights and optimizer state keep
+            their current values: a warm start that reloads the frozen
+            multimodal table, or retrains MAKE, skips them.
     """
     for name, opt in optimizer.optimizers:
         if name == DENSE_OPTIMIZER and not any(opt.state.values()):
             opt.init_state()
-    state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
-    dcp.load(state, checkpoint_id=Path(path))
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optim"])
+    full = {"model": model.state_dict(), "optim": optimizer.state_dict()}
+    wanted = full
+    if skip is not None:  # load the rest in place; the skipped entries keep the current tensors
+        wanted = {
+            "model": {k: v for k, v in full["model"].items() if not skip(k)},
+            "optim": {**full["optim"], "state": {k: v for k, v in full["optim"]["state"].items() if not skip(k)}},
+        }
+    dcp.load(wanted, checkpoint_id=Path(path))
+    if skip is not None:
+        full["model"].update(wanted["model"])
+        full["optim"]["state"].update(wanted["optim"]["state"])
+    model.load_state_dict(full["model"])
+    optimizer.load_state_dict(full["optim"])

@@ -58,6 +58,7 @@ def train_make(
     ctx: DistContext,
     sharding: str,
     quiet: bool = False,
+    until: int | None = None,
 ) -> Path:
     """Runs (or resumes, or skips when done) MAKE stage 1 into ``out``; returns ``out``.
 
@@ -70,13 +71,16 @@ def train_make(
             batch size, seed.
         ctx (DistContext): rank, world size, device.
         sharding (str): how the frozen table is sharded.
+        quiet (bool): no progress bars.
+        until (int | None): the ID model's last training day (``setup.split_days``):
+            stage 1 fits on the days before it and is validated on it.
     """
     out = Path(out)
     if (out / MAKE_FILE).exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.read(world)
-    split = split_days(manifest)
+    split = split_days(manifest, until)
     sizes = capped_table_sizes(manifest, train_config)
     torch.manual_seed(train_config.seed)
     plain = CtrTrain(MakeModel(model_config, sizes["item_id"], vectors.dim))

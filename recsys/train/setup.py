@@ -1,10 +1,12 @@
 """What every training stage sets up: the day split, table sizes, item vectors, the sharded model.
 
-Days of a world (``Manifest.first_day`` .. ``last_day``):
+Days of a world (``Manifest.first_day`` .. ``last_day``), for a last training
+day ``until`` (default: the day before the last):
 
-* the ID model trains on every day but the last, and is tested on the last;
-* MAKE's stage 1 fits on the training days but their last, its validation
-  day, where its AUC decides when to stop.
+* the ID model trains on ``first_day .. until`` and is tested on ``until + 1``
+  (none when ``until`` is the world's last day: a production model for tomorrow);
+* MAKE's stage 1 fits on ``first_day .. until - 1`` and is validated on
+  ``until``, where its AUC decides when to stop.
 
 Example::
 
@@ -14,6 +16,9 @@ Example::
     >>> split = split_days(m)
     >>> (split.train.start, split.train.stop - 1), split.test, (split.make_fit.stop - 1), split.validation
     ((30, 42), 43, 41, 42)
+    >>> split = split_days(m, until=40)
+    >>> (split.train.stop - 1), split.test, split.validation, split_days(m, until=43).test is None
+    (40, 41, 40, True)
 """
 
 from __future__ import annotations
@@ -42,17 +47,33 @@ class DaySplit:
     """Which days each stage reads."""
 
     train: range  # the ID model's training days
-    test: int  # the evaluation day
+    test: int | None  # the evaluation day; None when training reaches the world's last day
     make_fit: range  # MAKE stage 1's training days
     validation: int  # MAKE stage 1's early-stopping day
 
 
-def split_days(manifest: Manifest) -> DaySplit:
-    """The day split of a world (module docstring); needs at least 3 days."""
+def split_days(manifest: Manifest, until: int | None = None) -> DaySplit:
+    """The day split of a world for last training day ``until`` (module docstring).
+
+    Args:
+        manifest (Manifest): the world's manifest.
+        until (int | None): the ID model's last training day; ``None`` = the
+            day before the world's last, so the last day is the test day.
+    """
     first, last = manifest.first_day, manifest.last_day
-    if last - first < 2:
-        raise ValueError(f"the world has days {first}..{last}; training needs at least 3 (fit, validation, test)")
-    return DaySplit(train=range(first, last), test=last, make_fit=range(first, last - 1), validation=last - 1)
+    if until is None:
+        until = last - 1
+    if not first + 1 <= until <= last:
+        raise ValueError(
+            f"last training day {until} must lie in [{first + 1}, {last}] for this world (days {first}..{last}): "
+            "MAKE stage 1 needs a fit day and a validation day"
+        )
+    return DaySplit(
+        train=range(first, until + 1),
+        test=until + 1 if until < last else None,
+        make_fit=range(first, until),
+        validation=until,
+    )
 
 
 def capped_table_sizes(manifest: Manifest, config: TrainConfig) -> dict[str, int]:

@@ -39,10 +39,13 @@ from recsys.data.schema import Manifest
 from recsys.distributed import DistContext, init_distributed
 from recsys.models.config import ModelConfig
 from recsys.models.ctr_model import VARIANT_SPECS, CtrModel, CtrTrain
+from recsys.models.make import is_make_param
+from recsys.models.mm_table import is_mm_table_param
 from recsys.train.checkpoint import Progress, latest_checkpoint, load_checkpoint, save_checkpoint
 from recsys.train.config import TrainConfig
 from recsys.train.loop import predict, train_epoch
 from recsys.train.make_stage import load_make_state, train_make
+from recsys.train.lineage import write_lineage
 from recsys.train.metrics import evaluation_report, item_buckets, new_item_mask, train_item_counts
 from recsys.train.setup import (
     DaySplit,
@@ -72,6 +75,12 @@ class TrainJob:
     sharding: str = "auto"  # sharding.SHARDINGS
     make_from: Path | None = None  # a finished MAKE stage-1 folder; None = run stage 1 into OUT/make_stage1
     quiet: bool = False  # no progress bars
+    train_until: int | None = None  # last training day (setup.split_days); None = the day before the last
+    days: tuple[int, ...] | None = None  # days the ID model trains on; None = every day up to train_until
+    warm_start: Path | None = None  # a finished run whose newest checkpoint starts model and optimizer
+    warm_start_make: bool = True  # with warm_start: MAKE's weights from it too (else from make_from/stage 1)
+    table_sizes: dict[str, int] | None = None  # rows per ID table; None = the manifest's ranges, capped
+    parent: dict | None = None  # lineage of the warm-start run (lineage.json), for this run's lineage
 
 
 def run_train(job: TrainJob) -> dict | None:
@@ -107,8 +116,8 @@ class Built:
 def build(job: TrainJob, ctx: DistContext) -> Built:
     """Builds the variant's model on every rank (running MAKE stage 1 first if needed) and shards it."""
     manifest = Manifest.read(job.world)
-    split = split_days(manifest)
-    sizes = capped_table_sizes(manifest, job.train)
+    split = split_days(manifest, job.train_until)
+    sizes = dict(job.table_sizes) if job.table_sizes is not None else capped_table_sizes(manifest, job.train)
     spec = VARIANT_SPECS[job.model.variant]
     vectors: ItemVectors | None = None
     if spec.uses_vectors():
@@ -121,7 +130,10 @@ def build(job: TrainJob, ctx: DistContext) -> Built:
         assert vectors is not None
         make_dir = job.make_from
         if make_dir is None:
-            make_dir = train_make(job.world, vectors, Path(job.out) / MAKE_STAGE1, job.model, job.train, ctx, job.sharding, job.quiet)
+            make_dir = train_make(
+                job.world, vectors, Path(job.out) / MAKE_STAGE1, job.model, job.train, ctx, job.sharding, job.quiet,
+                until=job.train_until,
+            )
         make_state = load_make_state(make_dir, mm_dim)
     torch.manual_seed(job.train.seed)
     plain = CtrTrain(CtrModel(job.model, sizes, mm_dim))
@@ -134,25 +146,42 @@ def build(job: TrainJob, ctx: DistContext) -> Built:
     return Built(dmp, optimizer, split, sizes, vectors, missing)
 
 
+def _warm_start(job: TrainJob, built: Built) -> None:
+    """Loads the newest checkpoint of ``job.warm_start``, but the frozen table (and MAKE, unless kept)."""
+    assert job.warm_start is not None
+    found = latest_checkpoint(Path(job.warm_start) / CHECKPOINTS)
+    if found is None or not found[1].finished:
+        raise ValueError(f"{job.warm_start}: no finished checkpoint to warm-start from (its training did not end)")
+
+    def skip(name: str) -> bool:
+        return is_mm_table_param(name) or (not job.warm_start_make and is_make_param(name))
+
+    load_checkpoint(found[0], built.model, built.optimizer, skip=skip)
+
+
+def _score(job: TrainJob, built: Built, day: int, reader_base: ReaderConfig, ctx: DistContext) -> dict:
+    """Test-day metrics of the model as it stands: all impressions, item buckets, new items."""
+    preds = predict(built.model, job.world, day, ctx, replace(reader_base, batch_size=job.train.eval_batch_size), quiet=job.quiet)
+    return evaluation_report(
+        torch.from_numpy(preds.predictions),
+        torch.from_numpy(preds.labels),
+        torch.from_numpy(preds.user_ids),
+        torch.from_numpy(preds.item_ids),
+        item_buckets(train_item_counts(Path(job.world), built.split.train)),
+        new_item_mask(Path(job.world), day),
+    )
+
+
 def _run(job: TrainJob, ctx: DistContext) -> dict | None:
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     built = build(job, ctx)
     dmp, optimizer, split, sizes, vectors = built.model, built.optimizer, built.split, built.sizes, built.vectors
     spec = VARIANT_SPECS[job.model.variant]
-    missing_vectors = built.missing_vectors
+    days = tuple(job.days) if job.days is not None else tuple(split.train)
 
     progress = Progress(epoch=0, batch=0, step=0, world_size=ctx.world_size)
     log: dict = {"curve": [], "segments": [], "out_of_range_ids": {}}
-    found = latest_checkpoint(out / CHECKPOINTS)
-    if found is not None:
-        load_checkpoint(found[0], dmp, optimizer)
-        progress = found[1]
-        if (out / TRAIN_LOG).exists():
-            log = json.loads((out / TRAIN_LOG).read_text())
-        if ctx.is_main and not job.quiet:
-            print(f"resuming {out} from {found[0].name} (epoch {progress.epoch}, batch {progress.batch}, "
-                  f"saved by {progress.world_size} rank(s), now {ctx.world_size})")
     reader_base = ReaderConfig(
         batch_size=job.train.batch_size,
         rank=ctx.rank,
@@ -162,6 +191,19 @@ def _run(job: TrainJob, ctx: DistContext) -> dict | None:
         table_sizes=sizes,
         out_of_range=job.train.out_of_range,
     )
+    found = latest_checkpoint(out / CHECKPOINTS)
+    if found is not None:
+        load_checkpoint(found[0], dmp, optimizer)
+        progress = found[1]
+        if (out / TRAIN_LOG).exists():
+            log = json.loads((out / TRAIN_LOG).read_text())
+        if ctx.is_main and not job.quiet:
+            print(f"resuming {out} from {found[0].name} (epoch {progress.epoch}, batch {progress.batch}, "
+                  f"saved by {progress.world_size} rank(s), now {ctx.world_size})")
+    elif job.warm_start is not None:
+        _warm_start(job, built)
+        if split.test is not None:  # the stale model (yesterday's weights, today's vectors) on the test day
+            log["warm_start_metrics"] = _score(job, built, split.test, reader_base, ctx)
     counts: dict[str, int] = {}
 
     def write_log() -> None:
@@ -174,8 +216,11 @@ def _run(job: TrainJob, ctx: DistContext) -> dict | None:
                 sharding=job.sharding,
                 world=str(job.world),
                 world_manifest_sha=_file_hash(Path(job.world) / "manifest.json"),
+                days=list(days),
+                table_sizes=sizes,
+                warm_start=None if job.warm_start is None else str(job.warm_start),
                 vectors=None if vectors is None else {"path": str(vectors.path), **vectors.manifest},
-                items_without_vector=missing_vectors,
+                items_without_vector=built.missing_vectors,
                 make_from=None if not spec.make else str(job.make_from or out / MAKE_STAGE1),
                 progress=asdict(progress),
             )
@@ -191,7 +236,7 @@ def _run(job: TrainJob, ctx: DistContext) -> dict | None:
     while progress.epoch < job.train.epochs and not progress.finished:
         start = progress.resume_batch(ctx.world_size)
         progress = replace(progress, batch=start, world_size=ctx.world_size)
-        reader = ImpressionReader(job.world, replace(reader_base, days=split.train, shuffle=True, start_batch=start))
+        reader = ImpressionReader(job.world, replace(reader_base, days=days, shuffle=True, start_batch=start))
         reader.set_epoch(progress.epoch)
         every = job.train.checkpoint_every
         result = train_epoch(
@@ -217,32 +262,29 @@ def _run(job: TrainJob, ctx: DistContext) -> dict | None:
     progress = replace(progress, finished=True)
     if last_saved != progress.step:
         checkpoint(progress)
-    preds = predict(dmp, job.world, split.test, ctx, replace(reader_base, batch_size=job.train.eval_batch_size), quiet=job.quiet)
+    report = _score(job, built, split.test, reader_base, ctx) if split.test is not None else None
     write_log()
-    counts_train = train_item_counts(Path(job.world), split.train)
-    report = evaluation_report(
-        torch.from_numpy(preds.predictions),
-        torch.from_numpy(preds.labels),
-        torch.from_numpy(preds.user_ids),
-        torch.from_numpy(preds.item_ids),
-        item_buckets(counts_train),
-        new_item_mask(Path(job.world), split.test),
-    )
     samples = sum(s["samples"] for s in log["segments"])
     seconds = sum(s["seconds"] for s in log["segments"])
     metrics = {
         "variant": job.model.variant,
         "seed": job.train.seed,
         "test_day": split.test,
-        "train_days": [split.train.start, split.train.stop - 1],
+        "train_days": [min(days), max(days)],
         "train_samples_per_s": samples / max(seconds, 1e-9),
         "world_size": ctx.world_size,
         "metrics": report,
     }
+    if "warm_start_metrics" in log:
+        metrics["warm_start_metrics"] = log["warm_start_metrics"]
     if ctx.is_main:
+        write_lineage(out, job.world, days, job.parent, log)
         (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-        a = report["all"]  # the one result line, also with --quiet (which only hides progress bars)
-        print(f"{job.model.variant}: test day {split.test} AUC {a['auc']:.4f} GAUC {a['gauc']:.4f} NE {a['ne']:.4f} -> {out / METRICS_FILE}")
+        if report is None:
+            print(f"{job.model.variant}: trained through day {max(days)} (the world's last: no test day) -> {out}")
+        else:
+            a = report["all"]  # the one result line, also with --quiet (which only hides progress bars)
+            print(f"{job.model.variant}: test day {split.test} AUC {a['auc']:.4f} GAUC {a['gauc']:.4f} NE {a['ne']:.4f} -> {out / METRICS_FILE}")
     return metrics
 
 

@@ -64,8 +64,14 @@ def test_rows_sum_to_one_and_no_grad() -> None:
     assert not out.requires_grad and torch.isfinite(out).all()
 
 
-def soft_reference(target: torch.Tensor, history: torch.Tensor, mask: torch.Tensor, T: int) -> torch.Tensor:
-    """Per item: weight to the two tier centres -1 + (t + 0.5) * 2 / T around the cosine, by distance."""
+def soft_reference(
+    target: torch.Tensor, history: torch.Tensor, mask: torch.Tensor, T: int, metric: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per item: weight to the two tier centres -1 + (t + 0.5) * 2 / T around the similarity, by distance.
+
+    The similarity is the cosine, or with ``metric`` W the bilinear h^T W t of the given (unit) vectors,
+    clipped to [-1, 1].
+    """
     B, L, _ = history.shape
     out = torch.zeros(B, T, dtype=torch.float64)
     w = 2.0 / T
@@ -75,7 +81,10 @@ def soft_reference(target: torch.Tensor, history: torch.Tensor, mask: torch.Tens
         for l in range(L):
             if not mask[b, l]:
                 continue
-            s = float(torch.nn.functional.cosine_similarity(target[b].double(), history[b, l].double(), dim=0))
+            if metric is None:
+                s = float(torch.nn.functional.cosine_similarity(target[b].double(), history[b, l].double(), dim=0))
+            else:
+                s = min(1.0, max(-1.0, float(history[b, l].double() @ metric.double() @ target[b].double())))
             if s <= centres[0]:
                 out[b, 0] += 1.0
             elif s >= centres[-1]:
@@ -122,3 +131,49 @@ def test_unit_vectors_path_equals_normalising_path() -> None:
         torch.testing.assert_close(
             SimTier(10, soft, unit_vectors=True)(target, history, mask), SimTier(10, soft)(target, history, mask)
         )
+
+
+def unit(*shape: int, seed: int) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def test_learned_metric_starts_as_cosine_and_equals_bilinear_reference() -> None:
+    target, history = unit(4, 6, seed=5), unit(4, 5, 6, seed=6)
+    mask = torch.rand(4, 5, generator=torch.Generator().manual_seed(7)) < 0.8
+    learned = SimTier(10, soft=True, unit_vectors=True, learned_metric=True, dim=6)
+    torch.testing.assert_close(learned(target, history, mask), SimTier(10, soft=True)(target, history, mask))
+    with torch.no_grad():
+        learned.metric.copy_(torch.eye(6) + 0.3 * torch.randn(6, 6, generator=torch.Generator().manual_seed(8)))
+    got = learned(target, history, mask)
+    torch.testing.assert_close(got, soft_reference(target, history, mask, 10, learned.metric.detach()))
+
+
+def test_learned_metric_gradient_matches_finite_differences() -> None:
+    target, history = unit(3, 4, seed=9).double(), unit(3, 6, 4, seed=10).double()
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    learned = SimTier(8, soft=True, unit_vectors=True, learned_metric=True, dim=4).double()
+    probe = torch.randn(3, 8, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+
+    def loss(w: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            learned.metric.copy_(w)
+        return (learned(target, history, mask) * probe).sum()
+
+    w0 = torch.eye(4, dtype=torch.float64) * 0.9
+    learned.zero_grad()
+    loss(w0).backward()
+    numeric = torch.zeros(4, 4, dtype=torch.float64)
+    for i in range(4):
+        for j in range(4):
+            step = torch.zeros(4, 4, dtype=torch.float64)
+            step[i, j] = 1e-6
+            numeric[i, j] = (loss(w0 + step) - loss(w0 - step)) / 2e-6
+    torch.testing.assert_close(learned.metric.grad, numeric, rtol=1e-4, atol=1e-6)
+
+
+def test_learned_metric_needs_soft_tiers() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="learned_metric needs soft=True"):
+        SimTier(10, learned_metric=True, dim=4)
