@@ -212,11 +212,11 @@ class Embedder:
         """Dedupes, decodes, encodes and commits one batch (module docstring, steps 2-5)."""
         have = self.store.has_vector(rows.item_ids)
         seen: set[int] = set()
-        todo, failures = [], []
+        todo, failures, duplicates = [], [], 0
         shape = self.client.model().image_shape
         for r, item in enumerate(rows.item_ids):
             if have[r] or item in seen:
-                self.report.duplicates += 1
+                duplicates += 1
                 continue
             seen.add(item)
             pixels = decode_image(rows.images[r], shape[0]) if rows.images[r] else None
@@ -237,7 +237,7 @@ class Embedder:
         written = np.isin(ids, result.inserted)
         now = time.time()
         self.report.written += int(written.sum())
-        self.report.duplicates += int((~written).sum())  # a concurrent writer got there first
+        self.report.duplicates += duplicates + int((~written).sum())  # (~written): a concurrent writer was first
         self.report.latency_s += (now - created[written]).tolist()
         self.report.failed += len(failures)
         for item, reason, _ in failures:
