@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -109,6 +110,79 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (the long-running commands stop cleanly on either)."""
+    import signal
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from serving.export import export_repository
+
+    spec = export_repository(args.encoder, args.out, args.max_batch_size, args.queue_delay_us, args.torch_threads)
+    print(f"wrote {args.out}/embedded (for `mmctr serve`) and {args.out}/production (libtorch): "
+          f"image {spec.image_shape}, context {spec.context_length} tokens, D={spec.dim}, "
+          f"max batch {spec.max_batch_size}")  # fmt: skip
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from serving.export import embedded_repository
+    from serving.server import ServerConfig, TritonServer
+
+    stop = _stop_on_signals()
+    config = ServerConfig(repository=embedded_repository(args.repository), host=args.host,
+                          grpc_port=args.grpc_port, http_port=args.http_port, ready_timeout_s=args.ready_timeout)  # fmt: skip
+    server = TritonServer(config, log=args.log)
+    rc = 0
+    try:
+        server.start()
+        print(f"ready: {', '.join(server.models)} on gRPC {server.grpc_url}, HTTP {server.http_url} "
+              f"(pid {server.pid}, {server.ready_seconds:.1f} s to ready)", flush=True)  # fmt: skip
+        while not stop.wait(0.5):
+            if not server.running():
+                print(f"mmctr serve: tritonserver exited:\n{server.log_tail()}", file=sys.stderr)
+                rc = 1
+                break
+    except RuntimeError as e:
+        print(f"mmctr serve: {e}", file=sys.stderr)
+        rc = 1
+    finally:
+        server.stop()
+    print("stopped", flush=True)
+    return rc
+
+
+def _cmd_embed_new(args: argparse.Namespace) -> int:
+    import logging
+
+    from serving.client import ClientConfig, EncoderClient
+    from serving.embedder import Embedder, EmbedderConfig
+    from serving.store import VectorStore
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stop = _stop_on_signals()
+    config = EmbedderConfig(batch_size=args.batch_size, poll_interval_s=args.poll_interval, exit_when_idle_s=args.exit_when_idle)
+    with EncoderClient(ClientConfig(url=args.url, timeout_s=args.timeout)) as client, VectorStore(args.store) as store:
+        report = Embedder(args.feed, store, client, config).run(stop)
+    print(report.summary(), flush=True)
+    if args.report:
+        args.report.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    return 0
+
+
+def _cmd_feed(args: argparse.Namespace) -> int:
+    from serving.feed import publish_world_items
+
+    n = publish_world_items(args.world, args.feed, args.day, args.rate, args.per_file, args.limit)
+    print(f"published {n} items to {args.feed}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The main job: today, world generation, validation and a summary."""
     world = args.out / "world"
@@ -189,6 +263,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sharding", choices=SHARDINGS, default="auto", help="ID table sharding (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=_cmd_retrain)
+
+    p = sub.add_parser("export", help="write Triton model repositories of an encoder (embedded and production)")
+    p.add_argument("--encoder", type=Path, required=True, help="encoder.pt from `mmctr pretrain`")
+    p.add_argument("--out", type=Path, required=True, help="export folder: OUT/embedded, OUT/production, OUT/export.json")
+    p.add_argument("--max-batch-size", type=int, default=64, help="items per request and dynamic batch (default: 64)")
+    p.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching delay, microseconds (default: 2000)")
+    p.add_argument("--torch-threads", type=int, default=1, help="intra-op threads of the served encoder; 0: torch's default (default: 1)")
+    p.set_defaults(fn=_cmd_export)
+
+    p = sub.add_parser("serve", help="run Triton Inference Server on an exported repository until SIGTERM")
+    p.add_argument("--repository", type=Path, required=True, help="`mmctr export` folder (its embedded/) or a model repository")
+    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port; 0 picks a free one (default: 8001)")
+    p.add_argument("--http-port", type=int, default=8000, help="HTTP port; 0 picks a free one (default: 8000)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for every model (default: 120)")
+    p.add_argument("--log", type=Path, help="write the server's log here (default: a temporary file, removed)")
+    p.set_defaults(fn=_cmd_serve)
+
+    p = sub.add_parser("embed-new", help="embed new items from a feed on Triton into the vector store")
+    p.add_argument("--feed", type=Path, required=True, help="feed directory (append-only Parquet files)")
+    p.add_argument("--store", type=Path, required=True, help="vector store (SQLite file, created if missing)")
+    p.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC HOST:PORT (default: 127.0.0.1:8001)")
+    p.add_argument("--batch-size", type=int, default=64, help="items per store transaction (default: 64)")
+    p.add_argument("--poll-interval", type=float, default=0.05, help="seconds between polls of an idle feed (default: 0.05)")
+    p.add_argument("--timeout", type=float, default=10.0, help="deadline of one Triton request, seconds (default: 10)")
+    p.add_argument("--exit-when-idle", type=float, help="stop after this many seconds without new items (default: run until SIGTERM)")
+    p.add_argument("--report", type=Path, help="also write the run's report as JSON here")
+    p.set_defaults(fn=_cmd_embed_new)
+
+    p = sub.add_parser("feed", help="publish a world's items created on a day into a feed, as new items")
+    p.add_argument("--world", type=Path, required=True, help="dataset directory")
+    p.add_argument("--feed", type=Path, required=True, help="feed directory")
+    p.add_argument("--day", type=int, help="creation day of the items (default: the test day)")
+    p.add_argument("--rate", type=float, help="items per second (default: as fast as possible)")
+    p.add_argument("--per-file", type=int, default=1, help="items per feed file (default: 1)")
+    p.add_argument("--limit", type=int, help="publish at most N items")
+    p.set_defaults(fn=_cmd_feed)
 
     p = sub.add_parser("demo", help="the main job (see README)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="world size (default: small)")

@@ -1,0 +1,90 @@
+"""TorchX components of serving: export the encoder for Triton, and the real-time item embedder.
+
+Both are single-process jobs (``torchx.components.utils.python`` over
+``python -m recsys.cli STAGE ...``). Run locally, with the venv's ``bin`` on ``PATH``::
+
+    torchx run -s local_cwd torchx_components/serving.py:export \\
+        --encoder runs/demo/pretrain-scl/encoder.pt --out runs/demo/triton
+    mmctr serve --repository runs/demo/triton &
+    torchx run -s local_cwd torchx_components/serving.py:embed_new \\
+        --feed runs/demo/feed --store runs/demo/vectors.sqlite --url 127.0.0.1:8001
+
+On a cluster scheduler the same components run with ``image`` pointing at a
+container with this project installed and paths on shared storage; the
+``production/`` repository of the export goes to a Triton container.
+
+Example::
+
+    >>> export(encoder="e.pt", out="o").roles[0].args
+    ['-m', 'recsys.cli', 'export', '--encoder', 'e.pt', '--out', 'o', '--max-batch-size', '64', '--torch-threads', '1']
+    >>> app = embed_new(feed="f", store="s.sqlite", url="h:1", exit_when_idle=2.0)
+    >>> app.roles[0].args[2:]
+    ['embed-new', '--feed', 'f', '--store', 's.sqlite', '--url', 'h:1', '--batch-size', '64', '--exit-when-idle', '2.0']
+"""
+
+# No `from __future__ import annotations`: TorchX reads the real annotation
+# objects to parse component arguments.
+from typing import Optional
+
+from torchx import specs
+from torchx.components.utils import python
+
+DEFAULT_IMAGE = "mmctr:latest"  # for container schedulers; local_cwd ignores it
+_MODULE = "recsys.cli"
+
+
+def _stage(name: str, args: list[str], image: str, cpu: int, memMB: int) -> specs.AppDef:
+    """One single-process ``mmctr`` stage."""
+    return python(name, *args, m=_MODULE, image=image, name=f"mmctr-{name}", cpu=cpu, memMB=memMB)
+
+
+def export(
+    encoder: str,
+    out: str,
+    max_batch_size: int = 64,
+    torch_threads: int = 1,
+    image: str = DEFAULT_IMAGE,
+    cpu: int = 2,
+    memMB: int = 4096,
+) -> specs.AppDef:
+    """Exports an encoder checkpoint as Triton model repositories (embedded and production).
+
+    Args:
+        encoder: encoder.pt from mmctr pretrain
+        out: export folder (OUT/embedded, OUT/production, OUT/export.json)
+        max_batch_size: items per request and per dynamic batch
+        torch_threads: intra-op threads of the served encoder (0: torch's default)
+        image: container image (cluster schedulers only)
+        cpu: CPUs per replica
+        memMB: memory per replica, MB
+    """
+    args = ["--encoder", encoder, "--out", out, "--max-batch-size", str(max_batch_size), "--torch-threads", str(torch_threads)]
+    return _stage("export", args, image, cpu, memMB)
+
+
+def embed_new(
+    feed: str,
+    store: str,
+    url: str = "127.0.0.1:8001",
+    batch_size: int = 64,
+    exit_when_idle: Optional[float] = None,
+    image: str = DEFAULT_IMAGE,
+    cpu: int = 1,
+    memMB: int = 2048,
+) -> specs.AppDef:
+    """The real-time item embedder: new items from the feed, through Triton, into the vector store.
+
+    Args:
+        feed: feed directory (append-only Parquet files)
+        store: vector store (SQLite file, created if missing)
+        url: Triton gRPC HOST:PORT
+        batch_size: items per store transaction
+        exit_when_idle: stop after this many seconds without new items (default: run until stopped)
+        image: container image (cluster schedulers only)
+        cpu: CPUs per replica
+        memMB: memory per replica, MB
+    """
+    args = ["--feed", feed, "--store", store, "--url", url, "--batch-size", str(batch_size)]
+    if exit_when_idle is not None:
+        args += ["--exit-when-idle", str(exit_when_idle)]
+    return _stage("embed-new", args, image, cpu, memMB)
