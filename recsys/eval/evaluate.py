@@ -28,10 +28,10 @@ import torch.distributed as dist
 
 from recsys.data.schema import Manifest
 from recsys.distributed import DistContext, init_distributed
-from recsys.eval.bootstrap import RESAMPLES, compare_gauc, user_auc_table
+from recsys.eval.bootstrap import RESAMPLES, GaucComparison, compare_gauc, user_auc_table
 from recsys.eval.report import SCHEMA, write_report
 from recsys.eval.runs import RunSpec, choose_baseline, load_run, manifest_sha, run_names
-from recsys.eval.score import EVAL_BATCH_SIZE, ScoredDay, score_day
+from recsys.eval.score import EVAL_BATCH_SIZE, RunScores, ScoredDay, score_day
 from recsys.eval.truth import truth_report
 from recsys.train.metrics import BUCKETS, evaluation_report, item_buckets, new_item_mask, train_item_counts
 
@@ -108,7 +108,7 @@ def _report(job: EvalJob, manifest: Manifest, runs: list[RunSpec], baseline: int
     labels, users = torch.from_numpy(scored.labels), torch.from_numpy(scored.user_ids)
     metrics = [evaluation_report(torch.from_numpy(s.predictions), labels, users, torch.from_numpy(s.item_ids),
                                  buckets, new_items) for s in scored.runs]
-    base_items = scored.runs[baseline].item_ids
+    base_items = scored.runs[baseline].item_ids  # one subset split for the paired bootstrap (runs differ only if capped tables hash IDs)
     masks = {"all": np.ones(len(base_items), dtype=bool)}
     masks.update({name: buckets[base_items] == b for b, name in enumerate(BUCKETS)})
     masks["new_items"] = new_items[base_items]
@@ -119,27 +119,8 @@ def _report(job: EvalJob, manifest: Manifest, runs: list[RunSpec], baseline: int
         for name, mask in masks.items()
     }
     truth = truth_report(world, day, buckets, new_items)
-    models = {}
-    for m, (run, s, report) in enumerate(zip(runs, scored.runs, metrics)):
-        base = metrics[baseline]
-        vs = {name: {"gauc_diff": c.diff[m], "gauc_diff_ci": c.diff_ci[m], "gauc_lift": c.lift[m],
-                     "gauc_lift_ci": c.lift_ci[m], "users": c.users,
-                     "auc_diff": report[name]["auc"] - base[name]["auc"],
-                     "auc_lift": report[name]["auc"] / base[name]["auc"] - 1}
-              for name, c in comparisons.items()}
-        tiers = None
-        if s.tiers is not None:
-            sim_clicked, sim_not = s.tiers.mean_similarity()
-            tiers = {**asdict(s.tiers), "n_tiers": len(s.tiers.clicked),
-                     "mean_similarity_clicked": sim_clicked, "mean_similarity_not_clicked": sim_not}
-        models[run.name] = {
-            "run": str(run.path), "variant": run.variant, "checkpoint": str(run.checkpoint),
-            "step": run.progress.step if run.progress else None,
-            "metrics": report, "vs_baseline": vs,
-            "truth_gap": None if truth is None else {
-                name: {k: report[name][k] - truth[name][k] for k in ("auc", "gauc")} for name in report},
-            "tiers": tiers, "curve": list(run.curve),
-        }
+    models = {run.name: _model_entry(m, run, s, metrics[m], metrics[baseline], comparisons, truth)
+              for m, (run, s) in enumerate(zip(runs, scored.runs))}
     report = {
         "schema": SCHEMA, "world": str(world.resolve()), "world_manifest_sha": manifest_sha(world),
         "day": day, "test_day": manifest.last_day, "day_in_training": day < manifest.last_day,
@@ -159,3 +140,22 @@ def _report(job: EvalJob, manifest: Manifest, runs: list[RunSpec], baseline: int
               f"GAUC lift {100 * v['gauc_lift']:+.2f}% [{100 * lo:+.2f}%, {100 * hi:+.2f}%]")
     print(f"wrote {json_path} and {html_path}")
     return report
+
+
+def _model_entry(m: int, run: RunSpec, scores: RunScores, own: dict, base: dict, comparisons: dict[str, GaucComparison],
+                 truth: dict | None) -> dict:
+    """One model's part of the report (``report`` module docstring): metrics, lifts, truth gap, tiers, curve."""
+    vs = {name: {"gauc_diff": c.diff[m], "gauc_diff_ci": c.diff_ci[m], "gauc_lift": c.lift[m],
+                 "gauc_lift_ci": c.lift_ci[m], "users": c.users,
+                 "auc_diff": own[name]["auc"] - base[name]["auc"],
+                 "auc_lift": own[name]["auc"] / base[name]["auc"] - 1}
+          for name, c in comparisons.items()}
+    tiers = None
+    if scores.tiers is not None:
+        sim_clicked, sim_not = scores.tiers.mean_similarity()
+        tiers = {**asdict(scores.tiers), "n_tiers": len(scores.tiers.clicked),
+                 "mean_similarity_clicked": sim_clicked, "mean_similarity_not_clicked": sim_not}
+    gap = None if truth is None else {name: {k: own[name][k] - truth[name][k] for k in ("auc", "gauc")} for name in own}
+    return {"run": str(run.path), "variant": run.variant, "checkpoint": str(run.checkpoint),
+            "step": run.progress.step if run.progress else None, "metrics": own, "vs_baseline": vs,
+            "truth_gap": gap, "tiers": tiers, "curve": list(run.curve)}

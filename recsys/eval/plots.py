@@ -142,7 +142,7 @@ def truth_figure(report: dict) -> Figure | None:
     fig = Figure(figsize=(8, 3.2))
     axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("auc", "gauc")):
-        values = [report["models"][n]["metrics"]["all"][metric] or np.nan for n in names]
+        values = [np.nan if (v := report["models"][n]["metrics"]["all"][metric]) is None else v for n in names]
         ax.bar(np.arange(len(names)), values, color=[COLORS[i % len(COLORS)] for i in range(len(names))])
         ax.axhline(truth["all"][metric], color="black", linestyle="--", label=f"true p_click {truth['all'][metric]:.4f}")
         low = np.nanmin(values + [truth["all"][metric]])
