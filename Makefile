@@ -12,6 +12,8 @@ else
 PIN_FBGEMM := fbgemm-gpu-cpu==1.9.0
 endif
 export PATH := $(abspath $(BIN)):$(PATH)
+# Headless Chromium renders the evaluation's HTML report in a test; Debian's package, installed once (as root).
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: venv test demo bench clean
 
@@ -26,8 +28,13 @@ $(STAMP): pyproject.toml Makefile
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-test: venv
+test: venv $(CHROMIUM)
 	$(BIN)/python -m pytest -q
+
+# Runs only when /usr/bin/chromium is missing (a file target with no prerequisites).
+$(CHROMIUM):
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium fonts-dejavu-core
 
 demo: venv
 	$(BIN)/mmctr demo --preset small --out runs/demo

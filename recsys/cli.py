@@ -183,6 +183,28 @@ def _cmd_feed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from recsys.eval.evaluate import EvalJob, run_evaluate
+
+    job = EvalJob(
+        world=args.world,
+        models=tuple(args.models),
+        day=args.day,
+        baseline=args.baseline,
+        out=args.out,
+        resamples=args.bootstrap,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        quiet=args.quiet,
+    )
+    try:
+        run_evaluate(job)
+    except (ValueError, FileNotFoundError) as e:  # a run, day or world refused (runs.RunError is a ValueError)
+        print(f"mmctr evaluate: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The main job: today, world generation, validation and a summary."""
     world = args.out / "world"
@@ -300,6 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-file", type=int, default=1, help="items per feed file (default: 1)")
     p.add_argument("--limit", type=int, help="publish at most N items")
     p.set_defaults(fn=_cmd_feed)
+
+    p = sub.add_parser("evaluate", help="score a day with finished CTR runs; AUC/GAUC/NE vs a baseline with bootstrap CIs, JSON + HTML")
+    p.add_argument("--world", type=Path, required=True, help="dataset directory the runs were trained on")
+    p.add_argument("--models", type=Path, nargs="+", required=True, metavar="RUN", help="finished `mmctr train` run folders")
+    p.add_argument("--day", type=int, help="day to score (default: the world's last day, the test day)")
+    p.add_argument("--baseline", help="baseline run name (folder name) or variant (default: the first id_only run, else the first)")
+    p.add_argument("--out", type=Path, help="report folder (default: eval-day-D next to the first run folder)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples of users (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    p.add_argument("--batch-size", type=int, default=8192, help="impressions per scoring batch per rank (default: 8192)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=_cmd_evaluate)
 
     p = sub.add_parser("demo", help="the main job (see README)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="world size (default: small)")

@@ -55,6 +55,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -91,11 +92,21 @@ def _check(predictions: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor
         raise ValueError(f"labels must be 0 or 1, got values {torch.unique(labels)[:5].tolist()}...")
 
 
-def _gauc(p: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> tuple[float, int]:
-    """:func:`gauc` on checked float64 inputs of shape (N,)."""
+@dataclass(frozen=True)
+class GroupAucs:
+    """Per-group AUCs of the groups whose impressions hold both labels (``G`` groups, ascending IDs)."""
+
+    groups: torch.Tensor  # (G,) group IDs
+    auc: torch.Tensor  # (G,) float64 Mann–Whitney AUC, ties 1/2
+    size: torch.Tensor  # (G,) float64 impressions of the group
+
+
+def _group_aucs(p: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> GroupAucs:
+    """:func:`group_aucs` on checked float64 inputs of shape (N,)."""
     N = p.shape[0]
     if N == 0:
-        return float("nan"), 0
+        empty = torch.zeros(0, dtype=torch.float64, device=p.device)
+        return GroupAucs(groups=groups[:0], auc=empty, size=empty)
     # Sort by (group, prediction): a stable sort by prediction, then a stable sort by group.
     order = torch.argsort(p, stable=True)
     order = order[torch.argsort(groups[order], stable=True)]
@@ -116,11 +127,40 @@ def _gauc(p: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> tuple[float
     rank_sum = torch.zeros(G, dtype=torch.float64, device=p.device).index_add_(0, gid, rank * y)
     neg = size - pos
     valid = (pos > 0) & (neg > 0)
-    if not bool(valid.any()):
-        return float("nan"), 0
     pos, neg, rank_sum, size = pos[valid], neg[valid], rank_sum[valid], size[valid]
     auc = (rank_sum - pos * (pos + 1) / 2) / (pos * neg)  # Mann–Whitney U / (pos * neg)
-    return float((auc * size).sum() / size.sum()), int(valid.sum())
+    return GroupAucs(groups=g[new_group][valid], auc=auc, size=size)
+
+
+def _gauc(p: torch.Tensor, y: torch.Tensor, groups: torch.Tensor) -> tuple[float, int]:
+    """:func:`gauc` on checked float64 inputs of shape (N,)."""
+    per_group = _group_aucs(p, y, groups)
+    if per_group.auc.numel() == 0:
+        return float("nan"), 0
+    return float((per_group.auc * per_group.size).sum() / per_group.size.sum()), int(per_group.auc.numel())
+
+
+def group_aucs(predictions: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> GroupAucs:
+    """The per-group AUCs and impression counts that :func:`gauc` averages (no loop over groups).
+
+    Args:
+        predictions (torch.Tensor): scores in [0, 1], tensor of shape (N,).
+        labels (torch.Tensor): 0/1, tensor of shape (N,).
+        groups (torch.Tensor): integer group (user) IDs, shape (N,).
+
+    Returns:
+        GroupAucs: the ``G`` groups with both labels, ascending by ID, their
+        AUCs and sizes; ``gauc == (auc * size).sum() / size.sum()``.
+
+    Example::
+
+        >>> g = group_aucs(torch.tensor([0.9, 0.2, 0.6, 0.4, 0.3, 0.5]), torch.tensor([1.0, 0, 1, 0, 1, 0]),
+        ...     torch.tensor([7, 7, 3, 3, 3, 9]))
+        >>> g.groups.tolist(), g.auc.tolist(), g.size.tolist()  # user 9: one class, left out
+        ([3, 7], [0.5, 1.0], [3.0, 2.0])
+    """
+    _check(predictions, labels, groups, "groups")
+    return _group_aucs(predictions.double(), labels.double(), groups)
 
 
 def gauc(predictions: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> tuple[float, int]:

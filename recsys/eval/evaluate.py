@@ -1,0 +1,161 @@
+"""``mmctr evaluate``: finished runs scored on one day and compared with a baseline, as JSON and HTML.
+
+The job, on every rank (``torchrun``/TorchX) or in one process:
+
+1. Checks the day lies in the world and every run (``runs.load_run``):
+   finished checkpoint, same world, inputs present.
+2. Scores every impression of the day with each run (``score.score_day``),
+   all ranks together.
+3. On rank 0: AUC, GAUC, NE, calibration of every run on all impressions,
+   per item bucket and on new items (``metrics.evaluation_report``); GAUC
+   differences to the baseline with user-bootstrap intervals per subset
+   (``bootstrap``); the true click probability's metrics where the world
+   has ``truth/`` (``truth``); SimTier histograms (``tiers``); then
+   ``OUT/report.json`` and ``OUT/report.html`` (``report``).
+
+``OUT`` defaults to ``eval-day-D`` next to the first run folder (the
+runs' parent folder).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from recsys.data.schema import Manifest
+from recsys.distributed import DistContext, init_distributed
+from recsys.eval.bootstrap import RESAMPLES, GaucComparison, compare_gauc, user_auc_table
+from recsys.eval.report import SCHEMA, write_report
+from recsys.eval.runs import RunSpec, choose_baseline, load_run, manifest_sha, run_names
+from recsys.eval.score import EVAL_BATCH_SIZE, RunScores, ScoredDay, score_day
+from recsys.eval.truth import truth_report
+from recsys.train.metrics import BUCKETS, evaluation_report, item_buckets, new_item_mask, train_item_counts
+
+CONFIDENCE = 0.95  # bootstrap interval coverage
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One ``mmctr evaluate`` job (fields documented inline)."""
+
+    world: Path  # dataset directory the runs were trained on
+    models: tuple[Path, ...]  # finished run folders of `mmctr train`
+    day: int | None = None  # the day to score; None = the world's last (test) day
+    baseline: str | None = None  # a run name or variant; None = the first id_only run, else the first run
+    out: Path | None = None  # report folder; None = eval-day-D next to the first run
+    resamples: int = RESAMPLES  # bootstrap resamples of the users
+    seed: int = 0  # bootstrap seed
+    batch_size: int = EVAL_BATCH_SIZE  # impressions per scoring batch per rank
+    quiet: bool = False  # no progress bars
+
+    def out_dir(self, day: int) -> Path:
+        return Path(self.out) if self.out is not None else Path(self.models[0]).parent / f"eval-day-{day}"
+
+
+def check_day(manifest: Manifest, day: int | None, world: Path) -> int:
+    """The day to score: ``day``, or the world's last day; refuses a day outside the world.
+
+    Example::
+
+        >>> m = Manifest(format_version=1, preset="doc", seed=0, counts={}, id_ranges={},
+        ...     first_day=10, last_day=14, max_history_len=5, image_size=8)
+        >>> check_day(m, None, Path("w")), check_day(m, 12, Path("w"))
+        (14, 12)
+        >>> check_day(m, 15, Path("w"))
+        Traceback (most recent call last):
+            ...
+        ValueError: --day 15 is outside the world w/manifest.json: its days are 10..14 (first_day..last_day)
+    """
+    if day is None:
+        return manifest.last_day
+    if not manifest.first_day <= day <= manifest.last_day:
+        raise ValueError(f"--day {day} is outside the world {Path(world) / 'manifest.json'}: its days are "
+                         f"{manifest.first_day}..{manifest.last_day} (first_day..last_day)")
+    return day
+
+
+def run_evaluate(job: EvalJob) -> dict | None:
+    """Runs the job on this process's rank; returns the report on rank 0, ``None`` on the others.
+
+    Makes a one-rank process group when run plainly, and destroys a group it made.
+    """
+    if job.resamples < 1 or job.batch_size < 1 or not job.models:
+        raise ValueError(f"need at least one run, resamples >= 1 and batch_size >= 1; got {len(job.models)} run(s), "
+                         f"{job.resamples}, {job.batch_size}")
+    manifest = Manifest.read(job.world)
+    day = check_day(manifest, job.day, job.world)
+    runs = [load_run(p, n, job.world) for p, n in zip(job.models, run_names(list(job.models)))]
+    baseline = choose_baseline(runs, job.baseline)
+    created = not dist.is_initialized()
+    ctx = init_distributed(always=True)
+    try:
+        scored = score_day(runs, job.world, day, ctx, job.batch_size, job.quiet)
+        return _report(job, manifest, runs, baseline, scored, ctx) if ctx.is_main else None
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _report(job: EvalJob, manifest: Manifest, runs: list[RunSpec], baseline: int, scored: ScoredDay,
+            ctx: DistContext) -> dict:
+    day, world = scored.day, Path(job.world)
+    buckets = item_buckets(train_item_counts(world, range(manifest.first_day, day)))
+    new_items = new_item_mask(world, day)
+    labels, users = torch.from_numpy(scored.labels), torch.from_numpy(scored.user_ids)
+    metrics = [evaluation_report(torch.from_numpy(s.predictions), labels, users, torch.from_numpy(s.item_ids),
+                                 buckets, new_items) for s in scored.runs]
+    base_items = scored.runs[baseline].item_ids  # one subset split for the paired bootstrap (runs differ only if capped tables hash IDs)
+    masks = {"all": np.ones(len(base_items), dtype=bool)}
+    masks.update({name: buckets[base_items] == b for b, name in enumerate(BUCKETS)})
+    masks["new_items"] = new_items[base_items]
+    comparisons = {
+        name: compare_gauc(
+            user_auc_table([s.predictions[mask] for s in scored.runs], scored.labels[mask], scored.user_ids[mask]),
+            baseline, job.resamples, job.seed, CONFIDENCE)
+        for name, mask in masks.items()
+    }
+    truth = truth_report(world, day, buckets, new_items)
+    models = {run.name: _model_entry(m, run, s, metrics[m], metrics[baseline], comparisons, truth)
+              for m, (run, s) in enumerate(zip(runs, scored.runs))}
+    report = {
+        "schema": SCHEMA, "world": str(world.resolve()), "world_manifest_sha": manifest_sha(world),
+        "day": day, "test_day": manifest.last_day, "day_in_training": day < manifest.last_day,
+        "impressions": len(scored.labels), "clicks": float(scored.labels.sum()),
+        "users": len(np.unique(scored.user_ids)),
+        "subsets": {name: int(mask.sum()) for name, mask in masks.items()},
+        "baseline": runs[baseline].name,
+        "bootstrap": {"resamples": job.resamples, "seed": job.seed, "confidence": CONFIDENCE,
+                      "unit": "user", "interval": "percentile"},
+        "truth": truth, "models": models, "world_size": ctx.world_size,
+    }
+    json_path, html_path = write_report(report, job.out_dir(day))
+    for name, m in models.items():  # the result lines, also with --quiet (which only hides progress bars)
+        a, v = m["metrics"]["all"], m["vs_baseline"]["all"]
+        lo, hi = v["gauc_lift_ci"]
+        print(f"{name}: day {day} AUC {a['auc']:.4f} GAUC {a['gauc']:.4f} NE {a['ne']:.4f} "
+              f"GAUC lift {100 * v['gauc_lift']:+.2f}% [{100 * lo:+.2f}%, {100 * hi:+.2f}%]")
+    print(f"wrote {json_path} and {html_path}")
+    return report
+
+
+def _model_entry(m: int, run: RunSpec, scores: RunScores, own: dict, base: dict, comparisons: dict[str, GaucComparison],
+                 truth: dict | None) -> dict:
+    """One model's part of the report (``report`` module docstring): metrics, lifts, truth gap, tiers, curve."""
+    vs = {name: {"gauc_diff": c.diff[m], "gauc_diff_ci": c.diff_ci[m], "gauc_lift": c.lift[m],
+                 "gauc_lift_ci": c.lift_ci[m], "users": c.users,
+                 "auc_diff": own[name]["auc"] - base[name]["auc"],
+                 "auc_lift": own[name]["auc"] / base[name]["auc"] - 1}
+          for name, c in comparisons.items()}
+    tiers = None
+    if scores.tiers is not None:
+        sim_clicked, sim_not = scores.tiers.mean_similarity()
+        tiers = {**asdict(scores.tiers), "n_tiers": len(scores.tiers.clicked),
+                 "mean_similarity_clicked": sim_clicked, "mean_similarity_not_clicked": sim_not}
+    gap = None if truth is None else {name: {k: own[name][k] - truth[name][k] for k in ("auc", "gauc")} for name in own}
+    return {"run": str(run.path), "variant": run.variant, "checkpoint": str(run.checkpoint),
+            "step": run.progress.step if run.progress else None, "metrics": own, "vs_baseline": vs,
+            "truth_gap": gap, "tiers": tiers, "curve": list(run.curve)}

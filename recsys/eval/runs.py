@@ -1,0 +1,186 @@
+"""Finished ``mmctr train`` runs as the evaluation reads them: checked, named, rebuilt into a ``TrainJob``.
+
+A run folder (``recsys.train.trainer``) holds ``train_log.json`` (the job's
+model and train configs, the world's manifest hash, the vectors, the loss
+curve) and ``checkpoints/`` with ``LATEST``. :func:`load_run` refuses,
+naming the run and the field, a run that
+
+* has no ``train_log.json`` or one without a field the evaluation needs;
+* has no complete checkpoint, or one whose ``progress.json`` says training
+  has not finished (``finished: false``: stopped early, resume it first);
+* was trained on another world (``world_manifest_sha`` is not the SHA-256
+  prefix of this world's ``manifest.json``);
+* names item vectors or a MAKE stage-1 folder that no longer exist.
+  ``mmctr train`` logs paths as given; a relative one is looked up from the
+  current directory, then from the directory the run was trained from
+  (inferred from the logged ``world`` path, :func:`training_dir`).
+
+A run's **name** is its folder name; where two runs share a folder name,
+``parent/folder``. The **baseline** is ``--baseline NAME`` (a run name or a
+variant), else the first ``id_only`` run, else the first run.
+
+Example::
+
+    >>> runs = [RunSpec(name="a", path=Path("x/a"), variant="simtier"),
+    ...     RunSpec(name="b", path=Path("x/b"), variant="id_only")]
+    >>> choose_baseline(runs, None), choose_baseline(runs, "simtier"), choose_baseline(runs, "b")
+    (1, 0, 1)
+    >>> run_names([Path("x/run"), Path("y/run"), Path("y/other")])
+    ['x/run', 'y/run', 'other']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recsys.data.schema import MANIFEST
+from recsys.models.config import ModelConfig, model_config_from_dict
+from recsys.models.ctr_model import VARIANT_SPECS
+from recsys.train.checkpoint import Progress, latest_checkpoint
+from recsys.train.config import TrainConfig, train_config_from_dict
+from recsys.train.trainer import CHECKPOINTS, TRAIN_LOG, TrainJob
+
+
+class RunError(ValueError):
+    """A run folder the evaluation cannot use; the message names the run and the field."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A finished run, checked against the evaluated world (fields documented inline)."""
+
+    name: str  # the run's name in the report (module docstring)
+    path: Path  # the run folder
+    variant: str  # ModelConfig.variant
+    model: ModelConfig | None = None  # from train_log.json "config.model"
+    train: TrainConfig | None = None  # from train_log.json "config.train"
+    checkpoint: Path | None = None  # the newest complete checkpoint folder
+    progress: Progress | None = None  # its progress.json
+    vectors: Path | None = None  # item_vectors.parquet, None for id_only
+    make_from: Path | None = None  # MAKE stage-1 folder, None without MAKE
+    sharding: str = "auto"  # how the run was sharded (any sharding loads its checkpoint)
+    curve: tuple[dict, ...] = ()  # the loss curve: {"step", "epoch", "loss"} points
+
+    def job(self, world: Path, quiet: bool = True) -> TrainJob:
+        """The ``TrainJob`` that rebuilds this run's model (``trainer.build``) on ``world``."""
+        if self.model is None or self.train is None:
+            raise RunError(f"run {self.name} ({self.path}): no model/train config loaded")
+        return TrainJob(world=Path(world), out=self.path, model=self.model, train=self.train, vectors=self.vectors,
+                        sharding=self.sharding, make_from=self.make_from, quiet=quiet)
+
+
+def manifest_sha(world: Path) -> str:
+    """The world's identity as ``train_log.json`` records it: SHA-256 of ``manifest.json``, first 16 hex digits."""
+    return hashlib.sha256((Path(world) / MANIFEST).read_bytes()).hexdigest()[:16]
+
+
+def _field(log: dict, dotted: str, where: str) -> Any:
+    value: Any = log
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise RunError(f"{where}: no field {dotted!r}; is this a run folder of `mmctr train`?")
+        value = value[key]
+    return value
+
+
+def training_dir(logged_world: str, world: Path) -> Path | None:
+    """The directory a run was trained from, if its logged (relative) world path names ``world`` from there.
+
+    Example::
+
+        >>> training_dir("data/w", Path("/runs/x/data/w")), training_dir("/abs/w", Path("/abs/w"))
+        (PosixPath('/runs/x'), None)
+    """
+    logged = Path(logged_world)
+    here = Path(world).resolve().parts
+    n = len(logged.parts)
+    if logged.is_absolute() or n == 0 or n >= len(here) or here[-n:] != logged.parts:
+        return None
+    return Path(*here[:-n])
+
+
+def _existing(value: object, dotted: str, where: str, base: Path | None) -> Path:
+    """A path the run's log names: as written (absolute, or relative to the current directory), else under ``base``."""
+    path = Path(str(value))
+    tried = [path]
+    if not path.is_absolute() and base is not None:
+        tried.append(base / path)
+    for candidate in tried:
+        if candidate.exists():
+            return candidate
+    raise RunError(f"{where}: field {dotted!r} names {path}, which does not exist "
+                   f"(looked for {' and '.join(str(t.absolute()) for t in tried)})")
+
+
+def load_run(path: Path, name: str, world: Path) -> RunSpec:
+    """Reads and checks one finished run folder against ``world`` (module docstring).
+
+    Args:
+        path (Path): the run folder.
+        name (str): its name in the report.
+        world (Path): the evaluated dataset directory.
+
+    Returns:
+        RunSpec: everything needed to rebuild and score it.
+    """
+    path = Path(path)
+    log_file = path / TRAIN_LOG
+    if not log_file.is_file():
+        raise RunError(f"run {name}: {log_file} does not exist; not a finished `mmctr train` run folder")
+    where = f"run {name}: {log_file}"
+    try:
+        log = json.loads(log_file.read_text())
+    except ValueError as e:
+        raise RunError(f"{where}: not valid JSON ({e})") from e
+    sha, want = _field(log, "world_manifest_sha", where), manifest_sha(world)
+    if sha != want:
+        raise RunError(f"{where}: field 'world_manifest_sha' is {sha}, but {Path(world) / MANIFEST} hashes to {want}: "
+                       f"the run was trained on another world ({_field(log, 'world', where)})")
+    raw_model, raw_train = _field(log, "config.model", where), _field(log, "config.train", where)
+    try:
+        model = model_config_from_dict(raw_model, source=f"{where}[config.model]")
+        train = train_config_from_dict(raw_train, source=f"{where}[config.train]")
+    except ValueError as e:
+        raise RunError(str(e)) from e
+    try:
+        found = latest_checkpoint(path / CHECKPOINTS)
+    except ValueError as e:
+        raise RunError(f"run {name}: {e}") from e
+    if found is None:
+        raise RunError(f"run {name}: no complete checkpoint under {path / CHECKPOINTS} (no LATEST file); train it first")
+    checkpoint, progress = found
+    if not progress.finished:
+        raise RunError(f"run {name}: checkpoint {checkpoint} has field 'finished' false in progress.json "
+                       f"(stopped at step {progress.step}); resume `mmctr train --out {path}` to finish it")
+    spec = VARIANT_SPECS[model.variant]
+    base = training_dir(str(_field(log, "world", where)), world)
+    vectors = _existing(_field(log, "vectors.path", where), "vectors.path", where, base) if spec.uses_vectors() else None
+    make_from = _existing(_field(log, "make_from", where), "make_from", where, base) if spec.make else None
+    return RunSpec(name=name, path=path, variant=model.variant, model=model, train=train, checkpoint=checkpoint,
+                   progress=progress, vectors=vectors, make_from=make_from, sharding=str(log.get("sharding", "auto")),
+                   curve=tuple(log.get("curve", ())))
+
+
+def run_names(paths: list[Path]) -> list[str]:
+    """Report names of run folders: the folder name, or ``parent/folder`` where folder names repeat."""
+    names = [Path(p).name for p in paths]
+    out = [f"{Path(p).parent.name}/{n}" if names.count(n) > 1 else n for p, n in zip(paths, names)]
+    repeated = sorted({n for n in out if out.count(n) > 1})
+    if repeated:
+        raise RunError(f"runs {repeated} are given more than once (or their folders and parents share names)")
+    return out
+
+
+def choose_baseline(runs: list[RunSpec], baseline: str | None) -> int:
+    """Index of the baseline run: ``baseline`` as a run name or a variant, else the first ``id_only``, else 0."""
+    if baseline is None:
+        return next((i for i, r in enumerate(runs) if r.variant == "id_only"), 0)
+    for key in ("name", "variant"):
+        hits = [i for i, r in enumerate(runs) if getattr(r, key) == baseline]
+        if hits:
+            return hits[0]
+    raise RunError(f"--baseline {baseline!r} is neither a run name nor a variant of the runs; names: {[r.name for r in runs]}")
