@@ -22,6 +22,8 @@ Example::
     (True, 'recsys.cli pretrain --method scl --world w --out o --quiet --max-steps 5')
     >>> train(world="w", out="o", variant="simtier", vectors="v", sharding="row_wise").roles[0].args[-1].split(" -m ")[1]
     'recsys.cli train --world w --out o --variant simtier --sharding row_wise --quiet --vectors v'
+    >>> retrain(from_run="r1", day=43, out="r2", retrain_make=True).roles[0].args[-1].split(" -m ")[1]
+    'recsys.cli retrain --from r1 --day 43 --out r2 --sharding auto --quiet --retrain-make'
 """
 
 # No `from __future__ import annotations`: TorchX reads the real annotation
@@ -84,6 +86,7 @@ def train(
     seed: Optional[int] = None,
     checkpoint_every: Optional[int] = None,
     stop_after_steps: Optional[int] = None,
+    train_until: Optional[int] = None,
     image: str = DEFAULT_IMAGE,
     cpu: int = 2,
     memMB: int = 8192,
@@ -102,6 +105,7 @@ def train(
         seed: overrides train.seed
         checkpoint_every: steps between distributed checkpoints
         stop_after_steps: stop after N steps as if preempted (a rerun resumes)
+        train_until: last training day (default: the day before the world's last)
         image: container image (cluster schedulers only)
         cpu: CPUs per replica
         memMB: memory per replica, MB
@@ -114,6 +118,41 @@ def train(
         "--seed": seed,
         "--checkpoint-every": checkpoint_every,
         "--stop-after-steps": stop_after_steps,
+        "--train-until": train_until,
     }
     args += [x for flag, value in optional.items() if value is not None for x in (flag, str(value))]
     return _stage("train", args, nproc, image, cpu, memMB)
+
+
+def retrain(
+    from_run: str,
+    day: int,
+    out: str,
+    vectors: Optional[str] = None,
+    retrain_make: bool = False,
+    nproc: int = 2,
+    sharding: str = "auto",
+    image: str = DEFAULT_IMAGE,
+    cpu: int = 2,
+    memMB: int = 8192,
+) -> specs.AppDef:
+    """Daily retrain: warm-starts yesterday's run, reloads the item vectors, trains one pass over a day.
+
+    Args:
+        from_run: yesterday's finished run folder
+        day: the day to train on (the next day, if the world has it, is scored)
+        out: the new run folder; a restarted job resumes from its newest checkpoint
+        vectors: item_vectors.parquet, its folder, or a vector store (default: the parent's)
+        retrain_make: run MAKE stage 1 again instead of keeping the parent's MAKE
+        nproc: processes (ranks) on the node
+        sharding: table_wise, row_wise, column_wise or auto
+        image: container image (cluster schedulers only)
+        cpu: CPUs per replica
+        memMB: memory per replica, MB
+    """
+    args = ["--from", from_run, "--day", str(day), "--out", out, "--sharding", sharding, "--quiet"]
+    if vectors is not None:
+        args += ["--vectors", vectors]
+    if retrain_make:
+        args.append("--retrain-make")
+    return _stage("retrain", args, nproc, image, cpu, memMB)
