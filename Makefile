@@ -37,7 +37,7 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium fonts-dejavu-core
 
 demo: venv
-	$(BIN)/mmctr demo --preset small --out runs/demo
+	$(BIN)/mmctr pipeline --preset small --out runs/demo
 
 bench: venv
 	$(BIN)/python -m bench.loader

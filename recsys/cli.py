@@ -25,6 +25,8 @@ def _cmd_world(args: argparse.Namespace) -> int:
     generate_world(args.out, args.preset, args.seed, progress=not args.quiet)
     print(f"wrote {args.out} ({args.preset}, seed {args.seed}) in {time.perf_counter() - t:.1f} s")
     print(format_summary(summarize(args.out)))
+    if getattr(args, "validate", False):
+        return _cmd_validate(argparse.Namespace(directory=args.out, quiet=args.quiet))
     return 0
 
 
@@ -88,6 +90,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model=model,
         train=train,
         vectors=args.vectors,
+        store=args.store,
         sharding=args.sharding,
         make_from=args.make_from,
         quiet=args.quiet,
@@ -102,7 +105,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
     from recsys.train.retrain import RetrainJob, retrain_summary, run_retrain
 
-    job = RetrainJob(parent=args.from_run, day=args.day, out=args.out, vectors=args.vectors,
+    job = RetrainJob(parent=args.from_run, day=args.day, out=args.out, vectors=args.vectors, store=args.store,
                      retrain_make=args.retrain_make, world=args.world, sharding=args.sharding, quiet=args.quiet)
     metrics = run_retrain(job)
     if metrics is not None and os.environ.get("RANK", "0") == "0":
@@ -168,7 +171,11 @@ def _cmd_embed_new(args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
     config = EmbedderConfig(batch_size=args.batch_size, poll_interval_s=args.poll_interval, exit_when_idle_s=args.exit_when_idle)
     with EncoderClient(ClientConfig(url=args.url, timeout_s=args.timeout)) as client, VectorStore(args.store) as store:
-        report = Embedder(args.feed, store, client, config).run(stop)
+        embedder = Embedder(args.feed, store, client, config)
+        if args.ready_file is not None:
+            client.model()  # the served model's metadata: Triton answers (retried while it starts)
+            args.ready_file.touch()
+        report = embedder.run(stop)
     print(report.summary(), flush=True)
     if args.report:
         args.report.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
@@ -196,6 +203,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         quiet=args.quiet,
+        store=args.store,
     )
     try:
         run_evaluate(job)
@@ -205,13 +213,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    """The main job: today, world generation, validation and a summary."""
-    world = args.out / "world"
-    rc = _cmd_world(argparse.Namespace(out=world, preset=args.preset, seed=args.seed, quiet=False))
-    if rc == 0:
-        rc = _cmd_validate(argparse.Namespace(directory=world, quiet=False))
-    return rc
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    """The main job: every stage through TorchX, resumable (``recsys.pipeline.run``)."""
+    from recsys.pipeline.run import PipelineError, run_pipeline
+
+    try:
+        run_pipeline(args.preset, args.out, quiet=args.quiet)
+    except PipelineError as e:
+        print(f"mmctr pipeline: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="world size (default: small)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same world (default: 0)")
     p.add_argument("--out", type=Path, required=True, help="output dataset directory (replaced)")
+    p.add_argument("--validate", action="store_true", help="then check it as `mmctr validate` does")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=_cmd_world)
 
@@ -254,11 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_pretrain_eval)
 
     from recsys.models.config import VARIANTS
-    from recsys.train.sharding import SHARDINGS
+    from recsys.train.config import SHARDINGS
 
     p = sub.add_parser("train", help="train a CTR variant with TorchRec (DMP) and evaluate it on the test day")
     p.add_argument("--world", type=Path, required=True, help="dataset directory")
     p.add_argument("--vectors", type=Path, help="item_vectors.parquet (or its run folder); every variant but id_only")
+    p.add_argument("--store", type=Path, help="vector store (`mmctr embed-new`) adding the vectors of items --vectors lacks")
     p.add_argument("--variant", choices=VARIANTS, help="model variant (default: the config's, else id_only)")
     p.add_argument("--out", type=Path, required=True, help="run directory (resumes from its newest checkpoint)")
     p.add_argument("--config", type=Path, help="YAML/TOML job file with 'model' and 'train' sections")
@@ -280,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="new run folder (resumes from its newest checkpoint)")
     p.add_argument("--vectors", type=Path, help="item vectors to load: item_vectors.parquet, its folder, or a vector "
                    "store (default: the parent's)")
+    p.add_argument("--store", type=Path, help="vector store adding vectors of items --vectors lacks (default: the parent's)")
     p.add_argument("--retrain-make", action="store_true", help="run MAKE stage 1 again instead of keeping the parent's")
     p.add_argument("--world", type=Path, help="dataset directory (default: the parent's)")
     p.add_argument("--sharding", choices=SHARDINGS, default="auto", help="ID table sharding (default: auto)")
@@ -312,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="deadline of one Triton request, seconds (default: 10)")
     p.add_argument("--exit-when-idle", type=float, help="stop after this many seconds without new items (default: run until SIGTERM)")
     p.add_argument("--report", type=Path, help="also write the run's report as JSON here")
+    p.add_argument("--ready-file", type=Path, help="create this file once connected to Triton and the store is open")
     p.set_defaults(fn=_cmd_embed_new)
 
     p = sub.add_parser("feed", help="publish a world's items created on a day into a feed, as new items")
@@ -332,14 +347,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples of users (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     p.add_argument("--batch-size", type=int, default=8192, help="impressions per scoring batch per rank (default: 8192)")
+    p.add_argument("--store", type=Path, help="vector store (`mmctr embed-new`) adding vectors of items the runs' tables lack")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=_cmd_evaluate)
 
-    p = sub.add_parser("demo", help="the main job (see README)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="world size (default: small)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default: runs/demo)")
-    p.set_defaults(fn=_cmd_demo)
+    from recsys.pipeline.config import PRESETS as PIPELINES
+
+    for name, about in (("pipeline", "the main job: world -> pre-training -> CTR variants -> Triton -> evaluation -> retrain"),
+                        ("demo", "the main job (`make demo`): `mmctr pipeline`, small preset into runs/demo")):
+        p = sub.add_parser(name, help=about)
+        p.add_argument("--preset", choices=sorted(PIPELINES), default="small", help="pipeline preset (default: small)")
+        p.add_argument("--out", type=Path, default=Path("runs/demo"), required=name == "pipeline",
+                       help="run folder; run again with the same folder to resume" + ("" if name == "pipeline" else " (default: runs/demo)"))
+        p.add_argument("--quiet", action="store_true", help="no stage messages")
+        p.set_defaults(fn=_cmd_pipeline)
     return parser
 
 

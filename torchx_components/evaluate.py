@@ -31,6 +31,7 @@ def evaluate(
     baseline: Optional[str] = None,
     out: Optional[str] = None,
     bootstrap: int = 1000,
+    store: Optional[str] = None,
     nproc: int = 2,
     image: str = DEFAULT_IMAGE,
     cpu: int = 2,
@@ -45,12 +46,13 @@ def evaluate(
         baseline: baseline run name or variant (default: the first id_only run, else the first)
         out: report folder (default: eval-day-D next to the first run folder)
         bootstrap: bootstrap resamples of users
+        store: vector store adding vectors of items the runs' tables lack (new items)
         nproc: processes (ranks) on the node
         image: container image (cluster schedulers only)
         cpu: CPUs per replica
         memMB: memory per replica, MB
     """
     args = ["--world", world, "--models", *models, "--bootstrap", str(bootstrap), "--quiet"]
-    optional = {"--day": day, "--baseline": baseline, "--out": out}
+    optional = {"--day": day, "--baseline": baseline, "--out": out, "--store": store}
     args += [x for flag, value in optional.items() if value is not None for x in (flag, str(value))]
     return _stage("evaluate", args, nproc, image, cpu, memMB)

@@ -24,14 +24,17 @@ Example::
     'recsys.cli train --world w --out o --variant simtier --sharding row_wise --quiet --vectors v'
     >>> retrain(from_run="r1", day=43, out="r2", retrain_make=True).roles[0].args[-1].split(" -m ")[1]
     'recsys.cli retrain --from r1 --day 43 --out r2 --sharding auto --quiet --retrain-make'
+    >>> world(out="w", preset="tiny").roles[0].args
+    ['-m', 'recsys.cli', 'world', '--preset', 'tiny', '--seed', '0', '--out', 'w', '--quiet', '--validate']
 """
 
 # No `from __future__ import annotations`: TorchX reads the real annotation
 # objects to parse component arguments.
-from typing import Optional
+from typing import List, Optional
 
 from torchx import specs
 from torchx.components.dist import torchrun
+from torchx.components.utils import python
 
 DEFAULT_IMAGE = "mmctr:latest"  # for container schedulers; local_cwd ignores it
 _MODULE = "recsys.cli"
@@ -40,6 +43,43 @@ _MODULE = "recsys.cli"
 def _stage(name: str, args: list[str], nproc: int, image: str, cpu: int, memMB: int) -> specs.AppDef:
     """One ``mmctr`` stage under torchrun, ``nproc`` processes on one node."""
     return torchrun(name, *args, m=_MODULE, image=image, name=f"mmctr-{name}", j=f"1x{nproc}", cpu=cpu, memMB=memMB)
+
+
+def _single(name: str, args: list[str], image: str, cpu: int, memMB: int) -> specs.AppDef:
+    """One single-process ``mmctr`` stage (no process group)."""
+    return python(name, *args, m=_MODULE, image=image, name=f"mmctr-{name}", cpu=cpu, memMB=memMB)
+
+
+def world(
+    out: str, preset: str = "small", seed: int = 0, image: str = DEFAULT_IMAGE, cpu: int = 2, memMB: int = 8192
+) -> specs.AppDef:
+    """Generates a synthetic world in the public Parquet format, then validates it.
+
+    Args:
+        out: dataset directory (replaced)
+        preset: tiny, small or large
+        seed: random seed (same seed, same world)
+        image: container image (cluster schedulers only)
+        cpu: CPUs per replica
+        memMB: memory per replica, MB
+    """
+    return _single("world", ["--preset", preset, "--seed", str(seed), "--out", out, "--quiet", "--validate"], image, cpu, memMB)
+
+
+def pretrain_eval(
+    world: str, runs: List[str], out_json: str, image: str = DEFAULT_IMAGE, cpu: int = 2, memMB: int = 8192
+) -> specs.AppDef:
+    """Query -> purchase recall and neighbour purity of pre-trained runs, side by side.
+
+    Args:
+        world: dataset directory
+        runs: pretrain run folders, comma-separated
+        out_json: write the table as JSON here
+        image: container image (cluster schedulers only)
+        cpu: CPUs per replica
+        memMB: memory per replica, MB
+    """
+    return _single("pretrain-eval", ["--world", world, "--runs", *runs, "--json", out_json], image, cpu, memMB)
 
 
 def pretrain(
@@ -129,6 +169,7 @@ def retrain(
     day: int,
     out: str,
     vectors: Optional[str] = None,
+    store: Optional[str] = None,
     retrain_make: bool = False,
     nproc: int = 2,
     sharding: str = "auto",
@@ -143,6 +184,7 @@ def retrain(
         day: the day to train on (the next day, if the world has it, is scored)
         out: the new run folder; a restarted job resumes from its newest checkpoint
         vectors: item_vectors.parquet, its folder, or a vector store (default: the parent's)
+        store: vector store adding vectors of items the table lacks (default: the parent's)
         retrain_make: run MAKE stage 1 again instead of keeping the parent's MAKE
         nproc: processes (ranks) on the node
         sharding: table_wise, row_wise, column_wise or auto
@@ -153,6 +195,8 @@ def retrain(
     args = ["--from", from_run, "--day", str(day), "--out", out, "--sharding", sharding, "--quiet"]
     if vectors is not None:
         args += ["--vectors", vectors]
+    if store is not None:
+        args += ["--store", store]
     if retrain_make:
         args.append("--retrain-make")
     return _stage("retrain", args, nproc, image, cpu, memMB)

@@ -27,15 +27,9 @@ Example::
 from typing import Optional
 
 from torchx import specs
-from torchx.components.utils import python
 
-DEFAULT_IMAGE = "mmctr:latest"  # for container schedulers; local_cwd ignores it
-_MODULE = "recsys.cli"
+from torchx_components.pipeline import DEFAULT_IMAGE, _single
 
-
-def _stage(name: str, args: list[str], image: str, cpu: int, memMB: int) -> specs.AppDef:
-    """One single-process ``mmctr`` stage."""
-    return python(name, *args, m=_MODULE, image=image, name=f"mmctr-{name}", cpu=cpu, memMB=memMB)
 
 
 def export(
@@ -59,7 +53,7 @@ def export(
         memMB: memory per replica, MB
     """
     args = ["--encoder", encoder, "--out", out, "--max-batch-size", str(max_batch_size), "--torch-threads", str(torch_threads)]
-    return _stage("export", args, image, cpu, memMB)
+    return _single("export", args, image, cpu, memMB)
 
 
 def embed_new(
@@ -68,6 +62,8 @@ def embed_new(
     url: str = "127.0.0.1:8001",
     batch_size: int = 64,
     exit_when_idle: Optional[float] = None,
+    report: Optional[str] = None,
+    ready_file: Optional[str] = None,
     image: str = DEFAULT_IMAGE,
     cpu: int = 1,
     memMB: int = 2048,
@@ -80,6 +76,8 @@ def embed_new(
         url: Triton gRPC HOST:PORT
         batch_size: items per store transaction
         exit_when_idle: stop after this many seconds without new items (default: run until stopped)
+        report: also write the run's report (coverage, latency) as JSON here
+        ready_file: create this file once the embedder is connected to Triton and has opened the store
         image: container image (cluster schedulers only)
         cpu: CPUs per replica
         memMB: memory per replica, MB
@@ -87,4 +85,56 @@ def embed_new(
     args = ["--feed", feed, "--store", store, "--url", url, "--batch-size", str(batch_size)]
     if exit_when_idle is not None:
         args += ["--exit-when-idle", str(exit_when_idle)]
-    return _stage("embed-new", args, image, cpu, memMB)
+    if report is not None:
+        args += ["--report", report]
+    if ready_file is not None:
+        args += ["--ready-file", ready_file]
+    return _single("embed-new", args, image, cpu, memMB)
+
+
+def serve(
+    repository: str,
+    grpc_port: int = 8001,
+    http_port: int = 8000,
+    image: str = DEFAULT_IMAGE,
+    cpu: int = 2,
+    memMB: int = 4096,
+) -> specs.AppDef:
+    """Triton Inference Server on an exported repository, bound to 127.0.0.1, until cancelled (SIGTERM).
+
+    Args:
+        repository: mmctr export folder (its embedded/) or a model repository
+        grpc_port: gRPC port
+        http_port: HTTP port
+        image: container image (cluster schedulers only)
+        cpu: CPUs per replica
+        memMB: memory per replica, MB
+    """
+    args = ["--repository", repository, "--grpc-port", str(grpc_port), "--http-port", str(http_port)]
+    return _single("serve", args, image, cpu, memMB)
+
+
+def feed(
+    world: str,
+    feed: str,
+    day: Optional[int] = None,
+    rate: Optional[float] = None,
+    image: str = DEFAULT_IMAGE,
+    cpu: int = 1,
+    memMB: int = 2048,
+) -> specs.AppDef:
+    """Publishes a world's items created on a day into a feed, as newly created items.
+
+    Args:
+        world: dataset directory
+        feed: feed directory
+        day: creation day of the items (default: the test day)
+        rate: items per second (default: as fast as possible)
+        image: container image (cluster schedulers only)
+        cpu: CPUs per replica
+        memMB: memory per replica, MB
+    """
+    args = ["--world", world, "--feed", feed]
+    optional = {"--day": day, "--rate": rate}
+    args += [x for flag, value in optional.items() if value is not None for x in (flag, str(value))]
+    return _single("feed", args, image, cpu, memMB)

@@ -19,7 +19,7 @@ runs' parent folder).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ class EvalJob:
     seed: int = 0  # bootstrap seed
     batch_size: int = EVAL_BATCH_SIZE  # impressions per scoring batch per rank
     quiet: bool = False  # no progress bars
+    store: Path | None = None  # a vector store adding vectors of items the runs' tables lack (new items)
 
     def out_dir(self, day: int) -> Path:
         return Path(self.out) if self.out is not None else Path(self.models[0]).parent / f"eval-day-{day}"
@@ -89,6 +90,8 @@ def run_evaluate(job: EvalJob) -> dict | None:
     manifest = Manifest.read(job.world)
     day = check_day(manifest, job.day, job.world)
     runs = [load_run(p, n, job.world) for p, n in zip(job.models, run_names(list(job.models)))]
+    if job.store is not None:  # today's vectors: the runs' tables plus the store's new items
+        runs = [replace(r, store=Path(job.store)) if r.vectors is not None else r for r in runs]
     baseline = choose_baseline(runs, job.baseline)
     created = not dist.is_initialized()
     ctx = init_distributed(always=True)

@@ -21,6 +21,8 @@ Notation: ``M`` models, ``T`` SimTier tiers; a **subset** is ``all``,
                          mean_similarity_clicked, mean_similarity_not_clicked} or null (no vectors)
         curve           [{step, epoch, loss}] from train_log.json
     }}
+    sections        optional [{title, header [str], rows [[cell]], note}]: tables that the
+                    caller adds (``mmctr pipeline``: pre-training recall, serving, retrains)
 
 ``report.html`` embeds every plot (``recsys.eval.plots``) as a base64 PNG
 ``data:`` URI and its style inline: one file, no network. A short script
@@ -161,6 +163,14 @@ def _subsets_table(report: dict) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
+def _section_html(section: dict) -> str:
+    """An extra section of the report: a title, a table of preformatted cells and a note."""
+    rows = [_row([html.escape(str(h)) for h in section.get("header", [])], header=True)]
+    rows += [_row([html.escape("–" if c is None else str(c)) for c in row]) for row in section.get("rows", [])]
+    note = f"<p class='note'>{html.escape(section['note'])}</p>" if section.get("note") else ""
+    return f"<h2>{html.escape(section['title'])}</h2><table>{''.join(rows)}</table>{note}"
+
+
 def render_html(report: dict) -> str:
     """The self-contained HTML page of a (sanitized) report dictionary."""
     r = report
@@ -184,6 +194,8 @@ def render_html(report: dict) -> str:
         parts.append(f"<h2>{html.escape(plot.title)}</h2><figure id='fig-{plot.key}'>"
                      f"<img alt='{html.escape(plot.title)}' src='data:image/png;base64,{plot.png_base64}'>"
                      f"<figcaption>{html.escape(plot.caption)}</figcaption></figure>")
+    for section in r.get("sections") or []:
+        parts.append(_section_html(section))
     parts.append(
         "<p class='note'>GAUC: impression-weighted mean of per-user AUCs over users with both a click and a "
         "non-click (ties ½). Buckets: items ranked by impressions on the days before this one; head = the first "

@@ -60,7 +60,9 @@ class RunSpec:
     train: TrainConfig | None = None  # from train_log.json "config.train"
     checkpoint: Path | None = None  # the newest complete checkpoint folder
     progress: Progress | None = None  # its progress.json
-    vectors: Path | None = None  # item_vectors.parquet, None for id_only
+    vectors: Path | None = None  # item_vectors.parquet (or a vector store), None for id_only
+    store: Path | None = None  # the vector store merged into `vectors`, if the run used one
+    table_sizes: dict[str, int] | None = None  # rows per ID table as trained (a retrain keeps its parent's)
     make_from: Path | None = None  # MAKE stage-1 folder, None without MAKE
     sharding: str = "auto"  # how the run was sharded (any sharding loads its checkpoint)
     curve: tuple[dict, ...] = ()  # the loss curve: {"step", "epoch", "loss"} points
@@ -70,7 +72,8 @@ class RunSpec:
         if self.model is None or self.train is None:
             raise RunError(f"run {self.name} ({self.path}): no model/train config loaded")
         return TrainJob(world=Path(world), out=self.path, model=self.model, train=self.train, vectors=self.vectors,
-                        sharding=self.sharding, make_from=self.make_from, quiet=quiet)
+                        store=self.store, sharding=self.sharding, make_from=self.make_from, quiet=quiet,
+                        table_sizes=self.table_sizes)
 
 
 def manifest_sha(world: Path) -> str:
@@ -159,10 +162,14 @@ def load_run(path: Path, name: str, world: Path) -> RunSpec:
     spec = VARIANT_SPECS[model.variant]
     base = training_dir(str(_field(log, "world", where)), world)
     vectors = _existing(_field(log, "vectors.path", where), "vectors.path", where, base) if spec.uses_vectors() else None
+    logged_store = (log.get("vectors") or {}).get("store") if spec.uses_vectors() else None
+    store = _existing(logged_store, "vectors.store", where, base) if logged_store else None
     make_from = _existing(_field(log, "make_from", where), "make_from", where, base) if spec.make else None
+    sizes = log.get("table_sizes")
     return RunSpec(name=name, path=path, variant=model.variant, model=model, train=train, checkpoint=checkpoint,
-                   progress=progress, vectors=vectors, make_from=make_from, sharding=str(log.get("sharding", "auto")),
-                   curve=tuple(log.get("curve", ())))
+                   progress=progress, vectors=vectors, store=store, make_from=make_from,
+                   sharding=str(log.get("sharding", "auto")), curve=tuple(log.get("curve", ())),
+                   table_sizes=None if sizes is None else {k: int(v) for k, v in sizes.items()})
 
 
 def run_names(paths: list[Path]) -> list[str]:

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from recsys.config_file import read_config_file
-from recsys.data.batch import FEATURE_ID_KIND
 from recsys.data.schema import Manifest
 
 # The model variants (issue 4): the ID-only DIN, the paper's two methods and
@@ -117,6 +116,8 @@ def table_sizes(manifest: Manifest) -> dict[str, int]:
         >>> table_sizes(m)["item_id"], len(table_sizes(m))
         (10, 9)
     """
+    from recsys.data.batch import FEATURE_ID_KIND  # here: the CLI imports this module for VARIANTS, without torchrec
+
     kinds = sorted(set(FEATURE_ID_KIND.values()))
     missing = [k for k in kinds if k not in manifest.id_ranges]
     if missing:

@@ -27,8 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from recsys.config_file import read_config_file
-from recsys.data.reader import OUT_OF_RANGE
 from recsys.models.config import ModelConfig, model_config_from_dict
+
+
+# How the ID tables are sharded (``recsys.train.sharding.shard_model``); "auto" is the planner's choice.
+SHARDINGS: tuple[str, ...] = ("table_wise", "row_wise", "column_wise", "auto")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"TrainConfig.{name} must be a positive int or None, got {value!r}")
+        from recsys.data.reader import OUT_OF_RANGE  # here: the CLI imports this module without torchrec
+
         if self.out_of_range not in OUT_OF_RANGE:
             raise ValueError(f"TrainConfig.out_of_range must be one of {OUT_OF_RANGE}, got {self.out_of_range!r}")
 

@@ -58,6 +58,7 @@ class RetrainJob:
     day: int  # the day to train on
     out: Path  # the new run folder; an existing one is resumed
     vectors: Path | None = None  # item vectors to load (parquet or store); None = the parent's
+    store: Path | None = None  # a vector store adding vectors of new items to `vectors`; None = the parent's
     retrain_make: bool = False  # run MAKE stage 1 again (days up to `day`) instead of keeping the parent's MAKE
     world: Path | None = None  # dataset directory; None = the parent's
     sharding: str = "auto"  # ID table sharding of this job
@@ -85,18 +86,16 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
     train = train_config_from_dict(log["config"]["train"], source=f"{log_file}[config.train]")
     train = replace(train, epochs=1, out_of_range="hash", stop_after_steps=None)
     sizes = log.get("table_sizes") or capped_table_sizes(Manifest.read(log["world"]), train)
-    if job.vectors is not None:
-        vectors = Path(job.vectors)
-    elif log.get("vectors"):
-        vectors = Path(log["vectors"]["path"])
-    else:
-        vectors = None
+    logged = log.get("vectors") or {}
+    vectors = Path(job.vectors) if job.vectors is not None else (Path(logged["path"]) if logged else None)
+    store = job.store if job.store is not None else (Path(logged["store"]) if logged.get("store") else None)
     return TrainJob(
         world=world,
         out=Path(job.out),
         model=model,
         train=train,
         vectors=vectors,
+        store=store,
         sharding=job.sharding,
         make_from=None if job.retrain_make or not log.get("make_from") else Path(log["make_from"]),
         quiet=job.quiet,

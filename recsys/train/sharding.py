@@ -43,8 +43,8 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsys.distributed import DistContext
 from recsys.models.mm_table import is_mm_table_param
+from recsys.train.config import SHARDINGS
 
-SHARDINGS = ("table_wise", "row_wise", "column_wise", "auto")
 FUSED_OPTIMIZER = "fused"  # key of the fused table optimizer in make_optimizer's CombinedOptimizer
 DENSE_OPTIMIZER = "dense"  # key of the dense optimizer there
 

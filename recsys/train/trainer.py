@@ -71,7 +71,8 @@ class TrainJob:
     out: Path  # run folder (module docstring); an existing one is resumed
     model: ModelConfig  # the variant and its widths
     train: TrainConfig = TrainConfig()  # optimisation, checkpoints, ID policy
-    vectors: Path | None = None  # item_vectors.parquet (or its folder); needed by every variant but id_only
+    vectors: Path | None = None  # item_vectors.parquet (or its folder) or a vector store; every variant but id_only
+    store: Path | None = None  # a vector store (`mmctr embed-new`) adding vectors of items the table lacks
     sharding: str = "auto"  # sharding.SHARDINGS
     make_from: Path | None = None  # a finished MAKE stage-1 folder; None = run stage 1 into OUT/make_stage1
     quiet: bool = False  # no progress bars
@@ -123,7 +124,7 @@ def build(job: TrainJob, ctx: DistContext) -> Built:
     if spec.uses_vectors():
         if job.vectors is None:
             raise ValueError(f"variant {job.model.variant!r} needs item vectors: pass --vectors FILE")
-        vectors = load_vectors(job.vectors)
+        vectors = load_vectors(job.vectors, store=job.store)
     mm_dim = vectors.dim if vectors is not None else 0
     make_state = None
     if spec.make:

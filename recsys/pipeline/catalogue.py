@@ -1,0 +1,53 @@
+"""The item vector table as of a day: the vectors of the items created before it.
+
+Pre-training embeds the whole catalogue; the CTR side is trained (and
+serves) with the items that existed when it was trained, while items
+created on the test day get their vectors from the real-time embedder
+(Triton, into the vector store). This writes that "as of" table.
+
+Example::
+
+    >>> import tempfile, numpy as np, pyarrow as pa, pyarrow.parquet as pq
+    >>> from recsys.data.vectors import write_item_vectors
+    >>> root = Path(tempfile.mkdtemp())
+    >>> (root / "world" / "items").mkdir(parents=True)
+    >>> pq.write_table(pa.table({"item_id": [0, 1, 2], "created_day": pa.array([3, 5, 9], pa.int32())}),
+    ...                root / "world" / "items" / "part-00000.parquet")
+    >>> (root / "run").mkdir()
+    >>> write_item_vectors(root / "run" / VECTORS_FILE, np.arange(3), np.eye(3, dtype=np.float32), dim=3)
+    >>> write_catalogue(root / "world", root / "run", 9, root / "cat")
+    2
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+
+from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, read_item_vectors, write_item_vectors
+
+
+def write_catalogue(world: Path, pretrain_run: Path, before_day: int, out: Path) -> int:
+    """Writes ``out/item_vectors.parquet`` with the run's vectors of items created before ``before_day``.
+
+    Returns:
+        int: items kept.
+    """
+    items = ds.dataset(Path(world) / "items", format="parquet").to_table(columns=["item_id", "created_day"])
+    item_ids, days = items["item_id"].to_numpy(), items["created_day"].to_numpy()
+    order = np.argsort(item_ids)
+    item_ids, days = item_ids[order], days[order]
+    ids, vectors = read_item_vectors(Path(pretrain_run) / VECTORS_FILE)
+    pos = np.minimum(np.searchsorted(item_ids, ids), len(item_ids) - 1)
+    keep = (item_ids[pos] == ids) & (days[pos] < before_day)  # items unknown to the world are dropped
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_item_vectors(out / VECTORS_FILE, ids[keep], vectors[keep], dim=vectors.shape[1])
+    meta_file = Path(pretrain_run) / VECTORS_MANIFEST
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    meta.update(items=int(keep.sum()), created_before_day=int(before_day), source=str(pretrain_run))
+    (out / VECTORS_MANIFEST).write_text(json.dumps(meta, indent=2))
+    return int(keep.sum())

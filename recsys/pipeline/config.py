@@ -1,0 +1,159 @@
+"""What ``mmctr pipeline`` runs: one frozen config per preset, and the run folder's layout.
+
+The presets single-source every choice the pipeline makes (recipe, epochs,
+batch sizes, rates); the stages' own config files are written from them into
+``OUT/configs/`` so each TorchX job reads exactly what the pipeline decided.
+
+Example::
+
+    >>> cfg = PRESETS["tiny"]
+    >>> cfg.world_preset, cfg.nproc, cfg.variants[-1]
+    ('tiny', 2, 'simtier_make')
+    >>> Layout(Path("out")).ctr("make")
+    PosixPath('out/ctr/make')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every setting of one pipeline run (fields documented inline)."""
+
+    world_preset: str  # recsys.world.config.PRESETS name
+    seed: int = 0  # world, pre-training and CTR seed
+    nproc: int = 2  # ranks of every distributed stage (TorchX, torchrun)
+    clip_epochs: int = 1  # CLIP-style pre-training epochs (the generic CLIP that SCL fine-tunes)
+    scl_epochs: int = 1  # SCL fine-tuning epochs from the CLIP run (the README's recipe)
+    scl_queue_size: int = 512  # K of the SCL memory bank (the recipe)
+    scl_triplet_weight: float = 0.0  # lambda of the hard-negative triplet loss (the recipe: 0)
+    make_max_epochs: int = 8  # MAKE stage-1 cap
+    batch_size: int = 2048  # CTR impressions per step and rank
+    variants: tuple[str, ...] = ("id_only", "simtier", "make", "simtier_make")  # trained and compared
+    bootstrap: int = 1000  # user resamples of the evaluation's GAUC intervals
+    feed_rate: float = 50.0  # new items per second published to the feed (the serving bench's load)
+    retrain_variant: str = "simtier_make"  # the production model retrained on the test day
+
+    def scl_yaml(self, clip_encoder: Path) -> dict:
+        return {"epochs": self.scl_epochs, "queue_size": self.scl_queue_size,
+                "triplet_weight": self.scl_triplet_weight, "init_from": str(clip_encoder), "seed": self.seed}
+
+    def clip_yaml(self) -> dict:
+        return {"epochs": self.clip_epochs, "seed": self.seed}
+
+    def train_yaml(self) -> dict:
+        return {"train": {"batch_size": self.batch_size, "make_max_epochs": self.make_max_epochs, "seed": self.seed}}
+
+
+PRESETS: dict[str, PipelineConfig] = {
+    # ~3 minutes on 2 cores: every stage at toy size, used in a test
+    "tiny": PipelineConfig(world_preset="tiny", make_max_epochs=2, batch_size=256, bootstrap=200, feed_rate=200.0),
+    # `make demo`: ~30 minutes on 2 cores (README: measured stage times)
+    "small": PipelineConfig(world_preset="small", make_max_epochs=3),
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each stage writes, under the pipeline's ``--out`` folder::
+
+        pipeline.json      stage states and timings (what a restart resumes from)
+        configs/           clip.yaml, scl.yaml, train.yaml: written from the PipelineConfig
+        logs/              every TorchX job's stdout/stderr
+        world/             the dataset
+        pretrain-clip/  pretrain-scl/  pretrain-eval.json
+        catalogue/         item vectors of the items created before the test day
+        ctr/VARIANT/       mmctr train runs
+        triton/            mmctr export (embedded/ and production/ repositories)
+        feed/  vectors.sqlite  embed.json     test-day new items, their served vectors, the embedder's report
+        report/            mmctr evaluate: report.json, report.html (updated with the pipeline's sections)
+        retrain/           the production model retrained on the test day
+        summary.json       the final table
+    """
+
+    out: Path  # the pipeline's --out folder
+
+    @property
+    def state(self) -> Path:
+        return self.out / "pipeline.json"
+
+    @property
+    def configs(self) -> Path:
+        return self.out / "configs"
+
+    @property
+    def logs(self) -> Path:
+        return self.out / "logs"
+
+    @property
+    def world(self) -> Path:
+        return self.out / "world"
+
+    @property
+    def pretrain_clip(self) -> Path:
+        return self.out / "pretrain-clip"
+
+    @property
+    def pretrain_scl(self) -> Path:
+        return self.out / "pretrain-scl"
+
+    @property
+    def pretrain_eval(self) -> Path:
+        return self.out / "pretrain-eval.json"
+
+    @property
+    def catalogue(self) -> Path:
+        return self.out / "catalogue"
+
+    @property
+    def triton(self) -> Path:
+        return self.out / "triton"
+
+    @property
+    def feed(self) -> Path:
+        return self.out / "feed"
+
+    @property
+    def store(self) -> Path:
+        return self.out / "vectors.sqlite"
+
+    @property
+    def embed_report(self) -> Path:
+        return self.out / "embed.json"
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report"
+
+    @property
+    def retrain(self) -> Path:
+        return self.out / "retrain"
+
+    @property
+    def summary(self) -> Path:
+        return self.out / "summary.json"
+
+    def ctr(self, variant: str) -> Path:
+        return self.out / "ctr" / variant
+
+
+def write_configs(cfg: PipelineConfig, layout: Layout) -> dict[str, Path]:
+    """Writes the stages' config files from ``cfg``; returns their paths by name."""
+    layout.configs.mkdir(parents=True, exist_ok=True)
+    files = {"clip": cfg.clip_yaml(), "scl": cfg.scl_yaml(layout.pretrain_clip / "encoder.pt"), "train": cfg.train_yaml()}
+    paths = {}
+    for name, content in files.items():
+        paths[name] = layout.configs / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(content, sort_keys=True))
+    return paths
+
+
+def config_dict(cfg: PipelineConfig) -> dict:
+    """The config as JSON-ready data (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}

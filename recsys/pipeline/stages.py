@@ -1,0 +1,152 @@
+"""The stages of ``mmctr pipeline``, in order, each a list of TorchX apps or an in-process step.
+
+=================  ======================================================  =========
+stage              what runs                                               ranks
+=================  ======================================================  =========
+world              ``mmctr world --validate``                              1
+pretrain_clip      ``mmctr pretrain --method clip`` (the generic CLIP)     nproc
+pretrain_scl       ``mmctr pretrain --method scl`` fine-tuned from it      nproc
+pretrain_eval      ``mmctr pretrain-eval``: SCL vs CLIP recall             1
+catalogue          item vectors of items created before the test day       in-process
+train_VARIANT      ``mmctr train`` per variant (``make`` first: its        nproc
+                   MAKE stage 1 is shared with ``simtier_make``)
+export             ``mmctr export``: Triton repositories of the encoder    1
+embed              ``mmctr feed`` (test-day items at ``feed_rate``/s) and  1 + 1
+                   ``mmctr embed-new`` on the running Triton server
+evaluate           ``mmctr evaluate --store``: the test day, tables +      nproc
+                   the store's served vectors of new items
+retrain            ``mmctr retrain`` of ``retrain_variant`` on the test    nproc
+                   day (tomorrow's model), vectors from table + store
+report             the pipeline's sections added to the report, the        in-process
+                   final table printed and written to ``summary.json``
+=================  ======================================================  =========
+
+Triton (``mmctr serve``, a TorchX app too) runs while a stage that needs it
+(``embed``) is pending, on free ports on 127.0.0.1, and is stopped at the end.
+
+Example::
+
+    >>> from recsys.pipeline.config import PRESETS
+    >>> [s.name for s in stages(PRESETS["tiny"])][:6]
+    ['world', 'pretrain_clip', 'pretrain_scl', 'pretrain_eval', 'catalogue', 'train_make']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torchx import specs
+from torchx.runner import Runner
+
+import torchx_components.evaluate as evaluate_components
+import torchx_components.pipeline as components
+import torchx_components.serving as serving_components
+from recsys.pipeline.config import Layout, PipelineConfig  # noqa: F401 (Layout: Context's type)
+
+EMBED_TIMEOUT_S = 600.0  # the embedder must have handled the whole feed this long after the feed ends
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a stage's apps are built from."""
+
+    cfg: PipelineConfig
+    layout: Layout
+    configs: dict[str, Path]  # clip, scl, train config files (config.write_configs)
+    test_day: int | None  # the world's last day, once the world exists
+    url: str | None  # Triton gRPC HOST:PORT, while the server runs
+    runner: Runner  # TorchX runner of the pipeline (for steps that start apps themselves)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline: TorchX apps run together (``apps``) or an in-process step (``local``)."""
+
+    name: str
+    apps: Callable[[Context], list[specs.AppDef]] | None = None
+    local: Callable[[Context], None] | None = None
+    needs_server: bool = False  # Triton must be up (Context.url set)
+
+
+def _train_apps(variant: str) -> Callable[[Context], list[specs.AppDef]]:
+    def apps(c: Context) -> list[specs.AppDef]:
+        shared = c.layout.ctr("make") / "make_stage1" if variant == "simtier_make" and "make" in c.cfg.variants else None
+        return [components.train(
+            world=str(c.layout.world), out=str(c.layout.ctr(variant)), variant=variant,
+            vectors=None if variant == "id_only" else str(c.layout.catalogue), nproc=c.cfg.nproc,
+            config=str(c.configs["train"]), make_from=None if shared is None else str(shared), seed=c.cfg.seed,
+        )]
+    return apps
+
+
+def _catalogue(c: Context) -> None:
+    from recsys.pipeline.catalogue import write_catalogue
+
+    assert c.test_day is not None
+    write_catalogue(c.layout.world, c.layout.pretrain_scl, c.test_day, c.layout.catalogue)
+
+
+def _embed(c: Context) -> None:
+    """The embedder up first, then the test day's items published at ``feed_rate``; stop once all are handled."""
+    from recsys.pipeline import jobs
+    from serving.feed import list_files
+    from serving.store import VectorStore
+
+    ready = c.layout.out / "embedder.ready"
+    ready.unlink(missing_ok=True)
+    app = serving_components.embed_new(feed=str(c.layout.feed), store=str(c.layout.store), url=str(c.url),
+                                       report=str(c.layout.embed_report), ready_file=str(ready))
+    embedder = jobs.submit(c.runner, app, c.layout.logs)
+
+    def handled() -> bool:
+        with VectorStore(c.layout.store, readonly=True) as db:
+            return {p.name for p in list_files(c.layout.feed)} <= db.handled_files()
+
+    try:
+        jobs.wait_until(ready.exists, c.runner, embedder, c.layout.logs, "stage embed (embedder start)", jobs.SERVER_READY_TIMEOUT_S)
+        jobs.run_apps(c.runner, [serving_components.feed(
+            world=str(c.layout.world), feed=str(c.layout.feed), day=c.test_day, rate=c.cfg.feed_rate)], c.layout.logs, "stage embed (feed)")
+        jobs.wait_until(handled, c.runner, embedder, c.layout.logs, "stage embed (embedder)", EMBED_TIMEOUT_S)
+    finally:
+        jobs.stop(c.runner, embedder)  # SIGTERM: the embedder writes its report and exits
+    if not c.layout.embed_report.exists():
+        raise jobs.PipelineError(f"stage embed: the embedder wrote no report at {c.layout.embed_report}\n"
+                                 f"{jobs.log_tail(c.layout.logs, embedder)}")
+
+
+def _report(c: Context) -> None:
+    from recsys.pipeline.summary import finish_report
+
+    finish_report(c.cfg, c.layout)
+
+
+def stages(cfg: PipelineConfig) -> list[Stage]:
+    """The stages of a pipeline with config ``cfg``, in the order they run."""
+    order = sorted(cfg.variants, key=lambda v: v != "make")  # MAKE's stage 1 first, then shared
+    return [
+        Stage("world", apps=lambda c: [components.world(out=str(c.layout.world), preset=c.cfg.world_preset, seed=c.cfg.seed)]),
+        Stage("pretrain_clip", apps=lambda c: [components.pretrain(
+            world=str(c.layout.world), out=str(c.layout.pretrain_clip), method="clip", nproc=c.cfg.nproc,
+            config=str(c.configs["clip"]))]),
+        Stage("pretrain_scl", apps=lambda c: [components.pretrain(
+            world=str(c.layout.world), out=str(c.layout.pretrain_scl), method="scl", nproc=c.cfg.nproc,
+            config=str(c.configs["scl"]))]),
+        Stage("pretrain_eval", apps=lambda c: [components.pretrain_eval(
+            world=str(c.layout.world), runs=[str(c.layout.pretrain_clip), str(c.layout.pretrain_scl)],
+            out_json=str(c.layout.pretrain_eval))]),
+        Stage("catalogue", local=_catalogue),
+        *[Stage(f"train_{v}", apps=_train_apps(v)) for v in order],
+        Stage("export", apps=lambda c: [serving_components.export(
+            encoder=str(c.layout.pretrain_scl / "encoder.pt"), out=str(c.layout.triton))]),
+        Stage("embed", needs_server=True, local=_embed),
+        Stage("evaluate", apps=lambda c: [evaluate_components.evaluate(
+            world=str(c.layout.world), models=[str(c.layout.ctr(v)) for v in c.cfg.variants], out=str(c.layout.report),
+            bootstrap=c.cfg.bootstrap, store=str(c.layout.store), nproc=c.cfg.nproc)]),
+        Stage("retrain", apps=lambda c: [components.retrain(
+            from_run=str(c.layout.ctr(c.cfg.retrain_variant)), day=int(c.test_day or 0),
+            out=str(c.layout.retrain / f"{c.cfg.retrain_variant}-day-{c.test_day}"),
+            vectors=str(c.layout.catalogue), store=str(c.layout.store), nproc=c.cfg.nproc)]),
+        Stage("report", local=_report),
+    ]

@@ -1,0 +1,146 @@
+"""The pipeline's last stage: its sections added to the evaluation report, the final table printed.
+
+``summary.json`` holds what the table shows::
+
+    preset, test_day, report (path of report.html)
+    variants        {name: {auc, gauc, gauc_lift, gauc_lift_ci, auc_lift, tail_lift, new_items_lift}}
+    pretraining     {method: {image_recall@10, text_recall@10, purity@10}}  (SCL and its CLIP start)
+    embedder        {items, coverage, latency_p50_s, latency_p99_s, served_vs_batch_max_abs}
+    retrain         {run, version, parent, days, vectors}
+    stages          {name: seconds}
+
+Example::
+
+    >>> print(format_table({"preset": "doc", "test_day": 9, "report": "r.html", "stages": {"world": 2.0},
+    ...     "variants": {"id_only": {"auc": 0.7, "gauc": 0.69, "gauc_lift": 0.0, "gauc_lift_ci": None,
+    ...     "auc_lift": 0.0, "tail_lift": 0.0, "new_items_lift": 0.0}}, "pretraining": {}, "embedder": None,
+    ...     "retrain": None}))  # doctest: +NORMALIZE_WHITESPACE
+    mmctr pipeline (doc): test day 9
+    variant             AUC    GAUC  GAUC lift [95% CI]          AUC lift  tail lift  new-item lift
+    id_only          0.7000  0.6900  +0.00% –                      +0.00%     +0.00%         +0.00%
+    stages: 2 s in all (world 2 s)
+    report: r.html
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from recsys.eval.report import REPORT_HTML, REPORT_JSON, fmt_ci, fmt_pct, write_report
+from recsys.pipeline.config import Layout, PipelineConfig
+
+
+def _lift(model: dict, subset: str) -> float | None:
+    return (model.get("vs_baseline") or {}).get(subset, {}).get("gauc_lift")
+
+
+def served_vs_batch(layout: Layout) -> tuple[int, float]:
+    """Items the embedder served and the largest |served - batch-embedded| vector component among them."""
+    from recsys.data.vectors import VECTORS_FILE, read_item_vectors
+    from serving.store import VectorStore
+
+    with VectorStore(layout.store, readonly=True) as db:
+        snap = db.read()
+    ids, vectors = read_item_vectors(layout.pretrain_scl / VECTORS_FILE)
+    order = np.argsort(ids)
+    pos = order[np.searchsorted(ids, snap.item_ids, sorter=order)]
+    if not len(snap.item_ids):
+        return 0, float("nan")
+    return len(snap.item_ids), float(np.abs(snap.vectors - vectors[pos]).max())
+
+
+def collect(cfg: PipelineConfig, layout: Layout) -> dict:
+    """The numbers of the final table from the stages' outputs."""
+    report = json.loads((layout.report / REPORT_JSON).read_text())
+    variants = {}
+    for name, m in report["models"].items():
+        a = m["metrics"]["all"]
+        variants[name] = {"auc": a["auc"], "gauc": a["gauc"], "gauc_lift": _lift(m, "all"),
+                          "gauc_lift_ci": (m.get("vs_baseline") or {}).get("all", {}).get("gauc_lift_ci"),
+                          "auc_lift": (m.get("vs_baseline") or {}).get("all", {}).get("auc_lift"),
+                          "tail_lift": _lift(m, "tail"), "new_items_lift": _lift(m, "new_items")}
+    pre = json.loads(layout.pretrain_eval.read_text()) if layout.pretrain_eval.exists() else {}
+    pretraining = {k: {c: v[c] for c in ("image_recall@10", "text_recall@10", "purity@10") if c in v} for k, v in pre.items()}
+    embedder = None
+    if layout.embed_report.exists():
+        e = json.loads(layout.embed_report.read_text())
+        n, diff = served_vs_batch(layout)
+        embedder = {"items": e["store_vectors"], "coverage": e["coverage"], "failed": e["store_failures"],
+                    "latency_p50_s": e["latency_s"]["p50"], "latency_p99_s": e["latency_s"]["p99"],
+                    "served_vs_batch_max_abs": diff}
+    retrain = None
+    lineages = sorted(layout.retrain.glob("*/lineage.json")) if layout.retrain.exists() else []
+    if lineages:
+        lin = json.loads(lineages[-1].read_text())
+        retrain = {"run": lin["run"], "version": lin["version"], "parent": lin["parent"], "days": lin["all_days"],
+                   "trained_day": lin["days"], "vectors": lin["vectors"], "new_item_ids": lin.get("new_item_ids")}
+    state = json.loads(layout.state.read_text())
+    stages = {k: v.get("seconds") for k, v in state["stages"].items() if v.get("done")}
+    return {"preset": cfg.world_preset, "test_day": report["day"], "report": str(layout.report / REPORT_HTML),
+            "variants": variants, "pretraining": pretraining, "embedder": embedder, "retrain": retrain, "stages": stages}
+
+
+def sections(summary: dict) -> list[dict]:
+    """The pipeline's tables for the HTML report."""
+    out = []
+    if summary["pretraining"]:
+        out.append({"title": "Pre-training: SCL (fine-tuned from the CLIP run) vs CLIP-style",
+                    "header": ["method", "image recall@10", "text recall@10", "purity@10"],
+                    "rows": [[k, *(f"{v.get(c, float('nan')):.4f}" for c in ("image_recall@10", "text_recall@10", "purity@10"))]
+                             for k, v in summary["pretraining"].items()],
+                    "note": "Held-out test-day searches: the purchased item retrieved among all items by the query image or text."})
+    e = summary["embedder"]
+    if e is not None:
+        out.append({"title": "Serving: the test day's new items embedded on Triton over gRPC",
+                    "header": ["items", "coverage", "failed", "creation→vector p50", "p99", "max |served − batch|"],
+                    "rows": [[e["items"], f"{e['coverage']:.2%}", e["failed"], f"{e['latency_p50_s'] * 1e3:.0f} ms",
+                              f"{e['latency_p99_s'] * 1e3:.0f} ms", f"{e['served_vs_batch_max_abs']:.2e}"]],
+                    "note": "The evaluation reads these vectors from the store for the items created on the test day."})
+    r = summary["retrain"]
+    if r is not None:
+        out.append({"title": "Production retrain (tomorrow's model)",
+                    "header": ["run", "version", "parent", "trained on day", "days behind the weights", "vectors"],
+                    "rows": [[r["run"], r["version"], r["parent"], r["trained_day"], f"{r['days'][0]}..{r['days'][-1]}",
+                              f"{(r['vectors'] or {}).get('path')} + store v{(r['vectors'] or {}).get('store_version')}"]]})
+    out.append({"title": "Pipeline stages", "header": ["stage", "seconds"],
+                "rows": [[k, f"{v:.0f}"] for k, v in summary["stages"].items()]})
+    return out
+
+
+def format_table(summary: dict) -> str:
+    """The final table printed by ``mmctr pipeline``."""
+    lines = [f"mmctr pipeline ({summary['preset']}): test day {summary['test_day']}",
+             f"{'variant':<14}{'AUC':>9}{'GAUC':>8}  {'GAUC lift [95% CI]':<26}{'AUC lift':>10}{'tail lift':>11}{'new-item lift':>15}"]
+    for name, v in summary["variants"].items():
+        lift = f"{fmt_pct(v['gauc_lift'])} {fmt_ci(v['gauc_lift_ci'], pct=True)}"
+        lines.append(f"{name:<14}{v['auc']:>9.4f}{v['gauc']:>8.4f}  {lift:<26}{fmt_pct(v['auc_lift']):>10}"
+                     f"{fmt_pct(v['tail_lift']):>11}{fmt_pct(v['new_items_lift']):>15}")
+    for method, p in summary["pretraining"].items():
+        lines.append(f"pre-training {method}: image recall@10 {p.get('image_recall@10', float('nan')):.4f}, "
+                     f"text recall@10 {p.get('text_recall@10', float('nan')):.4f}, purity@10 {p.get('purity@10', float('nan')):.3f}")
+    e = summary["embedder"]
+    if e is not None:
+        lines.append(f"embedder: {e['items']} new items, coverage {e['coverage']:.2%}, creation->vector p50 "
+                     f"{e['latency_p50_s'] * 1e3:.0f} ms, p99 {e['latency_p99_s'] * 1e3:.0f} ms, "
+                     f"served vs batch max |diff| {e['served_vs_batch_max_abs']:.1e}")
+    r = summary["retrain"]
+    if r is not None:
+        lines.append(f"retrain: version {r['version']} of {r['parent']} trained on day {r['trained_day'][0]} -> {r['run']}")
+    total = sum(v or 0 for v in summary["stages"].values())
+    lines.append(f"stages: {total:.0f} s in all (" + ", ".join(f"{k} {v:.0f} s" for k, v in summary["stages"].items()) + ")")
+    lines.append(f"report: {summary['report']}")
+    return "\n".join(lines)
+
+
+def finish_report(cfg: PipelineConfig, layout: Layout) -> dict:
+    """Adds the pipeline's sections to the report, writes ``summary.json`` and prints the table."""
+    summary = collect(cfg, layout)
+    report = json.loads((layout.report / REPORT_JSON).read_text())
+    report["sections"] = sections(summary)
+    write_report(report, layout.report)
+    layout.summary.write_text(json.dumps(summary, indent=2))
+    print(format_table(summary), flush=True)
+    return summary
