@@ -33,6 +33,7 @@ def evaluate(
     bootstrap: int = 1000,
     store: Optional[str] = None,
     nproc: int = 2,
+    nnodes: int = 1,
     image: str = DEFAULT_IMAGE,
     cpu: int = 2,
     memMB: int = 8192,
@@ -48,6 +49,7 @@ def evaluate(
         bootstrap: bootstrap resamples of users
         store: vector store adding vectors of items the runs' tables lack (new items)
         nproc: processes (ranks) on the node
+        nnodes: nodes (replicas) on a cluster scheduler; ranks = nnodes x nproc
         image: container image (cluster schedulers only)
         cpu: CPUs per replica
         memMB: memory per replica, MB
@@ -55,4 +57,4 @@ def evaluate(
     args = ["--world", world, "--models", *models, "--bootstrap", str(bootstrap), "--quiet"]
     optional = {"--day": day, "--baseline": baseline, "--out": out, "--store": store}
     args += [x for flag, value in optional.items() if value is not None for x in (flag, str(value))]
-    return _stage("evaluate", args, nproc, image, cpu, memMB)
+    return _stage("evaluate", args, nproc, image, cpu, memMB, nnodes)

@@ -40,9 +40,9 @@ DEFAULT_IMAGE = "mmctr:latest"  # for container schedulers; local_cwd ignores it
 _MODULE = "recsys.cli"
 
 
-def _stage(name: str, args: list[str], nproc: int, image: str, cpu: int, memMB: int) -> specs.AppDef:
-    """One ``mmctr`` stage under torchrun, ``nproc`` processes on one node."""
-    return torchrun(name, *args, m=_MODULE, image=image, name=f"mmctr-{name}", j=f"1x{nproc}", cpu=cpu, memMB=memMB)
+def _stage(name: str, args: list[str], nproc: int, image: str, cpu: int, memMB: int, nnodes: int = 1) -> specs.AppDef:
+    """One ``mmctr`` stage under torchrun: ``nnodes`` replicas of ``nproc`` processes each."""
+    return torchrun(name, *args, m=_MODULE, image=image, name=f"mmctr-{name}", j=f"{nnodes}x{nproc}", cpu=cpu, memMB=memMB)
 
 
 def _single(name: str, args: list[str], image: str, cpu: int, memMB: int) -> specs.AppDef:
@@ -87,6 +87,7 @@ def pretrain(
     out: str,
     method: str = "scl",
     nproc: int = 2,
+    nnodes: int = 1,
     config: Optional[str] = None,
     max_steps: Optional[int] = None,
     image: str = DEFAULT_IMAGE,
@@ -100,6 +101,7 @@ def pretrain(
         out: run directory; a restarted job resumes from its checkpoint
         method: scl, clip or random
         nproc: processes (DDP ranks) on the node
+        nnodes: nodes (replicas) on a cluster scheduler; ranks = nnodes x nproc
         config: YAML/TOML file of SclConfig values
         max_steps: stop after this many optimizer steps
         image: container image (cluster schedulers only)
@@ -111,7 +113,7 @@ def pretrain(
         args += ["--config", config]
     if max_steps is not None:
         args += ["--max-steps", str(max_steps)]
-    return _stage("pretrain", args, nproc, image, cpu, memMB)
+    return _stage("pretrain", args, nproc, image, cpu, memMB, nnodes)
 
 
 def train(
@@ -120,6 +122,7 @@ def train(
     variant: str = "id_only",
     vectors: Optional[str] = None,
     nproc: int = 2,
+    nnodes: int = 1,
     sharding: str = "auto",
     config: Optional[str] = None,
     make_from: Optional[str] = None,
@@ -139,6 +142,7 @@ def train(
         variant: id_only, simtier, make, simtier_make, vector or simscore
         vectors: item_vectors.parquet (or its pretrain run folder); every variant but id_only
         nproc: processes (ranks) on the node
+        nnodes: nodes (replicas) on a cluster scheduler; ranks = nnodes x nproc
         sharding: table_wise, row_wise, column_wise or auto
         config: YAML/TOML job file with model and train sections
         make_from: finished MAKE stage-1 folder (default: stage 1 runs into OUT/make_stage1)
@@ -161,7 +165,7 @@ def train(
         "--train-until": train_until,
     }
     args += [x for flag, value in optional.items() if value is not None for x in (flag, str(value))]
-    return _stage("train", args, nproc, image, cpu, memMB)
+    return _stage("train", args, nproc, image, cpu, memMB, nnodes)
 
 
 def retrain(
@@ -172,6 +176,7 @@ def retrain(
     store: Optional[str] = None,
     retrain_make: bool = False,
     nproc: int = 2,
+    nnodes: int = 1,
     sharding: str = "auto",
     image: str = DEFAULT_IMAGE,
     cpu: int = 2,
@@ -187,6 +192,7 @@ def retrain(
         store: vector store adding vectors of items the table lacks (default: the parent's)
         retrain_make: run MAKE stage 1 again instead of keeping the parent's MAKE
         nproc: processes (ranks) on the node
+        nnodes: nodes (replicas) on a cluster scheduler; ranks = nnodes x nproc
         sharding: table_wise, row_wise, column_wise or auto
         image: container image (cluster schedulers only)
         cpu: CPUs per replica
@@ -199,4 +205,4 @@ def retrain(
         args += ["--store", store]
     if retrain_make:
         args.append("--retrain-make")
-    return _stage("retrain", args, nproc, image, cpu, memMB)
+    return _stage("retrain", args, nproc, image, cpu, memMB, nnodes)

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from recsys.models.sequence import padded_history
 
@@ -133,7 +133,7 @@ class MultimodalArch(nn.Module):
 
     Example::
 
-        >>> from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+        >>> from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
         >>> arch = MultimodalArch(num_items=3, dim=2)
         >>> w = arch.mm_table.embeddings[MM_TABLE].weight
         >>> _ = load_item_vectors_into(w, np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]]))
@@ -168,16 +168,20 @@ class MultimodalArch(nn.Module):
         Returns:
             MultimodalFeatures: target (B, D), history (B, L, D), masks and flag.
         """
-        looked_up = self.mm_table(features)
+        with torch.no_grad():  # frozen: no autograd record of the lookup at all
+            looked_up = self.mm_table(features)
         target = looked_up["item_id"].values().detach()  # (B, D): one item per impression
         if target.shape[0] != features.stride():
             raise ValueError(f"item_id must hold one ID per impression; got {target.shape[0]} for B={features.stride()}")
-        history, mask = padded_history(looked_up["history_item_ids"])
-        history = history.detach()  # (B, L, D)
+        jagged = looked_up["history_item_ids"]
+        history, mask = padded_history(jagged)  # (B, L, D), (B, L)
+        # zero rows = no vector (stored vectors are unit norm): norms over the jagged rows, padded as a mask
+        nonzero = (torch.linalg.vector_norm(jagged.values(), dim=-1, keepdim=True) > 0).to(history.dtype)
+        has_vector = JaggedTensor(values=nonzero, lengths=jagged.lengths()).to_padded_dense(desired_length=history.shape[1])
+        has_vector = has_vector.squeeze(-1) > 0  # (B, L)
         return MultimodalFeatures(
             target=target,
-            history=history,
-            # zero rows = no vector (stored vectors are unit norm); norms are the fast reduction
-            history_mask=mask & (torch.linalg.vector_norm(history, dim=-1) > 0),
+            history=history.detach(),
+            history_mask=mask & has_vector,
             target_missing=(torch.linalg.vector_norm(target, dim=-1, keepdim=True) == 0).to(target.dtype),
         )

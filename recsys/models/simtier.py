@@ -103,18 +103,52 @@ class SimTier(nn.Module):
             if not self._unit:
                 target, history = F.normalize(target, dim=-1), F.normalize(history, dim=-1)
             query = target if self.metric is None else target @ self.metric.t()  # (B, D): W t
-            sims = torch.bmm(history, query.unsqueeze(2)).squeeze(2).clamp(-1.0, 1.0)  # (B, L): h^T W t
-            T = self._n_tiers
             weight = mask.to(history.dtype)
-            counts = torch.zeros(B, T, dtype=history.dtype, device=history.device)
             if self._soft:
-                x = (sims + 1.0) * (T / 2) - 0.5  # position in units of tiers, centres at integers
-                low = x.detach().floor()
-                upper_share = (x - low) * weight
-                low = low.long()
-                counts = counts.scatter_add(1, low.clamp(0, T - 1), weight - upper_share)
-                counts = counts.scatter_add(1, (low + 1).clamp(0, T - 1), upper_share)
-            else:
-                tier = ((sims + 1.0) * (T / 2)).floor().long().clamp_(0, T - 1)  # (B, L)
-                counts.scatter_add_(1, tier, weight)
+                return _SoftTiers.apply(history, query, weight, self._n_tiers)
+            sims = torch.bmm(history, query.unsqueeze(2)).squeeze(2)  # (B, L): h^T W t
+            T = self._n_tiers
+            tier = ((sims.clamp(-1.0, 1.0) + 1.0) * (T / 2)).floor().long().clamp_(0, T - 1)  # (B, L)
+            counts = torch.zeros(B, T, dtype=history.dtype, device=history.device).scatter_add_(1, tier, weight)
             return counts / weight.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
+class _SoftTiers(torch.autograd.Function):
+    """Soft tier shares of the similarities ``h_l . q`` of a (frozen) history to a query: (B, T).
+
+    The backward runs two gathers and one pass over the history, for the
+    query alone (the history never needs a gradient here).
+
+    Position ``x = (s + 1) T / 2 - 1/2`` (tier centres at integers); an item
+    adds ``(1 - frac) / n`` to tier ``floor(x)`` and ``frac / n`` to the next,
+    both clamped to [0, T - 1], n the row's counted items. Inside the outer
+    centres d(share)/dx is ``-1/n`` for the lower tier and ``+1/n`` for the
+    upper, so ``dL/ds = (g[upper] - g[lower]) * T / (2 n)``; beyond them (and
+    beyond [-1, 1]) both tiers are the same one and the gradient is 0.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, history: torch.Tensor, query: torch.Tensor, weight: torch.Tensor, T: int
+    ) -> torch.Tensor:
+        sims = torch.bmm(history, query.unsqueeze(2)).squeeze(2)  # (B, L)
+        x = (sims.clamp(-1.0, 1.0) + 1.0) * (T / 2) - 0.5
+        low = x.floor()
+        per_item = weight / weight.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, L): 1/n where counted
+        upper_share = (x - low) * per_item
+        low = low.long()
+        lower_tier, upper_tier = low.clamp(0, T - 1), (low + 1).clamp(0, T - 1)
+        counts = torch.zeros(sims.shape[0], T, dtype=sims.dtype, device=sims.device)
+        counts.scatter_add_(1, lower_tier, per_item - upper_share)
+        counts.scatter_add_(1, upper_tier, upper_share)
+        ctx.save_for_backward(history, lower_tier, upper_tier, per_item)
+        ctx.half_tiers = T / 2
+        return counts
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[None, torch.Tensor | None, None, None]:
+        history, lower_tier, upper_tier, per_item = ctx.saved_tensors
+        if not ctx.needs_input_grad[1]:
+            return None, None, None, None
+        grad_sims = (grad.gather(1, upper_tier) - grad.gather(1, lower_tier)) * per_item * ctx.half_tiers  # (B, L)
+        return None, torch.bmm(grad_sims.unsqueeze(1), history).squeeze(1), None, None

@@ -24,8 +24,12 @@ class PipelineError(RuntimeError):
 
 
 def submit(runner: Runner, app: AppDef, logs: Path) -> str:
-    """Starts one app; returns its handle."""
-    return runner.run(app, SCHEDULER, cfg={"log_dir": str(logs)})
+    """Starts one app; returns its handle. ``.torchxconfig``'s ``[local_cwd]`` options apply (``log_dir`` is ours)."""
+    from torchx.runner import config
+
+    cfg: dict = {"log_dir": str(logs)}
+    config.apply(SCHEDULER, cfg, dirs=[str(Path.cwd())])
+    return runner.run(app, SCHEDULER, cfg=cfg)
 
 
 def log_tail(logs: Path, handle: str, lines: int = 30) -> str:
