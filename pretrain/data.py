@@ -38,7 +38,7 @@ from recsys.data.schema import Manifest, table_files
 MAX_HARD_NEGATIVES = 3  # Hn: hard negatives kept per session
 
 
-def _decode(data: bytes | None, size: int) -> np.ndarray | None:
+def decode_image(data: bytes | None, size: int) -> np.ndarray | None:
     """uint8 (size, size, 3), or None when the bytes are not such an image."""
     if not data:
         return None
@@ -59,7 +59,7 @@ def decode_images(blobs: list[bytes | None], size: int, what: list[str], workers
     """
     out = np.empty((len(blobs), size, size, 3), dtype=np.uint8)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for i, arr in enumerate(pool.map(_decode, blobs, [size] * len(blobs), chunksize=256)):
+        for i, arr in enumerate(pool.map(decode_image, blobs, [size] * len(blobs), chunksize=256)):
             if arr is None:
                 raise ValueError(f"{what[i]}: image missing, undecodable, or not {size}x{size} RGB")
             out[i] = arr

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pretrain.data import _decode as decode_image  # the exact decode of pre-training's catalogue export
+from pretrain.data import decode_image  # the exact decode of pre-training's catalogue export
 from serving.client import EncoderClient, EncoderRequestError, EncoderUnavailable
 from serving.feed import FeedError, list_files, read_file
 from serving.store import VectorStore

@@ -113,7 +113,7 @@ class CtrModel(nn.Module):
             raise ValueError(f"variant {config.variant!r} needs item vectors; got mm_dim={mm_dim}")
         self.mm_arch = MultimodalArch(table_sizes["item_id"], mm_dim, device=device) if uses_vectors else None
         self.simtier = (
-            SimTier(config.simtier_tiers, config.simtier_soft, True, config.simtier_learned_metric, mm_dim)
+            SimTier(config.simtier_tiers, config.simtier_soft, True, mm_dim if config.simtier_learned_metric else 0, device)
             if spec.simtier
             else None
         )

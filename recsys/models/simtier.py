@@ -30,7 +30,7 @@ class SimTier(nn.Module):
     outer tier): the histogram then changes smoothly with the similarity, and
     its mean recovers the mean similarity exactly inside the outer centres.
 
-    With ``learned_metric=True`` (needs ``soft``) the similarity is the
+    With ``metric_dim=D`` (needs ``soft``) the similarity is the
     bilinear form ``h^T W t`` with a learned ``W`` (D, D) initialised to the
     identity, i.e. the cosine of the unit vectors at the start: the soft
     histogram is piecewise linear in the similarities, so the CTR loss trains
@@ -47,7 +47,9 @@ class SimTier(nn.Module):
         unit_vectors (bool): the inputs are unit-norm or all-zero rows (the
             frozen table's vectors), so cosine is the dot product and the
             normalisation pass is skipped.
-        learned_metric (bool): learn the similarity's bilinear form ``W``.
+        metric_dim (int): D, to learn the similarity's bilinear form ``W`` (D, D)
+            over D-wide vectors; 0 keeps the fixed cosine.
+        device (torch.device | None): where to create ``W`` (``meta`` works).
 
     Example::
 
@@ -61,24 +63,29 @@ class SimTier(nn.Module):
         4
         >>> SimTier(n_tiers=4, soft=True)(target, history, mask)  # centres -0.75, -0.25, 0.25, 0.75
         tensor([[0.3333, 0.0000, 0.1000, 0.5667]])
-        >>> learned = SimTier(n_tiers=4, soft=True, learned_metric=True, dim=2)
+        >>> learned = SimTier(n_tiers=4, soft=True, metric_dim=2)
         >>> learned(target, history, mask).sum().backward()  # W = I at the start: same histogram
         >>> learned.metric.grad.shape
         torch.Size([2, 2])
     """
 
     def __init__(
-        self, n_tiers: int, soft: bool = False, unit_vectors: bool = False, learned_metric: bool = False, dim: int = 0
+        self,
+        n_tiers: int,
+        soft: bool = False,
+        unit_vectors: bool = False,
+        metric_dim: int = 0,
+        device: torch.device | None = None,
     ) -> None:
         super().__init__()
-        if n_tiers < 1:
-            raise ValueError(f"SimTier n_tiers must be >= 1, got {n_tiers}")
-        if learned_metric and (not soft or dim < 1):
-            raise ValueError(f"SimTier learned_metric needs soft=True and the vector width dim >= 1, got soft={soft}, dim={dim}")
+        if n_tiers < 1 or metric_dim < 0:
+            raise ValueError(f"SimTier needs n_tiers >= 1 and metric_dim >= 0, got {n_tiers}, {metric_dim}")
+        if metric_dim and not soft:
+            raise ValueError("SimTier with a learned metric (metric_dim > 0) needs soft=True: hard tiers pass no gradient")
         self._n_tiers = n_tiers
         self._soft = soft
         self._unit = unit_vectors
-        self.metric = nn.Parameter(torch.eye(dim)) if learned_metric else None  # W (D, D)
+        self.metric = nn.Parameter(torch.eye(metric_dim, device=device)) if metric_dim else None  # W (D, D)
 
     def output_dim(self) -> int:
         return self._n_tiers

@@ -32,11 +32,15 @@ def oracle_vectors(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="session")
 def eval_runs(tiny_world: Path, oracle_vectors: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Finished one-rank runs of `simtier` and `id_only` (listed in that order: the baseline is not first)."""
+    """Finished one-rank runs of `simtier` and `id_only` (listed in that order: the baseline is not first).
+
+    SimTier as the paper has it (hard tiers of the fixed cosine), so test_score's numpy reference applies.
+    """
     root = tmp_path_factory.mktemp("runs")
     runs = {"simtier": root / "simtier", "id_only": root / "id_only"}
     for variant, out in runs.items():
-        run_train(TrainJob(world=tiny_world, out=out, model=ModelConfig(variant=variant), quiet=True,
+        model = ModelConfig(variant=variant, simtier_soft=False, simtier_learned_metric=False)
+        run_train(TrainJob(world=tiny_world, out=out, model=model, quiet=True,
                            vectors=oracle_vectors if variant != "id_only" else None,
                            train=TrainConfig(batch_size=BATCH)))
     return runs

@@ -140,7 +140,7 @@ def unit(*shape: int, seed: int) -> torch.Tensor:
 def test_learned_metric_starts_as_cosine_and_equals_bilinear_reference() -> None:
     target, history = unit(4, 6, seed=5), unit(4, 5, 6, seed=6)
     mask = torch.rand(4, 5, generator=torch.Generator().manual_seed(7)) < 0.8
-    learned = SimTier(10, soft=True, unit_vectors=True, learned_metric=True, dim=6)
+    learned = SimTier(10, soft=True, unit_vectors=True, metric_dim=6)
     torch.testing.assert_close(learned(target, history, mask), SimTier(10, soft=True)(target, history, mask))
     with torch.no_grad():
         learned.metric.copy_(torch.eye(6) + 0.3 * torch.randn(6, 6, generator=torch.Generator().manual_seed(8)))
@@ -152,7 +152,7 @@ def test_learned_metric_gradient_matches_finite_differences() -> None:
     target, history = unit(3, 4, seed=9).double(), unit(3, 6, 4, seed=10).double()
     mask = torch.ones(3, 6, dtype=torch.bool)
     mask[1, 4:] = False
-    learned = SimTier(8, soft=True, unit_vectors=True, learned_metric=True, dim=4).double()
+    learned = SimTier(8, soft=True, unit_vectors=True, metric_dim=4).double()
     probe = torch.randn(3, 8, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
 
     def loss(w: torch.Tensor) -> torch.Tensor:
@@ -175,5 +175,5 @@ def test_learned_metric_gradient_matches_finite_differences() -> None:
 def test_learned_metric_needs_soft_tiers() -> None:
     import pytest
 
-    with pytest.raises(ValueError, match="learned_metric needs soft=True"):
-        SimTier(10, learned_metric=True, dim=4)
+    with pytest.raises(ValueError, match="needs soft=True"):
+        SimTier(10, metric_dim=4)
