@@ -33,13 +33,16 @@ def submit(runner: Runner, app: AppDef, logs: Path) -> str:
 
 
 def log_tail(logs: Path, handle: str, lines: int = 30) -> str:
-    """The end of an app's stderr log (for an error message)."""
+    """What an app's stderr log says about its failure: its first traceback (a rank's, under torchrun) and its end."""
     app_id = handle.rsplit("/", 1)[-1]
     found = sorted(Path(logs).glob(f"**/{app_id}/**/stderr.log"), key=lambda p: p.stat().st_mtime)
     if not found:
         return f"(no log found under {logs} for {app_id})"
     text = found[-1].read_text(errors="replace").splitlines()
-    return f"{found[-1]}:\n" + "\n".join(text[-lines:])
+    first = next((i for i, line in enumerate(text) if "Traceback (most recent call last)" in line), None)
+    if first is None or first >= len(text) - lines:
+        return f"{found[-1]}:\n" + "\n".join(text[-lines:])
+    return f"{found[-1]}:\n" + "\n".join(text[first : first + lines] + ["..."] + text[-10:])
 
 
 def _check(runner: Runner, handle: str, logs: Path, what: str, must_run: bool) -> bool:
@@ -66,13 +69,17 @@ def run_apps(runner: Runner, apps: list[AppDef], logs: Path, what: str) -> None:
         raise
 
 
-def wait_until(condition: Callable[[], bool], runner: Runner, handle: str, logs: Path, what: str, timeout_s: float) -> None:
-    """Polls ``condition`` while the (long-running) app ``handle`` stays up; raises if it ends or time runs out."""
+def wait_until(
+    condition: Callable[[], bool], runner: Runner, handles: str | tuple[str, ...], logs: Path, what: str, timeout_s: float
+) -> None:
+    """Polls ``condition`` while the (long-running) apps stay up; raises if one ends or time runs out."""
+    handles = (handles,) if isinstance(handles, str) else handles
     deadline = time.monotonic() + timeout_s
     while not condition():
-        _check(runner, handle, logs, what, must_run=True)
+        for handle in handles:
+            _check(runner, handle, logs, what, must_run=True)
         if time.monotonic() > deadline:
-            raise PipelineError(f"{what}: not done within {timeout_s:.0f} s\n{log_tail(logs, handle)}")
+            raise PipelineError(f"{what}: not done within {timeout_s:.0f} s\n{log_tail(logs, handles[0])}")
         time.sleep(0.2)
 
 

@@ -15,17 +15,22 @@ its wall time. A pipeline started again with the same ``--out``:
 
 Logs of every app go to ``OUT/logs``; a failed app stops the pipeline with
 the tail of its log. Triton runs (as a TorchX app) only while a stage that
-needs it is pending, on free ports on 127.0.0.1, and is stopped at the end.
+needs it is pending, on free ports on 127.0.0.1. ``OUT/.lock`` keeps a second
+pipeline off the folder, and however the pipeline ends, it stops every
+process of its own (``OUR_PROGRAMS``) that names the folder.
 """
 
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from torchx.runner import Runner, get_runner
@@ -63,8 +68,29 @@ def save_state(layout: Layout, state: dict) -> None:
     tmp.replace(layout.state)
 
 
+# Programs a pipeline starts: its stages (``python -m recsys.cli ...``, under torchrun) and Triton's processes.
+OUR_PROGRAMS: tuple[str, ...] = ("recsys.cli", "torchrun", "torch.distributed.run", "tritonserver", "triton_python_backend_stub")
+
+
+def _names_folder(argv: list[str], folder: str) -> bool:
+    """Whether an argument is ``folder`` or a path inside it (also as ``--flag=PATH``)."""
+    for arg in argv:
+        value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
+        if value == folder or value.startswith(folder + "/"):
+            return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    """Running (zombies, which only wait to be reaped, count as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def leftover_processes(out: Path) -> list[int]:
-    """PIDs of processes (not this one, nor its ancestors) whose command line names ``out``."""
+    """PIDs of pipeline programs (``OUR_PROGRAMS``; not this process nor its ancestors) whose arguments name ``out``."""
     mine = {os.getpid()}
     pid = os.getppid()
     while pid > 1:
@@ -73,16 +99,16 @@ def leftover_processes(out: Path) -> list[int]:
             pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             break
-    needle = str(Path(out).resolve())
+    folder = str(Path(out).resolve())
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in mine:
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if needle in cmdline:
+        if any(p in a for a in argv for p in OUR_PROGRAMS) and _names_folder(argv, folder) and _alive(int(entry.name)):
             found.append(int(entry.name))
     return found
 
@@ -97,17 +123,36 @@ def stop_leftovers(out: Path, timeout_s: float = 10.0) -> list[int]:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
             time.sleep(0.1)
     return pids
+
+
+@contextmanager
+def _exclusive(layout: Layout) -> Iterator[None]:
+    """Holds ``OUT/.lock``: a second pipeline on the same folder is refused, not raced."""
+    layout.out.mkdir(parents=True, exist_ok=True)
+    with open(layout.out / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PipelineError(f"{layout.out}: another `mmctr pipeline` runs on this folder") from None
+        yield
 
 
 def run_pipeline(preset: str, out: Path, quiet: bool = False) -> dict:
     """Runs (or resumes) the pipeline of ``preset`` into ``out``; returns the final state."""
     if preset not in PRESETS:
         raise ValueError(f"unknown pipeline preset {preset!r}; choose one of {sorted(PRESETS)}")
-    cfg = PRESETS[preset]
     layout = Layout(Path(out).resolve())
+    with _exclusive(layout):
+        try:
+            return _run(PRESETS[preset], preset, layout, quiet)
+        finally:
+            stop_leftovers(layout.out)  # whatever happened, no stage, embedder or Triton outlives the pipeline
+
+
+def _run(cfg: PipelineConfig, preset: str, layout: Layout, quiet: bool) -> dict:
     state = load_state(layout, cfg)
     stopped = stop_leftovers(layout.out)
     all_stages = stages(cfg)
@@ -123,21 +168,28 @@ def run_pipeline(preset: str, out: Path, quiet: bool = False) -> dict:
         _say(quiet, f"stopped {len(stopped)} process(es) left by an earlier run: {stopped}")
     configs = write_configs(cfg, layout)
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # torchrun, python
+    last_needing_server = max((i for i, s in enumerate(todo) if s.needs_server), default=-1)
     runner = get_runner()
     server: Server | None = None
     try:
-        for stage in todo:
+        for i, stage in enumerate(todo):
             if stage.needs_server and server is None:
                 t = time.monotonic()
                 server = start_server(runner, layout.triton, layout.logs)
                 state["server_start_s"] = time.monotonic() - t
                 _say(quiet, f"[triton] ready at {server.url} in {state['server_start_s']:.1f} s")
             _run_stage(stage, cfg, layout, configs, server, runner, state, quiet)
+            if server is not None and i == last_needing_server:
+                stop(runner, server.handle)
+                server = None
+                _say(quiet, "[triton] stopped")
     finally:
-        if server is not None:
-            stop(runner, server.handle)
-            _say(quiet, "[triton] stopped")
-        runner.close()
+        try:
+            if server is not None:
+                stop(runner, server.handle)
+                _say(quiet, "[triton] stopped")
+        finally:
+            runner.close()
     return state
 
 
@@ -145,7 +197,7 @@ def _run_stage(stage: Stage, cfg: PipelineConfig, layout: Layout, configs: dict[
                runner: Runner, state: dict, quiet: bool) -> None:
     manifest = layout.world / "manifest.json"
     test_day = Manifest.read(layout.world).last_day if manifest.exists() else None
-    ctx = Context(cfg, layout, configs, test_day, server.url if server else None, runner)
+    ctx = Context(cfg, layout, configs, test_day, server, runner)
     _say(quiet, f"[{stage.name}] started")
     t = time.monotonic()
     state["stages"][stage.name] = {"done": False, "started_at": _now()}

@@ -43,7 +43,8 @@ from torchx.runner import Runner
 import torchx_components.evaluate as evaluate_components
 import torchx_components.pipeline as components
 import torchx_components.serving as serving_components
-from recsys.pipeline.config import Layout, PipelineConfig  # noqa: F401 (Layout: Context's type)
+from recsys.pipeline.config import Layout, PipelineConfig
+from recsys.pipeline.jobs import PipelineError, Server
 
 EMBED_TIMEOUT_S = 600.0  # the embedder must have handled the whole feed this long after the feed ends
 
@@ -56,7 +57,7 @@ class Context:
     layout: Layout
     configs: dict[str, Path]  # clip, scl, train config files (config.write_configs)
     test_day: int | None  # the world's last day, once the world exists
-    url: str | None  # Triton gRPC HOST:PORT, while the server runs
+    server: Server | None  # the running Triton app (handle, gRPC HOST:PORT), while a stage needs it
     runner: Runner  # TorchX runner of the pipeline (for steps that start apps themselves)
 
 
@@ -67,7 +68,7 @@ class Stage:
     name: str
     apps: Callable[[Context], list[specs.AppDef]] | None = None
     local: Callable[[Context], None] | None = None
-    needs_server: bool = False  # Triton must be up (Context.url set)
+    needs_server: bool = False  # Triton must be up (Context.server set)
 
 
 def _train_apps(variant: str) -> Callable[[Context], list[specs.AppDef]]:
@@ -81,11 +82,16 @@ def _train_apps(variant: str) -> Callable[[Context], list[specs.AppDef]]:
     return apps
 
 
+def _test_day(c: Context) -> int:
+    if c.test_day is None:
+        raise PipelineError(f"{c.layout.world / 'manifest.json'}: missing; the world stage has not produced the world")
+    return c.test_day
+
+
 def _catalogue(c: Context) -> None:
     from recsys.pipeline.catalogue import write_catalogue
 
-    assert c.test_day is not None
-    write_catalogue(c.layout.world, c.layout.pretrain_scl, c.test_day, c.layout.catalogue)
+    write_catalogue(c.layout.world, c.layout.pretrain_scl, _test_day(c), c.layout.catalogue)
 
 
 def _embed(c: Context) -> None:
@@ -94,26 +100,30 @@ def _embed(c: Context) -> None:
     from serving.feed import list_files
     from serving.store import VectorStore
 
+    if c.server is None:
+        raise PipelineError("stage embed: Triton is not running")
     ready = c.layout.out / "embedder.ready"
     ready.unlink(missing_ok=True)
-    app = serving_components.embed_new(feed=str(c.layout.feed), store=str(c.layout.store), url=str(c.url),
+    c.layout.embed_report.unlink(missing_ok=True)  # a killed attempt's report must not pass for this one's
+    app = serving_components.embed_new(feed=str(c.layout.feed), store=str(c.layout.store), url=c.server.url,
                                        report=str(c.layout.embed_report), ready_file=str(ready))
     embedder = jobs.submit(c.runner, app, c.layout.logs)
+    watched = (embedder, c.server.handle)  # either ending early fails the stage with its log
 
     def handled() -> bool:
         with VectorStore(c.layout.store, readonly=True) as db:
             return {p.name for p in list_files(c.layout.feed)} <= db.handled_files()
 
     try:
-        jobs.wait_until(ready.exists, c.runner, embedder, c.layout.logs, "stage embed (embedder start)", jobs.SERVER_READY_TIMEOUT_S)
-        jobs.run_apps(c.runner, [serving_components.feed(
-            world=str(c.layout.world), feed=str(c.layout.feed), day=c.test_day, rate=c.cfg.feed_rate)], c.layout.logs, "stage embed (feed)")
-        jobs.wait_until(handled, c.runner, embedder, c.layout.logs, "stage embed (embedder)", EMBED_TIMEOUT_S)
+        jobs.wait_until(ready.exists, c.runner, watched, c.layout.logs, "stage embed (embedder start)", jobs.SERVER_READY_TIMEOUT_S)
+        feed = serving_components.feed(world=str(c.layout.world), feed=str(c.layout.feed), day=_test_day(c), rate=c.cfg.feed_rate)
+        jobs.run_apps(c.runner, [feed], c.layout.logs, "stage embed (feed)")
+        jobs.wait_until(handled, c.runner, watched, c.layout.logs, "stage embed (embedder)", EMBED_TIMEOUT_S)
     finally:
         jobs.stop(c.runner, embedder)  # SIGTERM: the embedder writes its report and exits
     if not c.layout.embed_report.exists():
-        raise jobs.PipelineError(f"stage embed: the embedder wrote no report at {c.layout.embed_report}\n"
-                                 f"{jobs.log_tail(c.layout.logs, embedder)}")
+        raise PipelineError(f"stage embed: the embedder wrote no report at {c.layout.embed_report}\n"
+                            f"{jobs.log_tail(c.layout.logs, embedder)}")
 
 
 def _report(c: Context) -> None:
@@ -145,8 +155,8 @@ def stages(cfg: PipelineConfig) -> list[Stage]:
             world=str(c.layout.world), models=[str(c.layout.ctr(v)) for v in c.cfg.variants], out=str(c.layout.report),
             bootstrap=c.cfg.bootstrap, store=str(c.layout.store), nproc=c.cfg.nproc)]),
         Stage("retrain", apps=lambda c: [components.retrain(
-            from_run=str(c.layout.ctr(c.cfg.retrain_variant)), day=int(c.test_day or 0),
-            out=str(c.layout.retrain / f"{c.cfg.retrain_variant}-day-{c.test_day}"),
+            from_run=str(c.layout.ctr(c.cfg.retrain_variant)), day=_test_day(c),
+            out=str(c.layout.retrain / f"{c.cfg.retrain_variant}-day-{_test_day(c)}"),
             vectors=str(c.layout.catalogue), store=str(c.layout.store), nproc=c.cfg.nproc)]),
         Stage("report", local=_report),
     ]

@@ -49,8 +49,10 @@ def read_lineage(run: Path) -> dict:
     return json.loads(file.read_text())
 
 
-def write_lineage(out: Path, world: str | Path, days: Iterable[int], parent: dict | None, log: dict) -> dict:
-    """Writes ``out/lineage.json`` from the run's training log and its parent's lineage; returns it."""
+def write_lineage(
+    out: Path, world: str | Path, days: Iterable[int], parent: dict | None, log: dict, extra: dict | None = None
+) -> dict:
+    """Writes ``out/lineage.json`` from the run's training log and its parent's lineage (plus ``extra``); returns it."""
     days = [int(d) for d in days]
     lineage = {
         "version": 1 if parent is None else int(parent["version"]) + 1,
@@ -65,6 +67,7 @@ def write_lineage(out: Path, world: str | Path, days: Iterable[int], parent: dic
         "vectors": log["vectors"],
         "make": log["make_from"],
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
     }
     Path(out).mkdir(parents=True, exist_ok=True)
     tmp = Path(out) / f".{LINEAGE_FILE}.tmp"

@@ -44,7 +44,7 @@ import numpy as np
 from recsys.data.schema import Manifest
 from recsys.models.config import model_config_from_dict
 from recsys.train.config import train_config_from_dict
-from recsys.train.lineage import LINEAGE_FILE, read_lineage
+from recsys.train.lineage import read_lineage
 from recsys.train.metrics import train_item_counts
 from recsys.train.setup import capped_table_sizes
 from recsys.train.trainer import TRAIN_LOG, TrainJob, run_train
@@ -77,10 +77,10 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
     manifest = Manifest.read(world)
     if not manifest.first_day < job.day <= manifest.last_day:
         raise ValueError(f"--day {job.day} is outside the retrainable days {manifest.first_day + 1}..{manifest.last_day} of {world}")
-    if job.day in lineage["all_days"]:
+    if job.day <= max(lineage["all_days"]):
         raise ValueError(
-            f"{parent} already trained on day {job.day} (its days: {lineage['all_days'][0]}..{lineage['all_days'][-1]}); "
-            "a retrain trains one pass over a day its parent has not seen"
+            f"{parent} already trained up to day {max(lineage['all_days'])} (its days: {lineage['all_days'][0]}.."
+            f"{lineage['all_days'][-1]}); a retrain trains one pass over a later day than its parent's last, got --day {job.day}"
         )
     model = model_config_from_dict(log["config"]["model"], source=f"{log_file}[config.model]")
     train = train_config_from_dict(log["config"]["train"], source=f"{log_file}[config.train]")
@@ -105,6 +105,8 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
         warm_start_make=not job.retrain_make,
         table_sizes={k: int(v) for k, v in sizes.items()},
         parent=lineage,
+        lineage_extra={**new_item_ids(world, job.day, lineage["all_days"], int(sizes["item_id"])),
+                       "make_retrained": job.retrain_make},
     )
 
 
@@ -122,22 +124,12 @@ def run_retrain(job: RetrainJob) -> dict | None:
     ``metrics.json`` gains ``warm_start_metrics`` (the stale model on day + 1) and
     ``lineage.json`` the admission counts of new item IDs.
     """
-    train_job = retrain_train_job(job)
-    metrics = run_train(train_job)
-    lineage_file = Path(job.out) / LINEAGE_FILE
-    if metrics is not None and lineage_file.exists():
-        lineage = json.loads(lineage_file.read_text())
-        if "new_item_ids" not in lineage:
-            assert train_job.parent is not None and train_job.table_sizes is not None
-            lineage.update(new_item_ids(train_job.world, job.day, train_job.parent["all_days"], train_job.table_sizes["item_id"]))
-            lineage["make_retrained"] = job.retrain_make
-            lineage_file.write_text(json.dumps(lineage, indent=2))
-    return metrics
+    return run_train(retrain_train_job(job))
 
 
 def retrain_summary(metrics: dict) -> str:
     """One line: the retrained vs the stale model on the next day."""
-    if metrics.get("metrics") is None:
+    if metrics.get("metrics") is None or metrics.get("warm_start_metrics") is None:
         return f"trained through day {metrics['train_days'][1]}: no next day in this world to score"
     new, stale = metrics["metrics"]["all"], metrics["warm_start_metrics"]["all"]
     return (

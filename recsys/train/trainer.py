@@ -82,6 +82,7 @@ class TrainJob:
     warm_start_make: bool = True  # with warm_start: MAKE's weights from it too (else from make_from/stage 1)
     table_sizes: dict[str, int] | None = None  # rows per ID table; None = the manifest's ranges, capped
     parent: dict | None = None  # lineage of the warm-start run (lineage.json), for this run's lineage
+    lineage_extra: dict | None = None  # more fields for this run's lineage.json (a retrain's new-ID counts)
 
 
 def run_train(job: TrainJob) -> dict | None:
@@ -127,7 +128,7 @@ def build(job: TrainJob, ctx: DistContext) -> Built:
         vectors = load_vectors(job.vectors, store=job.store)
     mm_dim = vectors.dim if vectors is not None else 0
     make_state = None
-    if spec.make:
+    if spec.make and not (job.warm_start is not None and job.warm_start_make):  # else the warm start brings MAKE
         assert vectors is not None
         make_dir = job.make_from
         if make_dir is None:
@@ -192,19 +193,6 @@ def _run(job: TrainJob, ctx: DistContext) -> dict | None:
         table_sizes=sizes,
         out_of_range=job.train.out_of_range,
     )
-    found = latest_checkpoint(out / CHECKPOINTS)
-    if found is not None:
-        load_checkpoint(found[0], dmp, optimizer)
-        progress = found[1]
-        if (out / TRAIN_LOG).exists():
-            log = json.loads((out / TRAIN_LOG).read_text())
-        if ctx.is_main and not job.quiet:
-            print(f"resuming {out} from {found[0].name} (epoch {progress.epoch}, batch {progress.batch}, "
-                  f"saved by {progress.world_size} rank(s), now {ctx.world_size})")
-    elif job.warm_start is not None:
-        _warm_start(job, built)
-        if split.test is not None:  # the stale model (yesterday's weights, today's vectors) on the test day
-            log["warm_start_metrics"] = _score(job, built, split.test, reader_base, ctx)
     counts: dict[str, int] = {}
 
     def write_log() -> None:
@@ -215,18 +203,32 @@ def _run(job: TrainJob, ctx: DistContext) -> dict | None:
                 variant=job.model.variant,
                 config={"model": asdict(job.model), "train": asdict(job.train)},
                 sharding=job.sharding,
-                world=str(job.world),
+                world=str(Path(job.world).resolve()),
                 world_manifest_sha=_file_hash(Path(job.world) / "manifest.json"),
                 days=list(days),
                 table_sizes=sizes,
-                warm_start=None if job.warm_start is None else str(job.warm_start),
-                vectors=None if vectors is None else {"path": str(vectors.path), **vectors.manifest},
+                warm_start=None if job.warm_start is None else str(Path(job.warm_start).resolve()),
+                vectors=None if vectors is None else {**vectors.manifest, "path": str(Path(vectors.path).resolve())},
                 items_without_vector=built.missing_vectors,
-                make_from=None if not spec.make else str(job.make_from or out / MAKE_STAGE1),
+                make_from=None if not spec.make else str(Path(job.make_from or out / MAKE_STAGE1).resolve()),
                 progress=asdict(progress),
             )
             (out / TRAIN_LOG).write_text(json.dumps(log, indent=2))
 
+    found = latest_checkpoint(out / CHECKPOINTS)
+    if found is not None:  # resume; the frozen table keeps this job's vectors (the ones its log records)
+        load_checkpoint(found[0], dmp, optimizer, skip=is_mm_table_param)
+        progress = found[1]
+        if (out / TRAIN_LOG).exists():
+            log = json.loads((out / TRAIN_LOG).read_text())
+        if ctx.is_main and not job.quiet:
+            print(f"resuming {out} from {found[0].name} (epoch {progress.epoch}, batch {progress.batch}, "
+                  f"saved by {progress.world_size} rank(s), now {ctx.world_size})")
+    elif job.warm_start is not None:
+        _warm_start(job, built)
+        if split.test is not None:  # the stale model (yesterday's weights, today's vectors) on the test day
+            log["warm_start_metrics"] = _score(job, built, split.test, reader_base, ctx)
+            write_log()  # kept if the job is stopped and resumed
     last_saved = found[1].step if found is not None else -1
 
     def checkpoint(p: Progress) -> None:
@@ -279,7 +281,7 @@ def _run(job: TrainJob, ctx: DistContext) -> dict | None:
     if "warm_start_metrics" in log:
         metrics["warm_start_metrics"] = log["warm_start_metrics"]
     if ctx.is_main:
-        write_lineage(out, job.world, days, job.parent, log)
+        write_lineage(out.resolve(), Path(job.world).resolve(), days, job.parent, log, job.lineage_extra)
         (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         if report is None:
             print(f"{job.model.variant}: trained through day {max(days)} (the world's last: no test day) -> {out}")

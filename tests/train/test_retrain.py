@@ -12,6 +12,7 @@ import torch
 
 from recsys.data.schema import Manifest
 from recsys.data.vectors import VECTORS_FILE, write_item_vectors
+from recsys.eval.evaluate import EvalJob, run_evaluate
 from recsys.train.lineage import read_lineage
 from recsys.train.make_stage import MAKE_FILE
 from recsys.train.retrain import RetrainJob, retrain_train_job, run_retrain
@@ -59,11 +60,17 @@ def test_three_day_chain_beats_stale_models(week: tuple[Path, Path], tmp_path: P
         assert lineage["version"] == version and lineage["parent"] == str(parent)
         assert lineage["all_days"] == list(range(10, day + 1)) and lineage["days"] == [day]
         assert lineage["new_item_ids"] > 0 and lineage["new_item_ids_hashed"] == 0
-        assert lineage["vectors"]["path"] == str(vectors) and lineage["make"] == str(base / "make_stage1")
+        assert lineage["vectors"]["path"] == str(vectors.resolve()) and lineage["make"] == str((base / "make_stage1").resolve())
         parent = out
-    # MAKE kept: fine-tuned in stage 2 by default, so it moves, but it started from the parent's weights
-    # (a retrain that retrains MAKE starts it from a new stage 1 instead; see the next test)
     assert len(lifts) == 3
+    # The stale score is the parent's own: scored by `mmctr evaluate` on the same day, the 2-rank parent (MAKE
+    # fine-tuned in stage 2, so its MAKE differs from stage 1's) equals the 1-rank warm start before training.
+    report = run_evaluate(EvalJob(world=world, models=(base,), day=14, out=tmp_path / "eval", resamples=10, quiet=True))
+    assert report is not None
+    stale = json.loads((tmp_path / "v2" / "metrics.json").read_text())["warm_start_metrics"]["all"]
+    parent_scored = report["models"]["v1"]["metrics"]["all"]
+    assert parent_scored["gauc"] == pytest.approx(stale["gauc"], abs=1e-6)
+    assert parent_scored["auc"] == pytest.approx(stale["auc"], abs=1e-6)
 
 
 def test_warm_start_loads_parent_and_fresh_vectors(week: tuple[Path, Path], tmp_path: Path) -> None:
@@ -85,7 +92,7 @@ def test_warm_start_loads_parent_and_fresh_vectors(week: tuple[Path, Path], tmp_
     torch.testing.assert_close(kept_state["model"][mm_key], torch.from_numpy(v), rtol=0, atol=0)
     for k, w in _make_weights(parent_state).items():  # MAKE frozen and kept: the parent's stage-1 weights
         torch.testing.assert_close(kept_state["model"][k], w, rtol=0, atol=0)
-    assert read_lineage(kept)["vectors"]["path"] == str(fresh)
+    assert read_lineage(kept)["vectors"]["path"] == str(fresh.resolve())
 
     again = tmp_path / "remade"
     run_retrain(RetrainJob(parent=base, day=15, out=again, retrain_make=True, quiet=True))
@@ -99,7 +106,7 @@ def test_refuses_days_already_trained_and_unfinished_parents(week: tuple[Path, P
     world, vectors = week
     base = tmp_path / "base"
     torchrun_train(1, "--world", str(world), "--variant", "id_only", "--train-until", "12", "--out", str(base))
-    with pytest.raises(ValueError, match="already trained on day 12"):
+    with pytest.raises(ValueError, match="already trained up to day 12"):
         retrain_train_job(RetrainJob(parent=base, day=12, out=tmp_path / "x"))
     with pytest.raises(ValueError, match="outside the retrainable days"):
         retrain_train_job(RetrainJob(parent=base, day=17, out=tmp_path / "x"))
