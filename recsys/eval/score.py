@@ -28,6 +28,7 @@ from recsys.data.reader import ReaderConfig
 from recsys.distributed import DistContext
 from recsys.eval.runs import RunError, RunSpec
 from recsys.eval.tiers import TierHistogram, tier_histograms
+from recsys.models.mm_table import is_mm_table_param
 from recsys.models.simtier import SimTier
 from recsys.train.checkpoint import load_checkpoint
 from recsys.train.loop import predict
@@ -67,7 +68,8 @@ def score_run(
     if run.checkpoint is None or run.train is None or run.model is None:
         raise RunError(f"run {run.name}: not loaded with load_run (no checkpoint or config)")
     built = build(run.job(world, quiet=True), ctx)
-    load_checkpoint(run.checkpoint, built.model, built.optimizer)
+    # the frozen table stays as build() filled it: the run's vectors, plus the store's new items if given
+    load_checkpoint(run.checkpoint, built.model, built.optimizer, skip=is_mm_table_param)
     config = ReaderConfig(batch_size=batch_size, seed=run.train.seed, prefetch=run.train.prefetch,
                           table_sizes=built.sizes, out_of_range=run.train.out_of_range)
     preds = predict(built.model, world, day, ctx, config, quiet=quiet)

@@ -55,7 +55,7 @@ PRESETS: dict[str, PipelineConfig] = {
     # ~3 minutes on 2 cores: every stage at toy size, used in a test
     "tiny": PipelineConfig(world_preset="tiny", make_max_epochs=2, batch_size=256, bootstrap=200, feed_rate=200.0),
     # `make demo`: ~30 minutes on 2 cores (README: measured stage times)
-    "small": PipelineConfig(world_preset="small", make_max_epochs=3),
+    "small": PipelineConfig(world_preset="small", clip_epochs=2, make_max_epochs=3),
 }
 
 
