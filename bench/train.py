@@ -82,23 +82,32 @@ def _fake_make_stage1(folder: Path, vectors: str) -> Path:
     return folder
 
 
-def _steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: object, run: Run) -> tuple[int, float]:
-    """Runs warmup + timed steps; returns (samples timed on this rank, seconds)."""
+def _steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: object, run: Run,
+           device: torch.device) -> tuple[int, float]:
+    """Runs warmup + timed steps on ``device``; returns (samples timed on this rank, seconds)."""
     it = iter(batches)
-    for _ in range(run.warmup):
-        loss, _ = model(next(it))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    samples, start = 0, time.perf_counter()
-    for _ in range(run.steps):
-        batch = next(it)
+
+    def step() -> int:
+        batch = next(it).to(device, non_blocking=True)
         loss, _ = model(batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        samples += batch.batch_size
+        return batch.batch_size
+
+    for _ in range(run.warmup):
+        step()
+    _sync(device)
+    samples, start = 0, time.perf_counter()
+    for _ in range(run.steps):
+        samples += step()
+    _sync(device)
     return samples, time.perf_counter() - start
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _memory(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
@@ -133,7 +142,7 @@ def worker(rank: int, world_size: int, port: int, run: Run, out: str) -> None:
             result: dict[str, object] = {}
             if run.memory_only:
                 mem = _memory(built.model, built.optimizer)
-                t = torch.tensor([mem["tables"], mem["tables_and_optimizer"]], dtype=torch.float64)
+                t = torch.tensor([mem["tables"], mem["tables_and_optimizer"]], dtype=torch.float64, device=ctx.device)
                 if world_size > 1:
                     dist.all_reduce(t, op=dist.ReduceOp.MAX)
                 result = {"max_rank_tables": t[0].item(), "max_rank_tables_and_optimizer": t[1].item()}
@@ -141,7 +150,7 @@ def worker(rank: int, world_size: int, port: int, run: Run, out: str) -> None:
                 reader = ImpressionReader(Path(run.world), ReaderConfig(
                     batch_size=run.batch_size, days=built.split.train, rank=ctx.rank, world_size=ctx.world_size,
                     shuffle=True, table_sizes=built.sizes))
-                samples, seconds = _steps(built.model, built.optimizer, reader, run)
+                samples, seconds = _steps(built.model, built.optimizer, reader, run, ctx.device)
                 result = {"samples_per_s": samples * world_size / seconds, "step_s": seconds / run.steps}
             if ctx.is_main:
                 Path(out).write_text(json.dumps(result))
@@ -178,8 +187,8 @@ class PlainIdOnly(nn.Module):
         hist = kjt["history_item_ids"]
         lengths = hist.lengths()
         L = max(1, int(lengths.max()))
-        mask = torch.arange(L).unsqueeze(0) < lengths.unsqueeze(1)
-        history = torch.zeros(len(lengths), L, target.shape[1])
+        mask = torch.arange(L, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+        history = target.new_zeros(len(lengths), L, target.shape[1])
         history[mask] = self.items(hist.values())
         pooled_history = self.attention(target, history, mask)
         logit = self.mlp(torch.cat([*pooled, target, pooled_history, batch.dense_features], dim=-1)).squeeze(-1)
@@ -222,13 +231,13 @@ def dmp_vs_plain(run: Run, rounds: int = 3) -> tuple[float, float]:
                                                                     shuffle=True, table_sizes=built.sizes))
             batches = [b for _, b in zip(range(run.warmup + run.steps), reader)]
             torch.manual_seed(0)
-            plain = PlainIdOnly(ModelConfig(), built.sizes)
+            plain = PlainIdOnly(ModelConfig(), built.sizes).to(ctx.device)
             train = TrainConfig()
             contenders = {"dmp": (built.model, built.optimizer), "plain": (plain, _PlainOptimizer(plain, train.sparse_lr, train.dense_lr))}
             rates: dict[str, list[float]] = {name: [] for name in contenders}
             for _ in range(rounds):
                 for name, (model, optimizer) in contenders.items():
-                    samples, seconds = _steps(model, optimizer, batches, run)
+                    samples, seconds = _steps(model, optimizer, batches, run, ctx.device)
                     rates[name].append(samples / seconds)
     finally:
         if created and dist.is_initialized():
@@ -265,10 +274,13 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, object] = {"throughput": {}}
 
     print(f"training samples/s (batch {args.batch_size} per rank, {args.steps} steps after {args.warmup}, 1 thread/process)")
+    # one GPU per rank: a one-GPU machine measures 1 process only
+    procs = (1, 2) if not torch.cuda.is_available() or torch.cuda.device_count() >= 2 else (1,)
     for variant in VARIANTS:
-        rates = {n: measure(replace(base, variant=variant), n)["samples_per_s"] for n in (1, 2)}
+        rates = {n: measure(replace(base, variant=variant), n)["samples_per_s"] for n in procs}
         results["throughput"][variant] = rates
-        print(f"  {variant:<13} 1 process {rates[1]:>9,.0f}   2 processes {rates[2]:>9,.0f}   ({rates[2] / rates[1]:.2f}x)")
+        two = f"   2 processes {rates[2]:>9,.0f}   ({rates[2] / rates[1]:.2f}x)" if 2 in rates else ""
+        print(f"  {variant:<13} 1 process {rates[1]:>9,.0f}{two}")
     tp = results["throughput"]
     ratio = tp["id_only"][1] / tp["simtier_make"][1]
     default = "frozen" if ModelConfig().make_frozen else "fine-tuned"

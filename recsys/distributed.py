@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from recsys.allocator import pin_malloc_thresholds
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -39,7 +41,11 @@ def init_distributed(always: bool = False) -> DistContext:
         always (bool): also make a one-rank group when run plainly (an
             in-memory store, no port): ``DistributedModelParallel`` needs a
             process group even at world size 1.
+
+    Also pins glibc's malloc thresholds (:mod:`recsys.allocator`), so step
+    times do not swing with the process's allocation history.
     """
+    pin_malloc_thresholds()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -17,6 +17,8 @@ more of their mass in the high-similarity tiers.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -69,6 +71,7 @@ def tier_histograms(
     rows = (config.table_sizes or {}).get("item_id", items)  # the run's item table (a capped one hashes IDs)
     arch = MultimodalArch(rows, vectors.dim)
     fill_mm_table(arch, vectors, items)
+    simtier = copy.deepcopy(simtier).cpu()  # the run's module may sit on a GPU; the reader's batches are on CPU
     T = simtier.output_dim()
     sums = torch.zeros(2, T, dtype=torch.float64)  # row 0: not clicked, row 1: clicked
     counts = torch.zeros(2, dtype=torch.float64)

@@ -14,7 +14,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor
 
 
 def padded_history(history: JaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pads the per-impression embedding sequences of an ``EmbeddingCollection`` output.
+    """Pads per-impression embedding sequences (jagged rows, one per history item).
 
     ``L`` depends only on the lengths, so two lookups of the same feature
     (the ID table and the multimodal table) pad to the same ``L``.

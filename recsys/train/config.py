@@ -30,7 +30,8 @@ from recsys.config_file import read_config_file
 from recsys.models.config import ModelConfig, model_config_from_dict
 
 
-# How the ID tables are sharded (``recsys.train.sharding.shard_model``); "auto" is the planner's choice.
+# How the ID tables are sharded (``recsys.train.sharding.shard_model``); "auto" is the planner's choice
+# (table_wise on one rank).
 SHARDINGS: tuple[str, ...] = ("table_wise", "row_wise", "column_wise", "auto")
 
 

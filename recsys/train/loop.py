@@ -44,7 +44,7 @@ class EpochResult:
 def _mean_over_ranks(value: float, ctx: DistContext) -> float:
     if ctx.world_size == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)  # NCCL reduces CUDA tensors only
     dist.all_reduce(t)
     return float(t.item()) / ctx.world_size
 

@@ -34,9 +34,9 @@ from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import nn
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
-from torchrec.distributed.types import ModuleSharder, ShardingType
+from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -61,17 +61,36 @@ class FusedOptimConfig:
 
 
 class CpuCapableEmbeddingBagCollectionSharder(EmbeddingBagCollectionSharder):
-    """EBC sharder offering every sharding type, row_wise included, on CPU too."""
+    """EBC sharder offering on CPU what it offers on GPU (row_wise, table_row_wise included).
+
+    TorchRec's EBC sharder offers row-wise types only on GPU, though its
+    sharded module builds and trains them on CPU too (gloo). The EC sharder
+    needs no such change: it offers row_wise on every device, and only the
+    types ``ShardedEmbeddingCollection`` builds (table_row_wise is not one).
+    """
 
     def sharding_types(self, compute_device_type: str) -> list[str]:
-        return [t.value for t in ShardingType]
+        return super().sharding_types("cuda")
 
 
-class CpuCapableEmbeddingCollectionSharder(EmbeddingCollectionSharder):
-    """EC sharder offering every sharding type, row_wise included, on CPU too."""
+class DataParallelBeyondOneRank(DefaultDataParallelWrapper):
+    """DDP over the dense parts when there are several ranks; none on one (no hooks, no all-reduce).
 
-    def sharding_types(self, compute_device_type: str) -> list[str]:
-        return [t.value for t in ShardingType]
+    State dict keys do not change: DMP unwraps DDP for them, so a 1-rank
+    checkpoint loads on 2 ranks and back.
+    """
+
+    def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
+        if env.world_size > 1:
+            super().wrap(dmp, env, device)
+        else:
+            dmp._dmp_wrapped_module.to(device)
+
+
+def sharders(fused_params: dict[str, object]) -> list[ModuleSharder[nn.Module]]:
+    """The sharders of every CTR model: EBCs (pooled ID features) and ECs (sequences, the mm table)."""
+    return [CpuCapableEmbeddingBagCollectionSharder(fused_params=fused_params),
+            EmbeddingCollectionSharder(fused_params=fused_params)]
 
 
 def _table_names(model: nn.Module) -> list[str]:
@@ -96,8 +115,13 @@ AUTO_SHARDING_TYPES: tuple[str, ...] = tuple(
 )
 
 
-def _constraints(model: nn.Module, sharding: str) -> dict[str, ParameterConstraints]:
-    types = list(AUTO_SHARDING_TYPES) if sharding == "auto" else [ShardingType(sharding).value]
+def _constraints(model: nn.Module, sharding: str, world_size: int) -> dict[str, ParameterConstraints]:
+    if sharding != "auto":
+        types = [ShardingType(sharding).value]
+    elif world_size == 1:  # one rank holds every table whole: table_wise skips row_wise's bucketing of IDs
+        types = [ShardingType.TABLE_WISE.value]
+    else:
+        types = list(AUTO_SHARDING_TYPES)
     return {name: ParameterConstraints(sharding_types=types) for name in _table_names(model)}
 
 
@@ -112,6 +136,31 @@ def _freeze_mm_table(model: nn.Module) -> None:
         if is_mm_table_param(name):
             param._optimizer_classes = [torch.optim.SGD]  # -> EmbOptimType.EXACT_SGD
             param._optimizer_kwargs = [{"learning_rate": 0.0}]
+
+
+def plan_model(
+    model: nn.Module, chosen: list[ModuleSharder[nn.Module]], world_size: int, device_type: str, sharding: str
+) -> ShardingPlan:
+    """TorchRec's planner over ``world_size`` devices of ``device_type``; collective when a group is up.
+
+    Example::
+
+        >>> from torchrec.modules.embedding_configs import EmbeddingConfig
+        >>> ec = EmbeddingCollection(tables=[EmbeddingConfig(name="t", embedding_dim=8, num_embeddings=100,
+        ...                                                  feature_names=["f"])], device=torch.device("meta"))
+        >>> plan = plan_model(ec, sharders({}), world_size=2, device_type="cuda", sharding="auto")
+        >>> plan.plan[""]["t"].sharding_type in ("table_wise", "row_wise", "column_wise")
+        True
+    """
+    if sharding not in SHARDINGS:
+        raise ValueError(f"sharding {sharding!r} unknown, expected one of {SHARDINGS}")
+    planner = EmbeddingShardingPlanner(
+        topology=Topology(world_size=world_size, compute_device=device_type),
+        constraints=_constraints(model, sharding, world_size),
+    )
+    if dist.is_initialized() and dist.get_world_size() == world_size:
+        return planner.collective_plan(model, chosen, dist.GroupMember.WORLD)
+    return planner.plan(model, chosen)
 
 
 def shard_model(
@@ -129,23 +178,11 @@ def shard_model(
         DistributedModelParallel: the sharded model; ``fused_optimizer`` steps the
         ID tables, and holds only an empty (stateless, lr 0) entry for the mm table.
     """
-    if sharding not in SHARDINGS:
-        raise ValueError(f"sharding {sharding!r} unknown, expected one of {SHARDINGS}")
     _freeze_mm_table(model)
-    fused = optimizer.fused_params()
-    sharders: list[ModuleSharder[nn.Module]] = [
-        CpuCapableEmbeddingBagCollectionSharder(fused_params=fused),
-        CpuCapableEmbeddingCollectionSharder(fused_params=fused),
-    ]
-    planner = EmbeddingShardingPlanner(
-        topology=Topology(world_size=ctx.world_size, compute_device=ctx.device.type),
-        constraints=_constraints(model, sharding),
-    )
-    if dist.is_initialized():
-        plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
-    else:
-        plan = planner.plan(model, sharders)
-    return DistributedModelParallel(module=model, device=ctx.device, plan=plan, sharders=sharders)
+    chosen = sharders(optimizer.fused_params())
+    plan = plan_model(model, chosen, ctx.world_size, ctx.device.type, sharding)
+    return DistributedModelParallel(module=model, device=ctx.device, plan=plan, sharders=chosen,
+                                    data_parallel_wrapper=DataParallelBeyondOneRank())
 
 
 def dense_parameters(model: DistributedModelParallel) -> dict[str, nn.Parameter]:

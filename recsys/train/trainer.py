@@ -295,6 +295,6 @@ def _sum_over_ranks(counts: dict[str, int], ctx: DistContext) -> dict[str, int]:
     keys = sorted(counts)
     if ctx.world_size == 1 or not keys:
         return dict(counts)
-    t = torch.tensor([counts[k] for k in keys], dtype=torch.int64)
+    t = torch.tensor([counts[k] for k in keys], dtype=torch.int64, device=ctx.device)  # NCCL: CUDA tensors
     dist.all_reduce(t)
-    return dict(zip(keys, (int(x) for x in t)))
+    return dict(zip(keys, (int(x) for x in t.tolist())))

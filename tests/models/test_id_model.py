@@ -19,7 +19,7 @@ def test_sparse_arch_shapes_and_shared_item_table(make_batch: Callable[..., Batc
     assert ids.pooled.shape == (3, len(POOLED_FEATURES) * 4)
     assert ids.target.shape == (3, 4) and ids.history.shape == (3, 3, 4)
     assert ids.mask.tolist() == [[True, True, True], [False, False, False], [True, False, False]]
-    weight = arch.item_table.embeddings["item_id"].weight  # the one table of both features
+    weight = arch.item_table.embedding_bags["item_id"].weight  # the one table of both features
     kjt = batch.sparse_features
     torch.testing.assert_close(ids.target, weight[kjt["item_id"].values()])
     torch.testing.assert_close(ids.history[ids.mask], weight[kjt["history_item_ids"].values()])

@@ -10,7 +10,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from recsys.train.sharding import CpuCapableEmbeddingBagCollectionSharder, CpuCapableEmbeddingCollectionSharder
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+
+from recsys.data.batch import FEATURE_ID_KIND
+from recsys.models.config import ModelConfig
+from recsys.models.ctr_model import CtrModel, CtrTrain
+from recsys.train.sharding import CpuCapableEmbeddingBagCollectionSharder, plan_model, sharders
 
 
 def _free_port() -> int:
@@ -20,8 +26,31 @@ def _free_port() -> int:
 
 
 def test_sharders_offer_row_wise_on_cpu() -> None:
-    for sharder in (CpuCapableEmbeddingBagCollectionSharder(), CpuCapableEmbeddingCollectionSharder()):
-        assert {"table_wise", "row_wise", "column_wise", "table_row_wise"} <= set(sharder.sharding_types("cpu"))
+    assert {"table_wise", "row_wise", "column_wise", "table_row_wise"} <= set(
+        CpuCapableEmbeddingBagCollectionSharder().sharding_types("cpu"))
+    assert "row_wise" in EmbeddingCollectionSharder().sharding_types("cpu")
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_auto_plan_gives_each_table_a_type_its_module_builds(device_type: str, world_size: int) -> None:
+    """The full model (EBCs, history EC, mm table) planned for CPU and for GPU ranks.
+
+    On a GPU the planner once chose table_row_wise for an EmbeddingCollection
+    table, which ShardedEmbeddingCollection cannot build.
+    """
+    sizes = {kind: 1000 for kind in set(FEATURE_ID_KIND.values())}
+    model = CtrTrain(CtrModel(ModelConfig(variant="simtier_make"), sizes, mm_dim=16, device=torch.device("meta")))
+    plan = plan_model(model, sharders({}), world_size, device_type, "auto")
+    builds = {"EmbeddingCollection": set(EmbeddingCollectionSharder().sharding_types(device_type)),
+              "EmbeddingBagCollection": set(EmbeddingBagCollectionSharder().sharding_types("cuda"))}
+    seen = set()
+    for path, module_plan in plan.plan.items():
+        kind = type(model.get_submodule(path)).__name__
+        for table, option in module_plan.items():
+            assert option.sharding_type in builds[kind], (path, table, option.sharding_type)
+            seen.add(kind)
+    assert seen == set(builds)
 
 
 def _reference(workers: object) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
