@@ -40,7 +40,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.batch import Batch
 from recsys.models.config import ModelConfig
-from recsys.models.id_model import ExtraInputs, ExtraWidths, IdModel
+from recsys.models.id_model import DEFAULT_HISTORY_SLOTS, ExtraInputs, ExtraWidths, IdModel
 from recsys.models.make import Make
 from recsys.models.mm_table import MultimodalArch
 from recsys.models.simtier import SimTier
@@ -85,6 +85,8 @@ class CtrModel(nn.Module):
         table_sizes (dict[str, int]): rows per ID kind (``config.table_sizes``).
         mm_dim (int): D, width of the item vectors (unused by ``id_only``).
         device (torch.device | None): where to create parameters (``meta`` works).
+        history_slots (int): the most history items an impression holds (the
+            world's ``max_history_len``; see ``IdSparseArch``).
 
     Example::
 
@@ -103,6 +105,7 @@ class CtrModel(nn.Module):
         table_sizes: dict[str, int],
         mm_dim: int,
         device: torch.device | None = None,
+        history_slots: int = DEFAULT_HISTORY_SLOTS,
     ) -> None:
         super().__init__()
         spec = VARIANT_SPECS[config.variant]
@@ -128,7 +131,7 @@ class CtrModel(nn.Module):
             attention_dim=1 if spec.simscore else 0,
             mlp_dim=mlp_dim,
         )
-        self.id_model = IdModel(config, table_sizes, widths, device=device)
+        self.id_model = IdModel(config, table_sizes, widths, device=device, history_slots=history_slots)
 
     def forward(self, dense: torch.Tensor, features: KeyedJaggedTensor) -> torch.Tensor:
         """

@@ -34,17 +34,17 @@ from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP
-from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.batch import DENSE_FEATURES, FEATURE_ID_KIND, SINGLE_FEATURES
 from recsys.models.attention import TargetAttention
 from recsys.models.config import ModelConfig
-from recsys.models.sequence import padded_history
 
 # Single-valued features pooled by the EmbeddingBagCollection (item_id goes
 # through the item table shared with the history).
 POOLED_FEATURES: tuple[str, ...] = tuple(f for f in SINGLE_FEATURES if f != "item_id")
-ITEM_ROWS = "item_rows"  # the item table's one feature: targets, then history items, one ID per bag
+ITEM_ROWS = "item_rows"  # the item table's one feature: targets, then history slots, one ID or none per bag
+DEFAULT_HISTORY_SLOTS = 50  # history items one impression may hold (the trainer passes the world's max_history_len)
 
 
 @dataclass
@@ -82,10 +82,21 @@ class IdSparseArch(nn.Module):
         table_sizes (dict[str, int]): rows per ID kind (``config.table_sizes``).
         embedding_dim (int): E.
         device (torch.device | None): where to create the tables (``meta`` works).
+        history_slots (int): the most history items an impression holds (the
+            world's ``max_history_len``); a longer history is refused.
     """
 
-    def __init__(self, table_sizes: dict[str, int], embedding_dim: int, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        table_sizes: dict[str, int],
+        embedding_dim: int,
+        device: torch.device | None = None,
+        history_slots: int = DEFAULT_HISTORY_SLOTS,
+    ) -> None:
         super().__init__()
+        if history_slots < 1:
+            raise ValueError(f"history_slots must be >= 1, got {history_slots}")
+        self._slots = history_slots
         missing = sorted({FEATURE_ID_KIND[f] for f in SINGLE_FEATURES} - set(table_sizes))
         if missing:
             raise ValueError(f"table_sizes lacks {missing}; expected a size for each of {sorted(set(FEATURE_ID_KIND.values()))}")
@@ -122,16 +133,23 @@ class IdSparseArch(nn.Module):
             IdEmbeddings: pooled (B, P * E), target (B, E), history (B, L, E), mask (B, L).
         """
         pooled = self.ebc(features).values()  # (B, P * E)
-        B = features.stride()
+        B, S = features.stride(), self._slots
         targets, history_ids = features["item_id"].values(), features["history_item_ids"]
         if targets.shape[0] != B:
             raise ValueError(f"item_id must hold one ID per impression; got {targets.shape[0]} for B={B}")
-        ids = torch.cat([targets, history_ids.values()])  # (B + N,)
-        rows = KeyedJaggedTensor(keys=[ITEM_ROWS], values=ids, lengths=torch.ones_like(ids, dtype=features.lengths().dtype),
-                                 stride=ids.shape[0])
-        looked_up = self.item_table(rows).values()  # (B + N, E): bags of one ID each
+        lengths = history_ids.lengths()
+        L = max(1, int(lengths.max())) if lengths.numel() else 1
+        if L > S:
+            raise ValueError(f"history_item_ids: an impression holds {L} items, more than history_slots={S} "
+                             f"(the world's max_history_len)")
+        slots = torch.arange(S, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, S)
+        bag_lengths = torch.cat([torch.ones_like(targets), slots.view(-1).to(targets.dtype)])
+        rows = KeyedJaggedTensor(keys=[ITEM_ROWS], values=torch.cat([targets, history_ids.values()]),
+                                 lengths=bag_lengths.to(features.lengths().dtype), stride=B * (1 + S))
+        looked_up = self.item_table(rows).values()  # (B * (1 + S), E): empty bags pool to zeros
         target = looked_up[:B]
-        history, mask = padded_history(JaggedTensor(values=looked_up[B:], lengths=history_ids.lengths()))
+        history = looked_up[B:].view(B, S, -1)[:, :L]  # (B, L, E), zeros past each history
+        mask = slots[:, :L]
         return IdEmbeddings(pooled=pooled, target=target, history=history, mask=mask)
 
 
@@ -182,6 +200,7 @@ class IdModel(nn.Module):
         table_sizes (dict[str, int]): rows per ID kind (``config.table_sizes``).
         extra (ExtraWidths): widths of the inputs a variant adds.
         device (torch.device | None): where to create parameters (``meta`` works).
+        history_slots (int): the most history items an impression holds (``IdSparseArch``).
 
     Example::
 
@@ -200,11 +219,12 @@ class IdModel(nn.Module):
         table_sizes: dict[str, int],
         extra: ExtraWidths = ExtraWidths(),
         device: torch.device | None = None,
+        history_slots: int = DEFAULT_HISTORY_SLOTS,
     ) -> None:
         super().__init__()
         E = config.embedding_dim
         self._extra = extra
-        self.sparse_arch = IdSparseArch(table_sizes, E, device=device)
+        self.sparse_arch = IdSparseArch(table_sizes, E, device=device, history_slots=history_slots)
         item_dim = E + extra.vector_dim
         self.attention = TargetAttention(
             item_dim, config.attention_hidden, extra.attention_dim, config.attention_softmax, device=device

@@ -138,7 +138,7 @@ def build(job: TrainJob, ctx: DistContext) -> Built:
             )
         make_state = load_make_state(make_dir, mm_dim)
     torch.manual_seed(job.train.seed)
-    plain = CtrTrain(CtrModel(job.model, sizes, mm_dim))
+    plain = CtrTrain(CtrModel(job.model, sizes, mm_dim, history_slots=manifest.max_history_len))
     missing = 0
     if vectors is not None:
         missing = fill_mm_table(plain.model.mm_arch, vectors, manifest.id_ranges["item_id"])

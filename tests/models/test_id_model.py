@@ -60,3 +60,11 @@ def test_extra_inputs_join_and_are_checked(make_batch: Callable[..., Batch], siz
 def test_builds_on_meta(sizes: dict[str, int]) -> None:
     model = IdModel(ModelConfig(), sizes, device=torch.device("meta"))
     assert all(p.is_meta for p in model.parameters())
+
+
+def test_history_longer_than_its_slots_is_refused(make_batch: Callable[..., Batch], sizes: dict[str, int]) -> None:
+    arch = IdSparseArch(sizes, embedding_dim=4, history_slots=2)
+    ok = arch(make_batch([2, 0]).sparse_features)
+    assert ok.history.shape == (2, 2, 4) and ok.mask.tolist() == [[True, True], [False, False]]
+    with pytest.raises(ValueError, match="history_item_ids: an impression holds 3 items, more than history_slots=2"):
+        arch(make_batch([3, 1]).sparse_features)
