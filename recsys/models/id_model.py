@@ -143,9 +143,10 @@ class IdSparseArch(nn.Module):
             raise ValueError(f"history_item_ids: an impression holds {L} items, more than history_slots={S} "
                              f"(the world's max_history_len)")
         slots = torch.arange(S, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, S)
-        bag_lengths = torch.cat([torch.ones_like(targets), slots.view(-1).to(targets.dtype)])
+        dtype = features.lengths().dtype
+        bag_lengths = torch.cat([torch.ones(B, dtype=dtype, device=slots.device), slots.view(-1).to(dtype)])
         rows = KeyedJaggedTensor(keys=[ITEM_ROWS], values=torch.cat([targets, history_ids.values()]),
-                                 lengths=bag_lengths.to(features.lengths().dtype), stride=B * (1 + S))
+                                 lengths=bag_lengths, stride=B * (1 + S))
         looked_up = self.item_table(rows).values()  # (B * (1 + S), E): empty bags pool to zeros
         target = looked_up[:B]
         history = looked_up[B:].view(B, S, -1)[:, :L]  # (B, L, E), zeros past each history

@@ -30,7 +30,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from torchx.runner import Runner, get_runner
@@ -118,10 +118,8 @@ def stop_leftovers(out: Path, timeout_s: float = 10.0) -> list[int]:
     pids = leftover_processes(out)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
-            try:
+            with suppress(ProcessLookupError):  # already gone
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and any(_alive(p) for p in pids):
             time.sleep(0.1)
