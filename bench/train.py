@@ -66,6 +66,11 @@ class Run:
     sharding: str = "auto"
     memory_only: bool = False
     make_frozen: bool | None = None  # None: ModelConfig's default
+    make_attention_hidden: tuple[int, ...] | None = None  # None: ModelConfig's default
+
+    def model_config(self) -> ModelConfig:
+        overrides: dict[str, object] = {"make_frozen": self.make_frozen, "make_attention_hidden": self.make_attention_hidden}
+        return ModelConfig(variant=self.variant, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def _free_port() -> int:
@@ -74,11 +79,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _fake_make_stage1(folder: Path, vectors: str) -> Path:
+def _fake_make_stage1(folder: Path, run: Run) -> Path:
     """A stage-1 folder with randomly initialised MAKE weights (the bench does not run stage 1)."""
-    dim = load_vectors(Path(vectors)).dim
+    dim = load_vectors(Path(run.vectors)).dim
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": Make(ModelConfig(), dim).state_dict(), "mm_dim": dim}, folder / MAKE_FILE)
+    torch.save({"state_dict": Make(run.model_config(), dim).state_dict(), "mm_dim": dim}, folder / MAKE_FILE)
     return folder
 
 
@@ -133,9 +138,8 @@ def worker(rank: int, world_size: int, port: int, run: Run, out: str) -> None:
     ctx = init_distributed(always=True)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            make_from = _fake_make_stage1(Path(tmp) / "make", run.vectors) if "make" in run.variant else None
-            overrides = {} if run.make_frozen is None else {"make_frozen": run.make_frozen}
-            job = TrainJob(world=Path(run.world), out=Path(tmp) / "run", model=ModelConfig(variant=run.variant, **overrides),
+            make_from = _fake_make_stage1(Path(tmp) / "make", run) if "make" in run.variant else None
+            job = TrainJob(world=Path(run.world), out=Path(tmp) / "run", model=run.model_config(),
                            train=TrainConfig(batch_size=run.batch_size), vectors=Path(run.vectors),
                            sharding=run.sharding, make_from=make_from, quiet=True)
             built = build(job, ctx)
@@ -288,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     other = measure(replace(base, variant="simtier_make", make_frozen=not ModelConfig().make_frozen), 1)["samples_per_s"]
     print(f"  with MAKE {'fine-tuned' if ModelConfig().make_frozen else 'frozen'} instead: {tp['id_only'][1] / other:.2f}")
     results["step_time_ratio_other_make_mode"] = tp["id_only"][1] / other
+    narrow = measure(replace(base, variant="simtier_make", make_attention_hidden=(8,)), 1)["samples_per_s"]
+    print(f"  with MAKE's attention unit 8 wide instead of {ModelConfig().make_attention_hidden[0]}: {tp['id_only'][1] / narrow:.2f}")
+    results["step_time_ratio_make_attention_8"] = tp["id_only"][1] / narrow
 
     ours_in_memory, plain = dmp_vs_plain(base)
     ours = tp["id_only"][1]

@@ -67,9 +67,10 @@ def tier_histograms(
     """
     config = replace(reader_config, days=(day,), rank=0, world_size=1, shuffle=False, drop_last=False, start_batch=0)
     reader = ImpressionReader(world, config)
-    items = Manifest.read(world).id_ranges["item_id"]
+    manifest = Manifest.read(world)
+    items = manifest.id_ranges["item_id"]
     rows = (config.table_sizes or {}).get("item_id", items)  # the run's item table (a capped one hashes IDs)
-    arch = MultimodalArch(rows, vectors.dim)
+    arch = MultimodalArch(rows, vectors.dim, history_slots=manifest.max_history_len)
     fill_mm_table(arch, vectors, items)
     simtier = copy.deepcopy(simtier).cpu()  # the run's module may sit on a GPU; the reader's batches are on CPU
     T = simtier.output_dim()

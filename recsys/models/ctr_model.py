@@ -40,9 +40,10 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.batch import Batch
 from recsys.models.config import ModelConfig
-from recsys.models.id_model import DEFAULT_HISTORY_SLOTS, ExtraInputs, ExtraWidths, IdModel
+from recsys.models.id_model import ExtraInputs, ExtraWidths, IdModel
 from recsys.models.make import Make
 from recsys.models.mm_table import MultimodalArch
+from recsys.models.sequence import DEFAULT_HISTORY_SLOTS
 from recsys.models.simtier import SimTier
 
 
@@ -86,7 +87,7 @@ class CtrModel(nn.Module):
         mm_dim (int): D, width of the item vectors (unused by ``id_only``).
         device (torch.device | None): where to create parameters (``meta`` works).
         history_slots (int): the most history items an impression holds (the
-            world's ``max_history_len``; see ``IdSparseArch``).
+            world's ``max_history_len``; see ``recsys.models.sequence``).
 
     Example::
 
@@ -114,7 +115,7 @@ class CtrModel(nn.Module):
         uses_vectors = spec.uses_vectors()
         if uses_vectors and mm_dim < 1:
             raise ValueError(f"variant {config.variant!r} needs item vectors; got mm_dim={mm_dim}")
-        self.mm_arch = MultimodalArch(table_sizes["item_id"], mm_dim, device=device) if uses_vectors else None
+        self.mm_arch = MultimodalArch(table_sizes["item_id"], mm_dim, device, history_slots) if uses_vectors else None
         self.simtier = (
             SimTier(config.simtier_tiers, config.simtier_soft, True, mm_dim if config.simtier_learned_metric else 0, device)
             if spec.simtier

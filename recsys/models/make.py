@@ -30,6 +30,7 @@ from recsys.data.batch import DENSE_FEATURES
 from recsys.models.attention import TargetAttention
 from recsys.models.config import ModelConfig
 from recsys.models.mm_table import MultimodalArch, MultimodalFeatures
+from recsys.models.sequence import DEFAULT_HISTORY_SLOTS
 
 
 MAKE_MODULE = "make"  # attribute holding ``Make`` in ``CtrModel`` and ``MakeModel``
@@ -120,6 +121,7 @@ class MakeModel(nn.Module):
         num_items (int): rows of the multimodal table (``table_sizes(manifest)["item_id"]``).
         mm_dim (int): D.
         device (torch.device | None): where to create parameters (``meta`` works).
+        history_slots (int): the most history items an impression holds (``MultimodalArch``).
 
     Example::
 
@@ -130,9 +132,16 @@ class MakeModel(nn.Module):
         torch.Size([2])
     """
 
-    def __init__(self, config: ModelConfig, num_items: int, mm_dim: int, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        num_items: int,
+        mm_dim: int,
+        device: torch.device | None = None,
+        history_slots: int = DEFAULT_HISTORY_SLOTS,
+    ) -> None:
         super().__init__()
-        self.mm_arch = MultimodalArch(num_items, mm_dim, device=device)
+        self.mm_arch = MultimodalArch(num_items, mm_dim, device, history_slots)
         self.make = Make(config, mm_dim, device=device)
 
     def forward(self, dense: torch.Tensor, features: KeyedJaggedTensor) -> torch.Tensor:

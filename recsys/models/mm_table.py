@@ -6,9 +6,11 @@ Notation:
 * ``D``: width of the multimodal item vectors (from the vector table file).
 * ``N``: rows of the table, ``Manifest.id_ranges["item_id"]``.
 
-How it stays frozen. The table is its own ``EmbeddingCollection``, the
+How it stays frozen. The table is its own ``EmbeddingBagCollection``, the
 attribute ``mm_table`` of :class:`MultimodalArch`, whose one table is named
-``MM_TABLE`` (so its parameter names contain ``"mm_table.embeddings.mm_item"``):
+``MM_TABLE`` (so its parameter names contain ``"mm_table.embedding_bags.mm_item"``)
+and reads the targets and histories as one-ID bags in fixed history slots,
+like the ID model's item table (``recsys.models.sequence``):
 
 * every lookup is ``detach()``-ed in ``forward``, so no gradient ever reaches
   the table, whichever kernel (plain or fused) runs it after sharding: a
@@ -34,14 +36,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torchrec.modules.embedding_configs import EmbeddingConfig
-from torchrec.modules.embedding_modules import EmbeddingCollection
-from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys.models.sequence import padded_history
+from recsys.models.sequence import DEFAULT_HISTORY_SLOTS, ITEM_ROWS, item_rows
 
-MM_TABLE = "mm_item"  # table name of the multimodal EmbeddingCollection
-MM_MODULE = "mm_table"  # attribute of MultimodalArch holding that EmbeddingCollection
+MM_TABLE = "mm_item"  # table name of the multimodal EmbeddingBagCollection
+MM_MODULE = "mm_table"  # attribute of MultimodalArch holding that EmbeddingBagCollection
 
 
 def is_mm_table_param(name: str) -> bool:
@@ -49,12 +51,12 @@ def is_mm_table_param(name: str) -> bool:
 
     Example::
 
-        >>> is_mm_table_param("mm_arch.mm_table.embeddings.mm_item.weight")
+        >>> is_mm_table_param("mm_arch.mm_table.embedding_bags.mm_item.weight")
         True
-        >>> is_mm_table_param("id_model.sparse_arch.item_table.embeddings.item_id.weight")
+        >>> is_mm_table_param("id_model.sparse_arch.item_table.embedding_bags.item_id.weight")
         False
     """
-    return f"{MM_MODULE}.embeddings.{MM_TABLE}." in f"{name}"
+    return f"{MM_MODULE}.embedding_bags.{MM_TABLE}." in f"{name}"
 
 
 def load_item_vectors_into(
@@ -130,13 +132,13 @@ class MultimodalArch(nn.Module):
         num_items (int): N, table rows (``table_sizes(manifest)["item_id"]``).
         dim (int): D, width of the item vectors.
         device (torch.device | None): where to create the table (``meta`` works).
+        history_slots (int): the most history items an impression holds (the
+            world's ``max_history_len``); a longer history is refused.
 
     Example::
 
-        >>> from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
         >>> arch = MultimodalArch(num_items=3, dim=2)
-        >>> w = arch.mm_table.embeddings[MM_TABLE].weight
-        >>> _ = load_item_vectors_into(w, np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]]))
+        >>> _ = load_item_vectors_into(arch.table_weight(), np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]]))
         >>> kjt = KeyedJaggedTensor(keys=["item_id", "history_item_ids"],
         ...     values=torch.tensor([2, 0, 1, 0]), lengths=torch.tensor([1, 1, 2, 0]))
         >>> mm = arch(kjt)
@@ -144,21 +146,31 @@ class MultimodalArch(nn.Module):
         ([[1.0], [0.0]], [[True, True], [False, False]])
     """
 
-    def __init__(self, num_items: int, dim: int, device: torch.device | None = None) -> None:
+    def __init__(
+        self, num_items: int, dim: int, device: torch.device | None = None, history_slots: int = DEFAULT_HISTORY_SLOTS
+    ) -> None:
         super().__init__()
+        if history_slots < 1:
+            raise ValueError(f"history_slots must be >= 1, got {history_slots}")
         self._dim = dim
-        table = EmbeddingConfig(
+        self._slots = history_slots
+        table = EmbeddingBagConfig(
             name=MM_TABLE,
             embedding_dim=dim,
             num_embeddings=num_items,
-            feature_names=["item_id", "history_item_ids"],
+            feature_names=[ITEM_ROWS],
+            pooling=PoolingType.SUM,
             init_fn=nn.init.zeros_,  # never loaded = every item missing
         )
-        self.mm_table = EmbeddingCollection(tables=[table], device=device)
+        self.mm_table = EmbeddingBagCollection(tables=[table], device=device)
         self.mm_table.requires_grad_(False)
 
     def output_dim(self) -> int:
         return self._dim
+
+    def table_weight(self) -> torch.Tensor:
+        """The unsharded table's weight (N, D), e.g. to load vectors into before sharding."""
+        return self.mm_table.embedding_bags[MM_TABLE].weight
 
     def forward(self, features: KeyedJaggedTensor) -> MultimodalFeatures:
         """
@@ -168,20 +180,16 @@ class MultimodalArch(nn.Module):
         Returns:
             MultimodalFeatures: target (B, D), history (B, L, D), masks and flag.
         """
+        rows = item_rows(features, self._slots)
         with torch.no_grad():  # frozen: no autograd record of the lookup at all
-            looked_up = self.mm_table(features)
-        target = looked_up["item_id"].values().detach()  # (B, D): one item per impression
-        if target.shape[0] != features.stride():
-            raise ValueError(f"item_id must hold one ID per impression; got {target.shape[0]} for B={features.stride()}")
-        jagged = looked_up["history_item_ids"]
-        history, mask = padded_history(jagged)  # (B, L, D), (B, L)
-        # zero rows = no vector (stored vectors are unit norm): norms over the jagged rows, padded as a mask
-        nonzero = (torch.linalg.vector_norm(jagged.values(), dim=-1, keepdim=True) > 0).to(history.dtype)
-        has_vector = JaggedTensor(values=nonzero, lengths=jagged.lengths()).to_padded_dense(desired_length=history.shape[1])
-        has_vector = has_vector.squeeze(-1) > 0  # (B, L)
+            pooled = self.mm_table(rows.features).values().detach()  # (B * (1 + S), D), empty slots zeros
+            # zero rows = no vector (stored vectors are unit norm); one pass for targets and history
+            has_vector = torch.linalg.vector_norm(pooled, dim=-1, keepdim=True) > 0
+        target, history = rows.split(pooled)  # (B, D), (B, L, D)
+        target_has, history_has = rows.split(has_vector)  # (B, 1), (B, L, 1)
         return MultimodalFeatures(
             target=target,
-            history=history.detach(),
-            history_mask=mask & has_vector,
-            target_missing=(torch.linalg.vector_norm(target, dim=-1, keepdim=True) == 0).to(target.dtype),
+            history=history,
+            history_mask=rows.mask & history_has.squeeze(-1),
+            target_missing=(~target_has).to(target.dtype),
         )

@@ -1,40 +1,95 @@
-"""Jagged history embeddings to a padded (B, L, D) tensor plus a mask.
+"""Target and history item IDs as one-ID bags in fixed history slots, and back.
 
 Notation:
 
 * ``B``: batch size.
-* ``L``: longest history in the batch (at least 1, so shapes never hold a 0).
+* ``S``: history slots per impression (the world's ``max_history_len``).
+* ``L``: longest history in the batch (at least 1, so shapes never hold a 0), L <= S.
 * ``D``: embedding width.
+
+Both item tables (the ID model's trained one and the frozen multimodal one)
+read the impressions' ``item_id`` and ``history_item_ids`` this way: one
+feature ``ITEM_ROWS`` of ``B * (1 + S)`` bags, the B targets first, then S
+slots per impression holding one history ID or none. A table's pooled
+(sum) output is then the rows themselves, empty slots zeros, and it views
+as the padded history without a copy. Every rank holds the same number of
+bags whatever the histories, which pooled row-wise sharding on gloo needs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from torchrec.sparse.jagged_tensor import JaggedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+ITEM_ROWS = "item_rows"  # the item tables' one feature: targets, then history slots, one ID or none per bag
+DEFAULT_HISTORY_SLOTS = 50  # history items one impression may hold (the trainer passes the world's max_history_len)
 
 
-def padded_history(history: JaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pads per-impression embedding sequences (jagged rows, one per history item).
-
-    ``L`` depends only on the lengths, so two lookups of the same feature
-    (the ID table and the multimodal table) pad to the same ``L``.
+@dataclass
+class ItemRows:
+    """A batch's target and history item IDs as one-ID bags, and where they land.
 
     Args:
-        history (JaggedTensor): values of shape (sum of lengths, D), B lengths.
+        features (KeyedJaggedTensor): one key ``ITEM_ROWS``, stride ``B * (1 + S)``.
+        mask (torch.Tensor): bool tensor of shape (B, L), True = a real history item.
+        slots (int): S.
+    """
+
+    features: KeyedJaggedTensor
+    mask: torch.Tensor
+    slots: int
+
+    def split(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A table's pooled output (B * (1 + S), D) to the targets (B, D) and the history (B, L, D).
+
+        Both are views of ``pooled``; the history is zeros past each impression's length.
+        """
+        B, L = self.mask.shape
+        return pooled[:B], pooled[B:].view(B, self.slots, -1)[:, :L]
+
+
+def item_rows(features: KeyedJaggedTensor, slots: int) -> ItemRows:
+    """Builds the one-ID bags of a batch's ``item_id`` and ``history_item_ids``.
+
+    Args:
+        features (KeyedJaggedTensor): the batch KJT, stride B, one ``item_id`` per impression.
+        slots (int): S; a history longer than S is refused (ValueError).
 
     Returns:
-        tuple[torch.Tensor, torch.Tensor]: values, tensor of shape (B, L, D)
-        with zeros at padding; mask, bool tensor of shape (B, L), True = real item.
+        ItemRows: the bags, the (B, L) history mask and S.
 
     Example::
 
-        >>> jt = JaggedTensor(values=torch.ones(3, 2), lengths=torch.tensor([2, 0, 1]))
-        >>> values, mask = padded_history(jt)
-        >>> values.shape, mask.tolist()
-        (torch.Size([3, 2, 2]), [[True, True], [False, False], [True, False]])
+        >>> kjt = KeyedJaggedTensor(keys=["item_id", "history_item_ids"],
+        ...     values=torch.tensor([7, 8, 1, 2, 3]), lengths=torch.tensor([1, 1, 2, 1]))
+        >>> rows = item_rows(kjt, slots=3)
+        >>> rows.features.values().tolist(), rows.features.lengths().tolist()
+        ([7, 8, 1, 2, 3], [1, 1, 1, 1, 0, 1, 0, 0])
+        >>> rows.mask.tolist()
+        [[True, True], [True, False]]
+        >>> target, history = rows.split(torch.arange(8.0).unsqueeze(1))
+        >>> target.squeeze(1).tolist(), history.squeeze(2).tolist()
+        ([0.0, 1.0], [[2.0, 3.0], [5.0, 6.0]])
     """
+    if slots < 1:
+        raise ValueError(f"history slots must be >= 1, got {slots}")
+    B = features.stride()
+    targets, history = features["item_id"].values(), features["history_item_ids"]
+    if targets.shape[0] != B:
+        raise ValueError(f"item_id must hold one ID per impression; got {targets.shape[0]} for B={B}")
     lengths = history.lengths()
     L = max(1, int(lengths.max())) if lengths.numel() else 1
-    values = history.to_padded_dense(desired_length=L)  # (B, L, D)
-    mask = torch.arange(L, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
-    return values, mask
+    if L > slots:
+        raise ValueError(
+            f"history_item_ids: an impression holds {L} items, more than history_slots={slots} "
+            f"(the world's max_history_len)"
+        )
+    filled = torch.arange(slots, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, S)
+    dtype = features.lengths().dtype
+    bag_lengths = torch.cat([torch.ones(B, dtype=dtype, device=filled.device), filled.view(-1).to(dtype)])
+    bags = KeyedJaggedTensor(
+        keys=[ITEM_ROWS], values=torch.cat([targets, history.values()]), lengths=bag_lengths, stride=B * (1 + slots)
+    )
+    return ItemRows(features=bags, mask=filled[:, :L], slots=slots)

@@ -83,7 +83,7 @@ def train_make(
     split = split_days(manifest, until)
     sizes = capped_table_sizes(manifest, train_config)
     torch.manual_seed(train_config.seed)
-    plain = CtrTrain(MakeModel(model_config, sizes["item_id"], vectors.dim))
+    plain = CtrTrain(MakeModel(model_config, sizes["item_id"], vectors.dim, history_slots=manifest.max_history_len))
     fill_mm_table(plain.model.mm_arch, vectors, manifest.id_ranges["item_id"])
     dmp, optimizer = shard_and_optimize(plain, ctx, sharding, train_config.sparse_lr, train_config.make_lr)
     log_file, best_file = out / MAKE_LOG, out / f".{MAKE_FILE}.best"

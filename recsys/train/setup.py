@@ -37,7 +37,7 @@ from recsys.data.schema import Manifest
 from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, read_item_vectors
 from recsys.distributed import DistContext
 from recsys.models.config import table_sizes
-from recsys.models.mm_table import MM_TABLE, MultimodalArch, load_item_vectors_into
+from recsys.models.mm_table import MultimodalArch, load_item_vectors_into
 from recsys.train.config import TrainConfig
 from recsys.train.sharding import FusedOptimConfig, make_optimizer, shard_model
 
@@ -154,7 +154,7 @@ def fill_mm_table(arch: MultimodalArch, vectors: ItemVectors, num_items: int) ->
     goes to row ``i % rows``, as the reader hashes IDs; on a collision the
     larger ID wins.
     """
-    weight = arch.mm_table.embeddings[MM_TABLE].weight
+    weight = arch.table_weight()
     rows = weight.shape[0]
     outside = (vectors.item_ids < 0) | (vectors.item_ids >= num_items)
     if outside.any():

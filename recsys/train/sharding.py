@@ -88,7 +88,7 @@ class DataParallelBeyondOneRank(DefaultDataParallelWrapper):
 
 
 def sharders(fused_params: dict[str, object]) -> list[ModuleSharder[nn.Module]]:
-    """The sharders of every CTR model: EBCs (pooled ID features) and ECs (sequences, the mm table)."""
+    """The sharders: EBCs (every table of the CTR models) and ECs (sequence tables, e.g. in tests)."""
     return [CpuCapableEmbeddingBagCollectionSharder(fused_params=fused_params),
             EmbeddingCollectionSharder(fused_params=fused_params)]
 

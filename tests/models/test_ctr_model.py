@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from recsys.data.batch import Batch
 from recsys.models.config import VARIANTS, ModelConfig
 from recsys.models.ctr_model import VARIANT_SPECS, CtrModel, CtrTrain
-from recsys.models.mm_table import MM_TABLE, is_mm_table_param, load_item_vectors_into
+from recsys.models.mm_table import is_mm_table_param, load_item_vectors_into
 
 CFG = dict(embedding_dim=4, mlp_hidden=(8,), attention_hidden=(4,), make_hidden=(6,), simtier_tiers=5)
 MM_DIM = 4
@@ -23,7 +23,7 @@ def build(variant: str, sizes: dict[str, int], make_frozen: bool = True) -> CtrM
     model = CtrModel(ModelConfig(variant=variant, make_frozen=make_frozen, **CFG), sizes, mm_dim=MM_DIM)
     if model.mm_arch is not None:
         v = np.random.default_rng(0).normal(size=(15, MM_DIM)).astype(np.float32)
-        load_item_vectors_into(model.mm_arch.mm_table.embeddings[MM_TABLE].weight, np.arange(15), v)  # 15..19 missing
+        load_item_vectors_into(model.mm_arch.table_weight(), np.arange(15), v)  # 15..19 missing
     return model
 
 
@@ -55,7 +55,7 @@ def test_builds_on_meta(sizes: dict[str, int], variant: str) -> None:
     params = dict(model.named_parameters())
     assert all(p.is_meta for p in params.values())
     frozen = [n for n in params if is_mm_table_param(n)]
-    assert frozen == ([] if variant == "id_only" else ["mm_arch.mm_table.embeddings.mm_item.weight"])
+    assert frozen == ([] if variant == "id_only" else ["mm_arch.mm_table.embedding_bags.mm_item.weight"])
 
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "id_only"])
@@ -64,7 +64,7 @@ def test_vectors_change_the_logits(make_batch: Callable[..., Batch], sizes: dict
     batch = make_batch([3, 2, 4], seed=1)
     before = model(batch.dense_features, batch.sparse_features)
     v = np.random.default_rng(1).normal(size=(15, MM_DIM)).astype(np.float32)  # other vectors
-    load_item_vectors_into(model.mm_arch.mm_table.embeddings[MM_TABLE].weight, np.arange(15), v)
+    load_item_vectors_into(model.mm_arch.table_weight(), np.arange(15), v)
     after = model(batch.dense_features, batch.sparse_features)
     assert not torch.allclose(before, after)
 

@@ -12,14 +12,14 @@ from recsys.data.batch import Batch
 from recsys.models.config import ModelConfig
 from recsys.models.ctr_model import CtrModel, CtrTrain
 from recsys.models.make import MakeModel
-from recsys.models.mm_table import MM_TABLE, load_item_vectors_into
+from recsys.models.mm_table import load_item_vectors_into
 
 CFG = dict(embedding_dim=4, mlp_hidden=(8,), attention_hidden=(4,), make_hidden=(6,))
 
 
 def load_vectors(model: torch.nn.Module) -> None:
     v = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
-    load_item_vectors_into(model.mm_arch.mm_table.embeddings[MM_TABLE].weight, np.arange(20), v)
+    load_item_vectors_into(model.mm_arch.table_weight(), np.arange(20), v)
 
 
 def test_stage1_model_trains_make(make_batch: Callable[..., Batch]) -> None:

@@ -11,7 +11,7 @@ import torch
 from recsys.data.batch import Batch
 from recsys.models.config import VARIANTS, ModelConfig
 from recsys.models.ctr_model import CtrModel, CtrTrain
-from recsys.models.mm_table import MM_TABLE, MultimodalArch, is_mm_table_param, load_item_vectors_into
+from recsys.models.mm_table import MultimodalArch, is_mm_table_param, load_item_vectors_into
 
 
 def unit_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -21,7 +21,7 @@ def unit_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 def test_loaded_table_equals_vectors_missing_zero_with_flag(make_batch: Callable[..., Batch]) -> None:
     arch = MultimodalArch(num_items=20, dim=5)
-    weight = arch.mm_table.embeddings[MM_TABLE].weight
+    weight = arch.table_weight()
     ids = np.array([i for i in range(20) if i % 3])  # every third item has no vector
     vectors = unit_vectors(len(ids), 5)
     missing = load_item_vectors_into(weight, ids, vectors)
@@ -38,6 +38,15 @@ def test_loaded_table_equals_vectors_missing_zero_with_flag(make_batch: Callable
     hist_ids = kjt["history_item_ids"].values().tolist()
     assert mm.history_mask.sum().item() == sum(i % 3 != 0 for i in hist_ids)
     assert not mm.target.requires_grad and not mm.history.requires_grad
+    # the padded history, per impression: its items' rows in order, then zeros
+    lengths, start = kjt["history_item_ids"].lengths().tolist(), 0
+    assert mm.history.shape == (3, max(lengths), 5)
+    for b, n in enumerate(lengths):
+        ids_b = torch.as_tensor(hist_ids[start : start + n], dtype=torch.long)
+        assert torch.equal(mm.history[b, :n], weight[ids_b])
+        assert mm.history[b, n:].eq(0).all()
+        assert mm.history_mask[b].tolist() == [i % 3 != 0 for i in ids_b.tolist()] + [False] * (max(lengths) - n)
+        start += n
 
 
 def test_load_refuses_bad_input() -> None:

@@ -18,7 +18,7 @@ N_ITEMS, N_USERS, D, LR, B = 10, 6, 4, 0.5, 4
 
 
 class TinyCtr(nn.Module):
-    """The CtrModel table layout in small: a user EBC, an item EC, the frozen mm EC; returns the loss."""
+    """The CtrModel table layout in small: a user EBC, an item EC, the frozen mm EBC; returns the loss."""
 
     def __init__(self, device: torch.device | None = None) -> None:
         super().__init__()
@@ -76,7 +76,7 @@ def initial_state() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     model = TinyCtr()
     with torch.no_grad():
-        model.mm_arch.mm_table.embeddings["mm_item"].weight.copy_(torch.randn(N_ITEMS, D))
+        model.mm_arch.table_weight().copy_(torch.randn(N_ITEMS, D))
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 

@@ -88,7 +88,7 @@ def test_warm_start_loads_parent_and_fresh_vectors(week: tuple[Path, Path], tmp_
     kept = tmp_path / "kept"
     run_retrain(RetrainJob(parent=base, day=15, out=kept, vectors=fresh, quiet=True))
     parent_state, kept_state = full_checkpoint(base, tmp_path), full_checkpoint(kept, tmp_path)
-    (mm_key,) = [k for k in kept_state["model"] if k.endswith("embeddings.mm_item.weight")]
+    (mm_key,) = [k for k in kept_state["model"] if k.endswith("embedding_bags.mm_item.weight")]
     torch.testing.assert_close(kept_state["model"][mm_key], torch.from_numpy(v), rtol=0, atol=0)
     for k, w in _make_weights(parent_state).items():  # MAKE frozen and kept: the parent's stage-1 weights
         torch.testing.assert_close(kept_state["model"][k], w, rtol=0, atol=0)

@@ -33,23 +33,30 @@ def test_sharders_offer_row_wise_on_cpu() -> None:
 
 @pytest.mark.parametrize("device_type", ["cpu", "cuda"])
 @pytest.mark.parametrize("world_size", [1, 2])
-def test_auto_plan_gives_each_table_a_type_its_module_builds(device_type: str, world_size: int) -> None:
-    """The full model (EBCs, history EC, mm table) planned for CPU and for GPU ranks.
+def test_auto_plan_gives_each_table_a_type_its_module_builds(
+    device_type: str, world_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full model (all EBCs) and a model with an item EC planned for CPU and for GPU ranks.
 
     On a GPU the planner once chose table_row_wise for an EmbeddingCollection
     table, which ShardedEmbeddingCollection cannot build.
     """
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    import sharding_workers
+
     sizes = {kind: 1000 for kind in set(FEATURE_ID_KIND.values())}
-    model = CtrTrain(CtrModel(ModelConfig(variant="simtier_make"), sizes, mm_dim=16, device=torch.device("meta")))
-    plan = plan_model(model, sharders({}), world_size, device_type, "auto")
+    meta = torch.device("meta")
     builds = {"EmbeddingCollection": set(EmbeddingCollectionSharder().sharding_types(device_type)),
               "EmbeddingBagCollection": set(EmbeddingBagCollectionSharder().sharding_types("cuda"))}
     seen = set()
-    for path, module_plan in plan.plan.items():
-        kind = type(model.get_submodule(path)).__name__
-        for table, option in module_plan.items():
-            assert option.sharding_type in builds[kind], (path, table, option.sharding_type)
-            seen.add(kind)
+    for model in (CtrTrain(CtrModel(ModelConfig(variant="simtier_make"), sizes, mm_dim=16, device=meta)),
+                  sharding_workers.TinyCtr(device=meta)):
+        plan = plan_model(model, sharders({}), world_size, device_type, "auto")
+        for path, module_plan in plan.plan.items():
+            kind = type(model.get_submodule(path)).__name__
+            for table, option in module_plan.items():
+                assert option.sharding_type in builds[kind], (path, table, option.sharding_type)
+                seen.add(kind)
     assert seen == set(builds)
 
 
@@ -91,7 +98,7 @@ def test_sharded_equals_unsharded_after_one_step(
         torch.testing.assert_close(got["weights"][name], ref, msg=lambda m: f"{name}: {m}")
     for name in ("ebc.embedding_bags.user_id.weight", "item_table.embeddings.item_id.weight", "bias"):
         assert not torch.equal(ref_weights[name], initial[name])  # the step did move the ID tables
-    mm = "mm_arch.mm_table.embeddings.mm_item.weight"
+    mm = "mm_arch.mm_table.embedding_bags.mm_item.weight"
     assert torch.equal(got["weights"][mm], initial[mm])  # bitwise unchanged
     # Rank 0's fused state: the mm table, where rank 0 holds a shard of it, has an empty entry (stateless SGD).
     assert all(v == [] for k, v in got["fused_state"].items() if "mm_item" in k), got["fused_state"]
@@ -107,7 +114,7 @@ def test_frozen_table_holds_no_state_beside_adagrad_tables(tmp_path: Path, monke
     init = f"tcp://127.0.0.1:{_free_port()}"
     mp.spawn(workers.shard_worker, args=(2, init, str(tmp_path), "row_wise", False, True), nprocs=2, join=True)
     got = torch.load(tmp_path / "result.pt", weights_only=False)
-    mm = "mm_arch.mm_table.embeddings.mm_item.weight"
+    mm = "mm_arch.mm_table.embedding_bags.mm_item.weight"
     assert torch.equal(got["weights"][mm], workers.initial_state()[mm])  # bitwise unchanged
     state = got["fused_state"]  # row_wise: rank 0 holds a shard of every table
     assert state[mm] == [], state

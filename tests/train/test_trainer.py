@@ -66,7 +66,7 @@ def full_checkpoint(out: Path, tmp: Path) -> dict:
 
 
 def _mm_weight(state: dict) -> torch.Tensor:
-    (key,) = [k for k in state["model"] if k.endswith(f"embeddings.{MM_TABLE}.weight")]
+    (key,) = [k for k in state["model"] if k.endswith(f"embedding_bags.{MM_TABLE}.weight")]
     return state["model"][key]
 
 
