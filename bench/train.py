@@ -42,6 +42,7 @@ from torchrec.modules.mlp import MLP
 
 from recsys.data.batch import DENSE_FEATURES, Batch
 from recsys.data.reader import ImpressionReader, ReaderConfig
+from recsys.data.schema import Manifest
 from recsys.distributed import init_distributed
 from recsys.models.attention import TargetAttention
 from recsys.models.config import VARIANTS, ModelConfig, table_sizes
@@ -252,8 +253,8 @@ def dmp_vs_plain(run: Run, rounds: int = 3) -> tuple[float, float]:
 def reader_rate(run: Run, batches: int) -> float:
     """Samples/s of ImpressionReader alone (prefetch on, one thread), over the training days."""
     torch.set_num_threads(1)
-    reader = ImpressionReader(Path(run.world), ReaderConfig(batch_size=run.batch_size, shuffle=True))
-    reader = ImpressionReader(Path(run.world), replace(reader.config, days=split_days(reader.manifest).train))
+    days = split_days(Manifest.read(Path(run.world))).train
+    reader = ImpressionReader(Path(run.world), ReaderConfig(batch_size=run.batch_size, days=days, shuffle=True))
     it = iter(reader)
     next(it)
     samples, start = 0, time.perf_counter()

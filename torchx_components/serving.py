@@ -31,7 +31,6 @@ from torchx import specs
 from torchx_components.pipeline import DEFAULT_IMAGE, _single
 
 
-
 def export(
     encoder: str,
     out: str,

@@ -19,10 +19,9 @@ like the ID model's item table (``recsys.models.sequence``):
 * the unsharded weight has ``requires_grad=False``, so plain optimizers and
   ``requires_grad`` filters skip it. Sharding does not keep that flag:
   DMP's sharded table has ``requires_grad=True`` and, with a fused kernel,
-  an entry in ``fused_optimizer`` state. For "no optimizer state" the
-  trainer must plan it apart (select it by :func:`is_mm_table_param` or by
-  the table name ``MM_TABLE``), e.g. a non-fused kernel excluded from the
-  dense optimizer.
+  an entry in ``fused_optimizer`` state. ``recsys.train.sharding`` plans it
+  apart (selected by :func:`is_mm_table_param`): a stateless SGD at learning
+  rate 0 as its fused optimizer, and no place in the dense optimizer.
 
 Items without a vector are zero rows; a zero row is unambiguous because every
 stored vector is unit norm (``recsys.data.vectors``). :class:`MultimodalArch`
