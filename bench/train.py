@@ -8,7 +8,10 @@ prints the ratio the issue names:
    ``recsys.train.trainer.build`` and the real DMP step (fused row-wise
    Adagrad + Adam), batches from ``ImpressionReader`` over the training days
    (MAKE variants get randomly initialised stage-1 weights, so stage 1 is not run);
-2. ``simtier_make`` / ``id_only`` step time at 1 process (goal <= 1.3);
+2. ``simtier_make`` / ``id_only`` step time at 1 process (goal <= 1.3), the
+   two taking turns (median of ``--rounds``): the default config, MAKE's other
+   stage-2 mode, MAKE's attention 8 wide, and with 16-d vectors
+   (``--narrow-vectors``) alone and with ``configs/light_make.yaml``;
 3. the DMP path vs a plain-PyTorch ``id_only`` (``nn.EmbeddingBag(sparse=True)``
    tables, sparse Adagrad + Adam) on the same batches held in memory, taking
    turns in one process (goal >= 1.0);
@@ -19,7 +22,7 @@ prints the ratio the issue names:
 
 Usage::
 
-    python -m bench.train [--world DIR] [--vectors RUN] [--large-world DIR] [--steps 40] [--json FILE]
+    python -m bench.train [--world DIR] [--vectors RUN] [--narrow-vectors RUN] [--large-world DIR] [--steps 40] [--json FILE]
 """
 
 from __future__ import annotations
@@ -48,10 +51,12 @@ from recsys.models.attention import TargetAttention
 from recsys.models.config import VARIANTS, ModelConfig, table_sizes
 from recsys.models.id_model import POOLED_FEATURES
 from recsys.models.make import Make
-from recsys.train.config import TrainConfig
+from recsys.train.config import TrainConfig, load_job_config
 from recsys.train.make_stage import MAKE_FILE
 from recsys.train.setup import load_vectors, split_days
 from recsys.train.trainer import TrainJob, build
+
+LIGHT_MAKE_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "light_make.yaml")
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,41 @@ def worker(rank: int, world_size: int, port: int, run: Run, out: str) -> None:
                 Path(out).write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()
+
+
+def _ratio_candidates(base: Run, narrow_vectors: str) -> dict[str, Run]:
+    """The ``simtier_make`` configurations timed against ``id_only``, by label (the first: the defaults)."""
+    sm = replace(base, variant="simtier_make")
+    light = load_job_config(LIGHT_MAKE_CONFIG)[0]
+    runs = {
+        "defaults": sm,
+        f"MAKE {'fine-tuned' if ModelConfig().make_frozen else 'frozen'} in stage 2": replace(
+            sm, make_frozen=not ModelConfig().make_frozen
+        ),
+        "MAKE's attention unit 8 wide": replace(sm, make_attention_hidden=(8,)),
+    }
+    if Path(narrow_vectors).exists():
+        narrow = replace(sm, vectors=narrow_vectors)
+        dim = load_vectors(Path(narrow_vectors)).dim
+        runs[f"{dim}-d vectors"] = narrow
+        runs[f"{dim}-d vectors and {Path(LIGHT_MAKE_CONFIG).name} (MAKE frozen, attention 8)"] = replace(
+            narrow, make_frozen=light.make_frozen, make_attention_hidden=light.make_attention_hidden
+        )
+    else:
+        print(f"  ({narrow_vectors} missing: no narrow-vector ratios; make it with `mmctr reduce-vectors --dim 16`)")
+    return runs
+
+
+def step_time_ratios(base: Run, candidates: dict[str, Run], rounds: int) -> dict[str, float]:
+    """Step time of each candidate over ``base``'s, one process: in each round ``base`` runs,
+    then every candidate, and each ratio is against that round's ``base``; the median over rounds
+    (on a shared machine the speed drifts between runs minutes apart)."""
+    per: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        reference = measure(base, 1)["step_s"]
+        for name, run in candidates.items():
+            per[name].append(measure(run, 1)["step_s"] / reference)
+    return {name: statistics.median(values) for name, values in per.items()}
 
 
 def measure(run: Run, nproc: int) -> dict:
@@ -273,6 +313,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--gauc-impressions", type=int, default=400_000)
+    parser.add_argument("--narrow-vectors", default="runs/pt/e2-16",
+                        help="16-d vectors (`mmctr reduce-vectors`) for the narrow-vector step-time ratios; skipped if missing")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of id_only and simtier_make for the step-time ratios")
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args(argv)
     base = Run(args.world, args.vectors, "id_only", args.steps, args.warmup, args.batch_size)
@@ -287,15 +330,12 @@ def main(argv: list[str] | None = None) -> None:
         two = f"   2 processes {rates[2]:>9,.0f}   ({rates[2] / rates[1]:.2f}x)" if 2 in rates else ""
         print(f"  {variant:<13} 1 process {rates[1]:>9,.0f}{two}")
     tp = results["throughput"]
-    ratio = tp["id_only"][1] / tp["simtier_make"][1]
-    default = "frozen" if ModelConfig().make_frozen else "fine-tuned"
-    print(f"simtier_make / id_only step time (1 process, MAKE {default} in stage 2, the default): {ratio:.2f} (goal <= 1.3)")
-    other = measure(replace(base, variant="simtier_make", make_frozen=not ModelConfig().make_frozen), 1)["samples_per_s"]
-    print(f"  with MAKE {'fine-tuned' if ModelConfig().make_frozen else 'frozen'} instead: {tp['id_only'][1] / other:.2f}")
-    results["step_time_ratio_other_make_mode"] = tp["id_only"][1] / other
-    narrow = measure(replace(base, variant="simtier_make", make_attention_hidden=(8,)), 1)["samples_per_s"]
-    print(f"  with MAKE's attention unit 8 wide instead of {ModelConfig().make_attention_hidden[0]}: {tp['id_only'][1] / narrow:.2f}")
-    results["step_time_ratio_make_attention_8"] = tp["id_only"][1] / narrow
+    ratios = step_time_ratios(base, _ratio_candidates(base, args.narrow_vectors), args.rounds)
+    results["step_time_ratios"] = ratios
+    ratio = ratios["defaults"]
+    print(f"simtier_make / id_only step time (1 process; the two take turns, median of {args.rounds} rounds; goal <= 1.3):")
+    for label, value in ratios.items():
+        print(f"  {label:<62} {value:.2f}")
 
     ours_in_memory, plain = dmp_vs_plain(base)
     ours = tp["id_only"][1]

@@ -116,9 +116,16 @@ class ItemEncoder(nn.Module):
     - ``"concat"``: ``[v, t] / sqrt(2)``, unit norm, width 2D; its cosine is
       the mean of the image and text cosines.
 
+    With ``reduced_dim`` K > 0 the fused vector ``u`` then becomes
+    ``normalize(u @ P)``, ``P`` the (D', K) buffer ``projection``: a fixed
+    principal basis fitted on the item table (``pretrain.reduce``), saved
+    with the encoder, so items embedded later share the table's basis.
+
     Args:
         clip (open_clip.CLIP): the towers (see :func:`build_towers`).
         fusion (str): one of ``pretrain.config.FUSIONS``.
+        reduced_dim (int): K, width of the item vectors after the projection;
+            0: no projection.
 
     Example::
 
@@ -131,9 +138,13 @@ class ItemEncoder(nn.Module):
         >>> x = torch.zeros(3, 64, 64, 3, dtype=torch.uint8)
         >>> tuple(enc.encode_image(x).shape)
         (3, 8)
+        >>> reduced = ItemEncoder(enc.clip, fusion="concat", reduced_dim=4)
+        >>> _ = reduced.projection.copy_(torch.eye(16, 4))
+        >>> reduced.output_dim(), tuple(reduced(x, torch.zeros(3, 32, dtype=torch.long)).shape)
+        (4, (3, 4))
     """
 
-    def __init__(self, clip: open_clip.CLIP, fusion: str = "mean") -> None:
+    def __init__(self, clip: open_clip.CLIP, fusion: str = "mean", reduced_dim: int = 0) -> None:
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {list(FUSIONS)}, got {fusion!r}")
@@ -143,13 +154,20 @@ class ItemEncoder(nn.Module):
         size = clip.visual.image_size
         self.image_size: tuple[int, int] = (int(size[0]), int(size[1]))
         self.context_length: int = int(clip.context_length)
+        fused_dim = 2 * self.embed_dim if fusion == "concat" else self.embed_dim
+        if not 0 <= reduced_dim <= fused_dim:
+            raise ValueError(f"reduced_dim must lie in [0, {fused_dim}] (0: none), got {reduced_dim}")
+        self.reduced_dim = reduced_dim
+        self._fused_dim = fused_dim
+        # Persistent when set: the basis is part of the encoder (checkpoint, Triton export).
+        self.register_buffer("projection", torch.zeros(fused_dim, reduced_dim) if reduced_dim else None)
         # Non-persistent: not in checkpoints, always from the constants above.
         self.register_buffer("image_mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
 
     def output_dim(self) -> int:
-        """Width of :meth:`forward`'s item vectors: D, or 2D for ``"concat"``."""
-        return 2 * self.embed_dim if self.fusion == "concat" else self.embed_dim
+        """Width of :meth:`forward`'s item vectors: K if reduced, else D, or 2D for ``"concat"``."""
+        return self.reduced_dim or self._fused_dim
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 RGB pixels (B, H, W, 3) to normalised float (B, 3, H, W).
@@ -208,12 +226,18 @@ class ItemEncoder(nn.Module):
             Tensor: float of shape (B, ``output_dim()``), unit L2 norm.
         """
         if self.fusion == "mean":
-            return F.normalize(image_vectors + text_vectors, dim=-1)
-        if self.fusion == "image":
-            return image_vectors
-        if self.fusion == "text":
-            return text_vectors
-        return torch.cat([image_vectors, text_vectors], dim=-1) * (0.5**0.5)  # "concat"
+            fused = F.normalize(image_vectors + text_vectors, dim=-1)
+        elif self.fusion == "image":
+            fused = image_vectors
+        elif self.fusion == "text":
+            fused = text_vectors
+        else:  # "concat"
+            fused = torch.cat([image_vectors, text_vectors], dim=-1) * (0.5**0.5)
+        return self._reduce(fused)
+
+    def _reduce(self, fused: torch.Tensor) -> torch.Tensor:
+        """(B, D') fused vectors to (B, K) unit vectors through ``projection``; as is without one."""
+        return fused if self.projection is None else F.normalize(fused @ self.projection, dim=-1)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Fused item vectors.
@@ -228,7 +252,7 @@ class ItemEncoder(nn.Module):
         if images.shape[0] != tokens.shape[0]:
             raise ValueError(f"images and tokens differ in batch size: {images.shape[0]} vs {tokens.shape[0]}")
         if self.fusion == "image":
-            return self.encode_image(images)
+            return self._reduce(self.encode_image(images))
         if self.fusion == "text":
-            return self.encode_text(tokens)
+            return self._reduce(self.encode_text(tokens))
         return self.fuse(self.encode_image(images), self.encode_text(tokens))

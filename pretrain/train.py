@@ -74,7 +74,12 @@ def build_encoder(cfg: SclConfig) -> ItemEncoder:
 
 def save_encoder(path: Path, encoder: ItemEncoder, tower: TowerConfig) -> str:
     """Writes ``encoder.pt`` atomically and returns its SHA-256."""
-    payload = {"tower": dataclasses.asdict(tower), "fusion": encoder.fusion, "state_dict": encoder.state_dict()}
+    payload = {
+        "tower": dataclasses.asdict(tower),
+        "fusion": encoder.fusion,
+        "reduced_dim": encoder.reduced_dim,
+        "state_dict": encoder.state_dict(),
+    }
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
@@ -84,7 +89,8 @@ def save_encoder(path: Path, encoder: ItemEncoder, tower: TowerConfig) -> str:
 def load_encoder(path: Path) -> ItemEncoder:
     """The encoder saved by ``save_encoder``, in eval mode."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    encoder = ItemEncoder(build_towers(TowerConfig(**payload["tower"])), fusion=payload["fusion"])
+    tower = TowerConfig(**payload["tower"])
+    encoder = ItemEncoder(build_towers(tower), fusion=payload["fusion"], reduced_dim=int(payload.get("reduced_dim", 0)))
     encoder.load_state_dict(payload["state_dict"])
     return encoder.eval()
 

@@ -75,6 +75,20 @@ def _cmd_pretrain_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reduce_vectors(args: argparse.Namespace) -> int:
+    from pretrain.reduce import reduce_run
+
+    try:
+        meta = reduce_run(args.run, args.dim, args.out)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"mmctr reduce-vectors: {e}", file=sys.stderr)
+        return 1
+    kept = meta["reduced_from"]["retained_energy"]
+    print(f"wrote {args.out}: {meta['items']} item vectors, D={meta['reduced_from']['dim']} -> {args.dim}, "
+          f"{kept:.1%} of the energy kept")  # fmt: skip
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -264,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=Path, nargs="+", required=True, help="pretrain run directories")
     p.add_argument("--json", type=Path, help="also write the table as JSON here")
     p.set_defaults(fn=_cmd_pretrain_eval)
+
+    p = sub.add_parser("reduce-vectors", help="narrower item vectors: a run's table and encoder projected on its top principal directions")
+    p.add_argument("--run", type=Path, required=True, help="pretrain run directory (encoder.pt, item_vectors.parquet)")
+    p.add_argument("--dim", type=int, required=True, help="K, the reduced width")
+    p.add_argument("--out", type=Path, required=True, help="new run directory, usable wherever a pretrain run is")
+    p.set_defaults(fn=_cmd_reduce_vectors)
 
     from recsys.models.config import VARIANTS
     from recsys.train.config import SHARDINGS

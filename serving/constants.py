@@ -119,11 +119,12 @@ class ServingSpec:
         max_batch_size: int = MAX_BATCH_SIZE,
         queue_delay_us: int = QUEUE_DELAY_US,
         encoder_sha256: str = "",
+        reduced_dim: int = 0,
     ) -> "ServingSpec":
-        """The spec of an encoder with towers ``tower`` and ``fusion`` (see ``pretrain.towers.ItemEncoder``)."""
+        """The spec of an encoder with towers ``tower``, ``fusion`` and ``reduced_dim`` (see ``pretrain.towers.ItemEncoder``)."""
         from pretrain.towers import TOKENIZER_MODEL
 
-        dim = 2 * tower.embed_dim if fusion == "concat" else tower.embed_dim
+        dim = reduced_dim or (2 * tower.embed_dim if fusion == "concat" else tower.embed_dim)
         return ServingSpec(
             image_size=(tower.image_size, tower.image_size),
             context_length=tower.context_length,

@@ -246,7 +246,9 @@ def export_repository(encoder_path: Path, out: Path, max_batch_size: int = k.MAX
     payload = torch.load(encoder_path, map_location="cpu", weights_only=True)
     encoder = load_encoder(encoder_path)
     digest = hashlib.sha256(encoder_path.read_bytes()).hexdigest()
-    spec = ServingSpec.from_tower(TowerConfig(**payload["tower"]), payload["fusion"], max_batch_size, queue_delay_us, digest)
+    spec = ServingSpec.from_tower(
+        TowerConfig(**payload["tower"]), payload["fusion"], max_batch_size, queue_delay_us, digest, encoder.reduced_dim
+    )
     out.mkdir(parents=True, exist_ok=True)
     artifact = out / k.ARTIFACT_FILE
     export_torchscript(encoder, spec).save(str(artifact))

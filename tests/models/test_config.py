@@ -44,3 +44,15 @@ def test_table_sizes_from_manifest() -> None:
     del ranges["brand_id"]
     with pytest.raises(ValueError, match="brand_id"):
         table_sizes(m)
+
+
+def test_shipped_job_configs_load() -> None:
+    from recsys.train.config import load_job_config
+
+    files = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    assert files, "configs/ holds no job config"
+    for file in files:
+        model, _ = load_job_config(file, variant="simtier_make")
+        assert model.variant == "simtier_make", file
+    light, _ = load_job_config(files[0].parent / "light_make.yaml")
+    assert ModelConfig(make_frozen=True, make_attention_hidden=(8,)) == light

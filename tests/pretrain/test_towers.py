@@ -116,3 +116,29 @@ def test_bad_inputs_raise(encoder: ItemEncoder) -> None:
         encoder(_images(3), tokens)
     with pytest.raises(ValueError, match="fusion must be one of"):
         ItemEncoder(encoder.clip, fusion="sum")
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_reduced_encoder_projects_the_fused_vector_and_renormalises(encoder: ItemEncoder, fusion: str) -> None:
+    full = ItemEncoder(encoder.clip, fusion=fusion)
+    K = 5
+    reduced = ItemEncoder(encoder.clip, fusion=fusion, reduced_dim=K)
+    basis = torch.linalg.qr(torch.randn(full.output_dim(), K, generator=torch.Generator().manual_seed(1)))[0]
+    reduced.projection.copy_(basis)
+    images, tokens = _images(4, seed=3), build_tokenizer(CFG)(TITLES)
+    with torch.no_grad():
+        want = full(images, tokens) @ basis
+        want = want / want.norm(dim=-1, keepdim=True)  # plain reference
+        got = reduced(images, tokens)
+        fused = reduced.fuse(reduced.encode_image(images), reduced.encode_text(tokens))
+    assert reduced.output_dim() == K and got.shape == (4, K)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(fused, want)
+    assert "projection" in reduced.state_dict() and "projection" not in full.state_dict()
+
+
+def test_reduced_dim_outside_the_fused_width_is_refused(encoder: ItemEncoder) -> None:
+    with pytest.raises(ValueError, match=r"reduced_dim must lie in \[0, 16\]"):
+        ItemEncoder(encoder.clip, reduced_dim=17)
+    with pytest.raises(ValueError, match=r"reduced_dim must lie in \[0, 32\]"):
+        ItemEncoder(encoder.clip, fusion="concat", reduced_dim=-1)

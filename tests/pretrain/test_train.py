@@ -23,6 +23,7 @@ from pretrain.config import SclConfig, TowerConfig
 from pretrain.data import ItemContent, load_item_content, load_search_pairs, split_heldout
 from pretrain.evaluate import RECALL_KS, evaluate_runs, neighbour_purity, recall_at_k
 from pretrain.queue import KeyQueue
+from pretrain.reduce import principal_basis, reduce_run
 from pretrain.towers import build_tokenizer
 from pretrain.train import (
     CHECKPOINT_DIR,
@@ -37,6 +38,7 @@ from pretrain.train import (
 from recsys.cli import main as cli_main
 from recsys.data.schema import MANIFEST, Manifest, table_files
 from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, read_item_vectors, write_item_vectors
+from recsys.train.setup import load_vectors
 
 REPO = Path(__file__).resolve().parents[2]
 TOWER = TowerConfig(
@@ -390,3 +392,66 @@ def test_init_from_starts_from_another_runs_encoder(runs: dict, tiny_world: Path
     bigger = dataclasses.replace(CFG, tower=dataclasses.replace(TOWER, embed_dim=2 * D), init_from=str(source / ENCODER_FILE))
     with pytest.raises(ValueError, match="towers differ"):
         run_pretrain(tiny_world, tmp_path / "bad", "random", bigger, progress=False)
+
+
+# -- reduced vectors ----------------------------------------------------------
+def test_reduce_vectors_projects_the_table_and_the_encoder_alike(runs: dict, items: ItemContent, tmp_path: Path) -> None:
+    run, _ = runs["scl"]
+    out, K = tmp_path / "scl-4", 4
+    assert cli_main(["reduce-vectors", "--run", str(run), "--dim", str(K), "--out", str(out)]) == 0
+    ids, source = read_item_vectors(run / VECTORS_FILE)
+    got_ids, reduced = read_item_vectors(out / VECTORS_FILE)
+    assert (got_ids == ids).all() and reduced.shape == (len(ids), K)
+    np.testing.assert_allclose(np.linalg.norm(reduced, axis=1), 1.0, atol=1e-5)
+    # Plain reference: the top-K eigenvectors of X^T X. Cosines between items do not depend on their signs.
+    x = source.astype(np.float64)
+    eigenvalues, eigenvectors = np.linalg.eigh(x.T @ x)
+    top = eigenvectors[:, ::-1][:, :K]
+    ref = x @ top
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    sample = np.random.default_rng(0).choice(len(ids), 200, replace=False)
+    np.testing.assert_allclose(reduced[sample] @ reduced[sample].T, ref[sample] @ ref[sample].T, atol=1e-4)
+    # The reduced encoder embeds items as the table has them (new items share the basis).
+    encoder = load_encoder(out / ENCODER_FILE)
+    assert encoder.output_dim() == K
+    rows = np.array([0, 5, len(items.item_ids) - 1])
+    tokens = build_tokenizer(TOWER)([items.titles[r] for r in rows])
+    with torch.no_grad():
+        embedded = encoder(torch.from_numpy(items.images[rows]), tokens).numpy()
+    np.testing.assert_allclose(embedded, reduced[np.searchsorted(ids, items.item_ids[rows])], atol=1e-5)
+    meta = json.loads((out / VECTORS_MANIFEST).read_text())
+    assert meta["dim"] == K and meta["method"] == "scl" and meta["items"] == len(ids)
+    assert meta["encoder_sha256"] == _sha256(out / ENCODER_FILE)
+    source_meta = meta["reduced_from"]
+    assert source_meta["run"] == str(run) and source_meta["dim"] == D
+    assert source_meta["encoder_sha256"] == _sha256(run / ENCODER_FILE)
+    assert source_meta["retained_energy"] == pytest.approx(eigenvalues[::-1][:K].sum() / eigenvalues.sum(), rel=1e-6)
+    assert load_vectors(out).dim == K  # the CTR side reads it as any run
+
+
+def test_reduce_vectors_refuses_bad_requests_and_keeps_the_source(
+    runs: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, _ = runs["scl"]
+    before = {f.name: _sha256(f) for f in run.iterdir() if f.is_file()}
+    assert cli_main(["reduce-vectors", "--run", str(run), "--dim", "0", "--out", str(tmp_path / "z")]) == 1
+    assert "mmctr reduce-vectors: need vectors of shape (N, D) and 1 <= dim <= D" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"1 <= dim <= D; got shape \(\d+, 16\) and dim=17"):
+        reduce_run(run, 17, tmp_path / "a")
+    with pytest.raises(ValueError, match="folder of its own"):
+        reduce_run(run, 4, run)
+    with pytest.raises(FileNotFoundError, match="encoder.pt: missing"):
+        reduce_run(tmp_path, 4, tmp_path / "b")
+    reduce_run(run, 8, tmp_path / "c")
+    with pytest.raises(ValueError, match="already reduced to 8"):
+        reduce_run(tmp_path / "c", 4, tmp_path / "d")
+    assert {f.name: _sha256(f) for f in run.iterdir() if f.is_file()} == before
+
+
+def test_principal_basis_is_the_same_for_flipped_rows() -> None:
+    x = np.random.default_rng(0).standard_normal((50, 6))
+    basis = principal_basis(x, 3)
+    np.testing.assert_allclose(principal_basis(-x, 3), basis, atol=1e-6)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(3), atol=1e-6)
+    with pytest.raises(ValueError, match="row 2 is not finite"):
+        principal_basis(np.where(np.arange(6) == 2, np.nan, 1.0)[:, None] * np.ones((6, 3)), 2)

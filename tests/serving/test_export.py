@@ -137,3 +137,22 @@ def test_export_command_and_errors(tiny_encoder_file: Path, tmp_path: Path) -> N
     assert embedded_repository(out / "production") == out / "production"
     with pytest.raises(FileNotFoundError, match="no encoder checkpoint"):
         cli_main(["export", "--encoder", str(tmp_path / "missing.pt"), "--out", str(out)])
+
+
+def test_a_reduced_encoder_exports_its_projection(tiny_encoder_file: Path, tmp_path: Path) -> None:
+    from pretrain.towers import ItemEncoder
+    from pretrain.train import save_encoder
+    from serving.export import export_repository
+
+    payload = torch.load(tiny_encoder_file, weights_only=True)
+    full = load_encoder(tiny_encoder_file)
+    reduced = ItemEncoder(full.clip, fusion=full.fusion, reduced_dim=4)
+    reduced.projection.copy_(torch.linalg.qr(torch.randn(D, 4, generator=torch.Generator().manual_seed(0)))[0])
+    encoder_file = tmp_path / "encoder.pt"
+    save_encoder(encoder_file, reduced.eval(), TowerConfig(**payload["tower"]))
+    spec = export_repository(encoder_file, tmp_path / "export")
+    assert spec.dim == 4
+    images, tokens = example_inputs(spec, 3, seed=5)
+    served = load_torchscript(tmp_path / "export" / "embedded" / k.TORCHSCRIPT_MODEL / str(k.MODEL_VERSION) / k.ARTIFACT_FILE)
+    with torch.no_grad():
+        torch.testing.assert_close(served(images, tokens), reduced(images, tokens), atol=1e-5, rtol=0)
