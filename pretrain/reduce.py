@@ -101,7 +101,7 @@ def reduce_run(run: Path, dim: int, out: Path) -> dict:
     Args:
         run (Path): a ``mmctr pretrain`` run folder.
         dim (int): K.
-        out (Path): the new run folder (not ``run``).
+        out (Path): the new run folder: not ``run``, and holding none of the three files.
 
     Returns:
         dict: the new ``vectors.json``.
@@ -118,6 +118,9 @@ def reduce_run(run: Path, dim: int, out: Path) -> dict:
             raise FileNotFoundError(f"{file}: missing; {run} is not a finished `mmctr pretrain` run")
     if out.resolve() == run.resolve():
         raise ValueError(f"{out}: the reduced run needs a folder of its own, not the source run's")
+    taken = [name for name in files if (out / name).exists()]
+    if taken:
+        raise ValueError(f"{out}: already holds {taken}; write the reduced run to a new folder")
     source = load_encoder(files[ENCODER_FILE])
     if source.reduced_dim:
         raise ValueError(f"{files[ENCODER_FILE]}: already reduced to {source.reduced_dim}; reduce the original run")
@@ -131,7 +134,6 @@ def reduce_run(run: Path, dim: int, out: Path) -> dict:
         encoder.projection.copy_(torch.from_numpy(basis))
     payload = torch.load(files[ENCODER_FILE], map_location="cpu", weights_only=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / VECTORS_MANIFEST).unlink(missing_ok=True)
     write_item_vectors(out / VECTORS_FILE, item_ids, project(vectors, basis), dim)
     digest = save_encoder(out / ENCODER_FILE, encoder.eval(), TowerConfig(**payload["tower"]))
     meta = json.loads(files[VECTORS_MANIFEST].read_text())

@@ -445,6 +445,10 @@ def test_reduce_vectors_refuses_bad_requests_and_keeps_the_source(
     reduce_run(run, 8, tmp_path / "c")
     with pytest.raises(ValueError, match="already reduced to 8"):
         reduce_run(tmp_path / "c", 4, tmp_path / "d")
+    kept = {f.name: _sha256(f) for f in (tmp_path / "c").iterdir()}
+    with pytest.raises(ValueError, match=r"already holds \['encoder.pt', 'item_vectors.parquet', 'vectors.json'\]"):
+        reduce_run(run, 4, tmp_path / "c")  # another run's folder is not overwritten
+    assert {f.name: _sha256(f) for f in (tmp_path / "c").iterdir()} == kept
     assert {f.name: _sha256(f) for f in run.iterdir() if f.is_file()} == before
 
 
