@@ -11,7 +11,9 @@ prints the ratio the issue names:
 2. ``simtier_make`` / ``id_only`` step time at 1 process (goal <= 1.3), the
    two taking turns (median of ``--rounds``): the default config, MAKE's other
    stage-2 mode, MAKE's attention 8 wide, and with 16-d vectors
-   (``--narrow-vectors``) alone and with ``configs/light_make.yaml``;
+   (``--narrow-vectors``) alone and with ``configs/light_make.yaml``, the
+   last also without the fused kernels (``recsys.models.fused``);
+   ``--ratios-only`` measures these alone;
 3. the DMP path vs a plain-PyTorch ``id_only`` (``nn.EmbeddingBag(sparse=True)``
    tables, sparse Adagrad + Adam) on the same batches held in memory, taking
    turns in one process (goal >= 1.0);
@@ -22,7 +24,7 @@ prints the ratio the issue names:
 
 Usage::
 
-    python -m bench.train [--world DIR] [--vectors RUN] [--narrow-vectors RUN] [--large-world DIR] [--steps 40] [--json FILE]
+    python -m bench.train [--world DIR] [--vectors RUN] [--narrow-vectors RUN] [--large-world DIR] [--steps 40] [--ratios-only] [--json FILE]
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from recsys.data.batch import DENSE_FEATURES, Batch
 from recsys.data.reader import ImpressionReader, ReaderConfig
 from recsys.data.schema import Manifest
 from recsys.distributed import init_distributed
+from recsys.models import fused
 from recsys.models.attention import TargetAttention
 from recsys.models.config import VARIANTS, ModelConfig, table_sizes
 from recsys.models.id_model import POOLED_FEATURES
@@ -73,6 +76,7 @@ class Run:
     memory_only: bool = False
     make_frozen: bool | None = None  # None: ModelConfig's default
     make_attention_hidden: tuple[int, ...] | None = None  # None: ModelConfig's default
+    eager: bool = False  # without recsys.models.fused's kernels (MMCTR_FUSED=0)
 
     def model_config(self) -> ModelConfig:
         overrides: dict[str, object] = {"make_frozen": self.make_frozen, "make_attention_hidden": self.make_attention_hidden}
@@ -141,6 +145,8 @@ def worker(rank: int, world_size: int, port: int, run: Run, out: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
+    if run.eager:
+        os.environ[fused.ENV_SWITCH] = "0"
     ctx = init_distributed(always=True)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -183,9 +189,9 @@ def _ratio_candidates(base: Run, narrow_vectors: str) -> dict[str, Run]:
         narrow = replace(sm, vectors=narrow_vectors)
         dim = load_vectors(Path(narrow_vectors)).dim
         runs[f"{dim}-d vectors"] = narrow
-        runs[f"{dim}-d vectors and {Path(LIGHT_MAKE_CONFIG).name} (MAKE frozen, attention 8)"] = replace(
-            narrow, make_frozen=light.make_frozen, make_attention_hidden=light.make_attention_hidden
-        )
+        light_run = replace(narrow, make_frozen=light.make_frozen, make_attention_hidden=light.make_attention_hidden)
+        runs[f"{dim}-d vectors and {Path(LIGHT_MAKE_CONFIG).name} (MAKE frozen, attention 8)"] = light_run
+        runs[f"  the same with eager ops ({fused.ENV_SWITCH}=0)"] = replace(light_run, eager=True)
     else:
         print(f"  ({narrow_vectors} missing: no narrow-vector ratios; make it with `mmctr reduce-vectors --dim 16`)")
     return runs
@@ -316,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--narrow-vectors", default="runs/pt/e2-16",
                         help="16-d vectors (`mmctr reduce-vectors`) for the narrow-vector step-time ratios; skipped if missing")
     parser.add_argument("--rounds", type=int, default=3, help="turns of id_only and simtier_make for the step-time ratios")
+    parser.add_argument("--ratios-only", action="store_true", help="measure the step-time ratios (2.) alone")
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args(argv)
     base = Run(args.world, args.vectors, "id_only", args.steps, args.warmup, args.batch_size)
@@ -324,18 +331,22 @@ def main(argv: list[str] | None = None) -> None:
     print(f"training samples/s (batch {args.batch_size} per rank, {args.steps} steps after {args.warmup}, 1 thread/process)")
     # one GPU per rank: a one-GPU machine measures 1 process only
     procs = (1, 2) if not torch.cuda.is_available() or torch.cuda.device_count() >= 2 else (1,)
-    for variant in VARIANTS:
+    for variant in () if args.ratios_only else VARIANTS:
         rates = {n: measure(replace(base, variant=variant), n)["samples_per_s"] for n in procs}
         results["throughput"][variant] = rates
         two = f"   2 processes {rates[2]:>9,.0f}   ({rates[2] / rates[1]:.2f}x)" if 2 in rates else ""
         print(f"  {variant:<13} 1 process {rates[1]:>9,.0f}{two}")
-    tp = results["throughput"]
     ratios = step_time_ratios(base, _ratio_candidates(base, args.narrow_vectors), args.rounds)
     results["step_time_ratios"] = ratios
     ratio = ratios["defaults"]
     print(f"simtier_make / id_only step time (1 process; the two take turns, median of {args.rounds} rounds; goal <= 1.3):")
     for label, value in ratios.items():
         print(f"  {label:<62} {value:.2f}")
+    if args.ratios_only:
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return
+    tp = results["throughput"]
 
     ours_in_memory, plain = dmp_vs_plain(base)
     ours = tp["id_only"][1]

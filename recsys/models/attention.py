@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from recsys.models import fused
+
 
 class TargetAttention(nn.Module):
     """Weighted sum of history items, weights from an MLP over (target, item) pairs.
@@ -27,6 +29,10 @@ class TargetAttention(nn.Module):
     history matches; with ``softmax=True`` ``w`` is a softmax over the
     unmasked positions. Masked positions get weight 0 either way, so their
     contents never change the output; an all-masked row gives zeros.
+
+    When nothing needs a gradient (a frozen MAKE, evaluation) and the unit
+    has one hidden layer, CPU float32 calls run ``recsys.models.fused``'s
+    pooling kernel: the same values, one pass over each history.
 
     Args:
         dim (int): D, width of the query and of each key.
@@ -74,6 +80,21 @@ class TargetAttention(nn.Module):
     def output_dim(self) -> int:
         return self._dim
 
+    def _fusable(self, query: torch.Tensor, keys: torch.Tensor) -> bool:
+        """Whether ``recsys.models.fused``'s pooling kernel takes this call: nothing needs a gradient,
+        one hidden layer of a width it takes, no extra inputs, CPU float32."""
+        if torch.is_grad_enabled() and (
+            query.requires_grad or keys.requires_grad or any(p.requires_grad for p in self.unit.parameters())
+        ):
+            return False
+        return (
+            len(self.unit) == 3
+            and not self._extra_dim
+            and self.unit[0].out_features in fused.HIDDEN_WIDTHS
+            and keys.stride(2) == 1
+            and fused.applies(query, keys, self.unit[0].weight)
+        )
+
     def forward(
         self,
         query: torch.Tensor,
@@ -112,6 +133,11 @@ class TargetAttention(nn.Module):
         w_q, w_k, w_d, w_p, w_x = first.weight.split([D, D, D, D, self._extra_dim], dim=1)
         per_row = (w_k - w_d).t().unsqueeze(0) + query.unsqueeze(2) * w_p.t().unsqueeze(0)  # (B, D, H1)
         row_term = (query @ (w_q + w_d).t() + first.bias).unsqueeze(1)  # (B, 1, H1)
+        if self._fusable(query, keys):  # no gradient wanted: one pass per impression
+            last = self.unit[2]
+            return torch.ops.mmctr_fused.din_pool(
+                keys, mask, per_row, row_term.squeeze(1), last.weight.view(-1), last.bias.view(()), self._softmax
+            )
         hidden = torch.baddbmm(row_term, keys, per_row)  # (B, L, H1)
         if self._extra_dim:
             hidden = hidden + extra.to(keys.dtype) @ w_x.t()

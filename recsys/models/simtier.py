@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys.models import fused
+
 
 class SimTier(nn.Module):
     """Counts the history items whose cosine similarity to the target falls in each tier.
@@ -132,12 +134,21 @@ class _SoftTiers(torch.autograd.Function):
     centres d(share)/dx is ``-1/n`` for the lower tier and ``+1/n`` for the
     upper, so ``dL/ds = (g[upper] - g[lower]) * T / (2 n)``; beyond them (and
     beyond [-1, 1]) both tiers are the same one and the gradient is 0.
+
+    On CPU float32 (``recsys.models.fused``) a fused kernel does the
+    forward in one pass per impression, and the backward recomputes the
+    tiers in another instead of saving them.
     """
 
     @staticmethod
     def forward(
         ctx: torch.autograd.function.FunctionCtx, history: torch.Tensor, query: torch.Tensor, weight: torch.Tensor, T: int
     ) -> torch.Tensor:
+        ctx.half_tiers, ctx.T = T / 2, T
+        ctx.fused = history.shape[2] in fused.TIER_WIDTHS and history.stride(2) == 1 and fused.applies(history, query, weight)
+        if ctx.fused:  # one pass per impression (recsys.models.fused); the backward recomputes the tiers
+            ctx.save_for_backward(history, query, weight)
+            return torch.ops.mmctr_fused.soft_tiers(history, query, weight, T)
         sims = torch.bmm(history, query.unsqueeze(2)).squeeze(2)  # (B, L)
         x = (sims.clamp(-1.0, 1.0) + 1.0) * (T / 2) - 0.5
         low = x.floor()
@@ -149,13 +160,15 @@ class _SoftTiers(torch.autograd.Function):
         counts.scatter_add_(1, lower_tier, per_item - upper_share)
         counts.scatter_add_(1, upper_tier, upper_share)
         ctx.save_for_backward(history, lower_tier, upper_tier, per_item)
-        ctx.half_tiers = T / 2
         return counts
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[None, torch.Tensor | None, None, None]:
-        history, lower_tier, upper_tier, per_item = ctx.saved_tensors
         if not ctx.needs_input_grad[1]:
             return None, None, None, None
+        if ctx.fused:
+            history, query, weight = ctx.saved_tensors
+            return None, torch.ops.mmctr_fused.soft_tiers_backward(grad, history, query, weight, ctx.T), None, None
+        history, lower_tier, upper_tier, per_item = ctx.saved_tensors
         grad_sims = (grad.gather(1, upper_tier) - grad.gather(1, lower_tier)) * per_item * ctx.half_tiers  # (B, L)
         return None, torch.bmm(grad_sims.unsqueeze(1), history).squeeze(1), None, None

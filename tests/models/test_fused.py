@@ -1,0 +1,125 @@
+"""The fused CPU kernels (recsys.models.fused) against the eager ops they stand in for."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recsys.models import fused
+from recsys.models.attention import TargetAttention
+from recsys.models.config import ModelConfig
+from recsys.models.ctr_model import CtrModel
+from recsys.models.simtier import SimTier
+
+needs_kernels = pytest.mark.skipif(
+    torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"), reason="the kernels are built for AVX2 CPUs"
+)
+
+
+def test_kernels_build_where_the_cpu_has_avx2() -> None:
+    # On an AVX2 CPU a failed build must fail here, not fall back silently.
+    expected = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    assert fused.enabled() == expected
+    with fused.disabled():
+        assert not fused.enabled()
+    assert fused.enabled() == expected
+
+
+def history_batch(B: int, S: int, D: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unit target (B, D); a history view (B, L, D) of fixed slots (B, S, D) as the tables give it; prefix masks."""
+    g = torch.Generator().manual_seed(seed)
+    slots = torch.nn.functional.normalize(torch.randn(B, S, D, generator=g), dim=-1)
+    lengths = torch.randint(0, S, (B,), generator=g)
+    lengths[0] = 0  # an empty history
+    L = max(1, int(lengths.max()))
+    mask = torch.arange(L) < lengths.unsqueeze(1)
+    mask[1, ::3] = False  # items without a vector inside a history
+    history = slots[:, :L]  # not contiguous when L < S
+    slots[:, L:] = float("nan")  # never read
+    return torch.nn.functional.normalize(torch.randn(B, D, generator=g), dim=-1), history, mask
+
+
+@needs_kernels
+@pytest.mark.parametrize("D", fused.TIER_WIDTHS)
+def test_soft_tiers_forward_and_metric_gradient_equal_eager(D: int) -> None:
+    target, history, mask = history_batch(B=33, S=12, D=D, seed=D)
+    simtier = SimTier(20, soft=True, unit_vectors=True, metric_dim=D)
+    with torch.no_grad():
+        simtier.metric.add_(0.2 * torch.randn(D, D, generator=torch.Generator().manual_seed(1)))
+    probe = torch.randn(33, 20, generator=torch.Generator().manual_seed(2))
+    results = []
+    for use_kernels in (True, False):
+        with fused.disabled() if not use_kernels else torch.enable_grad():
+            simtier.zero_grad()
+            out = simtier(target, history, mask)
+            (out * probe).sum().backward()
+            results.append((out.detach(), simtier.metric.grad.clone()))
+    (got, got_grad), (want, want_grad) = results
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-5)
+    counted = mask.any(dim=1)
+    torch.testing.assert_close(got.sum(dim=1), counted.float())  # shares sum to 1, empty histories to 0
+
+
+@needs_kernels
+@pytest.mark.parametrize("hidden", fused.HIDDEN_WIDTHS)
+@pytest.mark.parametrize("softmax", [False, True])
+def test_attention_without_gradients_equals_eager(hidden: int, softmax: bool) -> None:
+    query, keys, mask = history_batch(B=29, S=9, D=16, seed=hidden)
+    att = TargetAttention(16, [hidden], softmax=softmax).requires_grad_(False)
+    got = att(query, keys, mask)
+    with fused.disabled():
+        want = att(query, keys, mask)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert got[0].eq(0).all()  # empty history
+    keys = keys.clone()
+    keys[~mask] = 7.0  # masked positions never change the output
+    torch.testing.assert_close(att(query, keys, mask), got, rtol=1e-5, atol=1e-6)
+
+
+@needs_kernels
+def test_attention_that_needs_gradients_keeps_the_eager_ops() -> None:
+    query, keys, mask = history_batch(B=5, S=6, D=8, seed=3)
+    att = TargetAttention(8, [8])
+    out = att(query, keys, mask)
+    assert out.grad_fn is not None  # the eager graph: the kernel has no backward
+    out.sum().backward()
+    assert att.unit[0].weight.grad is not None
+    with torch.no_grad():
+        torch.testing.assert_close(att(query, keys, mask), out.detach(), rtol=1e-5, atol=1e-6)
+
+
+@needs_kernels
+def test_frozen_make_model_equals_eager(sizes: dict[str, int], make_batch) -> None:
+    config = ModelConfig(variant="simtier_make", make_frozen=True, make_attention_hidden=(8,))
+    torch.manual_seed(0)
+    model = CtrModel(config, sizes, mm_dim=16)
+    weight = model.mm_arch.table_weight()
+    with torch.no_grad():
+        weight.copy_(torch.nn.functional.normalize(torch.randn_like(weight), dim=-1))
+        weight[3] = 0.0  # an item without a vector
+    batch = make_batch([4, 0, 7, 2, 3])
+    logits = model(batch.dense_features, batch.sparse_features)
+    logits.sum().backward()
+    got_grad = model.simtier.metric.grad.clone()
+    model.zero_grad()
+    with fused.disabled():
+        want = model(batch.dense_features, batch.sparse_features)
+        want.sum().backward()
+    torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_grad, model.simtier.metric.grad, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernels
+def test_kernels_name_the_bad_argument() -> None:
+    assert fused.enabled()
+    history = torch.zeros(2, 3, 8)
+    with pytest.raises(RuntimeError, match="weight: expected shape"):
+        torch.ops.mmctr_fused.soft_tiers(history, torch.zeros(2, 8), torch.zeros(2, 4), 5)
+    with pytest.raises(RuntimeError, match="D must be 8, 16, 32 or 64, got 12"):
+        torch.ops.mmctr_fused.soft_tiers(torch.zeros(2, 3, 12), torch.zeros(2, 12), torch.zeros(2, 3), 5)
+    with pytest.raises(RuntimeError, match="mask: expected shape"):
+        torch.ops.mmctr_fused.din_pool(
+            history, torch.ones(2, 4, dtype=torch.bool), torch.zeros(2, 8, 8), torch.zeros(2, 8), torch.zeros(8),
+            torch.zeros(()), False,
+        )
