@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,7 @@ EXTENSION = "mmctr_fused"  # torch.ops namespace, and the name the build is cach
 ENV_SWITCH = "MMCTR_FUSED"  # "0": keep the eager ops
 TIER_WIDTHS = (8, 16, 32, 64)  # D the SimTier kernels take
 HIDDEN_WIDTHS = (8, 16, 32)  # H the attention kernel takes
+AVX2_CAPABILITIES = ("AVX2", "AVX512")  # torch.backends.cpu.get_cpu_capability() values the build targets
 _CFLAGS = ["-O3", "-mavx2", "-mfma"]
 
 _switched_off = False
@@ -58,8 +60,9 @@ _switched_off = False
 @functools.cache
 def _load() -> bool:
     """Builds (once per source hash) and loads the kernels; False, with a warning, where it cannot."""
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+    if torch.backends.cpu.get_cpu_capability() not in AVX2_CAPABILITIES:
         return False
+    _ninja_on_path()
     try:
         from torch.utils.cpp_extension import load
 
@@ -68,6 +71,16 @@ def _load() -> bool:
         warnings.warn(f"{SOURCE.name}: fused kernels not built ({type(e).__name__}: {e}); using eager ops", stacklevel=3)
         return False
     return True
+
+
+def _ninja_on_path() -> None:
+    """cpp_extension runs ``ninja`` from PATH: add the ``ninja`` wheel's binary when PATH has none
+    (``.venv/bin/mmctr`` run without activating the venv)."""
+    if shutil.which("ninja") is None:
+        with contextlib.suppress(ImportError):
+            import ninja
+
+            os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
 
 
 def enabled() -> bool:
