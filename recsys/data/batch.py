@@ -42,9 +42,10 @@ Example::
     ...     labels=torch.tensor([1.0, 0.0]),
     ...     user_ids=torch.tensor([0, 1]),
     ...     item_ids=torch.tensor([8, 9]),
+    ...     weights=torch.tensor([1.0, 0.0]),  # impression 1 pads the batch
     ... )
-    >>> batch.batch_size
-    2
+    >>> batch.batch_size, batch.num_real
+    (2, 1)
     >>> batch.to(torch.device("cpu")).sparse_features["history_item_ids"].to_dense()
     [tensor([18, 19]), tensor([], dtype=torch.int64)]
     >>> FEATURE_ID_KIND["history_item_ids"]
@@ -97,6 +98,10 @@ class Batch(Pipelineable):
         labels (torch.Tensor): float32 tensor of shape (B,), 1.0 = click.
         user_ids (torch.Tensor): int64 tensor of shape (B,), for GAUC grouping.
         item_ids (torch.Tensor): int64 tensor of shape (B,), the shown items.
+        weights (torch.Tensor): float32 tensor of shape (B,), each row's loss
+            weight: 1.0 for an impression, 0.0 for a padding row (it moves no
+            gradient and no metric; readers pad so every rank steps together).
+            Omitted: every row 1.0.
     """
 
     dense_features: torch.Tensor
@@ -104,10 +109,22 @@ class Batch(Pipelineable):
     labels: torch.Tensor
     user_ids: torch.Tensor
     item_ids: torch.Tensor
+    weights: torch.Tensor = None  # type: ignore[assignment]  # None: filled with 1.0 (every row real)
+
+    def __post_init__(self) -> None:
+        if self.weights is None:
+            self.weights = torch.ones(self.labels.shape, dtype=torch.float32, device=self.labels.device)
+        if self.weights.shape != self.labels.shape:
+            raise ValueError(f"weights of shape {tuple(self.weights.shape)}, expected {tuple(self.labels.shape)} (B,)")
 
     @property
     def batch_size(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def num_real(self) -> int:
+        """Rows of weight > 0 (impressions, not padding)."""
+        return int((self.weights > 0).sum())
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         device = torch.device(device)
@@ -117,6 +134,7 @@ class Batch(Pipelineable):
             labels=self.labels.to(device=device, non_blocking=non_blocking),
             user_ids=self.user_ids.to(device=device, non_blocking=non_blocking),
             item_ids=self.item_ids.to(device=device, non_blocking=non_blocking),
+            weights=self.weights.to(device=device, non_blocking=non_blocking),
         )
 
     def record_stream(self, stream: torch.Stream) -> None:
@@ -125,6 +143,7 @@ class Batch(Pipelineable):
         self.labels.record_stream(stream)
         self.user_ids.record_stream(stream)
         self.item_ids.record_stream(stream)
+        self.weights.record_stream(stream)
 
     def pin_memory(self) -> "Batch":
         return Batch(
@@ -133,4 +152,5 @@ class Batch(Pipelineable):
             labels=self.labels.pin_memory(),
             user_ids=self.user_ids.pin_memory(),
             item_ids=self.item_ids.pin_memory(),
+            weights=self.weights.pin_memory(),
         )

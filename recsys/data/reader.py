@@ -3,45 +3,50 @@
 Notation:
 
 * ``B``: batch size; ``W``: world size (ranks); ``K``: DataLoader workers.
-* ``n_r``: impressions of the selected days held by rank ``r``'s row groups.
+* ``N``: impressions of the selected days (all files); ``n_r``: rank ``r``'s share.
+* ``T``: batches per rank and epoch, the same on every rank.
 
 What one epoch of rank ``r`` reads:
 
-1. Row groups of ``impressions/`` (files in sorted order) whose ``day``
-   statistics meet ``days``; rows of other days are filtered out exactly.
-2. Rank ``r`` takes the ``i``-th selected row group when ``i % W == r``.
-   All ranks must yield the same number of batches, or the collectives of
-   ``DistributedModelParallel`` hang, so the count comes from the Parquet
-   metadata (plus the ``day`` column of row groups that straddle a day
-   boundary), never from reading rows:
-
-   * ``drop_last=True`` (default): every rank yields ``min_r n_r // B`` full
-     batches; each rank drops its rows past that.
-   * ``drop_last=False``: every rank yields ``ceil(max_r n_r / B)`` batches
-     over ``max_r n_r`` rows, the last one partial. A rank with fewer rows
-     pads by reading its own rows again from its start (as torch's
-     ``DistributedSampler`` pads), so a few impressions count twice.
-
-3. The rank's rows are cut into batches at fixed positions; DataLoader
-   worker ``k`` of ``K`` builds a contiguous run of those batches, so it reads
-   only the row groups under them, and the batches are the same for any ``K``
-   (only their order interleaves).
-4. Each impression is joined with its user (``users/``) and item
-   (``items/``) side features through dense lookup arrays indexed by ID;
-   ``items/`` is read without its title and image columns.
-5. IDs at or beyond their embedding table's rows (``table_sizes``, by
+1. Row groups of ``impressions/`` (files in sorted order, row groups in file
+   order) whose ``day`` statistics meet ``days``; rows of other days are
+   filtered out exactly. Empty files and row groups are skipped. Counts come
+   from the Parquet metadata (plus the ``day`` column of row groups that
+   straddle a day boundary), never from reading rows.
+2. Those rows in the epoch's global order (``recsys.data.plan``): the same
+   on every rank and for every ``W`` and row-group layout; with
+   ``shuffle=True`` whole row groups are permuted by ``(seed, epoch)`` and
+   the rows within each row group by ``(seed, epoch, file, row group)``.
+3. ``config.remaining`` (default: the whole epoch) is cut into ``W``
+   contiguous shares (``plan.split``): rank ``r`` gets ``n_r`` rows, and
+   shares differ by at most one row, so every impression is read exactly
+   once per epoch by exactly one rank, whatever the files look like.
+4. Every rank yields ``T = ceil(max_r n_r / B)`` batches (the collectives of
+   ``DistributedModelParallel`` need lock-step): its rows cut every ``B`` (the
+   last batch may be smaller); a rank with one batch fewer yields, last, one
+   padding batch of one row (every ID 0, no history, label 0) of weight 0
+   (``Batch.weights``), which moves no gradient and no metric.
+5. DataLoader worker ``k`` of ``K`` builds a contiguous run of those batches,
+   reading only the row groups under them, so the batches are the same for
+   any ``K`` (only their order interleaves).
+6. Each impression is joined with its user (``users/``) and item
+   (``items/``) side features; ``items/`` is read without its title and image
+   columns. The side tables take memory proportional to their rows: sorted
+   unique IDs searched with ``np.searchsorted``, or a dense array indexed by
+   ID when the ID range is at most ``DENSE_LOOKUP_FACTOR`` times the rows. An
+   ID listed twice in a side table, or an impression whose user or item has
+   no row, is a ``ValueError`` naming the file.
+7. IDs at or beyond their embedding table's rows (``table_sizes``, by
    default the manifest's ranges) are refused (``ValueError`` naming file,
    feature and count) or, with ``out_of_range="hash"``, folded in as
    ``id % rows`` and counted in ``out_of_range_counts``.
-6. A background thread prepares up to ``prefetch`` batches ahead.
+8. A background thread prepares up to ``prefetch`` batches ahead.
 
-``start_batch`` skips an epoch's first batches without reading their rows
-(a resumed job continues mid-epoch with the same batches).
-
-With ``shuffle=True`` the rank's row-group order and the rows within each
-row group (the shuffle buffer) are permuted, deterministically for
-``(seed, set_epoch(epoch))``. Which row groups a rank owns never changes,
-so ``num_batches()`` does not either.
+Resuming mid-epoch: once every rank has done ``steps`` batches,
+``reader.remaining_after(steps)`` is what the epoch has left (global
+intervals, JSON-friendly, the same on every rank); a reader built with
+``ReaderConfig(remaining=...)`` on any number of ranks trains exactly those
+rows (same ``seed`` and ``set_epoch``).
 
 Dense features (``DENSE_FEATURES``): ``position`` as float and
 ``log1p(len(history_item_ids))`` of the history as written (before
@@ -78,8 +83,13 @@ Example::
             [2.0000, 0.0000]])
     >>> batch.sparse_features["history_item_ids"].to_dense()  # the last 2 of [0, 1, 0]
     [tensor([1, 0]), tensor([], dtype=torch.int64)]
-    >>> batch.sparse_features["shop_id"].values(), batch.labels
-    (tensor([8, 7]), tensor([1., 0.]))
+    >>> batch.sparse_features["shop_id"].values(), batch.labels, batch.weights
+    (tensor([8, 7]), tensor([1., 0.]), tensor([1., 1.]))
+    >>> two = [ImpressionReader(root, ReaderConfig(batch_size=2, rank=r, world_size=2)) for r in (0, 1)]
+    >>> two[0].total_rows, two[0].rank_rows, two[0].num_batches()
+    (3, (1, 2), 1)
+    >>> two[0].remaining_after(0), two[0].remaining_after(1)
+    (((0, 3),), ())
 """
 
 from __future__ import annotations
@@ -96,9 +106,11 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys.data.prefetch import prefetch
+from recsys.data import plan
 from recsys.data.batch import DENSE_FEATURES, FEATURE_ID_KIND, SINGLE_FEATURES, SPARSE_FEATURES, Batch
+from recsys.data.prefetch import prefetch
 from recsys.data.schema import Manifest, table_files
+from recsys.data.side import SideTable, check_range as _check_range, read_column as _column
 
 # Side features joined from users/ and items/, in `SINGLE_FEATURES` order.
 USER_SIDE: tuple[str, ...] = ("age_bucket", "gender", "city_id")
@@ -118,19 +130,21 @@ class ReaderConfig:
     batch_size: int = 4096  # B: impressions per batch
     days: tuple[int, ...] | range | None = None  # impression days to read; None = every day
     rank: int = 0  # this process's rank, 0 <= rank < world_size
-    world_size: int = 1  # W: ranks reading disjoint row groups
+    world_size: int = 1  # W: ranks sharing the epoch's rows
     shuffle: bool = False  # permute row-group order and rows within each row group
     seed: int = 0  # shuffle seed, combined with the epoch of `set_epoch`
     prefetch: int = 2  # batches a background thread prepares ahead; 0 = no thread
-    drop_last: bool = True  # True: drop rows past min_r n_r // B batches; False: pad (module doc)
     max_history_len: int | None = None  # keep the last this many history items; None = manifest's
-    start_batch: int = 0  # skip this epoch's first batches (resume mid-epoch); same batches after
+    # the epoch's rows still to read, as global [start, end) intervals (`remaining_after`); None = all
+    remaining: tuple[tuple[int, int], ...] | None = None
     table_sizes: dict[str, int] | None = None  # rows per ID kind; None = the manifest's id_ranges
     out_of_range: str = "refuse"  # IDs >= their table's rows: "refuse" (ValueError) or "hash" (id % rows)
 
     def __post_init__(self) -> None:
         if self.days is not None and not isinstance(self.days, range):
             object.__setattr__(self, "days", tuple(int(d) for d in self.days))  # lists stay hashable
+        if self.remaining is not None:  # lists (from JSON) become the canonical tuple
+            object.__setattr__(self, "remaining", plan.normalize(self.remaining))
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -139,8 +153,6 @@ class ReaderConfig:
             raise ValueError(f"prefetch must be >= 0 (0 = no thread), got {self.prefetch}")
         if self.max_history_len is not None and self.max_history_len < 0:
             raise ValueError(f"max_history_len must be >= 0 or None, got {self.max_history_len}")
-        if self.start_batch < 0:
-            raise ValueError(f"start_batch must be >= 0, got {self.start_batch}")
         if self.out_of_range not in OUT_OF_RANGE:
             raise ValueError(f"out_of_range must be one of {OUT_OF_RANGE}, got {self.out_of_range!r}")
 
@@ -157,7 +169,7 @@ class _RowGroup:
 
 @dataclass(frozen=True)
 class _Block:
-    """The selected rows of one row group, joined and truncated, columnar (n rows)."""
+    """Selected rows of one row group, joined and truncated, columnar (n rows)."""
 
     single: np.ndarray  # int64 (S, n): rows as SINGLE_FEATURES
     dense: np.ndarray  # float32 (n, F): columns as DENSE_FEATURES
@@ -175,7 +187,7 @@ class ImpressionReader(IterableDataset[Batch]):
 
     Args:
         root (Path): dataset directory in the format of ``recsys.data.schema``.
-        config (ReaderConfig): batch size, days, sharding, shuffle, prefetch.
+        config (ReaderConfig): batch size, days, sharding, shuffle, prefetch, resume point.
     """
 
     def __init__(self, root: Path, config: ReaderConfig = ReaderConfig()) -> None:
@@ -188,22 +200,22 @@ class ImpressionReader(IterableDataset[Batch]):
         )
         self._days = None if config.days is None else np.unique(np.asarray(list(config.days), dtype=np.int64))
         self._files = table_files(self.root, "impressions")
-        selected = self._select_row_groups()
-        W = config.world_size
-        self._rank_rows = tuple(sum(rg.rows for rg in selected[r::W]) for r in range(W))
-        self._shard = selected[config.rank :: W]
-        self._rows, self._num_batches = _plan(self._rank_rows, config.batch_size, config.drop_last)
+        self._groups = self._select_row_groups()
+        self.total_rows = sum(rg.rows for rg in self._groups)  # N
+        whole = plan.whole(self.total_rows)
+        self._remaining = whole if config.remaining is None else plan.normalize(config.remaining, self.total_rows)
+        self._shares = plan.split(self._remaining, config.world_size)
+        self._num_batches = plan.num_batches(self._remaining, config.world_size, config.batch_size)
         ranges = self.manifest.id_ranges
-        self._users = _lookup(self.root, "users", "user_id", USER_SIDE, ranges)
-        self._items = _lookup(self.root, "items", "item_id", ITEM_SIDE, ranges)
+        self._users = SideTable.read(self.root, "users", "user_id", USER_SIDE, ranges)
+        self._items = SideTable.read(self.root, "items", "item_id", ITEM_SIDE, ranges)
         self._table_rows = _table_rows(ranges, config.table_sizes)
         self._epoch = 0
-        # IDs hashed per feature, counted as row groups are read (rows that
-        # drop_last drops included; each pass counts again).
+        # IDs hashed per feature, counted as rows are read (each pass counts again).
         self.out_of_range_counts: dict[str, int] = {f: 0 for f in SPARSE_FEATURES}
 
     def num_batches(self) -> int:
-        """Batches per epoch, the same on every rank."""
+        """Batches of this epoch (of ``config.remaining``), the same on every rank."""
         return self._num_batches
 
     def __len__(self) -> int:
@@ -211,8 +223,17 @@ class ImpressionReader(IterableDataset[Batch]):
 
     @property
     def rank_rows(self) -> tuple[int, ...]:
-        """Impressions of the selected days held by each rank's row groups (n_r)."""
-        return self._rank_rows
+        """Impressions each rank reads this epoch (its share of ``config.remaining``), n_r."""
+        return tuple(plan.count(share) for share in self._shares)
+
+    @property
+    def remaining(self) -> plan.Remaining:
+        """The epoch's rows this reader reads over all ranks (``config.remaining``, or all N)."""
+        return self._remaining
+
+    def remaining_after(self, steps: int) -> plan.Remaining:
+        """What is left of the epoch once every rank has yielded ``steps`` batches (module doc)."""
+        return plan.remaining_after(self._remaining, self.config.world_size, self.config.batch_size, steps)
 
     def set_epoch(self, epoch: int) -> None:
         """Reseeds the shuffle (call before each epoch, as with ``DistributedSampler``).
@@ -235,6 +256,8 @@ class ImpressionReader(IterableDataset[Batch]):
         out: list[_RowGroup] = []
         for fi, path in enumerate(self._files):
             meta = pq.read_metadata(path)
+            if meta.num_row_groups == 0:
+                continue
             file: pq.ParquetFile | None = None  # opened for straddling row groups only
             day_col = _leaf_index(meta, "day", path)
             for gi in range(meta.num_row_groups):
@@ -262,34 +285,42 @@ class ImpressionReader(IterableDataset[Batch]):
                     out.append(_RowGroup(fi, gi, k, k == n))
         return out
 
-    def _order(self) -> list[_RowGroup]:
-        """This rank's row groups in this epoch's read order."""
-        if not self.config.shuffle:
-            return list(self._shard)
-        rng = np.random.default_rng((self.config.seed, self._epoch, self.config.rank))
-        return [self._shard[i] for i in rng.permutation(len(self._shard))]
+    def _order(self) -> tuple[list[_RowGroup], np.ndarray]:
+        """This epoch's row groups in global order and where each starts (int64 (G + 1,))."""
+        c = self.config
+        order = [self._groups[i] for i in plan.row_group_order(len(self._groups), c.shuffle, c.seed, self._epoch)]
+        starts = np.zeros(len(order) + 1, dtype=np.int64)
+        np.cumsum([rg.rows for rg in order], out=starts[1:])
+        return order, starts
 
     # -- reading -------------------------------------------------------------
 
     def _batches(self) -> Iterator[Batch]:
-        B = self.config.batch_size
+        B, T = self.config.batch_size, self._num_batches
         info = get_worker_info()
         k, K = (0, 1) if info is None else (info.id, info.num_workers)
-        first, last = k * self._num_batches // K, (k + 1) * self._num_batches // K
-        first = max(first, min(self.config.start_batch, last))
-        start, stop = first * B, min(last * B, self._rows)
-        order = self._order()
+        first, last = k * T // K, (k + 1) * T // K
+        share = self._shares[self.config.rank]
+        real = math.ceil(plan.count(share) / B)  # batches with rows; T - real padding batches (0 or 1)
+        order, starts = self._order()
+        segs = list(plan.segments(starts, plan.stretch(share, first * B, min(last, real) * B)))
         files: dict[int, pq.ParquetFile] = {}
-        cached: tuple[int, _Block] | None = None
+        cached: tuple[int, int, _Block] | None = None  # (j, first row of the block, block)
         pieces: list[tuple[_Block, int, int]] = []
         filled = 0
-        for j, lo, hi in _segments([rg.rows for rg in order], start, stop):
+        for i, (j, lo, hi) in enumerate(segs):
             if cached is None or cached[0] != j:
                 rg = order[j]
                 if rg.file not in files:
                     files[rg.file] = pq.ParquetFile(self._files[rg.file])
-                cached = (j, self._load(files[rg.file], rg))
-            block = cached[1]
+                end = hi  # up to the last row of j this worker reads (a worker never comes back to j)
+                for jj, _, h in segs[i + 1 :]:
+                    if jj != j:
+                        break
+                    end = h
+                cached = (j, lo, self._load(files[rg.file], rg, lo, end))
+            _, offset, block = cached
+            lo, hi = lo - offset, hi - offset
             while lo < hi:
                 take = min(hi - lo, B - filled)
                 pieces.append((block, lo, lo + take))
@@ -300,18 +331,24 @@ class ImpressionReader(IterableDataset[Batch]):
                     pieces, filled = [], 0
         if pieces:
             yield _assemble(pieces)
+        for _ in range(max(real, first), last):
+            yield _padding()
 
-    def _load(self, file: pq.ParquetFile, rg: _RowGroup) -> _Block:
+    def _load(self, file: pq.ParquetFile, rg: _RowGroup, lo: int, hi: int) -> _Block:
+        """Rows ``[lo, hi)`` of row group ``rg`` in the epoch's order (day-filtered, shuffled), joined."""
         where = f"{self._files[rg.file]} (row group {rg.index})"
         table = file.read_row_group(rg.index, columns=list(IMPRESSION_COLUMNS))
-        n = table.num_rows
         rows: np.ndarray | None = None  # selected row indices; None = all, in order
         if not rg.whole:
             rows = np.flatnonzero(np.isin(_column(table, "day", where), self._days))
         if self.config.shuffle:
             rng = np.random.default_rng((self.config.seed, self._epoch, rg.file, rg.index))
-            perm = rng.permutation(n if rows is None else len(rows))
+            perm = rng.permutation(rg.rows)
             rows = perm if rows is None else rows[perm]
+        if rows is not None:
+            rows = rows[lo:hi]
+        elif (lo, hi) != (0, table.num_rows):
+            table = table.slice(lo, hi - lo)  # zero-copy; rows stay in order
         user = _take(_column(table, "user_id", where), rows).astype(np.int64, copy=False)
         item = _take(_column(table, "item_id", where), rows).astype(np.int64, copy=False)
         position = _take(_column(table, "position", where), rows).astype(np.float32)
@@ -325,9 +362,9 @@ class ImpressionReader(IterableDataset[Batch]):
         m = len(user)
         single = np.empty((_S, m), dtype=np.int64)
         single[0] = user
-        single[1 : 1 + len(USER_SIDE)] = _join(self._users, user, "user_id", "users", where)
+        single[1 : 1 + len(USER_SIDE)] = self._users.join(user, where)
         single[1 + len(USER_SIDE)] = item
-        single[2 + len(USER_SIDE) :] = _join(self._items, item, "item_id", "items", where)
+        single[2 + len(USER_SIDE) :] = self._items.join(item, where)
         _check_range(values, self.manifest.id_ranges["item_id"], "history_item_ids", where)
         for s, name in enumerate(SINGLE_FEATURES):
             single[s] = self._fit_table(single[s], name, where)
@@ -366,32 +403,22 @@ def _table_rows(ranges: dict[str, int], sizes: dict[str, int] | None) -> dict[st
     return rows
 
 
-def _plan(rank_rows: tuple[int, ...], batch_size: int, drop_last: bool) -> tuple[int, int]:
-    """(rows each rank reads, batches each rank yields), from the per-rank row counts."""
-    if drop_last:
-        batches = min(rank_rows) // batch_size
-        return batches * batch_size, batches
-    rows = max(rank_rows)
-    if rows and min(rank_rows) == 0:
-        empty = [r for r, n in enumerate(rank_rows) if n == 0]
-        raise ValueError(
-            f"ranks {empty} hold no rows of the selected days, so they cannot pad to {rows} rows "
-            f"(drop_last=False); use fewer ranks, more row groups or drop_last=True"
-        )
-    return rows, math.ceil(rows / batch_size)
-
-
-def _segments(sizes: list[int], start: int, stop: int) -> Iterator[tuple[int, int, int]]:
-    """(row group j, first row, end row) covering stream rows [start, stop); wraps past the end."""
-    cum = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-    total = int(cum[-1])
-    p = start
-    while p < stop:
-        q = p % total
-        j = int(np.searchsorted(cum, q, "right")) - 1
-        take = min(int(cum[j + 1]) - q, stop - p)
-        yield j, q - int(cum[j]), q - int(cum[j]) + take
-        p += take
+def _padding() -> Batch:
+    """A batch of one padding row: every ID 0 (a row of every table), no history, weight 0."""
+    kjt = KeyedJaggedTensor(
+        keys=list(SPARSE_FEATURES),
+        values=torch.zeros(_S, dtype=torch.int64),
+        lengths=torch.tensor([1] * _S + [0], dtype=torch.int32),
+        stride=1,
+    )
+    return Batch(
+        dense_features=torch.zeros(1, len(DENSE_FEATURES)),
+        sparse_features=kjt,
+        labels=torch.zeros(1),
+        user_ids=torch.zeros(1, dtype=torch.int64),
+        item_ids=torch.zeros(1, dtype=torch.int64),
+        weights=torch.zeros(1),
+    )
 
 
 def _assemble(pieces: list[tuple[_Block, int, int]]) -> Batch:
@@ -416,6 +443,7 @@ def _assemble(pieces: list[tuple[_Block, int, int]]) -> Batch:
         labels=torch.from_numpy(np.concatenate([blk.labels[a:b] for blk, a, b in pieces])),
         user_ids=torch.from_numpy(user_ids),
         item_ids=torch.from_numpy(item_ids),
+        weights=torch.ones(B, dtype=torch.float32),
     )
 
 
@@ -442,52 +470,6 @@ def _jagged_take(
 
 def _take(array: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     return array if rows is None else array[rows]
-
-
-def _column(table: pa.Table, name: str, where: str) -> np.ndarray:
-    """A flat column as numpy; raises ValueError on nulls or NaN."""
-    column = table.column(name)
-    if column.null_count:
-        raise ValueError(f"{where}: column {name!r} has {column.null_count} null(s); expected none")
-    array = column.to_numpy()
-    if array.dtype.kind == "f" and np.isnan(array).any():
-        raise ValueError(f"{where}: column {name!r} has NaN value(s); expected finite numbers")
-    return array
-
-
-def _check_range(ids: np.ndarray, size: int, name: str, where: str) -> None:
-    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= size):
-        bad = ids[(ids < 0) | (ids >= size)][0]
-        raise ValueError(f"{where}: {name} {bad} outside the manifest ID range [0, {size})")
-
-
-def _join(table: np.ndarray, ids: np.ndarray, key: str, side: str, where: str) -> np.ndarray:
-    """Side features (k, n) of ``ids`` from a lookup array (k, id range); -1 marks no row."""
-    _check_range(ids, table.shape[1], key, where)
-    out = table[:, ids]
-    if len(ids) and int(out.min()) < 0:
-        missing = ids[(out < 0).any(axis=0)][0]
-        raise ValueError(f"{where}: {key} {missing} has no row in {side}/")
-    return out
-
-
-def _lookup(root: Path, table: str, key: str, columns: tuple[str, ...], ranges: dict[str, int]) -> np.ndarray:
-    """Dense lookup array (len(columns), id_ranges[key]) of a side table; -1 where no row.
-
-    Reads only ``key`` and ``columns`` (never titles or images).
-    """
-    size = ranges[key]
-    limit = max([size] + [ranges[c] for c in columns])
-    out = np.full((len(columns), size), -1, dtype=np.int32 if limit < 2**31 else np.int64)
-    for path in table_files(root, table):
-        part = pq.read_table(path, columns=[key, *columns])
-        ids = _column(part, key, str(path))
-        _check_range(ids, size, key, str(path))
-        for c, name in enumerate(columns):
-            values = _column(part, name, str(path))
-            _check_range(values, ranges[name], name, str(path))
-            out[c, ids] = values
-    return out
 
 
 def _leaf_index(meta: pq.FileMetaData, name: str, path: Path) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -179,7 +180,7 @@ def assert_rows_equal(got: list[dict], want: list[dict]) -> None:
 @pytest.mark.parametrize("max_len", [None, 2, 0])
 @pytest.mark.parametrize("prefetch_depth", [0, 2])
 def test_batches_equal_parquet_rows(dataset: Path, max_len: int | None, prefetch_depth: int) -> None:
-    config = ReaderConfig(batch_size=7, drop_last=False, prefetch=prefetch_depth, max_history_len=max_len)
+    config = ReaderConfig(batch_size=7, prefetch=prefetch_depth, max_history_len=max_len)
     reader = ImpressionReader(dataset, config)
     batches = list(reader)
     assert len(batches) == reader.num_batches() == len(reader) == math.ceil(N_ROWS / 7)
@@ -188,20 +189,12 @@ def test_batches_equal_parquet_rows(dataset: Path, max_len: int | None, prefetch
 
 
 def test_history_keeps_most_recent(dataset: Path) -> None:
-    rows = read_rows(ImpressionReader(dataset, ReaderConfig(batch_size=64, drop_last=False, max_history_len=2)))
+    rows = read_rows(ImpressionReader(dataset, ReaderConfig(batch_size=64, max_history_len=2)))
     full = {r["position"]: r["history_item_ids"] for r in reference_rows(dataset)}
     assert any(len(h) > 2 for h in full.values())
     for row in rows:
         assert row["history_item_ids"] == full[row["position"]][-2:]
         assert row["log_history_len"] == pytest.approx(math.log1p(len(full[row["position"]])), rel=1e-6)
-
-
-def test_drop_last_yields_full_batches(dataset: Path) -> None:
-    reader = ImpressionReader(dataset, ReaderConfig(batch_size=8))
-    batches = list(reader)
-    assert len(batches) == reader.num_batches() == N_ROWS // 8
-    assert all(b.batch_size == 8 for b in batches)
-    assert_rows_equal(read_rows(batches), reference_rows(dataset)[: N_ROWS // 8 * 8])
 
 
 @pytest.mark.parametrize("days", [{1}, {2}, {3}, {2, 3}, {1, 3}, {7}])
@@ -222,7 +215,7 @@ def test_day_filter(dataset: Path, days: set[int], monkeypatch: pytest.MonkeyPat
         return table
 
     monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
-    reader = ImpressionReader(dataset, ReaderConfig(batch_size=4, days=sorted(days), drop_last=False, prefetch=0))
+    reader = ImpressionReader(dataset, ReaderConfig(batch_size=4, days=sorted(days), prefetch=0))
     got = read_rows(reader)
     assert_rows_equal(got, reference_rows(dataset, days=days))
     assert len(reads) == wanted  # statistics skipped every row group without a selected day
@@ -230,56 +223,66 @@ def test_day_filter(dataset: Path, days: set[int], monkeypatch: pytest.MonkeyPat
 
 
 def test_day_filter_accepts_range(dataset: Path) -> None:
-    reader = ImpressionReader(dataset, ReaderConfig(batch_size=4, days=range(2, 4), drop_last=False))
+    reader = ImpressionReader(dataset, ReaderConfig(batch_size=4, days=range(2, 4)))
     assert_rows_equal(read_rows(reader), reference_rows(dataset, days={2, 3}))
 
 
-@pytest.mark.parametrize("drop_last", [False, True])
-def test_rank_sharding(dataset: Path, drop_last: bool) -> None:
-    B, W = 4, 2
-    readers = [ImpressionReader(dataset, ReaderConfig(B, rank=r, world_size=W, drop_last=drop_last)) for r in range(W)]
+@pytest.mark.parametrize("W", [2, 3])
+def test_rank_sharding(dataset: Path, W: int) -> None:
+    B = 4
+    readers = [ImpressionReader(dataset, ReaderConfig(B, rank=r, world_size=W)) for r in range(W)]
     n = readers[0].rank_rows
-    assert sum(n) == N_ROWS and n[0] != n[1]  # unequal shards: the interesting case
-    per_rank = [read_rows(r) for r in readers]
-    counts = {r.num_batches() for r in readers}
-    assert len(counts) == 1
-    for reader in readers:
-        assert len(list(reader)) == reader.num_batches()
-    keys = [Counter(key(row) for row in rows) for rows in per_rank]
-    assert not set(keys[0]) & set(keys[1])  # ranks read disjoint rows
-    if drop_last:
-        assert counts == {min(n) // B}
-        assert all(len(rows) == min(n) // B * B for rows in per_rank)
-    else:
-        assert counts == {math.ceil(max(n) / B)}
-        assert all(len(rows) == max(n) for rows in per_rank)  # the short rank pads
-        assert set(keys[0]) | set(keys[1]) == {key(row) for row in reference_rows(dataset)}
+    assert sum(n) == N_ROWS == readers[0].total_rows and max(n) - min(n) <= 1
+    assert {r.num_batches() for r in readers} == {math.ceil(max(n) / B)}
+    per_rank = [list(r) for r in readers]
+    assert all(len(batches) == r.num_batches() for batches, r in zip(per_rank, readers))
+    rows = [row for batches in per_rank for row in read_rows(real(batches))]
+    assert Counter(map(key, rows)) == Counter(map(key, reference_rows(dataset)))
 
 
-def test_padding_needs_rows_on_every_rank(tmp_path: Path) -> None:
+def test_padding_batch_has_weight_zero(tmp_path: Path) -> None:
     root = write_dataset(tmp_path / "ds", files={"day-0001-part-00000": [1] * 3}, row_group_size=5)
-    with pytest.raises(ValueError, match=r"ranks \[1\] hold no rows"):
-        ImpressionReader(root, ReaderConfig(batch_size=2, rank=0, world_size=2, drop_last=False))
-    assert ImpressionReader(root, ReaderConfig(batch_size=2, rank=1, world_size=2)).num_batches() == 0
+    W, B = 2, 2  # rank 0 gets 1 row, rank 1 gets 2: both yield one batch
+    readers = [ImpressionReader(root, ReaderConfig(batch_size=B, rank=r, world_size=W)) for r in range(W)]
+    assert readers[0].rank_rows == (1, 2) and {r.num_batches() for r in readers} == {1}
+    W, B = 4, 2  # rank 0 gets no row: it yields one padding batch
+    readers = [ImpressionReader(root, ReaderConfig(batch_size=B, rank=r, world_size=W)) for r in range(W)]
+    batches = [list(r) for r in readers]
+    assert [len(b) for b in batches] == [1] * W
+    (pad,) = batches[0]
+    assert pad.batch_size >= 1 and pad.weights.sum().item() == 0 and pad.num_real == 0
+    assert sum(b.num_real for (b,) in batches) == 3
+    assert all(torch.equal(b.weights, torch.ones(b.batch_size)) for (b,) in batches[1:])
+
+
+def real(batches: object) -> list[Batch]:
+    """The batches of weight-1 rows (padding batches dropped; a batch is all real or all padding)."""
+    out = []
+    for batch in batches:
+        n = batch.num_real
+        assert n in (0, batch.batch_size)
+        if n:
+            out.append(batch)
+    return out
 
 
 def test_shuffle_is_deterministic_and_complete(dataset: Path) -> None:
     def rows(seed: int, epoch: int) -> list[dict]:
-        reader = ImpressionReader(dataset, ReaderConfig(batch_size=5, shuffle=True, seed=seed, drop_last=False))
+        reader = ImpressionReader(dataset, ReaderConfig(batch_size=5, shuffle=True, seed=seed))
         reader.set_epoch(epoch)
         return read_rows(reader)
 
-    plain = read_rows(ImpressionReader(dataset, ReaderConfig(batch_size=5, drop_last=False)))
+    plain = read_rows(ImpressionReader(dataset, ReaderConfig(batch_size=5)))
     a, b, c = rows(0, 0), rows(0, 0), rows(0, 1)
     assert a == b
     assert a != plain and a != c
     assert Counter(map(key, a)) == Counter(map(key, plain)) == Counter(map(key, c))
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-@pytest.mark.parametrize("drop_last", [False, True])
-def test_dataloader_yields_same_rows(dataset: Path, num_workers: int, drop_last: bool) -> None:
-    config = ReaderConfig(batch_size=4, rank=1, world_size=2, drop_last=drop_last)
+@pytest.mark.parametrize("num_workers", [0, 2, 3])
+@pytest.mark.parametrize("rank", [0, 1])
+def test_dataloader_yields_same_rows(dataset: Path, num_workers: int, rank: int) -> None:
+    config = ReaderConfig(batch_size=4, rank=rank, world_size=2, shuffle=True)
     reader = ImpressionReader(dataset, config)
     direct = read_rows(reader)
     loader = DataLoader(reader, batch_size=None, num_workers=num_workers)
@@ -287,6 +290,7 @@ def test_dataloader_yields_same_rows(dataset: Path, num_workers: int, drop_last:
     assert len(batches) == reader.num_batches()
     assert all(isinstance(b, Batch) for b in batches)
     assert Counter(map(key, read_rows(batches))) == Counter(map(key, direct))
+    assert sorted(b.num_real for b in batches) == sorted(b.num_real for b in reader)
 
 
 @pytest.mark.parametrize("column", ["position", "label"])
@@ -369,30 +373,32 @@ def test_batch_to_and_pin_memory(dataset: Path) -> None:
 
 def test_generated_tiny_world(tiny_world: Path) -> None:
     manifest = Manifest.read(tiny_world)
-    reader = ImpressionReader(tiny_world, ReaderConfig(batch_size=4096, drop_last=False))
+    reader = ImpressionReader(tiny_world, ReaderConfig(batch_size=4096))
     assert_rows_equal(read_rows(reader), reference_rows(tiny_world))
-    test_day = ImpressionReader(tiny_world, ReaderConfig(batch_size=512, days=[manifest.test_day], drop_last=False))
+    test_day = ImpressionReader(tiny_world, ReaderConfig(batch_size=512, days=[manifest.test_day]))
     rows = read_rows(test_day)
     assert rows and len(rows) == len(reference_rows(tiny_world, days={manifest.test_day}))
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_start_batch_yields_the_rest_of_the_epoch(dataset: Path, shuffle: bool) -> None:
+def test_remaining_yields_the_rest_of_the_epoch(dataset: Path, shuffle: bool) -> None:
     config = ReaderConfig(batch_size=4, shuffle=shuffle, seed=3, world_size=2, rank=1)
     full = list(ImpressionReader(dataset, config))
-    for start in (0, 2, len(full), len(full) + 3):
-        reader = ImpressionReader(dataset, ReaderConfig(**{**config.__dict__, "start_batch": start}))
-        rest = list(reader)
-        assert reader.num_batches() == len(full)
-        assert [batch_rows(b) for b in rest] == [batch_rows(b) for b in full[start:]]
+    reader = ImpressionReader(dataset, config)
+    for steps in (0, 2, len(full), len(full) + 3):
+        rest = ImpressionReader(dataset, replace(config, remaining=reader.remaining_after(steps)))
+        got = list(rest)
+        assert len(got) == rest.num_batches()
+        # The same rows as the batches not yet done, in the same order (possibly cut differently).
+        assert read_rows(real(got)) == read_rows(real(full[steps:]))
 
 
 def test_ids_beyond_table_refused_or_hashed_and_counted(dataset: Path) -> None:
     sizes = {"item_id": 5, "shop_id": 4}
     with pytest.raises(ValueError, match=r"\d+ item_id value\(s\) >= the table's 5 rows"):
         list(ImpressionReader(dataset, ReaderConfig(batch_size=4, table_sizes=sizes)))
-    plain = list(ImpressionReader(dataset, ReaderConfig(batch_size=4, drop_last=False)))
-    reader = ImpressionReader(dataset, ReaderConfig(batch_size=4, drop_last=False, table_sizes=sizes, out_of_range="hash"))
+    plain = list(ImpressionReader(dataset, ReaderConfig(batch_size=4)))
+    reader = ImpressionReader(dataset, ReaderConfig(batch_size=4, table_sizes=sizes, out_of_range="hash"))
     hashed = list(reader)
     want = Counter()
     for raw, got in zip(plain, hashed):
