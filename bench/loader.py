@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     firsts: list[Batch | None] = []
     for depth in (0, 2):
         start = time.perf_counter()
-        reader = ImpressionReader(world, ReaderConfig(batch_size=B, prefetch=depth, drop_last=False))
+        reader = ImpressionReader(world, ReaderConfig(batch_size=B, prefetch=depth))
         setup = time.perf_counter() - start
         rows, seconds, first = timed(iter(reader), args.max_batches)
         results.append((f"ImpressionReader prefetch={depth}", rows, seconds, setup))

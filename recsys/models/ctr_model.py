@@ -189,17 +189,21 @@ class CtrTrain(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.loss_fn = nn.BCEWithLogitsLoss(reduction="none")
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """
         Args:
-            batch (Batch): dense (B, F), KJT, labels (B,).
+            batch (Batch): dense (B, F), KJT, labels (B,), weights (B,).
 
         Returns:
-            tuple: the mean loss (scalar, with gradient) and, detached, (loss,
-            logits (B,), labels (B,)) for metrics.
+            tuple: the loss (scalar, with gradient) and, detached, (loss,
+            logits (B,), labels (B,)) for metrics. The loss is the
+            ``batch.weights``-weighted mean of the rows' binary cross-entropy,
+            ``sum(w * bce) / max(sum(w), 1)``: a padding batch (all weights 0)
+            gives loss 0 and zero gradients.
         """
         logits = self.model(batch.dense_features, batch.sparse_features)
-        loss = self.loss_fn(logits, batch.labels)
+        weights = batch.weights.to(logits.dtype)
+        loss = (self.loss_fn(logits, batch.labels) * weights).sum() / weights.sum().clamp(min=1.0)
         return loss, (loss.detach(), logits.detach(), batch.labels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -88,3 +89,19 @@ def test_id_only_needs_no_vectors(make_batch: Callable[..., Batch], sizes: dict[
     assert model.mm_arch is None and model.simtier is None and model.make is None
     with pytest.raises(ValueError, match="needs item vectors"):
         CtrModel(ModelConfig(variant="simtier"), sizes, mm_dim=0)
+
+
+def test_weighted_loss_is_the_mean_over_real_rows(make_batch: Callable[..., Batch], sizes: dict[str, int]) -> None:
+    model = build("id_only", sizes)
+    batch = make_batch([3, 0, 1, 6, 2])
+    keep = torch.tensor([True, False, True, True, False])
+    weighted = dataclasses.replace(batch, weights=keep.float())
+    loss, (_, logits, labels) = CtrTrain(model)(weighted)
+    assert logits.shape == labels.shape == (5,)
+    torch.testing.assert_close(loss, F.binary_cross_entropy_with_logits(logits[keep], labels[keep]))
+    padding = dataclasses.replace(batch, weights=torch.zeros(5))
+    model.zero_grad()
+    loss, _ = CtrTrain(model)(padding)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
