@@ -65,7 +65,7 @@ def tier_histograms(
     Returns:
         TierHistogram: two (T,) mean tier shares and the impressions behind them.
     """
-    config = replace(reader_config, days=(day,), rank=0, world_size=1, shuffle=False, drop_last=False, start_batch=0)
+    config = replace(reader_config, days=(day,), rank=0, world_size=1, shuffle=False, remaining=None)
     reader = ImpressionReader(world, config)
     manifest = Manifest.read(world)
     items = manifest.id_ranges["item_id"]

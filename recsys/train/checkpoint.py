@@ -17,11 +17,11 @@ Loading goes through DCP's resharding: the ID tables' ``ShardedTensor``s and
 the fused optimizer's row-wise state are read into whatever sharding plan
 and world size the resuming job has, so a 2-rank checkpoint loads on 1 rank.
 
-Data position. The reader's batches are fixed by (seed, epoch, rank), so
-``Progress.batch`` (batches done in ``Progress.epoch``) resumes the same data
-stream at the same world size. At another world size, every rank reads other
-rows; the job resumes after the same number of impressions,
-``batch * old_world_size / new_world_size`` batches (rounded).
+Data position. ``Progress.remaining`` is what the current epoch has left:
+intervals of the epoch's global row order (``recsys.data.plan``), which does
+not depend on the world size. A job resumed on any number of ranks reads
+exactly those rows (``ReaderConfig(remaining=...)``), so every impression is
+trained once per epoch across stops and world-size changes.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torchrec.optim.keyed import CombinedOptimizer
 
+from recsys.data import plan
 from recsys.distributed import DistContext, barrier
 from recsys.train.sharding import DENSE_OPTIMIZER
 
@@ -51,21 +52,33 @@ class Progress:
 
     Example::
 
-        >>> Progress(epoch=0, batch=30, step=30, world_size=2).resume_batch(world_size=1)
-        60
+        >>> p = Progress(epoch=0, step=30, world_size=2, remaining=[[4096, 8000], [12096, 16000]])
+        >>> p.remaining, Progress.from_json(json.loads(json.dumps(dataclasses.asdict(p)))) == p
+        (((4096, 8000), (12096, 16000)), True)
     """
 
     epoch: int  # current epoch (0-based)
-    batch: int  # batches done within `epoch`
     step: int  # optimizer steps done in all
     world_size: int  # ranks of the job that saved it
+    # rows of `epoch` still to train: global [start, end) intervals (recsys.data.plan); None = all
+    remaining: tuple[tuple[int, int], ...] | None = None
     finished: bool = False  # every epoch done
 
-    def resume_batch(self, world_size: int) -> int:
-        """Batches of ``epoch`` to skip at ``world_size`` ranks (same impressions done)."""
-        if world_size == self.world_size:
-            return self.batch
-        return round(self.batch * self.world_size / world_size)
+    def __post_init__(self) -> None:
+        if self.remaining is not None:  # lists (from JSON) become the canonical tuple
+            object.__setattr__(self, "remaining", plan.normalize(self.remaining))
+
+    @staticmethod
+    def from_json(raw: dict) -> "Progress":
+        """A ``Progress`` from its JSON object; refuses a pre-``remaining`` one stopped mid-epoch."""
+        raw = dict(raw)
+        batch = raw.pop("batch", None)
+        if batch:
+            raise ValueError(
+                f"progress records batch {batch} of epoch {raw.get('epoch')} (a batch count, before row "
+                f"positions were recorded); it cannot be resumed exactly, start the run again"
+            )
+        return Progress(**raw)
 
 
 def save_checkpoint(
@@ -99,7 +112,7 @@ def latest_checkpoint(root: Path) -> tuple[Path, Progress] | None:
     path = Path(root) / marker.read_text().strip()
     try:
         raw = json.loads((path / PROGRESS_FILE).read_text())
-        return path, Progress(**raw)
+        return path, Progress.from_json(raw)
     except (OSError, ValueError, TypeError) as e:
         raise ValueError(f"{path}: checkpoint named by {marker} is unreadable ({e}); remove {marker} to start over") from e
 

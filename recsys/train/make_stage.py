@@ -87,7 +87,7 @@ def train_make(
     fill_mm_table(plain.model.mm_arch, vectors, manifest.id_ranges["item_id"])
     dmp, optimizer = shard_and_optimize(plain, ctx, sharding, train_config.sparse_lr, train_config.make_lr)
     log_file, best_file = out / MAKE_LOG, out / f".{MAKE_FILE}.best"
-    progress = Progress(epoch=0, batch=0, step=0, world_size=ctx.world_size)
+    progress = Progress(epoch=0, step=0, world_size=ctx.world_size)
     log: dict = {"epochs": [], "best_epoch": None, "best_val_auc": None, "stopped": None}
     found = latest_checkpoint(out / "checkpoints")
     if found is not None:
@@ -104,7 +104,7 @@ def train_make(
         out_of_range=train_config.out_of_range,
     )
     while progress.epoch < train_config.make_max_epochs and log["stopped"] is None:
-        reader = ImpressionReader(world, replace(reader_base, days=split.make_fit, shuffle=True, start_batch=0))
+        reader = ImpressionReader(world, replace(reader_base, days=split.make_fit, shuffle=True, remaining=progress.remaining))
         reader.set_epoch(progress.epoch)
         epoch = progress.epoch
         result = train_epoch(

@@ -182,7 +182,7 @@ def _run(job: TrainJob, ctx: DistContext) -> dict | None:
     spec = VARIANT_SPECS[job.model.variant]
     days = tuple(job.days) if job.days is not None else tuple(split.train)
 
-    progress = Progress(epoch=0, batch=0, step=0, world_size=ctx.world_size)
+    progress = Progress(epoch=0, step=0, world_size=ctx.world_size)
     log: dict = {"curve": [], "segments": [], "out_of_range_ids": {}}
     reader_base = ReaderConfig(
         batch_size=job.train.batch_size,
@@ -222,7 +222,8 @@ def _run(job: TrainJob, ctx: DistContext) -> dict | None:
         if (out / TRAIN_LOG).exists():
             log = json.loads((out / TRAIN_LOG).read_text())
         if ctx.is_main and not job.quiet:
-            print(f"resuming {out} from {found[0].name} (epoch {progress.epoch}, batch {progress.batch}, "
+            left = "all" if progress.remaining is None else f"{sum(b - a for a, b in progress.remaining)} rows"
+            print(f"resuming {out} from {found[0].name} (epoch {progress.epoch}, {left} left, "
                   f"saved by {progress.world_size} rank(s), now {ctx.world_size})")
     elif job.warm_start is not None:
         _warm_start(job, built)
@@ -237,9 +238,8 @@ def _run(job: TrainJob, ctx: DistContext) -> dict | None:
         last_saved = p.step
 
     while progress.epoch < job.train.epochs and not progress.finished:
-        start = progress.resume_batch(ctx.world_size)
-        progress = replace(progress, batch=start, world_size=ctx.world_size)
-        reader = ImpressionReader(job.world, replace(reader_base, days=days, shuffle=True, start_batch=start))
+        progress = replace(progress, world_size=ctx.world_size)
+        reader = ImpressionReader(job.world, replace(reader_base, days=days, shuffle=True, remaining=progress.remaining))
         reader.set_epoch(progress.epoch)
         every = job.train.checkpoint_every
         result = train_epoch(

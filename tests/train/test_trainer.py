@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from recsys.data.schema import Manifest
+from recsys.data import plan
+from recsys.data.schema import Manifest, table_files
 from recsys.data.vectors import VECTORS_FILE, write_item_vectors
 from recsys.models.config import ModelConfig
 from recsys.models.mm_table import MM_TABLE
@@ -21,6 +23,7 @@ from recsys.distributed import init_distributed
 from recsys.train.checkpoint import LATEST_FILE, latest_checkpoint, load_checkpoint
 from recsys.train.config import TrainConfig
 from recsys.train.make_stage import MAKE_FILE
+from recsys.train.setup import split_days
 from recsys.train.trainer import CHECKPOINTS, METRICS_FILE, TRAIN_LOG, TrainJob, build, run_train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,7 +120,11 @@ def test_two_rank_checkpoint_resumes_on_one_rank(tiny_world: Path, vectors: Path
         loaded = _gathered(built.model.state_dict())
     finally:
         torch.distributed.destroy_process_group()
-    assert progress.world_size == 2 and progress.resume_batch(1) == 14
+    # Rows of the training days, counted from the Parquet files (not the reader).
+    train_days = set(split_days(Manifest.read(tiny_world)).train)
+    n = sum(int(np.isin(pq.read_table(f, columns=["day"]).column(0).to_numpy(), list(train_days)).sum())
+            for f in table_files(tiny_world, "impressions"))
+    assert progress.world_size == 2 and plan.count(progress.remaining) == n - 7 * 2 * BATCH
     assert set(loaded) == set(saved["model"])
     for key, value in saved["model"].items():
         torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
@@ -127,6 +134,7 @@ def test_two_rank_checkpoint_resumes_on_one_rank(tiny_world: Path, vectors: Path
     segments = json.loads((out / TRAIN_LOG).read_text())["segments"]
     assert [s["world_size"] for s in segments] == [2, 1]
     assert segments[0]["samples"] == 7 * 2 * BATCH
+    assert sum(s["samples"] for s in segments) == n * job.train.epochs  # each row once per epoch
     assert 0.5 < metrics(out)["all"]["auc"] < 1.0
 
 
