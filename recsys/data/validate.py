@@ -23,6 +23,10 @@ Checks, in order:
    ``max_history_len``; every image of ``schema.IMAGE_COLUMNS`` decodes (PIL
    ``load()``) to a non-empty picture.
 
+Memory grows with the rows, never with ``id_ranges``: the user and item IDs
+seen so far are kept as sorted runs of unique IDs (:class:`_IdSet`, merged
+like a binary counter), so IDs spread up to 2**62 cost what dense ones do.
+
 Example::
 
     >>> import tempfile
@@ -157,13 +161,36 @@ def _check_footer(path: str, table: str, got: pa.Schema) -> None:
             raise DatasetError(f"{path}: column '{field.name}' has type {t}, expected {field.type}")
 
 
+class _IdSet:
+    """A set of int64 IDs as sorted unique runs of doubling sizes (memory O(IDs), lookups O(log))."""
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []  # sorted, unique, disjoint; sizes decreasing
+
+    def contains(self, values: np.ndarray) -> np.ndarray:
+        """Bool mask (n,): which of ``values`` are in the set."""
+        found = np.zeros(len(values), dtype=bool)
+        for run in self.runs:
+            at = np.minimum(np.searchsorted(run, values), len(run) - 1)
+            found |= run[at] == values
+        return found
+
+    def add(self, unique: np.ndarray) -> None:
+        """Adds sorted unique IDs that are not in the set yet."""
+        run = unique.astype(np.int64, copy=False)
+        while self.runs and len(self.runs[-1]) <= len(run):
+            run = np.sort(np.concatenate([self.runs.pop(), run]), kind="stable")
+        if len(run):
+            self.runs.append(run)
+
+
 class _ContentChecker:
     """Checks batches of rows; remembers the user and item IDs seen so far."""
 
     def __init__(self, manifest: Manifest, pool: ThreadPoolExecutor) -> None:
         self.m = manifest
         self.pool = pool
-        self.known = {kind: np.zeros(manifest.id_ranges[kind], dtype=bool) for kind in _KNOWN}
+        self.known = {kind: _IdSet() for kind in _KNOWN}  # IDs defined so far (memory O(rows))
 
     def batch(self, path: str, table: str, b: pa.RecordBatch, offset: int) -> None:
         for name in TABLES[table].names:
@@ -197,16 +224,16 @@ class _ContentChecker:
             return
         src, key = _KNOWN[kind]
         if (table, name) == (src, key):  # the table that defines the IDs: no repeats
-            _, first = np.unique(values, return_index=True)
+            unique, first = np.unique(values, return_index=True)
             repeated = np.ones(len(values), dtype=bool)
             repeated[first] = False
-            dup = repeated | self.known[kind][values]
+            dup = repeated | self.known[kind].contains(values)
             if dup.any():
                 i = int(np.flatnonzero(dup)[0])
                 raise _where(path, name, offset + i, f"{kind} {values[i]} appears more than once")
-            self.known[kind][values] = True
+            self.known[kind].add(unique)
             return
-        unknown = ~self.known[kind][values]
+        unknown = ~self.known[kind].contains(values)
         if unknown.any():
             i = int(np.flatnonzero(unknown)[0])
             raise _where(path, name, offset + int(rows[i]), f"unknown {kind} {values[i]} (no row in {src}/)")

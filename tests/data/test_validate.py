@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from recsys.data import validate
-from recsys.data.schema import IMPRESSIONS, ITEMS, SEARCHES, TABLES, USERS, Manifest
+from recsys.data.schema import ID_COLUMNS, IMPRESSIONS, ITEMS, SEARCHES, TABLES, USERS, Manifest, table_files
 from recsys.data.validate import DatasetError, main, validate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -288,3 +292,74 @@ def test_module_runs_as_a_program(dataset: Path) -> None:
 
 def test_generated_world_is_valid(tiny_world: Path, tiny_manifest: Manifest) -> None:
     assert validate_dataset(tiny_world) == tiny_manifest.counts
+
+
+# -- memory grows with the rows, not with id_ranges ----------------------------
+
+_PEAK = """
+import json, resource, sys
+from pathlib import Path
+mode, root = sys.argv[1], Path(sys.argv[2])
+if mode == "validate":
+    from recsys.data.validate import validate_dataset
+    rows = validate_dataset(root, workers=1)["impressions"]
+else:
+    from recsys.data.reader import ImpressionReader, ReaderConfig
+    config = ReaderConfig(batch_size=1024, prefetch=0, table_sizes=json.loads(sys.argv[3]), out_of_range="hash")
+    rows = sum(b.num_real for b in ImpressionReader(root, config))
+print(json.dumps({"rows": rows, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def _scale_ids(src: Path, dst: Path) -> int:
+    """A copy of ``src`` with every user and item ID multiplied up to ~2**62 (manifest ranges to match)."""
+    shutil.copytree(src, dst)
+    manifest = Manifest.read(src)
+    factor = 2**62 // max(manifest.id_ranges["user_id"], manifest.id_ranges["item_id"])
+    for table, columns in ID_COLUMNS.items():
+        scaled = [c for c, kind in columns.items() if kind in ("user_id", "item_id")]
+        for path in table_files(dst, table):
+            t = pq.read_table(path)
+            for c in scaled:
+                col = t.column(c).combine_chunks()
+                if pa.types.is_list(col.type):
+                    new = pa.ListArray.from_arrays(col.offsets, pc.multiply(col.values, factor))
+                else:
+                    new = pc.multiply(col, factor)
+                t = t.set_column(t.schema.get_field_index(c), c, new.cast(t.schema.field(c).type))
+            pq.write_table(t, path)
+    ranges = dict(manifest.id_ranges, user_id=manifest.id_ranges["user_id"] * factor,
+                  item_id=manifest.id_ranges["item_id"] * factor)
+    dataclasses.replace(manifest, id_ranges=ranges).write(dst)
+    return factor
+
+
+def _peak(mode: str, root: Path, sizes: dict[str, int]) -> dict:
+    out = subprocess.run([sys.executable, "-c", _PEAK, mode, str(root), json.dumps(sizes)], check=True,
+                         capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_memory_grows_with_rows_not_id_ranges(tiny_world: Path, tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    factor = _scale_ids(tiny_world, big)
+    assert max(Manifest.read(big).id_ranges[k] for k in ("user_id", "item_id")) > 2**61 and factor > 10**9
+    impressions = sum(pq.read_metadata(f).num_rows for f in (tiny_world / "impressions").glob("*.parquet"))
+    sizes = dict(Manifest.read(tiny_world).id_ranges)  # tables of the dense world's sizes; big IDs hashed
+    for mode in ("validate", "reader"):
+        dense, spread = _peak(mode, tiny_world, sizes), _peak(mode, big, sizes)
+        assert dense["rows"] == spread["rows"] == impressions
+        assert spread["peak_kib"] <= 1.5 * dense["peak_kib"], (mode, dense, spread)
+
+
+def test_id_set_matches_a_python_set() -> None:
+    rng = np.random.default_rng(0)
+    ids, seen = validate._IdSet(), set()
+    for _ in range(40):
+        batch = np.setdiff1d(rng.integers(0, 2**62, int(rng.integers(0, 300))), np.fromiter(seen, np.int64))
+        probe = np.concatenate([batch, rng.choice(np.fromiter(seen, np.int64), 5) if seen else batch[:0]])
+        assert ids.contains(probe).tolist() == [int(v) in seen for v in probe]
+        ids.add(np.unique(batch))
+        seen |= set(batch.tolist())
+        assert ids.contains(probe).all()
+    assert sum(len(r) for r in ids.runs) == len(seen) and len(ids.runs) <= 64
