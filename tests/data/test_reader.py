@@ -411,3 +411,78 @@ def test_ids_beyond_table_refused_or_hashed_and_counted(dataset: Path) -> None:
     assert {k: v for k, v in reader.out_of_range_counts.items() if v} == dict(want)
     with pytest.raises(ValueError, match="unknown ID kind 'items'"):
         ImpressionReader(dataset, ReaderConfig(table_sizes={"items": 3}))
+
+
+# -- row-exact sharding whatever the file layout ---------------------------------
+
+
+def _relayout(src: Path, dst: Path, layout: str) -> None:
+    """A copy of a world whose impressions are rewritten in another Parquet layout."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    files = table_files(dst, "impressions")
+    tables = [pq.read_table(f) for f in files]
+    if layout == "groups_3000":  # groups of 3,000 and 1,000 rows per day file
+        for f, t in zip(files, tables):
+            pq.write_table(t, f, row_group_size=3000)
+    elif layout == "one_group":  # one file, one row group: fewer groups than ranks
+        for f in files:
+            f.unlink()
+        t = pa.concat_tables(tables)
+        pq.write_table(t, files[0], row_group_size=t.num_rows)
+    elif layout == "empty_files":  # uneven small groups, an empty file and a file with zero row groups
+        for f, t in zip(files, tables):
+            pq.write_table(t, f, row_group_size=777)
+        pq.write_table(tables[0].schema.empty_table(), dst / "impressions/aaa-empty.parquet")
+        pq.ParquetWriter(dst / "impressions/zzz-no-groups.parquet", tables[0].schema).close()
+        assert pq.read_metadata(dst / "impressions/zzz-no-groups.parquet").num_row_groups == 0
+
+
+def _row_keys(batches: list[Batch]) -> Counter:
+    """Real rows as (user, item, position, label, history) tuples."""
+    out: Counter = Counter()
+    for b in real(batches):
+        hist = b.sparse_features["history_item_ids"]
+        offsets, values = hist.offsets().tolist(), hist.values().tolist()
+        for i in range(b.batch_size):
+            out[(b.user_ids[i].item(), b.item_ids[i].item(), b.dense_features[i, 0].item(), b.labels[i].item(),
+                 tuple(values[offsets[i] : offsets[i + 1]]))] += 1
+    return out
+
+
+def _parquet_keys(root: Path, days: set[int]) -> Counter:
+    out: Counter = Counter()
+    for f in table_files(root, "impressions"):
+        for r in pq.read_table(f).to_pylist():
+            if r["day"] in days:
+                out[(r["user_id"], r["item_id"], float(r["position"]), r["label"], tuple(r["history_item_ids"]))] += 1
+    return out
+
+
+@pytest.mark.parametrize("layout", ["groups_3000", "one_group", "empty_files"])
+def test_every_row_once_for_any_layout_and_world_size(tiny_world: Path, tmp_path: Path, layout: str) -> None:
+    root = tmp_path / layout
+    _relayout(tiny_world, root, layout)
+    manifest = Manifest.read(root)
+    days = set(range(manifest.first_day, manifest.last_day))  # the training days (all but the last)
+    want = _parquet_keys(root, days)
+    B = 1024
+    for W in (1, 2, 3):
+        config = ReaderConfig(batch_size=B, days=sorted(days), world_size=W, shuffle=True, seed=1, prefetch=0)
+        readers = [ImpressionReader(root, replace(config, rank=r)) for r in range(W)]
+        batches = [list(r) for r in readers]
+        assert {len(b) for b in batches} == {readers[0].num_batches()}
+        assert _row_keys([b for bs in batches for b in bs]) == want
+        assert readers[0].total_rows == sum(want.values())
+    # Stopped after 3 steps on 2 ranks, resumed on 3, then on 1: still every row once.
+    got: Counter = Counter()
+    remaining = None
+    for W, steps in ((2, 3), (3, 2), (1, None)):
+        config = ReaderConfig(batch_size=B, days=sorted(days), world_size=W, shuffle=True, seed=1, prefetch=0,
+                              remaining=remaining)
+        readers = [ImpressionReader(root, replace(config, rank=r)) for r in range(W)]
+        for reader in readers:
+            got += _row_keys(list(reader)[:steps])
+        remaining = readers[0].remaining_after(steps if steps is not None else readers[0].num_batches())
+    assert remaining == () and got == want
