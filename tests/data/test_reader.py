@@ -486,3 +486,13 @@ def test_every_row_once_for_any_layout_and_world_size(tiny_world: Path, tmp_path
             got += _row_keys(list(reader)[:steps])
         remaining = readers[0].remaining_after(steps if steps is not None else readers[0].num_batches())
     assert remaining == () and got == want
+
+
+def test_duplicate_side_row_raises_naming_file_and_id(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "ds")
+    first = pq.read_table(root / "users/part-00000.parquet")
+    twice = first.slice(0, 1)["user_id"][0].as_py()
+    pq.write_table(pa.concat_tables([pq.read_table(root / "users/part-00001.parquet"), first.slice(0, 1)]),
+                   root / "users/part-00001.parquet")
+    with pytest.raises(ValueError, match=rf"part-00001\.parquet: user_id {twice} appears more than once"):
+        ImpressionReader(root, ReaderConfig(batch_size=4))
