@@ -22,6 +22,10 @@ Data position. The reader's batches are fixed by (seed, epoch, rank), so
 stream at the same world size. At another world size, every rank reads other
 rows; the job resumes after the same number of impressions,
 ``batch * old_world_size / new_world_size`` batches (rounded).
+
+:class:`TrainState` ties a sharded model and its optimizer to their
+checkpoint folder: it resumes from the newest checkpoint and remembers the
+last step saved, so a trainer saves at the end only what is not saved yet.
 """
 
 from __future__ import annotations
@@ -137,3 +141,43 @@ def load_checkpoint(
         full["optim"]["state"].update(wanted["optim"]["state"])
     model.load_state_dict(full["model"])
     optimizer.load_state_dict(full["optim"])
+
+
+class TrainState:
+    """A sharded model, its optimizer and the checkpoint folder they are saved to and resumed from.
+
+    Args:
+        root (Path): the checkpoints folder (module docstring).
+        model (nn.Module): the sharded model.
+        optimizer (CombinedOptimizer): its optimizer.
+        ctx (DistContext): rank, world size, device.
+    """
+
+    def __init__(self, root: Path, model: nn.Module, optimizer: CombinedOptimizer, ctx: DistContext) -> None:
+        self.root = Path(root)
+        self.model = model
+        self.optimizer = optimizer
+        self.ctx = ctx
+        self.last_saved_step = -1  # step of the newest checkpoint this job saved or resumed from; -1: none
+
+    def resume(self, skip: Callable[[str], bool] | None = None) -> tuple[Path, Progress] | None:
+        """Loads the newest complete checkpoint under ``root`` (``skip`` as for :func:`load_checkpoint`).
+
+        Returns:
+            tuple[Path, Progress] | None: the checkpoint folder and its progress, or ``None`` when there is none.
+        """
+        found = latest_checkpoint(self.root)
+        if found is not None:
+            load_checkpoint(found[0], self.model, self.optimizer, skip=skip)
+            self.last_saved_step = found[1].step
+        return found
+
+    def save(self, progress: Progress) -> None:
+        """Saves a checkpoint at ``progress`` on every rank (:func:`save_checkpoint`)."""
+        save_checkpoint(self.root, self.model, self.optimizer, progress, self.ctx)
+        self.last_saved_step = progress.step
+
+    def save_if_new(self, progress: Progress) -> None:
+        """Saves a checkpoint unless the newest one is already at ``progress.step``."""
+        if self.last_saved_step != progress.step:
+            self.save(progress)
