@@ -9,7 +9,8 @@ prefix-masked histories of uniform length), it times
    hidden widths 8 and 32,
 
 and prints eager time / fused time (the kernels' speed-up) for each, with
-the largest difference of their outputs.
+the largest difference of their outputs. The two sides are twin modules
+with the same weights, one built with ``fused=True``.
 
 Usage::
 
@@ -39,16 +40,15 @@ def _time(fn: Callable[[], object], repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def eager_over_fused(fn: Callable[[], torch.Tensor], rounds: int, repeats: int = 20) -> tuple[float, float, float]:
+def eager_over_fused(
+    eager_fn: Callable[[], torch.Tensor], fused_fn: Callable[[], torch.Tensor], rounds: int, repeats: int = 20
+) -> tuple[float, float, float]:
     """(eager seconds, fused seconds, largest output difference); median of ``rounds`` turns."""
     eager, ours = [], []
     for _ in range(rounds):
-        with fused.disabled():
-            eager.append(_time(fn, repeats))
-        ours.append(_time(fn, repeats))
-    with fused.disabled():
-        want = fn()
-    return statistics.median(eager), statistics.median(ours), float((fn() - want).abs().max())
+        eager.append(_time(eager_fn, repeats))
+        ours.append(_time(fused_fn, repeats))
+    return statistics.median(eager), statistics.median(ours), float((fused_fn() - eager_fn()).abs().max())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,35 +60,48 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     pin_malloc_thresholds()
-    if not fused.enabled():
+    if not fused.load():
         raise SystemExit("the fused kernels are not available here (an AVX2 CPU, g++ and ninja are needed)")
     B, L, D = args.batch_size, args.history, args.dim
     g = torch.Generator().manual_seed(0)
     history = torch.nn.functional.normalize(torch.randn(B, L, D, generator=g), dim=-1)
     target = torch.nn.functional.normalize(torch.randn(B, D, generator=g), dim=-1)
     mask = torch.arange(L) < torch.randint(0, L + 1, (B,), generator=g).unsqueeze(1)
-    simtier = SimTier(50, soft=True, unit_vectors=True, metric_dim=D)
     probe = torch.randn(B, 50, generator=g)
 
-    def tiers_forward() -> torch.Tensor:
-        with torch.no_grad():
-            return simtier(target, history, mask)
+    def tiers_forward(simtier: SimTier) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            with torch.no_grad():
+                return simtier(target, history, mask)
 
-    def tiers_forward_backward() -> torch.Tensor:
-        simtier.zero_grad()
-        (simtier(target, history, mask) * probe).sum().backward()
-        return simtier.metric.grad
+        return run
 
-    cases: dict[str, Callable[[], torch.Tensor]] = {
-        "SimTier, learned metric: forward": tiers_forward,
-        "SimTier, learned metric: forward + backward": tiers_forward_backward,
+    def tiers_forward_backward(simtier: SimTier) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            simtier.zero_grad()
+            (simtier(target, history, mask) * probe).sum().backward()
+            return simtier.metric.grad
+
+        return run
+
+    def attention(att: TargetAttention) -> Callable[[], torch.Tensor]:
+        return lambda: att(target, history, mask)
+
+    # (eager, fused) twins: the metric starts at the identity in both; the attention copies its weights
+    simtiers = [SimTier(50, soft=True, unit_vectors=True, metric_dim=D, fused=k) for k in (False, True)]
+    cases: dict[str, tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]] = {
+        "SimTier, learned metric: forward": (tiers_forward(simtiers[0]), tiers_forward(simtiers[1])),
+        "SimTier, learned metric: forward + backward": (
+            tiers_forward_backward(simtiers[0]), tiers_forward_backward(simtiers[1])
+        ),
     }
     for hidden in (8, 32):
-        att = TargetAttention(D, [hidden]).requires_grad_(False)
-        cases[f"target attention {hidden} wide, no gradients"] = lambda att=att: att(target, history, mask)
+        atts = [TargetAttention(D, [hidden], fused=k).requires_grad_(False) for k in (False, True)]
+        atts[1].load_state_dict(atts[0].state_dict())
+        cases[f"target attention {hidden} wide, no gradients"] = (attention(atts[0]), attention(atts[1]))
     print(f"fused kernels vs eager ops (B={B}, L={L}, D={D}, 1 thread, median of {args.rounds} turns)")
-    for label, fn in cases.items():
-        eager, ours, diff = eager_over_fused(fn, args.rounds)
+    for label, (eager_fn, fused_fn) in cases.items():
+        eager, ours, diff = eager_over_fused(eager_fn, fused_fn, args.rounds)
         print(f"  {label:<46} eager {eager * 1e3:6.2f} ms  fused {ours * 1e3:6.2f} ms  {eager / ours:4.1f}x  (max diff {diff:.1e})")
 
 

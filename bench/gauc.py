@@ -1,12 +1,12 @@
 """``python -m bench.gauc``: our vectorised GAUC against a per-user sklearn loop.
 
-Both sides compute the impression-weighted GAUC of ``recsys.train.metrics``
+Both sides compute the impression-weighted GAUC of ``recsys.eval.metrics``
 (users with one class left out, ties 1/2) on the same synthetic test day, in
 this process, on one thread:
 
 * baseline: group impressions by user (one numpy sort), then a Python loop
   calling ``sklearn.metrics.roc_auc_score`` per user with both labels;
-* ours: :func:`recsys.train.metrics.gauc` (two sorts and segment sums in torch).
+* ours: :func:`recsys.eval.metrics.gauc` (two sorts and segment sums in torch).
 
 The day: ``n_users`` users with Zipf impressions (user ``k`` gets a share
 ``∝ 1/k``), ~10% clicks, predictions a noisy logistic of the label rounded
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from recsys.train.metrics import gauc
+from recsys.eval.metrics import gauc
 
 
 def sklearn_gauc(p: np.ndarray, y: np.ndarray, users: np.ndarray) -> float:

@@ -34,6 +34,7 @@ import torch
 
 from pretrain.config import SclConfig
 from pretrain.train import EMBED_BATCH, Pretrainer, embed_items
+from recsys.allocator import pin_malloc_thresholds
 from recsys.data.schema import MANIFEST
 from recsys.distributed import init_distributed
 
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.sample < 1 or args.threads < 1:
         raise SystemExit("--steps, --sample and --threads must be >= 1")
 
+    pin_malloc_thresholds()  # process-wide, here at the entry point (recsys.allocator)
     torch.set_num_threads(args.threads)
     world = ensure_world(args.world)
     cfg = dataclasses.replace(SclConfig(), batch_size=args.batch_size, max_steps=args.steps + 1)

@@ -42,8 +42,8 @@ import torch
 
 from pretrain.config import TowerConfig
 from pretrain.data import decode_images
+from pretrain.encoder import load_encoder, save_encoder
 from pretrain.towers import ItemEncoder, build_tokenizer, build_towers
-from pretrain.train import load_encoder, save_encoder
 from recsys.data.schema import Manifest, table_files
 from serving.client import ClientConfig, EncoderClient
 from serving.embedder import percentiles

@@ -45,18 +45,20 @@ import torch.multiprocessing as mp
 from torch import nn
 from torchrec.modules.mlp import MLP
 
+from recsys.allocator import pin_malloc_thresholds
 from recsys.data.batch import DENSE_FEATURES, Batch
 from recsys.data.reader import ImpressionReader, ReaderConfig
 from recsys.data.schema import Manifest
+from recsys.data.vectors import load_vectors
 from recsys.distributed import init_distributed
 from recsys.models import fused
 from recsys.models.attention import TargetAttention
 from recsys.models.config import VARIANTS, ModelConfig, table_sizes
 from recsys.models.id_model import POOLED_FEATURES
-from recsys.models.make import Make
+from recsys.models.make import Make, make_config
 from recsys.train.config import TrainConfig, load_job_config
 from recsys.train.make_stage import MAKE_FILE
-from recsys.train.setup import load_vectors, split_days
+from recsys.train.setup import split_days
 from recsys.train.trainer import TrainJob, build
 
 LIGHT_MAKE_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "light_make.yaml")
@@ -76,10 +78,14 @@ class Run:
     memory_only: bool = False
     make_frozen: bool | None = None  # None: ModelConfig's default
     make_attention_hidden: tuple[int, ...] | None = None  # None: ModelConfig's default
-    eager: bool = False  # without recsys.models.fused's kernels (MMCTR_FUSED=0)
+    fused_kernels: bool | None = None  # None: ModelConfig's default; False: without recsys.models.fused's kernels
 
     def model_config(self) -> ModelConfig:
-        overrides: dict[str, object] = {"make_frozen": self.make_frozen, "make_attention_hidden": self.make_attention_hidden}
+        overrides: dict[str, object] = {
+            "make_frozen": self.make_frozen,
+            "make_attention_hidden": self.make_attention_hidden,
+            "fused_kernels": self.fused_kernels,
+        }
         return ModelConfig(variant=self.variant, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -93,7 +99,7 @@ def _fake_make_stage1(folder: Path, run: Run) -> Path:
     """A stage-1 folder with randomly initialised MAKE weights (the bench does not run stage 1)."""
     dim = load_vectors(Path(run.vectors)).dim
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": Make(run.model_config(), dim).state_dict(), "mm_dim": dim}, folder / MAKE_FILE)
+    torch.save({"state_dict": Make(make_config(run.model_config()), dim).state_dict(), "mm_dim": dim}, folder / MAKE_FILE)
     return folder
 
 
@@ -142,11 +148,10 @@ def _memory(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int
 
 def worker(rank: int, world_size: int, port: int, run: Run, out: str) -> None:
     """One rank of a measurement; rank 0 writes the result JSON to ``out``."""
+    pin_malloc_thresholds()  # a spawned process: its own entry point
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
-    if run.eager:
-        os.environ[fused.ENV_SWITCH] = "0"
     ctx = init_distributed(always=True)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -191,7 +196,7 @@ def _ratio_candidates(base: Run, narrow_vectors: str) -> dict[str, Run]:
         runs[f"{dim}-d vectors"] = narrow
         light_run = replace(narrow, make_frozen=light.make_frozen, make_attention_hidden=light.make_attention_hidden)
         runs[f"{dim}-d vectors and {Path(LIGHT_MAKE_CONFIG).name} (MAKE frozen, attention 8)"] = light_run
-        runs[f"  the same with eager ops ({fused.ENV_SWITCH}=0)"] = replace(light_run, eager=True)
+        runs["  the same with eager ops (fused_kernels: false)"] = replace(light_run, fused_kernels=False)
     else:
         print(f"  ({narrow_vectors} missing: no narrow-vector ratios; make it with `mmctr reduce-vectors --dim 16`)")
     return runs
@@ -325,7 +330,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ratios-only", action="store_true", help="measure the step-time ratios (2.) alone")
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args(argv)
-    base = Run(args.world, args.vectors, "id_only", args.steps, args.warmup, args.batch_size)
+    pin_malloc_thresholds()  # process-wide, here at the entry point (recsys.allocator)
+    base = Run(args.world, args.vectors, "id_only", args.steps, args.warmup, args.batch_size,
+               fused_kernels=fused.env_override())  # MMCTR_FUSED, read once
     results: dict[str, object] = {"throughput": {}}
 
     print(f"training samples/s (batch {args.batch_size} per rank, {args.steps} steps after {args.warmup}, 1 thread/process)")

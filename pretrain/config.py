@@ -23,18 +23,17 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from recsys.config_file import read_config_file
-
+from recsys.config_file import check_positive, config_from_dict, read_config_file
+from recsys.settings import setting
 
 # How the item vector is formed from the image and text embeddings
 # (see ``pretrain.towers.ItemEncoder.fuse``).
 FUSIONS: tuple[str, ...] = ("mean", "image", "text", "concat")
+# Pre-training recipes (``pretrain.train.Pretrainer``): SCL, the CLIP-style baseline, untrained towers.
+METHODS: tuple[str, ...] = ("scl", "clip", "random")
 
 
 @dataclass(frozen=True)
@@ -78,10 +77,7 @@ class TowerConfig:
     embed_dim: int = 64  # D: the issue's default item vector width
 
     def __post_init__(self) -> None:
-        for name in (f.name for f in dataclasses.fields(self)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"TowerConfig.{name} must be a positive int, got {value!r}")
+        check_positive(self, [f.name for f in dataclasses.fields(self)])
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"TowerConfig.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
@@ -144,12 +140,11 @@ class SclConfig:
     weight_decay: float = 0.05  # AdamW decoupled weight decay
     warmup_steps: int = 100  # linear warm-up from 0, then cosine decay to 0
     epochs: int = 2  # two passes over the `small` world's ~37k training sessions: ~580 steps at 2 ranks, ~7 min
-    max_steps: int | None = None  # no cap; `mmctr pretrain --max-steps N` sets one
+    max_steps: int | None = setting(None, "stop after N optimizer steps")  # None: no cap
     seed: int = 0  # torch.manual_seed of init and the data order
-    # An encoder.pt to start from instead of random towers (same TowerConfig):
-    # the paper fine-tunes SCL from a generic CLIP; here a `--method clip` run
-    # stands in for that backbone. None: random initialisation.
-    init_from: str | None = None
+    # The paper fine-tunes SCL from a generic CLIP; here a `--method clip` run
+    # stands in for that backbone (same TowerConfig).
+    init_from: str | None = setting(None, "encoder.pt (or the run folder holding it) to start from, e.g. a clip run's, instead of random towers")
 
     def __post_init__(self) -> None:
         if not isinstance(self.tower, TowerConfig):
@@ -176,7 +171,8 @@ def load_config(path: str | Path) -> SclConfig:
 
     Keys mirror the dataclass fields; tower sizes go in a nested ``tower``
     section. Missing keys keep their defaults. Unknown keys and values of the
-    wrong type raise ``ValueError`` naming the file, the section and the key.
+    wrong type raise ``ValueError`` naming the file, the section and the key
+    (``recsys.config_file.config_from_dict``).
 
     Args:
         path (str | Path): the config file.
@@ -184,59 +180,12 @@ def load_config(path: str | Path) -> SclConfig:
     Returns:
         SclConfig: the configuration.
     """
-    return config_from_dict(read_config_file(path), source=str(path))
+    return config_from_dict(SclConfig, read_config_file(path), source=str(path), section="scl")
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> SclConfig:
-    """Build an :class:`SclConfig` from a plain mapping (as read from YAML/TOML).
+@dataclass(frozen=True)
+class PretrainJob:
+    """The settings of one ``mmctr pretrain`` beside its :class:`SclConfig` (fields carry their help)."""
 
-    Args:
-        raw (dict[str, Any]): top-level keys of ``SclConfig``, ``tower`` a
-            mapping of ``TowerConfig`` keys.
-        source (str): where ``raw`` came from, for error messages.
-
-    Returns:
-        SclConfig: the configuration.
-
-    Example::
-
-        >>> config_from_dict({"momentum": 0.99, "tower": {"embed_dim": 32}}).tower.embed_dim
-        32
-    """
-    values = _check_section(raw, SclConfig, "scl", source)
-    if "tower" in values:
-        values["tower"] = TowerConfig(**_check_section(values["tower"], TowerConfig, "tower", source))
-    try:
-        return SclConfig(**values)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: {e}") from e
-
-
-def _check_section(raw: object, cls: type, section: str, source: str) -> dict[str, Any]:
-    """Validate one mapping against the fields of dataclass ``cls``; ints widen to float."""
-    if not isinstance(raw, dict):
-        raise ValueError(f"{source}: section {section!r} must be a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {unknown} in section {section!r}; known keys: {known}")
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        expected = hints[key]
-        if expected is TowerConfig:
-            values[key] = value  # checked as its own section
-            continue
-        allowed = typing.get_args(expected) if isinstance(expected, types.UnionType) else (expected,)
-        if value is None and type(None) in allowed:
-            values[key] = None
-        elif float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
-            values[key] = float(value)
-        elif int in allowed and isinstance(value, int) and not isinstance(value, bool):
-            values[key] = value
-        elif str in allowed and isinstance(value, str):
-            values[key] = value
-        else:
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-            raise ValueError(f"{source}: {section}.{key} must be {names}, got {value!r}")
-    return values
+    method: str = setting("scl", "training recipe", choices=METHODS)
+    checkpoint_every: int = setting(200, "steps between checkpoints")

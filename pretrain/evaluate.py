@@ -22,7 +22,7 @@ import torch
 from pretrain.data import decode_images
 from pretrain.towers import build_tokenizer
 from pretrain.config import TowerConfig
-from pretrain.train import ENCODER_FILE, MODALITY_FILES, load_encoder
+from pretrain.encoder import MODALITY_FILES, load_encoder
 from recsys.data.schema import Manifest, table_files
 from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, read_item_vectors
 
@@ -99,7 +99,7 @@ def evaluate_run(run: Path, queries: dict[str, object], categories: np.ndarray, 
     by_modality = {name: np.load(run / file) for name, file in MODALITY_FILES.items()}
     row_of = {int(i): r for r, i in enumerate(item_ids)}
     target = np.array([row_of[int(p)] for p in queries["purchased"]])
-    encoder = load_encoder(run / ENCODER_FILE)
+    encoder = load_encoder(run)
     tower = TowerConfig(context_length=encoder.context_length)
     tokens = build_tokenizer(tower)(queries["texts"])
     images = torch.from_numpy(queries["images"])

@@ -106,9 +106,8 @@ def reduce_run(run: Path, dim: int, out: Path) -> dict:
     Returns:
         dict: the new ``vectors.json``.
     """
-    from pretrain.config import TowerConfig
+    from pretrain.encoder import ENCODER_FILE, encoder_tower, load_encoder, save_encoder
     from pretrain.towers import ItemEncoder
-    from pretrain.train import ENCODER_FILE, load_encoder, save_encoder
     from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, read_item_vectors, write_item_vectors
 
     run, out = Path(run), Path(out)
@@ -132,10 +131,10 @@ def reduce_run(run: Path, dim: int, out: Path) -> dict:
     encoder = ItemEncoder(source.clip, fusion=source.fusion, reduced_dim=dim)
     with torch.no_grad():
         encoder.projection.copy_(torch.from_numpy(basis))
-    payload = torch.load(files[ENCODER_FILE], map_location="cpu", weights_only=True)
+    tower = encoder_tower(files[ENCODER_FILE])
     out.mkdir(parents=True, exist_ok=True)
     write_item_vectors(out / VECTORS_FILE, item_ids, project(vectors, basis), dim)
-    digest = save_encoder(out / ENCODER_FILE, encoder.eval(), TowerConfig(**payload["tower"]))
+    digest = save_encoder(out / ENCODER_FILE, encoder.eval(), tower)
     meta = json.loads(files[VECTORS_MANIFEST].read_text())
     meta.update(
         dim=dim,

@@ -33,21 +33,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pretrain.config import SclConfig, TowerConfig
+from pretrain.config import METHODS, PretrainJob, SclConfig
 from pretrain.data import ItemContent, SearchPairs, load_item_content, load_search_pairs, split_heldout
+from pretrain.encoder import ENCODER_FILE, MODALITY_FILES, build_encoder, load_encoder, save_encoder
 from pretrain.losses import clip_loss, info_nce_loss, triplet_loss
 from pretrain.momentum import make_key_encoder, momentum_update
 from pretrain.queue import KeyQueue
-from pretrain.towers import ItemEncoder, build_tokenizer, build_towers
+from pretrain.towers import ItemEncoder, build_tokenizer
 from recsys.data.schema import MANIFEST, Manifest
 from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, write_item_vectors
 from recsys.distributed import DistContext, barrier, init_distributed
 
-METHODS = ("scl", "clip", "random")
-ENCODER_FILE = "encoder.pt"
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.pt"
-MODALITY_FILES = {"image": "item_image_vectors.npy", "text": "item_text_vectors.npy"}
 EMBED_BATCH = 512  # items per forward when embedding the catalogue
 
 
@@ -65,34 +63,6 @@ class DualEncode(nn.Module):
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, W, 3) uint8 and (B, C) int64 -> two (B, D) unit tensors."""
         return self.encoder.encode_image(images), self.encoder.encode_text(tokens)
-
-
-def build_encoder(cfg: SclConfig) -> ItemEncoder:
-    torch.manual_seed(cfg.seed)
-    return ItemEncoder(build_towers(cfg.tower), fusion=cfg.fusion)
-
-
-def save_encoder(path: Path, encoder: ItemEncoder, tower: TowerConfig) -> str:
-    """Writes ``encoder.pt`` atomically and returns its SHA-256."""
-    payload = {
-        "tower": dataclasses.asdict(tower),
-        "fusion": encoder.fusion,
-        "reduced_dim": encoder.reduced_dim,
-        "state_dict": encoder.state_dict(),
-    }
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def load_encoder(path: Path) -> ItemEncoder:
-    """The encoder saved by ``save_encoder``, in eval mode."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    tower = TowerConfig(**payload["tower"])
-    encoder = ItemEncoder(build_towers(tower), fusion=payload["fusion"], reduced_dim=int(payload.get("reduced_dim", 0)))
-    encoder.load_state_dict(payload["state_dict"])
-    return encoder.eval()
 
 
 @torch.no_grad()
@@ -334,7 +304,7 @@ class Pretrainer:
 
 
 def run_pretrain(
-    world: Path, out: Path, method: str, cfg: SclConfig, checkpoint_every: int = 200, progress: bool = True
+    world: Path, out: Path, method: str, cfg: SclConfig, checkpoint_every: int = PretrainJob.checkpoint_every, progress: bool = True
 ) -> dict[str, float]:
     """``mmctr pretrain``: trains (resuming if a checkpoint exists) and exports."""
     ctx = init_distributed()

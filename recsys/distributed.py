@@ -18,8 +18,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from recsys.allocator import pin_malloc_thresholds
-
 
 @dataclass(frozen=True)
 class DistContext:
@@ -42,10 +40,9 @@ def init_distributed(always: bool = False) -> DistContext:
             in-memory store, no port): ``DistributedModelParallel`` needs a
             process group even at world size 1.
 
-    Also pins glibc's malloc thresholds (:mod:`recsys.allocator`), so step
-    times do not swing with the process's allocation history.
+    Process-wide allocator tuning (:mod:`recsys.allocator`) is the entry
+    point's business, not this function's.
     """
-    pin_malloc_thresholds()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -43,7 +43,9 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from recsys.settings import setting
 from serving import constants as k
+from serving.server import GRPC_PORT, LOOPBACK
 
 T = TypeVar("T")
 
@@ -80,9 +82,10 @@ class ClientConfig:
         max_in_flight (int): requests of one :meth:`EncoderClient.encode` call in flight at once.
     """
 
-    url: str = "127.0.0.1:8001"  # Triton's default gRPC port
+    url: str = setting(f"{LOOPBACK}:{GRPC_PORT}", "Triton gRPC HOST:PORT")  # Triton's default gRPC port
     model: str = k.ENCODER_MODEL  # the ensemble
-    timeout_s: float = 10.0  # per request; a batch of 64 takes ~0.1 s on 2 cores
+    # a batch of 64 takes ~0.1 s on 2 cores
+    timeout_s: float = setting(10.0, "deadline of one Triton request, seconds", flag="--timeout")
     retries: int = 5  # with the backoff below: ~3 s of retrying, then EncoderUnavailable
     backoff_s: float = 0.1  # first wait
     max_backoff_s: float = 1.0  # cap of the doubling

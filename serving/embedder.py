@@ -43,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 
 from pretrain.data import decode_image  # the exact decode of pre-training's catalogue export
+from recsys.settings import setting
 from serving.client import EncoderClient, EncoderRequestError, EncoderUnavailable
 from serving.feed import FeedError, list_files, read_file
 from serving.store import VectorStore
@@ -65,11 +66,13 @@ class EmbedderConfig:
         report_every_s (float): log the report (coverage, latency) this often while running.
     """
 
-    batch_size: int = 64  # one server batch
-    poll_interval_s: float = 0.05  # adds at most 50 ms to creation -> vector latency
+    batch_size: int = setting(64, "items per store transaction")  # one server batch
+    # adds at most 50 ms to creation -> vector latency
+    poll_interval_s: float = setting(0.05, "seconds between polls of an idle feed", flag="--poll-interval")
     backoff_s: float = 0.5  # the client has already retried for ~3 s by then
     max_backoff_s: float = 5.0  # recovery within 5 s of Triton being back
-    exit_when_idle_s: float | None = None  # tests and benchmarks: stop when drained
+    exit_when_idle_s: float | None = setting(  # tests and benchmarks: stop when drained
+        None, "stop after this many seconds without new items (default: run until SIGTERM)", flag="--exit-when-idle")
     report_every_s: float = 60.0  # a service's heartbeat in its log
 
     def __post_init__(self) -> None:

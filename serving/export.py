@@ -54,7 +54,9 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from pretrain.encoder import encoder_file, encoder_tower, load_encoder
 from pretrain.towers import ItemEncoder, build_tokenizer
+from recsys.settings import setting
 from serving import constants as k
 from serving.constants import ServingSpec
 from serving.triton_models import preprocess, torchscript
@@ -226,29 +228,35 @@ def write_repository(root: Path, configs: dict[str, mc.ModelConfig], artifact: P
             shutil.copyfile(artifact, version / k.ARTIFACT_FILE)
 
 
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """Batching and threading of an export (``mmctr export``'s settings; defaults from :mod:`serving.constants`)."""
+
+    max_batch_size: int = setting(k.MAX_BATCH_SIZE, "items per request and dynamic batch")
+    queue_delay_us: int = setting(k.QUEUE_DELAY_US, "dynamic batching delay, microseconds")
+    torch_threads: int = setting(k.TORCH_THREADS, "intra-op threads of the served encoder; 0: torch's default")
+
+
 def export_repository(encoder_path: Path, out: Path, max_batch_size: int = k.MAX_BATCH_SIZE,
                       queue_delay_us: int = k.QUEUE_DELAY_US, torch_threads: int = k.TORCH_THREADS) -> ServingSpec:
     """``mmctr export``: writes ``out`` (module docstring) and returns the spec it used.
 
     Args:
-        encoder_path (Path): ``encoder.pt`` from ``mmctr pretrain``.
+        encoder_path (Path): ``encoder.pt`` from ``mmctr pretrain``, or the run folder holding it.
         out (Path): export folder (its ``embedded/`` and ``production/`` are replaced).
         max_batch_size (int): items per request and per dynamic batch.
         queue_delay_us (int): dynamic batching delay, microseconds.
         torch_threads (int): intra-op threads of the embedded encoder (0: torch's default).
-    """  # fmt: skip
-    from pretrain.config import TowerConfig
-    from pretrain.train import load_encoder
 
-    encoder_path, out = Path(encoder_path), Path(out)
-    if not encoder_path.is_file():
-        raise FileNotFoundError(f"{encoder_path}: no encoder checkpoint (expected encoder.pt from `mmctr pretrain`)")
-    payload = torch.load(encoder_path, map_location="cpu", weights_only=True)
+    Raises:
+        FileNotFoundError: no ``encoder.pt`` at ``encoder_path`` (nor in it).
+        ValueError: the TorchScript artifact differs from the eager encoder (:func:`check_artifact`).
+    """  # fmt: skip
+    encoder_path, out = encoder_file(encoder_path), Path(out)
+    tower = encoder_tower(encoder_path)
     encoder = load_encoder(encoder_path)
     digest = hashlib.sha256(encoder_path.read_bytes()).hexdigest()
-    spec = ServingSpec.from_tower(
-        TowerConfig(**payload["tower"]), payload["fusion"], max_batch_size, queue_delay_us, digest, encoder.reduced_dim
-    )
+    spec = ServingSpec.from_tower(tower, encoder.fusion, max_batch_size, queue_delay_us, digest, encoder.reduced_dim)
     out.mkdir(parents=True, exist_ok=True)
     artifact = out / k.ARTIFACT_FILE
     export_torchscript(encoder, spec).save(str(artifact))

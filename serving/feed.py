@@ -38,12 +38,15 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from recsys.settings import setting
 
 FEED_SCHEMA = pa.schema(
     [
@@ -123,12 +126,22 @@ def read_file(path: Path) -> pa.Table:
     return table.select([f.name for f in FEED_SCHEMA])
 
 
+@dataclass(frozen=True)
+class PublishConfig:
+    """How :func:`publish_world_items` publishes (``mmctr feed``'s settings)."""
+
+    day: int | None = setting(None, "creation day of the items (default: the test day)")
+    rate: float | None = setting(None, "items per second (default: as fast as possible)")
+    per_file: int = setting(1, "items per feed file")
+    limit: int | None = setting(None, "publish at most N items")
+
+
 def publish_world_items(
     world: Path,
     feed: Path,
     day: int | None = None,
     rate: float | None = None,
-    per_file: int = 1,
+    per_file: int = PublishConfig.per_file,
     limit: int | None = None,
     clock: Callable[[], float] = time.time,
 ) -> int:

@@ -54,7 +54,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from recsys.settings import setting
+
 SHM_DIR = Path("/dev/shm")
+LOOPBACK = "127.0.0.1"  # where servers bind and clients call unless asked
+GRPC_PORT = 8001  # Triton's own default ports: `mmctr serve` binds them, the client calls GRPC_PORT
+HTTP_PORT = 8000
 _RUNNING: "weakref.WeakSet[TritonServer]" = weakref.WeakSet()  # started and not yet stopped
 
 
@@ -100,10 +105,11 @@ class ServerConfig:
     """
 
     repository: Path  # model repository
-    host: str = "127.0.0.1"  # loopback only unless asked
-    grpc_port: int = 0  # 0: a free port
-    http_port: int = 0  # 0: a free port
-    ready_timeout_s: float = 120.0  # model loading takes 4-8 s on 2 cores
+    host: str = setting(LOOPBACK, "address to bind")  # loopback only unless asked
+    grpc_port: int = setting(0, "gRPC port; 0 picks a free one")  # `mmctr serve`: GRPC_PORT
+    http_port: int = setting(0, "HTTP port; 0 picks a free one")  # `mmctr serve`: HTTP_PORT
+    # model loading takes 4-8 s on 2 cores
+    ready_timeout_s: float = setting(120.0, "seconds to wait for every model", flag="--ready-timeout")
     exit_timeout_s: int = 5  # tritonserver --exit-timeout-secs
 
 

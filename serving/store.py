@@ -1,4 +1,10 @@
-"""The item vector store: SQLite in WAL mode, one writer (the embedder), any number of readers.
+"""The item vector store's writer: SQLite in WAL mode, one writer (the embedder), any number of readers.
+
+The format (``STORE_SCHEMA``, ``STORE_FORMAT``) and the read-only reader the
+CTR side uses (``read_store``, a :class:`~recsys.data.vectors.StoreSnapshot`)
+belong to :mod:`recsys.data.vectors`; this module writes, and keeps the
+bookkeeping only the embedder and the pipeline read (failures, handled feed
+files, stats).
 
 One file (plus SQLite's ``-wal`` and ``-shm``) with four tables::
 
@@ -52,34 +58,17 @@ from types import TracebackType
 
 import numpy as np
 
-STORE_FORMAT = "1"
-SQLITE_MAGIC = b"SQLite format 3\x00"
+from recsys.data.vectors import (
+    STORE_CONNECT,
+    STORE_SCHEMA,
+    StoreSnapshot,
+    check_store,
+    open_store,
+    read_snapshot,
+    store_meta,
+)
+
 _CHUNK = 500  # item IDs per `IN (...)` query
-# Autocommit (transactions are explicit), wait up to 30 s for the write lock, and usable from
-# another thread than the one that opened it (one thread at a time: a store is not shared).
-_CONNECT: dict[str, object] = {"isolation_level": None, "timeout": 30.0, "check_same_thread": False}
-_SCHEMA = """
-BEGIN IMMEDIATE;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS vectors (
-    item_id INTEGER PRIMARY KEY, vector BLOB NOT NULL, created_at REAL NOT NULL,
-    embedded_at REAL NOT NULL, version INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS vectors_version ON vectors (version);
-CREATE TABLE IF NOT EXISTS failures (
-    item_id INTEGER PRIMARY KEY, reason TEXT NOT NULL, created_at REAL NOT NULL, failed_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS feed_files (name TEXT PRIMARY KEY, rows INTEGER NOT NULL, committed_at REAL NOT NULL);
-INSERT OR IGNORE INTO meta VALUES ('format', '1'), ('version', '0');
-COMMIT;
-"""
-
-
-def is_store(path: Path) -> bool:
-    """Whether ``path`` is an SQLite file (a vector store, or another SQLite database)."""
-    path = Path(path)
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
 
 
 @dataclass(frozen=True)
@@ -88,17 +77,6 @@ class WriteResult:
 
     inserted: np.ndarray  # int64 item IDs that got their vector in this batch
     version: int  # the store version after the batch
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Vectors of a store at one version, ascending ``item_id``."""
-
-    item_ids: np.ndarray  # int64 (M,)
-    vectors: np.ndarray  # float32 (M, D)
-    version: int  # the store version they are of
-    dim: int  # D
-    encoder_sha256: str  # the encoder they came from ("" if unbound)
 
 
 @dataclass(frozen=True)
@@ -124,24 +102,16 @@ class VectorStore:
         self.path = Path(path)
         self.readonly = readonly
         if readonly:
-            if not self.path.is_file():
-                raise FileNotFoundError(f"{self.path}: no vector store (expected the --store of `mmctr embed-new`)")
-            self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, **_CONNECT)
+            self._db = open_store(self.path)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, **_CONNECT)
+            self._db = sqlite3.connect(self.path, **STORE_CONNECT)
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL: a power cut may drop the last commits, but never half of one; the feed
             # files of a dropped commit are not marked handled either, so they are redone.
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
-        if "meta" not in tables:
-            self._db.close()
-            raise FileNotFoundError(f"{self.path}: no 'meta' table: not a vector store, or one still being created")
-        fmt = self._meta("format")
-        if fmt != STORE_FORMAT:
-            raise ValueError(f"{self.path}: meta field 'format' is {fmt!r}, this mmctr reads store format {STORE_FORMAT}")
+            self._db.executescript(STORE_SCHEMA)
+            check_store(self._db, self.path)
 
     # -- reading ------------------------------------------------------------------------
     @contextmanager
@@ -154,9 +124,7 @@ class VectorStore:
             self._db.execute("COMMIT")
 
     def _meta(self, key: str) -> str | None:
-        # fetchall, not fetchone: a statement left unfinished would pin the reader to an old snapshot
-        rows = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchall()
-        return rows[0][0] if rows else None
+        return store_meta(self._db, key)
 
     @property
     def version(self) -> int:
@@ -172,17 +140,9 @@ class VectorStore:
     def encoder_sha256(self) -> str:
         return self._meta("encoder_sha256") or ""
 
-    def read(self, since_version: int = 0) -> Snapshot:
+    def read(self, since_version: int = 0) -> StoreSnapshot:
         """The vectors added after ``since_version`` (all by default), as one consistent snapshot."""
-        with self._snapshot() as db:
-            version, dim = self.version, self.dim or 0
-            rows = db.execute(
-                "SELECT item_id, vector FROM vectors WHERE version > ? ORDER BY item_id", (since_version,)
-            ).fetchall()
-            sha = self.encoder_sha256
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
-        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim).astype(np.float32)
-        return Snapshot(ids, vectors, version, dim, sha)
+        return read_snapshot(self._db, since_version)
 
     def has_vector(self, item_ids: Sequence[int]) -> np.ndarray:
         """bool (N,): which of ``item_ids`` already have a vector."""
@@ -300,33 +260,3 @@ class VectorStore:
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
-
-
-def merge_vectors(
-    base_ids: np.ndarray, base_vectors: np.ndarray, snapshot: Snapshot
-) -> tuple[np.ndarray, np.ndarray]:
-    """An item vector table from a base table and a store: the base's rows, plus the store's
-    vectors of items the base lacks (new items), ascending ``item_id``.
-
-    Args:
-        base_ids (np.ndarray): int64 (N,), e.g. of ``item_vectors.parquet``.
-        base_vectors (np.ndarray): float32 (N, D).
-        snapshot (Snapshot): the store's vectors (M, D).
-
-    Returns:
-        tuple[np.ndarray, np.ndarray]: item IDs (K,) and vectors (K, D), K = N + new items.
-
-    Example::
-
-        >>> snap = Snapshot(np.array([2, 5]), np.full((2, 2), 9, np.float32), 1, 2, "")
-        >>> ids, vec = merge_vectors(np.array([3, 2]), np.zeros((2, 2), np.float32), snap)
-        >>> ids.tolist(), vec[:, 0].tolist()
-        ([2, 3, 5], [0.0, 0.0, 9.0])
-    """
-    if len(snapshot.item_ids) and snapshot.vectors.shape[1] != base_vectors.shape[1]:
-        raise ValueError(f"the store's vectors have D={snapshot.vectors.shape[1]}, the table's D={base_vectors.shape[1]}")
-    new = ~np.isin(snapshot.item_ids, base_ids)
-    ids = np.concatenate([np.asarray(base_ids, np.int64), snapshot.item_ids[new]])
-    vectors = np.concatenate([np.asarray(base_vectors, np.float32), snapshot.vectors[new]])
-    order = np.argsort(ids, kind="stable")
-    return ids[order], vectors[order]

@@ -30,7 +30,7 @@ def tiny_encoder_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from pretrain.config import TowerConfig
     from pretrain.towers import ItemEncoder, build_towers
-    from pretrain.train import save_encoder
+    from pretrain.encoder import save_encoder
 
     tower = TowerConfig(vision_width=32, vision_heads=2, vision_layers=1, text_width=32, text_heads=2,
                         text_layers=1, embed_dim=16, context_length=16)  # fmt: skip

@@ -38,3 +38,27 @@ def test_world_command_writes_a_valid_world(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "impressions" in out.stdout and (tmp_path / "w" / "manifest.json").is_file()
     assert _mmctr("validate", str(tmp_path / "w"), "--quiet").returncode == 0
+
+
+def test_help_builds_only_the_asked_command() -> None:
+    code = ("import sys\nfrom recsys.cli import main\nfor argv in (['--help'], ['world', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0\n"
+            "assert 'torch' not in sys.modules, 'mmctr --help loaded torch'\n")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "world size (default: small)" in out.stdout
+
+
+def test_train_flags_override_the_job_file(tmp_path: Path) -> None:
+    from recsys.cli import build_parser
+    from recsys.models.config import ModelConfig
+    from recsys.settings import settings_from_args
+    from recsys.train.config import TrainConfig, load_job_config
+
+    job = tmp_path / "job.yaml"
+    job.write_text("model:\n  variant: make\ntrain:\n  seed: 3\n  epochs: 2\n")
+    args = build_parser({"train"}).parse_args(["train", "--world", "w", "--out", "o", "--config", str(job), "--seed", "5"])
+    model, train = load_job_config(args.config)
+    assert settings_from_args(ModelConfig, args, base=model).variant == "make"  # no --variant: the file's
+    assert settings_from_args(TrainConfig, args, base=train) == TrainConfig(seed=5, epochs=2)
+    assert args.sharding == "auto"

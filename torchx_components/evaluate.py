@@ -12,7 +12,7 @@ Example::
     >>> app = evaluate(world="w", models=["r/a", "r/b"], day=14, baseline="a")
     >>> cmd = app.roles[0].args[-1]
     >>> "--nproc_per_node 2" in cmd, cmd.split(" -m ")[1]
-    (True, 'recsys.cli evaluate --world w --models r/a r/b --bootstrap 1000 --quiet --day 14 --baseline a')
+    (True, 'recsys.cli evaluate --world w --models r/a r/b --quiet --day 14 --baseline a')
 """
 
 # No `from __future__ import annotations`: TorchX reads the real annotation
@@ -21,7 +21,7 @@ from typing import List, Optional
 
 from torchx import specs
 
-from torchx_components.pipeline import DEFAULT_IMAGE, _stage
+from torchx_components.pipeline import CPU, DEFAULT_IMAGE, MEM_MB, NNODES, NPROC, _stage
 
 
 def evaluate(
@@ -30,13 +30,13 @@ def evaluate(
     day: Optional[int] = None,
     baseline: Optional[str] = None,
     out: Optional[str] = None,
-    bootstrap: int = 1000,
+    bootstrap: Optional[int] = None,
     store: Optional[str] = None,
-    nproc: int = 2,
-    nnodes: int = 1,
+    nproc: int = NPROC,
+    nnodes: int = NNODES,
     image: str = DEFAULT_IMAGE,
-    cpu: int = 2,
-    memMB: int = 8192,
+    cpu: int = CPU,
+    memMB: int = MEM_MB,
 ) -> specs.AppDef:
     """Scores a day with finished CTR runs and writes report.json and report.html (GAUC lifts with bootstrap CIs).
 
@@ -46,7 +46,7 @@ def evaluate(
         day: day to score (default: the world's last day, the test day)
         baseline: baseline run name or variant (default: the first id_only run, else the first)
         out: report folder (default: eval-day-D next to the first run folder)
-        bootstrap: bootstrap resamples of users
+        bootstrap: bootstrap resamples of users (default: mmctr evaluate's)
         store: vector store adding vectors of items the runs' tables lack (new items)
         nproc: processes (ranks) on the node
         nnodes: nodes (replicas) on a cluster scheduler; ranks = nnodes x nproc
@@ -54,7 +54,7 @@ def evaluate(
         cpu: CPUs per replica
         memMB: memory per replica, MB
     """
-    args = ["--world", world, "--models", *models, "--bootstrap", str(bootstrap), "--quiet"]
-    optional = {"--day": day, "--baseline": baseline, "--out": out, "--store": store}
+    args = ["--world", world, "--models", *models, "--quiet"]
+    optional = {"--day": day, "--baseline": baseline, "--out": out, "--bootstrap": bootstrap, "--store": store}
     args += [x for flag, value in optional.items() if value is not None for x in (flag, str(value))]
     return _stage("evaluate", args, nproc, image, cpu, memMB, nnodes)

@@ -36,11 +36,22 @@ from torchx import specs
 from torchx.components.dist import torchrun
 from torchx.components.utils import python
 
+from pretrain.config import PretrainJob
+from recsys.models.config import ModelConfig
+from recsys.train.config import SHARDING
+from recsys.world.config import WorldJob
+
+# The stages' own defaults come from their config dataclasses (imported above);
+# these are the components' resources.
 DEFAULT_IMAGE = "mmctr:latest"  # for container schedulers; local_cwd ignores it
+NPROC = 2  # processes (ranks) per node
+NNODES = 1  # nodes (replicas)
+CPU = 2  # CPUs per replica
+MEM_MB = 8192  # memory per replica, MB
 _MODULE = "recsys.cli"
 
 
-def _stage(name: str, args: list[str], nproc: int, image: str, cpu: int, memMB: int, nnodes: int = 1) -> specs.AppDef:
+def _stage(name: str, args: list[str], nproc: int, image: str, cpu: int, memMB: int, nnodes: int = NNODES) -> specs.AppDef:
     """One ``mmctr`` stage under torchrun: ``nnodes`` replicas of ``nproc`` processes each."""
     return torchrun(name, *args, m=_MODULE, image=image, name=f"mmctr-{name}", j=f"{nnodes}x{nproc}", cpu=cpu, memMB=memMB)
 
@@ -51,7 +62,12 @@ def _single(name: str, args: list[str], image: str, cpu: int, memMB: int) -> spe
 
 
 def world(
-    out: str, preset: str = "small", seed: int = 0, image: str = DEFAULT_IMAGE, cpu: int = 2, memMB: int = 8192
+    out: str,
+    preset: str = WorldJob.preset,
+    seed: int = WorldJob.seed,
+    image: str = DEFAULT_IMAGE,
+    cpu: int = CPU,
+    memMB: int = MEM_MB,
 ) -> specs.AppDef:
     """Generates a synthetic world in the public Parquet format, then validates it.
 
@@ -67,7 +83,7 @@ def world(
 
 
 def pretrain_eval(
-    world: str, runs: List[str], out_json: str, image: str = DEFAULT_IMAGE, cpu: int = 2, memMB: int = 8192
+    world: str, runs: List[str], out_json: str, image: str = DEFAULT_IMAGE, cpu: int = CPU, memMB: int = MEM_MB
 ) -> specs.AppDef:
     """Query -> purchase recall and neighbour purity of pre-trained runs, side by side.
 
@@ -85,14 +101,14 @@ def pretrain_eval(
 def pretrain(
     world: str,
     out: str,
-    method: str = "scl",
-    nproc: int = 2,
-    nnodes: int = 1,
+    method: str = PretrainJob.method,
+    nproc: int = NPROC,
+    nnodes: int = NNODES,
     config: Optional[str] = None,
     max_steps: Optional[int] = None,
     image: str = DEFAULT_IMAGE,
-    cpu: int = 2,
-    memMB: int = 8192,
+    cpu: int = CPU,
+    memMB: int = MEM_MB,
 ) -> specs.AppDef:
     """SCL (or CLIP-style) pre-training of the item encoder; exports item vectors.
 
@@ -119,11 +135,11 @@ def pretrain(
 def train(
     world: str,
     out: str,
-    variant: str = "id_only",
+    variant: str = ModelConfig.variant,
     vectors: Optional[str] = None,
-    nproc: int = 2,
-    nnodes: int = 1,
-    sharding: str = "auto",
+    nproc: int = NPROC,
+    nnodes: int = NNODES,
+    sharding: str = SHARDING,
     config: Optional[str] = None,
     make_from: Optional[str] = None,
     seed: Optional[int] = None,
@@ -131,8 +147,8 @@ def train(
     stop_after_steps: Optional[int] = None,
     train_until: Optional[int] = None,
     image: str = DEFAULT_IMAGE,
-    cpu: int = 2,
-    memMB: int = 8192,
+    cpu: int = CPU,
+    memMB: int = MEM_MB,
 ) -> specs.AppDef:
     """Trains one CTR variant with DistributedModelParallel and evaluates it on the test day.
 
@@ -175,12 +191,12 @@ def retrain(
     vectors: Optional[str] = None,
     store: Optional[str] = None,
     retrain_make: bool = False,
-    nproc: int = 2,
-    nnodes: int = 1,
-    sharding: str = "auto",
+    nproc: int = NPROC,
+    nnodes: int = NNODES,
+    sharding: str = SHARDING,
     image: str = DEFAULT_IMAGE,
-    cpu: int = 2,
-    memMB: int = 8192,
+    cpu: int = CPU,
+    memMB: int = MEM_MB,
 ) -> specs.AppDef:
     """Daily retrain: warm-starts yesterday's run, reloads the item vectors, trains one pass over a day.
 

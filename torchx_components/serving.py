@@ -28,17 +28,25 @@ from typing import Optional
 
 from torchx import specs
 
-from torchx_components.pipeline import DEFAULT_IMAGE, _single
+from serving import constants as k
+from serving.client import ClientConfig
+from serving.embedder import EmbedderConfig
+from serving.server import GRPC_PORT, HTTP_PORT
+from torchx_components.pipeline import CPU, DEFAULT_IMAGE, _single
+
+SERVER_MEM_MB = 4096  # export and Triton: memory per replica, MB
+LIGHT_CPU = 1  # the embedder and the feed: CPUs per replica
+LIGHT_MEM_MB = 2048  # the embedder and the feed: memory per replica, MB
 
 
 def export(
     encoder: str,
     out: str,
-    max_batch_size: int = 64,
-    torch_threads: int = 1,
+    max_batch_size: int = k.MAX_BATCH_SIZE,
+    torch_threads: int = k.TORCH_THREADS,
     image: str = DEFAULT_IMAGE,
-    cpu: int = 2,
-    memMB: int = 4096,
+    cpu: int = CPU,
+    memMB: int = SERVER_MEM_MB,
 ) -> specs.AppDef:
     """Exports an encoder checkpoint as Triton model repositories (embedded and production).
 
@@ -58,14 +66,14 @@ def export(
 def embed_new(
     feed: str,
     store: str,
-    url: str = "127.0.0.1:8001",
-    batch_size: int = 64,
+    url: str = ClientConfig.url,
+    batch_size: int = EmbedderConfig.batch_size,
     exit_when_idle: Optional[float] = None,
     report: Optional[str] = None,
     ready_file: Optional[str] = None,
     image: str = DEFAULT_IMAGE,
-    cpu: int = 1,
-    memMB: int = 2048,
+    cpu: int = LIGHT_CPU,
+    memMB: int = LIGHT_MEM_MB,
 ) -> specs.AppDef:
     """The real-time item embedder: new items from the feed, through Triton, into the vector store.
 
@@ -93,11 +101,11 @@ def embed_new(
 
 def serve(
     repository: str,
-    grpc_port: int = 8001,
-    http_port: int = 8000,
+    grpc_port: int = GRPC_PORT,
+    http_port: int = HTTP_PORT,
     image: str = DEFAULT_IMAGE,
-    cpu: int = 2,
-    memMB: int = 4096,
+    cpu: int = CPU,
+    memMB: int = SERVER_MEM_MB,
 ) -> specs.AppDef:
     """Triton Inference Server on an exported repository, bound to 127.0.0.1, until cancelled (SIGTERM).
 
@@ -119,8 +127,8 @@ def feed(
     day: Optional[int] = None,
     rate: Optional[float] = None,
     image: str = DEFAULT_IMAGE,
-    cpu: int = 1,
-    memMB: int = 2048,
+    cpu: int = LIGHT_CPU,
+    memMB: int = LIGHT_MEM_MB,
 ) -> specs.AppDef:
     """Publishes a world's items created on a day into a feed, as newly created items.
 

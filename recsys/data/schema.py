@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -193,3 +194,15 @@ def table_files(directory: Path, table: str) -> list[Path]:
     if table not in TABLES:
         raise KeyError(f"unknown table {table!r}; tables are {sorted(TABLES)}")
     return sorted((Path(directory) / table).glob("*.parquet"))
+
+
+def manifest_sha(directory: Path) -> str:
+    """A dataset's identity: the SHA-256 of its ``manifest.json`` bytes, first 16 hex digits.
+
+    Run folders record it (``world_manifest_sha``) and evaluation checks a run
+    against the world it scores with it.
+
+    Raises:
+        FileNotFoundError: ``directory`` holds no ``manifest.json``.
+    """
+    return hashlib.sha256((Path(directory) / MANIFEST).read_bytes()).hexdigest()[:16]

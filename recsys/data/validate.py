@@ -325,21 +325,31 @@ def validate_dataset(directory: Path, *, progress: bool = False, workers: int | 
     return {t: counts[t] for t in TABLES}
 
 
-def main(argv: list[str] | None = None) -> int:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``mmctr validate`` (shared by :func:`main` and ``recsys.cli``)."""
+    parser.add_argument("directory", type=Path, help="dataset directory (holds manifest.json)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def check(directory: Path, quiet: bool = False) -> int:
     """``mmctr validate DIRECTORY``: prints ``OK: ...`` and returns 0, or the fault on stderr and 1."""
+    try:
+        counts = validate_dataset(directory, progress=not quiet)
+    except (DatasetError, FileNotFoundError, ValueError) as e:
+        print(f"mmctr validate: {e}", file=sys.stderr)
+        return 1
+    print(f"OK: {directory}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m recsys.data.validate``: the same as ``mmctr validate``."""
     parser = argparse.ArgumentParser(
         prog="mmctr validate", description="Check a dataset directory against the public Parquet format."
     )
-    parser.add_argument("directory", type=Path, help="dataset directory (holds manifest.json)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        counts = validate_dataset(args.directory, progress=not args.quiet)
-    except DatasetError as e:
-        print(f"mmctr validate: {e}", file=sys.stderr)
-        return 1
-    print(f"OK: {args.directory}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-    return 0
+    return check(args.directory, args.quiet)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Notation: ``M`` models scored on the same ``N`` impressions; ``U`` users
 whose impressions hold both a click and a non-click (the users GAUC counts,
 the same for every model since the labels are); ``R`` resamples.
 
-GAUC is ``sum_u n_u a_mu / sum_u n_u`` (``recsys.train.metrics.gauc``):
+GAUC is ``sum_u n_u a_mu / sum_u n_u`` (``recsys.eval.metrics.gauc``):
 ``a_mu`` the AUC of model ``m`` on user ``u``'s impressions, ``n_u`` their
 number. One bootstrap resample draws ``U`` users with replacement; user
 ``u`` drawn ``w_ru`` times (the ``(R, U)`` multinomial count matrix of
@@ -44,9 +44,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recsys.train.metrics import group_aucs
+from recsys.eval import RESAMPLES
+from recsys.eval.metrics import group_aucs
 
-RESAMPLES = 1000  # default R
 CHUNK_CELLS = 1 << 22  # resample-count cells (rows x users) drawn at once: ~32 MB of int64
 
 
@@ -66,7 +66,7 @@ class UserAucs:
 
 
 def user_auc_table(predictions: Sequence[np.ndarray], labels: np.ndarray, user_ids: np.ndarray) -> UserAucs:
-    """Per-user AUCs of each model (``recsys.train.metrics.group_aucs``), aligned by user.
+    """Per-user AUCs of each model (``recsys.eval.metrics.group_aucs``), aligned by user.
 
     Args:
         predictions (Sequence[np.ndarray]): M arrays of shape (N,), click probabilities.

@@ -26,32 +26,36 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from recsys.data.schema import Manifest
+from recsys.data.schema import Manifest, manifest_sha
+from recsys.data.stats import new_item_mask, train_item_counts
 from recsys.distributed import DistContext, init_distributed
 from recsys.eval.bootstrap import RESAMPLES, GaucComparison, compare_gauc, user_auc_table
 from recsys.eval.report import SCHEMA, write_report
-from recsys.eval.runs import RunSpec, choose_baseline, load_run, manifest_sha, run_names
+from recsys.eval.metrics import BUCKETS, evaluation_report, item_buckets
+from recsys.eval.runs import RunSpec, choose_baseline, load_run, run_names
 from recsys.eval.score import EVAL_BATCH_SIZE, RunScores, ScoredDay, score_day
 from recsys.eval.truth import truth_report
-from recsys.train.metrics import BUCKETS, evaluation_report, item_buckets, new_item_mask, train_item_counts
+from recsys.settings import setting
 
 CONFIDENCE = 0.95  # bootstrap interval coverage
 
 
 @dataclass(frozen=True)
 class EvalJob:
-    """One ``mmctr evaluate`` job (fields documented inline)."""
+    """One ``mmctr evaluate`` job (each field carries its help: the command's flags derive from them)."""
 
-    world: Path  # dataset directory the runs were trained on
-    models: tuple[Path, ...]  # finished run folders of `mmctr train`
-    day: int | None = None  # the day to score; None = the world's last (test) day
-    baseline: str | None = None  # a run name or variant; None = the first id_only run, else the first run
-    out: Path | None = None  # report folder; None = eval-day-D next to the first run
-    resamples: int = RESAMPLES  # bootstrap resamples of the users
-    seed: int = 0  # bootstrap seed
-    batch_size: int = EVAL_BATCH_SIZE  # impressions per scoring batch per rank
-    quiet: bool = False  # no progress bars
-    store: Path | None = None  # a vector store adding vectors of items the runs' tables lack (new items)
+    world: Path = setting(help="dataset directory the runs were trained on")
+    models: tuple[Path, ...] = setting(help="finished `mmctr train` run folders", metavar="RUN")
+    day: int | None = setting(None, "day to score (default: the world's last day, the test day)")
+    baseline: str | None = setting(
+        None, "baseline run name (folder name) or variant (default: the first id_only run, else the first)")
+    out: Path | None = setting(None, "report folder (default: eval-day-D next to the first run folder)")
+    resamples: int = setting(RESAMPLES, "bootstrap resamples of users", flag="--bootstrap", metavar="N")
+    seed: int = setting(0, "bootstrap seed")
+    batch_size: int = setting(EVAL_BATCH_SIZE, "impressions per scoring batch per rank")
+    quiet: bool = setting(False, "no progress bars")
+    store: Path | None = setting(
+        None, "vector store (`mmctr embed-new`) adding vectors of items the runs' tables lack (new items)")
 
     def out_dir(self, day: int) -> Path:
         return Path(self.out) if self.out is not None else Path(self.models[0]).parent / f"eval-day-{day}"
@@ -106,8 +110,8 @@ def run_evaluate(job: EvalJob) -> dict | None:
 def _report(job: EvalJob, manifest: Manifest, runs: list[RunSpec], baseline: int, scored: ScoredDay,
             ctx: DistContext) -> dict:
     day, world = scored.day, Path(job.world)
-    buckets = item_buckets(train_item_counts(world, range(manifest.first_day, day)))
-    new_items = new_item_mask(world, day)
+    buckets = item_buckets(train_item_counts(world, range(manifest.first_day, day), manifest))
+    new_items = new_item_mask(world, day, manifest)
     labels, users = torch.from_numpy(scored.labels), torch.from_numpy(scored.user_ids)
     metrics = [evaluation_report(torch.from_numpy(s.predictions), labels, users, torch.from_numpy(s.item_ids),
                                  buckets, new_items) for s in scored.runs]

@@ -1,15 +1,15 @@
 """Finished ``mmctr train`` runs as the evaluation reads them: checked, named, rebuilt into a ``TrainJob``.
 
-A run folder (``recsys.train.trainer``) holds ``train_log.json`` (the job's
-model and train configs, the world's manifest hash, the vectors, the loss
-curve) and ``checkpoints/`` with ``LATEST``. :func:`load_run` refuses,
+A run folder (``recsys.train.run_folder.RunFolder``) holds ``train_log.json``
+(``TrainLog``: the job's model and train configs, the world's manifest hash,
+the vectors, the loss curve) and ``checkpoints/`` with ``LATEST``. :func:`load_run` refuses,
 naming the run and the field, a run that
 
 * has no ``train_log.json`` or one without a field the evaluation needs;
 * has no complete checkpoint, or one whose ``progress.json`` says training
   has not finished (``finished: false``: stopped early, resume it first);
-* was trained on another world (``world_manifest_sha`` is not the SHA-256
-  prefix of this world's ``manifest.json``);
+* was trained on another world (``world_manifest_sha`` is not this world's
+  ``recsys.data.schema.manifest_sha``);
 * names item vectors or a MAKE stage-1 folder that no longer exist.
   ``mmctr train`` logs paths as given; a relative one is looked up from the
   current directory, then from the directory the run was trained from
@@ -31,18 +31,16 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from recsys.data.schema import MANIFEST
-from recsys.models.config import ModelConfig, model_config_from_dict
+from recsys.data.schema import MANIFEST, manifest_sha
+from recsys.models.config import ModelConfig
 from recsys.models.ctr_model import VARIANT_SPECS
-from recsys.train.checkpoint import Progress, latest_checkpoint
-from recsys.train.config import TrainConfig, train_config_from_dict
-from recsys.train.trainer import CHECKPOINTS, TRAIN_LOG, TrainJob
+from recsys.train.checkpoint import Progress
+from recsys.train.config import SHARDING, TrainConfig
+from recsys.train.run_folder import RunFolder
+from recsys.train.trainer import TrainJob
 
 
 class RunError(ValueError):
@@ -56,15 +54,15 @@ class RunSpec:
     name: str  # the run's name in the report (module docstring)
     path: Path  # the run folder
     variant: str  # ModelConfig.variant
-    model: ModelConfig | None = None  # from train_log.json "config.model"
-    train: TrainConfig | None = None  # from train_log.json "config.train"
+    model: ModelConfig | None = None  # TrainLog.model ("config.model")
+    train: TrainConfig | None = None  # TrainLog.train ("config.train")
     checkpoint: Path | None = None  # the newest complete checkpoint folder
     progress: Progress | None = None  # its progress.json
     vectors: Path | None = None  # item_vectors.parquet (or a vector store), None for id_only
     store: Path | None = None  # the vector store merged into `vectors`, if the run used one
     table_sizes: dict[str, int] | None = None  # rows per ID table as trained (a retrain keeps its parent's)
     make_from: Path | None = None  # MAKE stage-1 folder, None without MAKE
-    sharding: str = "auto"  # how the run was sharded (any sharding loads its checkpoint)
+    sharding: str = SHARDING  # how the run was sharded (any sharding loads its checkpoint)
     curve: tuple[dict, ...] = ()  # the loss curve: {"step", "epoch", "loss"} points
 
     def job(self, world: Path, quiet: bool = True) -> TrainJob:
@@ -74,20 +72,6 @@ class RunSpec:
         return TrainJob(world=Path(world), out=self.path, model=self.model, train=self.train, vectors=self.vectors,
                         store=self.store, sharding=self.sharding, make_from=self.make_from, quiet=quiet,
                         table_sizes=self.table_sizes)
-
-
-def manifest_sha(world: Path) -> str:
-    """The world's identity as ``train_log.json`` records it: SHA-256 of ``manifest.json``, first 16 hex digits."""
-    return hashlib.sha256((Path(world) / MANIFEST).read_bytes()).hexdigest()[:16]
-
-
-def _field(log: dict, dotted: str, where: str) -> Any:
-    value: Any = log
-    for key in dotted.split("."):
-        if not isinstance(value, dict) or key not in value:
-            raise RunError(f"{where}: no field {dotted!r}; is this a run folder of `mmctr train`?")
-        value = value[key]
-    return value
 
 
 def training_dir(logged_world: str, world: Path) -> Path | None:
@@ -106,9 +90,11 @@ def training_dir(logged_world: str, world: Path) -> Path | None:
     return Path(*here[:-n])
 
 
-def _existing(value: object, dotted: str, where: str, base: Path | None) -> Path:
+def _existing(value: str | Path | None, dotted: str, where: str, base: Path | None) -> Path:
     """A path the run's log names: as written (absolute, or relative to the current directory), else under ``base``."""
-    path = Path(str(value))
+    if value is None:
+        raise RunError(f"{where}: no field {dotted!r}; is this a run folder of `mmctr train`?")
+    path = Path(value)
     tried = [path]
     if not path.is_absolute() and base is not None:
         tried.append(base / path)
@@ -123,53 +109,47 @@ def load_run(path: Path, name: str, world: Path) -> RunSpec:
     """Reads and checks one finished run folder against ``world`` (module docstring).
 
     Args:
-        path (Path): the run folder.
+        path (Path): the run folder (or one of its JSON files).
         name (str): its name in the report.
         world (Path): the evaluated dataset directory.
 
     Returns:
         RunSpec: everything needed to rebuild and score it.
+
+    Raises:
+        RunError: the run cannot be used; the message names the run, the file and the field.
     """
-    path = Path(path)
-    log_file = path / TRAIN_LOG
-    if not log_file.is_file():
-        raise RunError(f"run {name}: {log_file} does not exist; not a finished `mmctr train` run folder")
-    where = f"run {name}: {log_file}"
+    folder = RunFolder.at(path)
     try:
-        log = json.loads(log_file.read_text())
-    except ValueError as e:
-        raise RunError(f"{where}: not valid JSON ({e})") from e
-    sha, want = _field(log, "world_manifest_sha", where), manifest_sha(world)
-    if sha != want:
-        raise RunError(f"{where}: field 'world_manifest_sha' is {sha}, but {Path(world) / MANIFEST} hashes to {want}: "
-                       f"the run was trained on another world ({_field(log, 'world', where)})")
-    raw_model, raw_train = _field(log, "config.model", where), _field(log, "config.train", where)
+        log = folder.read_train_log()
+    except (OSError, ValueError) as e:
+        raise RunError(f"run {name}: {e}") from e
+    where = f"run {name}: {folder.train_log_file}"
+    want = manifest_sha(world)
+    if log.world_manifest_sha != want:
+        raise RunError(f"{where}: field 'world_manifest_sha' is {log.world_manifest_sha}, but {Path(world) / MANIFEST} "
+                       f"hashes to {want}: the run was trained on another world ({log.world})")
     try:
-        model = model_config_from_dict(raw_model, source=f"{where}[config.model]")
-        train = train_config_from_dict(raw_train, source=f"{where}[config.train]")
-    except ValueError as e:
-        raise RunError(str(e)) from e
-    try:
-        found = latest_checkpoint(path / CHECKPOINTS)
+        found = folder.latest_checkpoint()
     except ValueError as e:
         raise RunError(f"run {name}: {e}") from e
     if found is None:
-        raise RunError(f"run {name}: no complete checkpoint under {path / CHECKPOINTS} (no LATEST file); train it first")
+        raise RunError(f"run {name}: no complete checkpoint under {folder.checkpoints} (no LATEST file); train it first")
     checkpoint, progress = found
     if not progress.finished:
         raise RunError(f"run {name}: checkpoint {checkpoint} has field 'finished' false in progress.json "
-                       f"(stopped at step {progress.step}); resume `mmctr train --out {path}` to finish it")
-    spec = VARIANT_SPECS[model.variant]
-    base = training_dir(str(_field(log, "world", where)), world)
-    vectors = _existing(_field(log, "vectors.path", where), "vectors.path", where, base) if spec.uses_vectors() else None
-    logged_store = (log.get("vectors") or {}).get("store") if spec.uses_vectors() else None
-    store = _existing(logged_store, "vectors.store", where, base) if logged_store else None
-    make_from = _existing(_field(log, "make_from", where), "make_from", where, base) if spec.make else None
-    sizes = log.get("table_sizes")
-    return RunSpec(name=name, path=path, variant=model.variant, model=model, train=train, checkpoint=checkpoint,
-                   progress=progress, vectors=vectors, store=store, make_from=make_from,
-                   sharding=str(log.get("sharding", "auto")), curve=tuple(log.get("curve", ())),
-                   table_sizes=None if sizes is None else {k: int(v) for k, v in sizes.items()})
+                       f"(stopped at step {progress.step}); resume `mmctr train --out {folder.path}` to finish it")
+    spec = VARIANT_SPECS[log.model.variant]
+    base = training_dir(log.world, world)
+    vectors = store = make_from = None
+    if spec.uses_vectors():
+        vectors = _existing(log.vectors_path, "vectors.path", where, base)
+        store = _existing(log.vectors_store, "vectors.store", where, base) if log.vectors_store else None
+    if spec.make:
+        make_from = _existing(log.make_from, "make_from", where, base)
+    return RunSpec(name=name, path=folder.path, variant=log.model.variant, model=log.model, train=log.train,
+                   checkpoint=checkpoint, progress=progress, vectors=vectors, store=store, make_from=make_from,
+                   sharding=log.sharding, curve=log.curve, table_sizes=log.table_sizes)
 
 
 def run_names(paths: list[Path]) -> list[str]:

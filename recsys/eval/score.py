@@ -31,10 +31,11 @@ from recsys.eval.tiers import TierHistogram, tier_histograms
 from recsys.models.mm_table import is_mm_table_param
 from recsys.models.simtier import SimTier
 from recsys.train.checkpoint import load_checkpoint
+from recsys.train.config import TrainConfig
 from recsys.train.loop import predict
 from recsys.train.trainer import build
 
-EVAL_BATCH_SIZE = 8192  # impressions per batch per rank
+EVAL_BATCH_SIZE = TrainConfig.eval_batch_size  # impressions per batch per rank (the training jobs' own)
 
 
 @dataclass
@@ -77,7 +78,7 @@ def score_run(
     if built.vectors is not None and ctx.is_main:
         own = getattr(built.model.module.model, "simtier", None)
         simtier = own if isinstance(own, SimTier) else SimTier(run.model.simtier_tiers)
-        tiers = tier_histograms(world, day, built.vectors, simtier, config)
+        tiers = tier_histograms(world, day, built.vectors, simtier, config, built.manifest)
     del built
     gc.collect()
     return preds.labels, preds.user_ids, RunScores(preds.predictions, preds.item_ids, tiers)

@@ -27,9 +27,10 @@ import torch
 
 from recsys.data.reader import ImpressionReader, ReaderConfig
 from recsys.data.schema import Manifest
+from recsys.data.vectors import ItemVectors
 from recsys.models.mm_table import MultimodalArch
 from recsys.models.simtier import SimTier
-from recsys.train.setup import ItemVectors, fill_mm_table
+from recsys.train.setup import fill_mm_table
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ class TierHistogram:
 
 @torch.no_grad()
 def tier_histograms(
-    world: Path, day: int, vectors: ItemVectors, simtier: SimTier, reader_config: ReaderConfig
+    world: Path, day: int, vectors: ItemVectors, simtier: SimTier, reader_config: ReaderConfig,
+    manifest: Manifest | None = None,
 ) -> TierHistogram:
     """Mean SimTier rows of the day's clicked and non-clicked impressions (module docstring).
 
@@ -61,13 +63,14 @@ def tier_histograms(
         simtier (SimTier): the run's module (or one with the run's tier count).
         reader_config (ReaderConfig): batch size, table sizes, out-of-range
             policy of the run; days, rank and order are set here (one process).
+        manifest (Manifest | None): the world's manifest when the caller has it; ``None`` reads it.
 
     Returns:
         TierHistogram: two (T,) mean tier shares and the impressions behind them.
     """
     config = replace(reader_config, days=(day,), rank=0, world_size=1, shuffle=False, remaining=None)
     reader = ImpressionReader(world, config)
-    manifest = Manifest.read(world)
+    manifest = manifest if manifest is not None else Manifest.read(world)
     items = manifest.id_ranges["item_id"]
     rows = (config.table_sizes or {}).get("item_id", items)  # the run's item table (a capped one hashes IDs)
     arch = MultimodalArch(rows, vectors.dim, history_slots=manifest.max_history_len)

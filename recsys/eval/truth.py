@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import torch
 
 from recsys.data.schema import TRUTH_DIR, table_files
-from recsys.train.metrics import evaluation_report
+from recsys.eval.metrics import evaluation_report
 
 TRUE_PROBABILITY = "p_click"  # the column of truth/impressions/ scored here
 
@@ -36,7 +36,7 @@ def truth_report(
     Args:
         world (Path): the dataset directory.
         day (int): the scored day.
-        buckets (np.ndarray): bucket per item ID (``metrics.item_buckets``), shape (I,).
+        buckets (np.ndarray): bucket per item ID (``recsys.eval.metrics.item_buckets``), shape (I,).
         new_items (np.ndarray | None): bool per item ID, shape (I,).
 
     Returns:

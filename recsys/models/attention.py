@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from recsys.models import fused
+from recsys.models import fused as fused_kernels
 
 
 class TargetAttention(nn.Module):
@@ -30,9 +30,10 @@ class TargetAttention(nn.Module):
     unmasked positions. Masked positions get weight 0 either way, so their
     contents never change the output; an all-masked row gives zeros.
 
-    When nothing needs a gradient (a frozen MAKE, evaluation) and the unit
-    has one hidden layer, CPU float32 calls run ``recsys.models.fused``'s
-    pooling kernel: the same values, one pass over each history.
+    Built with ``fused=True``, when nothing needs a gradient (a frozen MAKE,
+    evaluation) and the unit has one hidden layer, CPU float32 calls run
+    ``recsys.models.fused``'s pooling kernel: the same values, one pass over
+    each history.
 
     Args:
         dim (int): D, width of the query and of each key.
@@ -40,6 +41,8 @@ class TargetAttention(nn.Module):
             (ReLU), followed by a linear layer to one score.
         extra_dim (int): X, width of the extra per-position inputs (0: none).
         softmax (bool): normalise the weights with a masked softmax.
+        fused (bool): use the fused kernel where it applies (built here, in
+            the constructor, if the unit's shape is one it takes).
         device (torch.device | None): where to create parameters (``meta`` works).
 
     Example::
@@ -58,8 +61,10 @@ class TargetAttention(nn.Module):
         self,
         dim: int,
         hidden_sizes: Sequence[int],
+        *,
         extra_dim: int = 0,
         softmax: bool = False,
+        fused: bool = False,
         device: torch.device | None = None,
     ) -> None:
         super().__init__()
@@ -76,24 +81,22 @@ class TargetAttention(nn.Module):
         for a, b in zip(widths[:-1], widths[1:]):
             layers += [nn.Linear(a, b, device=device), nn.ReLU()]
         self.unit = nn.Sequential(*layers, nn.Linear(widths[-1], 1, device=device))
+        takes = len(hidden_sizes) == 1 and hidden_sizes[0] in fused_kernels.HIDDEN_WIDTHS and not extra_dim
+        self._fused = fused and takes and fused_kernels.load()  # the kernel's shapes: one hidden layer, no extras
 
     def output_dim(self) -> int:
         return self._dim
 
     def _fusable(self, query: torch.Tensor, keys: torch.Tensor) -> bool:
-        """Whether ``recsys.models.fused``'s pooling kernel takes this call: nothing needs a gradient,
-        one hidden layer of a width it takes, no extra inputs, CPU float32."""
+        """Whether ``recsys.models.fused``'s pooling kernel takes this call: built with ``fused`` (one
+        hidden layer of a width it takes, no extra inputs), nothing needs a gradient, CPU float32."""
+        if not self._fused:
+            return False
         if torch.is_grad_enabled() and (
             query.requires_grad or keys.requires_grad or any(p.requires_grad for p in self.unit.parameters())
         ):
             return False
-        return (
-            len(self.unit) == 3
-            and not self._extra_dim
-            and self.unit[0].out_features in fused.HIDDEN_WIDTHS
-            and keys.stride(2) == 1
-            and fused.applies(query, keys, self.unit[0].weight)
-        )
+        return keys.stride(2) == 1 and fused_kernels.applies(query, keys, self.unit[0].weight)
 
     def forward(
         self,

@@ -23,13 +23,12 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from recsys.config_file import read_config_file
+from recsys.config_file import check_positive, config_from_dict, read_config_file
 from recsys.data.schema import Manifest
+from recsys.settings import setting
 
 # The model variants (issue 4): the ID-only DIN, the paper's two methods and
 # their combination, and the paper's two weaker baselines.
@@ -63,7 +62,7 @@ class ModelConfig:
             outputs are constants to the ID model); ``False`` fine-tunes it.
     """
 
-    variant: str = "id_only"  # the issue's baseline
+    variant: str = setting("id_only", "model variant", choices=VARIANTS)  # the issue's baseline
     embedding_dim: int = 16  # E: DIN-sized ID embeddings; the small world has ~1e5 items
     mlp_hidden: tuple[int, ...] = (128, 64)  # DIN's tower shape, scaled down
     attention_hidden: tuple[int, ...] = (32,)  # DIN's activation unit (80, 40) cut to one layer: 1.7x faster steps on CPU
@@ -74,14 +73,12 @@ class ModelConfig:
     make_attention_hidden: tuple[int, ...] = (32,)  # as the ID model's unit
     make_hidden: tuple[int, ...] = (64,)  # "shallow MLP": one hidden layer
     make_frozen: bool = False  # fine-tune MAKE in stage 2: measured better than frozen on the small world (README)
+    fused_kernels: bool = True  # SimTier, gradient-free attention in C++ on CPU (models/fused.py); MMCTR_FUSED overrides
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"ModelConfig.variant must be one of {list(VARIANTS)}, got {self.variant!r}")
-        for name in ("embedding_dim", "simtier_tiers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+        check_positive(self, ("embedding_dim", "simtier_tiers"))
         for name in ("mlp_hidden", "attention_hidden", "make_attention_hidden", "make_hidden"):
             value = getattr(self, name)
             if (
@@ -133,7 +130,8 @@ def load_model_config(path: str | Path) -> ModelConfig:
     """Read a :class:`ModelConfig` from a ``.yaml``/``.yml`` or ``.toml`` file.
 
     Keys are field names; missing keys keep their defaults; lists become
-    tuples. Unknown keys raise ``ValueError`` naming the file and the key.
+    tuples. Unknown keys raise ``ValueError`` naming the file and the key
+    (``recsys.config_file.config_from_dict``).
 
     Args:
         path (str | Path): the config file.
@@ -141,25 +139,4 @@ def load_model_config(path: str | Path) -> ModelConfig:
     Returns:
         ModelConfig: the configuration.
     """
-    return model_config_from_dict(read_config_file(path), source=str(path))
-
-
-def model_config_from_dict(raw: Any, source: str = "<dict>") -> ModelConfig:
-    """Build a :class:`ModelConfig` from a plain mapping (as read from YAML/TOML).
-
-    Example::
-
-        >>> model_config_from_dict({"variant": "make", "make_frozen": True}).make_frozen
-        True
-    """
-    if not isinstance(raw, dict):
-        raise ValueError(f"{source}: expected a mapping of ModelConfig keys, got {type(raw).__name__}")
-    known = [f.name for f in dataclasses.fields(ModelConfig)]
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {unknown}; known keys: {known}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-    try:
-        return ModelConfig(**values)
-    except ValueError as e:
-        raise ValueError(f"{source}: {e}") from e
+    return config_from_dict(ModelConfig, read_config_file(path), source=str(path))

@@ -40,8 +40,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.batch import Batch
 from recsys.models.config import ModelConfig
-from recsys.models.id_model import ExtraInputs, ExtraWidths, IdModel
-from recsys.models.make import Make
+from recsys.models.id_model import ExtraInputs, ExtraWidths, IdModel, id_model_config
+from recsys.models.make import Make, make_config
 from recsys.models.mm_table import MultimodalArch
 from recsys.models.sequence import DEFAULT_HISTORY_SLOTS
 from recsys.models.simtier import SimTier
@@ -117,11 +117,18 @@ class CtrModel(nn.Module):
             raise ValueError(f"variant {config.variant!r} needs item vectors; got mm_dim={mm_dim}")
         self.mm_arch = MultimodalArch(table_sizes["item_id"], mm_dim, device, history_slots) if uses_vectors else None
         self.simtier = (
-            SimTier(config.simtier_tiers, config.simtier_soft, True, mm_dim if config.simtier_learned_metric else 0, device)
+            SimTier(
+                config.simtier_tiers,
+                soft=config.simtier_soft,
+                unit_vectors=True,  # the frozen table's rows: unit norm or zero
+                metric_dim=mm_dim if config.simtier_learned_metric else 0,
+                fused=config.fused_kernels,
+                device=device,
+            )
             if spec.simtier
             else None
         )
-        self.make = Make(config, mm_dim, device=device) if spec.make else None
+        self.make = Make(make_config(config), mm_dim, device=device) if spec.make else None
         if self.make is not None and config.make_frozen:
             self.make.requires_grad_(False)
         mlp_dim = 1 if uses_vectors else 0  # the target's missing flag
@@ -132,7 +139,7 @@ class CtrModel(nn.Module):
             attention_dim=1 if spec.simscore else 0,
             mlp_dim=mlp_dim,
         )
-        self.id_model = IdModel(config, table_sizes, widths, device=device, history_slots=history_slots)
+        self.id_model = IdModel(id_model_config(config), table_sizes, widths, device=device, history_slots=history_slots)
 
     def forward(self, dense: torch.Tensor, features: KeyedJaggedTensor) -> torch.Tensor:
         """

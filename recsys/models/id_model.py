@@ -173,6 +173,42 @@ class ExtraInputs:
     mlp_inputs: tuple[torch.Tensor, ...] = ()
 
 
+@dataclass(frozen=True)
+class IdModelConfig:
+    """Widths and switches of :class:`IdModel` (from ``ModelConfig`` by :func:`id_model_config`).
+
+    Args:
+        embedding_dim (int): E, width of every ID embedding table.
+        attention_hidden (tuple[int, ...]): hidden widths of the target attention's unit.
+        attention_softmax (bool): normalise the attention weights with a masked softmax.
+        mlp_hidden (tuple[int, ...]): hidden widths of the MLP tower.
+        fused_kernels (bool): the attention may use ``recsys.models.fused``'s kernel.
+    """
+
+    embedding_dim: int  # ModelConfig.embedding_dim
+    attention_hidden: tuple[int, ...]  # ModelConfig.attention_hidden
+    attention_softmax: bool  # ModelConfig.attention_softmax
+    mlp_hidden: tuple[int, ...]  # ModelConfig.mlp_hidden
+    fused_kernels: bool  # ModelConfig.fused_kernels
+
+
+def id_model_config(config: ModelConfig) -> IdModelConfig:
+    """The part of the model configuration that :class:`IdModel` reads.
+
+    Example::
+
+        >>> id_model_config(ModelConfig(embedding_dim=8)).embedding_dim
+        8
+    """
+    return IdModelConfig(
+        embedding_dim=config.embedding_dim,
+        attention_hidden=config.attention_hidden,
+        attention_softmax=config.attention_softmax,
+        mlp_hidden=config.mlp_hidden,
+        fused_kernels=config.fused_kernels,
+    )
+
+
 class IdModel(nn.Module):
     """DIN on ID features: embeddings, target attention, MLP tower -> logit.
 
@@ -180,8 +216,7 @@ class IdModel(nn.Module):
     attention output (B, E + V), dense features (B, F), extra MLP inputs (B, M).
 
     Args:
-        config (ModelConfig): ``embedding_dim``, ``attention_hidden``,
-            ``attention_softmax`` and ``mlp_hidden`` are read.
+        config (IdModelConfig): widths of the tables, the attention unit and the MLP.
         table_sizes (dict[str, int]): rows per ID kind (``config.table_sizes``).
         extra (ExtraWidths): widths of the inputs a variant adds.
         device (torch.device | None): where to create parameters (``meta`` works).
@@ -190,7 +225,9 @@ class IdModel(nn.Module):
     Example::
 
         >>> from recsys.data.batch import SPARSE_FEATURES
-        >>> model = IdModel(ModelConfig(), {k: 10 for k in SINGLE_FEATURES})
+        >>> config = IdModelConfig(embedding_dim=4, attention_hidden=(8,), attention_softmax=False,
+        ...     mlp_hidden=(16,), fused_kernels=False)
+        >>> model = IdModel(config, {k: 10 for k in SINGLE_FEATURES})
         >>> B = 2
         >>> kjt = KeyedJaggedTensor(keys=list(SPARSE_FEATURES), values=torch.arange(9 * B + 3) % 10,
         ...     lengths=torch.tensor([1] * (9 * B) + [3, 0]))
@@ -200,7 +237,7 @@ class IdModel(nn.Module):
 
     def __init__(
         self,
-        config: ModelConfig,
+        config: IdModelConfig,
         table_sizes: dict[str, int],
         extra: ExtraWidths = ExtraWidths(),
         device: torch.device | None = None,
@@ -212,7 +249,12 @@ class IdModel(nn.Module):
         self.sparse_arch = IdSparseArch(table_sizes, E, device=device, history_slots=history_slots)
         item_dim = E + extra.vector_dim
         self.attention = TargetAttention(
-            item_dim, config.attention_hidden, extra.attention_dim, config.attention_softmax, device=device
+            item_dim,
+            config.attention_hidden,
+            extra_dim=extra.attention_dim,
+            softmax=config.attention_softmax,
+            fused=config.fused_kernels,
+            device=device,
         )
         in_dim = self.sparse_arch.pooled_dim() + item_dim + self.attention.output_dim()
         in_dim += len(DENSE_FEATURES) + extra.mlp_dim

@@ -66,18 +66,51 @@ class MakeOutput:
         return self.attention, self.hidden, self.logit.unsqueeze(-1)
 
 
+@dataclass(frozen=True)
+class MakeConfig:
+    """Widths and switches of :class:`Make` (from ``ModelConfig`` by :func:`make_config`).
+
+    Args:
+        attention_hidden (tuple[int, ...]): hidden widths of the target attention's unit.
+        attention_softmax (bool): normalise the attention weights with a masked softmax.
+        hidden (tuple[int, ...]): hidden widths of the shallow MLP; the last is H.
+        fused_kernels (bool): the attention may use ``recsys.models.fused``'s kernel.
+    """
+
+    attention_hidden: tuple[int, ...]  # ModelConfig.make_attention_hidden
+    attention_softmax: bool  # ModelConfig.attention_softmax (shared with the ID model's attention)
+    hidden: tuple[int, ...]  # ModelConfig.make_hidden
+    fused_kernels: bool  # ModelConfig.fused_kernels
+
+
+def make_config(config: ModelConfig) -> MakeConfig:
+    """The part of the model configuration that :class:`Make` reads.
+
+    Example::
+
+        >>> make_config(ModelConfig(make_hidden=(16,))).hidden
+        (16,)
+    """
+    return MakeConfig(
+        attention_hidden=config.make_attention_hidden,
+        attention_softmax=config.attention_softmax,
+        hidden=config.make_hidden,
+        fused_kernels=config.fused_kernels,
+    )
+
+
 class Make(nn.Module):
     """Target attention over multimodal history vectors, then a shallow MLP -> logit.
 
     Args:
-        config (ModelConfig): ``make_attention_hidden``, ``attention_softmax``
-            and ``make_hidden`` are read.
+        config (MakeConfig): widths of the attention unit and of the MLP.
         mm_dim (int): D, width of the multimodal vectors.
         device (torch.device | None): where to create parameters (``meta`` works).
 
     Example::
 
-        >>> make = Make(ModelConfig(), mm_dim=4)
+        >>> config = MakeConfig(attention_hidden=(8,), attention_softmax=False, hidden=(64,), fused_kernels=False)
+        >>> make = Make(config, mm_dim=4)
         >>> mm = MultimodalFeatures(target=torch.randn(2, 4), history=torch.randn(2, 3, 4),
         ...     history_mask=torch.ones(2, 3, dtype=torch.bool), target_missing=torch.zeros(2, 1))
         >>> out = make(mm, torch.zeros(2, len(DENSE_FEATURES)))
@@ -85,14 +118,18 @@ class Make(nn.Module):
         (torch.Size([2, 4]), torch.Size([2, 64]), torch.Size([2]), 69)
     """
 
-    def __init__(self, config: ModelConfig, mm_dim: int, device: torch.device | None = None) -> None:
+    def __init__(self, config: MakeConfig, mm_dim: int, device: torch.device | None = None) -> None:
         super().__init__()
         self._mm_dim = mm_dim
-        self._hidden_dim = config.make_hidden[-1]
+        self._hidden_dim = config.hidden[-1]
         self.attention = TargetAttention(
-            mm_dim, config.make_attention_hidden, softmax=config.attention_softmax, device=device
+            mm_dim,
+            config.attention_hidden,
+            softmax=config.attention_softmax,
+            fused=config.fused_kernels,
+            device=device,
         )
-        self.mlp = MLP(3 * mm_dim + 1 + len(DENSE_FEATURES), list(config.make_hidden), device=device)
+        self.mlp = MLP(3 * mm_dim + 1 + len(DENSE_FEATURES), list(config.hidden), device=device)
         self.logit = nn.Linear(self._hidden_dim, 1, device=device)
 
     def output_dim(self) -> int:
@@ -117,7 +154,7 @@ class MakeModel(nn.Module):
     """Stage 1 of MAKE: the frozen multimodal table and :class:`Make`, returning logits.
 
     Args:
-        config (ModelConfig): as for :class:`Make`.
+        config (ModelConfig): MAKE's part of it (:func:`make_config`) is read.
         num_items (int): rows of the multimodal table (``table_sizes(manifest)["item_id"]``).
         mm_dim (int): D.
         device (torch.device | None): where to create parameters (``meta`` works).
@@ -142,7 +179,7 @@ class MakeModel(nn.Module):
     ) -> None:
         super().__init__()
         self.mm_arch = MultimodalArch(num_items, mm_dim, device, history_slots)
-        self.make = Make(config, mm_dim, device=device)
+        self.make = Make(make_config(config), mm_dim, device=device)
 
     def forward(self, dense: torch.Tensor, features: KeyedJaggedTensor) -> torch.Tensor:
         """

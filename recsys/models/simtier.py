@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys.models import fused
+from recsys.models import fused as fused_kernels
 
 
 class SimTier(nn.Module):
@@ -51,6 +51,9 @@ class SimTier(nn.Module):
             normalisation pass is skipped.
         metric_dim (int): D, to learn the similarity's bilinear form ``W`` (D, D)
             over D-wide vectors; 0 keeps the fixed cosine.
+        fused (bool): with ``soft``, run CPU float32 calls through
+            ``recsys.models.fused``'s kernels (built here, in the constructor;
+            the eager ops where they do not apply or cannot be built).
         device (torch.device | None): where to create ``W`` (``meta`` works).
 
     Example::
@@ -74,9 +77,11 @@ class SimTier(nn.Module):
     def __init__(
         self,
         n_tiers: int,
+        *,
         soft: bool = False,
         unit_vectors: bool = False,
         metric_dim: int = 0,
+        fused: bool = False,
         device: torch.device | None = None,
     ) -> None:
         super().__init__()
@@ -87,6 +92,7 @@ class SimTier(nn.Module):
         self._n_tiers = n_tiers
         self._soft = soft
         self._unit = unit_vectors
+        self._fused = fused and soft and fused_kernels.load()  # the kernels serve the soft tiers only
         self.metric = nn.Parameter(torch.eye(metric_dim, device=device)) if metric_dim else None  # W (D, D)
 
     def output_dim(self) -> int:
@@ -114,7 +120,7 @@ class SimTier(nn.Module):
             query = target if self.metric is None else target @ self.metric.t()  # (B, D): W t
             weight = mask.to(history.dtype)
             if self._soft:
-                return _SoftTiers.apply(history, query, weight, self._n_tiers)
+                return _SoftTiers.apply(history, query, weight, self._n_tiers, self._fused)
             sims = torch.bmm(history, query.unsqueeze(2)).squeeze(2)  # (B, L): h^T W t
             T = self._n_tiers
             tier = ((sims.clamp(-1.0, 1.0) + 1.0) * (T / 2)).floor().long().clamp_(0, T - 1)  # (B, L)
@@ -135,17 +141,28 @@ class _SoftTiers(torch.autograd.Function):
     upper, so ``dL/ds = (g[upper] - g[lower]) * T / (2 n)``; beyond them (and
     beyond [-1, 1]) both tiers are the same one and the gradient is 0.
 
-    On CPU float32 (``recsys.models.fused``) a fused kernel does the
-    forward in one pass per impression, and the backward recomputes the
-    tiers in another instead of saving them.
+    With ``use_kernels`` (a ``SimTier`` built with ``fused=True``), on CPU
+    float32 (``recsys.models.fused``) a fused kernel does the forward in one
+    pass per impression, and the backward recomputes the tiers in another
+    instead of saving them.
     """
 
     @staticmethod
     def forward(
-        ctx: torch.autograd.function.FunctionCtx, history: torch.Tensor, query: torch.Tensor, weight: torch.Tensor, T: int
+        ctx: torch.autograd.function.FunctionCtx,
+        history: torch.Tensor,
+        query: torch.Tensor,
+        weight: torch.Tensor,
+        T: int,
+        use_kernels: bool,
     ) -> torch.Tensor:
         ctx.half_tiers, ctx.T = T / 2, T
-        ctx.fused = history.shape[2] in fused.TIER_WIDTHS and history.stride(2) == 1 and fused.applies(history, query, weight)
+        ctx.fused = (
+            use_kernels
+            and history.shape[2] in fused_kernels.TIER_WIDTHS
+            and history.stride(2) == 1
+            and fused_kernels.applies(history, query, weight)
+        )
         if ctx.fused:  # one pass per impression (recsys.models.fused); the backward recomputes the tiers
             ctx.save_for_backward(history, query, weight)
             return torch.ops.mmctr_fused.soft_tiers(history, query, weight, T)
@@ -163,12 +180,14 @@ class _SoftTiers(torch.autograd.Function):
         return counts
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[None, torch.Tensor | None, None, None]:
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[None, torch.Tensor | None, None, None, None]:
         if not ctx.needs_input_grad[1]:
-            return None, None, None, None
+            return None, None, None, None, None
         if ctx.fused:
             history, query, weight = ctx.saved_tensors
-            return None, torch.ops.mmctr_fused.soft_tiers_backward(grad, history, query, weight, ctx.T), None, None
+            return None, torch.ops.mmctr_fused.soft_tiers_backward(grad, history, query, weight, ctx.T), None, None, None
         history, lower_tier, upper_tier, per_item = ctx.saved_tensors
         grad_sims = (grad.gather(1, upper_tier) - grad.gather(1, lower_tier)) * per_item * ctx.half_tiers  # (B, L)
-        return None, torch.bmm(grad_sims.unsqueeze(1), history).squeeze(1), None, None
+        return None, torch.bmm(grad_sims.unsqueeze(1), history).squeeze(1), None, None, None

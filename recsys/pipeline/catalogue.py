@@ -27,11 +27,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as ds
 
-from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, read_item_vectors, write_item_vectors
+from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, load_vectors, write_item_vectors
 
 
 def write_catalogue(world: Path, pretrain_run: Path, before_day: int, out: Path) -> int:
     """Writes ``out/item_vectors.parquet`` with the run's vectors of items created before ``before_day``.
+
+    Args:
+        world (Path): the dataset whose ``items`` give each item's creation day.
+        pretrain_run (Path): a pre-training run folder, or its ``item_vectors.parquet``.
+        before_day (int): items created on this day or later are left out.
+        out (Path): the folder to write ``item_vectors.parquet`` and ``vectors.json`` to.
 
     Returns:
         int: items kept.
@@ -40,14 +46,14 @@ def write_catalogue(world: Path, pretrain_run: Path, before_day: int, out: Path)
     item_ids, days = items["item_id"].to_numpy(), items["created_day"].to_numpy()
     order = np.argsort(item_ids)
     item_ids, days = item_ids[order], days[order]
-    ids, vectors = read_item_vectors(Path(pretrain_run) / VECTORS_FILE)
+    source = load_vectors(pretrain_run)
+    ids, vectors = source.item_ids, source.vectors
     pos = np.minimum(np.searchsorted(item_ids, ids), len(item_ids) - 1)
     keep = (item_ids[pos] == ids) & (days[pos] < before_day)  # items unknown to the world are dropped
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_item_vectors(out / VECTORS_FILE, ids[keep], vectors[keep], dim=vectors.shape[1])
-    meta_file = Path(pretrain_run) / VECTORS_MANIFEST
-    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    meta = dict(source.manifest)
     meta.update(items=int(keep.sum()), created_before_day=int(before_day), source=str(pretrain_run))
     (out / VECTORS_MANIFEST).write_text(json.dumps(meta, indent=2))
     return int(keep.sum())

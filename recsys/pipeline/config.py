@@ -21,6 +21,10 @@ from pathlib import Path
 
 import yaml
 
+from recsys.eval import RESAMPLES
+from recsys.settings import setting
+from recsys.train.config import TrainConfig
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -33,10 +37,10 @@ class PipelineConfig:
     scl_epochs: int = 1  # SCL fine-tuning epochs from the CLIP run (the README's recipe)
     scl_queue_size: int = 512  # K of the SCL memory bank (the recipe)
     scl_triplet_weight: float = 0.0  # lambda of the hard-negative triplet loss (the recipe: 0)
-    make_max_epochs: int = 8  # MAKE stage-1 cap
-    batch_size: int = 2048  # CTR impressions per step and rank
+    make_max_epochs: int = TrainConfig.make_max_epochs  # MAKE stage-1 cap
+    batch_size: int = TrainConfig.batch_size  # CTR impressions per step and rank
     variants: tuple[str, ...] = ("id_only", "simtier", "make", "simtier_make")  # trained and compared
-    bootstrap: int = 1000  # user resamples of the evaluation's GAUC intervals
+    bootstrap: int = RESAMPLES  # user resamples of the evaluation's GAUC intervals
     feed_rate: float = 50.0  # new items per second published to the feed (the serving bench's load)
     retrain_variant: str = "simtier_make"  # the production model retrained on the test day
 
@@ -57,6 +61,15 @@ PRESETS: dict[str, PipelineConfig] = {
     # `make demo`: ~30 minutes on 2 cores (README: measured stage times)
     "small": PipelineConfig(world_preset="small", clip_epochs=2, make_max_epochs=3),
 }
+
+
+@dataclass(frozen=True)
+class PipelineJob:
+    """One ``mmctr pipeline`` (or ``mmctr demo``); each field carries its help: the commands' flags derive from them."""
+
+    preset: str = setting("small", "pipeline preset", choices=sorted(PRESETS))
+    out: Path = setting(Path("runs/demo"), "run folder; run again with the same folder to resume")
+    quiet: bool = setting(False, "no stage messages")
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,10 @@ class Stage:
 
 def _train_apps(variant: str) -> Callable[[Context], list[specs.AppDef]]:
     def apps(c: Context) -> list[specs.AppDef]:
-        shared = c.layout.ctr("make") / "make_stage1" if variant == "simtier_make" and "make" in c.cfg.variants else None
+        from recsys.train.run_folder import RunFolder  # lazy: torch stays out of the pipeline's start-up
+
+        shares = variant == "simtier_make" and "make" in c.cfg.variants
+        shared = RunFolder(c.layout.ctr("make")).make_stage1 if shares else None
         return [components.train(
             world=str(c.layout.world), out=str(c.layout.ctr(variant)), variant=variant,
             vectors=None if variant == "id_only" else str(c.layout.catalogue), nproc=c.cfg.nproc,

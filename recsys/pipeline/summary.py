@@ -32,6 +32,7 @@ import numpy as np
 
 from recsys.eval.report import REPORT_HTML, REPORT_JSON, fmt_ci, fmt_pct, write_report
 from recsys.pipeline.config import Layout, PipelineConfig
+from recsys.train.run_folder import LINEAGE_FILE, RunFolder
 
 
 def _lift(model: dict, subset: str) -> float | None:
@@ -40,11 +41,9 @@ def _lift(model: dict, subset: str) -> float | None:
 
 def served_vs_batch(layout: Layout) -> float:
     """The largest |served - batch-embedded| vector component over the items the store holds."""
-    from recsys.data.vectors import VECTORS_FILE, read_item_vectors
-    from serving.store import VectorStore
+    from recsys.data.vectors import VECTORS_FILE, read_item_vectors, read_store
 
-    with VectorStore(layout.store, readonly=True) as db:
-        snap = db.read()
+    snap = read_store(layout.store)
     ids, vectors = read_item_vectors(layout.pretrain_scl / VECTORS_FILE)
     order = np.argsort(ids)
     pos = np.minimum(np.searchsorted(ids, snap.item_ids, sorter=order), len(ids) - 1)
@@ -84,11 +83,12 @@ def collect(cfg: PipelineConfig, layout: Layout) -> dict:
     pretraining = {k: {c: v[c] for c in ("image_recall@10", "text_recall@10", "purity@10") if c in v} for k, v in pre.items()}
     embedder = embedder_numbers(layout, report["day"]) if layout.store.exists() else None
     retrain = None
-    lineages = sorted(layout.retrain.glob("*/lineage.json")) if layout.retrain.exists() else []
+    lineages = sorted(layout.retrain.glob(f"*/{LINEAGE_FILE}")) if layout.retrain.exists() else []
     if lineages:
-        lin = json.loads(lineages[-1].read_text())
-        retrain = {"run": lin["run"], "version": lin["version"], "parent": lin["parent"], "days": lin["all_days"],
-                   "trained_day": lin["days"], "vectors": lin["vectors"], "new_item_ids": lin.get("new_item_ids")}
+        lin = RunFolder.at(lineages[-1]).read_lineage()
+        retrain = {"run": lin.run, "version": lin.version, "parent": lin.parent, "days": list(lin.all_days),
+                   "trained_day": list(lin.days), "vectors": lin.vectors,
+                   "new_item_ids": None if lin.retrain is None else lin.retrain.new_item_ids}
     state = json.loads(layout.state.read_text())
     stages = {k: v.get("seconds") for k, v in state["stages"].items() if v.get("done")}
     return {"preset": cfg.world_preset, "test_day": report["day"], "report": str(layout.report / REPORT_HTML),

@@ -22,6 +22,10 @@ intervals of the epoch's global row order (``recsys.data.plan``), which does
 not depend on the world size. A job resumed on any number of ranks reads
 exactly those rows (``ReaderConfig(remaining=...)``), so every impression is
 trained once per epoch across stops and world-size changes.
+
+:class:`TrainState` ties a sharded model and its optimizer to their
+checkpoint folder: it resumes from the newest checkpoint and remembers the
+last step saved, so a trainer saves at the end only what is not saved yet.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torchrec.optim.keyed import CombinedOptimizer
 
-from recsys.data import plan
+from recsys.data.plan import normalize as normalize_rows
 from recsys.distributed import DistContext, barrier
 from recsys.train.sharding import DENSE_OPTIMIZER
 
@@ -66,7 +70,7 @@ class Progress:
 
     def __post_init__(self) -> None:
         if self.remaining is not None:  # lists (from JSON) become the canonical tuple
-            object.__setattr__(self, "remaining", plan.normalize(self.remaining))
+            object.__setattr__(self, "remaining", normalize_rows(self.remaining))
 
     @staticmethod
     def from_json(raw: dict) -> "Progress":
@@ -150,3 +154,57 @@ def load_checkpoint(
         full["optim"]["state"].update(wanted["optim"]["state"])
     model.load_state_dict(full["model"])
     optimizer.load_state_dict(full["optim"])
+
+
+class TrainState:
+    """A sharded model, its optimizer and the checkpoint folder they are saved to and resumed from.
+
+    Args:
+        root (Path): the checkpoints folder (module docstring).
+        model (nn.Module): the sharded model.
+        optimizer (CombinedOptimizer): its optimizer.
+        ctx (DistContext): rank, world size, device.
+    """
+
+    def __init__(self, root: Path, model: nn.Module, optimizer: CombinedOptimizer, ctx: DistContext) -> None:
+        self.root = Path(root)
+        self.model = model
+        self.optimizer = optimizer
+        self.ctx = ctx
+        self.last_saved: tuple[Path, Progress] | None = None  # the newest checkpoint this job saved or resumed from
+
+    def resume(self, skip: Callable[[str], bool] | None = None) -> tuple[Path, Progress] | None:
+        """Loads the newest complete checkpoint under ``root`` (``skip`` as for :func:`load_checkpoint`).
+
+        Returns:
+            tuple[Path, Progress] | None: the checkpoint folder and its progress, or ``None`` when there is none.
+        """
+        found = latest_checkpoint(self.root)
+        if found is not None:
+            load_checkpoint(found[0], self.model, self.optimizer, skip=skip)
+            self.last_saved = found
+        return found
+
+    def save(self, progress: Progress) -> None:
+        """Saves a checkpoint at ``progress`` on every rank (:func:`save_checkpoint`)."""
+        self.last_saved = (save_checkpoint(self.root, self.model, self.optimizer, progress, self.ctx), progress)
+
+    def save_if_new(self, progress: Progress) -> None:
+        """Saves a checkpoint unless the newest one holds these weights (same step) and this progress.
+
+        At the same step with another progress (the last step's checkpoint, now
+        ``finished``), only that checkpoint's ``progress.json`` is replaced,
+        atomically: the weights are the same, and a run whose last step was
+        checkpointed by ``checkpoint_every`` still ends marked finished.
+        """
+        if self.last_saved is None or self.last_saved[1].step != progress.step:
+            self.save(progress)
+            return
+        if self.last_saved[1] != progress:
+            path = self.last_saved[0]
+            if self.ctx.is_main:
+                tmp = path / f".{PROGRESS_FILE}.tmp"
+                tmp.write_text(json.dumps(dataclasses.asdict(progress), indent=2))
+                os.replace(tmp, path / PROGRESS_FILE)
+            barrier()
+            self.last_saved = (path, progress)

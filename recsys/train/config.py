@@ -16,23 +16,23 @@ Example::
     >>> load_job_config(path)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
         ...
-    ValueError: ...[train]: unknown key(s) ['batchsize']; known keys: [...]
+    ValueError: ...: unknown key(s) ['batchsize'] in section 'train'; known keys: [...]
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recsys.config_file import read_config_file
-from recsys.models.config import ModelConfig, model_config_from_dict
-
+from recsys.config_file import check_positive, config_from_dict, read_config_file
+from recsys.models.config import ModelConfig
+from recsys.settings import setting
 
 # How the ID tables are sharded (``recsys.train.sharding.shard_model``); "auto" is the planner's choice
 # (table_wise on one rank).
 SHARDINGS: tuple[str, ...] = ("table_wise", "row_wise", "column_wise", "auto")
+SHARDING = "auto"  # the default of every job (TrainJob, RetrainJob, `mmctr train/retrain --sharding`)
 
 
 @dataclass(frozen=True)
@@ -45,63 +45,33 @@ class TrainConfig:
     best epoch's weights are kept.
     """
 
-    batch_size: int = 2048  # impressions per step per rank
-    dense_lr: float = 1e-3  # Adam learning rate of the dense (MLP, attention) parameters
-    sparse_lr: float = 0.05  # fused row-wise Adagrad learning rate of the ID tables
-    epochs: int = 1  # passes of the ID model over the training days
-    make_max_epochs: int = 8  # MAKE stage 1: at most this many epochs (small world: still gaining at 6)
-    make_patience: int = 1  # MAKE stage 1: stop after this many epochs without a better validation AUC
-    make_lr: float = 2e-3  # MAKE stage 1: Adam learning rate
-    seed: int = 0  # model initialisation and data shuffle
-    checkpoint_every: int = 0  # steps between distributed checkpoints; 0 = only at the end
-    stop_after_steps: int | None = None  # stop (checkpoint, no evaluation) after this many steps, as if preempted
-    eval_batch_size: int = 8192  # impressions per evaluation batch per rank
-    prefetch: int = 2  # batches the reader prepares ahead
-    log_every: int = 20  # steps between loss-curve points (and progress-bar refreshes)
-    max_table_rows: int | None = None  # cap on every ID table's rows; None = the manifest's ID ranges
-    out_of_range: str = "refuse"  # IDs beyond a table's rows: "refuse" or "hash" (reader.OUT_OF_RANGE)
+    batch_size: int = setting(2048, "impressions per step per rank")
+    dense_lr: float = setting(1e-3, "Adam learning rate of the dense (MLP, attention) parameters")
+    sparse_lr: float = setting(0.05, "fused row-wise Adagrad learning rate of the ID tables")
+    epochs: int = setting(1, "passes of the ID model over the training days")
+    # small world: MAKE stage 1 is still gaining at epoch 6
+    make_max_epochs: int = setting(8, "MAKE stage 1: at most this many epochs")
+    make_patience: int = setting(1, "MAKE stage 1: stop after this many epochs without a better validation AUC")
+    make_lr: float = setting(2e-3, "MAKE stage 1: Adam learning rate")
+    seed: int = setting(0, "model initialisation and data shuffle")
+    checkpoint_every: int = setting(0, "steps between distributed checkpoints; 0: only at the end")
+    stop_after_steps: int | None = setting(
+        None, "stop after N steps as if preempted (checkpoint, no evaluation; a rerun resumes)")
+    eval_batch_size: int = setting(8192, "impressions per evaluation batch per rank")
+    prefetch: int = setting(2, "batches the reader prepares ahead")
+    log_every: int = setting(20, "steps between loss-curve points (and progress-bar refreshes)")
+    max_table_rows: int | None = setting(None, "cap on every ID table's rows; None: the manifest's ID ranges")
+    out_of_range: str = setting("refuse", "IDs beyond a table's rows: refuse or hash (reader.OUT_OF_RANGE)")
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "epochs", "make_max_epochs", "make_patience", "eval_batch_size", "log_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
-        for name in ("checkpoint_every", "prefetch", "seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"TrainConfig.{name} must be an int >= 0, got {value!r}")
-        for name in ("dense_lr", "sparse_lr", "make_lr"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ValueError(f"TrainConfig.{name} must be a positive number, got {value!r}")
-        for name in ("stop_after_steps", "max_table_rows"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"TrainConfig.{name} must be a positive int or None, got {value!r}")
+        check_positive(self, ("batch_size", "epochs", "make_max_epochs", "make_patience", "eval_batch_size", "log_every"))
+        check_positive(self, ("checkpoint_every", "prefetch", "seed"), zero=True)
+        check_positive(self, ("dense_lr", "sparse_lr", "make_lr"), integer=False)
+        check_positive(self, ("stop_after_steps", "max_table_rows"), optional=True)
         from recsys.data.reader import OUT_OF_RANGE  # here: the CLI imports this module without torchrec
 
         if self.out_of_range not in OUT_OF_RANGE:
             raise ValueError(f"TrainConfig.out_of_range must be one of {OUT_OF_RANGE}, got {self.out_of_range!r}")
-
-
-def train_config_from_dict(raw: Any, source: str = "<dict>") -> TrainConfig:
-    """Build a :class:`TrainConfig` from a plain mapping; unknown keys raise ``ValueError``.
-
-    Example::
-
-        >>> train_config_from_dict({"epochs": 2}).epochs
-        2
-    """
-    if not isinstance(raw, dict):
-        raise ValueError(f"{source}: expected a mapping of TrainConfig keys, got {type(raw).__name__}")
-    known = [f.name for f in dataclasses.fields(TrainConfig)]
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {unknown}; known keys: {known}")
-    try:
-        return TrainConfig(**raw)
-    except ValueError as e:
-        raise ValueError(f"{source}: {e}") from e
 
 
 def load_job_config(path: str | Path | None, variant: str | None = None) -> tuple[ModelConfig, TrainConfig]:
@@ -123,5 +93,8 @@ def load_job_config(path: str | Path | None, variant: str | None = None) -> tupl
     model_raw = dict(raw.get("model") or {})
     if variant is not None:
         model_raw["variant"] = variant
-    model = model_config_from_dict(model_raw, source=f"{path}[model]")
-    return model, train_config_from_dict(dict(raw.get("train") or {}), source=f"{path}[train]")
+    model = config_from_dict(ModelConfig, model_raw, source=str(path), section="model")
+    from recsys.models.fused import config_override  # here: the CLI imports this module without torch
+
+    model = config_override(model)  # MMCTR_FUSED, read once where the job's config is built
+    return model, config_from_dict(TrainConfig, dict(raw.get("train") or {}), source=str(path), section="train")

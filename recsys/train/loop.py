@@ -1,4 +1,4 @@
-"""The training epoch and batch prediction of a sharded CTR model, shared by every stage.
+"""The training epoch, the epoch/checkpoint loop and batch prediction of a sharded CTR model, shared by every stage.
 
 Notation: ``B``: batch size per rank; ``W``: world size; ``N``: impressions
 of the predicted day (over all ranks).
@@ -8,6 +8,13 @@ of the predicted day (over all ranks).
 resume on any world size trains each row once), calling back for checkpoints;
 rank 0 shows a tqdm bar with global samples/s and the running loss, and the
 loss curve (mean over ranks every ``log_every`` steps) is returned.
+:func:`run_epochs` is the one epoch/checkpoint loop of ``mmctr train`` and
+MAKE stage 1: epochs from where a :class:`~recsys.train.checkpoint.TrainState`
+resumed, each read in its own shuffled order, checkpoints every
+``checkpoint_every`` steps and/or after every epoch, an early stop by
+``stop_after_steps`` (checkpointed), and an :class:`EpochHook` after each
+epoch for what the stages do differently (tallies of the ID model, MAKE's
+validation and early stopping).
 :func:`predict` scores one day on every rank and gathers the predictions on
 all ranks, each impression once, in the day's row order (padding rows of
 weight 0 dropped).
@@ -19,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,10 +35,10 @@ from torch import nn
 from torchrec.optim.keyed import CombinedOptimizer
 from tqdm import tqdm
 
-from recsys.data import plan
+from recsys.data.plan import count as count_rows
 from recsys.data.reader import ImpressionReader, ReaderConfig
 from recsys.distributed import DistContext
-from recsys.train.checkpoint import Progress
+from recsys.train.checkpoint import Progress, TrainState
 
 
 @dataclass
@@ -110,7 +118,7 @@ def train_epoch(
             mean = _mean_over_ranks(running / counted, ctx)
             curve.append({"step": progress.step, "epoch": progress.epoch, "loss": mean})
             elapsed = time.perf_counter() - start
-            samples = plan.count(reader.remaining) - plan.count(progress.remaining)
+            samples = count_rows(reader.remaining) - count_rows(progress.remaining)
             bar.set_postfix(loss=f"{mean:.4f}", samples_s=f"{samples / max(elapsed, 1e-9):,.0f}")
             running, counted = 0.0, 0
         bar.update(1)
@@ -118,12 +126,98 @@ def train_epoch(
             on_step(progress)
     bar.close()
     seconds = time.perf_counter() - start
-    samples = plan.count(reader.remaining) - plan.count(reader.remaining_after(done))  # every rank, exactly
+    samples = count_rows(reader.remaining) - count_rows(reader.remaining_after(done))  # every rank, exactly
     if not stopped and done >= total:
         progress = replace(progress, epoch=progress.epoch + 1, remaining=None)
     if stopped and ctx.world_size > 1:
         dist.barrier()
     return EpochResult(progress=progress, curve=curve, samples=samples, seconds=seconds, stopped=stopped)
+
+
+class EpochHook(Protocol):
+    """What a stage does around :func:`run_epochs`'s epochs."""
+
+    def done(self) -> bool:
+        """True once the stage wants no more epochs (MAKE's early stopping)."""
+        ...
+
+    def after_epoch(self, epoch: int, result: EpochResult, reader: ImpressionReader) -> None:
+        """Called after each (possibly partial) epoch ``epoch`` with its result and the reader that fed it."""
+        ...
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What :func:`run_epochs` trains on and when it checkpoints (fields documented inline)."""
+
+    root: Path  # the dataset directory
+    reader: ReaderConfig  # batch size, rank, seed, table sizes...; days, shuffle and remaining rows are set per epoch
+    days: tuple[int, ...]  # the days each epoch reads
+    epochs: int  # train until Progress.epoch reaches it
+    log_every: int  # steps between loss-curve points
+    checkpoint_every: int = 0  # steps between checkpoints within an epoch; 0: none
+    checkpoint_each_epoch: bool = False  # a checkpoint after every whole epoch (after the hook)
+    stop_after_steps: int | None = None  # stop (checkpointed) once Progress.step reaches it
+    desc: str = "train"  # progress-bar label; ", epoch N" is added
+    quiet: bool = False  # no progress bars
+
+
+@dataclass(frozen=True)
+class EpochsOutcome:
+    """Where :func:`run_epochs` left training."""
+
+    progress: Progress  # after the last epoch run (not marked finished)
+    stopped: bool  # ended by `stop_after_steps`; the last progress is checkpointed
+
+
+def _step_checkpoints(state: TrainState, every: int) -> Callable[[Progress], None] | None:
+    """``train_epoch``'s ``on_step``: a checkpoint every ``every`` steps (None when ``every`` is 0)."""
+    if not every:
+        return None
+
+    def on_step(p: Progress) -> None:
+        if p.step % every == 0:
+            state.save(p)
+
+    return on_step
+
+
+def run_epochs(state: TrainState, progress: Progress, plan: EpochPlan, hook: EpochHook) -> EpochsOutcome:
+    """Trains epochs from ``progress`` until ``plan.epochs``, a finished progress, or ``hook.done()``.
+
+    Each epoch reads the rows it has left (``progress.remaining``, at any world
+    size) of ``plan.days`` shuffled by (seed, epoch), calls ``hook.after_epoch``, then
+    checkpoints if ``plan.checkpoint_each_epoch``. An epoch cut by
+    ``stop_after_steps`` ends the loop after a checkpoint of where it stood.
+
+    Args:
+        state (TrainState): the sharded model, its optimizer and checkpoint folder.
+        progress (Progress): where training stands (a resumed checkpoint's, or zeros).
+        plan (EpochPlan): days, epochs, checkpoint policy.
+        hook (EpochHook): the stage's work after each epoch.
+
+    Returns:
+        EpochsOutcome: the progress reached and whether the loop was stopped early.
+    """
+    ctx = state.ctx
+    on_step = _step_checkpoints(state, plan.checkpoint_every)
+    while progress.epoch < plan.epochs and not progress.finished and not hook.done():
+        progress = replace(progress, world_size=ctx.world_size)
+        reader = ImpressionReader(plan.root, replace(plan.reader, days=plan.days, shuffle=True, remaining=progress.remaining))
+        reader.set_epoch(progress.epoch)
+        epoch = progress.epoch
+        result = train_epoch(
+            state.model, state.optimizer, reader, ctx, progress, plan.log_every, on_step=on_step,
+            stop_after_steps=plan.stop_after_steps, desc=f"{plan.desc}, epoch {epoch}", quiet=plan.quiet,
+        )
+        progress = result.progress
+        hook.after_epoch(epoch, result, reader)
+        if result.stopped:
+            state.save_if_new(progress)
+            return EpochsOutcome(progress=progress, stopped=True)
+        if plan.checkpoint_each_epoch:
+            state.save(progress)
+    return EpochsOutcome(progress=progress, stopped=False)
 
 
 @dataclass

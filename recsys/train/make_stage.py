@@ -2,45 +2,64 @@
 
 ``MakeModel`` (the frozen multimodal table and MAKE's attention and shallow
 MLP) trains on ``DaySplit.make_fit`` through ``DistributedModelParallel``
-like every model here. After each epoch its AUC on ``DaySplit.validation``
-is measured; training stops after ``make_patience`` epochs without a better
-one (or at ``make_max_epochs``), and the best epoch's weights are kept.
+like every model here, in the same epoch/checkpoint loop as ``mmctr train``
+(``loop.run_epochs``). After each epoch :class:`EarlyStopping` measures its
+AUC on ``DaySplit.validation``; training stops after ``make_patience``
+epochs without a better one (or at ``make_max_epochs``), and the best
+epoch's weights are kept.
 
 Output folder::
 
     make.pt          # {"state_dict": MAKE's weights (best epoch), "mm_dim": D}; torch.load(weights_only=True)
-    make.json        # per-epoch validation AUC and loss, the best epoch, the stop reason
+    make.json        # MakeLog: per-epoch validation AUC and loss, the best epoch, the stop reason
     checkpoints/     # a DCP checkpoint after every epoch (resume continues at the next epoch)
+
+Example::
+
+    >>> log = MakeLog(epochs=(MakeEpoch(0, 0.61, 0.5, 100.0), MakeEpoch(1, 0.60, 0.4, 100.0)), best_epoch=0,
+    ...     best_val_auc=0.61)
+    >>> stop_reason(log, epoch=1, epochs_done=2, patience=1, max_epochs=5)
+    'validation AUC did not improve for 1 epoch(s)'
+    >>> stop_reason(log, epoch=1, epochs_done=2, patience=2, max_epochs=2), stop_reason(log, 1, 2, 2, 5)
+    ('reached make_max_epochs=2', None)
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from recsys.data.paths import artefact_path
 from recsys.data.reader import ImpressionReader, ReaderConfig
 from recsys.data.schema import Manifest
+from recsys.data.vectors import ItemVectors
 from recsys.distributed import DistContext, barrier
+from recsys.eval.metrics import ranking_metrics
 from recsys.models.config import ModelConfig
 from recsys.models.ctr_model import CtrTrain
 from recsys.models.make import MakeModel
-from recsys.train.checkpoint import Progress, latest_checkpoint, load_checkpoint, save_checkpoint
-from recsys.train.config import TrainConfig
-from recsys.train.loop import predict, train_epoch
-from recsys.train.metrics import ranking_metrics
-from recsys.train.setup import ItemVectors, capped_table_sizes, fill_mm_table, shard_and_optimize, split_days
+from recsys.train.checkpoint import Progress, TrainState
+from recsys.train.config import SHARDING, TrainConfig
+from recsys.train.loop import EpochPlan, EpochResult, predict, run_epochs
+from recsys.train.setup import capped_table_sizes, fill_mm_table, shard_and_optimize, split_days
 
 MAKE_FILE = "make.pt"
 MAKE_LOG = "make.json"
 
 
-def load_make_state(folder: Path, mm_dim: int) -> dict[str, torch.Tensor]:
-    """MAKE's stage-1 weights from a stage-1 folder, checked against the vector width D."""
-    file = Path(folder) / MAKE_FILE
+def load_make_state(path: Path, mm_dim: int) -> dict[str, torch.Tensor]:
+    """MAKE's stage-1 weights from a stage-1 folder or its ``make.pt``, checked against the vector width D.
+
+    Raises:
+        FileNotFoundError: no ``make.pt`` there.
+        ValueError: MAKE was trained on vectors of another width.
+    """
+    file = artefact_path(Path(path), MAKE_FILE)
     if not file.exists():
         raise FileNotFoundError(f"{file}: no MAKE stage-1 weights; run stage 1 (mmctr train --variant make) first")
     saved = torch.load(file, weights_only=True, map_location="cpu")
@@ -49,89 +68,142 @@ def load_make_state(folder: Path, mm_dim: int) -> dict[str, torch.Tensor]:
     return saved["state_dict"]
 
 
-def train_make(
-    world: Path,
-    vectors: ItemVectors,
-    out: Path,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    ctx: DistContext,
-    sharding: str,
-    quiet: bool = False,
-    until: int | None = None,
-) -> Path:
-    """Runs (or resumes, or skips when done) MAKE stage 1 into ``out``; returns ``out``.
+@dataclass(frozen=True)
+class Stage1Job:
+    """One MAKE stage 1 (fields documented inline)."""
+
+    world: Path  # the dataset directory
+    out: Path  # the stage-1 folder (module docstring)
+    model: ModelConfig  # MAKE's widths (attention_*, make_hidden)
+    train: TrainConfig  # make_* epochs, patience and learning rate, batch size, seed
+    sharding: str = SHARDING  # how the frozen table is sharded
+    until: int | None = None  # the ID model's last training day (setup.split_days): fit before it, validate on it
+    quiet: bool = False  # no progress bars
+
+
+@dataclass(frozen=True)
+class MakeEpoch:
+    """One epoch of stage 1 in ``make.json``."""
+
+    epoch: int
+    val_auc: float  # AUC on the validation day
+    loss: float | None  # the epoch's last loss-curve point
+    samples_per_s: float
+
+
+@dataclass(frozen=True)
+class MakeLog:
+    """``make.json``: the epochs so far, the best one and why stage 1 stopped (None while it runs)."""
+
+    epochs: tuple[MakeEpoch, ...] = ()
+    best_epoch: int | None = None
+    best_val_auc: float | None = None
+    stopped: str | None = None
+    config: dict[str, Any] | None = None  # {"model": ModelConfig, "train": TrainConfig} as dicts
+
+    def write(self, file: Path) -> None:
+        tmp = file.parent / f".{file.name}.tmp"
+        tmp.write_text(json.dumps(asdict(self) if self.config is not None else
+                                  {k: v for k, v in asdict(self).items() if k != "config"}, indent=2))
+        os.replace(tmp, file)
+
+    @staticmethod
+    def read(file: Path) -> MakeLog:
+        raw = json.loads(Path(file).read_text())
+        try:
+            return MakeLog(epochs=tuple(MakeEpoch(**e) for e in raw["epochs"]), best_epoch=raw["best_epoch"],
+                           best_val_auc=raw["best_val_auc"], stopped=raw["stopped"], config=raw.get("config"))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{file}: not a MAKE stage-1 log ({e!r}); remove the stage-1 folder to start over") from e
+
+
+def stop_reason(log: MakeLog, epoch: int, epochs_done: int, patience: int, max_epochs: int) -> str | None:
+    """Why stage 1 stops after ``epoch`` (``epochs_done`` epochs complete), or ``None`` to go on."""
+    if log.best_epoch is not None and epoch - log.best_epoch >= patience:
+        return f"validation AUC did not improve for {patience} epoch(s)"
+    if epochs_done >= max_epochs:
+        return f"reached make_max_epochs={max_epochs}"
+    return None
+
+
+@dataclass
+class EarlyStopping:
+    """Stage 1's ``loop.EpochHook``: validation AUC after each epoch, the best weights kept, stop on patience."""
+
+    job: Stage1Job
+    state: TrainState  # the sharded CtrTrain(MakeModel) and its checkpoints
+    validation: ReaderConfig  # reader of the validation day (eval batch size)
+    day: int  # the validation day
+    mm_dim: int  # D, saved with the weights
+    log: MakeLog = field(default_factory=MakeLog)
+
+    @property
+    def best_file(self) -> Path:
+        return Path(self.job.out) / f".{MAKE_FILE}.best"
+
+    def done(self) -> bool:
+        return self.log.stopped is not None
+
+    def after_epoch(self, epoch: int, result: EpochResult, reader: ImpressionReader) -> None:
+        ctx, cfg = self.state.ctx, self.job.train
+        val = predict(self.state.model, self.job.world, self.day, ctx, self.validation, quiet=True)
+        auc = ranking_metrics(torch.from_numpy(val.predictions), torch.from_numpy(val.labels),
+                              torch.from_numpy(val.user_ids))["auc"]
+        point = MakeEpoch(epoch=epoch, val_auc=auc, loss=result.curve[-1]["loss"] if result.curve else None,
+                          samples_per_s=result.samples / max(result.seconds, 1e-9))
+        log = replace(self.log, epochs=(*self.log.epochs, point))
+        if log.best_val_auc is None or auc > log.best_val_auc:
+            log = replace(log, best_epoch=epoch, best_val_auc=auc)
+            self._save_best()
+        stopped = stop_reason(log, epoch, result.progress.epoch, cfg.make_patience, cfg.make_max_epochs)
+        self.log = replace(log, stopped=stopped, config={"model": asdict(self.job.model), "train": asdict(cfg)})
+        if ctx.is_main:
+            self.log.write(Path(self.job.out) / MAKE_LOG)
+            if not self.job.quiet:
+                print(f"MAKE stage 1: epoch {epoch} validation AUC {auc:.4f} "
+                      f"(best {self.log.best_val_auc:.4f}, epoch {self.log.best_epoch})")
+
+    def _save_best(self) -> None:
+        if self.state.ctx.is_main:
+            make = self.state.model.module.model.make
+            weights = {k: v.detach().cpu().clone() for k, v in make.state_dict().items()}
+            torch.save({"state_dict": weights, "mm_dim": self.mm_dim}, self.best_file)
+
+
+def train_make(job: Stage1Job, vectors: ItemVectors, manifest: Manifest, ctx: DistContext) -> Path:
+    """Runs (or resumes, or skips when done) MAKE stage 1 into ``job.out``; returns ``job.out``.
 
     Args:
-        world (Path): the dataset directory.
-        vectors (ItemVectors): the frozen item vectors.
-        out (Path): the stage-1 folder (module docstring).
-        model_config (ModelConfig): MAKE's widths (``attention_*``, ``make_hidden``).
-        train_config (TrainConfig): ``make_*`` epochs, patience and learning rate,
-            batch size, seed.
+        job (Stage1Job): the world, folder, configs and days.
+        vectors (ItemVectors): the frozen item vectors (width D).
+        manifest (Manifest): the world's manifest.
         ctx (DistContext): rank, world size, device.
-        sharding (str): how the frozen table is sharded.
-        quiet (bool): no progress bars.
-        until (int | None): the ID model's last training day (``setup.split_days``):
-            stage 1 fits on the days before it and is validated on it.
+
+    Returns:
+        Path: the stage-1 folder, holding ``make.pt``.
     """
-    out = Path(out)
+    out = Path(job.out)
     if (out / MAKE_FILE).exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest.read(world)
-    split = split_days(manifest, until)
-    sizes = capped_table_sizes(manifest, train_config)
-    torch.manual_seed(train_config.seed)
-    plain = CtrTrain(MakeModel(model_config, sizes["item_id"], vectors.dim, history_slots=manifest.max_history_len))
+    split = split_days(manifest, job.until)
+    sizes = capped_table_sizes(manifest, job.train)
+    torch.manual_seed(job.train.seed)
+    plain = CtrTrain(MakeModel(job.model, sizes["item_id"], vectors.dim, history_slots=manifest.max_history_len))
     fill_mm_table(plain.model.mm_arch, vectors, manifest.id_ranges["item_id"])
-    dmp, optimizer = shard_and_optimize(plain, ctx, sharding, train_config.sparse_lr, train_config.make_lr)
-    log_file, best_file = out / MAKE_LOG, out / f".{MAKE_FILE}.best"
-    progress = Progress(epoch=0, step=0, world_size=ctx.world_size)
-    log: dict = {"epochs": [], "best_epoch": None, "best_val_auc": None, "stopped": None}
-    found = latest_checkpoint(out / "checkpoints")
-    if found is not None:
-        load_checkpoint(found[0], dmp, optimizer)
-        progress = replace(found[1], world_size=ctx.world_size)
-        log = json.loads(log_file.read_text())
-    reader_base = ReaderConfig(
-        batch_size=train_config.batch_size,
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-        seed=train_config.seed,
-        prefetch=train_config.prefetch,
-        table_sizes=sizes,
-        out_of_range=train_config.out_of_range,
-    )
-    while progress.epoch < train_config.make_max_epochs and log["stopped"] is None:
-        reader = ImpressionReader(world, replace(reader_base, days=split.make_fit, shuffle=True, remaining=progress.remaining))
-        reader.set_epoch(progress.epoch)
-        epoch = progress.epoch
-        result = train_epoch(
-            dmp, optimizer, reader, ctx, progress, train_config.log_every,
-            desc=f"MAKE stage 1, epoch {epoch}", quiet=quiet,
-        )
-        progress = result.progress
-        val = predict(dmp, world, split.validation, ctx, replace(reader_base, batch_size=train_config.eval_batch_size), quiet=True)
-        auc = ranking_metrics(torch.from_numpy(val.predictions), torch.from_numpy(val.labels), torch.from_numpy(val.user_ids))["auc"]
-        log["epochs"].append({"epoch": epoch, "val_auc": auc, "loss": result.curve[-1]["loss"] if result.curve else None,
-                              "samples_per_s": result.samples / max(result.seconds, 1e-9)})
-        if log["best_val_auc"] is None or auc > log["best_val_auc"]:
-            log["best_epoch"], log["best_val_auc"] = epoch, auc
-            if ctx.is_main:
-                state = {k: v.detach().cpu().clone() for k, v in dmp.module.model.make.state_dict().items()}
-                torch.save({"state_dict": state, "mm_dim": vectors.dim}, best_file)
-        if epoch - log["best_epoch"] >= train_config.make_patience:
-            log["stopped"] = f"validation AUC did not improve for {train_config.make_patience} epoch(s)"
-        elif progress.epoch >= train_config.make_max_epochs:
-            log["stopped"] = f"reached make_max_epochs={train_config.make_max_epochs}"
-        if ctx.is_main:
-            log["config"] = {"model": asdict(model_config), "train": asdict(train_config)}
-            log_file.write_text(json.dumps(log, indent=2))
-        save_checkpoint(out / "checkpoints", dmp, optimizer, progress, ctx)
-        if not quiet and ctx.is_main:
-            print(f"MAKE stage 1: epoch {epoch} validation AUC {auc:.4f} (best {log['best_val_auc']:.4f}, epoch {log['best_epoch']})")
+    dmp, optimizer = shard_and_optimize(plain, ctx, job.sharding, job.train.sparse_lr, job.train.make_lr)
+    state = TrainState(out / "checkpoints", dmp, optimizer, ctx)
+    found = state.resume()
+    progress = found[1] if found is not None else Progress(epoch=0, step=0, world_size=ctx.world_size)
+    reader = ReaderConfig(batch_size=job.train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
+                          seed=job.train.seed, prefetch=job.train.prefetch, table_sizes=sizes,
+                          out_of_range=job.train.out_of_range)
+    hook = EarlyStopping(job, state, replace(reader, batch_size=job.train.eval_batch_size), split.validation,
+                         vectors.dim, log=MakeLog.read(out / MAKE_LOG) if found is not None else MakeLog())
+    plan = EpochPlan(root=Path(job.world), reader=reader, days=tuple(split.make_fit), epochs=job.train.make_max_epochs,
+                     log_every=job.train.log_every, checkpoint_each_epoch=True, desc="MAKE stage 1", quiet=job.quiet)
+    run_epochs(state, progress, plan, hook)
     if ctx.is_main:
-        os.replace(best_file, out / MAKE_FILE)
+        os.replace(hook.best_file, out / MAKE_FILE)
     barrier()
     return out

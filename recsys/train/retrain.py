@@ -26,7 +26,7 @@ own as long as its ID is below the table's size: it starts from its initial
 (untrained) embedding and learns from its first impressions on. IDs beyond a
 table's size (a catalogue that outgrew the table) are hashed into it
 (``out_of_range: hash``, IDs modulo rows; counted in ``train_log.json`` and
-``lineage.json``) rather than refused, so the daily job never stops on them;
+``lineage.json``, ``recsys.data.stats.unseen_item_ids``) rather than refused, so the daily job never stops on them;
 once their count matters, train from scratch with larger tables. Hashing was
 chosen over TorchRec's managed-collision modules because IDs here are dense
 and grow by creation order, so identity rows plus a modulo fallback need no
@@ -35,90 +35,78 @@ extra remapping state to checkpoint, and they shard like any table.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from recsys.data.schema import Manifest
-from recsys.models.config import model_config_from_dict
-from recsys.train.config import train_config_from_dict
-from recsys.train.lineage import read_lineage
-from recsys.train.metrics import train_item_counts
+from recsys.data.stats import unseen_item_ids
+from recsys.train.config import SHARDING
+from recsys.train.run_folder import RetrainNote, RunFolder, RunMetrics
 from recsys.train.setup import capped_table_sizes
-from recsys.train.trainer import TRAIN_LOG, TrainJob, run_train
+from recsys.train.trainer import TrainJob, run_train
 
 
 @dataclass(frozen=True)
 class RetrainJob:
     """One ``mmctr retrain`` (fields documented inline)."""
 
-    parent: Path  # yesterday's run folder (of `mmctr train` or `mmctr retrain`), finished
+    parent: Path  # yesterday's run folder (of `mmctr train` or `mmctr retrain`; or one of its JSON files), finished
     day: int  # the day to train on
     out: Path  # the new run folder; an existing one is resumed
     vectors: Path | None = None  # item vectors to load (parquet or store); None = the parent's
     store: Path | None = None  # a vector store adding vectors of new items to `vectors`; None = the parent's
     retrain_make: bool = False  # run MAKE stage 1 again (days up to `day`) instead of keeping the parent's MAKE
     world: Path | None = None  # dataset directory; None = the parent's
-    sharding: str = "auto"  # ID table sharding of this job
+    sharding: str = SHARDING  # ID table sharding of this job
     quiet: bool = False  # no progress bars
 
 
 def retrain_train_job(job: RetrainJob) -> TrainJob:
-    """The :class:`TrainJob` that performs a retrain (module docstring); checks the parent first."""
-    parent = Path(job.parent)
-    log_file = parent / TRAIN_LOG
-    if not log_file.exists():
-        raise FileNotFoundError(f"{log_file}: no training log; --from must name a finished `mmctr train`/`retrain` run")
-    log = json.loads(log_file.read_text())
-    lineage = read_lineage(parent)
-    world = Path(job.world) if job.world is not None else Path(log["world"])
+    """The :class:`TrainJob` that performs a retrain (module docstring); checks the parent first.
+
+    Raises:
+        FileNotFoundError: the parent has no training log or no lineage (not a finished run).
+        ValueError: ``job.day`` is not a day after the parent's last, inside the world.
+    """
+    folder = RunFolder.at(job.parent)
+    try:
+        log = folder.read_train_log()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}; --from must name a finished `mmctr train`/`retrain` run") from e
+    lineage = folder.read_lineage()
+    world = Path(job.world) if job.world is not None else Path(log.world)
     manifest = Manifest.read(world)
     if not manifest.first_day < job.day <= manifest.last_day:
         raise ValueError(f"--day {job.day} is outside the retrainable days {manifest.first_day + 1}..{manifest.last_day} of {world}")
-    if job.day <= max(lineage["all_days"]):
+    if job.day <= max(lineage.all_days):
         raise ValueError(
-            f"{parent} already trained up to day {max(lineage['all_days'])} (its days: {lineage['all_days'][0]}.."
-            f"{lineage['all_days'][-1]}); a retrain trains one pass over a later day than its parent's last, got --day {job.day}"
+            f"{folder.path} already trained up to day {max(lineage.all_days)} (its days: {lineage.all_days[0]}.."
+            f"{lineage.all_days[-1]}); a retrain trains one pass over a later day than its parent's last, got --day {job.day}"
         )
-    model = model_config_from_dict(log["config"]["model"], source=f"{log_file}[config.model]")
-    train = train_config_from_dict(log["config"]["train"], source=f"{log_file}[config.train]")
-    train = replace(train, epochs=1, out_of_range="hash", stop_after_steps=None)
-    sizes = log.get("table_sizes") or capped_table_sizes(Manifest.read(log["world"]), train)
-    logged = log.get("vectors") or {}
-    vectors = Path(job.vectors) if job.vectors is not None else (Path(logged["path"]) if logged else None)
-    store = job.store if job.store is not None else (Path(logged["store"]) if logged.get("store") else None)
+    train = replace(log.train, epochs=1, out_of_range="hash", stop_after_steps=None)
+    sizes = log.table_sizes or capped_table_sizes(manifest if Path(log.world) == world else Manifest.read(log.world), train)
+    new, hashed = unseen_item_ids(world, job.day, lineage.all_days, int(sizes["item_id"]), manifest)
     return TrainJob(
         world=world,
         out=Path(job.out),
-        model=model,
+        model=log.model,
         train=train,
-        vectors=vectors,
-        store=store,
+        vectors=Path(job.vectors) if job.vectors is not None else log.vectors_path,
+        store=job.store if job.store is not None else log.vectors_store,
         sharding=job.sharding,
-        make_from=None if job.retrain_make or not log.get("make_from") else Path(log["make_from"]),
+        make_from=None if job.retrain_make or not log.make_from else Path(log.make_from),
         quiet=job.quiet,
         train_until=job.day,
         days=(job.day,),
-        warm_start=parent,
+        warm_start=folder.path,
         warm_start_make=not job.retrain_make,
         table_sizes={k: int(v) for k, v in sizes.items()},
         parent=lineage,
-        lineage_extra={**new_item_ids(world, job.day, lineage["all_days"], int(sizes["item_id"])),
-                       "make_retrained": job.retrain_make},
+        retrain=RetrainNote(new_item_ids=new, new_item_ids_hashed=hashed, make_retrained=job.retrain_make),
     )
 
 
-def new_item_ids(world: Path, day: int, seen_days: list[int], rows: int) -> dict[str, int]:
-    """Item IDs of ``day``'s impressions that no earlier training day showed, and how many exceed ``rows``."""
-    seen = train_item_counts(world, seen_days) > 0
-    today = np.flatnonzero(train_item_counts(world, [day]) > 0)
-    fresh = today[(today >= len(seen)) | ~seen[np.minimum(today, len(seen) - 1)]]
-    return {"new_item_ids": int(len(fresh)), "new_item_ids_hashed": int((fresh >= rows).sum())}
-
-
-def run_retrain(job: RetrainJob) -> dict | None:
+def run_retrain(job: RetrainJob) -> RunMetrics | None:
     """Runs the retrain on this process's rank; returns its metrics (None if stopped early).
 
     ``metrics.json`` gains ``warm_start_metrics`` (the stale model on day + 1) and
@@ -127,14 +115,12 @@ def run_retrain(job: RetrainJob) -> dict | None:
     return run_train(retrain_train_job(job))
 
 
-def retrain_summary(metrics: dict) -> str:
+def retrain_summary(metrics: RunMetrics) -> str:
     """One line: the retrained vs the stale model on the next day."""
-    if metrics.get("metrics") is None or metrics.get("warm_start_metrics") is None:
-        return f"trained through day {metrics['train_days'][1]}: no next day in this world to score"
-    new, stale = metrics["metrics"]["all"], metrics["warm_start_metrics"]["all"]
+    if metrics.metrics is None or metrics.warm_start_metrics is None:
+        return f"trained through day {metrics.train_days[1]}: no next day in this world to score"
+    new, stale = metrics.metrics["all"], metrics.warm_start_metrics["all"]
     return (
-        f"day {metrics['test_day']}: retrained GAUC {new['gauc']:.4f} AUC {new['auc']:.4f} vs stale GAUC "
+        f"day {metrics.test_day}: retrained GAUC {new['gauc']:.4f} AUC {new['auc']:.4f} vs stale GAUC "
         f"{stale['gauc']:.4f} AUC {stale['auc']:.4f} ({(new['gauc'] / stale['gauc'] - 1) * 100:+.2f}% GAUC)"
     )
-
-

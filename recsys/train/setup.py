@@ -23,9 +23,7 @@ Example::
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +32,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim.keyed import CombinedOptimizer
 
 from recsys.data.schema import Manifest
-from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, read_item_vectors
+from recsys.data.vectors import ItemVectors
 from recsys.distributed import DistContext
 from recsys.models.config import table_sizes
 from recsys.models.mm_table import MultimodalArch, load_item_vectors_into
@@ -82,63 +80,6 @@ def capped_table_sizes(manifest: Manifest, config: TrainConfig) -> dict[str, int
     if config.max_table_rows is None:
         return sizes
     return {k: min(n, config.max_table_rows) for k, n in sizes.items()}
-
-
-@dataclass(frozen=True)
-class ItemVectors:
-    """The multimodal item vector table and where it came from."""
-
-    item_ids: np.ndarray  # int64 (M,)
-    vectors: np.ndarray  # float32 (M, D), unit norm
-    path: Path  # the item_vectors.parquet file, or the vector store
-    manifest: dict  # its vectors.json (method, D, hashes), {} if absent; "store_version" when a store was read
-
-    @property
-    def dim(self) -> int:
-        return int(self.vectors.shape[1])
-
-
-def load_vectors(path: Path, store: Path | None = None) -> ItemVectors:
-    """Reads an item vector table, or a vector store, or both merged.
-
-    Args:
-        path (Path): an ``item_vectors.parquet`` file, a folder holding one, or
-            a vector store (the SQLite file of ``mmctr embed-new``).
-        store (Path | None): a vector store whose vectors are added for the items
-            the table at ``path`` lacks (new items); the table's rows are kept as
-            they are. One call refreshes the frozen table:
-            ``fill_mm_table(arch, load_vectors(run, store=store), n)``.
-
-    A store's version goes into ``manifest["store_version"]``. A table and a
-    store made by different encoders (``encoder_sha256``) are refused.
-    """
-    from serving.store import VectorStore, is_store, merge_vectors
-
-    path = Path(path)
-    if is_store(path):
-        if store is not None:
-            raise ValueError(f"{path} is a vector store; pass the item_vectors.parquet table as path to merge {store}")
-        with VectorStore(path, readonly=True) as db:
-            snap = db.read()
-        meta = {"dim": snap.dim, "encoder_sha256": snap.encoder_sha256, "store_version": snap.version}
-        return ItemVectors(item_ids=snap.item_ids, vectors=snap.vectors, path=path, manifest=meta)
-    file = path / VECTORS_FILE if path.is_dir() else path
-    if not file.exists():
-        raise FileNotFoundError(f"{file}: no item vector table (expected {VECTORS_FILE} from `mmctr pretrain`)")
-    ids, vectors = read_item_vectors(file)
-    meta_file = file.parent / VECTORS_MANIFEST
-    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-    ids = np.asarray(ids, dtype=np.int64)
-    if store is not None:
-        with VectorStore(store, readonly=True) as db:
-            snap = db.read()
-        table_sha = meta.get("encoder_sha256", "")
-        if table_sha and snap.encoder_sha256 and table_sha != snap.encoder_sha256:
-            raise ValueError(f"{store}: vectors of encoder {snap.encoder_sha256[:12]}..., but {meta_file} says "
-                             f"{table_sha[:12]}...; vectors of two encoders cannot share a table")  # fmt: skip
-        ids, vectors = merge_vectors(ids, vectors, snap)
-        meta = {**meta, "store": str(store), "store_version": snap.version}
-    return ItemVectors(item_ids=ids, vectors=np.asarray(vectors), path=file, manifest=meta)
 
 
 def fill_mm_table(arch: MultimodalArch, vectors: ItemVectors, num_items: int) -> int:

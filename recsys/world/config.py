@@ -12,6 +12,9 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+from recsys.settings import setting
 
 
 @dataclass(frozen=True)
@@ -94,3 +97,14 @@ PRESETS: dict[str, WorldConfig] = {
         items_per_file=250_000,
     ),
 }
+
+
+@dataclass(frozen=True)
+class WorldJob:
+    """One ``mmctr world`` (each field carries its help: the command's flags derive from them)."""
+
+    out: Path = setting(help="output dataset directory (replaced)")
+    preset: str = setting("small", "world size", choices=sorted(PRESETS))
+    seed: int = setting(0, "random seed; same seed, same world")
+    validate: bool = setting(False, "then check it as `mmctr validate` does")
+    quiet: bool = setting(False, "no progress bar")

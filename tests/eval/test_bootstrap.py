@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recsys.eval.bootstrap import UserAucs, compare_gauc, resample_counts, resampled_gauc, user_auc_table
-from recsys.train.metrics import gauc
+from recsys.eval.metrics import gauc
 
 
 def _data(seed: int = 0, n: int = 400, users: int = 40, models: int = 3) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:

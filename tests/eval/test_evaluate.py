@@ -21,7 +21,7 @@ def test_component_validates() -> None:
 
     assert validate(str(REPO / "torchx_components" / "evaluate.py"), "evaluate") == []
     app = evaluate(world="w", models=["a", "b"], nproc=2)
-    assert app.roles[0].args[-1].endswith("recsys.cli evaluate --world w --models a b --bootstrap 1000 --quiet")
+    assert app.roles[0].args[-1].endswith("recsys.cli evaluate --world w --models a b --quiet")  # bootstrap: the CLI default
 
 
 def test_torchx_two_processes_match_one(tiny_world: Path, eval_runs: dict[str, Path], eval_report: tuple[dict, Path],

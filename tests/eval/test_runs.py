@@ -11,7 +11,7 @@ import pytest
 from recsys.cli import main
 from recsys.eval.runs import RunError, choose_baseline, load_run
 from recsys.train.checkpoint import LATEST_FILE, PROGRESS_FILE
-from recsys.train.trainer import CHECKPOINTS, TRAIN_LOG
+from recsys.train.run_folder import CHECKPOINTS, TRAIN_LOG
 
 
 def _copy(run: Path, tmp_path: Path) -> Path:

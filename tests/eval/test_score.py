@@ -11,7 +11,7 @@ import pytest
 
 from recsys.data.schema import Manifest, table_files
 from recsys.data.vectors import read_item_vectors
-from recsys.train.trainer import METRICS_FILE
+from recsys.train.run_folder import METRICS_FILE
 
 
 def test_scores_reproduce_each_runs_metrics_json(eval_report: tuple[dict, Path], eval_runs: dict[str, Path]) -> None:

@@ -11,7 +11,8 @@ from sklearn.metrics import roc_auc_score
 
 from recsys.data.schema import TRUTH_DIR, Manifest, table_files
 from recsys.eval.truth import truth_report
-from recsys.train.metrics import item_buckets, new_item_mask, train_item_counts
+from recsys.data.stats import new_item_mask, train_item_counts
+from recsys.eval.metrics import item_buckets
 
 
 def test_truth_report_matches_sklearn_on_the_day(tiny_world: Path) -> None:

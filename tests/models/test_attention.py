@@ -61,3 +61,8 @@ def test_bad_shapes_raise() -> None:
         att(q, k, mask)
     with pytest.raises(ValueError, match="expects query"):
         att(q[:, :5], k, mask, torch.zeros(4, 5, 1))
+
+
+def test_flags_are_keywords() -> None:
+    with pytest.raises(TypeError):
+        TargetAttention(6, [8], 1, True)  # type: ignore[misc]

@@ -1,6 +1,10 @@
-"""The fused CPU kernels (recsys.models.fused) against the eager ops they stand in for."""
+"""The fused CPU kernels (recsys.models.fused) against the eager ops they stand in for; the switch and its override."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,11 +21,55 @@ needs_kernels = pytest.mark.skipif(not HAS_AVX2, reason="the kernels are built f
 
 def test_kernels_build_where_the_cpu_has_avx2() -> None:
     # On an AVX2 CPU a failed build must fail here, not fall back silently.
-    expected = HAS_AVX2
-    assert fused.enabled() == expected
-    with fused.disabled():
-        assert not fused.enabled()
-    assert fused.enabled() == expected
+    assert fused.load() == HAS_AVX2
+
+
+def test_env_override_is_read_only_when_asked() -> None:
+    assert fused.env_override({}) is None and fused.env_override({fused.ENV_OVERRIDE: ""}) is None
+    assert fused.env_override({fused.ENV_OVERRIDE: "0"}) is False
+    assert fused.env_override({fused.ENV_OVERRIDE: "1"}) is True
+    with pytest.raises(ValueError, match="MMCTR_FUSED must be 0"):
+        fused.env_override({fused.ENV_OVERRIDE: "off"})
+    config = ModelConfig()
+    assert fused.config_override(config, {}) is config
+    off = fused.config_override(config, {fused.ENV_OVERRIDE: "0"})
+    assert not off.fused_kernels and off == ModelConfig(fused_kernels=False) and config.fused_kernels
+
+
+def test_job_config_takes_the_override(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recsys.train.config import load_job_config
+
+    path = tmp_path / "job.yaml"
+    path.write_text("model:\n  fused_kernels: false\n")
+    monkeypatch.delenv(fused.ENV_OVERRIDE, raising=False)
+    assert not load_job_config(path)[0].fused_kernels
+    monkeypatch.setenv(fused.ENV_OVERRIDE, "1")
+    assert load_job_config(path)[0].fused_kernels
+    monkeypatch.setenv(fused.ENV_OVERRIDE, "0")
+    assert not load_job_config(None)[0].fused_kernels
+
+
+def test_importing_the_models_changes_nothing_process_wide() -> None:
+    # No build, no PATH rewrite at import: only constructing a module with fused=True builds.
+    code = (
+        "import os, sys; path = os.environ.get('PATH'); "
+        "import recsys.models.ctr_model, recsys.models.fused as f; "
+        "assert os.environ.get('PATH') == path, 'PATH changed'; "
+        "assert f.load.cache_info().currsize == 0, 'built at import'"
+    )
+    env = {k: v for k, v in os.environ.items() if k != fused.ENV_OVERRIDE}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_modules_built_without_fused_never_use_the_kernels() -> None:
+    assert not SimTier(20, soft=True, unit_vectors=True, metric_dim=8)._fused
+    assert not TargetAttention(16, [8])._fused
+    if HAS_AVX2:
+        assert SimTier(20, soft=True, metric_dim=8, fused=True)._fused
+        assert not SimTier(20, fused=True)._fused  # hard tiers: no kernel
+        assert TargetAttention(16, [8], fused=True)._fused
+        assert not TargetAttention(16, [8, 8], fused=True)._fused  # two hidden layers: no kernel
+        assert not TargetAttention(16, [8], extra_dim=1, fused=True)._fused
 
 
 def history_batch(B: int, S: int, D: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -42,17 +90,16 @@ def history_batch(B: int, S: int, D: int, seed: int) -> tuple[torch.Tensor, torc
 @pytest.mark.parametrize("D", fused.TIER_WIDTHS)
 def test_soft_tiers_forward_and_metric_gradient_equal_eager(D: int) -> None:
     target, history, mask = history_batch(B=33, S=12, D=D, seed=D)
-    simtier = SimTier(20, soft=True, unit_vectors=True, metric_dim=D)
-    with torch.no_grad():
-        simtier.metric.add_(0.2 * torch.randn(D, D, generator=torch.Generator().manual_seed(1)))
+    metric = torch.eye(D) + 0.2 * torch.randn(D, D, generator=torch.Generator().manual_seed(1))
     probe = torch.randn(33, 20, generator=torch.Generator().manual_seed(2))
     results = []
     for use_kernels in (True, False):
-        with fused.disabled() if not use_kernels else torch.enable_grad():
-            simtier.zero_grad()
-            out = simtier(target, history, mask)
-            (out * probe).sum().backward()
-            results.append((out.detach(), simtier.metric.grad.clone()))
+        simtier = SimTier(20, soft=True, unit_vectors=True, metric_dim=D, fused=use_kernels)
+        with torch.no_grad():
+            simtier.metric.copy_(metric)
+        out = simtier(target, history, mask)
+        (out * probe).sum().backward()
+        results.append((out.detach(), simtier.metric.grad.clone()))
     (got, got_grad), (want, want_grad) = results
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-5)
@@ -65,10 +112,11 @@ def test_soft_tiers_forward_and_metric_gradient_equal_eager(D: int) -> None:
 @pytest.mark.parametrize("softmax", [False, True])
 def test_attention_without_gradients_equals_eager(hidden: int, softmax: bool) -> None:
     query, keys, mask = history_batch(B=29, S=9, D=16, seed=hidden)
-    att = TargetAttention(16, [hidden], softmax=softmax).requires_grad_(False)
+    att = TargetAttention(16, [hidden], softmax=softmax, fused=True).requires_grad_(False)
+    eager = TargetAttention(16, [hidden], softmax=softmax).requires_grad_(False)
+    eager.load_state_dict(att.state_dict())
     got = att(query, keys, mask)
-    with fused.disabled():
-        want = att(query, keys, mask)
+    want = eager(query, keys, mask)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert got[0].eq(0).all()  # empty history
     keys = keys.clone()
@@ -79,7 +127,7 @@ def test_attention_without_gradients_equals_eager(hidden: int, softmax: bool) ->
 @needs_kernels
 def test_attention_that_needs_gradients_keeps_the_eager_ops() -> None:
     query, keys, mask = history_batch(B=5, S=6, D=8, seed=3)
-    att = TargetAttention(8, [8])
+    att = TargetAttention(8, [8], fused=True)
     out = att(query, keys, mask)
     assert out.grad_fn is not None  # the eager graph: the kernel has no backward
     out.sum().backward()
@@ -90,28 +138,27 @@ def test_attention_that_needs_gradients_keeps_the_eager_ops() -> None:
 
 @needs_kernels
 def test_frozen_make_model_equals_eager(sizes: dict[str, int], make_batch) -> None:
-    config = ModelConfig(variant="simtier_make", make_frozen=True, make_attention_hidden=(8,))
-    torch.manual_seed(0)
-    model = CtrModel(config, sizes, mm_dim=16)
-    weight = model.mm_arch.table_weight()
-    with torch.no_grad():
-        weight.copy_(torch.nn.functional.normalize(torch.randn_like(weight), dim=-1))
-        weight[3] = 0.0  # an item without a vector
     batch = make_batch([4, 0, 7, 2, 3])
-    logits = model(batch.dense_features, batch.sparse_features)
-    logits.sum().backward()
-    got_grad = model.simtier.metric.grad.clone()
-    model.zero_grad()
-    with fused.disabled():
-        want = model(batch.dense_features, batch.sparse_features)
-        want.sum().backward()
+    results = []
+    for use_kernels in (True, False):  # the switch changes no parameter: the same seed, the same weights
+        config = ModelConfig(variant="simtier_make", make_frozen=True, make_attention_hidden=(8,), fused_kernels=use_kernels)
+        torch.manual_seed(0)
+        model = CtrModel(config, sizes, mm_dim=16)
+        weight = model.mm_arch.table_weight()
+        with torch.no_grad():
+            weight.copy_(torch.nn.functional.normalize(torch.randn_like(weight), dim=-1))
+            weight[3] = 0.0  # an item without a vector
+        logits = model(batch.dense_features, batch.sparse_features)
+        logits.sum().backward()
+        results.append((logits.detach(), model.simtier.metric.grad.clone()))
+    (logits, got_grad), (want, want_grad) = results
     torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(got_grad, model.simtier.metric.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-5)
 
 
 @needs_kernels
 def test_kernels_name_the_bad_argument() -> None:
-    assert fused.enabled()
+    assert fused.load()
     history = torch.zeros(2, 3, 8)
     with pytest.raises(RuntimeError, match="weight: expected shape"):
         torch.ops.mmctr_fused.soft_tiers(history, torch.zeros(2, 8), torch.zeros(2, 4), 5)

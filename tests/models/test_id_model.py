@@ -9,7 +9,17 @@ import torch
 
 from recsys.data.batch import Batch
 from recsys.models.config import ModelConfig
-from recsys.models.id_model import POOLED_FEATURES, ExtraInputs, ExtraWidths, IdModel, IdSparseArch
+from recsys.models.id_model import (
+    POOLED_FEATURES,
+    ExtraInputs,
+    ExtraWidths,
+    IdModel,
+    IdModelConfig,
+    IdSparseArch,
+    id_model_config,
+)
+
+SMALL = IdModelConfig(embedding_dim=4, attention_hidden=(4,), attention_softmax=False, mlp_hidden=(8,), fused_kernels=False)
 
 
 def test_sparse_arch_shapes_and_shared_item_table(make_batch: Callable[..., Batch], sizes: dict[str, int]) -> None:
@@ -29,7 +39,7 @@ def test_sparse_arch_shapes_and_shared_item_table(make_batch: Callable[..., Batc
 
 
 def test_forward_shape_and_gradients(make_batch: Callable[..., Batch], sizes: dict[str, int]) -> None:
-    model = IdModel(ModelConfig(embedding_dim=4, mlp_hidden=(8,), attention_hidden=(4,)), sizes)
+    model = IdModel(SMALL, sizes)
     batch = make_batch([2, 5, 0, 1])
     logits = model(batch.dense_features, batch.sparse_features)
     assert logits.shape == (4,) and torch.isfinite(logits).all()
@@ -39,8 +49,7 @@ def test_forward_shape_and_gradients(make_batch: Callable[..., Batch], sizes: di
 
 
 def test_extra_inputs_join_and_are_checked(make_batch: Callable[..., Batch], sizes: dict[str, int]) -> None:
-    cfg = ModelConfig(embedding_dim=4, mlp_hidden=(8,), attention_hidden=(4,))
-    model = IdModel(cfg, sizes, ExtraWidths(vector_dim=3, attention_dim=1, mlp_dim=5))
+    model = IdModel(SMALL, sizes, ExtraWidths(vector_dim=3, attention_dim=1, mlp_dim=5))
     batch = make_batch([2, 0])
     L = 2
     extra = ExtraInputs(
@@ -58,8 +67,15 @@ def test_extra_inputs_join_and_are_checked(make_batch: Callable[..., Batch], siz
 
 
 def test_builds_on_meta(sizes: dict[str, int]) -> None:
-    model = IdModel(ModelConfig(), sizes, device=torch.device("meta"))
+    model = IdModel(id_model_config(ModelConfig()), sizes, device=torch.device("meta"))
     assert all(p.is_meta for p in model.parameters())
+
+
+def test_config_takes_the_model_configs_fields() -> None:
+    config = ModelConfig(embedding_dim=8, attention_hidden=(16,), attention_softmax=True, mlp_hidden=(4,), fused_kernels=False)
+    assert id_model_config(config) == IdModelConfig(
+        embedding_dim=8, attention_hidden=(16,), attention_softmax=True, mlp_hidden=(4,), fused_kernels=False
+    )
 
 
 def test_history_longer_than_its_slots_is_refused(make_batch: Callable[..., Batch], sizes: dict[str, int]) -> None:

@@ -11,7 +11,7 @@ import torch
 from recsys.data.batch import Batch
 from recsys.models.config import ModelConfig
 from recsys.models.ctr_model import CtrModel, CtrTrain
-from recsys.models.make import MakeModel
+from recsys.models.make import Make, MakeConfig, MakeModel, make_config
 from recsys.models.mm_table import load_item_vectors_into
 
 CFG = dict(embedding_dim=4, mlp_hidden=(8,), attention_hidden=(4,), make_hidden=(6,))
@@ -54,3 +54,12 @@ def test_stage2_gradients_reach_make_only_when_not_frozen(
     else:
         assert all(g is not None and g.abs().sum() > 0 for g in make_grads)
     assert all(p.grad is not None for p in model.id_model.parameters())
+
+
+def test_make_reads_only_its_config() -> None:
+    config = ModelConfig(make_attention_hidden=(8,), attention_softmax=True, make_hidden=(6,), fused_kernels=False)
+    assert make_config(config) == MakeConfig(attention_hidden=(8,), attention_softmax=True, hidden=(6,), fused_kernels=False)
+    make = Make(make_config(config), mm_dim=4)
+    stage1 = MakeModel(config, num_items=20, mm_dim=4)
+    assert make.output_dim() == 4 + 6 + 1
+    assert list(make.state_dict()) == list(stage1.make.state_dict())

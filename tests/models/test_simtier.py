@@ -129,7 +129,7 @@ def test_unit_vectors_path_equals_normalising_path() -> None:
     mask[0, 1] = False
     for soft in (False, True):
         torch.testing.assert_close(
-            SimTier(10, soft, unit_vectors=True)(target, history, mask), SimTier(10, soft)(target, history, mask)
+            SimTier(10, soft=soft, unit_vectors=True)(target, history, mask), SimTier(10, soft=soft)(target, history, mask)
         )
 
 
@@ -177,3 +177,10 @@ def test_learned_metric_needs_soft_tiers() -> None:
 
     with pytest.raises(ValueError, match="needs soft=True"):
         SimTier(10, metric_dim=4)
+
+
+def test_flags_are_keywords() -> None:
+    import pytest
+
+    with pytest.raises(TypeError):
+        SimTier(10, True)  # type: ignore[misc]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.config import SclConfig, TowerConfig, config_from_dict, load_config
+from pretrain.config import SclConfig, TowerConfig, load_config
+from recsys.config_file import config_from_dict
 
 
 def test_defaults_are_valid_and_frozen() -> None:
@@ -51,7 +52,7 @@ def test_yaml_and_toml_give_the_same_config(tmp_path: Path) -> None:
 )
 def test_bad_values_name_the_key(raw: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        config_from_dict(raw, source="x.yaml")
+        config_from_dict(SclConfig, raw, source="x.yaml", section="scl")
 
 
 def test_unknown_format_and_error_names_file(tmp_path: Path) -> None:

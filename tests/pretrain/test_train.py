@@ -21,24 +21,15 @@ import torch.multiprocessing as mp
 
 from pretrain.config import SclConfig, TowerConfig
 from pretrain.data import ItemContent, load_item_content, load_search_pairs, split_heldout
+from pretrain.encoder import ENCODER_FILE, MODALITY_FILES, build_encoder, load_encoder
 from pretrain.evaluate import RECALL_KS, evaluate_runs, neighbour_purity, recall_at_k
 from pretrain.queue import KeyQueue
 from pretrain.reduce import principal_basis, reduce_run
 from pretrain.towers import build_tokenizer
-from pretrain.train import (
-    CHECKPOINT_DIR,
-    ENCODER_FILE,
-    LATEST,
-    MODALITY_FILES,
-    Pretrainer,
-    build_encoder,
-    load_encoder,
-    run_pretrain,
-)
+from pretrain.train import CHECKPOINT_DIR, LATEST, Pretrainer, run_pretrain
 from recsys.cli import main as cli_main
 from recsys.data.schema import MANIFEST, Manifest, table_files
-from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, read_item_vectors, write_item_vectors
-from recsys.train.setup import load_vectors
+from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, load_vectors, read_item_vectors
 
 REPO = Path(__file__).resolve().parents[2]
 TOWER = TowerConfig(
@@ -280,22 +271,6 @@ def test_two_rank_ddp_scl_gathers_keys_of_both_ranks(
 
 
 # -- bad input ----------------------------------------------------------------
-def test_export_rejects_mismatched_dim(tmp_path: Path) -> None:
-    vectors = np.eye(3, 8, dtype=np.float32)
-    with pytest.raises(ValueError, match=r"expected \(N, 16\) for D=16"):
-        write_item_vectors(tmp_path / VECTORS_FILE, np.array([1, 2, 3]), vectors, dim=16)
-    assert not (tmp_path / VECTORS_FILE).exists()
-
-
-@pytest.mark.parametrize("bad", [0.5, np.nan])
-def test_export_rejects_a_vector_that_is_not_unit_norm(tmp_path: Path, bad: float) -> None:
-    vectors = np.eye(3, 4, dtype=np.float32)
-    vectors[1] *= bad
-    with pytest.raises(ValueError, match="item 42: vector not finite or not unit norm"):
-        write_item_vectors(tmp_path / VECTORS_FILE, np.array([41, 42, 43]), vectors, dim=4)
-    assert not (tmp_path / VECTORS_FILE).exists()
-
-
 def test_unknown_method_is_rejected(tiny_world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ValueError, match=r"unknown method 'unknown'; choose one of \['scl', 'clip', 'random'\]"):
         run_pretrain(tiny_world, tmp_path / "run", "unknown", CFG, progress=False)

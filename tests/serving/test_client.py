@@ -16,8 +16,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from pretrain.config import TowerConfig
+from pretrain.encoder import load_encoder
 from pretrain.towers import build_tokenizer
-from pretrain.train import load_encoder
 from serving import constants as k
 from serving.client import ClientConfig, EncoderClient, EncoderError, EncoderRequestError, EncoderUnavailable
 from serving.server import TritonServer

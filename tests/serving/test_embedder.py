@@ -21,8 +21,8 @@ from PIL import Image
 
 from pretrain.config import TowerConfig
 from pretrain.data import decode_images
+from pretrain.encoder import load_encoder
 from pretrain.towers import build_tokenizer
-from pretrain.train import load_encoder
 from recsys.data.schema import Manifest, table_files
 from serving.client import ClientConfig, EncoderClient
 from serving.embedder import Embedder, EmbedderConfig

@@ -12,8 +12,8 @@ import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
 from pretrain.config import TowerConfig
+from pretrain.encoder import load_encoder
 from pretrain.towers import build_tokenizer
-from pretrain.train import load_encoder
 from recsys.cli import main as cli_main
 from serving import constants as k
 from serving.constants import ServingSpec
@@ -141,7 +141,7 @@ def test_export_command_and_errors(tiny_encoder_file: Path, tmp_path: Path) -> N
 
 def test_a_reduced_encoder_exports_its_projection(tiny_encoder_file: Path, tmp_path: Path) -> None:
     from pretrain.towers import ItemEncoder
-    from pretrain.train import save_encoder
+    from pretrain.encoder import save_encoder
     from serving.export import export_repository
 
     payload = torch.load(tiny_encoder_file, weights_only=True)
@@ -150,7 +150,7 @@ def test_a_reduced_encoder_exports_its_projection(tiny_encoder_file: Path, tmp_p
     reduced.projection.copy_(torch.linalg.qr(torch.randn(D, 4, generator=torch.Generator().manual_seed(0)))[0])
     encoder_file = tmp_path / "encoder.pt"
     save_encoder(encoder_file, reduced.eval(), TowerConfig(**payload["tower"]))
-    spec = export_repository(encoder_file, tmp_path / "export")
+    spec = export_repository(tmp_path, tmp_path / "export")  # the run folder holding encoder.pt
     assert spec.dim == 4
     images, tokens = example_inputs(spec, 3, seed=5)
     served = load_torchscript(tmp_path / "export" / "embedded" / k.TORCHSCRIPT_MODEL / str(k.MODEL_VERSION) / k.ARTIFACT_FILE)

@@ -1,4 +1,7 @@
-"""The vector store: one vector per item, versions, consistent snapshots under a concurrent writer."""
+"""The vector store's writer: one vector per item, versions, consistent snapshots under a concurrent writer.
+
+Its read-only reader and the merge with a table are tested with the data layer (tests/data/test_vectors.py).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.store import STORE_FORMAT, VectorStore, is_store, merge_vectors
+from recsys.data.vectors import STORE_FORMAT, read_store
+from serving.store import VectorStore
 
 D = 4
 
@@ -85,7 +89,6 @@ def test_one_store_one_encoder(store: VectorStore, tmp_path: Path) -> None:
     reader.close()
     with pytest.raises(FileNotFoundError, match="no vector store"):
         VectorStore(tmp_path / "missing.sqlite", readonly=True)
-    assert is_store(store.path) and not is_store(tmp_path / "missing.sqlite")
     sqlite3.connect(tmp_path / "other.sqlite").execute("CREATE TABLE t (x)").connection.close()
     with pytest.raises(FileNotFoundError, match="no 'meta' table: not a vector store"):
         VectorStore(tmp_path / "other.sqlite", readonly=True)
@@ -129,10 +132,9 @@ def test_readers_see_whole_batches_while_one_writer_writes(store: VectorStore) -
     assert last == batches and len({v for v in seen if 0 < v < batches}) >= 2  # the reader saw the table grow
 
 
-def test_merge_keeps_the_table_and_adds_new_items(store: VectorStore) -> None:
+def test_what_the_writer_commits_the_data_layer_reads(store: VectorStore) -> None:
     store.write(np.array([5, 1]), _vectors(np.array([5, 1]), salt=0.5), np.zeros(2))
-    ids, vectors = merge_vectors(np.array([1, 2]), _vectors(np.array([1, 2])), store.read())
-    assert ids.tolist() == [1, 2, 5]
-    np.testing.assert_array_equal(vectors, np.concatenate([_vectors(np.array([1, 2])), _vectors(np.array([5]), 0.5)]))
-    with pytest.raises(ValueError, match="D=4, the table's D=3"):
-        merge_vectors(np.array([1]), np.zeros((1, 3), np.float32), store.read())
+    snap = read_store(store.path)
+    assert snap.item_ids.tolist() == [1, 5] and (snap.version, snap.dim, snap.encoder_sha256) == (1, D, "sha-a")
+    np.testing.assert_array_equal(snap.vectors, store.read().vectors)
+    np.testing.assert_array_equal(snap.vectors, _vectors(np.array([1, 5]), salt=0.5))

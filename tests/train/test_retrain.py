@@ -13,9 +13,9 @@ import torch
 from recsys.data.schema import Manifest
 from recsys.data.vectors import VECTORS_FILE, write_item_vectors
 from recsys.eval.evaluate import EvalJob, run_evaluate
-from recsys.train.lineage import read_lineage
 from recsys.train.make_stage import MAKE_FILE
-from recsys.train.retrain import RetrainJob, retrain_train_job, run_retrain
+from recsys.train.retrain import RetrainJob, retrain_summary, retrain_train_job, run_retrain
+from recsys.train.run_folder import RunFolder
 from recsys.world.config import PRESETS
 from recsys.world.generate import generate_world
 from tests.train.test_trainer import full_checkpoint, torchrun_train
@@ -52,15 +52,19 @@ def test_three_day_chain_beats_stale_models(week: tuple[Path, Path], tmp_path: P
     for version, day in enumerate((13, 14, 15), start=2):
         out = tmp_path / f"v{version}"
         metrics = run_retrain(RetrainJob(parent=parent, day=day, out=out, quiet=True))  # 1 rank: resharded warm start
-        assert metrics is not None and metrics["test_day"] == day + 1 and metrics["train_days"] == [day, day]
-        new, stale = metrics["metrics"]["all"]["gauc"], metrics["warm_start_metrics"]["all"]["gauc"]
+        assert metrics is not None and metrics.test_day == day + 1 and metrics.train_days == (day, day)
+        assert metrics == RunFolder(out).read_metrics() and "retrained GAUC" in retrain_summary(metrics)
+        assert metrics.metrics is not None and metrics.warm_start_metrics is not None
+        new, stale = metrics.metrics["all"]["gauc"], metrics.warm_start_metrics["all"]["gauc"]
         lifts.append(new - stale)
         assert new >= stale, f"day {day + 1}: retrained GAUC {new:.4f} < stale {stale:.4f}"
-        lineage = read_lineage(out)
-        assert lineage["version"] == version and lineage["parent"] == str(parent)
-        assert lineage["all_days"] == list(range(10, day + 1)) and lineage["days"] == [day]
-        assert lineage["new_item_ids"] > 0 and lineage["new_item_ids_hashed"] == 0
-        assert lineage["vectors"]["path"] == str(vectors.resolve()) and lineage["make"] == str((base / "make_stage1").resolve())
+        lineage = RunFolder(out).read_lineage()
+        assert lineage.version == version and lineage.parent == str(parent)
+        assert lineage.all_days == tuple(range(10, day + 1)) and lineage.days == (day,)
+        assert lineage.retrain is not None and lineage.retrain.new_item_ids > 0 and lineage.retrain.new_item_ids_hashed == 0
+        assert lineage.vectors["path"] == str(vectors.resolve()) and lineage.make == str((base / "make_stage1").resolve())
+        raw = json.loads((out / "lineage.json").read_text())  # the format: flat keys, as before the records
+        assert list(raw)[:2] == ["version", "run"] and list(raw)[-3:] == ["new_item_ids", "new_item_ids_hashed", "make_retrained"]
         parent = out
     assert len(lifts) == 3
     # The stale score is the parent's own: scored by `mmctr evaluate` on the same day, the 2-rank parent (MAKE
@@ -92,7 +96,7 @@ def test_warm_start_loads_parent_and_fresh_vectors(week: tuple[Path, Path], tmp_
     torch.testing.assert_close(kept_state["model"][mm_key], torch.from_numpy(v), rtol=0, atol=0)
     for k, w in _make_weights(parent_state).items():  # MAKE frozen and kept: the parent's stage-1 weights
         torch.testing.assert_close(kept_state["model"][k], w, rtol=0, atol=0)
-    assert read_lineage(kept)["vectors"]["path"] == str(fresh.resolve())
+    assert RunFolder(kept).read_lineage().vectors["path"] == str(fresh.resolve())
 
     again = tmp_path / "remade"
     run_retrain(RetrainJob(parent=base, day=15, out=again, retrain_make=True, quiet=True))

@@ -23,8 +23,9 @@ from recsys.distributed import init_distributed
 from recsys.train.checkpoint import LATEST_FILE, latest_checkpoint, load_checkpoint
 from recsys.train.config import TrainConfig
 from recsys.train.make_stage import MAKE_FILE
+from recsys.train.run_folder import CHECKPOINTS, METRICS_FILE, TRAIN_LOG, RunFolder
 from recsys.train.setup import split_days
-from recsys.train.trainer import CHECKPOINTS, METRICS_FILE, TRAIN_LOG, TrainJob, build, run_train
+from recsys.train.trainer import TrainJob, build, run_train
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = 256
@@ -130,7 +131,7 @@ def test_two_rank_checkpoint_resumes_on_one_rank(tiny_world: Path, vectors: Path
         torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
     # ...and the job finishes on one rank from the same number of impressions.
     result = run_train(job)
-    assert result is not None and result["world_size"] == 1
+    assert result is not None and result.world_size == 1 and result == RunFolder(out).read_metrics()
     segments = json.loads((out / TRAIN_LOG).read_text())["segments"]
     assert [s["world_size"] for s in segments] == [2, 1]
     assert segments[0]["samples"] == 7 * 2 * BATCH

@@ -1,27 +1,15 @@
-"""Ranking metrics against plain references: sklearn per user, hand counts, pyarrow reads."""
+"""Ranking metrics against plain references: sklearn per user, hand counts."""
 
 from __future__ import annotations
 
 import math
-from collections import Counter
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
-from recsys.data.schema import Manifest, table_files
-from recsys.train.metrics import (
-    BUCKETS,
-    evaluation_report,
-    gauc,
-    item_buckets,
-    new_item_mask,
-    ranking_metrics,
-    train_item_counts,
-)
+from recsys.eval.metrics import BUCKETS, evaluation_report, gauc, item_buckets, ranking_metrics
 
 
 def reference_gauc(p: np.ndarray, y: np.ndarray, u: np.ndarray) -> tuple[float, int]:
@@ -164,29 +152,6 @@ def test_item_buckets_break_ties_by_item_id() -> None:
         item_buckets(np.array([1.5, 2.0]))
     with pytest.raises(ValueError, match="head_share"):
         item_buckets(np.array([1, 2]), head_share=0.8, torso_share=0.3)
-
-
-def test_counts_and_new_items_from_parquet(tiny_world: Path) -> None:
-    manifest = Manifest.read(tiny_world)
-    days = range(manifest.first_day, manifest.last_day)
-    want = Counter()
-    for path in table_files(tiny_world, "impressions"):
-        for row in pq.read_table(path, columns=["day", "item_id"]).to_pylist():
-            if row["day"] in days:
-                want[row["item_id"]] += 1
-    counts = train_item_counts(tiny_world, days)
-    assert counts.dtype == np.int64 and counts.shape == (manifest.id_ranges["item_id"],)
-    assert {i: int(c) for i, c in enumerate(counts) if c} == dict(want)
-    assert train_item_counts(tiny_world, []).sum() == 0
-    created = {
-        r["item_id"]: r["created_day"]
-        for f in table_files(tiny_world, "items")
-        for r in pq.read_table(f, columns=["item_id", "created_day"]).to_pylist()
-    }
-    mask = new_item_mask(tiny_world, manifest.last_day)
-    assert mask.dtype == np.bool_ and mask.shape == counts.shape
-    assert set(np.flatnonzero(mask).tolist()) == {i for i, d in created.items() if d == manifest.last_day}
-    assert mask.any()
 
 
 def test_report_subsets_are_consistent() -> None:

@@ -1,5 +1,9 @@
 """Offline ranking metrics of a scored day: AUC, GAUC, NE, calibration, by item bucket and for new items.
 
+Pure functions of tensors and arrays: this module reads no files and imports
+nothing of ``recsys`` (the counts and masks it takes come from
+``recsys.data.stats``), so training may score with it too.
+
 Notation: ``N``: scored impressions; ``I``: the item ID range (``manifest.id_ranges["item_id"]``).
 
 Definitions (README, "CTR ranking"):
@@ -30,12 +34,14 @@ Definitions (README, "CTR ranking"):
   the base rate. Lower is better; NE < 1 beats the base rate.
 * **ctr** is clicks / impressions, **pred_ctr** the mean prediction,
   **calibration** pred_ctr / ctr (1 is calibrated).
-* **Item buckets** by training impressions (:func:`item_buckets`): items
+* **Item buckets** by training impressions (:func:`item_buckets`, the
+  counts from ``recsys.data.stats.train_item_counts``): items
   ranked by training impressions (descending, ties by item ID); ``head``
   holds the most-shown items that together make the first 50% of training
   impressions, ``torso`` the next 30%, ``tail`` the rest, including items
   never shown in training.
-* **new items**: impressions of items created on the scored day (:func:`new_item_mask`).
+* **new items**: impressions of items created on the scored day
+  (a mask over item IDs, ``recsys.data.stats.new_item_mask``).
 
 Degenerate subsets give ``nan``, never an exception: AUC, GAUC and NE are
 ``nan`` on empty or one-class input (GAUC also when no user has both labels;
@@ -54,17 +60,12 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from torchrec.metrics.auc import compute_auc
 from torchrec.metrics.ne import compute_cross_entropy, compute_logloss, compute_ne
-
-from recsys.data.schema import Manifest, table_files
 
 BUCKETS: tuple[str, ...] = ("head", "torso", "tail")  # item_buckets value b is BUCKETS[b]
 ETA = 1e-12  # torchrec's clamp of predictions (and of the base rate) inside log2
@@ -233,28 +234,6 @@ def ranking_metrics(predictions: torch.Tensor, labels: torch.Tensor, user_ids: t
     return out
 
 
-def train_item_counts(root: Path, days: Iterable[int]) -> np.ndarray:
-    """Training impressions per item ID, from the ``day`` and ``item_id`` columns of the impressions.
-
-    Args:
-        root (Path): dataset directory (``manifest.json``, ``impressions/``).
-        days (Iterable[int]): the training days counted (e.g. ``range(first, test)``).
-
-    Returns:
-        np.ndarray: int64 counts, array of shape (I,), indexed by item ID.
-    """
-    I = Manifest.read(root).id_ranges["item_id"]
-    wanted = np.fromiter(days, dtype=np.int64)
-    counts = np.zeros(I, dtype=np.int64)
-    for path in table_files(Path(root), "impressions"):
-        t = pq.read_table(path, columns=["day", "item_id"])
-        items = t.column("item_id").to_numpy()[np.isin(t.column("day").to_numpy(), wanted)]
-        if items.size and (items.min() < 0 or items.max() >= I):
-            raise ValueError(f"{path}: item_id outside the manifest's range [0, {I})")
-        counts += np.bincount(items, minlength=I)
-    return counts
-
-
 def item_buckets(counts: np.ndarray, head_share: float = 0.5, torso_share: float = 0.3) -> np.ndarray:
     """Bucket per item ID (0 head, 1 torso, 2 tail; ``BUCKETS``) by training impressions.
 
@@ -293,27 +272,6 @@ def item_buckets(counts: np.ndarray, head_share: float = 0.5, torso_share: float
     return out
 
 
-def new_item_mask(root: Path, day: int) -> np.ndarray:
-    """True for the items created on ``day``, from the ``item_id`` and ``created_day`` columns of the items.
-
-    Args:
-        root (Path): dataset directory (``manifest.json``, ``items/``).
-        day (int): the scored (test) day.
-
-    Returns:
-        np.ndarray: bool per item ID, array of shape (I,).
-    """
-    I = Manifest.read(root).id_ranges["item_id"]
-    out = np.zeros(I, dtype=bool)
-    for path in table_files(Path(root), "items"):
-        t = pq.read_table(path, columns=["item_id", "created_day"])
-        ids = t.column("item_id").to_numpy()[t.column("created_day").to_numpy() == day]
-        if ids.size and (ids.min() < 0 or ids.max() >= I):
-            raise ValueError(f"{path}: item_id outside the manifest's range [0, {I})")
-        out[ids] = True
-    return out
-
-
 def evaluation_report(
     predictions: torch.Tensor,
     labels: torch.Tensor,
@@ -332,7 +290,7 @@ def evaluation_report(
         user_ids (torch.Tensor): integer user IDs, tensor of shape (N,).
         item_ids (torch.Tensor): integer item IDs, tensor of shape (N,).
         buckets (np.ndarray): bucket per item ID (:func:`item_buckets`), shape (I,).
-        new_items (np.ndarray | None): bool per item ID (:func:`new_item_mask`), shape (I,).
+        new_items (np.ndarray | None): bool per item ID (``recsys.data.stats.new_item_mask``), shape (I,).
 
     Returns:
         dict[str, dict[str, float]]: ``all``, ``head``, ``torso``, ``tail``
