@@ -306,7 +306,7 @@ def _add_retrain(p: argparse.ArgumentParser) -> None:
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
-    from serving.export import ExportConfig
+    from serving.constants import ExportConfig
 
     p.add_argument("--encoder", type=Path, required=True, help="encoder.pt from `mmctr pretrain`, or the run folder holding it")
     p.add_argument("--out", type=Path, required=True, help="export folder: OUT/embedded, OUT/production, OUT/export.json")
@@ -346,7 +346,7 @@ def _add_feed(p: argparse.ArgumentParser) -> None:
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
-    from recsys.eval.evaluate import EvalJob
+    from recsys.eval.job import EvalJob
 
     add_settings(p, EvalJob)
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pretrain.config import TowerConfig
+from recsys.settings import setting
 
 # -- model names (the repository's folders) ------------------------------------
 ENCODER_MODEL = "item_encoder"  # the ensemble every client calls
@@ -134,3 +135,12 @@ class ServingSpec:
             queue_delay_us=queue_delay_us,
             encoder_sha256=encoder_sha256,
         )
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Batching and threading of an export (``mmctr export``'s settings; defaults from the constants above)."""
+
+    max_batch_size: int = setting(MAX_BATCH_SIZE, "items per request and dynamic batch")
+    queue_delay_us: int = setting(QUEUE_DELAY_US, "dynamic batching delay, microseconds")
+    torch_threads: int = setting(TORCH_THREADS, "intra-op threads of the served encoder; 0: torch's default")

@@ -56,9 +56,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from pretrain.encoder import encoder_file, encoder_tower, load_encoder
 from pretrain.towers import ItemEncoder, build_tokenizer
-from recsys.settings import setting
 from serving import constants as k
-from serving.constants import ServingSpec
+from serving.constants import ExportConfig, ServingSpec
 from serving.triton_models import preprocess, torchscript
 
 TARGETS = ("embedded", "production")
@@ -226,15 +225,6 @@ def write_repository(root: Path, configs: dict[str, mc.ModelConfig], artifact: P
             shutil.copyfile(source, version / k.PYTHON_MODEL_FILE)
         if name == k.TORCHSCRIPT_MODEL:
             shutil.copyfile(artifact, version / k.ARTIFACT_FILE)
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportConfig:
-    """Batching and threading of an export (``mmctr export``'s settings; defaults from :mod:`serving.constants`)."""
-
-    max_batch_size: int = setting(k.MAX_BATCH_SIZE, "items per request and dynamic batch")
-    queue_delay_us: int = setting(k.QUEUE_DELAY_US, "dynamic batching delay, microseconds")
-    torch_threads: int = setting(k.TORCH_THREADS, "intra-op threads of the served encoder; 0: torch's default")
 
 
 def export_repository(encoder_path: Path, out: Path, max_batch_size: int = k.MAX_BATCH_SIZE,

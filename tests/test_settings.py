@@ -96,7 +96,7 @@ def _command_settings() -> dict[str, list[type]]:
     from recsys.world.config import WorldJob
     from serving.client import ClientConfig
     from serving.embedder import EmbedderConfig
-    from serving.export import ExportConfig
+    from serving.constants import ExportConfig
     from serving.feed import PublishConfig
     from serving.server import ServerConfig
 
@@ -152,7 +152,7 @@ def test_torchx_component_defaults_are_the_stages_defaults() -> None:
     from recsys.world.config import WorldJob
     from serving.client import ClientConfig
     from serving.embedder import EmbedderConfig
-    from serving.export import ExportConfig
+    from serving.constants import ExportConfig
     from serving.server import GRPC_PORT, HTTP_PORT
     from torchx_components import evaluate, pipeline, serving
 

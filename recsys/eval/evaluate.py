@@ -19,7 +19,7 @@ runs' parent folder).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,36 +29,15 @@ import torch.distributed as dist
 from recsys.data.schema import Manifest, manifest_sha
 from recsys.data.stats import new_item_mask, train_item_counts
 from recsys.distributed import DistContext, init_distributed
-from recsys.eval.bootstrap import RESAMPLES, GaucComparison, compare_gauc, user_auc_table
+from recsys.eval.bootstrap import GaucComparison, compare_gauc, user_auc_table
 from recsys.eval.report import SCHEMA, write_report
 from recsys.eval.metrics import BUCKETS, evaluation_report, item_buckets
 from recsys.eval.runs import RunSpec, choose_baseline, load_run, run_names
-from recsys.eval.score import EVAL_BATCH_SIZE, RunScores, ScoredDay, score_day
+from recsys.eval.job import EvalJob
+from recsys.eval.score import RunScores, ScoredDay, score_day
 from recsys.eval.truth import truth_report
-from recsys.settings import setting
 
 CONFIDENCE = 0.95  # bootstrap interval coverage
-
-
-@dataclass(frozen=True)
-class EvalJob:
-    """One ``mmctr evaluate`` job (each field carries its help: the command's flags derive from them)."""
-
-    world: Path = setting(help="dataset directory the runs were trained on")
-    models: tuple[Path, ...] = setting(help="finished `mmctr train` run folders", metavar="RUN")
-    day: int | None = setting(None, "day to score (default: the world's last day, the test day)")
-    baseline: str | None = setting(
-        None, "baseline run name (folder name) or variant (default: the first id_only run, else the first)")
-    out: Path | None = setting(None, "report folder (default: eval-day-D next to the first run folder)")
-    resamples: int = setting(RESAMPLES, "bootstrap resamples of users", flag="--bootstrap", metavar="N")
-    seed: int = setting(0, "bootstrap seed")
-    batch_size: int = setting(EVAL_BATCH_SIZE, "impressions per scoring batch per rank")
-    quiet: bool = setting(False, "no progress bars")
-    store: Path | None = setting(
-        None, "vector store (`mmctr embed-new`) adding vectors of items the runs' tables lack (new items)")
-
-    def out_dir(self, day: int) -> Path:
-        return Path(self.out) if self.out is not None else Path(self.models[0]).parent / f"eval-day-{day}"
 
 
 def check_day(manifest: Manifest, day: int | None, world: Path) -> int:
