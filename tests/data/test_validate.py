@@ -287,7 +287,7 @@ def test_module_runs_as_a_program(dataset: Path) -> None:
     _edit(dataset, SEARCHES0, _set("query_image", 1, b""))
     bad = run(dataset)
     assert bad.returncode == 1 and not bad.stdout
-    assert f"{SEARCHES0}: column 'query_image', row 1: image does not decode" in bad.stderr
+    assert f"{SEARCHES0}: column 'query_image', row 1: image missing (no bytes)" in bad.stderr
 
 
 def test_generated_world_is_valid(tiny_world: Path, tiny_manifest: Manifest) -> None:
