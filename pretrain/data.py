@@ -160,7 +160,8 @@ def load_search_pairs(world: Path, items: ItemContent, workers: int = 2) -> Sear
                 f"{name}: session {sid[i]}: purchased item {t['purchased_item_id'][i].as_py()} is not in items/"
             )
         texts = t["query_text"].to_pylist()
-        check_texts(texts, [f"{where(str(name), 'query_text', r)} (session {s})" for r, s in enumerate(sid)], "query_text")
+        what = [f"{where(str(name), 'query_text', r)} (session {s})" for r, s in enumerate(sid)]
+        check_texts(texts, what, "query_text")
         hard = np.full((len(sid), MAX_HARD_NEGATIVES), -1, dtype=np.int64)
         for i, clicked in enumerate(t["clicked_item_ids"].to_pylist()):
             rows = items.rows(np.asarray(clicked[:MAX_HARD_NEGATIVES], dtype=np.int64))

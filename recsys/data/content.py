@@ -9,32 +9,42 @@ drift: a value a stage refuses is one validate has refused, in the same words.
 
 The refusals about a dataset's content made by the stages that read one,
 and what ``mmctr validate`` (``recsys/data/validate.py``) says first
-(``F`` the file, ``r`` the row within it)::
+(``F`` the file, ``C`` the column, ``r`` the row within the file):
 
-    rule                                  stage that refuses it                        validate says
-    ------------------------------------  -------------------------------------------  ----------------------------------------------
-    image bytes present, decode with PIL, pretrain/data.py decode_images (items and    F: column 'image'|'query_image', row r:
-      convert to RGB, exactly image_size  searches), pretrain/evaluate.py held-out       + check_image's message
-      x image_size px (check_image)       queries; serving/embedder.py (feed items,
-                                          the server's image size: a failure)
-    title not blank (check_text)          pretrain/data.py load_item_content;          F: column 'title', row r: + check_text's
-                                          serving/embedder.py (feed items: a failure)
-    query_text not blank (check_text)     pretrain/data.py load_search_pairs           F: column 'query_text', row r: + check_text's
-    no nulls (lists included)             recsys/data/side.py read_column;             F: column C, row r: null value [in list]
-                                          recsys/data/reader.py history_item_ids
-    no NaN                                side.py read_column                          integer columns only, but labels: value nan,
-                                                                                       expected 0.0 or 1.0
-    IDs within [0, id_ranges[kind])       side.py check_range (side keys and           F: column C, row r: ID v outside [0, R)
-                                          columns, joined IDs), reader.py histories,
-                                          stats.py train_item_counts / new_item_mask
-    IDs < the ID table's rows             reader.py _fit_table (out_of_range=refuse)   the rows default to id_ranges: as above
-                                                                                       (smaller table_sizes are a training choice)
-    each item and user listed once        side.py SideTable.read,                      F: column 'item_id'|'user_id', row r:
-                                          pretrain/data.py load_item_content           K v appears more than once
-    every user/item an impression or      side.py SideTable.join (impressions);        F: column C, row r: unknown K v (no row in T/)
-      search names has its row            pretrain/data.py (purchased, clicked)
-    impression columns present            reader.py _column                            F: missing column 'C' (footer check)
-    labels 0 or 1                         recsys/eval/metrics.py (labels scored)       F: column 'label', row r: value v, ...
+- **Images** (:func:`check_image`): bytes present, decoded by PIL,
+  converted to RGB, exactly ``image_size`` x ``image_size`` px. Refused by
+  ``pretrain/data.py`` ``decode_images`` (items and search queries),
+  ``pretrain/evaluate.py`` (held-out queries), ``serving/embedder.py`` (feed
+  items, at the encoder's size: a recorded failure). Validate:
+  ``F: column 'image'|'query_image', row r: <the rule's message>``.
+- **Titles and queries** (:func:`check_text`): not null, not blank after
+  ``str.strip``. Refused by ``pretrain/data.py`` (``load_item_content``,
+  ``load_search_pairs``), ``pretrain/evaluate.py`` (held-out queries),
+  ``serving/embedder.py`` (feed titles). Validate:
+  ``F: column 'title'|'query_text', row r: <the rule's message>``.
+- **No nulls**, inside lists too: ``recsys/data/side.py`` ``read_column``,
+  ``recsys/data/reader.py`` (``history_item_ids``). Validate:
+  ``F: column C, row r: null value [in list]``.
+- **No NaN**: ``side.py`` ``read_column`` (side columns are integers);
+  labels: validate ``F: column 'label', row r: value nan, expected 0.0 or 1.0``.
+- **IDs within** ``[0, id_ranges[kind])``: ``side.py`` ``check_range`` (side
+  keys and columns, joined IDs), ``reader.py`` (histories), ``stats.py``
+  (``train_item_counts``, ``new_item_mask``). Validate:
+  ``F: column C, row r: ID v outside [0, R)``. ``reader.py``'s
+  ``out_of_range="refuse"`` refuses IDs at or past a table's rows, which
+  are ``id_ranges`` unless training asks for smaller tables (a training
+  choice, not the dataset's fault).
+- **Each item and user listed once**: ``side.py`` ``SideTable.read``,
+  ``pretrain/data.py`` ``load_item_content``. Validate:
+  ``F: column 'item_id'|'user_id', row r: K v appears more than once``.
+- **Every user and item named has its row** (impressions, histories,
+  searches' purchases and clicks): ``side.py`` ``SideTable.join``,
+  ``pretrain/data.py`` ``load_search_pairs``. Validate:
+  ``F: column C, row r: unknown K v (no row in T/)``.
+- **Columns present**: ``reader.py`` ``_column``. Validate (from the
+  footer): ``F: missing column 'C' (expected T)``.
+- **Labels 0 or 1**: ``recsys/eval/metrics.py`` (the scored labels).
+  Validate: ``F: column 'label', row r: value v, expected 0.0 or 1.0``.
 
 Not content rules, so validate does not check them: ``recsys/world/summary.py``,
 ``pretrain/train.py``, ``recsys/train/retrain.py`` and ``recsys/eval``
