@@ -96,6 +96,23 @@ def where(path: str, column: str, row: int) -> str:
     return f"{path}: column '{column}', row {row}"
 
 
+def _rgb(data: bytes | None, size: int) -> Image.Image:
+    """The decoded picture in RGB, checked against ``size`` (see :func:`decode_image`)."""
+    if not data:
+        raise ContentError("image missing (no bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size  # from the header: no pixels decoded yet
+            if (w, h) != (size, size):
+                raise ContentError(f"image is {w}x{h} px, expected {size}x{size} (the manifest's image_size)")
+            im.load()
+            return im if im.mode == "RGB" else im.convert("RGB")
+    except ContentError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoder failure means "does not decode"
+        raise ContentError(f"image does not decode to RGB (PIL: {type(e).__name__})") from None
+
+
 def decode_image(data: bytes | None, size: int) -> np.ndarray:
     """The picture every stage feeds the image tower: uint8 array of shape (size, size, 3).
 
@@ -110,26 +127,18 @@ def decode_image(data: bytes | None, size: int) -> np.ndarray:
         ContentError: no bytes, bytes PIL cannot decode or convert to RGB, or a
             picture that is not ``size`` x ``size``.
     """
-    if not data:
-        raise ContentError("image missing (no bytes)")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size  # from the header: no pixels decoded yet
-            if (w, h) != (size, size):
-                raise ContentError(f"image is {w}x{h} px, expected {size}x{size} (the manifest's image_size)")
-            pixels = np.asarray(im.convert("RGB"))
-    except ContentError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any decoder failure means "does not decode"
-        raise ContentError(f"image does not decode to RGB (PIL: {type(e).__name__})") from None
+    pixels = np.asarray(_rgb(data, size))
     if pixels.shape != (size, size, 3):  # a decoder that disagrees with its own header
         raise ContentError(f"image decodes to shape {pixels.shape}, expected ({size}, {size}, 3)")
     return pixels
 
 
 def check_image(data: bytes | None, size: int) -> None:
-    """Raises :class:`ContentError` where :func:`decode_image` would; returns nothing."""
-    decode_image(data, size)
+    """Raises :class:`ContentError` where :func:`decode_image` would; returns nothing.
+
+    Decodes every pixel as the stages do, but skips the copy into numpy.
+    """
+    _rgb(data, size)
 
 
 def check_text(text: str | None, what: str) -> None:
