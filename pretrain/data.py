@@ -24,46 +24,48 @@ Example::
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image
 
+from recsys.data.content import ContentError, check_text, decode_image, first_fault, where
 from recsys.data.schema import Manifest, table_files
 
 MAX_HARD_NEGATIVES = 3  # Hn: hard negatives kept per session
 
 
-def decode_image(data: bytes | None, size: int) -> np.ndarray | None:
-    """uint8 (size, size, 3), or None when the bytes are not such an image."""
-    if not data:
-        return None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            arr = np.asarray(im.convert("RGB"))
-    except Exception:  # noqa: BLE001 - any decoder failure means "not an image"
-        return None
-    return arr if arr.shape == (size, size, 3) else None
-
-
 def decode_images(blobs: list[bytes | None], size: int, what: list[str], workers: int = 2) -> np.ndarray:
-    """Decodes PNG/JPEG bytes to uint8 (N, size, size, 3) on a thread pool.
+    """Decodes PNG/JPEG bytes to uint8 (N, size, size, 3) on a thread pool (``content.decode_image``).
 
     Raises:
-        ValueError: naming ``what[i]`` for the first blob that is missing, does
-            not decode, or is not ``size`` x ``size`` RGB.
+        ValueError: ``what[i]: `` and the content rule's message, for the
+            first blob that is missing, does not decode to RGB, or is not
+            ``size`` x ``size``.
     """
     out = np.empty((len(blobs), size, size, 3), dtype=np.uint8)
+
+    def one(i: int) -> str | None:
+        try:
+            out[i] = decode_image(blobs[i], size)
+        except ContentError as e:
+            return str(e)
+        return None
+
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for i, arr in enumerate(pool.map(decode_image, blobs, [size] * len(blobs), chunksize=256)):
-            if arr is None:
-                raise ValueError(f"{what[i]}: image missing, undecodable, or not {size}x{size} RGB")
-            out[i] = arr
+        for i, fault in enumerate(pool.map(one, range(len(blobs)), chunksize=256)):
+            if fault is not None:
+                raise ValueError(f"{what[i]}: {fault}")
     return out
+
+
+def check_texts(texts: list[str | None], what: list[str], column: str) -> None:
+    """Raises ValueError ``what[i]: `` and ``content.check_text``'s message for the first blank text."""
+    fault = first_fault(texts, lambda text: check_text(text, column))
+    if fault is not None:
+        raise ValueError(f"{what[fault[0]]}: {fault[1]}")
 
 
 @dataclass(frozen=True)
@@ -86,8 +88,8 @@ def load_item_content(world: Path, workers: int = 2) -> ItemContent:
     """Reads and decodes every item's image and title.
 
     Raises:
-        ValueError: an item without a title or a decodable image (naming the
-            file and the item).
+        ValueError: an item whose title or image breaks a content rule
+            (``recsys/data/content.py``; naming file, column, row and item).
     """
     size = Manifest.read(world).image_size
     ids, titles, images = [], [], []
@@ -95,10 +97,9 @@ def load_item_content(world: Path, workers: int = 2) -> ItemContent:
         t = pq.read_table(f, columns=["item_id", "title", "image"])
         file_ids = t["item_id"].to_numpy()
         file_titles = t["title"].to_pylist()
-        for item_id, title in zip(file_ids, file_titles):
-            if not title or not title.strip():
-                raise ValueError(f"{f.relative_to(world)}: item {item_id}: empty or missing title")
-        what = [f"{f.relative_to(world)}: item {i}" for i in file_ids]
+        name = str(f.relative_to(world))
+        check_texts(file_titles, [f"{where(name, 'title', r)} (item {i})" for r, i in enumerate(file_ids)], "title")
+        what = [f"{where(name, 'image', r)} (item {i})" for r, i in enumerate(file_ids)]
         images.append(decode_images(t["image"].to_pylist(), size, what, workers))
         ids.append(file_ids)
         titles.extend(file_titles)
@@ -143,7 +144,7 @@ def load_search_pairs(world: Path, items: ItemContent, workers: int = 2) -> Sear
 
     Raises:
         ValueError: a session whose purchased or clicked item is unknown, or
-            whose query is empty (naming the file and the session).
+            whose query breaks a content rule (naming the file and the session).
     """
     size = Manifest.read(world).image_size
     cols = ["session_id", "day", "query_text", "query_image", "clicked_item_ids", "purchased_item_id"]
@@ -159,16 +160,15 @@ def load_search_pairs(world: Path, items: ItemContent, workers: int = 2) -> Sear
                 f"{name}: session {sid[i]}: purchased item {t['purchased_item_id'][i].as_py()} is not in items/"
             )
         texts = t["query_text"].to_pylist()
-        for s, q in zip(sid, texts):
-            if not q or not q.strip():
-                raise ValueError(f"{name}: session {s}: empty query_text")
+        what = [f"{where(str(name), 'query_text', r)} (session {s})" for r, s in enumerate(sid)]
+        check_texts(texts, what, "query_text")
         hard = np.full((len(sid), MAX_HARD_NEGATIVES), -1, dtype=np.int64)
         for i, clicked in enumerate(t["clicked_item_ids"].to_pylist()):
             rows = items.rows(np.asarray(clicked[:MAX_HARD_NEGATIVES], dtype=np.int64))
             if np.any(rows < 0):
                 raise ValueError(f"{name}: session {sid[i]}: clicked item {clicked[int(np.argmin(rows))]} is not in items/")
             hard[i, : len(rows)] = rows
-        what = [f"{name}: session {s} query_image" for s in sid]
+        what = [f"{where(str(name), 'query_image', r)} (session {s})" for r, s in enumerate(sid)]
         parts["img"].append(decode_images(t["query_image"].to_pylist(), size, what, workers))
         parts["sid"].append(sid)
         parts["day"].append(t["day"].to_numpy())

@@ -19,10 +19,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pretrain.data import decode_images
+from pretrain.data import check_texts, decode_images
 from pretrain.towers import build_tokenizer
 from pretrain.config import TowerConfig
 from pretrain.encoder import MODALITY_FILES, load_encoder
+from recsys.data.content import where
 from recsys.data.schema import Manifest, table_files
 from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, read_item_vectors
 
@@ -73,7 +74,10 @@ def _heldout_queries(world: Path) -> dict[str, object]:
         if len(keep) == 0:
             continue
         t = t.take(keep)
-        what = [f"{f.relative_to(world)}: session {s}" for s in t["session_id"].to_pylist()]
+        name, sessions = str(f.relative_to(world)), t["session_id"].to_pylist()
+        what = [f"{where(name, 'query_text', int(r))} (session {s})" for r, s in zip(keep, sessions)]
+        check_texts(t["query_text"].to_pylist(), what, "query_text")
+        what = [f"{where(name, 'query_image', int(r))} (session {s})" for r, s in zip(keep, sessions)]
         imgs.append(decode_images(t["query_image"].to_pylist(), m.image_size, what))
         texts.extend(t["query_text"].to_pylist())
         purchased.append(t["purchased_item_id"].to_numpy())

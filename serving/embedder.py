@@ -7,8 +7,9 @@ for the files the store has not marked handled, in name order:
 2. drops items that already have a vector (duplicate events, replays) and
    repeats within the batch;
 3. decodes the images here, on the client side (the server takes raw
-   pixels); an image that does not decode to H x W RGB, or a missing title,
-   makes that item a *failure*: recorded in the store with its reason,
+   pixels); an image or title that breaks a content rule of the dataset
+   (``recsys/data/content.py``: decodes to RGB at the encoder's H x W, title
+   not blank) makes that item a *failure*: recorded in the store with its reason,
    counted against coverage, reported, and never stalling the other items
    (a later event of the same item tries again);
 4. encodes the rest on Triton (:class:`~serving.client.EncoderClient`:
@@ -42,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pretrain.data import decode_image  # the exact decode of pre-training's catalogue export
+from recsys.data.content import ContentError, check_text, decode_image  # the rules pre-training applies
 from recsys.settings import setting
 from serving.client import EncoderClient, EncoderRequestError, EncoderUnavailable
 from serving.feed import FeedError, list_files, read_file
@@ -222,12 +223,13 @@ class Embedder:
                 duplicates += 1
                 continue
             seen.add(item)
-            pixels = decode_image(rows.images[r], shape[0]) if rows.images[r] else None
-            if pixels is None or pixels.shape != shape:
-                failures.append((item, f"{rows.where[r]}: image missing, undecodable or not {shape[0]}x{shape[1]} RGB",
-                                 rows.created_at[r]))  # fmt: skip
-            elif not rows.titles[r]:
-                failures.append((item, f"{rows.where[r]}: title missing or empty", rows.created_at[r]))
+            try:
+                pixels = decode_image(rows.images[r], shape[0])
+                if pixels.shape != shape:
+                    raise ContentError(f"image decodes to shape {pixels.shape}, the encoder takes {shape}")
+                check_text(rows.titles[r], "title")
+            except ContentError as e:
+                failures.append((item, f"{rows.where[r]}: {e}", rows.created_at[r]))
             else:
                 todo.append((r, pixels))
         vectors, refused = self._encode([rows.titles[r] for r, _ in todo], [p for _, p in todo])

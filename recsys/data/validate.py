@@ -7,21 +7,25 @@ dataset directory), the column and the row (0-based, within that file)::
 
 Checks, in order:
 
-1. ``manifest.json`` present and valid, with a count for every table and a
-   range for every ID kind of ``schema.ID_COLUMNS``.
+1. ``manifest.json`` present and valid, with a count for every table, a
+   range for every ID kind of ``schema.ID_COLUMNS`` and an ``image_size`` >= 1.
 2. From Parquet footers only (no data read): every table directory has files;
    every column of ``schema.TABLES`` is present with its type (``string`` may
    be ``large_string``, ``binary`` ``large_binary``, ``list`` ``large_list``);
    rows per table equal ``manifest.counts``.
 3. Contents, file by file and batch by batch (bounded memory, vectorised with
-   pyarrow and numpy; only image decoding loops in Python, on a thread pool):
+   pyarrow and numpy; only the content rules loop in Python, images on a
+   thread pool):
    no nulls, in lists included; every ID column, lists included, within
    ``0 <= id < manifest.id_ranges[kind]``; no item or user listed twice; every
    user and item an impression or search names (histories included) has a row
    in ``users/`` or ``items/``; impression labels 0.0 or 1.0 (no NaN), days
    within ``[first_day, last_day]``, positions >= 0, histories no longer than
-   ``max_history_len``; every image of ``schema.IMAGE_COLUMNS`` decodes (PIL
-   ``load()``) to a non-empty picture.
+   ``max_history_len``; and the content rules every stage applies, in the
+   same words (``recsys/data/content.py``, whose docstring lists each stage's
+   refusals): every image of ``schema.IMAGE_COLUMNS`` decodes to RGB at
+   exactly ``manifest.image_size`` px, and no text of
+   ``content.TEXT_COLUMNS`` (titles, queries) is blank.
 
 Memory grows with the rows, never with ``id_ranges``: the user and item IDs
 seen so far are kept as sorted runs of unique IDs (:class:`_IdSet`, merged
@@ -56,7 +60,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -66,14 +69,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image
 from tqdm import tqdm
 
+from recsys.data.content import TEXT_COLUMNS, check_image, check_text, first_fault, where
 from recsys.data.schema import ID_COLUMNS, IMAGE_COLUMNS, MANIFEST, TABLES, Manifest, table_files
 
 BATCH_ROWS = 65_536  # rows per batch of a table without images
 IMAGE_BATCH_ROWS = 2_048  # rows per batch of a table with images (~10 KB a PNG)
-IMAGE_CHUNK = 128  # images decoded per thread-pool task
+IMAGE_CHUNK = 128  # images checked per thread-pool task
 # Types accepted for a schema type: the same values in another Arrow layout.
 _EQUIVALENT = {pa.string(): (pa.string(), pa.large_string()), pa.binary(): (pa.binary(), pa.large_binary())}
 # Users and items first: later tables are checked against their IDs.
@@ -87,7 +90,7 @@ class DatasetError(ValueError):
 
 
 def _where(path: str, column: str, row: int, what: str) -> DatasetError:
-    return DatasetError(f"{path}: column '{column}', row {row}: {what}")
+    return DatasetError(f"{where(path, column, row)}: {what}")
 
 
 def _same_type(got: pa.DataType, want: pa.DataType) -> bool:
@@ -104,18 +107,9 @@ def _flat(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return col.to_numpy(zero_copy_only=False), np.arange(len(col))
 
 
-def _first_undecodable(blobs: list[bytes]) -> int:
-    """Index of the first blob PIL cannot decode to a non-empty image, or -1."""
-    for i, blob in enumerate(blobs):
-        try:
-            with Image.open(io.BytesIO(blob)) as im:
-                im.load()
-                ok = im.size[0] > 0 and im.size[1] > 0
-        except Exception:  # noqa: BLE001 - any decoder failure means "undecodable"
-            ok = False
-        if not ok:
-            return i
-    return -1
+def _image_fault(blobs: list[bytes | None], size: int) -> tuple[int, str] | None:
+    """(index, message) of the first blob ``content.check_image`` refuses, or None."""
+    return first_fault(blobs, lambda blob: check_image(blob, size))
 
 
 def _read_manifest(root: Path) -> Manifest:
@@ -140,6 +134,8 @@ def _read_manifest(root: Path) -> Manifest:
     for name in ("first_day", "last_day", "max_history_len"):
         if not whole(getattr(m, name)):
             raise DatasetError(f"{MANIFEST}: {name} is {getattr(m, name)!r}, expected an integer >= 0")
+    if not whole(m.image_size) or m.image_size < 1:
+        raise DatasetError(f"{MANIFEST}: image_size is {m.image_size!r}, expected an integer >= 1")
     if m.first_day > m.last_day:
         raise DatasetError(f"{MANIFEST}: first_day {m.first_day} > last_day {m.last_day}")
     return m
@@ -199,6 +195,8 @@ class _ContentChecker:
             self._ids(path, table, name, kind, b.column(name), offset)
         if table == "impressions":
             self._impressions(path, b, offset)
+        for name in TEXT_COLUMNS.get(table, ()):
+            self._texts(path, name, b.column(name), offset)
         for name in IMAGE_COLUMNS.get(table, ()):
             self._images(path, name, b.column(name), offset)
 
@@ -261,13 +259,21 @@ class _ContentChecker:
             what = f"length {length[i]} > max_history_len {self.m.max_history_len}"
             raise _where(path, "history_item_ids", offset + i, what)
 
+    def _texts(self, path: str, name: str, col: pa.Array, offset: int) -> None:
+        # str.strip's whitespace, exactly as the stages apply it: a Python loop,
+        # cheap beside the images that share these batches.
+        fault = first_fault(col.to_pylist(), lambda text: check_text(text, name))
+        if fault is not None:
+            raise _where(path, name, offset + fault[0], fault[1])
+
     def _images(self, path: str, name: str, col: pa.Array, offset: int) -> None:
         blobs = col.to_pylist()
         starts = range(0, len(blobs), IMAGE_CHUNK)
-        firsts = self.pool.map(_first_undecodable, (blobs[s : s + IMAGE_CHUNK] for s in starts))
-        for start, i in zip(starts, firsts):
-            if i >= 0:
-                raise _where(path, name, offset + start + i, "image does not decode")
+        size = self.m.image_size
+        faults = self.pool.map(lambda s: _image_fault(blobs[s : s + IMAGE_CHUNK], size), starts)
+        for start, fault in zip(starts, faults):
+            if fault is not None:
+                raise _where(path, name, offset + start + fault[0], fault[1])
 
 
 def validate_dataset(directory: Path, *, progress: bool = False, workers: int | None = None) -> dict[str, int]:

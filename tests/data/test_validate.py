@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +23,9 @@ from PIL import Image
 from recsys.data import validate
 from recsys.data.schema import ID_COLUMNS, IMPRESSIONS, ITEMS, SEARCHES, TABLES, USERS, Manifest, table_files
 from recsys.data.validate import DatasetError, main, validate_dataset
+
+if TYPE_CHECKING:
+    from pretrain.data import ItemContent
 
 REPO = Path(__file__).resolve().parents[2]
 N_ITEMS, N_USERS = 12, 6  # rows; the ID ranges are larger, so IDs 12, 13 and 6, 7 have no row
@@ -43,10 +47,10 @@ MAX_HISTORY = 5
 Edit = Callable[[pa.Table], pa.Table]
 
 
-def _png(seed: int) -> bytes:
+def _png(seed: int, side: int = 8, mode: str = "RGB") -> bytes:
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, format="PNG")
+    Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).convert(mode).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -189,6 +193,10 @@ CASES = [
     (ITEMS1, _set("image", 5, b"\x89PNG broken"), "column 'image', row 5: image does not decode"),
     (ITEMS0, _set("image", 2, TRUNCATED_PNG), "column 'image', row 2: image does not decode"),
     (SEARCHES0, _set("query_image", 4, b"nope"), "column 'query_image', row 4: image does not decode"),
+    (ITEMS1, _set("image", 4, _png(3, side=16)), "column 'image', row 4: image is 16x16 px, expected 8x8"),
+    (SEARCHES0, _set("query_image", 5, _png(3, side=4)), "column 'query_image', row 5: image is 4x4 px, expected 8x8"),
+    (ITEMS0, _set("title", 5, "  "), "column 'title', row 5: title is blank ('  ')"),
+    (SEARCHES0, _set("query_text", 2, "\t"), "column 'query_text', row 2: query_text is blank ('\\t')"),
 ]
 
 
@@ -287,7 +295,7 @@ def test_module_runs_as_a_program(dataset: Path) -> None:
     _edit(dataset, SEARCHES0, _set("query_image", 1, b""))
     bad = run(dataset)
     assert bad.returncode == 1 and not bad.stdout
-    assert f"{SEARCHES0}: column 'query_image', row 1: image does not decode" in bad.stderr
+    assert f"{SEARCHES0}: column 'query_image', row 1: image missing (no bytes)" in bad.stderr
 
 
 def test_generated_world_is_valid(tiny_world: Path, tiny_manifest: Manifest) -> None:
@@ -363,3 +371,84 @@ def test_id_set_matches_a_python_set() -> None:
         seen |= set(batch.tolist())
         assert ids.contains(probe).all()
     assert sum(len(r) for r in ids.runs) == len(seen) and len(ids.runs) <= 64
+
+
+# --- validate and the stages: one verdict, in the same words (recsys/data/content.py) ---
+
+
+@pytest.fixture(scope="module")
+def tiny_items(tiny_world: Path) -> "ItemContent":
+    from pretrain.data import load_item_content
+
+    return load_item_content(tiny_world)
+
+
+def _world_with(world: Path, tmp_path: Path, table: str, column: str, value: object) -> tuple[Path, str, int, int]:
+    """A copy of ``world`` with ``value`` at the middle row of its last ``table`` file: (copy, file, row, key)."""
+    out = tmp_path / "w"
+    shutil.copytree(world, out)
+    f = table_files(out, table)[-1]
+    t = pq.read_table(f)
+    row = t.num_rows // 2
+    pq.write_table(_set(column, row, value)(t), f, row_group_size=500)
+    key = t["item_id" if table == "items" else "session_id"][row].as_py()
+    return out, str(f.relative_to(out)), row, key
+
+
+def _rule_message(rule: Callable[[], None]) -> str:
+    from recsys.data.content import ContentError
+
+    with pytest.raises(ContentError) as e:
+        rule()
+    return str(e.value)
+
+
+def _stage(world: Path, table: str, items: "ItemContent") -> None:
+    """What pre-training reads of ``table``: the item catalogue, or the search pairs."""
+    from pretrain.data import load_item_content, load_search_pairs
+
+    if table == "items":
+        load_item_content(world)
+    else:
+        load_search_pairs(world, items)
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "what"),
+    [("items", "image", "oversized"), ("items", "title", "blank"), ("searches", "query_text", "blank"),
+     ("searches", "query_image", "oversized"), ("items", "image", "undecodable")],
+)  # fmt: skip
+def test_validate_refuses_first_what_pretraining_refuses(
+    tiny_world: Path, tiny_items: "ItemContent", tmp_path: Path, table: str, column: str, what: str
+) -> None:
+    from recsys.data.content import check_image, check_text, where
+
+    size = Manifest.read(tiny_world).image_size
+    value = {"oversized": _png(1, side=2 * size), "blank": "  ", "undecodable": b"\x89PNG broken"}[what]
+    world, path, row, key = _world_with(tiny_world, tmp_path, table, column, value)
+    rule = (lambda: check_image(value, size)) if isinstance(value, bytes) else (lambda: check_text(value, column))
+    message = _rule_message(rule)
+    with pytest.raises(DatasetError) as by_validate:
+        validate_dataset(world, workers=2)
+    assert str(by_validate.value) == f"{where(path, column, row)}: {message}"
+    with pytest.raises(ValueError) as by_stage:  # the stage still refuses, in the same words
+        _stage(world, table, tiny_items)
+    noun = "item" if table == "items" else "session"
+    assert str(by_stage.value) == f"{where(path, column, row)} ({noun} {key}): {message}"
+    if (table, what) == ("items", "oversized"):  # `mmctr validate`: exit status 1 and the same line
+        cmd = [sys.executable, "-m", "recsys.data.validate", "--quiet", str(world)]
+        bad = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 1 and not bad.stdout
+        assert bad.stderr.strip() == f"mmctr validate: {where(path, column, row)}: {message}"
+
+
+def test_a_grayscale_image_passes_validate_as_pretraining_takes_it(tiny_world: Path, tmp_path: Path) -> None:
+    from pretrain.data import load_item_content
+
+    size = Manifest.read(tiny_world).image_size
+    gray = _png(2, side=size, mode="L")
+    world, _, _, key = _world_with(tiny_world, tmp_path, "items", "image", gray)
+    assert validate_dataset(world, workers=2)["items"] == Manifest.read(world).counts["items"]
+    items = load_item_content(world)
+    row = int(items.rows(np.array([key]))[0])
+    np.testing.assert_array_equal(items.images[row], np.asarray(Image.open(io.BytesIO(gray)).convert("RGB")))

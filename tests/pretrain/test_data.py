@@ -58,7 +58,8 @@ def _set(t: pa.Table, column: str, row: int, value: object) -> pa.Table:
 
 @pytest.mark.parametrize(
     ("column", "value", "message"),
-    [("image", b"not a png", "item 3: image"), ("title", "  ", "item 3: empty or missing title")],
+    [("image", b"not a png", r"column 'image', row 3 \(item 3\): image does not decode"),
+     ("title", "  ", r"column 'title', row 3 \(item 3\): title is blank")],
 )
 def test_items_without_image_or_title_are_named(tiny_world: Path, tmp_path: Path, column: str, value: object, message: str) -> None:
     world = _copy_with(tiny_world, tmp_path, "items", lambda t: _set(t, column, 3, value))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from pretrain.config import TowerConfig
 from pretrain.data import decode_images
 from pretrain.encoder import load_encoder
 from pretrain.towers import build_tokenizer
+from recsys.data.content import ContentError, check_image, check_text
 from recsys.data.schema import Manifest, table_files
 from serving.client import ClientConfig, EncoderClient
 from serving.embedder import Embedder, EmbedderConfig
@@ -112,19 +114,26 @@ def _png(size: int, seed: int) -> bytes:
     return out.getvalue()
 
 
+def _fault(rule: Callable[[], None]) -> str:
+    """The message of the content rule ``rule`` breaks."""
+    with pytest.raises(ContentError) as e:
+        rule()
+    return str(e.value)
+
+
 def test_bad_items_fail_alone_named_counted_and_retried_by_a_later_event(server: TritonServer, tmp_path: Path) -> None:
     feed = tmp_path / "feed"
-    path = append(feed, [1, 2, 3, 4, 5], ["ok", "bad png", "small", "", "ok too"],
-                  [_png(64, 1), b"\x89PNG not really", _png(32, 3), _png(64, 4), _png(64, 5)],
-                  [time.time()] * 5)  # fmt: skip
+    images = [_png(64, 1), b"\x89PNG not really", _png(32, 3), _png(64, 4), _png(64, 5)]
+    path = append(feed, [1, 2, 3, 4, 5], ["ok", "bad png", "small", "", "ok too"], images, [time.time()] * 5)
     config = EmbedderConfig(exit_when_idle_s=0.2)
     with EncoderClient(ClientConfig(url=server.grpc_url)) as client, VectorStore(tmp_path / "s.sqlite") as store:
         report = Embedder(feed, store, client, config).run()
         assert sorted(store.read().item_ids.tolist()) == [1, 5]
         failures = store.failures()
         assert sorted(failures) == [2, 3, 4] and report.failed == 3 and report.coverage == pytest.approx(2 / 5)
-        assert failures[2] == f"{path.name}, row 1: image missing, undecodable or not 64x64 RGB"
-        assert failures[3].startswith(f"{path.name}, row 2: ") and failures[4] == f"{path.name}, row 3: title missing or empty"
+        # the content rules of the dataset (recsys/data/content.py), in their words
+        rules = [lambda: check_image(images[1], 64), lambda: check_image(images[2], 64), lambda: check_text("", "title")]
+        assert [failures[i] for i in (2, 3, 4)] == [f"{path.name}, row {r}: {_fault(rule)}" for r, rule in enumerate(rules, 1)]
         assert "coverage 40.00%" in report.summary()
         append(feed, [2], ["fixed"], [_png(64, 2)], [time.time()])  # the producer sends the item again
         report = Embedder(feed, store, client, config).run()
