@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from recsys.data.schema import Manifest
+from recsys.data.schema import Manifest, table_files
 from recsys.world.generate import generate_world
 
 
@@ -16,6 +20,44 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("worlds") / "tiny"
     generate_world(out, preset="tiny", seed=0)
     return out
+
+
+LAYOUTS = ("groups_3000", "one_group", "empty_files")
+
+
+@pytest.fixture
+def relayout(tiny_world: Path, tmp_path: Path) -> Callable[[str], Path]:
+    """Copies of the tiny world whose impressions are rewritten in another Parquet layout (``LAYOUTS``):
+
+    * ``groups_3000``: row groups of 3,000 rows per day file (3,000 and ~1,000: uneven over ranks);
+    * ``one_group``: one file, one row group (fewer groups than ranks);
+    * ``empty_files``: groups of 777 rows, plus an empty file and a file with zero row groups.
+    """
+
+    def make(layout: str) -> Path:
+        dst = tmp_path / layout
+        shutil.copytree(tiny_world, dst)
+        files = table_files(dst, "impressions")
+        tables = [pq.read_table(f) for f in files]
+        if layout == "groups_3000":
+            for f, t in zip(files, tables):
+                pq.write_table(t, f, row_group_size=3000)
+        elif layout == "one_group":
+            for f in files:
+                f.unlink()
+            t = pa.concat_tables(tables)
+            pq.write_table(t, files[0], row_group_size=t.num_rows)
+        elif layout == "empty_files":
+            for f, t in zip(files, tables):
+                pq.write_table(t, f, row_group_size=777)
+            pq.write_table(tables[0].schema.empty_table(), dst / "impressions/aaa-empty.parquet")
+            pq.ParquetWriter(dst / "impressions/zzz-no-groups.parquet", tables[0].schema).close()
+            assert pq.read_metadata(dst / "impressions/zzz-no-groups.parquet").num_row_groups == 0
+        else:
+            raise ValueError(f"unknown layout {layout!r}; one of {LAYOUTS}")
+        return dst
+
+    return make
 
 
 @pytest.fixture(scope="session")

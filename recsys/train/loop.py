@@ -52,6 +52,10 @@ class EpochResult:
     stopped: bool  # ended early by `stop_after_steps`
 
 
+class RowCountError(RuntimeError):
+    """Training saw another number of impressions than the selected days hold (a row lost or counted twice)."""
+
+
 def _mean_over_ranks(value: float, ctx: DistContext) -> float:
     if ctx.world_size == 1:
         return value
@@ -90,7 +94,13 @@ def train_epoch(
         quiet (bool): no progress bar.
 
     Returns:
-        EpochResult: the new progress, loss curve, samples and time.
+        EpochResult: the new progress, loss curve, samples and time; ``samples``
+        counts the impressions the batches held (padding rows excluded), summed
+        over ranks.
+
+    Raises:
+        RowCountError: the epoch ended with a number of trained impressions
+            other than the rows it had left (a row lost or trained twice).
     """
     if reader.config.remaining != progress.remaining:
         raise ValueError(f"reader reads rows {reader.config.remaining}, progress has {progress.remaining} left")
@@ -99,6 +109,7 @@ def train_epoch(
     bar = tqdm(total=total, desc=desc, disable=quiet or not ctx.is_main, unit="batch")
     curve: list[dict[str, float]] = []
     running, counted, done = 0.0, 0, 0
+    real = torch.zeros((), dtype=torch.int64, device=ctx.device)  # impressions trained by this rank (no host sync per step)
     start = time.perf_counter()
     stopped = False
     for batch in reader:
@@ -107,6 +118,7 @@ def train_epoch(
             break
         batch = batch.to(ctx.device)
         loss, _ = model(batch)
+        real += (batch.weights > 0).sum()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -126,7 +138,14 @@ def train_epoch(
             on_step(progress)
     bar.close()
     seconds = time.perf_counter() - start
-    samples = count_rows(reader.remaining) - count_rows(reader.remaining_after(done))  # every rank, exactly
+    if ctx.world_size > 1:
+        dist.all_reduce(real)
+    samples = int(real.item())  # the rows the batches held, over all ranks
+    planned = count_rows(reader.remaining) - count_rows(reader.remaining_after(done))
+    if samples != planned:
+        raise RowCountError(f"{desc}: trained {samples} impressions where the data plan has {planned} "
+                            f"({reader.total_rows} rows in the selected days, {count_rows(reader.remaining)} left "
+                            f"at the start of this job); rows were lost or trained twice")
     if not stopped and done >= total:
         progress = replace(progress, epoch=progress.epoch + 1, remaining=None)
     if stopped and ctx.world_size > 1:

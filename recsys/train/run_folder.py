@@ -118,6 +118,12 @@ class TrainLog:
     make_from: str | None = None  # the MAKE stage-1 folder, resolved; None without MAKE
     progress: Progress | None = None  # where training stands (the last checkpoint's progress)
     malloc_pinned: bool = False  # glibc malloc thresholds pinned by the entry point (recsys.allocator)
+    rows_in_days: int | None = None  # impressions of the selected days (one epoch's rows); None: not read yet
+
+    @property
+    def rows_trained(self) -> int:
+        """Impressions trained on, over every segment and rank (each epoch counts its rows once)."""
+        return sum(s.samples for s in self.segments)
 
     @property
     def vectors_path(self) -> Path | None:
@@ -152,6 +158,8 @@ class TrainLog:
             make_from=self.make_from,
             progress=None if self.progress is None else asdict(self.progress),
             malloc_pinned=self.malloc_pinned,
+            rows_in_days=self.rows_in_days,
+            rows_trained=self.rows_trained,
         )
         return out
 
@@ -186,6 +194,7 @@ class TrainLog:
                 make_from=raw.get("make_from"),
                 progress=None if progress is None else Progress.from_json(progress),
                 malloc_pinned=bool(raw.get("malloc_pinned", False)),
+                rows_in_days=None if raw.get("rows_in_days") is None else int(raw["rows_in_days"]),
             )
         except (TypeError, AttributeError) as e:
             raise ValueError(f"{source}: a field has the wrong form ({e})") from e

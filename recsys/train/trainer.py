@@ -52,7 +52,7 @@ from recsys.models.make import is_make_param
 from recsys.models.mm_table import is_mm_table_param
 from recsys.train.checkpoint import Progress, TrainState, load_checkpoint
 from recsys.train.config import SHARDING, TrainConfig
-from recsys.train.loop import EpochPlan, EpochResult, predict, run_epochs
+from recsys.train.loop import EpochPlan, EpochResult, RowCountError, predict, run_epochs
 from recsys.train.make_stage import Stage1Job, load_make_state, train_make
 from recsys.train.run_folder import Lineage, Report, RetrainNote, RunFolder, RunMetrics, Segment, TrainLog
 from recsys.train.setup import DaySplit, capped_table_sizes, fill_mm_table, shard_and_optimize, split_days
@@ -149,16 +149,18 @@ class _Tally:
     logged_out_of_range: dict[str, int] = field(default_factory=dict)  # counts of earlier jobs (train_log.json)
     counts: dict[str, int] = field(default_factory=dict)  # this job's counts on this rank
     warm_start_metrics: Report | None = None  # the stale model's test-day scores (a warm start)
+    rows_in_days: int | None = None  # impressions of the training days (the reader's N)
 
     @staticmethod
     def resumed(log: TrainLog, world_size: int) -> _Tally:
         return _Tally(world_size, list(log.curve), list(log.segments), dict(log.out_of_range_ids),
-                      warm_start_metrics=log.warm_start_metrics)
+                      warm_start_metrics=log.warm_start_metrics, rows_in_days=log.rows_in_days)
 
     def done(self) -> bool:
         return False
 
     def after_epoch(self, epoch: int, result: EpochResult, reader: ImpressionReader) -> None:
+        self.rows_in_days = reader.total_rows
         for k, v in reader.out_of_range_counts.items():
             self.counts[k] = self.counts.get(k, 0) + v
         self.curve += result.curve
@@ -250,6 +252,7 @@ def _write_train_log(job: TrainJob, built: Built, tally: _Tally, progress: Progr
         make_from=None if not spec.make else str(Path(job.make_from or folder.make_stage1).resolve()),
         progress=progress,
         malloc_pinned=pinned(),
+        rows_in_days=tally.rows_in_days,
     )
     if ctx.is_main:
         tally.logged_out_of_range = merged  # a later write of this job adds to them, as the written log holds them
@@ -298,10 +301,19 @@ def _run(job: TrainJob, ctx: DistContext) -> RunMetrics | None:
     state.save_if_new(progress)
     report = _score(job, built, built.split.test, reader, ctx) if built.split.test is not None else None
     log = _write_train_log(job, built, tally, progress, ctx)
+    _check_rows(log, job.train.epochs, RunFolder(job.out).train_log_file)
     metrics = _run_metrics(job, built, log, report, ctx)
     if ctx.is_main:
         _write_records(job, log, metrics)
     return metrics
+
+
+def _check_rows(log: TrainLog, epochs: int, where: Path) -> None:
+    """The finished run trained every impression of its days once per epoch, or ``RowCountError``."""
+    expected = (log.rows_in_days or 0) * epochs
+    if log.rows_trained != expected:
+        raise RowCountError(f"{where}: {log.rows_trained} impressions trained, but the selected days hold "
+                            f"{log.rows_in_days} rows x {epochs} epoch(s) = {expected}; rows were lost or trained twice")
 
 
 def _sum_over_ranks(counts: dict[str, int], ctx: DistContext) -> dict[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -416,29 +417,6 @@ def test_ids_beyond_table_refused_or_hashed_and_counted(dataset: Path) -> None:
 # -- row-exact sharding whatever the file layout ---------------------------------
 
 
-def _relayout(src: Path, dst: Path, layout: str) -> None:
-    """A copy of a world whose impressions are rewritten in another Parquet layout."""
-    import shutil
-
-    shutil.copytree(src, dst)
-    files = table_files(dst, "impressions")
-    tables = [pq.read_table(f) for f in files]
-    if layout == "groups_3000":  # groups of 3,000 and 1,000 rows per day file
-        for f, t in zip(files, tables):
-            pq.write_table(t, f, row_group_size=3000)
-    elif layout == "one_group":  # one file, one row group: fewer groups than ranks
-        for f in files:
-            f.unlink()
-        t = pa.concat_tables(tables)
-        pq.write_table(t, files[0], row_group_size=t.num_rows)
-    elif layout == "empty_files":  # uneven small groups, an empty file and a file with zero row groups
-        for f, t in zip(files, tables):
-            pq.write_table(t, f, row_group_size=777)
-        pq.write_table(tables[0].schema.empty_table(), dst / "impressions/aaa-empty.parquet")
-        pq.ParquetWriter(dst / "impressions/zzz-no-groups.parquet", tables[0].schema).close()
-        assert pq.read_metadata(dst / "impressions/zzz-no-groups.parquet").num_row_groups == 0
-
-
 def _row_keys(batches: list[Batch]) -> Counter:
     """Real rows as (user, item, position, label, history) tuples."""
     out: Counter = Counter()
@@ -461,9 +439,8 @@ def _parquet_keys(root: Path, days: set[int]) -> Counter:
 
 
 @pytest.mark.parametrize("layout", ["groups_3000", "one_group", "empty_files"])
-def test_every_row_once_for_any_layout_and_world_size(tiny_world: Path, tmp_path: Path, layout: str) -> None:
-    root = tmp_path / layout
-    _relayout(tiny_world, root, layout)
+def test_every_row_once_for_any_layout_and_world_size(relayout: Callable[[str], Path], layout: str) -> None:
+    root = relayout(layout)
     manifest = Manifest.read(root)
     days = set(range(manifest.first_day, manifest.last_day))  # the training days (all but the last)
     want = _parquet_keys(root, days)

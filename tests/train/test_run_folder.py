@@ -44,7 +44,8 @@ def _legacy_train_log(log: TrainLog, warm: dict | None) -> dict:
                config={"model": asdict(log.model), "train": asdict(log.train)}, sharding=log.sharding, world=log.world,
                world_manifest_sha=log.world_manifest_sha, days=list(log.days), table_sizes=log.table_sizes,
                warm_start=log.warm_start, vectors=log.vectors, items_without_vector=log.items_without_vector,
-               make_from=log.make_from, progress=asdict(log.progress), malloc_pinned=log.malloc_pinned)
+               make_from=log.make_from, progress=asdict(log.progress), malloc_pinned=log.malloc_pinned,
+               rows_in_days=log.rows_in_days, rows_trained=sum(s.samples for s in log.segments))
     return out
 
 

@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +205,54 @@ def test_torchx_component_runs_two_rank_make_job(tiny_world: Path, vectors: Path
     state = full_checkpoint(out, tmp_path)
     moved = [k for k, v in make.items() if not torch.equal(state["model"][f"model.make.{k}"], v)]
     assert moved, "stage 2 left MAKE unchanged although make_frozen is False"
+
+
+def _training_rows(world: Path) -> int:
+    """Impressions of the training days (all but the last), counted from the Parquet files."""
+    days = list(split_days(Manifest.read(world)).train)
+    return sum(int(np.isin(pq.read_table(f, columns=["day"]).column(0).to_numpy(), days).sum())
+               for f in table_files(world, "impressions"))
+
+
+def test_every_impression_trained_once_on_uneven_row_groups_resumed_one_to_two_ranks(
+    relayout: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Row groups of 3,000 and ~1,000 rows (the layout that lost 3/4 of the rows to rank sharding by row group):
+    stopped mid-epoch on 1 rank, resumed on 2, every impression is trained exactly once."""
+    world = relayout("groups_3000")
+    out = tmp_path / "run"
+    job = TrainJob(world=world, out=out, model=ModelConfig(variant="id_only"), quiet=True,
+                   train=TrainConfig(batch_size=BATCH, stop_after_steps=11), sharding="table_wise")
+    assert run_train(job) is None
+    cut = RunFolder(out).read_train_log()
+    n = _training_rows(world)
+    assert cut.rows_trained == 11 * BATCH and plan.count(cut.progress.remaining) == n - 11 * BATCH
+    torchrun_train(2, "--world", str(world), "--variant", "id_only", "--sharding", "table_wise", "--out", str(out))
+    log = RunFolder(out).read_train_log()
+    assert [s.world_size for s in log.segments] == [1, 2]
+    assert log.rows_in_days == n and log.rows_trained == n  # each impression once (one epoch)
+    assert json.loads((out / TRAIN_LOG).read_text())["rows_trained"] == n
+    assert 0.5 < metrics(out)["all"]["auc"] < 1.0
+
+
+def test_every_impression_trained_once_with_fewer_row_groups_than_ranks(
+    relayout: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """One file, one row group, trained on 2 ranks (one rank held no row group before): all rows, once each."""
+    world = relayout("one_group")
+    out = tmp_path / "run"
+    torchrun_train(2, "--world", str(world), "--variant", "id_only", "--sharding", "row_wise", "--out", str(out))
+    log = RunFolder(out).read_train_log()
+    assert log.rows_in_days == log.rows_trained == _training_rows(world)
+
+
+def test_a_run_that_lost_rows_fails(tmp_path: Path) -> None:
+    from recsys.train.loop import RowCountError
+    from recsys.train.run_folder import Segment, TrainLog
+    from recsys.train.trainer import _check_rows
+
+    log = TrainLog(variant="id_only", model=ModelConfig(), train=TrainConfig(), world="w", world_manifest_sha="s",
+                   segments=(Segment(world_size=2, samples=4096, seconds=1.0),), rows_in_days=16000)
+    with pytest.raises(RowCountError, match="4096 impressions trained.*16000 rows x 1 epoch"):
+        _check_rows(log, 1, tmp_path / TRAIN_LOG)
+    _check_rows(replace(log, segments=(Segment(2, 16000, 1.0), Segment(1, 16000, 1.0))), 2, tmp_path / TRAIN_LOG)
