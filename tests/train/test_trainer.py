@@ -256,3 +256,13 @@ def test_a_run_that_lost_rows_fails(tmp_path: Path) -> None:
     with pytest.raises(RowCountError, match="4096 impressions trained.*16000 rows x 1 epoch"):
         _check_rows(log, 1, tmp_path / TRAIN_LOG)
     _check_rows(replace(log, segments=(Segment(2, 16000, 1.0), Segment(1, 16000, 1.0))), 2, tmp_path / TRAIN_LOG)
+
+
+def test_last_step_checkpointed_by_checkpoint_every_ends_finished(tiny_world: Path, tmp_path: Path) -> None:
+    """checkpoint_every dividing the run's last step: that checkpoint is marked finished (evaluation takes the run)."""
+    steps = -(-_training_rows(tiny_world) // BATCH)  # one rank, one epoch: ceil(N / B) steps
+    job = TrainJob(world=tiny_world, out=tmp_path / "run", model=ModelConfig(variant="id_only"), quiet=True,
+                   train=TrainConfig(batch_size=BATCH, checkpoint_every=steps), sharding="table_wise")
+    assert run_train(job) is not None
+    path, progress = latest_checkpoint(tmp_path / "run" / CHECKPOINTS)
+    assert path.name == f"step-{steps:08d}" and progress.step == steps and progress.finished
