@@ -1,4 +1,4 @@
-"""Ranking metrics against plain references: sklearn per user, hand counts."""
+"""Ranking metrics against plain references: sklearn overall and per user, hand counts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
-from recsys.eval.metrics import BUCKETS, evaluation_report, gauc, item_buckets, ranking_metrics
+from recsys.eval.metrics import BUCKETS, auc, evaluation_report, gauc, group_aucs, item_buckets, ranking_metrics
 
 
 def reference_gauc(p: np.ndarray, y: np.ndarray, u: np.ndarray) -> tuple[float, int]:
@@ -81,7 +81,7 @@ def test_ranking_metrics_equal_references() -> None:
     assert m["ctr"] == pytest.approx(yn.mean(), rel=1e-12)
     assert m["pred_ctr"] == pytest.approx(pn.mean(), rel=1e-12)
     assert m["calibration"] == pytest.approx(pn.mean() / yn.mean(), rel=1e-12)
-    assert m["auc"] == pytest.approx(roc_auc_score(yn, pn), abs=1e-9)
+    assert m["auc"] == pytest.approx(roc_auc_score(yn, pn), abs=1e-6)  # torchmetrics returns float32
     assert (m["gauc"], m["gauc_users"]) == pytest.approx(reference_gauc(pn, yn, u.numpy()), abs=1e-9)
     assert m["logloss"] == pytest.approx(log_loss(yn, pn) / math.log(2), rel=1e-9)  # torchrec: bits
     base = yn.mean()
@@ -89,10 +89,61 @@ def test_ranking_metrics_equal_references() -> None:
     assert m["ne"] == pytest.approx(log_loss(yn, pn) / entropy, rel=1e-9)
 
 
-def test_auc_on_ties_is_torchrec_and_gauc_counts_half() -> None:
-    m = ranking_metrics(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0]), torch.tensor([4, 4]))
-    assert m["auc"] in (0.0, 1.0)  # torchrec credits a tied pair in sort order (module docstring)
-    assert m["gauc"] == 0.5
+def test_tied_pair_counts_half_in_either_order() -> None:
+    for y in ([1.0, 0.0], [0.0, 1.0]):
+        m = ranking_metrics(torch.tensor([0.5, 0.5]), torch.tensor(y), torch.tensor([4, 4]))
+        assert m["auc"] == 0.5 and m["gauc"] == 0.5  # torchrec's compute_auc gave 1.0 and 0.0 by row order
+
+
+def tied_cases() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Scores with many ties, rows in random and in adversarial orders: name -> (p, y, u), each of shape (N,).
+
+    A constant predictor over 20,000 impressions with the clicks last (as
+    when clicks are joined late and appended), first, and shuffled; scores
+    rounded to 1 and 2 decimals, sorted by label; float32 sigmoids of logits
+    +-50 (saturated: 1.0 and ~2e-22) with a few in between.
+    """
+    rng = np.random.default_rng(0)
+    n = 20_000
+    u = rng.integers(0, 400, n)
+    y = np.zeros(n)
+    y[-2000:] = 1.0  # clicks last
+    constant = np.full(n, 0.1)
+    shuffle = rng.permutation(n)
+    noisy = 1 / (1 + np.exp(-(y + rng.standard_normal(n) - 2)))
+    logits = np.where(rng.random(n) < 0.9, 50.0 * (2 * y - 1) * np.sign(rng.random(n) - 0.2), rng.standard_normal(n))
+    saturated = torch.sigmoid(torch.from_numpy(logits).float()).double().numpy()
+    by_label = np.argsort(-y, kind="stable")  # clicks first
+    return {
+        "constant, clicks last": (constant, y, u),
+        "constant, clicks first": (constant, y[::-1].copy(), u),
+        "constant, shuffled": (constant, y[shuffle], u),
+        "1 decimal, clicks last": (np.round(noisy, 1), y, u),
+        "2 decimals, clicks first": (np.round(noisy, 2)[by_label], y[by_label], u),
+        "2 decimals, shuffled": (np.round(noisy, 2)[shuffle], y[shuffle], u),
+        "saturated sigmoid, clicks last": (saturated, y, u),
+        "saturated sigmoid, clicks first": (saturated[by_label], y[by_label], u),
+    }
+
+
+@pytest.mark.parametrize("case", list(tied_cases()))
+def test_auc_and_gauc_on_ties_equal_sklearn_in_any_row_order(case: str) -> None:
+    p, y, u = tied_cases()[case]
+    tp, ty, tu = torch.from_numpy(p), torch.from_numpy(y), torch.from_numpy(u)
+    want = roc_auc_score(y, p)
+    if case.startswith("constant"):
+        assert want == 0.5
+    assert auc(tp, ty) == pytest.approx(want, abs=1e-6)
+    assert auc(tp.float(), ty.bool()) == pytest.approx(roc_auc_score(y, p.astype(np.float32)), abs=1e-6)
+    m = ranking_metrics(tp, ty, tu)
+    assert m["auc"] == pytest.approx(want, abs=1e-6)
+    assert (m["gauc"], m["gauc_users"]) == pytest.approx(reference_gauc(p, y, u), abs=1e-6)
+    per_user = group_aucs(tp, ty, tu)
+    for user, value in zip(per_user.groups.tolist()[::37], per_user.auc.tolist()[::37]):
+        keep = u == user
+        assert value == pytest.approx(roc_auc_score(y[keep], p[keep]), abs=1e-6)
+    reverse = torch.arange(len(p) - 1, -1, -1)
+    assert ranking_metrics(tp[reverse], ty[reverse], tu[reverse])["auc"] == pytest.approx(m["auc"], abs=1e-6)
 
 
 def test_degenerate_inputs_give_nan_not_exceptions() -> None:
