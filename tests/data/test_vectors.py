@@ -64,11 +64,11 @@ def test_export_rejects_mismatched_dim(tmp_path: Path) -> None:
     assert not (tmp_path / VECTORS_FILE).exists()
 
 
-@pytest.mark.parametrize("bad", [0.5, np.nan])
-def test_export_rejects_a_vector_that_is_not_unit_norm(tmp_path: Path, bad: float) -> None:
+@pytest.mark.parametrize("bad, fault", [(0.5, "vector of norm 0.5, expected unit norm"), (np.nan, "vector not finite")])
+def test_export_rejects_a_vector_that_is_not_unit_norm(tmp_path: Path, bad: float, fault: str) -> None:
     vectors = np.eye(3, 4, dtype=np.float32)
     vectors[1] *= bad
-    with pytest.raises(ValueError, match="item 42: vector not finite or not unit norm"):
+    with pytest.raises(ValueError, match=f"item 42: {fault}"):
         write_item_vectors(tmp_path / VECTORS_FILE, np.array([41, 42, 43]), vectors, dim=4)
     assert not (tmp_path / VECTORS_FILE).exists()
 
@@ -77,10 +77,11 @@ def test_check_vectors_names_its_source_and_each_fault() -> None:
     eye = np.eye(2, dtype=np.float32)
     check_vectors(np.array([1, 2]), eye * (1 + 0.9e-3), dim=2, source="ok")  # within UNIT_TOL
     faults = {
-        "vectors have shape": (np.array([1, 2]), eye, 3),
+        "item 1: vectors have shape": (np.array([1, 2]), eye, 3),
         "3 item IDs for 2 vectors": (np.array([1, 2, 3]), eye, 2),
-        "item 2: vector not finite or not unit norm": (np.array([1, 2]), eye * [[1], [1.01]], 2),
-        "repeated item IDs": (np.array([7, 7]), eye, 2),
+        "item 2: vector of norm 1.01, expected unit norm": (np.array([1, 2]), eye * [[1], [1.01]], 2),
+        "item 2: zero vector": (np.array([1, 2]), eye * [[1], [0]], 2),
+        r"item 7: repeated item ID \(rows 0 and 1\)": (np.array([7, 7]), eye, 2),
     }
     for message, (ids, vectors, dim) in faults.items():
         with pytest.raises(ValueError, match=f"^store.sqlite: {message}"):
