@@ -117,7 +117,8 @@ def _check_shape(item_ids: np.ndarray, vectors: np.ndarray, dim: int, source: Pa
 def _row_fault(row: np.ndarray, norm: float) -> str:
     """What is wrong with one refused row (not finite, zero, or not unit norm)."""
     if not np.isfinite(row).all():
-        return f"vector not finite ({int(np.isnan(row).sum())} NaN, {int(np.isinf(row).sum())} inf of D={len(row)}: {row[:4]}...)"
+        nan, inf = int(np.isnan(row).sum()), int(np.isinf(row).sum())
+        return f"vector not finite ({nan} NaN, {inf} inf of D={len(row)}: {row[:4]}...)"
     if norm < MIN_NORM:
         return f"zero vector (norm {norm:.3g}), expected unit norm"
     return (f"vector of norm {norm:.6g}, expected unit norm (|norm - 1| <= UNIT_TOL = {UNIT_TOL:g}); "
@@ -144,7 +145,8 @@ def check_vectors(item_ids: np.ndarray, vectors: np.ndarray, dim: int, source: P
     Example::
 
         >>> check_vectors(np.array([1, 2]), np.eye(2, dtype=np.float32), dim=2, source="t")
-        >>> check_vectors(np.array([1, 2]), np.array([[1, 0], [0, 2]], np.float32), dim=2, source="t")  # doctest: +ELLIPSIS
+        >>> v = np.array([[1, 0], [0, 2]], np.float32)
+        >>> check_vectors(np.array([1, 2]), v, dim=2, source="t")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         ValueError: t: item 2: vector of norm 2, expected unit norm (|norm - 1| <= UNIT_TOL = 0.001); ...
@@ -161,7 +163,8 @@ def check_vectors(item_ids: np.ndarray, vectors: np.ndarray, dim: int, source: P
     i = first_repeat(item_ids)
     if i is not None:
         first = int(np.flatnonzero(item_ids == item_ids[i])[0])
-        raise ValueError(f"{source}: item {item_ids[i]}: repeated item ID (rows {first} and {i}), expected one row per item")
+        raise ValueError(f"{source}: item {item_ids[i]}: repeated item ID (rows {first} and {i}), "
+                         "expected one row per item")
 
 
 def renormalize_vectors(
@@ -237,6 +240,11 @@ def write_item_vectors(path: Path, item_ids: np.ndarray, vectors: np.ndarray, di
 
 
 def read_item_vectors(path: Path, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(item_ids (N,) int64, vectors (N, D) float32) of a vector table file (:func:`table_arrays`)."""
+    return table_arrays(pq.read_table(path), path, dim)
+
+
+def table_arrays(table: pa.Table, path: Path | str, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(item_ids (N,) int64, vectors (N, D) float32) of a vector table, its structure checked.
 
     ``vector`` may be a ``fixed_size_list<float>[D]`` (what :func:`write_item_vectors`
@@ -245,7 +253,8 @@ def read_item_vectors(path: Path, dim: int | None = None) -> tuple[np.ndarray, n
     (:func:`load_vectors` runs :func:`check_vectors`).
 
     Args:
-        path (Path): the Parquet file.
+        table (pa.Table): the table as read.
+        path (Path | str): the file it was read from; starts every message.
         dim (int | None): the declared width (``vectors.json`` "dim"); ``None``:
             the fixed list size, or the first row's length.
 
@@ -255,7 +264,6 @@ def read_item_vectors(path: Path, dim: int | None = None) -> tuple[np.ndarray, n
             naming the first such item: a null vector, a vector of another
             length than D, a null value inside a vector.
     """
-    table = pq.read_table(path)
     if "vector" not in table.column_names or "item_id" not in table.column_names:
         raise ValueError(f"{path}: expected columns item_id and vector, got {table.column_names}")
     vtype, itype = table.schema.field("vector").type, table.schema.field("item_id").type
