@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -391,3 +392,14 @@ def test_mmctr_train_refuses_a_nan_row_for_the_most_shown_item_at_start(tiny_wor
     with pytest.raises(ValueError, match=f"^{file}: item {top}: vector not finite"):
         run_train(job)
     assert not (out / "checkpoints").exists() and not (out / "train_log.json").exists()  # refused before step 1
+    # The job's TrainConfig.renormalize_vectors (--renormalize-vectors) reaches the load: an item before the most
+    # shown one, not unit norm, is refused without it and re-normalised with it; the NaN row is refused either way.
+    early = top // 2
+    assert early < top, "the tiny world's most shown item is item 0"
+    v[early] *= 2
+    _raw_table(tmp_path / "vectors", np.arange(n), list(v), pa.list_(pa.float32(), 16), dim=16)
+    with pytest.raises(ValueError, match=f"^{file}: item {early}: vector of norm 2"):
+        run_train(job)
+    with pytest.raises(ValueError, match=f"^{file}: item {top}: vector not finite"):
+        run_train(replace(job, train=TrainConfig(batch_size=256, renormalize_vectors=True)))
+
