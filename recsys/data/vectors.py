@@ -12,21 +12,14 @@ One unit-norm float32 vector of width D per item, from two sources:
 
 :func:`load_vectors` reads either, or a table merged with a store (the daily
 refresh of the CTR model's frozen table), into one :class:`ItemVectors`:
-what training, evaluation, the retrain and serving load. Every check on
-vectors (width, finite, unit norm within ``UNIT_TOL``, repeated IDs) is
-:func:`check_vectors`.
-
-Vectors are checked at the door: whatever wrote them (``mmctr pretrain``,
-another encoder's export, an edited table, a store written around the
-embedder), :func:`load_vectors` refuses, with a ``ValueError`` naming the
-file and the first bad ``item_id``, a null row or value, a row of another
-width than the declared D (``vectors.json`` "dim", the store's bound dim), a
-NaN or inf, a row whose norm is off 1 by more than ``UNIT_TOL`` = 1e-3
-(|‖v‖ − 1| ≤ 1e-3 passes), an item listed twice. With ``renormalize=True``
-(``TrainConfig.renormalize_vectors``, ``mmctr train --renormalize-vectors``)
-finite non-zero rows off unit norm are scaled to unit norm instead, counted in
-``ItemVectors.renormalized`` and ``manifest["renormalized"]`` and logged;
-zero and non-finite rows are still refused.
+what training, evaluation, the retrain and serving load, checked at the door
+whatever wrote it (another encoder's export, an edited table, a store written
+around the embedder): a ``ValueError`` names the file and the first bad
+``item_id`` of a null row or value, a width other than the declared D, a NaN
+or inf, a norm off 1 by more than ``UNIT_TOL`` (|‖v‖ − 1| ≤ 1e-3 passes), an
+item listed twice (:func:`table_arrays`, :func:`read_snapshot`,
+:func:`check_vectors`). ``renormalize=True`` (``TrainConfig.renormalize_vectors``)
+re-normalises finite non-zero rows instead, counted and logged.
 
 Notation: ``N`` items of a table, ``M`` items of a store or of the result, ``D`` width.
 
