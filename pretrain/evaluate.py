@@ -25,7 +25,7 @@ from pretrain.config import TowerConfig
 from pretrain.encoder import MODALITY_FILES, load_encoder
 from recsys.data.content import where
 from recsys.data.schema import Manifest, table_files
-from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, read_item_vectors
+from recsys.data.vectors import VECTORS_MANIFEST, load_vectors
 
 PURITY_SAMPLE = 5_000  # items whose neighbours are checked
 PURITY_K = 10
@@ -99,7 +99,8 @@ def _categories(world: Path, item_ids: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def evaluate_run(run: Path, queries: dict[str, object], categories: np.ndarray, sample: np.ndarray) -> dict[str, float]:
     """Recall and purity of one pretrain run directory."""
-    item_ids, fused = read_item_vectors(run / VECTORS_FILE)
+    table = load_vectors(run)
+    item_ids, fused = table.item_ids, table.vectors
     by_modality = {name: np.load(run / file) for name, file in MODALITY_FILES.items()}
     row_of = {int(i): r for r, i in enumerate(item_ids)}
     target = np.array([row_of[int(p)] for p in queries["purchased"]])
@@ -123,7 +124,7 @@ def evaluate_runs(world: Path, runs: list[Path]) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     for run in runs:
         meta = json.loads((Path(run) / VECTORS_MANIFEST).read_text())
-        item_ids, _ = read_item_vectors(Path(run) / VECTORS_FILE)
+        item_ids = load_vectors(Path(run)).item_ids
         categories = _categories(world, item_ids)
         rng = np.random.default_rng(0)
         sample = rng.choice(len(item_ids), size=min(PURITY_SAMPLE, len(item_ids)), replace=False)

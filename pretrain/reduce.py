@@ -108,7 +108,7 @@ def reduce_run(run: Path, dim: int, out: Path) -> dict:
     """
     from pretrain.encoder import ENCODER_FILE, encoder_tower, load_encoder, save_encoder
     from pretrain.towers import ItemEncoder
-    from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, read_item_vectors, write_item_vectors
+    from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, load_vectors, write_item_vectors
 
     run, out = Path(run), Path(out)
     files = {name: run / name for name in (ENCODER_FILE, VECTORS_FILE, VECTORS_MANIFEST)}
@@ -123,7 +123,8 @@ def reduce_run(run: Path, dim: int, out: Path) -> dict:
     source = load_encoder(files[ENCODER_FILE])
     if source.reduced_dim:
         raise ValueError(f"{files[ENCODER_FILE]}: already reduced to {source.reduced_dim}; reduce the original run")
-    item_ids, vectors = read_item_vectors(files[VECTORS_FILE])
+    table = load_vectors(files[VECTORS_FILE])
+    item_ids, vectors = table.item_ids, table.vectors
     if vectors.shape[1] != source.output_dim():
         raise ValueError(f"{files[VECTORS_FILE]}: vectors of width {vectors.shape[1]}, "
                          f"but {files[ENCODER_FILE]} makes {source.output_dim()}")  # fmt: skip

@@ -286,7 +286,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML/TOML job file with 'model' and 'train' sections")
     _sharding(p, ", the planner's")
     p.add_argument("--make-from", type=Path, help="finished MAKE stage-1 folder (default: run stage 1 into OUT/make_stage1)")
-    add_settings(p, TrainConfig, only=("seed", "epochs", "batch_size", "checkpoint_every", "stop_after_steps"), override=True)
+    add_settings(p, TrainConfig, override=True,
+                 only=("seed", "epochs", "batch_size", "checkpoint_every", "stop_after_steps", "renormalize_vectors"))
     p.add_argument("--train-until", type=int, help="last training day (default: the day before the world's last); "
                    "the next day is the test day")
     _quiet(p)

@@ -36,7 +36,7 @@ Example::
     >>> import tempfile, numpy as np
     >>> store = VectorStore(Path(tempfile.mkdtemp()) / "vectors.sqlite")
     >>> store.bind(dim=2, encoder_sha256="abc")
-    >>> v = np.array([[1, 0], [0, 1]], np.float32)
+    >>> v = np.array([[1, 0], [0, 1]], np.float32)  # unit rows: write() refuses others
     >>> store.write(np.array([7, 8]), v, created_at=np.array([1.0, 2.0])).inserted.tolist()
     [7, 8]
     >>> store.write(np.array([8, 9]), v, created_at=np.array([2.0, 3.0])).inserted.tolist()  # 8 is kept as it was
@@ -63,6 +63,7 @@ from recsys.data.vectors import (
     STORE_SCHEMA,
     StoreSnapshot,
     check_store,
+    check_vectors,
     open_store,
     read_snapshot,
     store_meta,
@@ -207,6 +208,11 @@ class VectorStore:
 
         Returns:
             WriteResult: the item IDs that got their vector now (the others had one), the version.
+
+        Raises:
+            ValueError: nothing is written when the shapes do not match the
+                store's D, or a row is not finite or not unit norm, or an ID
+                is twice in the batch (``check_vectors``, naming the first item).
         """
         self._check_writer()
         dim = self.dim
@@ -214,6 +220,7 @@ class VectorStore:
         if dim is None or vectors.ndim != 2 or vectors.shape[1] != dim or len(vectors) != len(item_ids):
             raise ValueError(f"{self.path}: {len(item_ids)} IDs and vectors of shape {vectors.shape}; "
                              f"the store holds D={dim} (bind it first)")  # fmt: skip
+        check_vectors(item_ids, vectors, dim, source=self.path)  # the encoder's vectors are finite and unit norm
         now = time.time()
         with self._transaction() as db:
             version = self.version + 1

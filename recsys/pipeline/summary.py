@@ -41,15 +41,16 @@ def _lift(model: dict, subset: str) -> float | None:
 
 def served_vs_batch(layout: Layout) -> float:
     """The largest |served - batch-embedded| vector component over the items the store holds."""
-    from recsys.data.vectors import VECTORS_FILE, read_item_vectors, read_store
+    from recsys.data.vectors import load_vectors
 
-    snap = read_store(layout.store)
-    ids, vectors = read_item_vectors(layout.pretrain_scl / VECTORS_FILE)
+    snap = load_vectors(layout.store)
+    table = load_vectors(layout.pretrain_scl)
+    ids, vectors = table.item_ids, table.vectors
     order = np.argsort(ids)
     pos = np.minimum(np.searchsorted(ids, snap.item_ids, sorter=order), len(ids) - 1)
     rows = order[pos]
     if not len(snap.item_ids) or not np.array_equal(ids[rows], snap.item_ids):
-        raise ValueError(f"{layout.store}: holds items that {layout.pretrain_scl / VECTORS_FILE} lacks (or none at all)")
+        raise ValueError(f"{layout.store}: holds items that {table.path} lacks (or none at all)")
     return float(np.abs(snap.vectors - vectors[rows]).max())
 
 

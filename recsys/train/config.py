@@ -62,6 +62,9 @@ class TrainConfig:
     log_every: int = setting(20, "steps between loss-curve points (and progress-bar refreshes)")
     max_table_rows: int | None = setting(None, "cap on every ID table's rows; None: the manifest's ID ranges")
     out_of_range: str = setting("refuse", "IDs beyond a table's rows: refuse or hash (reader.OUT_OF_RANGE)")
+    renormalize_vectors: bool = setting(
+        False, "scale item vectors that are finite and non-zero but not unit norm to unit norm instead of "
+        "refusing them (logged; counted in train_log.json vectors.renormalized)")
 
     def __post_init__(self) -> None:
         check_positive(self, ("batch_size", "epochs", "make_max_epochs", "make_patience", "eval_batch_size", "log_every"))

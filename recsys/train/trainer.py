@@ -117,7 +117,7 @@ def build(job: TrainJob, ctx: DistContext) -> Built:
     if spec.uses_vectors():
         if job.vectors is None:
             raise ValueError(f"variant {job.model.variant!r} needs item vectors: pass --vectors FILE")
-        vectors = load_vectors(job.vectors, store=job.store)
+        vectors = load_vectors(job.vectors, store=job.store, renormalize=job.train.renormalize_vectors)
     mm_dim = vectors.dim if vectors is not None else 0
     make_state = None
     if spec.make and not (job.warm_start is not None and job.warm_start_make):  # else the warm start brings MAKE

@@ -20,8 +20,10 @@ D = 4
 
 
 def _vectors(ids: np.ndarray, salt: float = 0.0) -> np.ndarray:
-    """Rows that say which item they belong to: [id, id, id, id] + salt, float32 (N, D)."""
-    return np.repeat(np.asarray(ids, np.float32)[:, None], D, axis=1) + np.float32(salt)
+    """Unit rows that say which item they belong to: [id + salt, 1, 2, 3] normalised, float32 (N, D)."""
+    ids = np.asarray(ids, np.float32)
+    v = np.concatenate([ids[:, None] + np.float32(salt), np.tile(np.arange(1, D, dtype=np.float32), (len(ids), 1))], 1)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 @pytest.fixture
@@ -75,6 +77,17 @@ def test_a_failed_batch_commits_nothing(store: VectorStore) -> None:
     with pytest.raises(ValueError, match="not enough values"):
         store.write(ids, _vectors(ids), np.zeros(2), handled_files=[("part-1.parquet",)])  # a bad row mid-transaction
     assert store.read().item_ids.tolist() == [] and store.handled_files() == set() and store.version == 0
+
+
+@pytest.mark.parametrize("fault, message", [(np.nan, "vector not finite"), (0.0, "zero vector"),
+                                            (3.0, "vector of norm 3, expected unit norm")])  # fmt: skip
+def test_a_row_that_is_not_a_unit_vector_is_refused_at_write(store: VectorStore, fault: float, message: str) -> None:
+    ids = np.array([4, 9, 6])
+    vectors = _vectors(ids)
+    vectors[1:] *= fault  # rows of items 9 and 6: the first is named
+    with pytest.raises(ValueError, match=f"^{store.path}: item {ids[1]}: {message}"):
+        store.write(ids, vectors, np.zeros(3))
+    assert store.read().item_ids.tolist() == [] and store.version == 0
 
 
 def test_one_store_one_encoder(store: VectorStore, tmp_path: Path) -> None:
