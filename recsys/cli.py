@@ -85,6 +85,7 @@ def _cmd_reduce_vectors(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from recsys.models.config import ModelConfig
     from recsys.train.config import TrainConfig, load_job_config
+    from recsys.train.loop import RowCountError
     from recsys.train.trainer import TrainJob, run_train
 
     model, train = load_job_config(args.config)
@@ -100,18 +101,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         train_until=args.train_until,
     )
-    run_train(job)
+    try:
+        run_train(job)
+    except (ValueError, FileNotFoundError, RowCountError) as e:  # a refused input or run, named in the message
+        print(f"mmctr train: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
     import os
 
+    from recsys.train.loop import RowCountError
     from recsys.train.retrain import RetrainJob, retrain_summary, run_retrain
 
     job = RetrainJob(parent=args.from_run, day=args.day, out=args.out, vectors=args.vectors, store=args.store,
                      retrain_make=args.retrain_make, world=args.world, sharding=args.sharding, quiet=args.quiet)
-    metrics = run_retrain(job)
+    try:
+        metrics = run_retrain(job)
+    except (ValueError, FileNotFoundError, RowCountError) as e:
+        print(f"mmctr retrain: {e}", file=sys.stderr)
+        return 1
     if metrics is not None and os.environ.get("RANK", "0") == "0":
         print(f"retrain {args.out}: {retrain_summary(metrics)}")
     return 0
