@@ -34,7 +34,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-FORMAT_VERSION = 1
+from recsys.data.spec import FeatureSpec, world_spec
+
+FORMAT_VERSION = 2  # written; 2 adds `features` (the feature spec), `test_day`, optional generator fields
+READ_VERSIONS: tuple[int, ...] = (1, 2)
 MANIFEST = "manifest.json"
 TRUTH_DIR = "truth"
 
@@ -130,42 +133,71 @@ IMAGE_COLUMNS: dict[str, tuple[str, ...]] = {"items": ("image",), "searches": ("
 class Manifest:
     """``manifest.json``: what a dataset holds.
 
+    Required: ``format_version``, ``first_day``, ``last_day``; everything else
+    has a default, so a real log's manifest can be a few lines.
+
     Args:
-        format_version (int): version of this format (``FORMAT_VERSION``).
+        format_version (int): version of this format (``FORMAT_VERSION``);
+            ``READ_VERSIONS`` are read. Format 1 has no ``features`` and reads
+            as ``spec.world_spec()``.
+        first_day (int): first impression day.
+        last_day (int): last impression day.
+        counts (dict[str, int]): rows per table (informational).
+        id_ranges (dict[str, int]): for each ``identity`` table, its size: valid
+            IDs are ``0 <= id < id_ranges[table]``. Tables of raw IDs
+            (``managed``, ``hash``) need none.
+        max_history_len (int): longest history kept per impression (the last
+            this many items; longer histories are cut, not refused).
+        test_day (int | None): the evaluation day; the model trains on the days
+            before it. ``None`` = ``last_day``.
+        features (FeatureSpec): the feature spec (``recsys.data.spec``).
         preset (str): world preset, or any name for a real log.
         seed (int): generator seed (0 for a real log).
-        counts (dict[str, int]): rows per table.
-        id_ranges (dict[str, int]): for each ID kind, the table size: valid IDs
-            are ``0 <= id < id_ranges[kind]``.
-        first_day (int): first impression day.
-        last_day (int): last impression day; by convention the test day.
-        max_history_len (int): longest allowed ``history_item_ids``.
-        image_size (int): side of the square item images, in pixels.
+        image_size (int | None): side of the square item images, in pixels;
+            required when ``features.content`` holds ``image``.
+        extra (dict): free-form notes.
     """
 
     format_version: int
-    preset: str
-    seed: int
-    counts: dict[str, int]
-    id_ranges: dict[str, int]
     first_day: int
     last_day: int
-    max_history_len: int
-    image_size: int
-    extra: dict[str, object] = field(default_factory=dict)  # free-form notes
+    counts: dict[str, int] = field(default_factory=dict)
+    id_ranges: dict[str, int] = field(default_factory=dict)
+    max_history_len: int = 50
+    test_day: int | None = None  # type: ignore[assignment]  # None: filled with last_day
+    features: FeatureSpec = field(default_factory=world_spec)
+    preset: str = "log"
+    seed: int = 0
+    image_size: int | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.test_day is None:
+            object.__setattr__(self, "test_day", self.last_day)
+        if isinstance(self.features, dict):
+            object.__setattr__(self, "features", FeatureSpec.from_dict(self.features, MANIFEST))
 
     @property
-    def test_day(self) -> int:
-        return self.last_day
+    def spec(self) -> FeatureSpec:
+        return self.features
 
     def write(self, directory: Path) -> None:
         path = Path(directory) / MANIFEST
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        raw = asdict(self)
+        raw["features"] = self.features.to_dict()
+        tmp.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
         tmp.replace(path)
 
     @staticmethod
     def read(directory: Path) -> "Manifest":
+        """Reads and checks ``manifest.json`` of ``directory``.
+
+        Raises:
+            FileNotFoundError: no ``manifest.json``.
+            ValueError: naming the file and the field: not JSON, a missing
+                required or unknown field, an unread format version, a bad spec.
+        """
         path = Path(directory) / MANIFEST
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; every dataset needs a {MANIFEST}")
@@ -176,17 +208,27 @@ class Manifest:
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a JSON object")
         names = set(Manifest.__dataclass_fields__)
-        missing = sorted(names - set(raw) - {"extra"})
+        missing = sorted({"format_version", "first_day", "last_day"} - set(raw))
         if missing:
             raise ValueError(f"{path}: missing field(s) {missing}")
         unknown = sorted(set(raw) - names)
         if unknown:
-            raise ValueError(f"{path}: unknown field(s) {unknown}")
-        if raw["format_version"] != FORMAT_VERSION:
+            raise ValueError(f"{path}: unknown field(s) {unknown}; known: {sorted(names)}")
+        if raw["format_version"] not in READ_VERSIONS:
             raise ValueError(
-                f"{path}: format_version {raw['format_version']!r}, this mmctr reads {FORMAT_VERSION}"
+                f"{path}: format_version {raw['format_version']!r}, this mmctr reads {list(READ_VERSIONS)}"
             )
-        return Manifest(**raw)
+        if raw["format_version"] == 1 and "features" in raw:
+            raise ValueError(f"{path}: format_version 1 has no 'features'; declare format_version {FORMAT_VERSION}")
+        if "features" in raw:
+            raw["features"] = FeatureSpec.from_dict(raw["features"], str(path))
+        for name in ("first_day", "last_day", "max_history_len", "seed"):
+            if name in raw and (not isinstance(raw[name], int) or isinstance(raw[name], bool)):
+                raise ValueError(f"{path}: {name} must be an integer, got {raw[name]!r}")
+        m = Manifest(**raw)
+        if not m.first_day <= m.test_day <= m.last_day:
+            raise ValueError(f"{path}: test_day {m.test_day} outside the days [{m.first_day}, {m.last_day}]")
+        return m
 
 
 def table_files(directory: Path, table: str) -> list[Path]:

@@ -117,7 +117,8 @@ def _write_dataset(root: Path) -> None:
     _write(searches, root / "searches" / "part-00000.parquet")
     n_impressions = IMPRESSIONS_PER_DAY * len(DAYS)
     counts = {"items": N_ITEMS, "users": N_USERS, "impressions": n_impressions, "searches": N_SEARCHES}
-    Manifest(1, "hand", 0, counts, ID_RANGES, DAYS[0], DAYS[-1], MAX_HISTORY, 8).write(root)
+    Manifest(format_version=1, preset="hand", seed=0, counts=counts, id_ranges=ID_RANGES, first_day=DAYS[0],
+             last_day=DAYS[-1], max_history_len=MAX_HISTORY, image_size=8).write(root)
 
 
 @pytest.fixture()
