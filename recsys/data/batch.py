@@ -3,14 +3,15 @@
 Notation:
 
 * ``B``: batch size (impressions).
-* ``F``: number of dense features, ``len(DENSE_FEATURES)``.
-* ``K``: number of sparse features, ``len(SPARSE_FEATURES)``.
+* ``F``: number of dense features, ``len(spec.dense)``.
+* ``K``: number of KJT keys, ``len(spec.kjt_keys())``.
 * ``L_i``: history length of impression ``i`` (at most ``max_history_len``).
 
-The sparse features form one ``KeyedJaggedTensor`` with keys ordered as
-``SPARSE_FEATURES``: nine single-valued features (length 1 per impression)
-and the jagged ``history_item_ids`` (most recent clicks, oldest first). For
-B = 2 impressions, one with a history of 2 items and one with none::
+The sparse features form one ``KeyedJaggedTensor`` with keys ordered as the
+dataset's feature spec says (``recsys.data.spec.FeatureSpec.kjt_keys``): the
+single-valued features (length 1 per impression), then the jagged history
+(most recent clicks, oldest first) and its side features. For the world's
+spec and B = 2 impressions, one with a history of 2 items and one with none::
 
     #                 impression 0     impression 1
     # user_id           [u0]             [u1]
@@ -22,22 +23,19 @@ B = 2 impressions, one with a history of 2 items and one with none::
     values  = [u0, u1, a0, a1, ..., p0, p1, h00, h01]
     lengths = [1, 1, 1, 1, ..., 1, 1, 2, 0]      # K * B entries, key-major
 
-``FEATURE_ID_KIND`` names the manifest ID range (``Manifest.id_ranges``) that
-bounds each sparse feature, so embedding table sizes come from the manifest;
-``history_item_ids`` holds item IDs and shares the ``item_id`` table.
-
 Example::
 
     >>> import torch
     >>> from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+    >>> from recsys.data.spec import world_spec
     >>> B = 2
     >>> kjt = KeyedJaggedTensor(
-    ...     keys=list(SPARSE_FEATURES),
+    ...     keys=list(world_spec().kjt_keys()),
     ...     values=torch.arange(9 * B + 2),
     ...     lengths=torch.tensor([1] * (9 * B) + [2, 0], dtype=torch.int32),
     ... )
     >>> batch = Batch(
-    ...     dense_features=torch.zeros(B, len(DENSE_FEATURES)),
+    ...     dense_features=torch.zeros(B, 2),
     ...     sparse_features=kjt,
     ...     labels=torch.tensor([1.0, 0.0]),
     ...     user_ids=torch.tensor([0, 1]),
@@ -48,8 +46,6 @@ Example::
     (2, 1)
     >>> batch.to(torch.device("cpu")).sparse_features["history_item_ids"].to_dense()
     [tensor([18, 19]), tensor([], dtype=torch.int64)]
-    >>> FEATURE_ID_KIND["history_item_ids"]
-    'item_id'
 """
 
 from __future__ import annotations
@@ -60,44 +56,19 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
-# Dense features, in column order of `Batch.dense_features`.
-DENSE_FEATURES: tuple[str, ...] = ("position", "log_history_len")
-
-# Sparse features, in key order of `Batch.sparse_features`.
-SPARSE_FEATURES: tuple[str, ...] = (
-    "user_id",
-    "age_bucket",
-    "gender",
-    "city_id",
-    "item_id",
-    "shop_id",
-    "brand_id",
-    "category_id",
-    "price_bucket",
-    "history_item_ids",
-)
-
-# The single-valued sparse features (one ID per impression).
-SINGLE_FEATURES: tuple[str, ...] = SPARSE_FEATURES[:-1]
-
-# The manifest ID range (`Manifest.id_ranges` key) bounding each sparse feature.
-FEATURE_ID_KIND: dict[str, str] = {name: name for name in SINGLE_FEATURES} | {
-    "history_item_ids": "item_id"
-}
-
-
 @dataclass
 class Batch(Pipelineable):
     """A batch of impressions (TorchRec ``Pipelineable``, like ``torchrec.datasets.utils.Batch``).
 
     Args:
         dense_features (torch.Tensor): float32 tensor of shape (B, F), columns
-            as ``DENSE_FEATURES``.
-        sparse_features (KeyedJaggedTensor): keys as ``SPARSE_FEATURES``,
-            stride B (layout in the module docstring).
+            as ``spec.dense_names()``.
+        sparse_features (KeyedJaggedTensor): keys as ``spec.kjt_keys()``,
+            stride B (layout in the module docstring); IDs of managed and hash
+            tables raw.
         labels (torch.Tensor): float32 tensor of shape (B,), 1.0 = click.
-        user_ids (torch.Tensor): int64 tensor of shape (B,), for GAUC grouping.
-        item_ids (torch.Tensor): int64 tensor of shape (B,), the shown items.
+        user_ids (torch.Tensor): int64 tensor of shape (B,), raw user IDs, for GAUC grouping.
+        item_ids (torch.Tensor): int64 tensor of shape (B,), the shown items' raw IDs.
         weights (torch.Tensor): float32 tensor of shape (B,), each row's loss
             weight: 1.0 for an impression, 0.0 for a padding row (it moves no
             gradient and no metric; readers pad so every rank steps together).

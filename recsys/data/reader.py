@@ -30,16 +30,20 @@ What one epoch of rank ``r`` reads:
    reading only the row groups under them, so the batches are the same for
    any ``K`` (only their order interleaves).
 6. Each impression is joined with its user (``users/``) and item
-   (``items/``) side features; ``items/`` is read without its title and image
-   columns. The side tables take memory proportional to their rows: sorted
+   (``items/``) features as the dataset's feature spec declares them
+   (``recsys.data.spec``; a side table no feature comes from is not read);
+   each history item with the item features of ``history_side``; ``items/``
+   is read without its title and image columns. The side tables take memory proportional to their rows: sorted
    unique IDs searched with ``np.searchsorted``, or a dense array indexed by
    ID when the ID range is at most ``DENSE_LOOKUP_FACTOR`` times the rows. An
    ID listed twice in a side table, or an impression whose user or item has
    no row, is a ``ValueError`` naming the file.
-7. IDs at or beyond their embedding table's rows (``table_sizes``, by
-   default the manifest's ranges) are refused (``ValueError`` naming file,
-   feature and count) or, with ``out_of_range="hash"``, folded in as
-   ``id % rows`` and counted in ``out_of_range_counts``.
+7. IDs of ``identity`` tables at or beyond their table's rows
+   (``table_sizes``, by default the manifest's ranges) are refused
+   (``ValueError`` naming file, feature and count) or, with
+   ``out_of_range="hash"``, folded in as ``id % rows`` and counted in
+   ``out_of_range_counts``. IDs of ``managed`` and ``hash`` tables pass raw:
+   the model remaps them (``recsys.models.remap``).
 8. A background thread prepares up to ``prefetch`` batches ahead.
 
 Resuming mid-epoch: once every rank has done ``steps`` batches,
@@ -48,10 +52,12 @@ intervals, JSON-friendly, the same on every rank); a reader built with
 ``ReaderConfig(remaining=...)`` on any number of ranks trains exactly those
 rows (same ``seed`` and ``set_epoch``).
 
-Dense features (``DENSE_FEATURES``): ``position`` as float and
-``log1p(len(history_item_ids))`` of the history as written (before
-truncation). ``history_item_ids`` keeps its last (most recent)
-``max_history_len`` entries.
+KJT keys are ``spec.kjt_keys()``: the single-valued features, then the
+history and its side features (``history_<feature>``, same lengths). Dense
+features are ``spec.dense`` in order, transformed (``log1p``, or
+standardised with ``config.dense_stats``); a ``history`` dense feature is the
+history's length as written (before truncation). The history keeps its last
+(most recent) ``max_history_len`` entries.
 
 Example::
 
@@ -107,20 +113,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data import plan
-from recsys.data.batch import DENSE_FEATURES, FEATURE_ID_KIND, SINGLE_FEATURES, SPARSE_FEATURES, Batch
+from recsys.data.batch import Batch
 from recsys.data.prefetch import prefetch
 from recsys.data.schema import Manifest, table_files
-from recsys.data.side import SideTable, check_range as _check_range, read_column as _column
+from recsys.data.side import SideTable, read_column as _column
+from recsys.data.spec import FeatureSpec
 
-# Side features joined from users/ and items/, in `SINGLE_FEATURES` order.
-USER_SIDE: tuple[str, ...] = ("age_bucket", "gender", "city_id")
-ITEM_SIDE: tuple[str, ...] = ("shop_id", "brand_id", "category_id", "price_bucket")
-IMPRESSION_COLUMNS: tuple[str, ...] = ("day", "user_id", "item_id", "history_item_ids", "position", "label")
-
-_S = len(SINGLE_FEATURES)
 OUT_OF_RANGE: tuple[str, ...] = ("refuse", "hash")
-if SINGLE_FEATURES != ("user_id", *USER_SIDE, "item_id", *ITEM_SIDE):
-    raise ImportError("recsys.data.batch.SINGLE_FEATURES no longer matches the reader's join order")
 
 
 @dataclass(frozen=True)
@@ -137,8 +136,10 @@ class ReaderConfig:
     max_history_len: int | None = None  # keep the last this many history items; None = manifest's
     # the epoch's rows still to read, as global [start, end) intervals (`remaining_after`); None = all
     remaining: tuple[tuple[int, int], ...] | None = None
-    table_sizes: dict[str, int] | None = None  # rows per ID kind; None = the manifest's id_ranges
-    out_of_range: str = "refuse"  # IDs >= their table's rows: "refuse" (ValueError) or "hash" (id % rows)
+    table_sizes: dict[str, int] | None = None  # rows per table; None = spec.table_rows(manifest's id_ranges)
+    out_of_range: str = "refuse"  # identity-table IDs >= their table's rows: "refuse" (ValueError) or "hash" (id % rows)
+    # (mean, std) per dense feature whose transform standardises (training days' statistics, `dense_moments`)
+    dense_stats: dict[str, tuple[float, float]] | None = None
 
     def __post_init__(self) -> None:
         if self.days is not None and not isinstance(self.days, range):
@@ -171,11 +172,11 @@ class _RowGroup:
 class _Block:
     """Selected rows of one row group, joined and truncated, columnar (n rows)."""
 
-    single: np.ndarray  # int64 (S, n): rows as SINGLE_FEATURES
-    dense: np.ndarray  # float32 (n, F): columns as DENSE_FEATURES
+    single: np.ndarray  # int64 (S, n): rows as spec.sparse_keys()
+    dense: np.ndarray  # float32 (n, F): columns as spec.dense_names()
     labels: np.ndarray  # float32 (n,)
     hist_offsets: np.ndarray  # int64 (n + 1,), hist_offsets[0] == 0
-    hist_values: np.ndarray  # int64 (hist_offsets[-1],)
+    hist_values: tuple[np.ndarray, ...]  # int64 (hist_offsets[-1],) per spec.history_keys()
 
 
 class ImpressionReader(IterableDataset[Batch]):
@@ -198,6 +199,12 @@ class ImpressionReader(IterableDataset[Batch]):
         self.max_history_len = (
             self.manifest.max_history_len if config.max_history_len is None else config.max_history_len
         )
+        self.spec: FeatureSpec = self.manifest.features
+        spec = self.spec
+        self._columns = tuple(dict.fromkeys(
+            (spec.day, spec.user_key, spec.item_key, *(() if spec.history is None else (spec.history,)),
+             *spec.sources("impressions"), *spec.dense_from("impressions"), spec.label)
+        ))
         self._days = None if config.days is None else np.unique(np.asarray(list(config.days), dtype=np.int64))
         self._files = table_files(self.root, "impressions")
         self._groups = self._select_row_groups()
@@ -206,13 +213,33 @@ class ImpressionReader(IterableDataset[Batch]):
         self._remaining = whole if config.remaining is None else plan.normalize(config.remaining, self.total_rows)
         self._shares = plan.split(self._remaining, config.world_size)
         self._num_batches = plan.num_batches(self._remaining, config.world_size, config.batch_size)
-        ranges = self.manifest.id_ranges
-        self._users = SideTable.read(self.root, "users", "user_id", USER_SIDE, ranges)
-        self._items = SideTable.read(self.root, "items", "item_id", ITEM_SIDE, ranges)
-        self._table_rows = _table_rows(ranges, config.table_sizes)
+        self._table_rows = _table_rows(self.spec, self.manifest.id_ranges, config.table_sizes)
+        self._ranges = self._identity_ranges()
+        item_side = tuple(dict.fromkeys(spec.sources("items") + spec.history_side))
+        self._users = self._side("users", spec.user_key, spec.sources("users"))
+        self._items = self._side("items", spec.item_key, item_side)
+        self._item_side = item_side
+        self._users_dense = self._side("users", spec.user_key, spec.dense_from("users"), floats=True)
+        self._items_dense = self._side("items", spec.item_key, spec.dense_from("items"), floats=True)
+        self._stats = _dense_stats(spec, config.dense_stats)
         self._epoch = 0
-        # IDs hashed per feature, counted as rows are read (each pass counts again).
-        self.out_of_range_counts: dict[str, int] = {f: 0 for f in SPARSE_FEATURES}
+        # IDs hashed per KJT key, counted as rows are read (each pass counts again).
+        self.out_of_range_counts: dict[str, int] = {k: 0 for k in spec.kjt_keys()}
+
+    def _identity_ranges(self) -> dict[str, int | None]:
+        """The ID range of each sparse column (and key) whose table is identity; raw-ID columns get None."""
+        out: dict[str, int | None] = {}
+        for f in self.spec.sparse:
+            table = self.spec.table(self.spec.table_of(f.name))
+            out[f.name] = self.manifest.id_ranges.get(table.name, table.rows) if table.ids == "identity" else None
+        return out
+
+    def _side(self, name: str, key: str, columns: tuple[str, ...], floats: bool = False) -> SideTable | None:
+        """A side table's lookup of ``columns``; None when no feature comes from it."""
+        if not columns:
+            return None
+        ranges = {key: self._ranges.get(key)} | ({} if floats else {c: self._ranges.get(c) for c in columns})
+        return SideTable.read(self.root, name, key, columns, ranges, floats=floats)
 
     def num_batches(self) -> int:
         """Batches of this epoch (of ``config.remaining``), the same on every rank."""
@@ -259,7 +286,7 @@ class ImpressionReader(IterableDataset[Batch]):
             if meta.num_row_groups == 0:
                 continue
             file: pq.ParquetFile | None = None  # opened for straddling row groups only
-            day_col = _leaf_index(meta, "day", path)
+            day_col = _leaf_index(meta, self.spec.day, path, self._columns)
             for gi in range(meta.num_row_groups):
                 group = meta.row_group(gi)
                 n = group.num_rows
@@ -279,7 +306,7 @@ class ImpressionReader(IterableDataset[Batch]):
                         continue
                 # Straddles a day boundary (or has no statistics): count exactly.
                 file = file or pq.ParquetFile(path)
-                day = file.read_row_group(gi, columns=["day"]).column(0).to_numpy()
+                day = file.read_row_group(gi, columns=[self.spec.day]).column(0).to_numpy()
                 k = int(np.isin(day, days).sum())
                 if k:
                     out.append(_RowGroup(fi, gi, k, k == n))
@@ -327,20 +354,24 @@ class ImpressionReader(IterableDataset[Batch]):
                 filled += take
                 lo += take
                 if filled == B:
-                    yield _assemble(pieces)
+                    yield self._assemble(pieces)
                     pieces, filled = [], 0
         if pieces:
-            yield _assemble(pieces)
+            yield self._assemble(pieces)
         for _ in range(max(real, first), last):
-            yield _padding()
+            yield self.padding()
 
     def _load(self, file: pq.ParquetFile, rg: _RowGroup, lo: int, hi: int) -> _Block:
         """Rows ``[lo, hi)`` of row group ``rg`` in the epoch's order (day-filtered, shuffled), joined."""
         where = f"{self._files[rg.file]} (row group {rg.index})"
-        table = file.read_row_group(rg.index, columns=list(IMPRESSION_COLUMNS))
+        spec = self.spec
+        try:
+            table = file.read_row_group(rg.index, columns=list(self._columns))
+        except (KeyError, pa.ArrowInvalid) as e:
+            raise ValueError(f"{where}: {e}; the feature spec needs impressions columns {list(self._columns)}") from e
         rows: np.ndarray | None = None  # selected row indices; None = all, in order
         if not rg.whole:
-            rows = np.flatnonzero(np.isin(_column(table, "day", where), self._days))
+            rows = np.flatnonzero(np.isin(_column(table, spec.day, where), self._days))
         if self.config.shuffle:
             rng = np.random.default_rng((self.config.seed, self._epoch, rg.file, rg.index))
             perm = rng.permutation(rg.rows)
@@ -349,102 +380,152 @@ class ImpressionReader(IterableDataset[Batch]):
             rows = rows[lo:hi]
         elif (lo, hi) != (0, table.num_rows):
             table = table.slice(lo, hi - lo)  # zero-copy; rows stay in order
-        user = _take(_column(table, "user_id", where), rows).astype(np.int64, copy=False)
-        item = _take(_column(table, "item_id", where), rows).astype(np.int64, copy=False)
-        position = _take(_column(table, "position", where), rows).astype(np.float32)
-        labels = _take(_column(table, "label", where), rows).astype(np.float32)
-        hist = table.column("history_item_ids").combine_chunks()
-        if hist.null_count or hist.values.null_count:
-            raise ValueError(f"{where}: column 'history_item_ids' has nulls; expected lists of item IDs")
-        full_len, offsets, values = _jagged_take(
-            hist.offsets.to_numpy(), hist.values.to_numpy(), rows, self.max_history_len
-        )
+        user = _take(_column(table, spec.user_key, where), rows).astype(np.int64, copy=False)
+        item = _take(_column(table, spec.item_key, where), rows).astype(np.int64, copy=False)
+        labels = _take(_column(table, spec.label, where), rows).astype(np.float32)
         m = len(user)
-        single = np.empty((_S, m), dtype=np.int64)
-        single[0] = user
-        single[1 : 1 + len(USER_SIDE)] = self._users.join(user, where)
-        single[1 + len(USER_SIDE)] = item
-        single[2 + len(USER_SIDE) :] = self._items.join(item, where)
-        _check_range(values, self.manifest.id_ranges["item_id"], "history_item_ids", where)
-        for s, name in enumerate(SINGLE_FEATURES):
-            single[s] = self._fit_table(single[s], name, where)
-        values = self._fit_table(values, "history_item_ids", where)
-        dense = np.empty((m, len(DENSE_FEATURES)), dtype=np.float32)
-        dense[:, 0] = position
-        dense[:, 1] = np.log1p(full_len)
-        return _Block(single, dense, labels, offsets, values)
+        full_len = np.zeros(m, dtype=np.int64)
+        offsets = np.zeros(m + 1, dtype=np.int64)
+        hist_values: tuple[np.ndarray, ...] = ()
+        if spec.history is not None:
+            hist = table.column(spec.history).combine_chunks()
+            if hist.null_count or hist.values.null_count:
+                raise ValueError(f"{where}: column {spec.history!r} has nulls; expected lists of item IDs")
+            full_len, offsets, values = _jagged_take(hist.offsets.to_numpy(), hist.values.to_numpy(), rows, self.max_history_len)
+            values = self._fit_table(values, spec.history, where)
+            side = self._items.join(values, where) if self._items is not None and spec.history_side else None
+            hist_values = (values,) + tuple(
+                self._fit_table(side[self._item_side.index(s)].astype(np.int64), "history_" + s, where)  # type: ignore[index]
+                for s in spec.history_side
+            )
+        users = self._users.join(user, where) if self._users is not None else None
+        items = self._items.join(item, where) if self._items is not None else None
+        single = np.empty((len(spec.sparse), m), dtype=np.int64)
+        for s, f in enumerate(spec.sparse):
+            if f.name == spec.user_key:
+                single[s] = user
+            elif f.name == spec.item_key:
+                single[s] = item
+            elif f.source == "users":
+                single[s] = users[spec.sources("users").index(f.name)]  # type: ignore[index]
+            elif f.source == "items":
+                single[s] = items[self._item_side.index(f.name)]  # type: ignore[index]
+            else:
+                single[s] = _take(_column(table, f.name, where), rows)
+            single[s] = self._fit_table(single[s], f.name, where)
+        dense = np.empty((m, len(spec.dense)), dtype=np.float32)
+        for d, f in enumerate(spec.dense):
+            if f.source == "history":
+                col = full_len
+            elif f.source == "impressions":
+                col = _take(_column(table, f.name, where), rows)
+            else:
+                side_table, keys = (self._users_dense, user) if f.source == "users" else (self._items_dense, item)
+                col = side_table.join(keys, where)[spec.dense_from(f.source).index(f.name)]  # type: ignore[union-attr]
+            dense[:, d] = _transform(np.asarray(col, dtype=np.float64), f.transform, self._stats.get(f.name), f.name, where)
+        return _Block(single, dense, labels, offsets, hist_values)
 
-    def _fit_table(self, ids: np.ndarray, feature: str, where: str) -> np.ndarray:
-        """IDs of ``feature`` within its table's rows: hashed (``id % rows``) or refused, counted."""
-        rows = self._table_rows[FEATURE_ID_KIND[feature]]
+    def _fit_table(self, ids: np.ndarray, key: str, where: str) -> np.ndarray:
+        """IDs of KJT ``key`` as its table takes them: raw IDs (managed, hash tables) pass;
+        identity IDs past the table's rows are hashed (``id % rows``, counted) or refused."""
+        table = self.spec.table(self.spec.table_of(key))
+        if table.ids != "identity":
+            return ids
+        rows = self._table_rows[table.name]
+        if len(ids) and int(ids.min()) < 0:
+            raise ValueError(f"{where}: {key} {int(ids[ids < 0][0])} is negative; table {table.name!r} maps IDs to rows (identity)")
         over = ids >= rows
         n = int(over.sum()) if len(ids) and int(ids.max()) >= rows else 0
         if not n:
             return ids
         if self.config.out_of_range == "refuse":
             raise ValueError(
-                f"{where}: {n} {feature} value(s) >= the table's {rows} rows (e.g. {int(ids[over][0])}); "
-                f"set out_of_range='hash' to fold them into the table"
+                f"{where}: {n} {key} value(s) >= the table's {rows} rows (e.g. {int(ids[over][0])}); "
+                f"set out_of_range='hash' to fold them into the table, or declare table {table.name!r} managed"
             )
-        self.out_of_range_counts[feature] += n
+        self.out_of_range_counts[key] += n
         return np.where(over, ids % rows, ids)
 
+    def padding(self) -> Batch:
+        """A batch of one padding row: every ID 0 (a row of every identity table), no history, weight 0."""
+        spec = self.spec
+        S, H = len(spec.sparse), len(spec.history_keys())
+        kjt = KeyedJaggedTensor(
+            keys=list(spec.kjt_keys()),
+            values=torch.zeros(S, dtype=torch.int64),
+            lengths=torch.tensor([1] * S + [0] * H, dtype=torch.int32),
+            stride=1,
+        )
+        return Batch(
+            dense_features=torch.zeros(1, len(spec.dense)),
+            sparse_features=kjt,
+            labels=torch.zeros(1),
+            user_ids=torch.zeros(1, dtype=torch.int64),
+            item_ids=torch.zeros(1, dtype=torch.int64),
+            weights=torch.zeros(1),
+        )
 
-def _table_rows(ranges: dict[str, int], sizes: dict[str, int] | None) -> dict[str, int]:
-    """Rows of each ID kind's table: ``sizes`` where given, else the manifest's range."""
-    kinds = sorted(set(FEATURE_ID_KIND.values()))
-    rows = {k: int(ranges[k]) for k in kinds}
+    def _assemble(self, pieces: list[tuple[_Block, int, int]]) -> Batch:
+        """One Batch from row ranges of blocks (copies; no reference to the blocks survives)."""
+        spec = self.spec
+        S, H = len(spec.sparse), len(spec.history_keys())
+        values = [blk.single[s, a:b] for s in range(S) for blk, a, b in pieces]
+        values += [v[blk.hist_offsets[a] : blk.hist_offsets[b]] for h in range(H) for blk, a, b in pieces for v in (blk.hist_values[h],)]
+        B = sum(b - a for _, a, b in pieces)
+        lengths = np.empty((S + H) * B, dtype=np.int32)
+        lengths[: S * B] = 1
+        if H:
+            np.concatenate([np.diff(blk.hist_offsets[a : b + 1]) for blk, a, b in pieces], out=lengths[S * B : (S + 1) * B], casting="unsafe")
+            for h in range(1, H):
+                lengths[(S + h) * B : (S + h + 1) * B] = lengths[S * B : (S + 1) * B]
+        u, i = spec.sparse_keys().index(spec.user_key), spec.sparse_keys().index(spec.item_key)
+        kjt = KeyedJaggedTensor(
+            keys=list(spec.kjt_keys()),
+            values=torch.from_numpy(np.concatenate(values) if values else np.zeros(0, dtype=np.int64)),
+            lengths=torch.from_numpy(lengths),
+            stride=B,
+        )
+        return Batch(
+            dense_features=torch.from_numpy(np.concatenate([blk.dense[a:b] for blk, a, b in pieces])),
+            sparse_features=kjt,
+            labels=torch.from_numpy(np.concatenate([blk.labels[a:b] for blk, a, b in pieces])),
+            user_ids=torch.from_numpy(np.concatenate([blk.single[u, a:b] for blk, a, b in pieces])),
+            item_ids=torch.from_numpy(np.concatenate([blk.single[i, a:b] for blk, a, b in pieces])),
+            weights=torch.ones(B, dtype=torch.float32),
+        )
+
+
+def _table_rows(spec: FeatureSpec, ranges: dict[str, int], sizes: dict[str, int] | None) -> dict[str, int]:
+    """Rows of each table: ``sizes`` where given, else ``spec.table_rows`` (the manifest's ranges)."""
+    rows = spec.table_rows(ranges)
     for k, n in (sizes or {}).items():
         if k not in rows:
-            raise ValueError(f"table_sizes names unknown ID kind {k!r}; known: {kinds}")
+            raise ValueError(f"table_sizes names unknown table {k!r}; known: {sorted(rows)}")
         if n < 1:
             raise ValueError(f"table_sizes[{k!r}] must be >= 1, got {n}")
         rows[k] = int(n)
     return rows
 
 
-def _padding() -> Batch:
-    """A batch of one padding row: every ID 0 (a row of every table), no history, weight 0."""
-    kjt = KeyedJaggedTensor(
-        keys=list(SPARSE_FEATURES),
-        values=torch.zeros(_S, dtype=torch.int64),
-        lengths=torch.tensor([1] * _S + [0], dtype=torch.int32),
-        stride=1,
-    )
-    return Batch(
-        dense_features=torch.zeros(1, len(DENSE_FEATURES)),
-        sparse_features=kjt,
-        labels=torch.zeros(1),
-        user_ids=torch.zeros(1, dtype=torch.int64),
-        item_ids=torch.zeros(1, dtype=torch.int64),
-        weights=torch.zeros(1),
-    )
+def _dense_stats(spec: FeatureSpec, stats: dict[str, tuple[float, float]] | None) -> dict[str, tuple[float, float]]:
+    """The (mean, std) of each standardised dense feature; ValueError when one is missing."""
+    need = [f.name for f in spec.dense if "standardize" in f.transform]
+    missing = [n for n in need if not stats or n not in stats]
+    if missing:
+        raise ValueError(f"dense feature(s) {missing} are standardised: pass ReaderConfig.dense_stats (dense_moments of the training days)")
+    return {n: (float(stats[n][0]), float(stats[n][1])) for n in need} if stats else {}
 
 
-def _assemble(pieces: list[tuple[_Block, int, int]]) -> Batch:
-    """One Batch from row ranges of blocks (copies; no reference to the blocks survives)."""
-    values = [blk.single[s, a:b] for s in range(_S) for blk, a, b in pieces]
-    values += [blk.hist_values[blk.hist_offsets[a] : blk.hist_offsets[b]] for blk, a, b in pieces]
-    B = sum(b - a for _, a, b in pieces)
-    lengths = np.empty((_S + 1) * B, dtype=np.int32)
-    lengths[: _S * B] = 1
-    np.concatenate([np.diff(blk.hist_offsets[a : b + 1]) for blk, a, b in pieces], out=lengths[_S * B :], casting="unsafe")
-    user_ids = np.concatenate([blk.single[0, a:b] for blk, a, b in pieces])
-    item_ids = np.concatenate([blk.single[1 + len(USER_SIDE), a:b] for blk, a, b in pieces])
-    kjt = KeyedJaggedTensor(
-        keys=list(SPARSE_FEATURES),
-        values=torch.from_numpy(np.concatenate(values)),
-        lengths=torch.from_numpy(lengths),
-        stride=B,
-    )
-    return Batch(
-        dense_features=torch.from_numpy(np.concatenate([blk.dense[a:b] for blk, a, b in pieces])),
-        sparse_features=kjt,
-        labels=torch.from_numpy(np.concatenate([blk.labels[a:b] for blk, a, b in pieces])),
-        user_ids=torch.from_numpy(user_ids),
-        item_ids=torch.from_numpy(item_ids),
-        weights=torch.ones(B, dtype=torch.float32),
-    )
+def _transform(col: np.ndarray, transform: str, stats: tuple[float, float] | None, name: str, where: str) -> np.ndarray:
+    """A dense column after its spec transform (``spec.TRANSFORMS``); float64 in, float64 out."""
+    if transform.startswith("log1p"):
+        if len(col) and float(col.min()) <= -1:
+            raise ValueError(f"{where}: dense feature {name!r} has a value <= -1 ({float(col.min())}); log1p needs > -1")
+        col = np.log1p(col)
+    if transform.endswith("standardize"):
+        mean, std = stats  # type: ignore[misc]
+        col = (col - mean) / (std if std > 0 else 1.0)
+    return col
 
 
 def _jagged_take(
@@ -472,8 +553,8 @@ def _take(array: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     return array if rows is None else array[rows]
 
 
-def _leaf_index(meta: pq.FileMetaData, name: str, path: Path) -> int:
+def _leaf_index(meta: pq.FileMetaData, name: str, path: Path, columns: tuple[str, ...]) -> int:
     for i in range(meta.num_columns):
         if meta.schema.column(i).path == name:
             return i
-    raise ValueError(f"{path}: no column {name!r}; impressions need {list(IMPRESSION_COLUMNS)}")
+    raise ValueError(f"{path}: no column {name!r}; impressions need {list(columns)} (the feature spec)")

@@ -186,6 +186,8 @@ class Manifest:
         tmp = path.with_suffix(".json.tmp")
         raw = asdict(self)
         raw["features"] = self.features.to_dict()
+        if self.format_version == 1:  # the old layout: the spec is implied (world_spec), the test day the last
+            del raw["features"], raw["test_day"]
         tmp.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
         tmp.replace(path)
 

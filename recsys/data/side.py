@@ -42,7 +42,7 @@ class SideTable:
 
     name: str  # table directory, e.g. "users"
     key: str  # ID column, e.g. "user_id"
-    key_range: int  # R: the manifest's range of `key`
+    key_range: int | None  # R: the manifest's range of `key`; None = raw IDs (any int64)
     ids: np.ndarray | None  # int64 (U,) sorted unique IDs; None = `values` indexed by ID (dense)
     values: np.ndarray  # (C, U) matching `ids`, or (C, R) with -1 where an ID has no row
 
@@ -51,26 +51,43 @@ class SideTable:
         return self.ids is None
 
     @staticmethod
-    def read(root: Path, name: str, key: str, columns: tuple[str, ...], ranges: dict[str, int]) -> "SideTable":
+    def read(
+        root: Path, name: str, key: str, columns: tuple[str, ...], ranges: dict[str, int | None], floats: bool = False
+    ) -> "SideTable":
         """Reads ``key`` and ``columns`` of table ``name`` (never titles or images).
 
+        Args:
+            root (Path): the dataset directory.
+            name (str): the table directory, ``users`` or ``items``.
+            key (str): its ID column.
+            columns (tuple[str, ...]): the columns to join, C.
+            ranges (dict[str, int | None]): the ID range of ``key`` and of each
+                integer column (``0 <= id < range``); a name absent or ``None``
+                is not range-checked (raw IDs, dense floats).
+            floats (bool): the columns are float (dense features): held as float32.
+
         Raises:
-            ValueError: nulls or NaN, an ID or value outside its manifest range,
-                or an ID listed twice (naming the file and the ID).
+            ValueError: nulls or NaN, an ID or value outside its range, or an
+                ID listed twice (naming the file and the ID).
         """
-        size = int(ranges[key])
-        limit = max([1] + [int(ranges[c]) for c in columns])  # column values (and the -1 mark) fit the dtype
-        dtype = np.int32 if limit < 2**31 else np.int64
+        size = ranges.get(key)
+        if floats:
+            dtype = np.float32
+        else:
+            limit = max([1] + [int(ranges.get(c) or 2**62) for c in columns])  # column values (and the -1 mark) fit
+            dtype = np.int32 if limit < 2**31 else np.int64
         paths = table_files(root, name)
         ids_parts, value_parts, file_of = [], [], []
         for f, path in enumerate(paths):
             part = pq.read_table(path, columns=[key, *columns])
             ids = read_column(part, key, str(path)).astype(np.int64, copy=False)
-            check_range(ids, size, key, str(path))
+            if size is not None:
+                check_range(ids, size, key, str(path))
             values = np.empty((len(columns), len(ids)), dtype=dtype)
             for c, column in enumerate(columns):
                 values[c] = read_column(part, column, str(path))
-                check_range(values[c], ranges[column], column, str(path))
+                if ranges.get(column) is not None:
+                    check_range(values[c], ranges[column], column, str(path))  # type: ignore[arg-type]
             ids_parts.append(ids)
             value_parts.append(values)
             file_of.append(np.full(len(ids), f, dtype=np.int32))
@@ -83,7 +100,8 @@ class SideTable:
             second = order[repeated[0] + 1]  # the later of the two rows, in file order
             f = int(np.concatenate(file_of)[second])
             raise ValueError(f"{paths[f]}: {key} {int(ids[repeated[0]])} appears more than once in {name}/; expected unique IDs")
-        if size <= DENSE_LOOKUP_FACTOR * len(ids):
+        bounded = bool(columns) and all(ranges.get(c) is not None for c in columns)  # values >= 0: -1 marks "no row"
+        if size is not None and not floats and bounded and size <= DENSE_LOOKUP_FACTOR * len(ids):
             table = np.full((len(columns), size), -1, dtype=dtype)
             table[:, ids] = values[:, order]
             return SideTable(name, key, size, None, table)
@@ -95,10 +113,11 @@ class SideTable:
         Raises:
             ValueError: an ID outside the manifest range, or with no row (naming ``where``).
         """
-        check_range(ids, self.key_range, self.key, where)
+        if self.key_range is not None:
+            check_range(ids, self.key_range, self.key, where)
         if self.ids is None:
             out = self.values[:, ids]
-            missing = (out < 0).any(axis=0) if len(ids) and int(out.min()) < 0 else None
+            missing = (out < 0).any(axis=0) if len(ids) and out.size and int(out.min()) < 0 else None
         else:
             at = np.searchsorted(self.ids, ids)
             if len(self.ids) == 0:

@@ -191,7 +191,29 @@ class FeatureSpec:
         return tuple(f.name for f in self.sparse if f.name not in group)
 
     def managed_tables(self) -> tuple[Table, ...]:
+        """Tables of raw IDs (``managed`` and ``hash``), remapped by the model (``recsys.models.remap``)."""
         return tuple(t for t in self.tables if t.ids != "identity")
+
+    def table_rows(self, id_ranges: dict[str, int], cap: int | None = None) -> dict[str, int]:
+        """Rows of every table: ``Table.rows``, else (identity) the manifest's ``id_ranges[name]``.
+
+        Args:
+            id_ranges (dict[str, int]): ``Manifest.id_ranges``.
+            cap (int | None): an upper bound on identity tables' rows (IDs past it
+                are then hashed or refused by the reader: ``TrainConfig.max_table_rows``).
+
+        Raises:
+            ValueError: an identity table with neither ``rows`` nor a range, or < 1 row.
+        """
+        rows: dict[str, int] = {}
+        for t in self.tables:
+            n = t.rows if t.rows is not None else id_ranges.get(t.name)
+            if n is None:
+                raise ValueError(f"table {t.name!r} (identity) needs 'rows' in the spec or an id_ranges entry in the manifest")
+            if int(n) < 1:
+                raise ValueError(f"table {t.name!r} has {n} rows; every embedding table needs at least one")
+            rows[t.name] = int(n) if cap is None or t.ids != "identity" else min(int(n), cap)
+        return rows
 
     # -- checks and I/O ------------------------------------------------------
 

@@ -28,9 +28,10 @@ import torch
 from recsys.data.reader import ImpressionReader, ReaderConfig
 from recsys.data.schema import Manifest
 from recsys.data.vectors import ItemVectors
-from recsys.models.mm_table import MultimodalArch
+from recsys.models.config import table_sizes
+from recsys.models.mm_table import multimodal_arch
 from recsys.models.simtier import SimTier
-from recsys.train.setup import fill_mm_table
+from recsys.train.setup import fill_mm_table, mm_rows
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,9 @@ def tier_histograms(
     config = replace(reader_config, days=(day,), rank=0, world_size=1, shuffle=False, remaining=None)
     reader = ImpressionReader(world, config)
     manifest = manifest if manifest is not None else Manifest.read(world)
-    items = manifest.id_ranges["item_id"]
-    rows = (config.table_sizes or {}).get("item_id", items)  # the run's item table (a capped one hashes IDs)
-    arch = MultimodalArch(rows, vectors.dim, history_slots=manifest.max_history_len)
-    fill_mm_table(arch, vectors, items)
+    sizes = config.table_sizes or table_sizes(manifest)  # the run's tables (a capped item table hashes IDs)
+    arch = multimodal_arch(manifest.features, mm_rows(manifest, sizes, vectors), vectors.dim, history_slots=manifest.max_history_len)
+    fill_mm_table(arch, vectors, manifest)
     simtier = copy.deepcopy(simtier).cpu()  # the run's module may sit on a GPU; the reader's batches are on CPU
     T = simtier.output_dim()
     sums = torch.zeros(2, T, dtype=torch.float64)  # row 0: not clicked, row 1: clicked

@@ -95,35 +95,26 @@ class ModelConfig:
 
 
 def table_sizes(manifest: Manifest) -> dict[str, int]:
-    """Rows of each ID embedding table, keyed by ID kind (``FEATURE_ID_KIND`` values).
+    """Rows of each embedding table of the manifest's feature spec (``FeatureSpec.table_rows``).
 
     Args:
-        manifest (Manifest): the world's manifest; ``id_ranges`` bounds the IDs.
+        manifest (Manifest): the world's manifest; ``id_ranges`` sizes identity tables.
 
     Returns:
-        dict[str, int]: ID kind -> number of rows (``history_item_ids`` shares
-        the ``item_id`` table, so it has no entry of its own).
+        dict[str, int]: table name -> number of rows (the history shares the item's table).
+
+    Raises:
+        ValueError: an identity table without a range, or with < 1 row.
 
     Example::
 
-        >>> from recsys.data.batch import SINGLE_FEATURES
-        >>> m = Manifest(format_version=1, preset="doc", seed=0, counts={},
-        ...     id_ranges={k: 10 for k in SINGLE_FEATURES}, first_day=0, last_day=1,
-        ...     max_history_len=5, image_size=8)
+        >>> m = Manifest(format_version=1, counts={}, id_ranges={k: 10 for k in ("user_id", "age_bucket",
+        ...     "gender", "city_id", "item_id", "shop_id", "brand_id", "category_id", "price_bucket")},
+        ...     first_day=0, last_day=1, max_history_len=5)
         >>> table_sizes(m)["item_id"], len(table_sizes(m))
         (10, 9)
     """
-    from recsys.data.batch import FEATURE_ID_KIND  # here: the CLI imports this module for VARIANTS, without torchrec
-
-    kinds = sorted(set(FEATURE_ID_KIND.values()))
-    missing = [k for k in kinds if k not in manifest.id_ranges]
-    if missing:
-        raise ValueError(f"manifest id_ranges lacks {missing}; the model needs a size for each of {kinds}")
-    sizes = {k: int(manifest.id_ranges[k]) for k in kinds}
-    empty = [k for k, n in sizes.items() if n < 1]
-    if empty:
-        raise ValueError(f"manifest id_ranges {empty} are < 1; every embedding table needs at least one row")
-    return sizes
+    return manifest.features.table_rows(manifest.id_ranges)
 
 
 def load_model_config(path: str | Path) -> ModelConfig:

@@ -39,10 +39,11 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.batch import Batch
+from recsys.data.spec import FeatureSpec
 from recsys.models.config import ModelConfig
 from recsys.models.id_model import ExtraInputs, ExtraWidths, IdModel, id_model_config
 from recsys.models.make import Make, make_config
-from recsys.models.mm_table import MultimodalArch
+from recsys.models.mm_table import multimodal_arch
 from recsys.models.sequence import DEFAULT_HISTORY_SLOTS
 from recsys.models.simtier import SimTier
 
@@ -71,6 +72,18 @@ VARIANT_SPECS: dict[str, VariantSpec] = {
 }
 
 
+def id_remapper(spec: FeatureSpec, device: torch.device | None = None) -> nn.Module | None:
+    """The :class:`recsys.models.remap.IdRemapper` of the spec's raw-ID tables; ``None`` when every table is identity."""
+    raw = spec.managed_tables()
+    if not raw:
+        return None
+    from recsys.models.remap import IdRemapper  # only datasets with raw IDs need TorchRec's managed-collision modules
+
+    names = {t.name for t in raw}
+    keys = {k: spec.table_of(k) for k in spec.kjt_keys() if spec.table_of(k) in names}
+    return IdRemapper(raw, keys, device=device)
+
+
 class CtrModel(nn.Module):
     """The ID model plus the multimodal inputs of ``config.variant``; returns logits.
 
@@ -83,39 +96,56 @@ class CtrModel(nn.Module):
 
     Args:
         config (ModelConfig): the variant and all widths.
-        table_sizes (dict[str, int]): rows per ID kind (``config.table_sizes``).
+        spec (FeatureSpec): the dataset's features (``Manifest.features``).
+        table_sizes (dict[str, int]): rows per table (``spec.table_rows``).
         mm_dim (int): D, width of the item vectors (unused by ``id_only``).
         device (torch.device | None): where to create parameters (``meta`` works).
         history_slots (int): the most history items an impression holds (the
             world's ``max_history_len``; see ``recsys.models.sequence``).
+        mm_rows (int | None): rows of the multimodal table; ``None`` = the item
+            table's rows (item IDs are rows); raw item IDs: vectors + 1.
+
+    The batch KJT holds raw IDs for the spec's ``managed`` and ``hash``
+    tables: ``remap`` (``recsys.models.remap.IdRemapper``, ``None`` when every
+    table is identity) turns them into rows before the ID tables; the
+    multimodal table reads the raw item IDs (``MultimodalArch(raw_ids=True)``).
 
     Example::
 
-        >>> from recsys.data.batch import DENSE_FEATURES, SINGLE_FEATURES, SPARSE_FEATURES
-        >>> model = CtrModel(ModelConfig(variant="simtier_make"), {k: 10 for k in SINGLE_FEATURES}, mm_dim=8)
+        >>> from recsys.data.spec import world_spec
+        >>> spec = world_spec()
+        >>> model = CtrModel(ModelConfig(variant="simtier_make"), spec, {t.name: 10 for t in spec.tables}, mm_dim=8)
         >>> B = 2
-        >>> kjt = KeyedJaggedTensor(keys=list(SPARSE_FEATURES), values=torch.arange(9 * B + 3) % 10,
+        >>> kjt = KeyedJaggedTensor(keys=list(spec.kjt_keys()), values=torch.arange(9 * B + 3) % 10,
         ...     lengths=torch.tensor([1] * (9 * B) + [3, 0]))
-        >>> model(torch.zeros(B, len(DENSE_FEATURES)), kjt).shape
+        >>> model(torch.zeros(B, len(spec.dense)), kjt).shape
         torch.Size([2])
     """
 
     def __init__(
         self,
         config: ModelConfig,
+        features: FeatureSpec,
         table_sizes: dict[str, int],
         mm_dim: int,
         device: torch.device | None = None,
         history_slots: int = DEFAULT_HISTORY_SLOTS,
+        mm_rows: int | None = None,
     ) -> None:
         super().__init__()
         spec = VARIANT_SPECS[config.variant]
         self._spec = spec
+        self.remap = id_remapper(features, device)
         self._make_frozen = config.make_frozen
         uses_vectors = spec.uses_vectors()
         if uses_vectors and mm_dim < 1:
             raise ValueError(f"variant {config.variant!r} needs item vectors; got mm_dim={mm_dim}")
-        self.mm_arch = MultimodalArch(table_sizes["item_id"], mm_dim, device, history_slots) if uses_vectors else None
+        item_rows = table_sizes[features.table_of(features.item_key)]
+        self.mm_arch = (
+            multimodal_arch(features, item_rows if mm_rows is None else mm_rows, mm_dim, device, history_slots)
+            if uses_vectors
+            else None
+        )
         self.simtier = (
             SimTier(
                 config.simtier_tiers,
@@ -128,7 +158,7 @@ class CtrModel(nn.Module):
             if spec.simtier
             else None
         )
-        self.make = Make(make_config(config), mm_dim, device=device) if spec.make else None
+        self.make = Make(make_config(config), mm_dim, len(features.dense), device=device) if spec.make else None
         if self.make is not None and config.make_frozen:
             self.make.requires_grad_(False)
         mlp_dim = 1 if uses_vectors else 0  # the target's missing flag
@@ -139,19 +169,22 @@ class CtrModel(nn.Module):
             attention_dim=1 if spec.simscore else 0,
             mlp_dim=mlp_dim,
         )
-        self.id_model = IdModel(id_model_config(config), table_sizes, widths, device=device, history_slots=history_slots)
+        self.id_model = IdModel(
+            id_model_config(config), features, table_sizes, widths, device=device, history_slots=history_slots
+        )
 
     def forward(self, dense: torch.Tensor, features: KeyedJaggedTensor) -> torch.Tensor:
         """
         Args:
             dense (torch.Tensor): dense features, tensor of shape (B, F).
-            features (KeyedJaggedTensor): the batch KJT (keys ``SPARSE_FEATURES``), stride B.
+            features (KeyedJaggedTensor): the batch KJT (keys ``spec.kjt_keys()``), stride B, raw IDs.
 
         Returns:
             torch.Tensor: logits, tensor of shape (B,).
         """
+        rows = features if self.remap is None else self.remap(features)
         if self.mm_arch is None:
-            return self.id_model(dense, features)
+            return self.id_model(dense, rows)
         mm = self.mm_arch(features)
         extra = ExtraInputs(mlp_inputs=(mm.target_missing,))
         if self.simtier is not None:
@@ -169,7 +202,7 @@ class CtrModel(nn.Module):
         if self._spec.simscore:
             sims = torch.einsum("bd,bld->bl", F.normalize(mm.target, dim=-1), F.normalize(mm.history, dim=-1))
             extra.attention_features = sims.unsqueeze(-1)  # (B, L, 1); 0 where a vector is missing
-        return self.id_model(dense, features, extra)
+        return self.id_model(dense, rows, extra)
 
 
 class CtrTrain(nn.Module):
@@ -181,12 +214,13 @@ class CtrTrain(nn.Module):
 
     Example::
 
-        >>> from recsys.data.batch import DENSE_FEATURES, SINGLE_FEATURES, SPARSE_FEATURES
-        >>> train = CtrTrain(CtrModel(ModelConfig(), {k: 10 for k in SINGLE_FEATURES}, mm_dim=0))
+        >>> from recsys.data.spec import world_spec
+        >>> spec = world_spec()
+        >>> train = CtrTrain(CtrModel(ModelConfig(), spec, {t.name: 10 for t in spec.tables}, mm_dim=0))
         >>> B = 2
-        >>> kjt = KeyedJaggedTensor(keys=list(SPARSE_FEATURES), values=torch.arange(9 * B + 1) % 10,
+        >>> kjt = KeyedJaggedTensor(keys=list(spec.kjt_keys()), values=torch.arange(9 * B + 1) % 10,
         ...     lengths=torch.tensor([1] * (9 * B) + [1, 0]))
-        >>> batch = Batch(dense_features=torch.zeros(B, len(DENSE_FEATURES)), sparse_features=kjt,
+        >>> batch = Batch(dense_features=torch.zeros(B, len(spec.dense)), sparse_features=kjt,
         ...     labels=torch.tensor([1.0, 0.0]), user_ids=torch.tensor([0, 1]), item_ids=torch.tensor([4, 5]))
         >>> loss, (loss_d, logits, labels) = train(batch)
         >>> loss.shape, logits.shape, labels.tolist()

@@ -3,8 +3,11 @@
 Notation:
 
 * ``B``: batch size; ``L``: padded history length; ``F``: dense features.
-* ``E``: ID embedding width (``ModelConfig.embedding_dim``).
-* ``P``: pooled single-valued features other than ``item_id`` (8).
+* ``E``: ID embedding width (``ModelConfig.embedding_dim``; a table may declare its own).
+* ``P``: width of the pooled single-valued features side by side (the
+  features outside the target group; 8 * E for the world's spec).
+* ``I``: width of the target group (the item's table, then its
+  ``history_side`` features' tables; E for the world's spec).
 * ``V``: width of vectors appended to the item embeddings (0, or the
   multimodal width D in the ``vector`` variant).
 * ``X``: width of extra per-position attention inputs; ``M``: total width
@@ -21,9 +24,11 @@ One bag per ID makes the sum pooling the row itself, and the
 lookup and its fused optimizer update run through fbgemm's pooled kernels,
 whose CPU backward is ~3x faster than the sequence (``EmbeddingCollection``)
 one (``bench/train``). Sharding keeps it one table, so a row trained as a
-target is the row read in histories. The other single-valued features are
-pooled by an ``EmbeddingBagCollection`` (``IdSparseArch.ebc``), one table
-per feature.
+target is the row read in histories. The item's side features that the
+spec lets history positions carry (``history_side``, e.g. the category) are
+read the same way from their own tables. The other single-valued features
+are pooled by an ``EmbeddingBagCollection`` (``IdSparseArch.ebc``), one
+table per spec table (features naming one table share it).
 """
 
 from __future__ import annotations
@@ -37,15 +42,12 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys.data.batch import DENSE_FEATURES, FEATURE_ID_KIND, SINGLE_FEATURES
+from recsys.data.spec import FeatureSpec
 from recsys.models.attention import TargetAttention
 from recsys.models.config import ModelConfig
 from recsys.models.sequence import DEFAULT_HISTORY_SLOTS, ITEM_ROWS, item_rows
 
-# Single-valued features pooled by the EmbeddingBagCollection (item_id goes
-# through the item table shared with the history).
-POOLED_FEATURES: tuple[str, ...] = tuple(f for f in SINGLE_FEATURES if f != "item_id")
-
+ROWS_SUFFIX = "_rows"  # a target-group side table's bag feature: <table>_rows
 
 @dataclass
 class IdEmbeddings:
@@ -67,27 +69,39 @@ class IdEmbeddings:
 
 
 class IdSparseArch(nn.Module):
-    """All ID tables: an ``EmbeddingBagCollection`` and the shared item table (module docstring).
+    """All ID tables: an ``EmbeddingBagCollection`` of the pooled features and one of the target group.
 
-    Reads the batch KJT (keys as ``SPARSE_FEATURES``)::
+    The feature spec (``recsys.data.spec``) splits the sparse features into
+    the target group (the item key and its ``history_side`` features, each
+    read with its history as one-ID bags, ``recsys.models.sequence``) and the
+    pooled rest. For the world's spec (no side features)::
 
         #                 impression 0   impression 1
-        # user_id           [u0]           [u1]
+        # user_id           [u0]           [u1]       -> ebc (pooled, B rows)
         # ...               ...            ...
         # item_id           [i0]           [i1]       \
         # ...               ...            ...         > item_rows [i0] [i1] [h00] [h01] -> item_table
         # history_item_ids  [h00, h01]     []         /  -> target (B, E), history (B, L, E)
 
+    With side features (e.g. ``category_id``) the target is the item's and its
+    category's embeddings side by side, and each history position too.
+
     Args:
-        table_sizes (dict[str, int]): rows per ID kind (``config.table_sizes``).
-        embedding_dim (int): E.
+        spec (FeatureSpec): the dataset's features (KJT keys, tables).
+        table_sizes (dict[str, int]): rows per table (``spec.table_rows``).
+        embedding_dim (int): E, width of tables that declare none.
         device (torch.device | None): where to create the tables (``meta`` works).
         history_slots (int): the most history items an impression holds (the
             world's ``max_history_len``); a longer history is refused.
+
+    Raises:
+        ValueError: a table without a size, or a table read both by a pooled
+            feature and by the target group (they differ in stride).
     """
 
     def __init__(
         self,
+        spec: FeatureSpec,
         table_sizes: dict[str, int],
         embedding_dim: int,
         device: torch.device | None = None,
@@ -97,45 +111,62 @@ class IdSparseArch(nn.Module):
         if history_slots < 1:
             raise ValueError(f"history_slots must be >= 1, got {history_slots}")
         self._slots = history_slots
-        missing = sorted({FEATURE_ID_KIND[f] for f in SINGLE_FEATURES} - set(table_sizes))
+        self._spec = spec
+        missing = sorted({t.name for t in spec.tables} - set(table_sizes))
         if missing:
-            raise ValueError(f"table_sizes lacks {missing}; expected a size for each of {sorted(set(FEATURE_ID_KIND.values()))}")
-        self._dim = embedding_dim
-        bags = [
-            EmbeddingBagConfig(
-                name=FEATURE_ID_KIND[f],
-                embedding_dim=embedding_dim,
-                num_embeddings=table_sizes[FEATURE_ID_KIND[f]],
-                feature_names=[f],
-                pooling=PoolingType.SUM,
-            )
-            for f in POOLED_FEATURES
-        ]
-        self.ebc = EmbeddingBagCollection(tables=bags, device=device)
-        item = EmbeddingBagConfig(
-            name="item_id",
-            embedding_dim=embedding_dim,
-            num_embeddings=table_sizes["item_id"],
-            feature_names=[ITEM_ROWS],
-            pooling=PoolingType.SUM,
+            raise ValueError(f"table_sizes lacks {missing}; expected a size for each of {sorted(t.name for t in spec.tables)}")
+        dims = {t.name: t.dim or embedding_dim for t in spec.tables}
+        pooled = {f: spec.table_of(f) for f in spec.pooled()}
+        group = spec.target_group() or (spec.item_key,)
+        grouped = {spec.table_of(f) for f in group}
+        shared = sorted(grouped & set(pooled.values()))
+        if shared:
+            raise ValueError(f"table(s) {shared} are read by pooled features and by the target group; give them separate tables")
+        self._pooled_dim = sum(dims[t] for t in pooled.values())
+        self._group = tuple(
+            (f, h, spec.table_of(f) + ROWS_SUFFIX if f != spec.item_key else ITEM_ROWS)
+            for f, h in zip(group, spec.history_keys() or (None,))
         )
-        self.item_table = EmbeddingBagCollection(tables=[item], device=device)
+        self._item_dim = sum(dims[spec.table_of(f)] for f in group)
+        self.ebc = EmbeddingBagCollection(tables=_bag_configs(pooled, table_sizes, dims), device=device)
+        rows = {key: spec.table_of(f) for f, _, key in self._group}
+        self.item_table = EmbeddingBagCollection(tables=_bag_configs(rows, table_sizes, dims), device=device)
 
     def pooled_dim(self) -> int:
-        return len(POOLED_FEATURES) * self._dim
+        """P: width of the pooled features' embeddings side by side."""
+        return self._pooled_dim
+
+    def item_dim(self) -> int:
+        """Width of the target (and each history position): the target group's tables side by side."""
+        return self._item_dim
 
     def forward(self, features: KeyedJaggedTensor) -> IdEmbeddings:
         """
         Args:
-            features (KeyedJaggedTensor): the batch KJT, stride B.
+            features (KeyedJaggedTensor): the batch KJT, stride B, IDs already rows (``recsys.models.remap``).
 
         Returns:
-            IdEmbeddings: pooled (B, P * E), target (B, E), history (B, L, E), mask (B, L).
+            IdEmbeddings: pooled (B, P), target (B, I), history (B, L, I), mask (B, L).
         """
-        pooled = self.ebc(features).values()  # (B, P * E)
-        rows = item_rows(features, self._slots)
-        target, history = rows.split(self.item_table(rows.features).values())  # (B, E), (B, L, E)
+        pooled = self.ebc(features).values()  # (B, P)
+        bags = [item_rows(features, self._slots, f, h, key) for f, h, key in self._group]
+        rows = bags[0]
+        merged = KeyedJaggedTensor.concat([b.features for b in bags]) if len(bags) > 1 else rows.features
+        out = self.item_table(merged)
+        width = out.values()  # (B * (1 + S), I): the group's tables side by side, in group order
+        target, history = rows.split(torch.cat([out[key] for _, _, key in self._group], dim=-1) if len(bags) > 1 else width)
         return IdEmbeddings(pooled=pooled, target=target, history=history, mask=rows.mask)
+
+
+def _bag_configs(features: dict[str, str], sizes: dict[str, int], dims: dict[str, int]) -> list[EmbeddingBagConfig]:
+    """One sum-pooled ``EmbeddingBagConfig`` per table, listing the features (keys) that read it, in first-use order."""
+    tables: dict[str, list[str]] = {}
+    for feature, table in features.items():
+        tables.setdefault(table, []).append(feature)
+    return [
+        EmbeddingBagConfig(name=t, embedding_dim=dims[t], num_embeddings=sizes[t], feature_names=names, pooling=PoolingType.SUM)
+        for t, names in tables.items()
+    ]
 
 
 @dataclass(frozen=True)
@@ -212,32 +243,35 @@ def id_model_config(config: ModelConfig) -> IdModelConfig:
 class IdModel(nn.Module):
     """DIN on ID features: embeddings, target attention, MLP tower -> logit.
 
-    MLP input, in order: pooled embeddings (B, P * E), target item (B, E + V),
-    attention output (B, E + V), dense features (B, F), extra MLP inputs (B, M).
+    MLP input, in order: pooled embeddings (B, P), target group (B, I + V),
+    attention output (B, I + V), dense features (B, F), extra MLP inputs (B, M).
 
     Args:
         config (IdModelConfig): widths of the tables, the attention unit and the MLP.
-        table_sizes (dict[str, int]): rows per ID kind (``config.table_sizes``).
+        spec (FeatureSpec): the dataset's features (``Manifest.features``).
+        table_sizes (dict[str, int]): rows per table (``spec.table_rows``).
         extra (ExtraWidths): widths of the inputs a variant adds.
         device (torch.device | None): where to create parameters (``meta`` works).
         history_slots (int): the most history items an impression holds (``IdSparseArch``).
 
     Example::
 
-        >>> from recsys.data.batch import SPARSE_FEATURES
+        >>> from recsys.data.spec import world_spec
+        >>> spec = world_spec()
         >>> config = IdModelConfig(embedding_dim=4, attention_hidden=(8,), attention_softmax=False,
         ...     mlp_hidden=(16,), fused_kernels=False)
-        >>> model = IdModel(config, {k: 10 for k in SINGLE_FEATURES})
+        >>> model = IdModel(config, spec, {t.name: 10 for t in spec.tables})
         >>> B = 2
-        >>> kjt = KeyedJaggedTensor(keys=list(SPARSE_FEATURES), values=torch.arange(9 * B + 3) % 10,
+        >>> kjt = KeyedJaggedTensor(keys=list(spec.kjt_keys()), values=torch.arange(9 * B + 3) % 10,
         ...     lengths=torch.tensor([1] * (9 * B) + [3, 0]))
-        >>> model(torch.zeros(B, len(DENSE_FEATURES)), kjt).shape
+        >>> model(torch.zeros(B, len(spec.dense)), kjt).shape
         torch.Size([2])
     """
 
     def __init__(
         self,
         config: IdModelConfig,
+        spec: FeatureSpec,
         table_sizes: dict[str, int],
         extra: ExtraWidths = ExtraWidths(),
         device: torch.device | None = None,
@@ -246,8 +280,8 @@ class IdModel(nn.Module):
         super().__init__()
         E = config.embedding_dim
         self._extra = extra
-        self.sparse_arch = IdSparseArch(table_sizes, E, device=device, history_slots=history_slots)
-        item_dim = E + extra.vector_dim
+        self.sparse_arch = IdSparseArch(spec, table_sizes, E, device=device, history_slots=history_slots)
+        item_dim = self.sparse_arch.item_dim() + extra.vector_dim
         self.attention = TargetAttention(
             item_dim,
             config.attention_hidden,
@@ -257,7 +291,7 @@ class IdModel(nn.Module):
             device=device,
         )
         in_dim = self.sparse_arch.pooled_dim() + item_dim + self.attention.output_dim()
-        in_dim += len(DENSE_FEATURES) + extra.mlp_dim
+        in_dim += len(spec.dense) + extra.mlp_dim
         self._in_dim = in_dim
         self.over_arch = nn.Sequential(
             MLP(in_dim, list(config.mlp_hidden), device=device),

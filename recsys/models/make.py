@@ -26,10 +26,10 @@ from torch import nn
 from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys.data.batch import DENSE_FEATURES
+from recsys.data.spec import FeatureSpec
 from recsys.models.attention import TargetAttention
 from recsys.models.config import ModelConfig
-from recsys.models.mm_table import MultimodalArch, MultimodalFeatures
+from recsys.models.mm_table import MultimodalFeatures, multimodal_arch
 from recsys.models.sequence import DEFAULT_HISTORY_SLOTS
 
 
@@ -105,20 +105,21 @@ class Make(nn.Module):
     Args:
         config (MakeConfig): widths of the attention unit and of the MLP.
         mm_dim (int): D, width of the multimodal vectors.
+        dense_dim (int): F, the dense features (``len(spec.dense)``).
         device (torch.device | None): where to create parameters (``meta`` works).
 
     Example::
 
         >>> config = MakeConfig(attention_hidden=(8,), attention_softmax=False, hidden=(64,), fused_kernels=False)
-        >>> make = Make(config, mm_dim=4)
+        >>> make = Make(config, mm_dim=4, dense_dim=2)
         >>> mm = MultimodalFeatures(target=torch.randn(2, 4), history=torch.randn(2, 3, 4),
         ...     history_mask=torch.ones(2, 3, dtype=torch.bool), target_missing=torch.zeros(2, 1))
-        >>> out = make(mm, torch.zeros(2, len(DENSE_FEATURES)))
+        >>> out = make(mm, torch.zeros(2, 2))
         >>> out.attention.shape, out.hidden.shape, out.logit.shape, make.output_dim()
         (torch.Size([2, 4]), torch.Size([2, 64]), torch.Size([2]), 69)
     """
 
-    def __init__(self, config: MakeConfig, mm_dim: int, device: torch.device | None = None) -> None:
+    def __init__(self, config: MakeConfig, mm_dim: int, dense_dim: int, device: torch.device | None = None) -> None:
         super().__init__()
         self._mm_dim = mm_dim
         self._hidden_dim = config.hidden[-1]
@@ -129,7 +130,7 @@ class Make(nn.Module):
             fused=config.fused_kernels,
             device=device,
         )
-        self.mlp = MLP(3 * mm_dim + 1 + len(DENSE_FEATURES), list(config.hidden), device=device)
+        self.mlp = MLP(3 * mm_dim + 1 + dense_dim, list(config.hidden), device=device)
         self.logit = nn.Linear(self._hidden_dim, 1, device=device)
 
     def output_dim(self) -> int:
@@ -155,31 +156,34 @@ class MakeModel(nn.Module):
 
     Args:
         config (ModelConfig): MAKE's part of it (:func:`make_config`) is read.
-        num_items (int): rows of the multimodal table (``table_sizes(manifest)["item_id"]``).
+        spec (FeatureSpec): the dataset's features (item and history keys, dense width).
+        num_items (int): rows of the multimodal table (``MultimodalArch``).
         mm_dim (int): D.
         device (torch.device | None): where to create parameters (``meta`` works).
         history_slots (int): the most history items an impression holds (``MultimodalArch``).
 
     Example::
 
-        >>> model = MakeModel(ModelConfig(), num_items=5, mm_dim=4)
+        >>> from recsys.data.spec import world_spec
+        >>> model = MakeModel(ModelConfig(), world_spec(), num_items=5, mm_dim=4)
         >>> kjt = KeyedJaggedTensor(keys=["item_id", "history_item_ids"],
         ...     values=torch.tensor([1, 2, 3, 4]), lengths=torch.tensor([1, 1, 2, 0]))
-        >>> model(torch.zeros(2, len(DENSE_FEATURES)), kjt).shape
+        >>> model(torch.zeros(2, 2), kjt).shape
         torch.Size([2])
     """
 
     def __init__(
         self,
         config: ModelConfig,
+        spec: FeatureSpec,
         num_items: int,
         mm_dim: int,
         device: torch.device | None = None,
         history_slots: int = DEFAULT_HISTORY_SLOTS,
     ) -> None:
         super().__init__()
-        self.mm_arch = MultimodalArch(num_items, mm_dim, device, history_slots)
-        self.make = Make(make_config(config), mm_dim, device=device)
+        self.mm_arch = multimodal_arch(spec, num_items, mm_dim, device, history_slots)
+        self.make = Make(make_config(config), mm_dim, len(spec.dense), device=device)
 
     def forward(self, dense: torch.Tensor, features: KeyedJaggedTensor) -> torch.Tensor:
         """

@@ -39,10 +39,12 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recsys.data.spec import FeatureSpec
 from recsys.models.sequence import DEFAULT_HISTORY_SLOTS, ITEM_ROWS, item_rows
 
 MM_TABLE = "mm_item"  # table name of the multimodal EmbeddingBagCollection
 MM_MODULE = "mm_table"  # attribute of MultimodalArch holding that EmbeddingBagCollection
+_EMPTY = torch.iinfo(torch.int64).max  # an unused slot of MultimodalArch.vector_ids
 
 
 def is_mm_table_param(name: str) -> bool:
@@ -128,11 +130,19 @@ class MultimodalArch(nn.Module):
         # history_item_ids  [h00, h01]     []
 
     Args:
-        num_items (int): N, table rows (``table_sizes(manifest)["item_id"]``).
+        num_items (int): N, table rows: the item table's rows when item IDs are
+            rows (identity), else the number of item vectors + 1.
         dim (int): D, width of the item vectors.
         device (torch.device | None): where to create the table (``meta`` works).
         history_slots (int): the most history items an impression holds (the
             world's ``max_history_len``); a longer history is refused.
+        item_key (str): the KJT key of the target item (``spec.item_key``).
+        history_key (str | None): the KJT key of the history (``spec.history``).
+        raw_ids (bool): item IDs are raw platform IDs: row ``r < N - 1`` holds
+            the vector of the ``r``-th smallest item ID given to
+            :meth:`load_raw` (a sorted lookup, ``vector_ids``, not a trained
+            remap: the table is frozen), and every other ID reads row ``N - 1``,
+            all zeros (missing).
 
     Example::
 
@@ -146,13 +156,24 @@ class MultimodalArch(nn.Module):
     """
 
     def __init__(
-        self, num_items: int, dim: int, device: torch.device | None = None, history_slots: int = DEFAULT_HISTORY_SLOTS
+        self,
+        num_items: int,
+        dim: int,
+        device: torch.device | None = None,
+        history_slots: int = DEFAULT_HISTORY_SLOTS,
+        item_key: str = "item_id",
+        history_key: str | None = "history_item_ids",
+        raw_ids: bool = False,
     ) -> None:
         super().__init__()
         if history_slots < 1:
             raise ValueError(f"history_slots must be >= 1, got {history_slots}")
         self._dim = dim
         self._slots = history_slots
+        self._keys = (item_key, history_key)
+        self._raw = raw_ids
+        if raw_ids:  # not persistent: refilled with the vectors (load_raw), like the table (module docstring)
+            self.register_buffer("vector_ids", torch.full((num_items - 1,), _EMPTY, dtype=torch.int64, device=device), persistent=False)
         table = EmbeddingBagConfig(
             name=MM_TABLE,
             embedding_dim=dim,
@@ -167,9 +188,51 @@ class MultimodalArch(nn.Module):
     def output_dim(self) -> int:
         return self._dim
 
+    @property
+    def raw_ids(self) -> bool:
+        """Whether item IDs are raw (a sorted lookup of the vectors' IDs) rather than rows."""
+        return self._raw
+
     def table_weight(self) -> torch.Tensor:
         """The unsharded table's weight (N, D), e.g. to load vectors into before sharding."""
         return self.mm_table.embedding_bags[MM_TABLE].weight
+
+    def load_raw(self, item_ids: np.ndarray, vectors: np.ndarray) -> int:
+        """Fills a ``raw_ids`` table (before sharding): the vectors by sorted raw item ID.
+
+        Args:
+            item_ids (np.ndarray): int64 raw IDs of shape (M,), unique, M <= N - 1.
+            vectors (np.ndarray): float vectors of shape (M, D).
+
+        Returns:
+            int: M, the items with a vector.
+
+        Raises:
+            ValueError: more vectors than rows, or an ID listed twice.
+        """
+        if not self._raw:
+            raise ValueError("load_raw fills a raw_ids table; this one maps item IDs to rows (load_item_vectors_into)")
+        ids = torch.as_tensor(np.asarray(item_ids), dtype=torch.int64)
+        n = self.vector_ids.shape[0]
+        if len(ids) > n:
+            raise ValueError(f"{len(ids)} item vectors for a table of {n} vector rows (+1 missing row)")
+        order = torch.argsort(ids)
+        ids = ids[order]
+        if len(ids) > 1 and bool((ids[1:] == ids[:-1]).any()):
+            raise ValueError(f"item_id {int(ids[1:][ids[1:] == ids[:-1]][0])} has two vectors")
+        with torch.no_grad():
+            self.vector_ids.fill_(_EMPTY)
+            self.vector_ids[: len(ids)] = ids.to(self.vector_ids.device)
+        load_item_vectors_into(self.table_weight(), order.new_tensor(range(len(ids))), np.asarray(vectors)[order.numpy()])
+        return len(ids)
+
+    def _rows(self, bags: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        """Raw item IDs of ``bags`` to their vector rows (missing: the last, zero row)."""
+        values = bags.values()
+        at = torch.searchsorted(self.vector_ids, values).clamp_(max=max(self.vector_ids.shape[0] - 1, 0))
+        found = self.vector_ids[at] == values if self.vector_ids.numel() else torch.zeros_like(values, dtype=torch.bool)
+        rows = torch.where(found, at, torch.full_like(values, self.vector_ids.shape[0]))
+        return KeyedJaggedTensor(keys=bags.keys(), values=rows, lengths=bags.lengths(), stride=bags.stride())
 
     def forward(self, features: KeyedJaggedTensor) -> MultimodalFeatures:
         """
@@ -179,9 +242,10 @@ class MultimodalArch(nn.Module):
         Returns:
             MultimodalFeatures: target (B, D), history (B, L, D), masks and flag.
         """
-        rows = item_rows(features, self._slots)
+        rows = item_rows(features, self._slots, *self._keys)
+        bags = self._rows(rows.features) if self._raw else rows.features
         with torch.no_grad():  # frozen: no autograd record of the lookup at all
-            pooled = self.mm_table(rows.features).values().detach()  # (B * (1 + S), D), empty slots zeros
+            pooled = self.mm_table(bags).values().detach()  # (B * (1 + S), D), empty slots zeros
             # zero rows = no vector (stored vectors are unit norm); one pass for targets and history
             has_vector = torch.linalg.vector_norm(pooled, dim=-1, keepdim=True) > 0
         target, history = rows.split(pooled)  # (B, D), (B, L, D)
@@ -192,3 +256,18 @@ class MultimodalArch(nn.Module):
             history_mask=rows.mask & history_has.squeeze(-1),
             target_missing=(~target_has).to(target.dtype),
         )
+
+
+def multimodal_arch(
+    spec: FeatureSpec, num_items: int, dim: int, device: torch.device | None = None, history_slots: int = DEFAULT_HISTORY_SLOTS
+) -> MultimodalArch:
+    """The :class:`MultimodalArch` of a dataset: its item and history keys, raw IDs when the item table is not identity.
+
+    Example::
+
+        >>> from recsys.data.spec import world_spec
+        >>> multimodal_arch(world_spec(), num_items=5, dim=2).output_dim()
+        2
+    """
+    raw = spec.table(spec.table_of(spec.item_key)).ids != "identity"
+    return MultimodalArch(num_items, dim, device, history_slots, spec.item_key, spec.history, raw_ids=raw)

@@ -50,12 +50,22 @@ class ItemRows:
         return pooled[:B], pooled[B:].view(B, self.slots, -1)[:, :L]
 
 
-def item_rows(features: KeyedJaggedTensor, slots: int) -> ItemRows:
-    """Builds the one-ID bags of a batch's ``item_id`` and ``history_item_ids``.
+def item_rows(
+    features: KeyedJaggedTensor,
+    slots: int,
+    target_key: str = "item_id",
+    history_key: str | None = "history_item_ids",
+    rows_key: str = ITEM_ROWS,
+) -> ItemRows:
+    """Builds the one-ID bags of a batch's target feature and its history sequence.
 
     Args:
-        features (KeyedJaggedTensor): the batch KJT, stride B, one ``item_id`` per impression.
+        features (KeyedJaggedTensor): the batch KJT, stride B, one ``target_key`` ID per impression.
         slots (int): S; a history longer than S is refused (ValueError).
+        target_key (str): the target's key (the item, or one of its side features).
+        history_key (str | None): the jagged history key of the same table;
+            ``None``: no history (every slot empty).
+        rows_key (str): the key of the returned bags (the table's feature name).
 
     Returns:
         ItemRows: the bags, the (B, L) history mask and S.
@@ -76,20 +86,24 @@ def item_rows(features: KeyedJaggedTensor, slots: int) -> ItemRows:
     if slots < 1:
         raise ValueError(f"history slots must be >= 1, got {slots}")
     B = features.stride()
-    targets, history = features["item_id"].values(), features["history_item_ids"]
+    targets = features[target_key].values()
     if targets.shape[0] != B:
-        raise ValueError(f"item_id must hold one ID per impression; got {targets.shape[0]} for B={B}")
-    lengths = history.lengths()
+        raise ValueError(f"{target_key} must hold one ID per impression; got {targets.shape[0]} for B={B}")
+    if history_key is None:
+        lengths, history_values = torch.zeros(B, dtype=torch.int64, device=targets.device), targets[:0]
+    else:
+        history = features[history_key]
+        lengths, history_values = history.lengths(), history.values()
     L = max(1, int(lengths.max())) if lengths.numel() else 1
     if L > slots:
         raise ValueError(
-            f"history_item_ids: an impression holds {L} items, more than history_slots={slots} "
+            f"{history_key}: an impression holds {L} items, more than history_slots={slots} "
             f"(the world's max_history_len)"
         )
     filled = torch.arange(slots, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, S)
     dtype = features.lengths().dtype
     bag_lengths = torch.cat([torch.ones(B, dtype=dtype, device=filled.device), filled.view(-1).to(dtype)])
     bags = KeyedJaggedTensor(
-        keys=[ITEM_ROWS], values=torch.cat([targets, history.values()]), lengths=bag_lengths, stride=B * (1 + slots)
+        keys=[rows_key], values=torch.cat([targets, history_values]), lengths=bag_lengths, stride=B * (1 + slots)
     )
     return ItemRows(features=bags, mask=filled[:, :L], slots=slots)

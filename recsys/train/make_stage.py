@@ -46,7 +46,7 @@ from recsys.models.make import MakeModel
 from recsys.train.checkpoint import Progress, TrainState
 from recsys.train.config import SHARDING, TrainConfig
 from recsys.train.loop import EpochPlan, EpochResult, predict, run_epochs
-from recsys.train.setup import capped_table_sizes, fill_mm_table, shard_and_optimize, split_days
+from recsys.train.setup import capped_table_sizes, fill_mm_table, mm_rows, shard_and_optimize, split_days
 
 MAKE_FILE = "make.pt"
 MAKE_LOG = "make.json"
@@ -189,8 +189,9 @@ def train_make(job: Stage1Job, vectors: ItemVectors, manifest: Manifest, ctx: Di
     split = split_days(manifest, job.until)
     sizes = capped_table_sizes(manifest, job.train)
     torch.manual_seed(job.train.seed)
-    plain = CtrTrain(MakeModel(job.model, sizes["item_id"], vectors.dim, history_slots=manifest.max_history_len))
-    fill_mm_table(plain.model.mm_arch, vectors, manifest.id_ranges["item_id"])
+    rows = mm_rows(manifest, sizes, vectors)
+    plain = CtrTrain(MakeModel(job.model, manifest.features, rows, vectors.dim, history_slots=manifest.max_history_len))
+    fill_mm_table(plain.model.mm_arch, vectors, manifest)
     dmp, optimizer = shard_and_optimize(plain, ctx, job.sharding, job.train.sparse_lr, job.train.make_lr)
     state = TrainState(out / "checkpoints", dmp, optimizer, ctx)
     found = state.resume()

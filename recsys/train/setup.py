@@ -34,7 +34,6 @@ from torchrec.optim.keyed import CombinedOptimizer
 from recsys.data.schema import Manifest
 from recsys.data.vectors import ItemVectors
 from recsys.distributed import DistContext
-from recsys.models.config import table_sizes
 from recsys.models.mm_table import MultimodalArch, load_item_vectors_into
 from recsys.train.config import TrainConfig
 from recsys.train.sharding import FusedOptimConfig, make_optimizer, shard_model
@@ -75,26 +74,37 @@ def split_days(manifest: Manifest, until: int | None = None) -> DaySplit:
 
 
 def capped_table_sizes(manifest: Manifest, config: TrainConfig) -> dict[str, int]:
-    """Rows per ID kind: the manifest's ID ranges, capped at ``config.max_table_rows``."""
-    sizes = table_sizes(manifest)
-    if config.max_table_rows is None:
-        return sizes
-    return {k: min(n, config.max_table_rows) for k, n in sizes.items()}
+    """Rows per table (``FeatureSpec.table_rows``): identity tables capped at ``config.max_table_rows``."""
+    return manifest.features.table_rows(manifest.id_ranges, cap=config.max_table_rows)
 
 
-def fill_mm_table(arch: MultimodalArch, vectors: ItemVectors, num_items: int) -> int:
+def mm_rows(manifest: Manifest, sizes: dict[str, int], vectors: ItemVectors) -> int:
+    """Rows of the frozen multimodal table: the item table's when item IDs are rows, else vectors + 1."""
+    spec = manifest.features
+    item_table = spec.table(spec.table_of(spec.item_key))
+    return sizes[item_table.name] if item_table.ids == "identity" else len(vectors.item_ids) + 1
+
+
+def fill_mm_table(arch: MultimodalArch, vectors: ItemVectors, manifest: Manifest) -> int:
     """Loads the vectors into the (unsharded) frozen table; returns how many rows lack one.
 
     Args:
-        arch (MultimodalArch): holds the table.
+        arch (MultimodalArch): holds the table (built with ``mm_rows`` rows).
         vectors (ItemVectors): the item vectors.
-        num_items (int): the world's item ID range; a vector of an item
-            outside it means the vectors belong to another world (ValueError).
+        manifest (Manifest): the world's; with item IDs as rows (identity), a
+            vector of an item outside its ID range means the vectors belong to
+            another world (ValueError).
 
-    With a capped item table (``max_table_rows`` < ``num_items``) item ``i``
+    With a capped item table (``max_table_rows`` < the item range) item ``i``
     goes to row ``i % rows``, as the reader hashes IDs; on a collision the
-    larger ID wins.
+    larger ID wins. With raw item IDs every vector has its own row
+    (``MultimodalArch.load_raw``), and 0 is returned (only the missing row).
     """
+    if arch.raw_ids:
+        arch.load_raw(vectors.item_ids, vectors.vectors)
+        return 0
+    spec = manifest.features
+    num_items = manifest.id_ranges.get(spec.table_of(spec.item_key)) or arch.table_weight().shape[0]
     weight = arch.table_weight()
     rows = weight.shape[0]
     outside = (vectors.item_ids < 0) | (vectors.item_ids >= num_items)

@@ -55,7 +55,7 @@ from recsys.train.config import SHARDING, TrainConfig
 from recsys.train.loop import EpochPlan, EpochResult, RowCountError, predict, run_epochs
 from recsys.train.make_stage import Stage1Job, load_make_state, train_make
 from recsys.train.run_folder import Lineage, Report, RetrainNote, RunFolder, RunMetrics, Segment, TrainLog
-from recsys.train.setup import DaySplit, capped_table_sizes, fill_mm_table, shard_and_optimize, split_days
+from recsys.train.setup import DaySplit, capped_table_sizes, fill_mm_table, mm_rows, shard_and_optimize, split_days
 
 
 @dataclass(frozen=True)
@@ -129,10 +129,11 @@ def build(job: TrainJob, ctx: DistContext) -> Built:
             make_dir = train_make(stage1, vectors, manifest, ctx)
         make_state = load_make_state(make_dir, mm_dim)
     torch.manual_seed(job.train.seed)
-    plain = CtrTrain(CtrModel(job.model, sizes, mm_dim, history_slots=manifest.max_history_len))
+    rows = mm_rows(manifest, sizes, vectors) if vectors is not None else None
+    plain = CtrTrain(CtrModel(job.model, manifest.features, sizes, mm_dim, history_slots=manifest.max_history_len, mm_rows=rows))
     missing = 0
     if vectors is not None:
-        missing = fill_mm_table(plain.model.mm_arch, vectors, manifest.id_ranges["item_id"])
+        missing = fill_mm_table(plain.model.mm_arch, vectors, manifest)
     if make_state is not None:
         plain.model.make.load_state_dict(make_state)
     dmp, optimizer = shard_and_optimize(plain, ctx, job.sharding, job.train.sparse_lr, job.train.dense_lr)

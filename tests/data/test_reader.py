@@ -17,7 +17,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from recsys.data import schema
-from recsys.data.batch import DENSE_FEATURES, SINGLE_FEATURES, SPARSE_FEATURES, Batch
+from recsys.data.batch import Batch
+from recsys.data.spec import world_spec
+
+SPARSE_FEATURES = world_spec().kjt_keys()
+SINGLE_FEATURES = world_spec().sparse_keys()
+DENSE_FEATURES = world_spec().dense_names()
 from recsys.data.prefetch import prefetch
 from recsys.data.reader import ImpressionReader, ReaderConfig
 from recsys.data.schema import Manifest, table_files
@@ -396,7 +401,7 @@ def test_remaining_yields_the_rest_of_the_epoch(dataset: Path, shuffle: bool) ->
 
 def test_ids_beyond_table_refused_or_hashed_and_counted(dataset: Path) -> None:
     sizes = {"item_id": 5, "shop_id": 4}
-    with pytest.raises(ValueError, match=r"\d+ item_id value\(s\) >= the table's 5 rows"):
+    with pytest.raises(ValueError, match=r"\d+ (history_)?item_ids? value\(s\) >= the table's 5 rows"):
         list(ImpressionReader(dataset, ReaderConfig(batch_size=4, table_sizes=sizes)))
     plain = list(ImpressionReader(dataset, ReaderConfig(batch_size=4)))
     reader = ImpressionReader(dataset, ReaderConfig(batch_size=4, table_sizes=sizes, out_of_range="hash"))
@@ -410,7 +415,7 @@ def test_ids_beyond_table_refused_or_hashed_and_counted(dataset: Path) -> None:
         assert torch.equal(raw.sparse_features["user_id"].values(), got.sparse_features["user_id"].values())
     assert want["item_id"] > 0
     assert {k: v for k, v in reader.out_of_range_counts.items() if v} == dict(want)
-    with pytest.raises(ValueError, match="unknown ID kind 'items'"):
+    with pytest.raises(ValueError, match="unknown table 'items'"):
         ImpressionReader(dataset, ReaderConfig(table_sizes={"items": 3}))
 
 

@@ -8,7 +8,13 @@ import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys.data.batch import DENSE_FEATURES, SINGLE_FEATURES, SPARSE_FEATURES, Batch
+from recsys.data.batch import Batch
+from recsys.data.spec import world_spec
+
+WORLD = world_spec()  # the feature spec of the world generator's datasets
+SPARSE_FEATURES = WORLD.kjt_keys()
+SINGLE_FEATURES = WORLD.sparse_keys()
+DENSE_FEATURES = WORLD.dense_names()
 
 TABLE_SIZE = 20  # rows of every ID table in these tests
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from recsys.data.batch import SINGLE_FEATURES
+from recsys.data.spec import world_spec
+
+SINGLE_FEATURES = world_spec().sparse_keys()
 from recsys.data.schema import Manifest
 from recsys.models.config import ModelConfig, load_model_config, table_sizes
 

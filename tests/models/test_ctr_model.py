@@ -10,10 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from recsys.data.spec import world_spec
 from recsys.data.batch import Batch
 from recsys.models.config import VARIANTS, ModelConfig
 from recsys.models.ctr_model import VARIANT_SPECS, CtrModel, CtrTrain
 from recsys.models.mm_table import is_mm_table_param, load_item_vectors_into
+
+WORLD = world_spec()  # the world generator's feature spec
 
 CFG = dict(embedding_dim=4, mlp_hidden=(8,), attention_hidden=(4,), make_hidden=(6,), simtier_tiers=5)
 MM_DIM = 4
@@ -21,7 +24,7 @@ MM_DIM = 4
 
 def build(variant: str, sizes: dict[str, int], make_frozen: bool = True) -> CtrModel:
     torch.manual_seed(0)
-    model = CtrModel(ModelConfig(variant=variant, make_frozen=make_frozen, **CFG), sizes, mm_dim=MM_DIM)
+    model = CtrModel(ModelConfig(variant=variant, make_frozen=make_frozen, **CFG), WORLD, sizes, mm_dim=MM_DIM)
     if model.mm_arch is not None:
         v = np.random.default_rng(0).normal(size=(15, MM_DIM)).astype(np.float32)
         load_item_vectors_into(model.mm_arch.table_weight(), np.arange(15), v)  # 15..19 missing
@@ -52,7 +55,7 @@ def test_variant_finite_logits_and_id_table_gradients(
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_builds_on_meta(sizes: dict[str, int], variant: str) -> None:
-    model = CtrModel(ModelConfig(variant=variant), sizes, mm_dim=64, device=torch.device("meta"))
+    model = CtrModel(ModelConfig(variant=variant), WORLD, sizes, mm_dim=64, device=torch.device("meta"))
     params = dict(model.named_parameters())
     assert all(p.is_meta for p in params.values())
     frozen = [n for n in params if is_mm_table_param(n)]
@@ -85,10 +88,10 @@ def test_simtier_row_is_zero_when_target_has_no_vector(
 
 
 def test_id_only_needs_no_vectors(make_batch: Callable[..., Batch], sizes: dict[str, int]) -> None:
-    model = CtrModel(ModelConfig(**CFG), sizes, mm_dim=0)
+    model = CtrModel(ModelConfig(**CFG), WORLD, sizes, mm_dim=0)
     assert model.mm_arch is None and model.simtier is None and model.make is None
     with pytest.raises(ValueError, match="needs item vectors"):
-        CtrModel(ModelConfig(variant="simtier"), sizes, mm_dim=0)
+        CtrModel(ModelConfig(variant="simtier"), WORLD, sizes, mm_dim=0)
 
 
 def test_weighted_loss_is_the_mean_over_real_rows(make_batch: Callable[..., Batch], sizes: dict[str, int]) -> None:

@@ -9,11 +9,14 @@ import sys
 import pytest
 import torch
 
+from recsys.data.spec import world_spec
 from recsys.models import fused
 from recsys.models.attention import TargetAttention
 from recsys.models.config import ModelConfig
 from recsys.models.ctr_model import CtrModel
 from recsys.models.simtier import SimTier
+
+WORLD = world_spec()  # the world generator's feature spec
 
 HAS_AVX2 = torch.backends.cpu.get_cpu_capability() in fused.AVX2_CAPABILITIES
 needs_kernels = pytest.mark.skipif(not HAS_AVX2, reason="the kernels are built for AVX2 CPUs")
@@ -143,7 +146,7 @@ def test_frozen_make_model_equals_eager(sizes: dict[str, int], make_batch) -> No
     for use_kernels in (True, False):  # the switch changes no parameter: the same seed, the same weights
         config = ModelConfig(variant="simtier_make", make_frozen=True, make_attention_hidden=(8,), fused_kernels=use_kernels)
         torch.manual_seed(0)
-        model = CtrModel(config, sizes, mm_dim=16)
+        model = CtrModel(config, WORLD, sizes, mm_dim=16)
         weight = model.mm_arch.table_weight()
         with torch.no_grad():
             weight.copy_(torch.nn.functional.normalize(torch.randn_like(weight), dim=-1))

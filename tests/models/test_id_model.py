@@ -7,10 +7,10 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from recsys.data.spec import world_spec
 from recsys.data.batch import Batch
 from recsys.models.config import ModelConfig
 from recsys.models.id_model import (
-    POOLED_FEATURES,
     ExtraInputs,
     ExtraWidths,
     IdModel,
@@ -19,11 +19,14 @@ from recsys.models.id_model import (
     id_model_config,
 )
 
+WORLD = world_spec()  # the world generator's feature spec
+POOLED_FEATURES = WORLD.pooled()
+
 SMALL = IdModelConfig(embedding_dim=4, attention_hidden=(4,), attention_softmax=False, mlp_hidden=(8,), fused_kernels=False)
 
 
 def test_sparse_arch_shapes_and_shared_item_table(make_batch: Callable[..., Batch], sizes: dict[str, int]) -> None:
-    arch = IdSparseArch(sizes, embedding_dim=4)
+    arch = IdSparseArch(WORLD, sizes, embedding_dim=4)
     batch = make_batch([3, 0, 1])
     ids = arch(batch.sparse_features)
     assert ids.pooled.shape == (3, len(POOLED_FEATURES) * 4)
@@ -39,7 +42,7 @@ def test_sparse_arch_shapes_and_shared_item_table(make_batch: Callable[..., Batc
 
 
 def test_forward_shape_and_gradients(make_batch: Callable[..., Batch], sizes: dict[str, int]) -> None:
-    model = IdModel(SMALL, sizes)
+    model = IdModel(SMALL, WORLD, sizes)
     batch = make_batch([2, 5, 0, 1])
     logits = model(batch.dense_features, batch.sparse_features)
     assert logits.shape == (4,) and torch.isfinite(logits).all()
@@ -49,7 +52,7 @@ def test_forward_shape_and_gradients(make_batch: Callable[..., Batch], sizes: di
 
 
 def test_extra_inputs_join_and_are_checked(make_batch: Callable[..., Batch], sizes: dict[str, int]) -> None:
-    model = IdModel(SMALL, sizes, ExtraWidths(vector_dim=3, attention_dim=1, mlp_dim=5))
+    model = IdModel(SMALL, WORLD, sizes, ExtraWidths(vector_dim=3, attention_dim=1, mlp_dim=5))
     batch = make_batch([2, 0])
     L = 2
     extra = ExtraInputs(
@@ -67,7 +70,7 @@ def test_extra_inputs_join_and_are_checked(make_batch: Callable[..., Batch], siz
 
 
 def test_builds_on_meta(sizes: dict[str, int]) -> None:
-    model = IdModel(id_model_config(ModelConfig()), sizes, device=torch.device("meta"))
+    model = IdModel(id_model_config(ModelConfig()), WORLD, sizes, device=torch.device("meta"))
     assert all(p.is_meta for p in model.parameters())
 
 
@@ -79,7 +82,7 @@ def test_config_takes_the_model_configs_fields() -> None:
 
 
 def test_history_longer_than_its_slots_is_refused(make_batch: Callable[..., Batch], sizes: dict[str, int]) -> None:
-    arch = IdSparseArch(sizes, embedding_dim=4, history_slots=2)
+    arch = IdSparseArch(WORLD, sizes, embedding_dim=4, history_slots=2)
     ok = arch(make_batch([2, 0]).sparse_features)
     assert ok.history.shape == (2, 2, 4) and ok.mask.tolist() == [[True, True], [False, False]]
     with pytest.raises(ValueError, match="history_item_ids: an impression holds 3 items, more than history_slots=2"):

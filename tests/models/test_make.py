@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from recsys.data.spec import world_spec
 from recsys.data.batch import Batch
 from recsys.models.config import ModelConfig
 from recsys.models.ctr_model import CtrModel, CtrTrain
 from recsys.models.make import Make, MakeConfig, MakeModel, make_config
 from recsys.models.mm_table import load_item_vectors_into
+
+WORLD = world_spec()  # the world generator's feature spec
 
 CFG = dict(embedding_dim=4, mlp_hidden=(8,), attention_hidden=(4,), make_hidden=(6,))
 
@@ -23,7 +26,7 @@ def load_vectors(model: torch.nn.Module) -> None:
 
 
 def test_stage1_model_trains_make(make_batch: Callable[..., Batch]) -> None:
-    stage1 = MakeModel(ModelConfig(**CFG), num_items=20, mm_dim=4)
+    stage1 = MakeModel(ModelConfig(**CFG), WORLD, num_items=20, mm_dim=4)
     load_vectors(stage1)
     batch = make_batch([2, 0, 3])
     mm = stage1.mm_arch(batch.sparse_features)
@@ -41,8 +44,8 @@ def test_stage2_gradients_reach_make_only_when_not_frozen(
     make_batch: Callable[..., Batch], sizes: dict[str, int], variant: str, frozen: bool
 ) -> None:
     cfg = ModelConfig(variant=variant, make_frozen=frozen, **CFG)
-    stage1 = MakeModel(cfg, num_items=20, mm_dim=4)
-    model = CtrModel(cfg, sizes, mm_dim=4)
+    stage1 = MakeModel(cfg, WORLD, num_items=20, mm_dim=4)
+    model = CtrModel(cfg, WORLD, sizes, mm_dim=4)
     model.make.load_state_dict(stage1.make.state_dict())  # stage-1 weights carry over
     load_vectors(model)
     loss, _ = CtrTrain(model)(make_batch([2, 0, 3, 1]))
@@ -59,7 +62,7 @@ def test_stage2_gradients_reach_make_only_when_not_frozen(
 def test_make_reads_only_its_config() -> None:
     config = ModelConfig(make_attention_hidden=(8,), attention_softmax=True, make_hidden=(6,), fused_kernels=False)
     assert make_config(config) == MakeConfig(attention_hidden=(8,), attention_softmax=True, hidden=(6,), fused_kernels=False)
-    make = Make(make_config(config), mm_dim=4)
-    stage1 = MakeModel(config, num_items=20, mm_dim=4)
+    make = Make(make_config(config), mm_dim=4, dense_dim=len(WORLD.dense))
+    stage1 = MakeModel(config, WORLD, num_items=20, mm_dim=4)
     assert make.output_dim() == 4 + 6 + 1
     assert list(make.state_dict()) == list(stage1.make.state_dict())

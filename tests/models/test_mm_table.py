@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from recsys.data.spec import world_spec
 from recsys.data.batch import Batch
 from recsys.models.config import VARIANTS, ModelConfig
 from recsys.models.ctr_model import CtrModel, CtrTrain
 from recsys.models.mm_table import MultimodalArch, is_mm_table_param, load_item_vectors_into
+
+WORLD = world_spec()  # the world generator's feature spec
 
 
 def unit_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -62,7 +65,7 @@ def test_table_unchanged_after_training_steps(
     make_batch: Callable[..., Batch], sizes: dict[str, int], variant: str
 ) -> None:
     torch.manual_seed(0)
-    model = CtrModel(ModelConfig(variant=variant, make_frozen=False), sizes, mm_dim=4)
+    model = CtrModel(ModelConfig(variant=variant, make_frozen=False), WORLD, sizes, mm_dim=4)
     (table_name,) = [n for n, _ in model.named_parameters() if is_mm_table_param(n)]
     table = dict(model.named_parameters())[table_name]
     load_item_vectors_into(table, np.arange(0, 20, 2), unit_vectors(10, 4))

@@ -13,9 +13,11 @@ import torch.multiprocessing as mp
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 
-from recsys.data.batch import FEATURE_ID_KIND
 from recsys.models.config import ModelConfig
+from recsys.data.spec import world_spec
 from recsys.models.ctr_model import CtrModel, CtrTrain
+
+WORLD = world_spec()
 from recsys.train.sharding import CpuCapableEmbeddingBagCollectionSharder, plan_model, sharders
 
 
@@ -44,12 +46,12 @@ def test_auto_plan_gives_each_table_a_type_its_module_builds(
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     import sharding_workers
 
-    sizes = {kind: 1000 for kind in set(FEATURE_ID_KIND.values())}
+    sizes = {t.name: 1000 for t in WORLD.tables}
     meta = torch.device("meta")
     builds = {"EmbeddingCollection": set(EmbeddingCollectionSharder().sharding_types(device_type)),
               "EmbeddingBagCollection": set(EmbeddingBagCollectionSharder().sharding_types("cuda"))}
     seen = set()
-    for model in (CtrTrain(CtrModel(ModelConfig(variant="simtier_make"), sizes, mm_dim=16, device=meta)),
+    for model in (CtrTrain(CtrModel(ModelConfig(variant="simtier_make"), WORLD, sizes, mm_dim=16, device=meta)),
                   sharding_workers.TinyCtr(device=meta)):
         plan = plan_model(model, sharders({}), world_size, device_type, "auto")
         for path, module_plan in plan.plan.items():
