@@ -22,13 +22,13 @@ from recsys.settings import add_settings, settings_from_args
 
 def _cmd_world(args: argparse.Namespace) -> int:
     from recsys.data.validate import check
-    from recsys.world.config import WorldJob
+    from recsys.world.config import WorldFormat, WorldJob
     from recsys.world.generate import generate_world
     from recsys.world.summary import format_summary, summarize
 
     job = settings_from_args(WorldJob, args)
     t = time.perf_counter()
-    generate_world(job.out, job.preset, job.seed, progress=not job.quiet)
+    generate_world(job.out, job.preset, job.seed, progress=not job.quiet, fmt=settings_from_args(WorldFormat, args))
     print(f"wrote {job.out} ({job.preset}, seed {job.seed}) in {time.perf_counter() - t:.1f} s")
     print(format_summary(summarize(job.out)))
     return check(job.out, job.quiet) if job.validate else 0
@@ -245,9 +245,11 @@ def _sharding(p: argparse.ArgumentParser, about: str) -> None:
 
 
 def _add_world(p: argparse.ArgumentParser) -> None:
-    from recsys.world.config import WorldJob
+    from recsys.world.config import WorldFormat, WorldJob
 
-    add_settings(p, WorldJob, only=("preset", "seed", "out", "validate", "quiet"))
+    add_settings(p, WorldJob, only=("preset", "seed", "out"))
+    add_settings(p, WorldFormat)
+    add_settings(p, WorldJob, only=("validate", "quiet"))
 
 
 def _add_validate(p: argparse.ArgumentParser) -> None:

@@ -93,7 +93,7 @@ def _command_settings() -> dict[str, list[type]]:
     from recsys.train.config import TrainConfig
     from recsys.train.retrain import RetrainJob
     from recsys.train.trainer import TrainJob
-    from recsys.world.config import WorldJob
+    from recsys.world.config import WorldFormat, WorldJob
     from serving.client import ClientConfig
     from serving.embedder import EmbedderConfig
     from serving.constants import ExportConfig
@@ -101,7 +101,7 @@ def _command_settings() -> dict[str, list[type]]:
     from serving.server import ServerConfig
 
     return {
-        "world": [WorldJob], "pretrain": [PretrainJob, SclConfig], "train": [ModelConfig, TrainConfig, TrainJob],
+        "world": [WorldJob, WorldFormat], "pretrain": [PretrainJob, SclConfig], "train": [ModelConfig, TrainConfig, TrainJob],
         "retrain": [RetrainJob], "export": [ExportConfig], "serve": [ServerConfig],
         "embed-new": [ClientConfig, EmbedderConfig], "feed": [PublishConfig], "evaluate": [EvalJob],
         "pipeline": [PipelineJob], "demo": [PipelineJob],

@@ -7,6 +7,10 @@ Example::
     True
     >>> PRESETS["small"].n_users, PRESETS["small"].n_items
     (50000, 100000)
+    >>> WorldFormat(content="text").columns()
+    ('title',)
+    >>> WorldFormat(raw_ids=True).capacity(PRESETS["tiny"])
+    {'user_id': 401, 'item_id': 1501, 'shop_id': 61, 'brand_id': 41}
 """
 
 from __future__ import annotations
@@ -97,6 +101,48 @@ PRESETS: dict[str, WorldConfig] = {
         items_per_file=250_000,
     ),
 }
+
+
+# `--content` value -> the item content written (spec.CONTENT names, in that order).
+CONTENT: dict[str, tuple[str, ...]] = {"both": ("title", "image"), "text": ("title",), "image": ("image",)}
+# ID kinds `--raw-ids` renames (each a managed table of the spec), with the WorldConfig field counting them.
+RAW_ID_KINDS: dict[str, str] = {"user_id": "n_users", "item_id": "n_items", "shop_id": "n_shops", "brand_id": "n_brands"}
+UNSEEN_ROWS = 1  # managed tables' rows past the world's IDs: the slot TorchRec's MCH keeps for unseen IDs
+
+
+@dataclass(frozen=True)
+class WorldFormat:
+    """How a world is written: the same simulated world in the shape of another log.
+
+    Whatever the format, the simulation (who saw what, clicked what, on which
+    day and slot) is the same for a seed; only the written IDs and columns change.
+    Each field carries its help: ``mmctr world``'s flags derive from them.
+    """
+
+    raw_ids: bool = setting(
+        False,
+        "write user, item, shop and brand IDs as random sparse 64-bit integers in [1, 2^62] (as a real log's), "
+        "the same in every table; the manifest declares them managed tables of (count + 1) rows",
+    )
+    content: str = setting(
+        "both", "item content written: title and image, title only (no image rendered), or image only", choices=tuple(CONTENT)
+    )
+    searches: bool = setting(True, "write the searches/ table (search -> purchase sessions)")
+
+    def columns(self) -> tuple[str, ...]:
+        """The content written (``FeatureSpec.content``): ``title``, ``image`` or both."""
+        if self.content not in CONTENT:
+            raise ValueError(f"content {self.content!r}; expected one of {sorted(CONTENT)}")
+        return CONTENT[self.content]
+
+    def capacity(self, cfg: WorldConfig) -> dict[str, int]:
+        """Rows of each managed table under ``raw_ids``: the world's count of that kind + ``UNSEEN_ROWS``.
+
+        Every ID of the kind fits without eviction (the count is known to the
+        generator, as a log's distinct-ID count is to its owner), plus the last
+        row, where TorchRec's managed-collision module sends IDs it never admitted.
+        """
+        return {kind: int(getattr(cfg, n)) + UNSEEN_ROWS for kind, n in RAW_ID_KINDS.items()}
 
 
 @dataclass(frozen=True)

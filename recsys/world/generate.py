@@ -9,6 +9,12 @@ images, titles and impressions are produced and written one chunk or one day
 at a time. The world is written into ``OUT.partial`` and renamed to ``OUT``
 when complete, so a half-written world never looks like a dataset.
 
+The format (:class:`~recsys.world.config.WorldFormat`) changes what is
+written, never what is simulated: raw IDs rename users, items, shops and
+brands (``recsys.world.ids``), ``content`` leaves the title or the image out
+(titles and queries stay the same: rendering's random draws are still made),
+``searches=False`` leaves ``searches/`` out.
+
 Example::
 
     >>> import tempfile, pathlib
@@ -18,6 +24,12 @@ Example::
     (1500, 5)
     >>> sorted(p.name for p in out.iterdir())
     ['impressions', 'items', 'manifest.json', 'searches', 'truth', 'users']
+    >>> fmt = WorldFormat(raw_ids=True, content="text", searches=False)
+    >>> m = generate_world(out, "tiny", 0, fmt=fmt)
+    >>> sorted(p.name for p in out.iterdir()), m.features.content, m.image_size
+    (['impressions', 'items', 'manifest.json', 'truth', 'users'], ('title',), None)
+    >>> m.features.table("item_id").ids, m.features.table("item_id").rows, sorted(m.id_ranges)
+    ('managed', 1501, ['age_bucket', 'category_id', 'city_id', 'gender', 'price_bucket'])
 """
 
 from __future__ import annotations
@@ -35,11 +47,13 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from recsys.data.schema import FORMAT_VERSION, IMPRESSIONS, ITEMS, SEARCHES, TRUTH_DIR, USERS, Manifest
+from recsys.data.spec import world_spec
 from recsys.world.behaviour import ClickModel, HistoryState
 from recsys.world.catalog import SEMANTIC_DIM, CategoryTree
-from recsys.world.config import PRESETS, WorldConfig
+from recsys.world.config import PRESETS, RAW_ID_KINDS, WorldConfig, WorldFormat
+from recsys.world.ids import IdMap
 from recsys.world.population import N_AGE_BUCKETS, N_GENDERS, N_PRICE_BUCKETS, Items, Users
-from recsys.world.render import encode_png, render_images
+from recsys.world.render import draw_jitter, encode_png, render_images
 from recsys.world.sampler import ItemSampler
 from recsys.world.titles import make_queries, make_titles
 
@@ -48,6 +62,9 @@ SIM_CHUNK = 16_384  # impressions per click-model chunk
 SEARCH_CHUNK = 5_000  # sessions per searches/ file
 SHOWN_PER_SEARCH = 10  # items on a search result page, the purchased one included
 RENDER_BATCH = 256  # images rendered at once: temporaries stay small (larger ones cost page faults)
+# The column of each content kind (spec.CONTENT) in items/ and in searches/.
+ITEM_CONTENT = {"title": "title", "image": "image"}
+QUERY_CONTENT = {"title": "query_text", "image": "query_image"}
 
 
 def _rng(root: np.random.SeedSequence, *key: int) -> np.random.Generator:
@@ -55,8 +72,8 @@ def _rng(root: np.random.SeedSequence, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(root.entropy, spawn_key=tuple(key)))
 
 
-# Stream keys of `_rng`: one per part of the world.
-_TREE, _ITEMS, _USERS, _PREWARM, _DAY, _ITEM_CONTENT, _SEARCH, _QUERY_CONTENT = range(8)
+# Stream keys of `_rng`: one per part of the world (_RAW_IDS, kind: the raw IDs of RAW_ID_KINDS' kind-th).
+_TREE, _ITEMS, _USERS, _PREWARM, _DAY, _ITEM_CONTENT, _SEARCH, _QUERY_CONTENT, _RAW_IDS = range(9)
 
 
 def _write(table: pa.Table, path: Path, row_group_size: int | None = None) -> None:
@@ -68,58 +85,61 @@ def _list_array(offsets: np.ndarray, values: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values.astype(np.int64)))
 
 
-def _pngs(rng: np.random.Generator, sem: dict[str, np.ndarray], size: int) -> list[bytes]:
-    """Renders and PNG-encodes in batches of RENDER_BATCH, in row order."""
+def _pngs(rng: np.random.Generator, sem: dict[str, np.ndarray], size: int, render: bool = True) -> list[bytes]:
+    """Renders and PNG-encodes in batches of RENDER_BATCH, in row order.
+
+    With ``render=False`` only the random draws are made (``rng`` ends where
+    rendering would leave it) and nothing is returned.
+    """
     n = len(sem["leaf"])
     out: list[bytes] = []
     for a in range(0, n, RENDER_BATCH):
+        if not render:
+            draw_jitter(rng, min(RENDER_BATCH, n - a), size)
+            continue
         part = {k: v[a : a + RENDER_BATCH] for k, v in sem.items()}
         out.extend(encode_png(im) for im in render_images(rng, part, size))
     return out
 
 
+def _without(schema: pa.Schema, names: set[str]) -> pa.Schema:
+    """``schema`` less the fields ``names`` (the content a world leaves out)."""
+    return pa.schema([f for f in schema if f.name not in names], metadata=schema.metadata)
+
+
 def write_item_chunk(
-    path: Path, entropy: int, chunk: int, start: int, sem: dict[str, np.ndarray], meta: dict[str, np.ndarray], size: int
-) -> int:
-    """Renders images and titles of items ``start..start+n`` and writes one file."""
+    path: Path, entropy: int, chunk: int, sem: dict[str, np.ndarray], cols: dict[str, np.ndarray],
+    brand: np.ndarray, size: int, content: tuple[str, ...],
+) -> int:  # fmt: skip
+    """Renders the images and titles of one chunk of items and writes one file.
+
+    Args:
+        sem (dict[str, np.ndarray]): the items' semantics (``Items.semantics``), each (N,).
+        cols (dict[str, np.ndarray]): the ID and metadata columns of ``ITEMS`` as written, each (N,).
+        brand (np.ndarray): dense brand IDs (N,): the brand word of the title.
+        content (tuple[str, ...]): ``title``, ``image`` or both: the columns written.
+    """
     rng = _rng(np.random.SeedSequence(entropy), _ITEM_CONTENT, chunk)
-    images = _pngs(rng, sem, size)
-    titles = make_titles(rng, sem, meta["brand_id"])
-    n = len(titles)
-    table = pa.table(
-        {
-            "item_id": np.arange(start, start + n, dtype=np.int64),
-            "category_id": sem["leaf"].astype(np.int32),
-            "shop_id": meta["shop_id"].astype(np.int64),
-            "brand_id": meta["brand_id"].astype(np.int64),
-            "price_bucket": meta["price_bucket"].astype(np.int32),
-            "created_day": meta["created_day"].astype(np.int32),
-            "title": titles,
-            "image": images,
-        },
-        schema=ITEMS,
-    )
+    images = _pngs(rng, sem, size, render="image" in content)  # drawn before the titles: same titles either way
+    values = {"title": make_titles(rng, sem, brand) if "title" in content else None, "image": images}
+    cols = {**cols, **{ITEM_CONTENT[c]: values[c] for c in content}}
+    schema = _without(ITEMS, {ITEM_CONTENT[c] for c in ITEM_CONTENT if c not in content})
+    table = pa.table({k: cols[k] for k in schema.names}, schema=schema)
     _write(table, path)
-    return n
+    return len(table)
 
 
-def write_search_chunk(path: Path, entropy: int, chunk: int, columns: dict[str, object], sem: dict[str, np.ndarray], size: int) -> int:
-    """Renders query images and texts for one chunk of sessions and writes one file."""
+def write_search_chunk(
+    path: Path, entropy: int, chunk: int, columns: dict[str, object], sem: dict[str, np.ndarray], size: int,
+    content: tuple[str, ...],
+) -> int:  # fmt: skip
+    """Renders query images and texts (those of ``content``) for one chunk of sessions and writes one file."""
     rng = _rng(np.random.SeedSequence(entropy), _QUERY_CONTENT, chunk)
-    images = _pngs(rng, sem, size)  # a new rendering: other jitter, noise, shade
-    table = pa.table(
-        {
-            "session_id": columns["session_id"],
-            "day": columns["day"],
-            "user_id": columns["user_id"],
-            "query_text": make_queries(rng, sem),
-            "query_image": images,
-            "shown_item_ids": columns["shown_item_ids"],
-            "clicked_item_ids": columns["clicked_item_ids"],
-            "purchased_item_id": columns["purchased_item_id"],
-        },
-        schema=SEARCHES,
-    )
+    images = _pngs(rng, sem, size, render="image" in content)  # a new rendering: other jitter, noise, shade
+    values = {"title": make_queries(rng, sem) if "title" in content else None, "image": images}
+    cols = {**columns, **{QUERY_CONTENT[c]: values[c] for c in content}}
+    schema = _without(SEARCHES, {QUERY_CONTENT[c] for c in QUERY_CONTENT if c not in content})
+    table = pa.table({k: cols[k] for k in schema.names}, schema=schema)
     _write(table, path)
     return len(table)
 
@@ -152,43 +172,52 @@ class WorldWriter:
         seed (int): root seed.
         out (Path): the directory written.
         progress (bool): show a tqdm bar.
+        fmt (WorldFormat): IDs, content and tables written.
     """
 
-    def __init__(self, cfg: WorldConfig, seed: int, out: Path, progress: bool = False) -> None:
-        self.cfg, self.seed, self.out = cfg, seed, Path(out)
+    def __init__(self, cfg: WorldConfig, seed: int, out: Path, progress: bool = False, fmt: WorldFormat = WorldFormat()) -> None:
+        self.cfg, self.seed, self.out, self.fmt = cfg, seed, Path(out), fmt
+        self.content = fmt.columns()
         self.root = np.random.SeedSequence(seed)
         self.progress = progress
+        self.ids = IdMap()
+        if fmt.raw_ids:  # streams of their own: the simulation's draws are untouched
+            rngs = {kind: _rng(self.root, _RAW_IDS, k) for k, kind in enumerate(RAW_ID_KINDS)}
+            self.ids = IdMap.draw(rngs, {kind: getattr(cfg, n) for kind, n in RAW_ID_KINDS.items()})
         self.click = ClickModel()
         self.tree = CategoryTree.build(_rng(self.root, _TREE))
         self.items = Items.sample(_rng(self.root, _ITEMS), cfg, self.tree)
         self.users = Users.sample(_rng(self.root, _USERS), cfg, self.tree)
         self.sampler = ItemSampler(self.items.leaf, self.items.created_day, self.items.popularity, self.tree.n_leaves)
         self.b0: float | None = None
-        self.counts = {"items": cfg.n_items, "users": cfg.n_users, "impressions": 0, "searches": 0}
+        self.counts = {"items": cfg.n_items, "users": cfg.n_users, "impressions": 0}
+        if fmt.searches:
+            self.counts["searches"] = 0
 
     # -- tables -------------------------------------------------------------
     def _submit_items(self, pool: object, tmp: Path) -> list[cf.Future]:
-        cfg, it = self.cfg, self.items
+        cfg, it, written = self.cfg, self.items, self.ids
         futures = []
         for chunk, start in enumerate(range(0, cfg.n_items, cfg.items_per_file)):
             ids = np.arange(start, min(start + cfg.items_per_file, cfg.n_items))
-            meta = {
-                "shop_id": it.shop[ids],
-                "brand_id": it.brand[ids],
-                "price_bucket": it.price_bucket[ids],
-                "created_day": it.created_day[ids],
+            cols = {
+                "item_id": written("item_id", ids),
+                "category_id": it.leaf[ids].astype(np.int32),
+                "shop_id": written("shop_id", it.shop[ids]),
+                "brand_id": written("brand_id", it.brand[ids]),
+                "price_bucket": it.price_bucket[ids].astype(np.int32),
+                "created_day": it.created_day[ids].astype(np.int32),
             }
             path = tmp / "items" / f"part-{chunk:05d}.parquet"
-            futures.append(
-                pool.submit(write_item_chunk, path, self.root.entropy, chunk, start, it.semantics(ids), meta, cfg.image_size)
-            )
+            args = (path, self.root.entropy, chunk, it.semantics(ids), cols, it.brand[ids], cfg.image_size, self.content)
+            futures.append(pool.submit(write_item_chunk, *args))
         return futures
 
     def _write_users(self, tmp: Path) -> None:
         us = self.users
         table = pa.table(
             {
-                "user_id": np.arange(us.n, dtype=np.int64),
+                "user_id": self.ids("user_id", np.arange(us.n)),
                 "age_bucket": us.age_bucket.astype(np.int32),
                 "gender": us.gender.astype(np.int32),
                 "city_id": us.city.astype(np.int32),
@@ -249,9 +278,9 @@ class WorldWriter:
         table = pa.table(
             {
                 "day": np.full(n, day, dtype=np.int32),
-                "user_id": users.astype(np.int64),
-                "item_id": item.astype(np.int64),
-                "history_item_ids": _list_array(offsets, values),
+                "user_id": self.ids("user_id", users),
+                "item_id": self.ids("item_id", item),
+                "history_item_ids": _list_array(offsets, self.ids("item_id", values)),
                 "position": position.astype(np.int32),
                 "label": label,
             },
@@ -323,13 +352,19 @@ class WorldWriter:
 
     def _submit_searches(self, pool: object, tmp: Path) -> list[cf.Future]:
         s = self._search_sessions()
+        written = self.ids
         futures = []
         for chunk, a in enumerate(range(0, self.cfg.n_searches, SEARCH_CHUNK)):
             rows = slice(a, a + SEARCH_CHUNK)
             cols = {k: v[rows] for k, v in s.items()}
             sem = self.items.semantics(cols["purchased_item_id"])
+            cols["user_id"] = written("user_id", cols["user_id"])
+            cols["purchased_item_id"] = written("item_id", cols["purchased_item_id"])
+            for name in ("shown_item_ids", "clicked_item_ids"):
+                cols[name] = written.lists("item_id", cols[name])
             path = tmp / "searches" / f"part-{chunk:05d}.parquet"
-            futures.append(pool.submit(write_search_chunk, path, self.root.entropy, chunk, cols, sem, self.cfg.image_size))
+            args = (path, self.root.entropy, chunk, cols, sem, self.cfg.image_size, self.content)
+            futures.append(pool.submit(write_search_chunk, *args))
         self.counts["searches"] = self.cfg.n_searches
         return futures
 
@@ -337,37 +372,42 @@ class WorldWriter:
         it, us = self.items, self.users
         s = SEMANTIC_DIM
         sem = pa.FixedSizeListArray.from_arrays(pa.array(it.semantic.astype(np.float32).ravel()), s)
-        cols = {"item_id": np.arange(it.n, dtype=np.int64), "semantic": sem}
+        cols = {"item_id": self.ids("item_id", np.arange(it.n)), "semantic": sem}
         cols.update({k: v.astype(np.int32) for k, v in it.attributes.items()})
         cols.update({"popularity": it.popularity, "effect": it.effect})
         _write(pa.table(cols), tmp / TRUTH_DIR / "items.parquet")
         taste = pa.FixedSizeListArray.from_arrays(pa.array(us.taste.ravel()), s)
-        _write(pa.table({"user_id": np.arange(us.n, dtype=np.int64), "taste": taste, "effect": us.effect}), tmp / TRUTH_DIR / "users.parquet")
+        _write(pa.table({"user_id": self.ids("user_id", np.arange(us.n)), "taste": taste, "effect": us.effect}), tmp / TRUTH_DIR / "users.parquet")
         click = {**dataclasses.asdict(self.click), "b0": self.b0}
         (tmp / TRUTH_DIR / "click_model.json").write_text(json.dumps(click, indent=2) + "\n")
 
     def manifest(self) -> Manifest:
-        cfg = self.cfg
+        """The manifest: raw-ID kinds are managed tables (``WorldFormat.capacity``), the rest identity ones."""
+        cfg, fmt = self.cfg, self.fmt
+        sizes = {
+            "item_id": cfg.n_items,
+            "user_id": cfg.n_users,
+            "shop_id": cfg.n_shops,
+            "brand_id": cfg.n_brands,
+            "category_id": self.tree.n_leaves,
+            "price_bucket": N_PRICE_BUCKETS,
+            "age_bucket": N_AGE_BUCKETS,
+            "gender": N_GENDERS,
+            "city_id": cfg.n_cities,
+        }
+        managed = fmt.capacity(cfg) if fmt.raw_ids else None
         return Manifest(
             format_version=FORMAT_VERSION,
             preset=cfg.name,
             seed=self.seed,
             counts=dict(self.counts),
-            id_ranges={
-                "item_id": cfg.n_items,
-                "user_id": cfg.n_users,
-                "shop_id": cfg.n_shops,
-                "brand_id": cfg.n_brands,
-                "category_id": self.tree.n_leaves,
-                "price_bucket": N_PRICE_BUCKETS,
-                "age_bucket": N_AGE_BUCKETS,
-                "gender": N_GENDERS,
-                "city_id": cfg.n_cities,
-            },
+            id_ranges={k: v for k, v in sizes.items() if managed is None or k not in managed},
             first_day=cfg.first_day,
             last_day=cfg.last_day,
+            test_day=cfg.last_day,
             max_history_len=cfg.max_history_len,
-            image_size=cfg.image_size,
+            features=world_spec(self.content, fmt.raw_ids, managed),
+            image_size=cfg.image_size if "image" in self.content else None,
             extra={"generator": "mmctr world"},
         )
 
@@ -376,7 +416,7 @@ class WorldWriter:
         tmp = self.out.with_name(self.out.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        n_chunks = -(-cfg.n_items // cfg.items_per_file) + -(-cfg.n_searches // SEARCH_CHUNK)
+        n_chunks = -(-cfg.n_items // cfg.items_per_file) + (-(-cfg.n_searches // SEARCH_CHUNK) if self.fmt.searches else 0)
         bar = tqdm(total=n_chunks + cfg.n_days + 1, desc=f"world {cfg.name}", disable=not self.progress, unit="part")
         if cfg.workers > 1:
             pool = cf.ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"))
@@ -384,7 +424,8 @@ class WorldWriter:
             pool = _Inline()
         try:
             futures = self._submit_items(pool, tmp)
-            futures += self._submit_searches(pool, tmp)
+            if self.fmt.searches:
+                futures += self._submit_searches(pool, tmp)
             self._write_users(tmp)
             state = self._prewarm()
             bar.update(1)
@@ -404,10 +445,23 @@ class WorldWriter:
         return manifest
 
 
-def generate_world(out: Path, preset: str | WorldConfig = "tiny", seed: int = 0, *, progress: bool = False) -> Manifest:
-    """Generates a world into ``out`` (replacing it) and returns its manifest."""
+def generate_world(
+    out: Path, preset: str | WorldConfig = "tiny", seed: int = 0, *, progress: bool = False, fmt: WorldFormat = WorldFormat()
+) -> Manifest:
+    """Generates a world into ``out`` (replacing it) and returns its manifest.
+
+    Args:
+        out (Path): the dataset directory (replaced).
+        preset (str | WorldConfig): a ``PRESETS`` name or a config.
+        seed (int): the root seed: same seed, same simulated world whatever ``fmt``.
+        progress (bool): show a tqdm bar.
+        fmt (WorldFormat): how it is written: raw IDs, content, searches.
+
+    Raises:
+        ValueError: an unknown preset or content.
+    """
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         preset = PRESETS[preset]
-    return WorldWriter(preset, seed, Path(out), progress).run()
+    return WorldWriter(preset, seed, Path(out), progress, fmt).run()

@@ -100,6 +100,29 @@ def _pattern(pattern: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return _by_kind(pattern, kinds, u, v).astype(np.float32)
 
 
+def draw_jitter(rng: np.random.Generator, n: int, size: int) -> dict[str, np.ndarray]:
+    """Every random draw of :func:`render_images` for ``n`` images, in its order.
+
+    Drawing them without rendering leaves ``rng`` where rendering would, so a
+    world written without images draws the same titles and queries.
+
+    Returns:
+        dict[str, np.ndarray]: ``cx``, ``cy`` (centre shift), ``scale``, ``angle``
+        (pattern rotation, rad), each float32 of shape (N, 1, 1); ``noise``
+        float32 (N, H, W); ``base``, ``bg`` (fill and background colour shifts,
+        RGB levels) float64 (N, 3).
+    """
+    return {
+        "cx": rng.uniform(-0.2, 0.2, (n, 1, 1)).astype(np.float32),
+        "cy": rng.uniform(-0.2, 0.2, (n, 1, 1)).astype(np.float32),
+        "scale": rng.uniform(0.5, 0.78, (n, 1, 1)).astype(np.float32),
+        "angle": rng.uniform(-0.3, 0.3, (n, 1, 1)).astype(np.float32),
+        "noise": rng.standard_normal((n, size, size), dtype=np.float32),
+        "base": rng.normal(0.0, 12.0, (n, 3)),
+        "bg": rng.normal(0.0, 8.0, (n, 3)),
+    }
+
+
 def render_images(rng: np.random.Generator, sem: dict[str, np.ndarray], size: int = 64) -> np.ndarray:
     """Renders one RGB image per row of ``sem``.
 
@@ -118,11 +141,10 @@ def render_images(rng: np.random.Generator, sem: dict[str, np.ndarray], size: in
     colour, material = np.asarray(sem["colour"]), np.asarray(sem["material"])
     style, pattern = np.asarray(sem["style"]), np.asarray(sem["pattern"])
 
+    j = draw_jitter(rng, n, size)
+    cx, cy, scale = j["cx"], j["cy"], j["scale"]
     grid = (np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0  # [-1, 1]
     gx, gy = grid[None, None, :], grid[None, :, None]
-    cx = rng.uniform(-0.2, 0.2, (n, 1, 1)).astype(np.float32)
-    cy = rng.uniform(-0.2, 0.2, (n, 1, 1)).astype(np.float32)
-    scale = rng.uniform(0.5, 0.78, (n, 1, 1)).astype(np.float32)
     x = (gx - cx) / scale  # (N, H, W) in shape units
     y = (gy - cy) / scale
     x = np.ascontiguousarray(np.broadcast_to(x, (n, size, size)))
@@ -131,7 +153,7 @@ def render_images(rng: np.random.Generator, sem: dict[str, np.ndarray], size: in
     mark = _inner_mark(leaf_in_top, x, y) & inside
 
     # Pattern coordinates rotate a little per image.
-    angle = rng.uniform(-0.3, 0.3, (n, 1, 1)).astype(np.float32)
+    angle = j["angle"]
     u = x * np.cos(angle) - y * np.sin(angle)
     v = x * np.sin(angle) + y * np.cos(angle)
     shade = _pattern(pattern, u, v)
@@ -141,10 +163,9 @@ def render_images(rng: np.random.Generator, sem: dict[str, np.ndarray], size: in
     outline_w = _OUTLINE[style][:, None, None] * 2.0 / size / scale
     body = inside & (edge <= 1.0 - outline_w)  # fill, not outline
     # Material texture inside the shape; the background stays smooth.
-    noise = rng.standard_normal((n, size, size), dtype=np.float32)
-    texture = np.where(body, noise * _TEXTURE[material][:, None, None], 0.0).astype(np.float32)
-    base = (_PALETTE[colour] + rng.normal(0.0, 12.0, (n, 3))).astype(np.float32)  # (N, 3)
-    bg = (_BACKGROUNDS[style] + rng.normal(0.0, 8.0, (n, 3))).astype(np.float32)
+    texture = np.where(body, j["noise"] * _TEXTURE[material][:, None, None], 0.0).astype(np.float32)
+    base = (_PALETTE[colour] + j["base"]).astype(np.float32)  # (N, 3)
+    bg = (_BACKGROUNDS[style] + j["bg"]).astype(np.float32)
     shade_b = (shade * body)[..., None]  # (N, H, W, 1)
     img = shade_b * base[:, None, None, :] + texture[..., None]
     img += (1.0 - inside[..., None]) * bg[:, None, None, :] + (inside[..., None] & ~body[..., None]) * 20.0

@@ -79,10 +79,14 @@ def test_manifest_round_trip_and_errors(tmp_path: Path, tiny_manifest: Manifest)
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="format_version"):
         Manifest.read(tmp_path)
-    del raw["counts"]
-    raw["format_version"] = 1
+    raw["format_version"] = 1  # format 1 has no feature spec
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
-    with pytest.raises(ValueError, match="counts"):
+    with pytest.raises(ValueError, match="format_version 1 has no 'features'"):
+        Manifest.read(tmp_path)
+    raw["format_version"] = 2
+    del raw["first_day"]
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="first_day"):
         Manifest.read(tmp_path)
 
 
