@@ -1,59 +1,86 @@
-"""``mmctr validate``: checks a dataset against the public format of ``schema.py``.
+"""``mmctr validate``: checks a dataset against its own feature spec (``manifest.json``'s ``features``).
 
-The first fault raises :class:`DatasetError` naming the file (relative to the
-dataset directory), the column and the row (0-based, within that file)::
+Every check derives from the manifest's :class:`~recsys.data.spec.FeatureSpec`
+(a format-1 manifest reads as ``spec.world_spec()``), so a real log with its
+own column names validates as the world does. The first fault raises
+:class:`DatasetError` naming the file (relative to the dataset directory),
+the column and the row (0-based, within that file)::
 
     impressions/day-0013-part-00000.parquet: column 'label', row 17: value 0.5, expected 0.0 or 1.0
 
 Checks, in order:
 
-1. ``manifest.json`` present and valid, with a count for every table, a
-   range for every ID kind of ``schema.ID_COLUMNS`` and an ``image_size`` >= 1.
-2. From Parquet footers only (no data read): every table directory has files;
-   every column of ``schema.TABLES`` is present with its type (``string`` may
-   be ``large_string``, ``binary`` ``large_binary``, ``list`` ``large_list``);
-   rows per table equal ``manifest.counts``.
+1. ``manifest.json`` reads (``Manifest.read``: a bad spec, e.g. an unknown
+   source, is named there); every ``identity`` table has its rows
+   (``rows``, else ``id_ranges[table]``, an integer >= 1); ``image_size`` >= 1
+   when the content holds images; ``counts`` and days are integers.
+2. From Parquet footers only (no data read), the columns of :func:`layout`,
+   each with its type: IDs (the spec's sparse features, user and item keys)
+   ``int32``/``int64``; the history a list of them; the label a float; the
+   day an integer; dense features numbers; ``title`` a string, ``image``
+   bytes (``large_`` layouts count as one). Columns the spec does not name
+   are allowed (a real log has more) and reported as ignored. ``items/`` and
+   ``impressions/`` must have files; ``users/`` too when a feature comes from
+   it (else it is not read, and an impression's user needs no row);
+   ``searches/`` is optional (absent or empty: no search log, pre-training
+   falls back to CLIP-style) and read only when the content holds a title or
+   an image. Rows per table equal ``manifest.counts`` where it gives them.
 3. Contents, file by file and batch by batch (bounded memory, vectorised with
    pyarrow and numpy; only the content rules loop in Python, images on a
-   thread pool):
-   no nulls, in lists included; every ID column, lists included, within
-   ``0 <= id < manifest.id_ranges[kind]``; no item or user listed twice; every
-   user and item an impression or search names (histories included) has a row
-   in ``users/`` or ``items/``; impression labels 0.0 or 1.0 (no NaN), days
-   within ``[first_day, last_day]``, positions >= 0, histories no longer than
-   ``max_history_len``; and the content rules every stage applies, in the
-   same words (``recsys/data/content.py``, whose docstring lists each stage's
-   refusals): every image of ``schema.IMAGE_COLUMNS`` decodes to RGB at
-   exactly ``manifest.image_size`` px, and no text of
-   ``content.TEXT_COLUMNS`` (titles, queries) is blank.
+   thread pool): no nulls, in lists included; IDs of an ``identity`` table
+   within ``[0, rows)``; IDs of a ``managed`` or ``hash`` table any int64
+   (negatives included) but ``2**63 - 1``, the empty-slot sentinel of
+   TorchRec's managed-collision modules (:data:`SENTINEL`; refused for
+   ``hash`` tables too, so a table can change mapping without its data
+   changing); no item or user listed twice; every impression's user (when
+   ``users/`` is read) and item, every history item (so its ``history_side``
+   features) and every item a search names has its row; labels 0.0 or 1.0;
+   days within ``[first_day, last_day]``; dense values finite (no NaN or
+   inf); and the content rules every stage applies, in the same words
+   (``recsys/data/content.py``): images decode to RGB at exactly
+   ``image_size`` px, titles and queries are not blank.
+4. The split: ``test_day`` holds impressions, and at least one earlier day
+   does (training needs one).
 
-Memory grows with the rows, never with ``id_ranges``: the user and item IDs
-seen so far are kept as sorted runs of unique IDs (:class:`_IdSet`, merged
-like a binary counter), so IDs spread up to 2**62 cost what dense ones do.
+Histories longer than ``max_history_len`` are not refused (the reader keeps
+the last ones); the report counts them.
+
+Memory grows with the rows, never with ID values or ranges: the user and
+item keys seen so far are kept as sorted runs of unique IDs (:class:`_IdSet`,
+merged like a binary counter), so IDs spread up to 2**62 cost what dense ones do.
 
 Example::
 
     >>> import tempfile
-    >>> import pyarrow.parquet as pq
-    >>> from recsys.data.schema import USERS
+    >>> from recsys.data.spec import FeatureSpec, Sparse, Table
+    >>> spec = FeatureSpec(user_key="uid", item_key="iid", label="clk", history=None, content=(),
+    ...     sparse=(Sparse("uid", "impressions"), Sparse("iid", "impressions")),
+    ...     tables=(Table("uid", "hash", rows=8), Table("iid", "managed", rows=8)))
     >>> root = Path(tempfile.mkdtemp())
-    >>> for name, schema in TABLES.items():
-    ...     (root / name).mkdir()
-    ...     pq.write_table(schema.empty_table(), root / name / "part-00000.parquet")
-    >>> kinds = {kind for columns in ID_COLUMNS.values() for kind in columns.values()}
-    >>> counts = {"items": 0, "users": 2, "impressions": 0, "searches": 0}
-    >>> Manifest(1, "doc", 0, counts, dict.fromkeys(kinds, 5), 0, 0, 20, 64).write(root)
-    >>> users = {"user_id": [0, 1], "age_bucket": [2, 2], "gender": [0, 1], "city_id": [4, 3]}
-    >>> pq.write_table(pa.table(users, schema=USERS), root / "users" / "part-00000.parquet")
-    >>> validate_dataset(root)
-    {'items': 0, 'users': 2, 'impressions': 0, 'searches': 0}
-    >>> users["city_id"] = [4, 7]
-    >>> pq.write_table(pa.table(users, schema=USERS), root / "users" / "part-00000.parquet")
+    >>> def write(table, columns):
+    ...     (root / table).mkdir(exist_ok=True)
+    ...     pq.write_table(pa.table(columns), root / table / "part-00000.parquet")
+    >>> write("items", {"iid": [10**15, 7]})
+    >>> write("impressions", {"day": [0, 1], "uid": [-5, 3], "iid": [7, 10**15], "clk": [0.0, 1.0], "ip": ["a", "b"]})
+    >>> Manifest(format_version=2, first_day=0, last_day=1, features=spec).write(root)
+    >>> print(format_report(validate_dataset(root), "ds"))  # doctest: +NORMALIZE_WHITESPACE
+    OK: ds: items=2, impressions=2
+      keys: user uid, item iid; label clk; day day
+      sparse: impressions uid, iid
+      history: none
+      dense: none
+      tables: uid hash 8 rows; iid managed 8 rows (lfu every 1 step)
+      content: none
+      search log: none (SCL unavailable; pre-training will be CLIP-style)
+      split: days 0..1; train 0..0 (1 impressions), test day 1 (1 impressions)
+      ignored columns: impressions: ip
+      users/: not read (no feature comes from users; an impression's user needs no row)
+    >>> write("impressions", {"day": [0, 1], "uid": [-5, 3], "iid": [7, 8], "clk": [0.0, 1.0]})
     >>> try:
     ...     validate_dataset(root)
     ... except DatasetError as e:
     ...     print(e)
-    users/part-00000.parquet: column 'city_id', row 1: ID 7 outside [0, 5)
+    impressions/part-00000.parquet: column 'iid', row 1: unknown iid 8 (no row in items/)
     >>> import shutil; shutil.rmtree(root)
 """
 
@@ -63,6 +90,7 @@ import argparse
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,32 +99,40 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from recsys.data.content import TEXT_COLUMNS, check_image, check_text, first_fault, where
-from recsys.data.schema import ID_COLUMNS, IMAGE_COLUMNS, MANIFEST, TABLES, Manifest, table_files
+from recsys.data.content import check_image, check_text, first_fault, where
+from recsys.data.layout import TYPES, Column, layout, needs_users
+from recsys.data.schema import MANIFEST, TABLES, Manifest, table_files
+from recsys.data.spec import Table
 
 BATCH_ROWS = 65_536  # rows per batch of a table without images
 IMAGE_BATCH_ROWS = 2_048  # rows per batch of a table with images (~10 KB a PNG)
 IMAGE_CHUNK = 128  # images checked per thread-pool task
-# Types accepted for a schema type: the same values in another Arrow layout.
-_EQUIVALENT = {pa.string(): (pa.string(), pa.large_string()), pa.binary(): (pa.binary(), pa.large_binary())}
-# Users and items first: later tables are checked against their IDs.
+SENTINEL = 2**63 - 1  # TorchRec MCH's empty-slot ID: refused in managed and hash tables
+NO_SEARCHES = "none (SCL unavailable; pre-training will be CLIP-style)"
+# Users and items first: later tables are checked against their keys.
 _ORDER = ("users", "items", "impressions", "searches")
-# ID kinds whose values must be rows of a table: kind -> (table, key column).
-_KNOWN = {"user_id": ("users", "user_id"), "item_id": ("items", "item_id")}
 
 
 class DatasetError(ValueError):
-    """A dataset that breaks the public format; the message names file, column and row."""
+    """A dataset that breaks its format or spec; the message names file, column and row."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """What :func:`validate_dataset` found in a valid dataset (:func:`format_report` prints it)."""
+
+    manifest: Manifest
+    counts: dict[str, int]  # rows per table read, in schema.TABLES order
+    ignored: dict[str, tuple[str, ...]]  # columns the spec does not name, per table read
+    days: dict[int, int]  # impressions per day, sorted by day
+    searches: str  # the search log: NO_SEARCHES, or what was read
+    unread: tuple[str, ...] = ()  # table directories present but not read, with why
+    long_histories: int = 0  # histories longer than max_history_len (cut by the reader)
+    rows: dict[str, int] = field(default_factory=dict)  # identity tables' rows, as resolved
 
 
 def _where(path: str, column: str, row: int, what: str) -> DatasetError:
     return DatasetError(f"{where(path, column, row)}: {what}")
-
-
-def _same_type(got: pa.DataType, want: pa.DataType) -> bool:
-    if pa.types.is_list(want):  # any list layout, any element field name
-        return (pa.types.is_list(got) or pa.types.is_large_list(got)) and _same_type(got.value_type, want.value_type)
-    return got in _EQUIVALENT.get(want, (want,))
 
 
 def _flat(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -107,38 +143,50 @@ def _flat(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return col.to_numpy(zero_copy_only=False), np.arange(len(col))
 
 
+def _first(bad: np.ndarray) -> int | None:
+    return int(np.flatnonzero(bad)[0]) if bad.any() else None
+
+
 def _image_fault(blobs: list[bytes | None], size: int) -> tuple[int, str] | None:
     """(index, message) of the first blob ``content.check_image`` refuses, or None."""
-    return first_fault(blobs, lambda blob: check_image(blob, size))
+    return first_fault(blobs, lambda blob: check_image(blob, size))  # type: ignore[arg-type]
 
 
-def _read_manifest(root: Path) -> Manifest:
-    """``Manifest.read`` with its faults as :class:`DatasetError`, plus the fields validation needs."""
+def _whole(value: object, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _read_manifest(root: Path) -> tuple[Manifest, dict[str, int]]:
+    """``Manifest.read`` with its faults as :class:`DatasetError`; also the rows of each identity table."""
     try:
         m = Manifest.read(root)
     except (OSError, ValueError, TypeError) as e:
         raise DatasetError(f"{MANIFEST}: {str(e).removeprefix(f'{root / MANIFEST}: ')}") from e
-
-    def whole(value: object) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-    for what, mapping, names in (
-        ("counts", m.counts, TABLES),
-        ("id_ranges", m.id_ranges, sorted({k for cols in ID_COLUMNS.values() for k in cols.values()})),
-    ):
+    for what in ("counts", "id_ranges"):
+        mapping = getattr(m, what)
         if not isinstance(mapping, dict):
             raise DatasetError(f"{MANIFEST}: {what} is {mapping!r}, expected an object")
-        for name in names:
-            if not whole(mapping.get(name)):
-                raise DatasetError(f"{MANIFEST}: {what}['{name}'] is {mapping.get(name)!r}, expected an integer >= 0")
-    for name in ("first_day", "last_day", "max_history_len"):
-        if not whole(getattr(m, name)):
+    for name, value in m.counts.items():
+        if not _whole(value):
+            raise DatasetError(f"{MANIFEST}: counts['{name}'] is {value!r}, expected an integer >= 0")
+    for name in ("first_day", "last_day", "max_history_len", "test_day"):
+        if not _whole(getattr(m, name)):
             raise DatasetError(f"{MANIFEST}: {name} is {getattr(m, name)!r}, expected an integer >= 0")
-    if not whole(m.image_size) or m.image_size < 1:
-        raise DatasetError(f"{MANIFEST}: image_size is {m.image_size!r}, expected an integer >= 1")
+    if "image" in m.spec.content and not _whole(m.image_size, 1):
+        what = f"image_size is {m.image_size!r}, expected an integer >= 1 (features.content has 'image')"
+        raise DatasetError(f"{MANIFEST}: {what}")
     if m.first_day > m.last_day:
         raise DatasetError(f"{MANIFEST}: first_day {m.first_day} > last_day {m.last_day}")
-    return m
+    rows = {}  # a table's own `rows` wins over id_ranges
+    for t in m.spec.tables:
+        if t.ids == "identity":
+            rows[t.name] = t.rows if t.rows is not None else m.id_ranges.get(t.name)
+            if not _whole(rows[t.name], 1):
+                raise DatasetError(
+                    f"{MANIFEST}: id_ranges['{t.name}'] is {rows[t.name]!r}, expected an integer >= 1 "
+                    f"(the rows of identity table '{t.name}', which declares no 'rows')"
+                )
+    return m, rows
 
 
 def _open(root: Path, f: Path) -> pq.ParquetFile:
@@ -148,13 +196,16 @@ def _open(root: Path, f: Path) -> pq.ParquetFile:
         raise DatasetError(f"{f.relative_to(root)}: not a readable Parquet file ({e})") from e
 
 
-def _check_footer(path: str, table: str, got: pa.Schema) -> None:
-    for field in TABLES[table]:
-        if field.name not in got.names:
-            raise DatasetError(f"{path}: missing column '{field.name}' (expected {field.type})")
-        t = got.field(field.name).type
-        if not _same_type(t, field.type):
-            raise DatasetError(f"{path}: column '{field.name}' has type {t}, expected {field.type}")
+def _check_footer(path: str, columns: tuple[Column, ...], got: pa.Schema) -> None:
+    for c in columns:
+        accepts, expected = TYPES[c.kind]
+        if c.name not in got.names:
+            if c.optional:
+                continue
+            raise DatasetError(f"{path}: missing column '{c.name}' (expected {expected}: {c.why})")
+        t = got.field(c.name).type
+        if not accepts(t):
+            raise DatasetError(f"{path}: column '{c.name}' has type {t}, expected {expected} ({c.why})")
 
 
 class _IdSet:
@@ -181,24 +232,36 @@ class _IdSet:
 
 
 class _ContentChecker:
-    """Checks batches of rows; remembers the user and item IDs seen so far."""
+    """Checks batches of rows; remembers the user and item keys seen so far and the impression days."""
 
-    def __init__(self, manifest: Manifest, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, manifest: Manifest, rows: dict[str, int], pool: ThreadPoolExecutor) -> None:
         self.m = manifest
+        self.rows = rows  # identity table -> rows; other tables absent
         self.pool = pool
-        self.known = {kind: _IdSet() for kind in _KNOWN}  # IDs defined so far (memory O(rows))
+        self.known = {"users": _IdSet(), "items": _IdSet()}  # keys defined so far (memory O(rows))
+        self.days: dict[int, int] = {}
+        self.long_histories = 0
 
-    def batch(self, path: str, table: str, b: pa.RecordBatch, offset: int) -> None:
-        for name in TABLES[table].names:
-            self._nulls(path, name, b.column(name), offset)
-        for name, kind in ID_COLUMNS[table].items():
-            self._ids(path, table, name, kind, b.column(name), offset)
+    def batch(self, path: str, table: str, columns: tuple[Column, ...], b: pa.RecordBatch, offset: int) -> None:
+        for c in columns:
+            if c.name not in b.schema.names:  # an optional column this file lacks
+                continue
+            col = b.column(c.name)
+            self._nulls(path, c.name, col, offset)
+            if c.kind in ("id", "ids"):
+                self._ids(path, c, col, offset)
+            elif c.kind == "label":
+                self._labels(path, c.name, col, offset)
+            elif c.kind == "dense":
+                self._dense(path, c.name, col, offset)
+            elif c.kind == "text":
+                fault = first_fault(col.to_pylist(), lambda text, name=c.name: check_text(text, name))
+                if fault is not None:
+                    raise _where(path, c.name, offset + fault[0], fault[1])
+            elif c.kind == "image":
+                self._images(path, c.name, col, offset)
         if table == "impressions":
             self._impressions(path, b, offset)
-        for name in TEXT_COLUMNS.get(table, ()):
-            self._texts(path, name, b.column(name), offset)
-        for name in IMAGE_COLUMNS.get(table, ()):
-            self._images(path, name, b.column(name), offset)
 
     def _nulls(self, path: str, name: str, col: pa.Array, offset: int) -> None:
         if col.null_count:
@@ -211,73 +274,95 @@ class _ContentChecker:
                 row = pc.list_parent_indices(col)[i].as_py()
                 raise _where(path, name, offset + row, "null value in list")
 
-    def _ids(self, path: str, table: str, name: str, kind: str, col: pa.Array, offset: int) -> None:
+    def _ids(self, path: str, c: Column, col: pa.Array, offset: int) -> None:
         values, rows = _flat(col)
-        size = self.m.id_ranges[kind]
-        bad = (values < 0) | (values >= size)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise _where(path, name, offset + int(rows[i]), f"ID {values[i]} outside [0, {size})")
-        if kind not in _KNOWN:
+        values = values.astype(np.int64, copy=False)
+        if c.table in self.rows:
+            size = self.rows[c.table]
+            i = _first((values < 0) | (values >= size))
+            if i is not None:
+                what = f"ID {values[i]} outside [0, {size}) (identity table '{c.table}')"
+                raise _where(path, c.name, offset + int(rows[i]), what)
+        elif c.table is not None:
+            i = _first(values == SENTINEL)
+            if i is not None:
+                ids = self.m.spec.table(c.table).ids
+                what = (
+                    f"ID {values[i]} is 2**63-1, the managed-collision sentinel "
+                    f"({ids} table '{c.table}' takes any other int64)"
+                )
+                raise _where(path, c.name, offset + int(rows[i]), what)
+        if c.ref is None:
             return
-        src, key = _KNOWN[kind]
-        if (table, name) == (src, key):  # the table that defines the IDs: no repeats
+        key = self.m.spec.user_key if c.ref == "users" else self.m.spec.item_key
+        if c.key:  # the table that defines the IDs: no repeats
             unique, first = np.unique(values, return_index=True)
             repeated = np.ones(len(values), dtype=bool)
             repeated[first] = False
-            dup = repeated | self.known[kind].contains(values)
-            if dup.any():
-                i = int(np.flatnonzero(dup)[0])
-                raise _where(path, name, offset + i, f"{kind} {values[i]} appears more than once")
-            self.known[kind].add(unique)
+            i = _first(repeated | self.known[c.ref].contains(values))
+            if i is not None:
+                raise _where(path, c.name, offset + i, f"{key} {values[i]} appears more than once")
+            self.known[c.ref].add(unique)
             return
-        unknown = ~self.known[kind].contains(values)
-        if unknown.any():
-            i = int(np.flatnonzero(unknown)[0])
-            raise _where(path, name, offset + int(rows[i]), f"unknown {kind} {values[i]} (no row in {src}/)")
+        i = _first(~self.known[c.ref].contains(values))
+        if i is not None:
+            raise _where(path, c.name, offset + int(rows[i]), f"unknown {key} {values[i]} (no row in {c.ref}/)")
+
+    def _labels(self, path: str, name: str, col: pa.Array, offset: int) -> None:
+        label = col.to_numpy(zero_copy_only=False)
+        i = _first(~((label == 0.0) | (label == 1.0)))  # NaN compares unequal to both
+        if i is not None:
+            raise _where(path, name, offset + i, f"value {label[i]}, expected 0.0 or 1.0")
+
+    def _dense(self, path: str, name: str, col: pa.Array, offset: int) -> None:
+        values = col.to_numpy(zero_copy_only=False)
+        if values.dtype.kind == "f":
+            i = _first(~np.isfinite(values))
+            if i is not None:
+                raise _where(path, name, offset + i, f"value {values[i]}, expected a finite number")
 
     def _impressions(self, path: str, b: pa.RecordBatch, offset: int) -> None:
-        label = b.column("label").to_numpy(zero_copy_only=False)
-        bad = ~((label == 0.0) | (label == 1.0))  # NaN compares unequal to both
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise _where(path, "label", offset + i, f"value {label[i]}, expected 0.0 or 1.0")
-        day = b.column("day").to_numpy(zero_copy_only=False)
-        bad = (day < self.m.first_day) | (day > self.m.last_day)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            what = f"day {day[i]} outside manifest days [{self.m.first_day}, {self.m.last_day}]"
-            raise _where(path, "day", offset + i, what)
-        position = b.column("position").to_numpy(zero_copy_only=False)
-        if (position < 0).any():
-            i = int(np.flatnonzero(position < 0)[0])
-            raise _where(path, "position", offset + i, f"position {position[i]}, expected >= 0")
-        length = pc.list_value_length(b.column("history_item_ids")).to_numpy(zero_copy_only=False)
-        long = length > self.m.max_history_len
-        if long.any():
-            i = int(np.flatnonzero(long)[0])
-            what = f"length {length[i]} > max_history_len {self.m.max_history_len}"
-            raise _where(path, "history_item_ids", offset + i, what)
-
-    def _texts(self, path: str, name: str, col: pa.Array, offset: int) -> None:
-        # str.strip's whitespace, exactly as the stages apply it: a Python loop,
-        # cheap beside the images that share these batches.
-        fault = first_fault(col.to_pylist(), lambda text: check_text(text, name))
-        if fault is not None:
-            raise _where(path, name, offset + fault[0], fault[1])
+        spec, m = self.m.spec, self.m
+        day = b.column(spec.day).to_numpy(zero_copy_only=False)
+        i = _first((day < m.first_day) | (day > m.last_day))
+        if i is not None:
+            what = f"day {day[i]} outside manifest days [{m.first_day}, {m.last_day}]"
+            raise _where(path, spec.day, offset + i, what)
+        for d, n in zip(*np.unique(day, return_counts=True)):
+            self.days[int(d)] = self.days.get(int(d), 0) + int(n)
+        if spec.history is not None:
+            length = pc.list_value_length(b.column(spec.history)).to_numpy(zero_copy_only=False)
+            self.long_histories += int((length > m.max_history_len).sum())
 
     def _images(self, path: str, name: str, col: pa.Array, offset: int) -> None:
         blobs = col.to_pylist()
         starts = range(0, len(blobs), IMAGE_CHUNK)
-        size = self.m.image_size
+        size = int(self.m.image_size)  # type: ignore[arg-type]
         faults = self.pool.map(lambda s: _image_fault(blobs[s : s + IMAGE_CHUNK], size), starts)
         for start, fault in zip(starts, faults):
             if fault is not None:
                 raise _where(path, name, offset + start + fault[0], fault[1])
 
 
-def validate_dataset(directory: Path, *, progress: bool = False, workers: int | None = None) -> dict[str, int]:
-    """Checks a dataset directory against the public format (see the module docstring).
+def _check_split(m: Manifest, days: dict[int, int]) -> None:
+    if not days.get(m.test_day):
+        raise DatasetError(
+            f"impressions/: no impressions on test_day {m.test_day} ({MANIFEST}); the test day must hold "
+            f"the impressions evaluated (days with impressions: {sorted(days) or 'none'})"
+        )
+    if not any(d < m.test_day for d in days):
+        raise DatasetError(
+            f"impressions/: no impressions before test_day {m.test_day} ({MANIFEST}); "
+            "training needs at least one earlier day"
+        )
+
+
+def _rows(root: Path, files: list[Path]) -> int:
+    return sum(_open(root, f).metadata.num_rows for f in files)
+
+
+def validate_dataset(directory: Path, *, progress: bool = False, workers: int | None = None) -> Report:
+    """Checks a dataset directory against its manifest's feature spec (see the module docstring).
 
     Args:
         directory (Path): dataset directory, the one holding ``manifest.json``.
@@ -285,7 +370,8 @@ def validate_dataset(directory: Path, *, progress: bool = False, workers: int | 
         workers (int | None): image-decoding threads; default ``min(8, cpu count)``.
 
     Returns:
-        dict[str, int]: rows per table, in ``schema.TABLES`` order.
+        Report: rows per table read, the columns ignored, impressions per day,
+        the search log's state.
 
     Raises:
         DatasetError: at the first fault, naming file, column and row.
@@ -293,42 +379,131 @@ def validate_dataset(directory: Path, *, progress: bool = False, workers: int | 
     root = Path(directory)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a directory")
-    manifest = _read_manifest(root)
+    manifest, id_rows = _read_manifest(root)
+    spec = manifest.spec
     files = {t: table_files(root, t) for t in _ORDER}
+    read = ["items", "impressions"]
+    unread: list[str] = []
+    if needs_users(spec):
+        read.append("users")
+        if not files["users"]:
+            sources = [f.name for f in (*spec.sparse, *spec.dense) if f.source == "users"]
+            raise DatasetError(f"users/: no Parquet files (features {sources} come from users)")
+    else:
+        unread.append("users/: not read (no feature comes from users; an impression's user needs no row)")
+    searches, search_rows = NO_SEARCHES, _rows(root, files["searches"])
+    if search_rows:
+        if spec.content:
+            read.append("searches")
+        else:
+            searches = "present, not read: no item content (features.content is empty)"
+    tables = tuple(t for t in _ORDER if t in read)
+    columns = layout(spec, tables)
     counts: dict[str, int] = {}
-    for table in _ORDER:  # footers only: layout and counts before any data is read
+    ignored: dict[str, tuple[str, ...]] = {}
+    for table in tables:  # footers only: layout and counts before any data is read
         if not files[table]:
             raise DatasetError(f"{table}/: no Parquet files")
-        counts[table] = 0
+        names = {c.name for c in columns[table]}
+        counts[table], extra = 0, {}
         for f in files[table]:
             pf = _open(root, f)
-            _check_footer(str(f.relative_to(root)), table, pf.schema_arrow)
+            _check_footer(str(f.relative_to(root)), columns[table], pf.schema_arrow)
             counts[table] += pf.metadata.num_rows
-        if counts[table] != manifest.counts[table]:
-            raise DatasetError(f"{table}/: {counts[table]} rows, {MANIFEST} counts says {manifest.counts[table]}")
+            extra.update(dict.fromkeys(n for n in pf.schema_arrow.names if n not in names))
+        ignored[table] = tuple(extra)
+    for table, n in {**counts, "searches": search_rows}.items():
+        if table in manifest.counts and n != manifest.counts[table]:
+            raise DatasetError(f"{table}/: {n} rows, {MANIFEST} counts says {manifest.counts[table]}")
     n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     with (
         ThreadPoolExecutor(max(1, n_workers)) as pool,
-        tqdm(total=sum(map(len, files.values())), desc="validate", unit="file", disable=not progress) as bar,
+        tqdm(total=sum(len(files[t]) for t in tables), desc="validate", unit="file", disable=not progress) as bar,
     ):
-        checker = _ContentChecker(manifest, pool)
-        for table in _ORDER:
-            rows = IMAGE_BATCH_ROWS if table in IMAGE_COLUMNS else BATCH_ROWS
+        checker = _ContentChecker(manifest, id_rows, pool)
+        for table in tables:
+            images = any(c.kind == "image" for c in columns[table])
             for f in files[table]:
-                path = str(f.relative_to(root))
-                offset = 0
-                batches = _open(root, f).iter_batches(batch_size=rows, columns=TABLES[table].names)
-                while True:
-                    try:
-                        b = next(batches, None)
-                    except pa.ArrowException as e:
-                        raise DatasetError(f"{path}: unreadable Parquet data after row {offset} ({e})") from e
-                    if b is None:
-                        break
-                    checker.batch(path, table, b, offset)
-                    offset += b.num_rows
+                _check_file(root, f, table, columns[table], checker, IMAGE_BATCH_ROWS if images else BATCH_ROWS)
                 bar.update(1)
-    return {t: counts[t] for t in TABLES}
+            if table == "impressions":
+                _check_split(manifest, checker.days)
+    if "searches" in counts:
+        queries = [c.name for c in columns["searches"] if c.kind in ("text", "image")]
+        searches = f"{counts['searches']} sessions (SCL pre-training; queries: {', '.join(queries)})"
+    return Report(
+        manifest, {t: counts[t] for t in TABLES if t in counts}, ignored, dict(sorted(checker.days.items())),
+        searches, tuple(unread), checker.long_histories, id_rows,
+    )  # fmt: skip
+
+
+def _check_file(
+    root: Path, f: Path, table: str, columns: tuple[Column, ...], checker: _ContentChecker, rows: int
+) -> None:
+    """Checks the contents of one file, ``rows`` rows a batch (the columns of ``columns`` it holds)."""
+    path = str(f.relative_to(root))
+    pf = _open(root, f)
+    present = tuple(c for c in columns if c.name in pf.schema_arrow.names)
+    offset = 0
+    batches = pf.iter_batches(batch_size=rows, columns=list(dict.fromkeys(c.name for c in present)))
+    while True:
+        try:
+            b = next(batches, None)
+        except pa.ArrowException as e:
+            raise DatasetError(f"{path}: unreadable Parquet data after row {offset} ({e})") from e
+        if b is None:
+            return
+        checker.batch(path, table, present, b, offset)
+        offset += b.num_rows
+
+
+def format_report(report: Report, directory: Path | str) -> str:
+    """What ``mmctr validate`` prints for a valid dataset: the rows, then the spec it was checked against."""
+    m, s = report.manifest, report.manifest.spec
+
+    def table(t: Table) -> str:
+        if t.ids == "identity":
+            return f"{t.name} identity {report.rows[t.name]} rows" + (" (id_ranges)" if t.rows is None else "")
+        steps = f"{t.eviction_interval} step{'s' if t.eviction_interval != 1 else ''}"
+        return f"{t.name} {t.ids} {t.rows} rows" + (f" ({t.eviction} every {steps})" if t.ids == "managed" else "")
+
+    def named(name: str) -> str:
+        return name if s.table_of(name) == name else f"{name} (table {s.table_of(name)})"
+
+    by_source = {src: [named(f.name) for f in s.sparse if f.source == src] for src in ("impressions", "users", "items")}
+    sparse = "; ".join(f"{src} {', '.join(names)}" for src, names in by_source.items() if names)
+    history = "none"
+    if s.history is not None:
+        side = f"; side features {', '.join(s.history_side)}" if s.history_side else ""
+        history = (
+            f"{s.history} (item IDs, table {s.table_of(s.history)}{side}; {report.long_histories} longer than "
+            f"max_history_len {m.max_history_len}, cut when read)"
+        )
+    dense = ", ".join(f"{f.name} ({f.source}, {f.transform})" for f in s.dense) or "none"
+    content = ", ".join(s.content) or "none"
+    if "image" in s.content:
+        content += f" ({m.image_size} px)"
+    train = {d: n for d, n in report.days.items() if d < m.test_day}  # never empty in a valid dataset
+    later = sum(n for d, n in report.days.items() if d > m.test_day)
+    split = (
+        f"days {m.first_day}..{m.last_day}; train {min(train)}..{max(train)} ({sum(train.values())} impressions), "
+        f"test day {m.test_day} ({report.days[m.test_day]} impressions)" + (f", {later} after it" if later else "")
+    )
+    ignored = "; ".join(f"{t}: {', '.join(cols)}" for t, cols in report.ignored.items() if cols) or "none"
+    lines = [
+        f"OK: {directory}: " + ", ".join(f"{k}={v}" for k, v in report.counts.items()),
+        f"keys: user {s.user_key}, item {s.item_key}; label {s.label}; day {s.day}",
+        f"sparse: {sparse}",
+        f"history: {history}",
+        f"dense: {dense}",
+        f"tables: {'; '.join(table(t) for t in s.tables)}",
+        f"content: {content}",
+        f"search log: {report.searches}",
+        f"split: {split}",
+        f"ignored columns: {ignored}",
+        *report.unread,
+    ]
+    return "\n  ".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -338,20 +513,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check(directory: Path, quiet: bool = False) -> int:
-    """``mmctr validate DIRECTORY``: prints ``OK: ...`` and returns 0, or the fault on stderr and 1."""
+    """``mmctr validate DIRECTORY``: prints the report (``OK: ...``) and returns 0, or the fault on stderr and 1."""
     try:
-        counts = validate_dataset(directory, progress=not quiet)
+        report = validate_dataset(directory, progress=not quiet)
     except (DatasetError, FileNotFoundError, ValueError) as e:
         print(f"mmctr validate: {e}", file=sys.stderr)
         return 1
-    print(f"OK: {directory}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    print(format_report(report, directory))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m recsys.data.validate``: the same as ``mmctr validate``."""
     parser = argparse.ArgumentParser(
-        prog="mmctr validate", description="Check a dataset directory against the public Parquet format."
+        prog="mmctr validate", description="Check a dataset directory against its manifest's feature spec."
     )
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -22,6 +22,7 @@ from PIL import Image
 
 from recsys.data import validate
 from recsys.data.schema import ID_COLUMNS, IMPRESSIONS, ITEMS, SEARCHES, TABLES, USERS, Manifest, table_files
+from recsys.data.spec import world_spec
 from recsys.data.validate import DatasetError, main, validate_dataset
 
 if TYPE_CHECKING:
@@ -117,8 +118,8 @@ def _write_dataset(root: Path) -> None:
     _write(searches, root / "searches" / "part-00000.parquet")
     n_impressions = IMPRESSIONS_PER_DAY * len(DAYS)
     counts = {"items": N_ITEMS, "users": N_USERS, "impressions": n_impressions, "searches": N_SEARCHES}
-    Manifest(format_version=1, preset="hand", seed=0, counts=counts, id_ranges=ID_RANGES, first_day=DAYS[0],
-             last_day=DAYS[-1], max_history_len=MAX_HISTORY, image_size=8).write(root)
+    Manifest(format_version=2, preset="hand", seed=0, counts=counts, id_ranges=ID_RANGES, first_day=DAYS[0],
+             last_day=DAYS[-1], max_history_len=MAX_HISTORY, image_size=8).write(root)  # features: world_spec()
 
 
 @pytest.fixture()
@@ -164,6 +165,15 @@ def _drop(column: str) -> Edit:
     return lambda t: t.drop_columns([column])
 
 
+def _then(*edits: Edit) -> Edit:
+    def edit(t: pa.Table) -> pa.Table:
+        for e in edits:
+            t = e(t)
+        return t
+
+    return edit
+
+
 IMP3 = "impressions/day-0003-part-00000.parquet"
 IMP4 = "impressions/day-0004-part-00000.parquet"
 ITEMS0, ITEMS1 = "items/part-00000.parquet", "items/part-00001.parquet"
@@ -172,12 +182,15 @@ TRUNCATED_PNG = _png(7)[:60]
 
 # (file, edit, what the message says after "<file>: ")
 CASES = [
-    (IMP4, _drop("label"), "missing column 'label' (expected float)"),
-    (IMP3, _cast("user_id", pa.float64()), "column 'user_id' has type double, expected int64"),
-    (IMP4, _cast("history_item_ids", pa.list_(pa.int32())), "column 'history_item_ids' has type list<"),
+    (IMP4, _drop("label"), "missing column 'label' (expected float32 or float64: features.label)"),
+    (USERS0, _drop("city_id"), "missing column 'city_id' (expected int32 or int64: features.sparse 'city_id' (source users))"),
+    (IMP3, _cast("user_id", pa.float64()), "column 'user_id' has type double, expected int32 or int64 (features.user_key)"),
+    (IMP4, _cast("history_item_ids", pa.list_(pa.float64())), "column 'history_item_ids' has type list<element: double>, expected a list of int32 or int64 (features.history)"),
+    (IMP4, _cast("position", pa.string()), "column 'position' has type string, expected a number (integer or float) (features.dense 'position' (source impressions))"),
+    (ITEMS0, _cast("title", pa.binary()), "column 'title' has type binary, expected string (features.content 'title')"),
     (ITEMS1, _set("title", 3, None), "column 'title', row 3: null value"),
     (SEARCHES0, _set("shown_item_ids", 2, [1, None]), "column 'shown_item_ids', row 2: null value in list"),
-    (IMP4, _set("item_id", 13, -3), "column 'item_id', row 13: ID -3 outside [0, 14)"),
+    (IMP4, _set("item_id", 13, -3), "column 'item_id', row 13: ID -3 outside [0, 14) (identity table 'item_id')"),
     (USERS0, _set("city_id", 5, 4), "column 'city_id', row 5: ID 4 outside [0, 4)"),
     (ITEMS0, _set("shop_id", 4, 10**6), "column 'shop_id', row 4: ID 1000000 outside [0, 3)"),
     (IMP3, _set("history_item_ids", 9, [1, 14]), "column 'history_item_ids', row 9: ID 14 outside [0, 14)"),
@@ -185,8 +198,8 @@ CASES = [
     (IMP4, _set("label", 11, float("nan")), "column 'label', row 11: value nan, expected 0.0 or 1.0"),
     (IMP4, _set("label", 12, 0.5), "column 'label', row 12: value 0.5, expected 0.0 or 1.0"),
     (IMP3, _set("day", 7, 9), "column 'day', row 7: day 9 outside manifest days [3, 4]"),
-    (IMP3, _set("position", 8, -1), "column 'position', row 8: position -1, expected >= 0"),
-    (IMP4, _set("history_item_ids", 5, [0] * 6), "column 'history_item_ids', row 5: length 6 > max_history_len 5"),
+    (IMP3, _then(_cast("position", pa.float32()), _set("position", 8, float("nan"))), "column 'position', row 8: value nan, expected a finite number"),
+    (IMP3, _then(_cast("position", pa.float64()), _set("position", 2, float("-inf"))), "column 'position', row 2: value -inf, expected a finite number"),
     (IMP4, _set("history_item_ids", 4, [3, 12]), "column 'history_item_ids', row 4: unknown item_id 12 (no row in"),
     (IMP3, _set("user_id", 14, 7), "column 'user_id', row 14: unknown user_id 7 (no row in users/)"),
     (SEARCHES0, _set("purchased_item_id", 3, 13), "column 'purchased_item_id', row 3: unknown item_id 13 (no"),
@@ -201,16 +214,37 @@ CASES = [
 ]
 
 
+WORLD_REPORT = """\
+  keys: user user_id, item item_id; label label; day day
+  sparse: impressions user_id, item_id; users age_bucket, gender, city_id; items shop_id, brand_id, category_id, price_bucket
+  history: history_item_ids (item IDs, table item_id; 0 longer than max_history_len 5, cut when read)
+  dense: position (impressions, none), history_len (history, log1p)
+  tables: user_id identity 8 rows (id_ranges); age_bucket identity 3 rows (id_ranges); gender identity 2 rows (id_ranges); city_id identity 4 rows (id_ranges); item_id identity 14 rows (id_ranges); shop_id identity 3 rows (id_ranges); brand_id identity 3 rows (id_ranges); category_id identity 4 rows (id_ranges); price_bucket identity 5 rows (id_ranges)
+  content: title, image (8 px)
+  search log: 6 sessions (SCL pre-training; queries: query_text, query_image)
+  split: days 3..4; train 3..3 (20 impressions), test day 4 (20 impressions)
+  ignored columns: items: created_day
+"""
+
+
 def test_valid_dataset(dataset: Path) -> None:
     expected = {"items": N_ITEMS, "users": N_USERS, "impressions": 40, "searches": N_SEARCHES}
-    assert validate_dataset(dataset) == expected
-    assert list(validate_dataset(dataset, workers=1)) == list(TABLES)
+    report = validate_dataset(dataset)
+    assert report.counts == expected and report.days == {3: 20, 4: 20}
+    assert list(validate_dataset(dataset, workers=1).counts) == list(TABLES)
+    assert report.ignored == {"users": (), "items": ("created_day",), "impressions": (), "searches": ()}
+    assert report.searches == "6 sessions (SCL pre-training; queries: query_text, query_image)"
+
+
+def test_longer_histories_are_counted_not_refused(dataset: Path) -> None:
+    _edit(dataset, IMP4, _set("history_item_ids", 5, [0] * 6))  # the reader keeps the last max_history_len
+    assert validate_dataset(dataset).long_histories == 1
 
 
 def test_valid_dataset_small_batches_and_progress(
     dataset: Path, small_batches: None, capsys: pytest.CaptureFixture
 ) -> None:
-    assert validate_dataset(dataset, progress=True)["impressions"] == 40
+    assert validate_dataset(dataset, progress=True).counts["impressions"] == 40
     assert "validate" in capsys.readouterr().err  # the tqdm bar
 
 
@@ -232,8 +266,14 @@ def test_equivalent_layouts_and_extra_columns_pass(dataset: Path) -> None:
     _edit(dataset, ITEMS0, _cast("title", pa.large_string()))
     _edit(dataset, ITEMS0, _cast("image", pa.large_binary()))
     _edit(dataset, IMP3, _cast("history_item_ids", pa.large_list(pa.field("element", pa.int64()))))
+    _edit(dataset, IMP3, _cast("history_item_ids", pa.list_(pa.int32())))
+    _edit(dataset, IMP4, _cast("item_id", pa.int32()))
+    _edit(dataset, IMP4, _cast("label", pa.float64()))
     _edit(dataset, USERS0, lambda t: t.append_column("note", pa.array(["x"] * t.num_rows)))
-    assert validate_dataset(dataset)["impressions"] == 40
+    _edit(dataset, IMP4, lambda t: t.append_column("note", pa.array([None] * t.num_rows, pa.float32())))
+    report = validate_dataset(dataset)
+    assert report.counts["impressions"] == 40
+    assert report.ignored["users"] == ("note",) and report.ignored["impressions"] == ("note",)
 
 
 def _manifest(root: Path, change: Callable[[dict], None]) -> None:
@@ -250,7 +290,7 @@ def test_count_mismatch(dataset: Path) -> None:
 
 def test_manifest_faults(dataset: Path) -> None:
     _manifest(dataset, lambda raw: raw["id_ranges"].pop("city_id"))
-    message = r"^manifest.json: id_ranges\['city_id'\] is None, expected an integer >= 0$"
+    message = r"^manifest.json: id_ranges\['city_id'\] is None, expected an integer >= 1 \(the rows of identity table 'city_id', which declares no 'rows'\)$"
     with pytest.raises(DatasetError, match=message):
         validate_dataset(dataset)
     (dataset / "manifest.json").write_text("{not json")
@@ -264,8 +304,13 @@ def test_manifest_faults(dataset: Path) -> None:
 
 
 def test_table_without_files(dataset: Path) -> None:
-    (dataset / SEARCHES0).unlink()
-    with pytest.raises(DatasetError, match=r"^searches/: no Parquet files$"):
+    (dataset / ITEMS0).unlink()
+    (dataset / ITEMS1).unlink()
+    with pytest.raises(DatasetError, match=r"^items/: no Parquet files$"):
+        validate_dataset(dataset)
+    shutil.rmtree(dataset / "users")  # features come from users/: it is needed
+    message = r"^users/: no Parquet files \(features \['age_bucket', 'gender', 'city_id'\] come from users\)$"
+    with pytest.raises(DatasetError, match=message):
         validate_dataset(dataset)
 
 
@@ -277,7 +322,7 @@ def test_file_that_is_not_parquet(dataset: Path) -> None:
 
 def test_main(dataset: Path, capsys: pytest.CaptureFixture) -> None:
     assert main([str(dataset), "--quiet"]) == 0
-    assert capsys.readouterr().out == f"OK: {dataset}: items=12, users=6, impressions=40, searches=6\n"
+    assert capsys.readouterr().out == f"OK: {dataset}: items=12, users=6, impressions=40, searches=6\n" + WORLD_REPORT
     _edit(dataset, IMP3, _set("label", 3, 2.0))
     assert main([str(dataset), "--quiet"]) == 1
     assert capsys.readouterr().err == f"mmctr validate: {IMP3}: column 'label', row 3: value 2.0, expected 0.0 or 1.0\n"
@@ -300,7 +345,7 @@ def test_module_runs_as_a_program(dataset: Path) -> None:
 
 
 def test_generated_world_is_valid(tiny_world: Path, tiny_manifest: Manifest) -> None:
-    assert validate_dataset(tiny_world) == tiny_manifest.counts
+    assert validate_dataset(tiny_world).counts == tiny_manifest.counts
 
 
 # -- memory grows with the rows, not with id_ranges ----------------------------
@@ -311,7 +356,7 @@ from pathlib import Path
 mode, root = sys.argv[1], Path(sys.argv[2])
 if mode == "validate":
     from recsys.data.validate import validate_dataset
-    rows = validate_dataset(root, workers=1)["impressions"]
+    rows = validate_dataset(root, workers=1).counts["impressions"]
 else:
     from recsys.data.reader import ImpressionReader, ReaderConfig
     config = ReaderConfig(batch_size=1024, prefetch=0, table_sizes=json.loads(sys.argv[3]), out_of_range="hash")
@@ -449,7 +494,250 @@ def test_a_grayscale_image_passes_validate_as_pretraining_takes_it(tiny_world: P
     size = Manifest.read(tiny_world).image_size
     gray = _png(2, side=size, mode="L")
     world, _, _, key = _world_with(tiny_world, tmp_path, "items", "image", gray)
-    assert validate_dataset(world, workers=2)["items"] == Manifest.read(world).counts["items"]
+    assert validate_dataset(world, workers=2).counts["items"] == Manifest.read(world).counts["items"]
     items = load_item_content(world)
     row = int(items.rows(np.array([key]))[0])
     np.testing.assert_array_equal(items.images[row], np.asarray(Image.open(io.BytesIO(gray)).convert("RGB")))
+
+
+# --- a dataset unlike the world: its own names, raw 64-bit IDs, titles only, no users/ or searches/ ---
+
+MARKET_ITEMS = [-17, 3, 2**40 + 1, 2**62 + 5, 7 * 10**15, 9 * 10**17, 123_456_789, 2**63 - 2, 10**18, 42]
+MARKET_DAYS = (10, 11, 12)
+MARKET_PER_DAY = 15
+MI0, MI1 = "items/part-0.parquet", "items/part-1.parquet"
+MD10, MD11, MD12 = (f"impressions/ts-{d}.parquet" for d in MARKET_DAYS)
+MARKET_MANIFEST = {  # what a person writes for a real log: a few lines and the spec
+    "format_version": 2,
+    "first_day": 10,
+    "last_day": 12,
+    "test_day": 12,
+    "id_ranges": {"cat": 5},
+    "max_history_len": 4,
+    "features": {
+        "user_key": "uid",
+        "item_key": "iid",
+        "label": "clk",
+        "day": "ts_day",
+        "history": "recent_iids",
+        "history_side": ["cat"],
+        "sparse": [
+            {"name": "uid", "source": "impressions"},
+            {"name": "iid", "source": "impressions"},
+            {"name": "device", "source": "impressions"},
+            {"name": "cat", "source": "items"},
+            {"name": "seller", "source": "items"},
+        ],
+        "dense": [
+            {"name": "price", "source": "items", "transform": "log1p"},
+            {"name": "dwell", "source": "impressions", "transform": "standardize"},
+            {"name": "n_recent", "source": "history", "transform": "log1p"},
+        ],
+        "tables": [
+            {"name": "uid", "ids": "hash", "rows": 32},
+            {"name": "iid", "ids": "managed", "rows": 64},
+            {"name": "device", "rows": 4},
+            {"name": "cat"},
+            {"name": "seller", "ids": "managed", "rows": 16, "eviction": "distance_lfu", "eviction_interval": 10},
+        ],
+        "content": ["title"],
+    },
+}
+MARKET_REPORT = """\
+OK: market: items=10, impressions=45
+  keys: user uid, item iid; label clk; day ts_day
+  sparse: impressions uid, iid, device; items cat, seller
+  history: recent_iids (item IDs, table iid; side features cat; 12 longer than max_history_len 4, cut when read)
+  dense: price (items, log1p), dwell (impressions, standardize), n_recent (history, log1p)
+  tables: uid hash 32 rows; iid managed 64 rows (lfu every 1 step); device identity 4 rows; cat identity 5 rows (id_ranges); seller managed 16 rows (distance_lfu every 10 steps)
+  content: title
+  search log: none (SCL unavailable; pre-training will be CLIP-style)
+  split: days 10..12; train 10..11 (30 impressions), test day 12 (15 impressions)
+  ignored columns: items: brand_name; impressions: request_id
+  users/: not read (no feature comes from users; an impression's user needs no row)"""
+
+
+def _write_market(root: Path) -> None:
+    rng = np.random.default_rng(1)
+    n = len(MARKET_ITEMS)
+    items = pa.table(
+        {
+            "iid": pa.array(MARKET_ITEMS, pa.int64()),
+            "cat": pa.array(np.arange(n) % 5, pa.int32()),
+            "seller": pa.array([10**12 + 3, -2, 5 * 10**17, 10**12 + 3, 2**62, -2, 7, 7, 5 * 10**17, 0], pa.int64()),
+            "price": pa.array(rng.uniform(0, 200, n), pa.float64()),
+            "title": [f"listing {i}" for i in range(n)],
+            "brand_name": [f"brand {i % 3}" for i in range(n)],
+        }
+    )
+    _write(items.slice(0, 6), root / MI0)
+    _write(items.slice(6), root / MI1)
+    for day, rel in zip(MARKET_DAYS, (MD10, MD11, MD12)):
+        k = MARKET_PER_DAY
+        history = [rng.choice(MARKET_ITEMS, i % 7).tolist() for i in range(k)]  # some longer than 4
+        impressions = pa.table(
+            {
+                "request_id": [f"r{day}-{i}" for i in range(k)],
+                "ts_day": pa.array(np.full(k, day), pa.int32()),
+                "uid": pa.array(rng.integers(-(2**62), 2**62, k), pa.int64()),  # hashed: any int64
+                "iid": pa.array(rng.choice(MARKET_ITEMS, k), pa.int64()),
+                "clk": pa.array((rng.random(k) < 0.3).astype(np.float64)),
+                "device": pa.array(rng.integers(0, 4, k), pa.int32()),
+                "recent_iids": pa.array(history, pa.list_(pa.int64())),
+                "dwell": pa.array(rng.exponential(3.0, k), pa.float32()),
+            }
+        )
+        _write(impressions, root / rel)
+    (root / "manifest.json").write_text(json.dumps(MARKET_MANIFEST, indent=1))
+
+
+@pytest.fixture()
+def market(tmp_path: Path) -> Path:
+    root = tmp_path / "market"
+    _write_market(root)
+    return root
+
+
+def test_a_dataset_unlike_the_world_validates(market: Path, capsys: pytest.CaptureFixture) -> None:
+    report = validate_dataset(market)
+    assert report.counts == {"items": 10, "impressions": 45} and report.searches == validate.NO_SEARCHES
+    assert validate.format_report(report, "market") == MARKET_REPORT
+    _write(pa.table({"uid": [1, 1], "age": [None, 3]}), market / "users" / "part-0.parquet")
+    assert validate_dataset(market).counts == report.counts  # no feature comes from users/: not read
+    assert main([str(market), "--quiet"]) == 0
+    assert capsys.readouterr().out == MARKET_REPORT.replace("market", str(market), 1) + "\n"
+
+
+SENTINEL = 2**63 - 1
+MARKET_CASES = [
+    (MI0, _set("price", 2, float("nan")), "column 'price', row 2: value nan, expected a finite number"),
+    (MD11, _set("dwell", 5, float("inf")), "column 'dwell', row 5: value inf, expected a finite number"),
+    (MI0, _set("price", 1, None), "column 'price', row 1: null value"),
+    (MI0, _drop("cat"), "missing column 'cat' (expected int32 or int64: features.sparse 'cat' (source items, a history_side feature))"),
+    (MI1, _drop("seller"), "missing column 'seller' (expected int32 or int64: features.sparse 'seller' (source items))"),
+    (MD10, _drop("recent_iids"), "missing column 'recent_iids' (expected a list of int32 or int64: features.history)"),
+    (MD12, _drop("device"), "missing column 'device' (expected int32 or int64: features.sparse 'device' (source impressions))"),
+    (MD12, _drop("dwell"), "missing column 'dwell' (expected a number (integer or float): features.dense 'dwell' (source impressions))"),
+    (MI0, _drop("title"), "missing column 'title' (expected string: features.content 'title')"),
+    (MD11, _drop("ts_day"), "missing column 'ts_day' (expected a signed integer: features.day)"),
+    (MD12, _cast("dwell", pa.string()), "column 'dwell' has type string, expected a number (integer or float) (features.dense"),
+    (MD10, _cast("clk", pa.int64()), "column 'clk' has type int64, expected float32 or float64 (features.label)"),
+    (MD10, _set("device", 7, 4), "column 'device', row 7: ID 4 outside [0, 4) (identity table 'device')"),
+    (MI1, _set("cat", 1, -1), "column 'cat', row 1: ID -1 outside [0, 5) (identity table 'cat')"),
+    (MI0, _set("seller", 3, SENTINEL),
+     f"column 'seller', row 3: ID {SENTINEL} is 2**63-1, the managed-collision sentinel (managed table 'seller' takes any other int64)"),
+    (MD11, _set("uid", 9, SENTINEL), f"column 'uid', row 9: ID {SENTINEL} is 2**63-1, the managed-collision sentinel (hash table 'uid'"),
+    (MD12, _set("recent_iids", 6, [3, 2**63 - 3]), f"column 'recent_iids', row 6: unknown iid {2**63 - 3} (no row in items/)"),
+    (MD10, _set("iid", 2, 5), "column 'iid', row 2: unknown iid 5 (no row in items/)"),
+    (MI1, _set("iid", 2, -17), "column 'iid', row 2: iid -17 appears more than once"),
+    (MD11, _set("clk", 0, 0.5), "column 'clk', row 0: value 0.5, expected 0.0 or 1.0"),
+    (MD12, _set("ts_day", 4, 13), "column 'ts_day', row 4: day 13 outside manifest days [10, 12]"),
+    (MI1, _set("title", 0, " "), "column 'title', row 0: title is blank (' ')"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("rel", "edit", "message"), MARKET_CASES, ids=[c[2][:56] for c in MARKET_CASES])
+def test_a_fault_of_the_unlike_dataset_is_named(market: Path, small_batches: None, rel: str, edit: Edit, message: str) -> None:
+    _edit(market, rel, edit)
+    with pytest.raises(DatasetError) as e:
+        validate_dataset(market)
+    assert str(e.value).startswith(f"{rel}: {message}"), str(e.value)
+
+
+def _features(change: Callable[[dict], None]) -> Callable[[dict], None]:
+    return lambda raw: change(raw["features"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_features(lambda f: f["sparse"][2].update(source="sessions")),
+         "manifest.json: features.sparse[2].source is 'sessions'; expected one of ['impressions', 'users', 'items']"),
+        (_features(lambda f: f["dense"][1].update(source="basket")),
+         "manifest.json: features.dense[1].source is 'basket'; expected one of ['impressions', 'users', 'items', 'history']"),
+        (lambda raw: raw["id_ranges"].pop("cat"),
+         "manifest.json: id_ranges['cat'] is None, expected an integer >= 1 (the rows of identity table 'cat', which declares no 'rows')"),
+        (lambda raw: raw.update(last_day=13, test_day=13),
+         "impressions/: no impressions on test_day 13 (manifest.json); the test day must hold the impressions evaluated "
+         "(days with impressions: [10, 11, 12])"),
+        (lambda raw: raw.update(test_day=10),
+         "impressions/: no impressions before test_day 10 (manifest.json); training needs at least one earlier day"),
+        (lambda raw: raw.update(test_day=14), "manifest.json: test_day 14 outside the days [10, 12]"),
+        (_features(lambda f: f["content"].append("image")),
+         "manifest.json: image_size is None, expected an integer >= 1 (features.content has 'image')"),
+    ],
+    ids=["unknown sparse source", "unknown dense source", "identity table without rows", "test day empty",
+         "no day before the test day", "test day outside the days", "images without image_size"],
+)  # fmt: skip
+def test_a_fault_of_the_unlike_manifest_is_named(market: Path, change: Callable[[dict], None], message: str) -> None:
+    _manifest(market, change)
+    with pytest.raises(DatasetError) as e:
+        validate_dataset(market)
+    assert str(e.value) == message
+
+
+def test_the_split_reports_days_after_the_test_day(market: Path) -> None:
+    _manifest(market, lambda raw: raw.update(test_day=11))
+    report = validate_dataset(market)
+    line = [x for x in validate.format_report(report, "m").splitlines() if "split:" in x][0]
+    assert line == "  split: days 10..12; train 10..10 (15 impressions), test day 11 (15 impressions), 15 after it"
+
+
+def test_a_feature_from_users_makes_users_needed(market: Path) -> None:
+    _manifest(market, _features(lambda f: f["dense"].append({"name": "tenure", "source": "users"})))
+    with pytest.raises(DatasetError, match=r"^users/: no Parquet files \(features \['tenure'\] come from users\)$"):
+        validate_dataset(market)
+    uids = pc.unique(pa.concat_tables(pq.read_table(market / f) for f in (MD10, MD11, MD12))["uid"]).to_pylist()
+    first = pq.read_table(market / MD10)["uid"][0].as_py()
+    users = pa.table({"uid": pa.array(uids, pa.int64()), "tenure": pa.array(np.arange(len(uids)), pa.int32())})
+    _write(users, market / "users" / "part-0.parquet")
+    assert validate_dataset(market).counts == {"items": 10, "users": len(uids), "impressions": 45}
+    _write(users.filter(pc.not_equal(users["uid"], first)), market / "users" / "part-0.parquet")
+    with pytest.raises(DatasetError, match=rf"^{MD10}: column 'uid', row 0: unknown uid {first} \(no row in users/\)$"):
+        validate_dataset(market)
+
+
+# --- the old layout, and the search log as optional ---
+
+
+def test_a_format_1_manifest_still_validates(dataset: Path) -> None:
+    old = {  # the layout every dataset had before the spec: no features, no test_day
+        "format_version": 1, "preset": "hand", "seed": 0, "first_day": DAYS[0], "last_day": DAYS[-1],
+        "counts": {"items": N_ITEMS, "users": N_USERS, "impressions": 40, "searches": N_SEARCHES},
+        "id_ranges": ID_RANGES, "max_history_len": MAX_HISTORY, "image_size": 8, "extra": {},
+    }  # fmt: skip
+    (dataset / "manifest.json").write_text(json.dumps(old))
+    report = validate_dataset(dataset)
+    assert report.manifest.spec == world_spec() and report.manifest.test_day == DAYS[-1]
+    assert report.counts["searches"] == N_SEARCHES
+    _manifest(dataset, lambda raw: raw["id_ranges"].pop("gender"))
+    with pytest.raises(DatasetError, match=r"^manifest.json: id_ranges\['gender'\] is None"):
+        validate_dataset(dataset)
+
+
+def test_no_search_log_is_fine_and_reported(dataset: Path) -> None:
+    _manifest(dataset, lambda raw: raw["counts"].pop("searches"))
+    _edit(dataset, SEARCHES0, lambda t: t.slice(0, 0))  # an empty search log: as if absent
+    assert validate_dataset(dataset).searches == validate.NO_SEARCHES
+    shutil.rmtree(dataset / "searches")
+    report = validate_dataset(dataset)
+    assert report.searches == validate.NO_SEARCHES and "searches" not in report.counts
+    _manifest(dataset, lambda raw: raw["counts"].update(searches=6))
+    with pytest.raises(DatasetError, match=r"^searches/: 0 rows, manifest.json counts says 6$"):
+        validate_dataset(dataset)
+
+
+def test_the_search_log_is_checked_for_the_declared_content_only(dataset: Path) -> None:
+    titles = world_spec(content=("title",)).to_dict()
+    _manifest(dataset, lambda raw: raw.update(features=titles))
+    _edit(dataset, ITEMS0, _drop("image"))
+    _edit(dataset, SEARCHES0, _then(_drop("query_image"), _drop("shown_item_ids"), _drop("user_id")))
+    report = validate_dataset(dataset)
+    assert report.searches == "6 sessions (SCL pre-training; queries: query_text)"
+    assert report.ignored["items"] == ("created_day", "image")  # ITEMS1's images: not declared, so ignored
+    _edit(dataset, SEARCHES0, _set("purchased_item_id", 1, 99))
+    with pytest.raises(DatasetError, match=rf"^{SEARCHES0}: column 'purchased_item_id', row 1: ID 99 outside \[0, 14\)"):
+        validate_dataset(dataset)
+    _manifest(dataset, lambda raw: raw["features"].update(content=[]))  # no content: the search log is not read
+    report = validate_dataset(dataset)
+    assert "searches" not in report.counts and report.searches.startswith("present, not read: no item content")
