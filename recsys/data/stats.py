@@ -1,9 +1,10 @@
 """Counts read from a dataset's Parquet tables that evaluation needs: training impressions per item, new items.
 
-Notation: ``I``: the item ID range (``manifest.id_ranges["item_id"]``).
+Notation: ``I``: the items of ``items/`` (:func:`item_index`).
 
-Both read only the columns they need, table file by table file, and refuse
-an item ID outside the manifest's range. ``recsys.eval.metrics`` turns
+They read only the columns they need, table file by table file, and refuse
+an item with no row in ``items/``. Per-item arrays are indexed by the
+item's position among the sorted item IDs, so raw 64-bit IDs work. ``recsys.eval.metrics`` turns
 them into item buckets and subsets; it reads no files itself.
 """
 
@@ -17,40 +18,67 @@ import pyarrow.parquet as pq
 
 from recsys.data.schema import Manifest, table_files
 
+CREATED_DAY = "created_day"  # optional items column: the day an item was created (its new-item day)
 
-def _num_items(root: Path, manifest: Manifest | None) -> int:
-    return (manifest if manifest is not None else Manifest.read(root)).id_ranges["item_id"]
+
+def item_index(root: Path, manifest: Manifest | None = None) -> np.ndarray:
+    """The dataset's item IDs, sorted: int64 array of shape (I,); position ``k`` is item ``index[k]``.
+
+    Per-item arrays (:func:`train_item_counts`, :func:`new_item_mask`) are
+    indexed by these positions, so raw 64-bit IDs cost what dense ones do. For
+    a world whose items are ``0..I-1`` the position is the ID.
+
+    Raises:
+        ValueError: an item listed twice (naming the file).
+    """
+    manifest = manifest if manifest is not None else Manifest.read(root)
+    key = manifest.features.item_key
+    parts = [pq.read_table(path, columns=[key]).column(0).to_numpy().astype(np.int64) for path in table_files(Path(root), "items")]
+    ids = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+    if len(ids) > 1 and bool((ids[1:] == ids[:-1]).any()):
+        raise ValueError(f"{root}/items: {key} {int(ids[1:][ids[1:] == ids[:-1]][0])} appears more than once")
+    return ids
+
+
+def item_positions(index: np.ndarray, item_ids: np.ndarray, where: str) -> np.ndarray:
+    """Positions (N,) in ``index`` (:func:`item_index`) of ``item_ids`` (N,); ValueError naming ``where`` for an unknown item."""
+    at = np.searchsorted(index, item_ids)
+    found = at < len(index)
+    found[found] = index[at[found]] == item_ids[found]
+    if not found.all():
+        raise ValueError(f"{where}: item {int(item_ids[~found][0])} has no row in items/")
+    return at
 
 
 def train_item_counts(root: Path, days: Iterable[int], manifest: Manifest | None = None) -> np.ndarray:
-    """Training impressions per item ID, from the ``day`` and ``item_id`` columns of the impressions.
+    """Training impressions per item, from the day and item columns of the impressions.
 
     Args:
-        root (Path): dataset directory (``manifest.json``, ``impressions/``).
+        root (Path): dataset directory (``manifest.json``, ``items/``, ``impressions/``).
         days (Iterable[int]): the training days counted (e.g. ``range(first, test)``).
         manifest (Manifest | None): the dataset's manifest when the caller has
             it; ``None`` reads ``root/manifest.json``.
 
     Returns:
-        np.ndarray: int64 counts, array of shape (I,), indexed by item ID.
+        np.ndarray: int64 counts, array of shape (I,), by position in :func:`item_index`.
 
     Raises:
-        ValueError: an impression's ``item_id`` lies outside ``[0, I)``.
+        ValueError: an impression's item has no row in ``items/`` (naming the file).
     """
-    I = _num_items(root, manifest)
+    manifest = manifest if manifest is not None else Manifest.read(root)
+    spec = manifest.features
+    index = item_index(root, manifest)
     wanted = np.fromiter(days, dtype=np.int64)
-    counts = np.zeros(I, dtype=np.int64)
+    counts = np.zeros(len(index), dtype=np.int64)
     for path in table_files(Path(root), "impressions"):
-        t = pq.read_table(path, columns=["day", "item_id"])
-        items = t.column("item_id").to_numpy()[np.isin(t.column("day").to_numpy(), wanted)]
-        if items.size and (items.min() < 0 or items.max() >= I):
-            raise ValueError(f"{path}: item_id outside the manifest's range [0, {I})")
-        counts += np.bincount(items, minlength=I)
+        t = pq.read_table(path, columns=[spec.day, spec.item_key])
+        items = t.column(spec.item_key).to_numpy()[np.isin(t.column(spec.day).to_numpy(), wanted)].astype(np.int64)
+        counts += np.bincount(item_positions(index, items, str(path)), minlength=len(index))
     return counts
 
 
 def new_item_mask(root: Path, day: int, manifest: Manifest | None = None) -> np.ndarray:
-    """True for the items created on ``day``, from the ``item_id`` and ``created_day`` columns of the items.
+    """True for the items new on ``day``: created that day (an items ``created_day`` column), else first shown that day.
 
     Args:
         root (Path): dataset directory (``manifest.json``, ``items/``).
@@ -59,19 +87,23 @@ def new_item_mask(root: Path, day: int, manifest: Manifest | None = None) -> np.
             it; ``None`` reads ``root/manifest.json``.
 
     Returns:
-        np.ndarray: bool per item ID, array of shape (I,).
+        np.ndarray: bool, array of shape (I,), by position in :func:`item_index`.
 
     Raises:
-        ValueError: an item's ``item_id`` lies outside ``[0, I)``.
+        ValueError: an item or impression names an item with no row (naming the file).
     """
-    I = _num_items(root, manifest)
-    out = np.zeros(I, dtype=bool)
-    for path in table_files(Path(root), "items"):
-        t = pq.read_table(path, columns=["item_id", "created_day"])
-        ids = t.column("item_id").to_numpy()[t.column("created_day").to_numpy() == day]
-        if ids.size and (ids.min() < 0 or ids.max() >= I):
-            raise ValueError(f"{path}: item_id outside the manifest's range [0, {I})")
-        out[ids] = True
+    manifest = manifest if manifest is not None else Manifest.read(root)
+    key = manifest.features.item_key
+    index = item_index(root, manifest)
+    out = np.zeros(len(index), dtype=bool)
+    paths = table_files(Path(root), "items")
+    if paths and CREATED_DAY not in pq.read_schema(paths[0]).names:
+        shown = train_item_counts(root, [day], manifest) > 0
+        return shown & ~(train_item_counts(root, range(manifest.first_day, day), manifest) > 0)
+    for path in paths:
+        t = pq.read_table(path, columns=[key, CREATED_DAY])
+        ids = t.column(key).to_numpy()[t.column(CREATED_DAY).to_numpy() == day].astype(np.int64)
+        out[item_positions(index, ids, str(path))] = True
     return out
 
 
@@ -84,13 +116,16 @@ def unseen_item_ids(
         root (Path): dataset directory.
         day (int): the day whose impressions are checked.
         seen_days (Iterable[int]): the days already trained on.
-        rows (int): rows of the item table (IDs at or beyond it are hashed).
+        rows (int): rows of the item table (identity IDs at or beyond it are hashed;
+            raw IDs of a managed table are admitted instead, and count 0 here).
         manifest (Manifest | None): the dataset's manifest, or ``None`` to read it.
 
     Returns:
         tuple[int, int]: the number of unseen item IDs, and how many of them are ``>= rows``.
     """
+    manifest = manifest if manifest is not None else Manifest.read(root)
     seen = train_item_counts(root, seen_days, manifest) > 0
-    today = np.flatnonzero(train_item_counts(root, [day], manifest) > 0)
-    fresh = today[(today >= len(seen)) | ~seen[np.minimum(today, len(seen) - 1)]]
-    return int(len(fresh)), int((fresh >= rows).sum())
+    fresh = item_index(root, manifest)[(train_item_counts(root, [day], manifest) > 0) & ~seen]
+    spec = manifest.features
+    identity = spec.table(spec.table_of(spec.item_key)).ids == "identity"  # raw IDs are admitted, not hashed
+    return int(len(fresh)), int((fresh >= rows).sum()) if identity else 0

@@ -23,13 +23,14 @@ import pyarrow.parquet as pq
 import torch
 
 from recsys.data.schema import TRUTH_DIR, table_files
+from recsys.data.stats import item_positions
 from recsys.eval.metrics import evaluation_report
 
 TRUE_PROBABILITY = "p_click"  # the column of truth/impressions/ scored here
 
 
 def truth_report(
-    world: Path, day: int, buckets: np.ndarray, new_items: np.ndarray | None = None
+    world: Path, day: int, buckets: np.ndarray, new_items: np.ndarray | None = None, index: np.ndarray | None = None
 ) -> dict[str, dict[str, float]] | None:
     """``evaluation_report`` of the true click probability on ``day``, or ``None`` without ``truth/``.
 
@@ -37,7 +38,9 @@ def truth_report(
         world (Path): the dataset directory.
         day (int): the scored day.
         buckets (np.ndarray): bucket per item ID (``recsys.eval.metrics.item_buckets``), shape (I,).
-        new_items (np.ndarray | None): bool per item ID, shape (I,).
+        new_items (np.ndarray | None): bool per item, shape (I,).
+        index (np.ndarray | None): the sorted item IDs the arrays are indexed by
+            (``recsys.data.stats.item_index``); ``None``: by item ID.
 
     Returns:
         dict[str, dict[str, float]] | None: metrics of ``all``, each bucket
@@ -60,4 +63,6 @@ def truth_report(
         for name in ("label", "user_id", "item_id"):
             cols[name].append(t.column(name).to_numpy()[keep])
     p, label, user, item = (torch.from_numpy(np.concatenate(cols[k])) for k in ("p", "label", "user_id", "item_id"))
+    if index is not None:
+        item = torch.from_numpy(item_positions(index, item.numpy(), str(folder)))
     return evaluation_report(p, label.double(), user, item, buckets, new_items)

@@ -42,7 +42,7 @@ from recsys.allocator import pinned
 from recsys.data.plan import count as count_rows
 from recsys.data.reader import ImpressionReader, ReaderConfig
 from recsys.data.schema import Manifest, manifest_sha
-from recsys.data.stats import new_item_mask, train_item_counts
+from recsys.data.stats import item_index, item_positions, new_item_mask, train_item_counts
 from recsys.data.vectors import ItemVectors, load_vectors
 from recsys.distributed import DistContext, init_distributed
 from recsys.eval.metrics import evaluation_report, item_buckets
@@ -191,11 +191,12 @@ def _score(job: TrainJob, built: Built, day: int, reader: ReaderConfig, ctx: Dis
     """Test-day metrics of the model as it stands: all impressions, item buckets, new items."""
     preds = predict(built.model, job.world, day, ctx, replace(reader, batch_size=job.train.eval_batch_size), quiet=job.quiet)
     world = Path(job.world)
+    positions = item_positions(item_index(world, built.manifest), preds.item_ids, f"{world} day {day}")
     return evaluation_report(
         torch.from_numpy(preds.predictions),
         torch.from_numpy(preds.labels),
         torch.from_numpy(preds.user_ids),
-        torch.from_numpy(preds.item_ids),
+        torch.from_numpy(positions),
         item_buckets(train_item_counts(world, built.split.train, built.manifest)),
         new_item_mask(world, day, built.manifest),
     )
