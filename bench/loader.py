@@ -32,8 +32,14 @@ import pyarrow.parquet as pq
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys.data.batch import SPARSE_FEATURES, Batch
-from recsys.data.reader import IMPRESSION_COLUMNS, ITEM_SIDE, USER_SIDE, ImpressionReader, ReaderConfig
+from recsys.data.batch import Batch
+from recsys.data.spec import world_spec
+
+_WORLD = world_spec()  # the naive baseline reads the world's features
+SPARSE_FEATURES = _WORLD.kjt_keys()
+USER_SIDE, ITEM_SIDE = _WORLD.sources("users"), _WORLD.sources("items")
+IMPRESSION_COLUMNS = ("day", "user_id", "item_id", "history_item_ids", "position", "label")
+from recsys.data.reader import ImpressionReader, ReaderConfig
 from recsys.data.schema import Manifest, table_files
 
 DEFAULT_WORLD = Path("runs/bench-world-small")

@@ -46,7 +46,8 @@ from torch import nn
 from torchrec.modules.mlp import MLP
 
 from recsys.allocator import pin_malloc_thresholds
-from recsys.data.batch import DENSE_FEATURES, Batch
+from recsys.data.batch import Batch
+from recsys.data.spec import world_spec
 from recsys.data.reader import ImpressionReader, ReaderConfig
 from recsys.data.schema import Manifest
 from recsys.data.vectors import load_vectors
@@ -54,12 +55,15 @@ from recsys.distributed import init_distributed
 from recsys.models import fused
 from recsys.models.attention import TargetAttention
 from recsys.models.config import VARIANTS, ModelConfig, table_sizes
-from recsys.models.id_model import POOLED_FEATURES
 from recsys.models.make import Make, make_config
 from recsys.train.config import TrainConfig, load_job_config
 from recsys.train.make_stage import MAKE_FILE
 from recsys.train.setup import split_days
 from recsys.train.trainer import TrainJob, build
+
+WORLD = world_spec()  # the plain-PyTorch baseline is written for the world's features
+POOLED_FEATURES = WORLD.pooled()
+DENSE_FEATURES = WORLD.dense_names()
 
 LIGHT_MAKE_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "light_make.yaml")
 
@@ -99,7 +103,7 @@ def _fake_make_stage1(folder: Path, run: Run) -> Path:
     """A stage-1 folder with randomly initialised MAKE weights (the bench does not run stage 1)."""
     dim = load_vectors(Path(run.vectors)).dim
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": Make(make_config(run.model_config()), dim).state_dict(), "mm_dim": dim}, folder / MAKE_FILE)
+    torch.save({"state_dict": Make(make_config(run.model_config()), dim, len(DENSE_FEATURES)).state_dict(), "mm_dim": dim}, folder / MAKE_FILE)
     return folder
 
 
