@@ -102,7 +102,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -493,6 +493,39 @@ class ImpressionReader(IterableDataset[Batch]):
             item_ids=torch.from_numpy(np.concatenate([blk.single[i, a:b] for blk, a, b in pieces])),
             weights=torch.ones(B, dtype=torch.float32),
         )
+
+
+def dense_moments(root: Path, days: tuple[int, ...] | range, config: ReaderConfig = ReaderConfig()) -> dict[str, tuple[float, float]]:
+    """Mean and standard deviation of each standardised dense feature over the impressions of ``days``.
+
+    The statistics a ``standardize`` (or ``log1p_standardize``, after the
+    log) transform uses (``ReaderConfig.dense_stats``): computed on the
+    training days only and recorded in the run, so scoring and retraining see
+    the inputs the model was trained on. One pass in this process (every rank
+    computes the same numbers); empty when no feature is standardised.
+
+    Returns:
+        dict[str, tuple[float, float]]: feature -> (mean, std), float64 sums.
+    """
+    spec = Manifest.read(root).features
+    names = [f.name for f in spec.dense if "standardize" in f.transform]
+    if not names:
+        return {}
+    identity = {n: (0.0, 1.0) for n in names}
+    reader = ImpressionReader(root, replace(config, days=days, rank=0, world_size=1, shuffle=False, remaining=None,
+                                            prefetch=0, dense_stats=identity))
+    cols = [spec.dense_names().index(n) for n in names]
+    total, sums, squares = 0, np.zeros(len(names)), np.zeros(len(names))
+    for batch in reader:
+        x = batch.dense_features[:, cols].double().numpy()
+        total += len(x)
+        sums += x.sum(axis=0)
+        squares += (x * x).sum(axis=0)
+    if total == 0:
+        raise ValueError(f"{root}: no impressions on days {list(days)} to standardise {names} with")
+    mean = sums / total
+    std = np.sqrt(np.maximum(squares / total - mean * mean, 0.0))
+    return {n: (float(m), float(sd)) for n, m, sd in zip(names, mean, std)}
 
 
 def _table_rows(spec: FeatureSpec, ranges: dict[str, int], sizes: dict[str, int] | None) -> dict[str, int]:

@@ -119,6 +119,8 @@ class TrainLog:
     progress: Progress | None = None  # where training stands (the last checkpoint's progress)
     malloc_pinned: bool = False  # glibc malloc thresholds pinned by the entry point (recsys.allocator)
     rows_in_days: int | None = None  # impressions of the selected days (one epoch's rows); None: not read yet
+    # per managed table (recsys.models.remap): raw IDs "admitted" into a row and "evicted" from one, over the run's jobs
+    managed_ids: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def rows_trained(self) -> int:
@@ -161,6 +163,8 @@ class TrainLog:
             rows_in_days=self.rows_in_days,
             rows_trained=self.rows_trained,
         )
+        if self.managed_ids:  # only runs with managed tables have it (world runs' logs stay as they were)
+            out["managed_ids"] = {t: dict(c) for t, c in self.managed_ids.items()}
         return out
 
     @staticmethod
@@ -195,6 +199,7 @@ class TrainLog:
                 progress=None if progress is None else Progress.from_json(progress),
                 malloc_pinned=bool(raw.get("malloc_pinned", False)),
                 rows_in_days=None if raw.get("rows_in_days") is None else int(raw["rows_in_days"]),
+                managed_ids={t: {k: int(v) for k, v in c.items()} for t, c in (raw.get("managed_ids") or {}).items()},
             )
         except (TypeError, AttributeError) as e:
             raise ValueError(f"{source}: a field has the wrong form ({e})") from e

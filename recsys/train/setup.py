@@ -55,11 +55,11 @@ def split_days(manifest: Manifest, until: int | None = None) -> DaySplit:
     Args:
         manifest (Manifest): the world's manifest.
         until (int | None): the ID model's last training day; ``None`` = the
-            day before the world's last, so the last day is the test day.
+            day before the dataset's test day (``Manifest.test_day``, by default its last).
     """
     first, last = manifest.first_day, manifest.last_day
     if until is None:
-        until = last - 1
+        until = manifest.test_day - 1
     if not first + 1 <= until <= last:
         raise ValueError(
             f"last training day {until} must lie in [{first + 1}, {last}] for this world (days {first}..{last}): "

@@ -55,6 +55,7 @@ from recsys.train.config import SHARDING, TrainConfig
 from recsys.train.loop import EpochPlan, EpochResult, RowCountError, predict, run_epochs
 from recsys.train.make_stage import Stage1Job, load_make_state, train_make
 from recsys.train.run_folder import Lineage, Report, RetrainNote, RunFolder, RunMetrics, Segment, TrainLog
+from recsys.models.remap import IdRemapper
 from recsys.train.setup import DaySplit, capped_table_sizes, fill_mm_table, mm_rows, shard_and_optimize, split_days
 
 
@@ -151,11 +152,21 @@ class _Tally:
     counts: dict[str, int] = field(default_factory=dict)  # this job's counts on this rank
     warm_start_metrics: Report | None = None  # the stale model's test-day scores (a warm start)
     rows_in_days: int | None = None  # impressions of the training days (the reader's N)
+    managed_before: dict[str, dict[str, int]] = field(default_factory=dict)  # admitted/evicted of earlier jobs
 
     @staticmethod
     def resumed(log: TrainLog, world_size: int) -> _Tally:
         return _Tally(world_size, list(log.curve), list(log.segments), dict(log.out_of_range_ids),
-                      warm_start_metrics=log.warm_start_metrics, rows_in_days=log.rows_in_days)
+                      warm_start_metrics=log.warm_start_metrics, rows_in_days=log.rows_in_days,
+                      managed_before=log.managed_ids)
+
+    def managed_ids(self, model: torch.nn.Module) -> dict[str, dict[str, int]]:
+        """Admitted and evicted raw IDs per managed table: earlier jobs' plus this job's (the same on every rank)."""
+        remap = next((m for m in model.modules() if isinstance(m, IdRemapper)), None)
+        now = remap.counts() if remap is not None else {}
+        tables = sorted(set(now) | set(self.managed_before))
+        return {t: {k: self.managed_before.get(t, {}).get(k, 0) + now.get(t, {}).get(k, 0) for k in ("admitted", "evicted")}
+                for t in tables}
 
     def done(self) -> bool:
         return False
@@ -255,6 +266,7 @@ def _write_train_log(job: TrainJob, built: Built, tally: _Tally, progress: Progr
         progress=progress,
         malloc_pinned=pinned(),
         rows_in_days=tally.rows_in_days,
+        managed_ids=tally.managed_ids(built.model),
     )
     if ctx.is_main:
         tally.logged_out_of_range = merged  # a later write of this job adds to them, as the written log holds them
