@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,34 @@ from recsys.settings import setting
 FUSIONS: tuple[str, ...] = ("mean", "image", "text", "concat")
 # Pre-training recipes (``pretrain.train.Pretrainer``): SCL, the CLIP-style baseline, untrained towers.
 METHODS: tuple[str, ...] = ("scl", "clip", "random")
+# The towers an item encoder may have, in the order its forward takes their inputs (pixels, then tokens).
+MODALITIES: tuple[str, ...] = ("image", "text")
+# The tower that encodes each item content column (``recsys.data.spec.CONTENT``; search queries alike).
+CONTENT_TOWER: dict[str, str] = {"image": "image", "title": "text"}
+
+
+def content_modalities(content: Sequence[str]) -> tuple[str, ...]:
+    """The towers a dataset's item content needs (``manifest.features.content``), in ``MODALITIES`` order.
+
+    Args:
+        content (Sequence[str]): content columns, a subset of ``("title", "image")``.
+
+    Returns:
+        tuple[str, ...]: a subset of ``MODALITIES``; empty when the items carry no content.
+
+    Raises:
+        ValueError: a content name that is neither ``title`` nor ``image``.
+
+    Example::
+
+        >>> content_modalities(("title",)), content_modalities(["title", "image"]), content_modalities(())
+        (('text',), ('image', 'text'), ())
+    """
+    unknown = sorted(set(content) - set(CONTENT_TOWER))
+    if unknown:
+        raise ValueError(f"unknown item content {unknown}; known: {sorted(CONTENT_TOWER)}")
+    towers = {CONTENT_TOWER[c] for c in content}
+    return tuple(m for m in MODALITIES if m in towers)
 
 
 @dataclass(frozen=True)
@@ -112,7 +141,9 @@ class SclConfig:
         max_hard_negatives (int): Hn, hard negatives kept per session (the
             clicked-but-not-bought items; extra ones are dropped, missing ones
             masked).
-        fusion (str): how the item vector is formed, one of ``FUSIONS``.
+        fusion (str): how the item vector is formed, one of ``FUSIONS``;
+            with one modality the item vector is that tower's vector whatever
+            the fusion (``pretrain.towers.resolve_fusion``).
         batch_size (int): B, sessions (SCL) or items (CLIP) per step and process.
         lr (float): peak AdamW learning rate.
         weight_decay (float): AdamW weight decay.

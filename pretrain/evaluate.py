@@ -7,6 +7,11 @@ queries) and item title vectors (text queries): recall@1 and recall@10. The
 category purity of each item's 10 nearest neighbours (fused item vectors,
 the item itself excluded) is measured on a fixed sample of items.
 
+Only the modalities both the dataset (``features.content``: its query
+columns) and the run's encoder have are scored: a titles-only world gives
+``text_recall@k`` and purity. A dataset without a search log gives purity
+alone (and ``queries`` 0).
+
 Notation: ``Q`` held-out queries, ``N`` items, ``D`` dims.
 """
 
@@ -19,11 +24,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pretrain.data import check_texts, decode_images
-from pretrain.towers import build_tokenizer
 from pretrain.config import TowerConfig
+from pretrain.data import check_texts, declared_content, decode_images, has_searches
 from pretrain.encoder import MODALITY_FILES, load_encoder
-from recsys.data.content import where
+from pretrain.towers import build_tokenizer
+from recsys.data.content import content_columns, where
 from recsys.data.schema import Manifest, table_files
 from recsys.data.vectors import VECTORS_MANIFEST, load_vectors
 
@@ -65,25 +70,39 @@ def neighbour_purity(vectors: np.ndarray, categories: np.ndarray, sample: np.nda
 
 
 def _heldout_queries(world: Path) -> dict[str, object]:
-    """Query images, texts and purchased item IDs of the test day's sessions."""
+    """Query images and/or texts (the declared content's) and purchased item IDs of the test day's sessions.
+
+    Returns ``{"purchased": empty}`` (no query to score) when the dataset has no search log.
+    """
     m = Manifest.read(world)
+    content, size = declared_content(world)
+    if not has_searches(world):
+        return {"purchased": np.zeros(0, dtype=np.int64)}
+    columns = content_columns("searches", content)
     imgs, texts, purchased = [], [], []
     for f in table_files(world, "searches"):
-        t = pq.read_table(f, columns=["session_id", "day", "query_text", "query_image", "purchased_item_id"])
+        t = pq.read_table(f, columns=["session_id", "day", *columns, "purchased_item_id"])
         keep = np.flatnonzero(t["day"].to_numpy() == m.test_day)
         if len(keep) == 0:
             continue
         t = t.take(keep)
         name, sessions = str(f.relative_to(world)), t["session_id"].to_pylist()
-        what = [f"{where(name, 'query_text', int(r))} (session {s})" for r, s in zip(keep, sessions)]
-        check_texts(t["query_text"].to_pylist(), what, "query_text")
-        what = [f"{where(name, 'query_image', int(r))} (session {s})" for r, s in zip(keep, sessions)]
-        imgs.append(decode_images(t["query_image"].to_pylist(), m.image_size, what))
-        texts.extend(t["query_text"].to_pylist())
+        if "query_text" in columns:
+            what = [f"{where(name, 'query_text', int(r))} (session {s})" for r, s in zip(keep, sessions)]
+            check_texts(t["query_text"].to_pylist(), what, "query_text")
+            texts.extend(t["query_text"].to_pylist())
+        if "query_image" in columns:
+            what = [f"{where(name, 'query_image', int(r))} (session {s})" for r, s in zip(keep, sessions)]
+            imgs.append(decode_images(t["query_image"].to_pylist(), size, what))
         purchased.append(t["purchased_item_id"].to_numpy())
     if not purchased:
         raise ValueError(f"{world}: no search sessions on the test day {m.test_day}")
-    return {"images": np.concatenate(imgs), "texts": texts, "purchased": np.concatenate(purchased)}
+    out: dict[str, object] = {"purchased": np.concatenate(purchased)}
+    if "query_image" in columns:
+        out["image"] = np.concatenate(imgs)
+    if "query_text" in columns:
+        out["text"] = texts
+    return out
 
 
 def _categories(world: Path, item_ids: np.ndarray) -> np.ndarray:
@@ -98,21 +117,24 @@ def _categories(world: Path, item_ids: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate_run(run: Path, queries: dict[str, object], categories: np.ndarray, sample: np.ndarray) -> dict[str, float]:
-    """Recall and purity of one pretrain run directory."""
+    """Recall (per modality of both the queries and the run's encoder) and purity of one pretrain run directory."""
     table = load_vectors(run)
     item_ids, fused = table.item_ids, table.vectors
-    by_modality = {name: np.load(run / file) for name, file in MODALITY_FILES.items()}
-    row_of = {int(i): r for r, i in enumerate(item_ids)}
-    target = np.array([row_of[int(p)] for p in queries["purchased"]])
     encoder = load_encoder(run)
-    tower = TowerConfig(context_length=encoder.context_length)
-    tokens = build_tokenizer(tower)(queries["texts"])
-    images = torch.from_numpy(queries["images"])
-    q_img = torch.cat([encoder.encode_image(images[a : a + 512]) for a in range(0, len(images), 512)]).numpy()
-    q_txt = torch.cat([encoder.encode_text(tokens[a : a + 512]) for a in range(0, len(tokens), 512)]).numpy()
     out: dict[str, float] = {}
-    for name, q in (("image", q_img), ("text", q_txt)):
-        for k, v in recall_at_k(q, by_modality[name], target, RECALL_KS).items():
+    scored = [m for m in encoder.modalities if m in queries and len(queries["purchased"])]
+    if scored:
+        row_of = {int(i): r for r, i in enumerate(item_ids)}
+        target = np.array([row_of[int(p)] for p in queries["purchased"]])
+    for name in scored:
+        if name == "image":
+            x = torch.from_numpy(queries["image"])
+            encode = encoder.encode_image
+        else:
+            x = build_tokenizer(TowerConfig(context_length=encoder.context_length))(queries["text"])
+            encode = encoder.encode_text
+        q = torch.cat([encode(x[a : a + 512]) for a in range(0, len(x), 512)]).numpy()
+        for k, v in recall_at_k(q, np.load(run / MODALITY_FILES[name]), target, RECALL_KS).items():
             out[f"{name}_recall@{k}"] = v
     out[f"purity@{PURITY_K}"] = neighbour_purity(fused, categories, sample)
     return out
@@ -131,13 +153,23 @@ def evaluate_runs(world: Path, runs: list[Path]) -> dict[str, dict[str, float]]:
         name, i = meta["method"], 2
         while name in results:
             name, i = f"{meta['method']}-{i}", i + 1
-        results[name] = {"queries": float(len(queries["texts"])), **evaluate_run(Path(run), queries, categories, sample)}
+        results[name] = {"queries": float(len(queries["purchased"])), **evaluate_run(Path(run), queries, categories, sample)}
     return results
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
-    cols = [c for c in next(iter(results.values())) if c != "queries"]
+    """One line per run; a column a run has no value for (a modality its encoder lacks) shows ``-``.
+
+    Example::
+
+        >>> print(format_table({"scl": {"queries": 2.0, "text_recall@1": 0.5, "purity@10": 0.25},
+        ...                     "x": {"queries": 2.0, "purity@10": 0.125}}))
+        method         text_recall@1         purity@10
+        scl                   0.5000            0.2500
+        x                          -            0.1250
+    """
+    cols = list(dict.fromkeys(c for row in results.values() for c in row if c != "queries"))
     lines = [f"{'method':<10}" + "".join(f"{c:>18}" for c in cols)]
     for name, row in results.items():
-        lines.append(f"{name:<10}" + "".join(f"{row[c]:>18.4f}" for c in cols))
+        lines.append(f"{name:<10}" + "".join(f"{row[c]:>18.4f}" if c in row else f"{'-':>18}" for c in cols))
     return "\n".join(lines)

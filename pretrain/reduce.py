@@ -96,7 +96,9 @@ def reduce_run(run: Path, dim: int, out: Path) -> dict:
     encoder's hash, and ``reduced_from``: the source run, its D and encoder
     hash, the energy kept). ``vectors.json`` is written last: a folder
     without it is unfinished. The per-modality image and text files stay
-    with the source run.
+    with the source run. The reduced encoder keeps the source's towers
+    (both, or the one of a titles-only or images-only run): the basis
+    projects whatever item vector they make.
 
     Args:
         run (Path): a ``mmctr pretrain`` run folder.

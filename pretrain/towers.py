@@ -1,5 +1,14 @@
 """Image and text towers (open_clip, random init) and the item encoder over them.
 
+An encoder has the towers its dataset's items need (``modalities``, a
+subset of ``pretrain.config.MODALITIES``): both for items with an image and
+a title, only the text tower for titles alone, only the image tower for
+images alone. Towers are built as one open_clip ``CLIP`` (the same random
+draws whatever the modalities, so a text-only encoder of a seed has the text
+tower of the two-tower encoder of that seed) and the absent tower is then
+removed, so it is neither trained nor saved. The item vector of a
+one-tower encoder is that tower's unit vector (:func:`resolve_fusion`).
+
 Notation:
     B: batch size.
     H, W: image height and width, pixels (``TowerConfig.image_size``).
@@ -18,6 +27,11 @@ Example::
     >>> items = encoder(images, tokens)  # (B, D)
     >>> tuple(items.shape), bool(torch.allclose(items.norm(dim=-1), torch.ones(2)))
     ((2, 16), True)
+    >>> titles_only = ItemEncoder(build_towers(cfg, ("text",)))  # items with a title and no image
+    >>> titles_only.modalities, titles_only.fusion, titles_only.image_size
+    (('text',), 'text', None)
+    >>> tuple(titles_only(tokens=tokens).shape)
+    (2, 16)
 """
 
 from __future__ import annotations
@@ -29,7 +43,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
-from pretrain.config import FUSIONS, TowerConfig
+from pretrain.config import FUSIONS, MODALITIES, TowerConfig
 
 # Per-channel RGB mean and std of image normalisation: the single source, used
 # inside ItemEncoder so that an exported encoder takes raw uint8 pixels.
@@ -41,21 +55,42 @@ IMAGE_STD: tuple[float, float, float] = OPENAI_DATASET_STD
 # SimpleTokenizer (vocabulary shipped in the wheel: works offline).
 TOKENIZER_MODEL = "ViT-B-32"
 
+# The text tower's parts: open_clip.CLIP holds them directly (``clip.transformer`` ...), the image tower is ``clip.visual``.
+_TEXT_MODULES = ("transformer", "token_embedding", "ln_final")
+_TEXT_TENSORS = ("positional_embedding", "text_projection", "attn_mask")
 
-def build_towers(cfg: TowerConfig) -> open_clip.CLIP:
-    """A randomly initialised open_clip ``CLIP`` with the tower sizes of ``cfg``.
+
+def _check_modalities(modalities: tuple[str, ...]) -> None:
+    if not modalities or any(m not in MODALITIES for m in modalities) or len(set(modalities)) != len(modalities):
+        raise ValueError(f"modalities must be a non-empty subset of {list(MODALITIES)}, got {list(modalities)}")
+
+
+def build_towers(cfg: TowerConfig, modalities: tuple[str, ...] = MODALITIES) -> open_clip.CLIP:
+    """A randomly initialised open_clip ``CLIP`` with the tower sizes of ``cfg`` and only the towers of ``modalities``.
 
     No weights are downloaded: ``open_clip.CLIP`` is built directly from
     ``CLIPVisionCfg``/``CLIPTextCfg`` values. Its ``logit_scale`` parameter is
-    only used by the CLIP-style baseline.
+    only used by the CLIP-style baseline. Both towers are drawn (so each
+    tower's initial weights depend on the seed alone), then an absent one is
+    set to ``None``: ``clip.visual`` for ``("text",)``; ``clip.transformer``,
+    ``token_embedding``, ``positional_embedding``, ``ln_final`` and
+    ``text_projection`` for ``("image",)``. Its ``state_dict`` holds only the
+    present towers.
 
     Args:
         cfg (TowerConfig): tower sizes.
+        modalities (tuple[str, ...]): the towers to keep, a non-empty subset of
+            ``pretrain.config.MODALITIES``.
 
     Returns:
-        open_clip.CLIP: ViT image tower and causal transformer text tower, both
+        open_clip.CLIP: ViT image tower and/or causal transformer text tower,
         projecting to ``cfg.embed_dim``.
+
+    Raises:
+        ValueError: ``modalities`` empty or naming an unknown tower.
     """
+    modalities = tuple(modalities)
+    _check_modalities(modalities)
     vision_cfg = open_clip.CLIPVisionCfg(
         image_size=cfg.image_size,
         patch_size=cfg.patch_size,
@@ -70,7 +105,67 @@ def build_towers(cfg: TowerConfig) -> open_clip.CLIP:
         layers=cfg.text_layers,
         heads=cfg.text_heads,
     )
-    return open_clip.CLIP(embed_dim=cfg.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg)
+    clip = open_clip.CLIP(embed_dim=cfg.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg)
+    if "image" not in modalities:
+        clip.visual = None
+    if "text" not in modalities:
+        for name in _TEXT_MODULES + _TEXT_TENSORS:
+            setattr(clip, name, None)  # a registered module, parameter or buffer may be set to None
+    return clip
+
+
+def tower_modalities(clip: open_clip.CLIP) -> tuple[str, ...]:
+    """The towers a ``CLIP`` from :func:`build_towers` holds, in ``MODALITIES`` order."""
+    present = {"image": clip.visual is not None, "text": clip.transformer is not None}
+    return tuple(m for m in MODALITIES if present[m])
+
+
+def state_modality(name: str) -> str | None:
+    """The tower (``"image"``/``"text"``) an ``ItemEncoder.state_dict`` key belongs to; None for shared entries.
+
+    Example::
+
+        >>> state_modality("clip.visual.proj"), state_modality("clip.token_embedding.weight")
+        ('image', 'text')
+        >>> state_modality("clip.logit_scale"), state_modality("projection")
+        (None, None)
+    """
+    parts = name.split(".")
+    if len(parts) < 2 or parts[0] != "clip":
+        return None
+    if parts[1] == "visual":
+        return "image"
+    return "text" if parts[1] in _TEXT_MODULES + _TEXT_TENSORS else None
+
+
+def resolve_fusion(fusion: str, modalities: tuple[str, ...]) -> str:
+    """The fusion an encoder of ``modalities`` uses when asked for ``fusion``.
+
+    Two towers: ``fusion`` itself. One tower: its own name (the item vector is
+    that tower's unit vector), whether asked for ``mean``, ``concat`` (means
+    and concatenations of one vector) or that name.
+
+    Raises:
+        ValueError: an unknown fusion, or one naming the absent tower.
+
+    Example::
+
+        >>> resolve_fusion("mean", ("image", "text")), resolve_fusion("concat", ("text",))
+        ('mean', 'text')
+        >>> resolve_fusion("image", ("text",))
+        Traceback (most recent call last):
+            ...
+        ValueError: fusion 'image' takes the item vector from the image tower, but this encoder has only ['text']
+    """
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {list(FUSIONS)}, got {fusion!r}")
+    _check_modalities(tuple(modalities))
+    if len(modalities) == len(MODALITIES):
+        return fusion
+    if fusion in MODALITIES and fusion not in modalities:
+        raise ValueError(f"fusion {fusion!r} takes the item vector from the {fusion} tower, "
+                         f"but this encoder has only {list(modalities)}")  # fmt: skip
+    return modalities[0]
 
 
 def build_tokenizer(cfg: TowerConfig) -> SimpleTokenizer:
@@ -109,7 +204,11 @@ class ItemEncoder(nn.Module):
     Image normalisation (``IMAGE_MEAN``/``IMAGE_STD``) happens inside, so a
     traced or exported encoder takes raw uint8 pixels.
 
-    Fusion of the unit image vector ``v`` and unit text vector ``t``:
+    ``modalities`` are the towers the ``CLIP`` holds (:func:`build_towers`);
+    :meth:`forward` takes the inputs of those towers and no other. With one
+    tower the fusion is that tower's name (:func:`resolve_fusion`) and the
+    item vector is its unit vector; with both, fusion of the unit image
+    vector ``v`` and unit text vector ``t``:
 
     - ``"mean"``: ``normalize(v + t)``, the L2-normalised mean; width D.
     - ``"image"``: ``v``; ``"text"``: ``t``; width D.
@@ -123,7 +222,8 @@ class ItemEncoder(nn.Module):
 
     Args:
         clip (open_clip.CLIP): the towers (see :func:`build_towers`).
-        fusion (str): one of ``pretrain.config.FUSIONS``.
+        fusion (str): one of ``pretrain.config.FUSIONS``; resolved against the
+            towers present (:func:`resolve_fusion`).
         reduced_dim (int): K, width of the item vectors after the projection;
             0: no projection.
 
@@ -146,15 +246,17 @@ class ItemEncoder(nn.Module):
 
     def __init__(self, clip: open_clip.CLIP, fusion: str = "mean", reduced_dim: int = 0) -> None:
         super().__init__()
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {list(FUSIONS)}, got {fusion!r}")
+        self.modalities: tuple[str, ...] = tower_modalities(clip)
+        self.fusion = resolve_fusion(fusion, self.modalities)
         self.clip = clip
-        self.fusion = fusion
-        self.embed_dim: int = clip.text_projection.shape[1]
-        size = clip.visual.image_size
-        self.image_size: tuple[int, int] = (int(size[0]), int(size[1]))
-        self.context_length: int = int(clip.context_length)
-        fused_dim = 2 * self.embed_dim if fusion == "concat" else self.embed_dim
+        if "image" in self.modalities:
+            self.embed_dim: int = int(clip.visual.output_dim)
+            size = clip.visual.image_size
+            self.image_size: tuple[int, int] | None = (int(size[0]), int(size[1]))
+        else:
+            self.embed_dim, self.image_size = int(clip.text_projection.shape[1]), None
+        self.context_length: int | None = int(clip.context_length) if "text" in self.modalities else None
+        fused_dim = 2 * self.embed_dim if self.fusion == "concat" else self.embed_dim
         if not 0 <= reduced_dim <= fused_dim:
             raise ValueError(f"reduced_dim must lie in [0, {fused_dim}] (0: none), got {reduced_dim}")
         self.reduced_dim = reduced_dim
@@ -174,6 +276,7 @@ class ItemEncoder(nn.Module):
 
         A float tensor (B, 3, H, W) is taken as already normalised and returned as is.
         """
+        self._needs("image")
         if images.dtype == torch.uint8:
             if images.dim() != 4 or images.shape[-1] != 3 or tuple(images.shape[1:3]) != self.image_size:
                 raise ValueError(
@@ -212,6 +315,7 @@ class ItemEncoder(nn.Module):
         Returns:
             Tensor: float of shape (B, D), unit L2 norm.
         """
+        self._needs("text")
         if tokens.dim() != 2 or tokens.shape[1] != self.context_length or tokens.is_floating_point():
             raise ValueError(
                 f"tokens must be integer ids of shape (B, {self.context_length}), "
@@ -219,8 +323,12 @@ class ItemEncoder(nn.Module):
             )
         return F.normalize(self.clip.encode_text(tokens), dim=-1)
 
-    def fuse(self, image_vectors: torch.Tensor, text_vectors: torch.Tensor) -> torch.Tensor:
-        """Item vectors from unit image and text vectors, each of shape (B, D).
+    def _needs(self, modality: str) -> None:
+        if modality not in self.modalities:
+            raise ValueError(f"this encoder has no {modality} tower (its modalities: {list(self.modalities)})")
+
+    def fuse(self, image_vectors: torch.Tensor | None, text_vectors: torch.Tensor | None) -> torch.Tensor:
+        """Item vectors from unit image and text vectors, each of shape (B, D) (None for an absent tower).
 
         Returns:
             Tensor: float of shape (B, ``output_dim()``), unit L2 norm.
@@ -239,17 +347,28 @@ class ItemEncoder(nn.Module):
         """(B, D') fused vectors to (B, K) unit vectors through ``projection``; as is without one."""
         return fused if self.projection is None else F.normalize(fused @ self.projection, dim=-1)
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Fused item vectors.
+    def forward(self, images: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Fused item vectors from the inputs of the encoder's towers (those of the others are None).
 
         Args:
-            images (Tensor): uint8 (B, H, W, 3) or normalised float (B, 3, H, W).
-            tokens (Tensor): int64 of shape (B, C).
+            images (Tensor | None): uint8 (B, H, W, 3) or normalised float (B, 3, H, W);
+                None exactly when the encoder has no image tower.
+            tokens (Tensor | None): int64 of shape (B, C); None exactly when it has no text tower.
 
         Returns:
             Tensor: float of shape (B, ``output_dim()``), unit L2 norm.
+
+        Raises:
+            ValueError: an input of a tower the encoder lacks, a missing input
+                of one it has, or inputs of different batch sizes.
         """
-        if images.shape[0] != tokens.shape[0]:
+        for modality, arg, given in (("image", "images", images), ("text", "tokens", tokens)):
+            if given is not None and modality not in self.modalities:
+                raise ValueError(f"this encoder has no {modality} tower (its modalities: {list(self.modalities)}): "
+                                 f"leave out {arg}")  # fmt: skip
+            if given is None and modality in self.modalities:
+                raise ValueError(f"this encoder's {modality} tower needs {arg} (its modalities: {list(self.modalities)})")
+        if images is not None and tokens is not None and images.shape[0] != tokens.shape[0]:
             raise ValueError(f"images and tokens differ in batch size: {images.shape[0]} vs {tokens.shape[0]}")
         if self.fusion == "image":
             return self._reduce(self.encode_image(images))

@@ -2,8 +2,10 @@
 
 A small typed class over ``tritonclient.grpc``:
 
-- the served model's sizes (H, W, D, max batch size, encoder SHA-256) come
-  from the server's own model config, generated from :mod:`serving.constants`;
+- the served model's inputs and sizes (``image`` and/or ``title``; H, W, D,
+  max batch size, encoder SHA-256) come from the server's own model config,
+  generated from :mod:`serving.constants`; only the inputs the model takes
+  are sent (a titles-only encoder gets titles, ``images=None``);
 - inputs are checked before sending (dtype, shape, count), with a message
   naming what was wrong;
 - a call is cut into requests of at most ``max_batch_size`` items, up to
@@ -107,10 +109,20 @@ def backoff_delays(config: ClientConfig) -> list[float]:
 class ServedModel:
     """What the server says about the model (from its ``config.pbtxt``)."""
 
-    image_shape: tuple[int, int, int]  # (H, W, 3)
+    image_shape: tuple[int, int, int] | None  # (H, W, 3); None: the model takes no images
     dim: int  # D
     max_batch_size: int  # items per request
     encoder_sha256: str  # the encoder.pt the artifact came from
+    takes_titles: bool = True  # whether the model has a title input
+
+    @property
+    def takes_images(self) -> bool:
+        return self.image_shape is not None
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The model's inputs, as the client sends them: ``image`` and/or ``title``."""
+        return tuple(n for n, on in ((k.IMAGE_INPUT, self.takes_images), (k.TITLE_INPUT, self.takes_titles)) if on)
 
 
 class EncoderClient:
@@ -145,12 +157,17 @@ class EncoderClient:
             )
             c = response.config
             images = next((i for i in c.input if i.name == k.IMAGE_INPUT), None)
+            titles = next((i for i in c.input if i.name == k.TITLE_INPUT), None)
             output = next((o for o in c.output if o.name == k.EMBEDDING_OUTPUT), None)
-            if images is None or output is None or len(images.dims) != 3 or len(output.dims) != 1:
-                raise EncoderError(f"{self.config.url}: model {c.name!r} has no {k.IMAGE_INPUT!r} (H, W, 3) input "
-                                   f"or {k.EMBEDDING_OUTPUT!r} (D,) output; is it an `mmctr export` repository?")  # fmt: skip
+            if (images is None and titles is None) or output is None or len(output.dims) != 1 or (
+                images is not None and len(images.dims) != 3
+            ):
+                raise EncoderError(f"{self.config.url}: model {c.name!r} has no {k.IMAGE_INPUT!r} (H, W, 3) or "
+                                   f"{k.TITLE_INPUT!r} input, or no {k.EMBEDDING_OUTPUT!r} (D,) output; "
+                                   "is it an `mmctr export` repository?")  # fmt: skip
             sha = c.parameters[k.PARAM_SHA256].string_value if k.PARAM_SHA256 in c.parameters else ""
-            self._model = ServedModel(tuple(int(d) for d in images.dims), int(output.dims[0]), int(c.max_batch_size), sha)
+            shape = None if images is None else tuple(int(d) for d in images.dims)
+            self._model = ServedModel(shape, int(output.dims[0]), int(c.max_batch_size), sha, titles is not None)
         return self._model
 
     def ready(self) -> bool:
@@ -161,18 +178,34 @@ class EncoderClient:
             return False
 
     # -- encode -----------------------------------------------------------------------
-    def check_inputs(self, images: np.ndarray, titles: Sequence[str]) -> None:
-        """Raises ``ValueError`` naming what is wrong with a batch before anything is sent."""
+    def check_inputs(self, images: np.ndarray | None, titles: Sequence[str] | None) -> None:
+        """Raises ``ValueError`` naming what is wrong with a batch before anything is sent.
+
+        The batch holds the inputs the served model takes, and no other
+        (``ServedModel.inputs``): an input it does not take must be None.
+        """
         m = self.model()
-        if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-            got = images.dtype if isinstance(images, np.ndarray) else type(images).__name__
-            raise ValueError(f"images must be a uint8 numpy array of shape (B, {m.image_shape[0]}, "
-                             f"{m.image_shape[1]}, 3), got {got}")  # fmt: skip
-        if images.ndim != 4 or tuple(images.shape[1:]) != m.image_shape:
-            raise ValueError(f"images must have shape (B, {', '.join(map(str, m.image_shape))}), got {images.shape}")
-        if isinstance(titles, str) or len(titles) != len(images):
+        for name, given, takes in ((k.IMAGE_INPUT, images, m.takes_images), (k.TITLE_INPUT, titles, m.takes_titles)):
+            if given is not None and not takes:
+                raise ValueError(f"the served model takes no {name} (its inputs: {list(m.inputs)}): pass {name}s=None")
+            if given is None and takes:
+                raise ValueError(f"the served model takes {name}s (its inputs: {list(m.inputs)}), got None")
+        if images is not None:
+            if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+                got = images.dtype if isinstance(images, np.ndarray) else type(images).__name__
+                raise ValueError(f"images must be a uint8 numpy array of shape (B, {m.image_shape[0]}, "
+                                 f"{m.image_shape[1]}, 3), got {got}")  # fmt: skip
+            if images.ndim != 4 or tuple(images.shape[1:]) != m.image_shape:
+                raise ValueError(f"images must have shape (B, {', '.join(map(str, m.image_shape))}), got {images.shape}")
+        if titles is None:
+            if len(images) == 0:
+                raise ValueError("empty batch: encode needs at least one item")
+            return
+        if images is not None and (isinstance(titles, str) or len(titles) != len(images)):
             raise ValueError(f"expected a sequence of {len(images)} titles (one per image), got {len(titles)}")
-        if len(images) == 0:
+        if isinstance(titles, str):
+            raise ValueError("titles must be a sequence of str, one per item, got a single str")
+        if len(titles) == 0:
             raise ValueError("empty batch: encode needs at least one item")
         for i, title in enumerate(titles):
             if not isinstance(title, str):
@@ -182,24 +215,26 @@ class EncoderClient:
             except UnicodeEncodeError as e:
                 raise ValueError(f"title {i} cannot be sent as UTF-8: {e}") from None
 
-    def encode(self, images: np.ndarray, titles: Sequence[str]) -> np.ndarray:
+    def encode(self, images: np.ndarray | None, titles: Sequence[str] | None) -> np.ndarray:
         """Item vectors of B items.
 
         Args:
-            images (np.ndarray): uint8 RGB pixels of shape (B, H, W, 3).
-            titles (Sequence[str]): B titles.
+            images (np.ndarray | None): uint8 RGB pixels of shape (B, H, W, 3);
+                None when the served model takes no images.
+            titles (Sequence[str] | None): B titles; None when it takes no titles.
 
         Returns:
             np.ndarray: float32 of shape (B, D), unit L2 norm, in input order.
 
         Raises:
-            ValueError: inputs of the wrong dtype, shape or count (nothing sent).
+            ValueError: inputs of the wrong dtype, shape or count, or an input
+                the model does not take or a missing one (nothing sent).
             EncoderRequestError: the server refused a request (e.g. a title it cannot decode).
             EncoderUnavailable: no answer within ``retries`` (server down or overloaded).
         """
         self.check_inputs(images, titles)
-        step = self.model().max_batch_size
-        chunks = [(a, min(a + step, len(images))) for a in range(0, len(images), step)]
+        step, n = self.model().max_batch_size, len(images) if images is not None else len(titles)
+        chunks = [(a, min(a + step, n)) for a in range(0, n, step)]
         if len(chunks) == 1 or self.config.max_in_flight == 1:
             return np.concatenate([self._encode_chunk(images, titles, a, b) for a, b in chunks])
         if self._pool is None:
@@ -207,15 +242,20 @@ class EncoderClient:
         futures = [self._pool.submit(self._encode_chunk, images, titles, a, b) for a, b in chunks]
         return np.concatenate([f.result() for f in futures])
 
-    def _encode_chunk(self, images: np.ndarray, titles: Sequence[str], a: int, b: int) -> np.ndarray:
-        image = grpcclient.InferInput(k.IMAGE_INPUT, [b - a, *images.shape[1:]], k.IMAGE_DTYPE)
-        image.set_data_from_numpy(np.ascontiguousarray(images[a:b]))
-        title = grpcclient.InferInput(k.TITLE_INPUT, [b - a, 1], k.TITLE_DTYPE)
-        title.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in titles[a:b]], dtype=np.object_))
+    def _encode_chunk(self, images: np.ndarray | None, titles: Sequence[str] | None, a: int, b: int) -> np.ndarray:
+        inputs = []
+        if images is not None:
+            image = grpcclient.InferInput(k.IMAGE_INPUT, [b - a, *images.shape[1:]], k.IMAGE_DTYPE)
+            image.set_data_from_numpy(np.ascontiguousarray(images[a:b]))
+            inputs.append(image)
+        if titles is not None:
+            title = grpcclient.InferInput(k.TITLE_INPUT, [b - a, 1], k.TITLE_DTYPE)
+            title.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in titles[a:b]], dtype=np.object_))
+            inputs.append(title)
         output = grpcclient.InferRequestedOutput(k.EMBEDDING_OUTPUT)
         result = self._retrying(
             f"items {a}..{b - 1}",
-            lambda: self._grpc.infer(self.config.model, [image, title], outputs=[output], client_timeout=self.config.timeout_s),
+            lambda: self._grpc.infer(self.config.model, inputs, outputs=[output], client_timeout=self.config.timeout_s),
         )
         return result.as_numpy(k.EMBEDDING_OUTPUT)
 

@@ -13,6 +13,13 @@ The public model, an ensemble of two steps::
       tokens                        -----------------------------> INPUT__1  -+- item_encoder_torchscript
       embedding FP32  [-1, D]       <----------------------------- OUTPUT__0 -+  (TorchScript model.pt)
 
+It takes the inputs of the encoder's towers (``ServingSpec.modalities``) and
+no other: a titles-only encoder's ensemble takes ``title`` alone (tokens are
+the TorchScript model's ``INPUT__0``); an images-only encoder's takes
+``image`` alone and has no preprocessing step. ``pytorch_libtorch`` names
+the TorchScript model's inputs by position, so :func:`encoder_inputs` numbers
+the present ones in ``MODALITIES`` order (image first).
+
 Notation: ``B`` batch, ``H``/``W`` image height/width, ``C`` text context
 length in tokens, ``D`` embedding width.
 
@@ -22,6 +29,9 @@ Example::
     >>> spec = ServingSpec.from_tower(TowerConfig(embed_dim=16, context_length=8), fusion="concat")
     >>> spec.image_shape, spec.context_length, spec.dim, spec.max_batch_size
     ((64, 64, 3), 8, 32, 64)
+    >>> titles = ServingSpec.from_tower(TowerConfig(embed_dim=16), fusion="text", modalities=("text",))
+    >>> titles.dim, titles.inputs, encoder_inputs(titles.modalities)
+    (16, ('title',), {'text': 'INPUT__0'})
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pretrain.config import TowerConfig
+from pretrain.config import MODALITIES, TowerConfig
 from recsys.settings import setting
 
 # -- model names (the repository's folders) ------------------------------------
@@ -74,6 +84,17 @@ PARAM_TOKENIZER = "tokenizer_model"  # open_clip.get_tokenizer name (pretrain.to
 PARAM_ARTIFACT = "artifact"  # the TorchScript file in the version folder (ARTIFACT_FILE)
 PARAM_THREADS = "torch_threads"  # torch intra-op threads of the encoder worker (0: torch's default)
 
+# The ensemble input of each modality's raw content.
+MODALITY_INPUT: dict[str, str] = {"image": IMAGE_INPUT, "text": TITLE_INPUT}
+
+
+def encoder_inputs(modalities: tuple[str, ...]) -> dict[str, str]:
+    """The TorchScript model's input of each present modality: ``INPUT__0``, ``INPUT__1``... in ``MODALITIES`` order.
+
+    Both modalities give ``{"image": ENCODER_IMAGE, "text": ENCODER_TOKENS}``.
+    """
+    return {m: f"INPUT__{i}" for i, m in enumerate(m for m in MODALITIES if m in modalities)}
+
 
 @dataclass(frozen=True)
 class ServingSpec:
@@ -89,6 +110,10 @@ class ServingSpec:
         max_batch_size (int): items per request and per dynamic batch.
         queue_delay_us (int): longest wait of the dynamic batcher, microseconds.
         encoder_sha256 (str): SHA-256 of the source ``encoder.pt`` ("" if unknown).
+        modalities (tuple[str, ...]): the encoder's towers (``pretrain.config.MODALITIES``
+            subset): which inputs the served model takes. ``image_size`` and
+            ``context_length`` are the tower config's either way; only the
+            present towers' are used.
     """
 
     image_size: tuple[int, int]  # (H, W)
@@ -98,8 +123,12 @@ class ServingSpec:
     max_batch_size: int = MAX_BATCH_SIZE  # items per request and dynamic batch
     queue_delay_us: int = QUEUE_DELAY_US  # dynamic batching delay
     encoder_sha256: str = ""  # provenance: which encoder.pt
+    modalities: tuple[str, ...] = MODALITIES  # the towers: the inputs served
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "modalities", tuple(self.modalities))  # a list from export.json
+        if not self.modalities or any(m not in MODALITIES for m in self.modalities):
+            raise ValueError(f"ServingSpec.modalities must be a non-empty subset of {list(MODALITIES)}, got {self.modalities}")
         for name in ("context_length", "dim", "max_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ServingSpec.{name} must be >= 1, got {getattr(self, name)}")
@@ -113,6 +142,11 @@ class ServingSpec:
         """(H, W, 3): one item's pixels, the batch dimension left out."""
         return (self.image_size[0], self.image_size[1], 3)
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The ensemble's inputs, in order: ``image`` and/or ``title``."""
+        return tuple(MODALITY_INPUT[m] for m in MODALITIES if m in self.modalities)
+
     @staticmethod
     def from_tower(
         tower: TowerConfig,
@@ -121,10 +155,12 @@ class ServingSpec:
         queue_delay_us: int = QUEUE_DELAY_US,
         encoder_sha256: str = "",
         reduced_dim: int = 0,
+        modalities: tuple[str, ...] = MODALITIES,
     ) -> "ServingSpec":
-        """The spec of an encoder with towers ``tower``, ``fusion`` and ``reduced_dim`` (see ``pretrain.towers.ItemEncoder``)."""
-        from pretrain.towers import TOKENIZER_MODEL
+        """The spec of an encoder with towers ``tower`` of ``modalities``, ``fusion`` and ``reduced_dim`` (see ``pretrain.towers.ItemEncoder``)."""
+        from pretrain.towers import TOKENIZER_MODEL, resolve_fusion
 
+        fusion = resolve_fusion(fusion, tuple(modalities))
         dim = reduced_dim or (2 * tower.embed_dim if fusion == "concat" else tower.embed_dim)
         return ServingSpec(
             image_size=(tower.image_size, tower.image_size),
@@ -134,6 +170,7 @@ class ServingSpec:
             max_batch_size=max_batch_size,
             queue_delay_us=queue_delay_us,
             encoder_sha256=encoder_sha256,
+            modalities=tuple(modalities),
         )
 
 

@@ -11,7 +11,9 @@ for the files the store has not marked handled, in name order:
    (``recsys/data/content.py``: decodes to RGB at the encoder's H x W, title
    not blank) makes that item a *failure*: recorded in the store with its reason,
    counted against coverage, reported, and never stalling the other items
-   (a later event of the same item tries again);
+   (a later event of the same item tries again). Only the content the served
+   encoder takes is read and checked (``ServedModel.inputs``): a titles-only
+   encoder embeds new items from their titles, whatever their image column holds;
 4. encodes the rest on Triton (:class:`~serving.client.EncoderClient`:
    deadline, retries with backoff); if the server refuses a batch, its items
    are retried one by one so only the bad one fails;
@@ -217,22 +219,27 @@ class Embedder:
         have = self.store.has_vector(rows.item_ids)
         seen: set[int] = set()
         todo, failures, duplicates = [], [], 0
-        shape = self.client.model().image_shape
+        model = self.client.model()
+        shape = model.image_shape
         for r, item in enumerate(rows.item_ids):
             if have[r] or item in seen:
                 duplicates += 1
                 continue
             seen.add(item)
             try:
-                pixels = decode_image(rows.images[r], shape[0])
-                if pixels.shape != shape:
-                    raise ContentError(f"image decodes to shape {pixels.shape}, the encoder takes {shape}")
-                check_text(rows.titles[r], "title")
+                pixels = None
+                if shape is not None:
+                    pixels = decode_image(rows.images[r], shape[0])
+                    if pixels.shape != shape:
+                        raise ContentError(f"image decodes to shape {pixels.shape}, the encoder takes {shape}")
+                if model.takes_titles:
+                    check_text(rows.titles[r], "title")
             except ContentError as e:
                 failures.append((item, f"{rows.where[r]}: {e}", rows.created_at[r]))
             else:
                 todo.append((r, pixels))
-        vectors, refused = self._encode([rows.titles[r] for r, _ in todo], [p for _, p in todo])
+        titles = [rows.titles[r] for r, _ in todo] if model.takes_titles else None
+        vectors, refused = self._encode(len(todo), titles, [p for _, p in todo] if shape is not None else None)
         failures += [(rows.item_ids[todo[i][0]], f"{rows.where[todo[i][0]]}: {msg}", rows.created_at[todo[i][0]])
                      for i, msg in refused.items()]  # fmt: skip
         ok = [i for i in range(len(todo)) if i not in refused]
@@ -248,20 +255,30 @@ class Embedder:
         for item, reason, _ in failures:
             LOG.warning("item %d not embedded: %s", item, reason)
 
-    def _encode(self, titles: list[str], images: list[np.ndarray]) -> tuple[np.ndarray, dict[int, str]]:
-        """Vectors (N, D) of the items and {index: reason} of those the server refused (their rows are zeros)."""
+    def _encode(
+        self, n: int, titles: list[str] | None, images: list[np.ndarray] | None
+    ) -> tuple[np.ndarray, dict[int, str]]:
+        """Vectors (n, D) of n items and {index: reason} of those the server refused (their rows are zeros).
+
+        ``titles`` and ``images`` hold n entries each, or are None for an input the served model does not take.
+        """
         dim = self.client.model().dim
-        if not titles:
+        if not n:
             return np.zeros((0, dim), np.float32), {}
-        vectors, refused = np.zeros((len(titles), dim), np.float32), {}
+        vectors, refused = np.zeros((n, dim), np.float32), {}
+
+        def encode(a: int, b: int) -> np.ndarray:
+            pixels = None if images is None else np.stack(images[a:b])
+            return self.client.encode(pixels, None if titles is None else titles[a:b])
+
         try:
-            return self.client.encode(np.stack(images), titles), refused
+            return encode(0, n), refused
         except EncoderRequestError as e:
-            if len(titles) == 1:
+            if n == 1:
                 return vectors, {0: f"refused by the server: {e}"}
-        for i in range(len(titles)):  # isolate the bad item(s)
+        for i in range(n):  # isolate the bad item(s)
             try:
-                vectors[i] = self.client.encode(images[i][None], titles[i : i + 1])[0]
+                vectors[i] = encode(i, i + 1)[0]
             except EncoderRequestError as e:
                 refused[i] = f"refused by the server: {e}"
         return vectors, refused

@@ -9,7 +9,7 @@ Writes, from one :class:`~serving.constants.ServingSpec` (names from
         item_encoder/                    Python backend only)
           config.pbtxt                 ensemble: image, title -> embedding
           1/                           (an ensemble's version folder is empty)
-        item_preprocess/
+        item_preprocess/               (none for an images-only encoder)
           config.pbtxt                 Python backend, dynamic batching
           1/model.py                   titles -> token ids (serving/triton_models/preprocess.py)
         item_encoder_torchscript/
@@ -23,7 +23,10 @@ Writes, from one :class:`~serving.constants.ServingSpec` (names from
           1/model.pt                   the same file
 
 Both repositories share the ensemble and the preprocessing model; they
-differ only in what runs ``model.pt``. Configs are ``ModelConfig`` protobuf
+differ only in what runs ``model.pt``. The inputs are the encoder's towers'
+(``ServingSpec.modalities``, from ``encoder.pt``): ``image`` and ``title``
+for a two-tower encoder, ``title`` alone for a titles-only one, ``image``
+alone for an images-only one. Configs are ``ModelConfig`` protobuf
 messages (``tritonclient.grpc.model_config_pb2``) printed in text format, so
 they parse by construction. ``model.pt`` is checked after writing:
 ``torch.jit.load`` of the file must equal the eager encoder to 1e-5 at
@@ -37,6 +40,11 @@ Example::
     ['item_encoder', 'item_encoder_torchscript', 'item_preprocess']
     >>> print(configs["item_encoder_torchscript"].platform, configs["item_encoder"].max_batch_size)
     pytorch_libtorch 64
+    >>> titles = model_configs(dataclasses.replace(spec, modalities=("text",)), "production")
+    >>> [i.name for i in titles["item_encoder"].input], [i.name for i in titles["item_encoder_torchscript"].input]
+    (['title'], ['INPUT__0'])
+    >>> sorted(model_configs(dataclasses.replace(spec, modalities=("image",)), "embedded"))
+    ['item_encoder', 'item_encoder_torchscript']
 """
 
 from __future__ import annotations
@@ -90,35 +98,54 @@ def _batched(name: str, spec: ServingSpec) -> mc.ModelConfig:
 
 
 def model_configs(spec: ServingSpec, target: str, torch_threads: int = k.TORCH_THREADS) -> dict[str, mc.ModelConfig]:
-    """The three model configs of one repository (module docstring), keyed by model name.
+    """The model configs of one repository (module docstring), keyed by model name.
+
+    The ensemble takes the inputs of ``spec.modalities`` only: with text, a
+    preprocessing step turns titles into tokens; an images-only encoder has
+    no ``item_preprocess`` model.
 
     Args:
-        spec (ServingSpec): names' sizes and batching.
+        spec (ServingSpec): names' sizes, batching and modalities.
         target (str): ``"embedded"`` (the encoder on the Python backend) or
             ``"production"`` (on ``pytorch_libtorch``).
         torch_threads (int): intra-op threads of the embedded encoder (0: torch's default).
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
-    image = (k.IMAGE_DTYPE, spec.image_shape)
-    tokens = (k.TOKENS_DTYPE, (spec.context_length,))
+    raw = {"image": (k.IMAGE_DTYPE, spec.image_shape), "text": (k.TITLE_DTYPE, (1,))}  # the ensemble's inputs
+    fed = {"image": (k.IMAGE_DTYPE, spec.image_shape), "text": (k.TOKENS_DTYPE, (spec.context_length,))}  # the encoder's
     embedding = (k.EMBEDDING_DTYPE, (spec.dim,))
+    encoder_inputs = k.encoder_inputs(spec.modalities)  # {modality: INPUT__i}
+    configs: dict[str, mc.ModelConfig] = {}
 
-    pre = _batched(k.PREPROCESS_MODEL, spec)
-    pre.backend = "python"
-    pre.input.append(_tensor(mc.ModelInput, k.TITLE_INPUT, k.TITLE_DTYPE, (1,)))
-    pre.output.append(_tensor(mc.ModelOutput, k.TOKENS, *tokens))
-    _set_params(pre, {k.PARAM_TOKENIZER: spec.tokenizer_model, k.PARAM_CONTEXT_LENGTH: spec.context_length})
+    ens = mc.ModelConfig(name=k.ENCODER_MODEL, platform="ensemble", max_batch_size=spec.max_batch_size)
+    ens.input.extend([_tensor(mc.ModelInput, k.MODALITY_INPUT[m], *raw[m]) for m in encoder_inputs])
+    ens.output.append(_tensor(mc.ModelOutput, k.EMBEDDING_OUTPUT, *embedding))
+    _set_params(ens, {k.PARAM_SHA256: spec.encoder_sha256, k.PARAM_DIM: spec.dim})
+    configs[k.ENCODER_MODEL] = ens
+    step = mc.ModelEnsembling.Step
+    # The ensemble tensor each encoder input reads: pixels as sent, tokens from the preprocessing step.
+    source = {"image": k.IMAGE_INPUT, "text": k.TOKENS}
+
+    if "text" in spec.modalities:
+        pre = _batched(k.PREPROCESS_MODEL, spec)
+        pre.backend = "python"
+        pre.input.append(_tensor(mc.ModelInput, k.TITLE_INPUT, k.TITLE_DTYPE, (1,)))
+        pre.output.append(_tensor(mc.ModelOutput, k.TOKENS, *fed["text"]))
+        _set_params(pre, {k.PARAM_TOKENIZER: spec.tokenizer_model, k.PARAM_CONTEXT_LENGTH: spec.context_length})
+        configs[k.PREPROCESS_MODEL] = pre
+        ens.ensemble_scheduling.step.append(step(model_name=k.PREPROCESS_MODEL, model_version=-1,
+                                                 input_map={k.TITLE_INPUT: k.TITLE_INPUT}, output_map={k.TOKENS: k.TOKENS}))  # fmt: skip
 
     enc = _batched(k.TORCHSCRIPT_MODEL, spec)
-    enc.input.extend([_tensor(mc.ModelInput, k.ENCODER_IMAGE, *image), _tensor(mc.ModelInput, k.ENCODER_TOKENS, *tokens)])
+    enc.input.extend([_tensor(mc.ModelInput, name, *fed[m]) for m, name in encoder_inputs.items()])
     enc.output.append(_tensor(mc.ModelOutput, k.ENCODER_OUTPUT, *embedding))
     _set_params(enc, {k.PARAM_SHA256: spec.encoder_sha256})
+    warm = {"image": lambda: mc.ModelWarmup.Input(data_type=_TYPES[k.IMAGE_DTYPE], dims=list(spec.image_shape), random_data=True),
+            "text": lambda: mc.ModelWarmup.Input(data_type=_TYPES[k.TOKENS_DTYPE], dims=[spec.context_length], zero_data=True)}  # fmt: skip
     for b in sorted({min(b, spec.max_batch_size) for b in k.WARMUP_BATCH_SIZES}):
-        enc.model_warmup.append(mc.ModelWarmup(name=f"batch{b}", batch_size=b, count=2, inputs={
-            k.ENCODER_IMAGE: mc.ModelWarmup.Input(data_type=_TYPES[k.IMAGE_DTYPE], dims=list(spec.image_shape), random_data=True),
-            k.ENCODER_TOKENS: mc.ModelWarmup.Input(data_type=_TYPES[k.TOKENS_DTYPE], dims=[spec.context_length], zero_data=True),
-        }))  # fmt: skip
+        enc.model_warmup.append(mc.ModelWarmup(name=f"batch{b}", batch_size=b, count=2,
+                                               inputs={name: warm[m]() for m, name in encoder_inputs.items()}))  # fmt: skip
     if target == "embedded":
         enc.backend = "python"
         _set_params(enc, {k.PARAM_ARTIFACT: k.ARTIFACT_FILE, k.PARAM_THREADS: torch_threads})
@@ -126,22 +153,11 @@ def model_configs(spec: ServingSpec, target: str, torch_threads: int = k.TORCH_T
         enc.platform = "pytorch_libtorch"
         enc.default_model_filename = k.ARTIFACT_FILE
         _set_params(enc, {"INFERENCE_MODE": "true"})
-
-    ens = mc.ModelConfig(name=k.ENCODER_MODEL, platform="ensemble", max_batch_size=spec.max_batch_size)
-    ens.input.extend([_tensor(mc.ModelInput, k.IMAGE_INPUT, *image), _tensor(mc.ModelInput, k.TITLE_INPUT, k.TITLE_DTYPE, (1,))])
-    ens.output.append(_tensor(mc.ModelOutput, k.EMBEDDING_OUTPUT, *embedding))
-    _set_params(ens, {k.PARAM_SHA256: spec.encoder_sha256, k.PARAM_DIM: spec.dim})
-    step = mc.ModelEnsembling.Step
-    ens.ensemble_scheduling.step.extend(
-        [
-            step(model_name=k.PREPROCESS_MODEL, model_version=-1, input_map={k.TITLE_INPUT: k.TITLE_INPUT},
-                 output_map={k.TOKENS: k.TOKENS}),
-            step(model_name=k.TORCHSCRIPT_MODEL, model_version=-1,
-                 input_map={k.ENCODER_IMAGE: k.IMAGE_INPUT, k.ENCODER_TOKENS: k.TOKENS},
-                 output_map={k.ENCODER_OUTPUT: k.EMBEDDING_OUTPUT}),
-        ]
-    )  # fmt: skip
-    return {c.name: c for c in (ens, pre, enc)}
+    configs[k.TORCHSCRIPT_MODEL] = enc
+    ens.ensemble_scheduling.step.append(step(model_name=k.TORCHSCRIPT_MODEL, model_version=-1,
+                                             input_map={name: source[m] for m, name in encoder_inputs.items()},
+                                             output_map={k.ENCODER_OUTPUT: k.EMBEDDING_OUTPUT}))  # fmt: skip
+    return {name: configs[name] for name in (k.ENCODER_MODEL, k.PREPROCESS_MODEL, k.TORCHSCRIPT_MODEL) if name in configs}
 
 
 def read_config(path: Path) -> mc.ModelConfig:
@@ -150,14 +166,19 @@ def read_config(path: Path) -> mc.ModelConfig:
 
 
 class _Traceable(torch.nn.Module):
-    """``ItemEncoder.forward`` on uint8 pixels (B, H, W, 3) and int64 tokens (B, C) only."""
+    """``ItemEncoder.forward`` on its towers' inputs, positionally in ``MODALITIES`` order (the artifact's
+    ``INPUT__0``, ``INPUT__1``): uint8 pixels (B, H, W, 3) and/or int64 tokens (B, C)."""
 
     def __init__(self, encoder: ItemEncoder) -> None:
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return self.encoder(images, tokens)
+    def forward(self, first: torch.Tensor, second: torch.Tensor | None = None) -> torch.Tensor:
+        if self.encoder.modalities == ("image", "text"):
+            return self.encoder(first, second)
+        if self.encoder.modalities == ("image",):
+            return self.encoder(images=first)
+        return self.encoder(tokens=first)
 
 
 def sample_items(spec: ServingSpec, batch: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
@@ -168,16 +189,19 @@ def sample_items(spec: ServingSpec, batch: int, seed: int = 0) -> tuple[np.ndarr
     return images, [" ".join(rng.choice(words, 3 + b % 5)) for b in range(batch)]
 
 
-def example_inputs(spec: ServingSpec, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`sample_items` as the encoder takes them: uint8 (B, H, W, 3) and int64 tokens (B, C)."""
+def example_inputs(spec: ServingSpec, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """:func:`sample_items` as the artifact takes them: uint8 (B, H, W, 3) and/or int64 tokens (B, C),
+    those of ``spec.modalities``, in ``MODALITIES`` order."""
     from pretrain.config import TowerConfig
 
     images, titles = sample_items(spec, batch, seed)
-    return torch.from_numpy(images), build_tokenizer(TowerConfig(context_length=spec.context_length))(titles)
+    inputs = {"image": lambda: torch.from_numpy(images),
+              "text": lambda: build_tokenizer(TowerConfig(context_length=spec.context_length))(titles)}  # fmt: skip
+    return tuple(inputs[m]() for m in k.encoder_inputs(spec.modalities))
 
 
 def export_torchscript(encoder: ItemEncoder, spec: ServingSpec) -> torch.jit.ScriptModule:
-    """``torch.jit.trace`` of the encoder in eval mode: (B, H, W, 3) uint8, (B, C) int64 -> (B, D) float32."""
+    """``torch.jit.trace`` of the encoder in eval mode: (B, H, W, 3) uint8 and/or (B, C) int64 -> (B, D) float32."""
     encoder = encoder.eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # input checks are constant in the trace
@@ -201,9 +225,10 @@ def check_artifact(path: Path, encoder: ItemEncoder, spec: ServingSpec) -> float
     """
     module = load_torchscript(path)
     worst = 0.0
+    eager = _Traceable(encoder.eval())
     for b in CHECK_BATCH_SIZES:
-        images, tokens = example_inputs(spec, b, seed=b)
-        got, want = module(images, tokens), encoder.eval()(images, tokens)
+        inputs = example_inputs(spec, b, seed=b)
+        got, want = module(*inputs), eager(*inputs)
         if tuple(got.shape) != (b, spec.dim):
             raise ValueError(f"{path}: output of shape {tuple(got.shape)} at batch {b}, expected ({b}, {spec.dim})")
         worst = max(worst, float((got - want).abs().max()))
@@ -246,7 +271,8 @@ def export_repository(encoder_path: Path, out: Path, max_batch_size: int = k.MAX
     tower = encoder_tower(encoder_path)
     encoder = load_encoder(encoder_path)
     digest = hashlib.sha256(encoder_path.read_bytes()).hexdigest()
-    spec = ServingSpec.from_tower(tower, encoder.fusion, max_batch_size, queue_delay_us, digest, encoder.reduced_dim)
+    spec = ServingSpec.from_tower(tower, encoder.fusion, max_batch_size, queue_delay_us, digest, encoder.reduced_dim,
+                                  encoder.modalities)
     out.mkdir(parents=True, exist_ok=True)
     artifact = out / k.ARTIFACT_FILE
     export_torchscript(encoder, spec).save(str(artifact))

@@ -16,6 +16,10 @@ Each file holds rows of :data:`FEED_SCHEMA`:
 | ``image`` | binary | PNG (or any PIL format) bytes, RGB, H x W of the encoder |
 | ``created_at`` | float64 | unix seconds the item was created |
 
+``title`` and ``image`` may be null, or left out of a file (read as nulls):
+items of a titles-only catalogue have no image, and the embedder reads only
+what the served encoder takes.
+
 A file appears whole or not at all: it is written under a ``.tmp-`` name,
 flushed to disk and renamed. Files are never changed or removed by readers;
 an item may appear in several files (duplicate events). The consumer keeps
@@ -65,15 +69,19 @@ class FeedError(ValueError):
 
 
 def append(
-    feed: Path, item_ids: Sequence[int], titles: Sequence[str], images: Sequence[bytes], created_at: Sequence[float]
+    feed: Path,
+    item_ids: Sequence[int],
+    titles: Sequence[str | None],
+    images: Sequence[bytes | None],
+    created_at: Sequence[float],
 ) -> Path:
     """Appends one file of new items to ``feed`` atomically; returns its path.
 
     Args:
         feed (Path): the feed directory (created if missing).
         item_ids (Sequence[int]): N item IDs.
-        titles (Sequence[str]): N titles.
-        images (Sequence[bytes]): N encoded images.
+        titles (Sequence[str | None]): N titles (None: the item has none).
+        images (Sequence[bytes | None]): N encoded images (None: the item has none).
         created_at (Sequence[float]): N creation times, unix seconds.
     """
     feed = Path(feed)
@@ -105,7 +113,9 @@ def list_files(feed: Path) -> list[Path]:
 def read_file(path: Path) -> pa.Table:
     """One feed file, checked: the four columns with their types, no null ``item_id`` or ``created_at``.
 
-    Null titles or images are allowed here; the embedder records those items as failed.
+    Null titles or images are allowed here, and a file without a ``title`` or
+    ``image`` column reads as nulls in it; the embedder records an item as
+    failed when it lacks content the served encoder takes.
 
     Raises:
         FeedError: naming the file, and the column and row of the first fault.
@@ -115,6 +125,8 @@ def read_file(path: Path) -> pa.Table:
     except (OSError, pa.ArrowException) as e:
         raise FeedError(f"{path}: not a readable Parquet file ({e})") from None
     for field in FEED_SCHEMA:
+        if field.name not in table.column_names and field.nullable:  # content the catalogue has not: nulls
+            table = table.append_column(field, pa.nulls(len(table), field.type))
         if field.name not in table.column_names:
             raise FeedError(f"{path}: column {field.name!r} missing (has {table.column_names})")
         have = table.schema.field(field.name).type
@@ -147,7 +159,8 @@ def publish_world_items(
 ) -> int:
     """Appends a world's items created on ``day`` to ``feed``, as if they were created now.
 
-    Each item's ``created_at`` is the time it is appended. With ``rate``,
+    The item content the world declares is published (a titles-only world's
+    items go out with null images). Each item's ``created_at`` is the time it is appended. With ``rate``,
     items go out at that many per second (a file every ``per_file / rate``
     seconds), else as fast as they are written.
 
@@ -167,13 +180,16 @@ def publish_world_items(
 
     if per_file < 1 or (rate is not None and rate <= 0):
         raise ValueError(f"per_file must be >= 1 and rate > 0, got per_file={per_file}, rate={rate}")
-    day = Manifest.read(world).last_day if day is None else day
-    parts = [pq.read_table(f, columns=["item_id", "title", "image", "created_day"]) for f in table_files(world, "items")]
+    manifest = Manifest.read(world)
+    day = manifest.last_day if day is None else day
+    content = [c for c in ("title", "image") if c in manifest.features.content]  # the columns the items have
+    parts = [pq.read_table(f, columns=["item_id", *content, "created_day"]) for f in table_files(world, "items")]
     items = pa.concat_tables(parts)
     items = items.filter(pc.equal(items["created_day"], day))
     if limit is not None:
         items = items.slice(0, limit)
-    ids, titles, images = items["item_id"].to_pylist(), items["title"].to_pylist(), items["image"].to_pylist()
+    ids = items["item_id"].to_pylist()
+    titles, images = (items[c].to_pylist() if c in content else [None] * len(ids) for c in ("title", "image"))
     start = time.monotonic()
     for a in range(0, len(ids), per_file):
         if rate is not None:

@@ -90,3 +90,44 @@ def tiny_export(tiny_encoder_file: Path, tmp_path_factory: pytest.TempPathFactor
     out = tmp_path_factory.mktemp("triton") / "export"
     export_repository(tiny_encoder_file, out)
     return out
+
+
+def derive_world(src: Path, dst: Path, content: tuple[str, ...], searches: bool = True) -> Path:
+    """A copy of ``src`` whose items and searches hold only the columns of ``content`` (``title``, ``image``).
+
+    Its manifest declares ``features.content = content`` (and ``image_size``
+    None without images); with ``searches=False`` it has no ``searches/``.
+    The tables are rewritten with pyarrow, the manifest with ``Manifest.read``
+    + ``dataclasses.replace`` + ``write``, as a real log of that shape would be.
+    """
+    import dataclasses
+
+    from recsys.data.content import CONTENT_COLUMNS
+
+    shutil.copytree(src, dst)
+    for table in ("items", "searches"):
+        drop = [col for kind, col in CONTENT_COLUMNS[table].items() if kind not in content]
+        for f in table_files(dst, table):
+            pq.write_table(pq.read_table(f).drop_columns(drop), f)
+    if not searches:
+        shutil.rmtree(dst / "searches")
+    m = Manifest.read(dst)
+    features = dataclasses.replace(m.features, content=tuple(content))
+    m = dataclasses.replace(m, features=features, image_size=m.image_size if "image" in content else None)
+    m.write(dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def content_world(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``make(content, searches=True)``: the tiny world reduced by :func:`derive_world`, built once per shape. Read-only."""
+    root, made = tmp_path_factory.mktemp("content_worlds"), {}
+
+    def make(content: tuple[str, ...], searches: bool = True) -> Path:
+        key = (tuple(content), searches)
+        if key not in made:
+            name = "-".join(content) + ("" if searches else "-no-searches")
+            made[key] = derive_world(tiny_world, root / name, tuple(content), searches)
+        return made[key]
+
+    return make

@@ -7,6 +7,11 @@ row). ``mmctr validate`` applies each rule to every row first; the stages
 keep applying the same function (defence in depth), so the two cannot
 drift: a value a stage refuses is one validate has refused, in the same words.
 
+The image and text rules apply to the content columns a dataset declares
+(``manifest.features.content``, :func:`content_columns`): a dataset of titles
+alone has no ``image``/``query_image`` column to check, one of images alone
+no ``title``/``query_text``; and the search log is optional.
+
 The refusals about a dataset's content made by the stages that read one,
 and what ``mmctr validate`` (``recsys/data/validate.py``) says first
 (``F`` the file, ``C`` the column, ``r`` the row within the file):
@@ -51,8 +56,9 @@ Not content rules, so validate does not check them: ``recsys/world/summary.py``,
 refuse only arguments, configs and run folders (``--day`` outside the
 world, a checkpoint of another method); open_clip's tokenizer refuses no
 text (it truncates to ``context_length``). Pre-training needs at least one
-item and one search session (and ``pretrain-eval`` one on the test day):
-a need of that stage, not a fault of a dataset used for CTR alone.
+item with content, and SCL one search session (``pretrain-eval`` scores
+recall on the test day's sessions when there are searches): needs of that
+stage, not faults of a dataset used for CTR alone.
 ``truth/`` (generator-only, read by evaluation reports) is not part of the
 public format.
 
@@ -83,8 +89,48 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-# Columns holding text that must not be blank (the towers' text inputs), per table.
+# Columns holding text that must not be blank (the towers' text inputs), per table, when the
+# dataset has titles; :func:`text_columns` gives those of a dataset's declared content.
 TEXT_COLUMNS: dict[str, tuple[str, ...]] = {"items": ("title",), "searches": ("query_text",)}
+# The column of each kind of declared content (``manifest.features.content``), per table, in
+# the schema's column order: an item's title and image, a search's query text and query image.
+CONTENT_COLUMNS: dict[str, dict[str, str]] = {
+    "items": {"title": "title", "image": "image"},
+    "searches": {"title": "query_text", "image": "query_image"},
+}
+
+
+def content_columns(table: str, content: Sequence[str]) -> tuple[str, ...]:
+    """The columns of ``table`` that hold the declared ``content``, in the schema's order.
+
+    A dataset's ``features.content`` (``title``, ``image``, both or none)
+    says which content columns exist: a titles-only dataset has no ``image``
+    in ``items`` and no ``query_image`` in ``searches``. The content rules
+    apply to these columns and no other.
+
+    Args:
+        table (str): ``items`` or ``searches`` (other tables hold no content: ``()``).
+        content (Sequence[str]): the declared content.
+
+    Example::
+
+        >>> content_columns("searches", ("title",)), content_columns("items", ("image", "title"))
+        (('query_text',), ('title', 'image'))
+        >>> content_columns("users", ("title", "image"))
+        ()
+    """
+    columns = CONTENT_COLUMNS.get(table, {})
+    return tuple(column for kind, column in columns.items() if kind in content)
+
+
+def text_columns(table: str, content: Sequence[str]) -> tuple[str, ...]:
+    """The columns of ``table`` that :func:`check_text` applies to, given the declared ``content``."""
+    return content_columns(table, [c for c in content if c == "title"])
+
+
+def image_columns(table: str, content: Sequence[str]) -> tuple[str, ...]:
+    """The columns of ``table`` that :func:`check_image` applies to, given the declared ``content``."""
+    return content_columns(table, [c for c in content if c == "image"])
 
 
 class ContentError(ValueError):

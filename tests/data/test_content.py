@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from recsys.data.content import ContentError, check_image, check_text, decode_image, first_fault, where
+from recsys.data.content import (
+    ContentError,
+    check_image,
+    check_text,
+    content_columns,
+    decode_image,
+    first_fault,
+    image_columns,
+    text_columns,
+    where,
+)
 
 
 def _png(mode: str, width: int, height: int, seed: int = 0) -> bytes:
@@ -80,3 +90,19 @@ def test_first_fault_and_where() -> None:
     assert first_fault(texts, lambda t: check_text(t, "title")) == (2, "title is blank (' '); expected text with a non-space character")
     assert first_fault(texts[:2], lambda t: check_text(t, "title")) is None
     assert where("items/part-00001.parquet", "image", 7) == "items/part-00001.parquet: column 'image', row 7"
+
+
+@pytest.mark.parametrize(
+    ("content", "items", "searches"),
+    [(("title", "image"), ("title", "image"), ("query_text", "query_image")), (("title",), ("title",), ("query_text",)),
+     (("image",), ("image",), ("query_image",)), ((), (), ())],
+)  # fmt: skip
+def test_the_rules_apply_to_the_declared_content_columns_only(
+    content: tuple[str, ...], items: tuple[str, ...], searches: tuple[str, ...]
+) -> None:
+    assert content_columns("items", content) == items and content_columns("searches", content) == searches
+    assert text_columns("items", content) == tuple(c for c in items if c == "title")
+    assert text_columns("searches", content) == tuple(c for c in searches if c == "query_text")
+    assert image_columns("items", content) == tuple(c for c in items if c == "image")
+    assert image_columns("searches", content) == tuple(c for c in searches if c == "query_image")
+    assert content_columns("impressions", content) == content_columns("users", content) == ()
