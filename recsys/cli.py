@@ -53,7 +53,11 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
     cfg = settings_from_args(SclConfig, args, base=load_config(args.config) if args.config else SclConfig())
     job = settings_from_args(PretrainJob, args)
-    stats = run_pretrain(args.world, args.out, job.method, cfg, job.checkpoint_every, progress=not args.quiet)
+    try:
+        stats = run_pretrain(args.world, args.out, job.method, cfg, job.checkpoint_every, progress=not args.quiet)
+    except (ValueError, FileNotFoundError) as e:  # e.g. SCL without a search log: one line naming what can run
+        print(f"mmctr pretrain: {e}", file=sys.stderr)
+        return 1
     print(f"pretrain {job.method}: {stats}")
     return 0
 

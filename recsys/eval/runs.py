@@ -61,6 +61,7 @@ class RunSpec:
     vectors: Path | None = None  # item_vectors.parquet (or a vector store), None for id_only
     store: Path | None = None  # the vector store merged into `vectors`, if the run used one
     table_sizes: dict[str, int] | None = None  # rows per ID table as trained (a retrain keeps its parent's)
+    dense_stats: dict[str, tuple[float, float]] | None = None  # standardised dense features as trained
     make_from: Path | None = None  # MAKE stage-1 folder, None without MAKE
     sharding: str = SHARDING  # how the run was sharded (any sharding loads its checkpoint)
     curve: tuple[dict, ...] = ()  # the loss curve: {"step", "epoch", "loss"} points
@@ -71,7 +72,7 @@ class RunSpec:
             raise RunError(f"run {self.name} ({self.path}): no model/train config loaded")
         return TrainJob(world=Path(world), out=self.path, model=self.model, train=self.train, vectors=self.vectors,
                         store=self.store, sharding=self.sharding, make_from=self.make_from, quiet=quiet,
-                        table_sizes=self.table_sizes)
+                        table_sizes=self.table_sizes, dense_stats=self.dense_stats)
 
 
 def training_dir(logged_world: str, world: Path) -> Path | None:
@@ -149,7 +150,8 @@ def load_run(path: Path, name: str, world: Path) -> RunSpec:
         make_from = _existing(log.make_from, "make_from", where, base)
     return RunSpec(name=name, path=folder.path, variant=log.model.variant, model=log.model, train=log.train,
                    checkpoint=checkpoint, progress=progress, vectors=vectors, store=store, make_from=make_from,
-                   sharding=log.sharding, curve=log.curve, table_sizes=log.table_sizes)
+                   sharding=log.sharding, curve=log.curve, table_sizes=log.table_sizes,
+                   dense_stats=log.dense_stats)
 
 
 def run_names(paths: list[Path]) -> list[str]:

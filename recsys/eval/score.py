@@ -72,7 +72,8 @@ def score_run(
     # the frozen table stays as build() filled it: the run's vectors, plus the store's new items if given
     load_checkpoint(run.checkpoint, built.model, built.optimizer, skip=is_mm_table_param)
     config = ReaderConfig(batch_size=batch_size, seed=run.train.seed, prefetch=run.train.prefetch,
-                          table_sizes=built.sizes, out_of_range=run.train.out_of_range)
+                          table_sizes=built.sizes, out_of_range=run.train.out_of_range,
+                          dense_stats=built.dense_stats or None)
     preds = predict(built.model, world, day, ctx, config, quiet=quiet)
     tiers = None
     if built.vectors is not None and ctx.is_main:

@@ -79,6 +79,7 @@ class Stage1Job:
     sharding: str = SHARDING  # how the frozen table is sharded
     until: int | None = None  # the ID model's last training day (setup.split_days): fit before it, validate on it
     quiet: bool = False  # no progress bars
+    dense_stats: dict[str, tuple[float, float]] | None = None  # standardised dense features (the ID model's job's)
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ def train_make(job: Stage1Job, vectors: ItemVectors, manifest: Manifest, ctx: Di
     progress = found[1] if found is not None else Progress(epoch=0, step=0, world_size=ctx.world_size)
     reader = ReaderConfig(batch_size=job.train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                           seed=job.train.seed, prefetch=job.train.prefetch, table_sizes=sizes,
-                          out_of_range=job.train.out_of_range)
+                          out_of_range=job.train.out_of_range, dense_stats=job.dense_stats or None)
     hook = EarlyStopping(job, state, replace(reader, batch_size=job.train.eval_batch_size), split.validation,
                          vectors.dim, log=MakeLog.read(out / MAKE_LOG) if found is not None else MakeLog())
     plan = EpochPlan(root=Path(job.world), reader=reader, days=tuple(split.make_fit), epochs=job.train.make_max_epochs,

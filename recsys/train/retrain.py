@@ -101,6 +101,7 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
         warm_start=folder.path,
         warm_start_make=not job.retrain_make,
         table_sizes={k: int(v) for k, v in sizes.items()},
+        dense_stats=dict(log.dense_stats),  # the parent's inputs' scale, so its weights keep their meaning
         parent=lineage,
         retrain=RetrainNote(new_item_ids=new, new_item_ids_hashed=hashed, make_retrained=job.retrain_make),
     )

@@ -121,6 +121,7 @@ class TrainLog:
     rows_in_days: int | None = None  # impressions of the selected days (one epoch's rows); None: not read yet
     # per managed table (recsys.models.remap): raw IDs "admitted" into a row and "evicted" from one, over the run's jobs
     managed_ids: dict[str, dict[str, int]] = field(default_factory=dict)
+    dense_stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # standardised dense features' (mean, std)
 
     @property
     def rows_trained(self) -> int:
@@ -165,6 +166,8 @@ class TrainLog:
         )
         if self.managed_ids:  # only runs with managed tables have it (world runs' logs stay as they were)
             out["managed_ids"] = {t: dict(c) for t, c in self.managed_ids.items()}
+        if self.dense_stats:  # only datasets with standardised dense features
+            out["dense_stats"] = {k: list(v) for k, v in self.dense_stats.items()}
         return out
 
     @staticmethod
@@ -200,6 +203,7 @@ class TrainLog:
                 malloc_pinned=bool(raw.get("malloc_pinned", False)),
                 rows_in_days=None if raw.get("rows_in_days") is None else int(raw["rows_in_days"]),
                 managed_ids={t: {k: int(v) for k, v in c.items()} for t, c in (raw.get("managed_ids") or {}).items()},
+                dense_stats={k: (float(v[0]), float(v[1])) for k, v in (raw.get("dense_stats") or {}).items()},
             )
         except (TypeError, AttributeError) as e:
             raise ValueError(f"{source}: a field has the wrong form ({e})") from e

@@ -40,7 +40,7 @@ from torchrec.optim.keyed import CombinedOptimizer
 
 from recsys.allocator import pinned
 from recsys.data.plan import count as count_rows
-from recsys.data.reader import ImpressionReader, ReaderConfig
+from recsys.data.reader import ImpressionReader, ReaderConfig, dense_moments
 from recsys.data.schema import Manifest, manifest_sha
 from recsys.data.stats import item_index, item_positions, new_item_mask, train_item_counts
 from recsys.data.vectors import ItemVectors, load_vectors
@@ -79,6 +79,8 @@ class TrainJob:
     table_sizes: dict[str, int] | None = None  # rows per ID table; None = the manifest's ranges, capped
     parent: Lineage | None = None  # lineage of the warm-start run, for this run's lineage
     retrain: RetrainNote | None = None  # a retrain's new-ID admission, for this run's lineage
+    # (mean, std) of standardised dense features; None = computed on the training days (reader.dense_moments)
+    dense_stats: dict[str, tuple[float, float]] | None = None
 
 
 def run_train(job: TrainJob) -> RunMetrics | None:
@@ -106,6 +108,7 @@ class Built:
     vectors: ItemVectors | None
     missing_vectors: int  # item rows without a vector
     manifest: Manifest  # the world's manifest
+    dense_stats: dict[str, tuple[float, float]]  # standardised dense features' (mean, std), training days only
 
 
 def build(job: TrainJob, ctx: DistContext) -> Built:
@@ -113,6 +116,7 @@ def build(job: TrainJob, ctx: DistContext) -> Built:
     manifest = Manifest.read(job.world)
     split = split_days(manifest, job.train_until)
     sizes = dict(job.table_sizes) if job.table_sizes is not None else capped_table_sizes(manifest, job.train)
+    stats = dict(job.dense_stats) if job.dense_stats is not None else dense_moments(Path(job.world), split.train)
     spec = VARIANT_SPECS[job.model.variant]
     vectors: ItemVectors | None = None
     if spec.uses_vectors():
@@ -126,7 +130,7 @@ def build(job: TrainJob, ctx: DistContext) -> Built:
         make_dir = job.make_from
         if make_dir is None:
             stage1 = Stage1Job(world=job.world, out=RunFolder(job.out).make_stage1, model=job.model, train=job.train,
-                               sharding=job.sharding, until=job.train_until, quiet=job.quiet)
+                               sharding=job.sharding, until=job.train_until, quiet=job.quiet, dense_stats=stats)
             make_dir = train_make(stage1, vectors, manifest, ctx)
         make_state = load_make_state(make_dir, mm_dim)
     torch.manual_seed(job.train.seed)
@@ -138,7 +142,7 @@ def build(job: TrainJob, ctx: DistContext) -> Built:
     if make_state is not None:
         plain.model.make.load_state_dict(make_state)
     dmp, optimizer = shard_and_optimize(plain, ctx, job.sharding, job.train.sparse_lr, job.train.dense_lr)
-    return Built(dmp, optimizer, split, sizes, vectors, missing, manifest)
+    return Built(dmp, optimizer, split, sizes, vectors, missing, manifest, stats)
 
 
 @dataclass
@@ -182,7 +186,8 @@ class _Tally:
 def _reader_config(job: TrainJob, built: Built, ctx: DistContext) -> ReaderConfig:
     """This rank's reader settings of the job (days, order and remaining rows are set per use)."""
     return ReaderConfig(batch_size=job.train.batch_size, rank=ctx.rank, world_size=ctx.world_size, seed=job.train.seed,
-                        prefetch=job.train.prefetch, table_sizes=built.sizes, out_of_range=job.train.out_of_range)
+                        prefetch=job.train.prefetch, table_sizes=built.sizes, out_of_range=job.train.out_of_range,
+                        dense_stats=built.dense_stats or None)
 
 
 def _warm_start(job: TrainJob, built: Built) -> None:
@@ -267,6 +272,7 @@ def _write_train_log(job: TrainJob, built: Built, tally: _Tally, progress: Progr
         malloc_pinned=pinned(),
         rows_in_days=tally.rows_in_days,
         managed_ids=tally.managed_ids(built.model),
+        dense_stats=built.dense_stats,
     )
     if ctx.is_main:
         tally.logged_out_of_range = merged  # a later write of this job adds to them, as the written log holds them
