@@ -121,10 +121,11 @@ def load_item_content(world: Path, workers: int = 2) -> ItemContent:
     """
     content, size = declared_content(world)
     columns = content_columns("items", content)
+    key = Manifest.read(world).features.item_key  # the items' ID column (the spec's item key)
     ids, titles, images = [], [], []
     for f in table_files(world, "items"):
-        t = pq.read_table(f, columns=["item_id", *columns])
-        file_ids = t["item_id"].to_numpy()
+        t = pq.read_table(f, columns=[key, *columns])
+        file_ids = t[key].to_numpy()
         name = str(f.relative_to(world))
         if "title" in columns:
             file_titles = t["title"].to_pylist()

@@ -182,13 +182,22 @@ def publish_world_items(
         raise ValueError(f"per_file must be >= 1 and rate > 0, got per_file={per_file}, rate={rate}")
     manifest = Manifest.read(world)
     day = manifest.last_day if day is None else day
+    from recsys.data.stats import CREATED_DAY, item_index, new_item_mask
+
     content = [c for c in ("title", "image") if c in manifest.features.content]  # the columns the items have
-    parts = [pq.read_table(f, columns=["item_id", *content, "created_day"]) for f in table_files(world, "items")]
+    key = manifest.features.item_key
+    files = table_files(world, "items")
+    created = bool(files) and CREATED_DAY in pq.read_schema(files[0]).names
+    parts = [pq.read_table(f, columns=[key, *content, *([CREATED_DAY] if created else [])]) for f in files]
     items = pa.concat_tables(parts)
-    items = items.filter(pc.equal(items["created_day"], day))
+    if created:
+        items = items.filter(pc.equal(items[CREATED_DAY], day))
+    else:  # a log without creation days: the items first shown on the day
+        new = item_index(world, manifest)[new_item_mask(world, day, manifest)]
+        items = items.filter(pc.is_in(items[key], pa.array(new, pa.int64())))
     if limit is not None:
         items = items.slice(0, limit)
-    ids = items["item_id"].to_pylist()
+    ids = items[key].to_pylist()
     titles, images = (items[c].to_pylist() if c in content else [None] * len(ids) for c in ("title", "image"))
     start = time.monotonic()
     for a in range(0, len(ids), per_file):

@@ -131,3 +131,70 @@ def content_world(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) ->
         return made[key]
 
     return make
+
+
+# -- a ranking log unlike the world -------------------------------------------------------------
+
+UNLIKE_TEST_DAY = 13  # declared: not the last day (14), so a retrain on it has a day to score
+
+
+@pytest.fixture(scope="session")
+def unlike_log(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny world rewritten as a log that shares nothing with the world's layout but its clicks.
+
+    * other names: ``uid``, ``iid``, ``clk``, ``ts_day``, history ``clicked_iids`` carrying each
+      item's category ``cat`` (DIN's item + category), a context feature ``slot`` from the
+      impressions, ``seller`` (hashed) from the items, ``age`` from the users;
+    * raw 64-bit IDs with gaps (users and items, managed tables; sellers, a hash table);
+    * two dense features: ``price`` (items, log1p) and ``hist_len`` (history length, log1p then
+      standardised with the training days' statistics);
+    * titles only (no image column), no ``created_day``, no search log, a declared test day;
+    * other file layouts: items in two files, impressions in one file of row groups of 1,000.
+    """
+    import dataclasses
+
+    import numpy as np
+
+    from recsys.data.spec import Dense, FeatureSpec, Sparse, Table
+
+    src, dst = tiny_world, tmp_path_factory.mktemp("logs") / "unlike"
+    for name in ("users", "items", "impressions"):
+        (dst / name).mkdir(parents=True)
+    rng = np.random.default_rng(17)
+    m = Manifest.read(src)
+
+    def raw_map(n: int) -> np.ndarray:  # dense ID -> distinct random int64 in [2**40, 2**62), gaps everywhere
+        ids = np.unique(rng.integers(2**40, 2**62, size=2 * n, dtype=np.int64))
+        return rng.permutation(ids)[:n]
+
+    users, items = raw_map(m.id_ranges["user_id"]), raw_map(m.id_ranges["item_id"])
+    u = pa.concat_tables([pq.read_table(f) for f in table_files(src, "users")])
+    pq.write_table(pa.table({"uid": users[u["user_id"].to_numpy()], "age": u["age_bucket"]}), dst / "users/u.parquet")
+    it = pa.concat_tables([pq.read_table(f) for f in table_files(src, "items")])
+    price = 5.0 * 1.4 ** it["price_bucket"].to_numpy() * rng.uniform(0.9, 1.1, it.num_rows)
+    shop = it["shop_id"].to_numpy() * 7919 + 3  # sparse, hashed into 64 rows
+    table = pa.table({"iid": items[it["item_id"].to_numpy()], "title": it["title"], "cat": it["category_id"],
+                      "seller": shop, "price": price})
+    half = table.num_rows // 2
+    pq.write_table(table.slice(0, half), dst / "items/a.parquet")
+    pq.write_table(table.slice(half), dst / "items/b.parquet")
+    im = pa.concat_tables([pq.read_table(f) for f in table_files(src, "impressions")])
+    hist = im["history_item_ids"].combine_chunks()
+    raw_hist = pa.ListArray.from_arrays(hist.offsets, pa.array(items[hist.values.to_numpy()], pa.int64()))
+    out = pa.table({"ts_day": im["day"], "uid": users[im["user_id"].to_numpy()], "iid": items[im["item_id"].to_numpy()],
+                    "clicked_iids": raw_hist, "slot": im["position"].cast(pa.int64()), "clk": im["label"].cast(pa.float64()),
+                    "request_id": pa.array(np.arange(im.num_rows))})  # an extra column the spec ignores
+    pq.write_table(out, dst / "impressions/log.parquet", row_group_size=1000)
+    spec = FeatureSpec(
+        user_key="uid", item_key="iid", label="clk", day="ts_day", history="clicked_iids", history_side=("cat",),
+        sparse=(Sparse("uid", "impressions", "user"), Sparse("iid", "impressions", "item"), Sparse("slot", "impressions"),
+                Sparse("age", "users"), Sparse("cat", "items"), Sparse("seller", "items")),
+        dense=(Dense("price", "items", "log1p"), Dense("hist_len", "history", "log1p_standardize")),
+        tables=(Table("user", ids="managed", rows=len(users) + 1), Table("item", ids="managed", rows=len(items) + 1),
+                Table("slot", rows=int(im["position"].to_numpy().max()) + 1), Table("age", rows=m.id_ranges["age_bucket"]),
+                Table("cat", rows=m.id_ranges["category_id"]), Table("seller", ids="hash", rows=64)),
+        content=("title",),
+    )
+    Manifest(format_version=2, first_day=m.first_day, last_day=m.last_day, test_day=UNLIKE_TEST_DAY,
+             max_history_len=m.max_history_len, features=spec).write(dst)
+    return dst

@@ -85,7 +85,8 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
         )
     train = replace(log.train, epochs=1, out_of_range="hash", stop_after_steps=None)
     sizes = log.table_sizes or capped_table_sizes(manifest if Path(log.world) == world else Manifest.read(log.world), train)
-    new, hashed = unseen_item_ids(world, job.day, lineage.all_days, int(sizes["item_id"]), manifest)
+    spec = manifest.features
+    new, hashed = unseen_item_ids(world, job.day, lineage.all_days, int(sizes[spec.table_of(spec.item_key)]), manifest)
     return TrainJob(
         world=world,
         out=Path(job.out),
