@@ -28,7 +28,9 @@ Tables say how IDs become rows (``ids``):
 * ``managed``: any int64 ID; TorchRec's ``MCHManagedCollisionModule``
   (sorted zero-collision hashing) admits IDs into ``rows`` slots by
   ``eviction`` policy (``lfu`` or ``distance_lfu``) every
-  ``eviction_interval`` training steps; the last slot holds unseen IDs;
+  ``eviction_interval`` training steps, those that pass ``admission``
+  (``all``, or a count above the round's mean: ``average``, ``dynamic``);
+  the last slot holds unseen IDs;
 * ``hash``: any int64 ID, row ``id mod rows`` (collisions share a row).
 
 Example::
@@ -57,6 +59,7 @@ SOURCES: tuple[str, ...] = ("impressions", "users", "items")
 DENSE_SOURCES: tuple[str, ...] = (*SOURCES, "history")
 ID_MAPPINGS: tuple[str, ...] = ("identity", "managed", "hash")
 EVICTIONS: tuple[str, ...] = ("lfu", "distance_lfu")
+ADMISSIONS: tuple[str, ...] = ("all", "average", "dynamic")  # managed tables' admission filters (recsys.models.remap)
 TRANSFORMS: tuple[str, ...] = ("none", "log1p", "standardize", "log1p_standardize")
 CONTENT: tuple[str, ...] = ("title", "image")
 HISTORY_PREFIX = "history_"  # KJT key of a history side feature: history_<item feature>
@@ -72,10 +75,12 @@ class Table:
     dim: int | None = None  # embedding width; None = the model's embedding_dim
     eviction: str = "lfu"  # managed: EVICTIONS
     eviction_interval: int = 1  # managed: training steps between admission rounds
+    admission: str = "all"  # managed: ADMISSIONS; which IDs of a round may take a slot (count above the mean, ...)
 
     def check(self, where: str) -> None:
         _choice(self.ids, ID_MAPPINGS, f"{where}.ids")
         _choice(self.eviction, EVICTIONS, f"{where}.eviction")
+        _choice(self.admission, ADMISSIONS, f"{where}.admission")
         if self.ids != "identity" and self.rows is None:
             raise ValueError(f"{where}: a {self.ids!r} table needs 'rows' (its capacity)")
         for name in ("rows", "dim", "eviction_interval"):

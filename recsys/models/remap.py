@@ -72,6 +72,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torchrec.modules.mc_modules import (
+    average_threshold_filter,
+    dynamic_threshold_filter,
     DistanceLFU_EvictionPolicy,
     LFU_EvictionPolicy,
     MCHEvictionPolicy,
@@ -82,6 +84,11 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 from recsys.data import spec
 
 SENTINEL = torch.iinfo(torch.int64).max  # MCH's empty slot; refused as an input ID
+# spec.ADMISSIONS -> TorchRec's threshold filter: which IDs of an admission round may take a slot
+# ("all": every one, by the eviction policy's ranking; "average": those seen more often than the round's mean;
+# "dynamic": more than 10x the mean). TorchRec's probabilistic filter draws from the global RNG, which would
+# split the ranks' replicated state, so it is not offered.
+ADMISSIONS = {"all": None, "average": average_threshold_filter, "dynamic": dynamic_threshold_filter}
 EVICTION_POLICIES: dict[str, type[MCHEvictionPolicy]] = {
     "lfu": LFU_EvictionPolicy,
     "distance_lfu": DistanceLFU_EvictionPolicy,
@@ -124,7 +131,7 @@ class IdRemapper(nn.Module):
             t.name: MCHManagedCollisionModule(
                 zch_size=int(t.rows),  # type: ignore[arg-type]
                 device=device or torch.device("cpu"),
-                eviction_policy=EVICTION_POLICIES[t.eviction](),
+                eviction_policy=EVICTION_POLICIES[t.eviction](threshold_filtering_func=ADMISSIONS[t.admission]),
                 eviction_interval=t.eviction_interval,
                 name=t.name,
             )

@@ -79,6 +79,16 @@ def test_managed_within_capacity_gives_distinct_rows_and_unseen_the_last() -> No
     assert remapper.counts() == {"item_id": {"admitted": 9, "evicted": 0}}
 
 
+def test_average_admission_takes_only_ids_seen_more_than_the_mean() -> None:
+    rows, seen = 50, ids(6, 3)
+    counts = [1, 1, 2, 5, 9, 1]  # mean 19/6: only the IDs seen 5 and 9 times pass
+    remapper = IdRemapper([Table("item_id", ids="managed", rows=rows, admission="average")], SHARED)
+    remapper(kjt({"item_id": [i for i, c in zip(seen, counts) for _ in range(c)]}))
+    mean = sum(counts) / len(counts)
+    assert set(admitted_ids(remapper, "item_id")) == {i for i, c in zip(seen, counts) if c > mean}
+    assert remapper.counts()["item_id"]["admitted"] == 2
+
+
 def test_shared_table_keys_map_one_raw_id_to_one_row() -> None:
     a, b, c = ids(3, 3)
     remapper = IdRemapper([Table("item_id", ids="managed", rows=5)], SHARED)
