@@ -109,6 +109,15 @@ IMAGE_BATCH_ROWS = 2_048  # rows per batch of a table with images (~10 KB a PNG)
 IMAGE_CHUNK = 128  # images checked per thread-pool task
 SENTINEL = 2**63 - 1  # TorchRec MCH's empty-slot ID: refused in managed and hash tables
 NO_SEARCHES = "none (SCL unavailable; pre-training will be CLIP-style)"
+
+
+def _no_searches(content: tuple[str, ...]) -> str:
+    """What a dataset without a search log can pre-train (pretrain/train.py's rules)."""
+    if set(content) == {"title", "image"}:
+        return NO_SEARCHES
+    if content:
+        return f"none (SCL unavailable; {content[0]}s only: pre-training runs random towers, --method random)"
+    return "none (and no item content: no pre-training, ID features only)"
 # Users and items first: later tables are checked against their keys.
 _ORDER = ("users", "items", "impressions", "searches")
 
@@ -391,7 +400,7 @@ def validate_dataset(directory: Path, *, progress: bool = False, workers: int | 
             raise DatasetError(f"users/: no Parquet files (features {sources} come from users)")
     else:
         unread.append("users/: not read (no feature comes from users; an impression's user needs no row)")
-    searches, search_rows = NO_SEARCHES, _rows(root, files["searches"])
+    searches, search_rows = _no_searches(spec.content), _rows(root, files["searches"])
     if search_rows:
         if spec.content:
             read.append("searches")

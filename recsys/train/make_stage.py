@@ -188,6 +188,11 @@ def train_make(job: Stage1Job, vectors: ItemVectors, manifest: Manifest, ctx: Di
         return out
     out.mkdir(parents=True, exist_ok=True)
     split = split_days(manifest, job.until)
+    if not len(split.make_fit):
+        raise ValueError(
+            f"{job.world}: MAKE stage 1 needs a fit day and a validation day before the test day; "
+            f"this split trains on day {split.validation} only (train id_only or simtier, or add a day)"
+        )
     sizes = capped_table_sizes(manifest, job.train)
     torch.manual_seed(job.train.seed)
     rows = mm_rows(manifest, sizes, vectors)

@@ -45,7 +45,7 @@ class DaySplit:
 
     train: range  # the ID model's training days
     test: int | None  # the evaluation day; None when training reaches the world's last day
-    make_fit: range  # MAKE stage 1's training days
+    make_fit: range  # MAKE stage 1's training days (empty with one training day: MAKE refuses)
     validation: int  # MAKE stage 1's early-stopping day
 
 
@@ -60,11 +60,8 @@ def split_days(manifest: Manifest, until: int | None = None) -> DaySplit:
     first, last = manifest.first_day, manifest.last_day
     if until is None:
         until = manifest.test_day - 1
-    if not first + 1 <= until <= last:
-        raise ValueError(
-            f"last training day {until} must lie in [{first + 1}, {last}] for this world (days {first}..{last}): "
-            "MAKE stage 1 needs a fit day and a validation day"
-        )
+    if not first <= until <= last:
+        raise ValueError(f"last training day {until} must lie in [{first}, {last}] for this world (days {first}..{last})")
     return DaySplit(
         train=range(first, until + 1),
         test=until + 1 if until < last else None,
