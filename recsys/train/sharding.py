@@ -77,7 +77,9 @@ class DataParallelBeyondOneRank(DefaultDataParallelWrapper):
     """DDP over the dense parts when there are several ranks; none on one (no hooks, no all-reduce).
 
     State dict keys do not change: DMP unwraps DDP for them, so a 1-rank
-    checkpoint loads on 2 ranks and back.
+    checkpoint loads on 2 ranks and back. TorchRec's wrapper broadcasts no
+    buffers: the managed-collision state (``recsys.models.remap``) stays the
+    same on every rank because each rank profiles the all-gathered IDs.
     """
 
     def wrap(self, dmp: DistributedModelParallel, env: ShardingEnv, device: torch.device) -> None:
