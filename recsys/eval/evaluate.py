@@ -41,7 +41,7 @@ CONFIDENCE = 0.95  # bootstrap interval coverage
 
 
 def check_day(manifest: Manifest, day: int | None, world: Path) -> int:
-    """The day to score: ``day``, or the world's last day; refuses a day outside the world.
+    """The day to score: ``day``, or the manifest's ``test_day``; refuses a day outside the world.
 
     Example::
 
@@ -49,13 +49,15 @@ def check_day(manifest: Manifest, day: int | None, world: Path) -> int:
         ...     first_day=10, last_day=14, max_history_len=5, image_size=8)
         >>> check_day(m, None, Path("w")), check_day(m, 12, Path("w"))
         (14, 12)
+        >>> check_day(replace(m, test_day=13), None, Path("w"))
+        13
         >>> check_day(m, 15, Path("w"))
         Traceback (most recent call last):
             ...
         ValueError: --day 15 is outside the world w/manifest.json: its days are 10..14 (first_day..last_day)
     """
     if day is None:
-        return manifest.last_day
+        return manifest.test_day
     if not manifest.first_day <= day <= manifest.last_day:
         raise ValueError(f"--day {day} is outside the world {Path(world) / 'manifest.json'}: its days are "
                          f"{manifest.first_day}..{manifest.last_day} (first_day..last_day)")
@@ -109,7 +111,7 @@ def _report(job: EvalJob, manifest: Manifest, runs: list[RunSpec], baseline: int
               for m, (run, s) in enumerate(zip(runs, scored.runs))}
     report = {
         "schema": SCHEMA, "world": str(world.resolve()), "world_manifest_sha": manifest_sha(world),
-        "day": day, "test_day": manifest.last_day, "day_in_training": day < manifest.last_day,
+        "day": day, "test_day": manifest.test_day, "day_in_training": day < manifest.test_day,
         "impressions": len(scored.labels), "clicks": float(scored.labels.sum()),
         "users": len(np.unique(scored.user_ids)),
         "subsets": {name: int(mask.sum()) for name, mask in masks.items()},
