@@ -227,7 +227,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
     job = settings_from_args(PipelineJob, args)
     try:
-        run_pipeline(job.preset, job.out, quiet=job.quiet)
+        run_pipeline(job.preset, job.out, quiet=job.quiet, world=job.world, vectors=job.vectors)
     except PipelineError as e:
         print(f"mmctr pipeline: {e}", file=sys.stderr)
         return 1
@@ -398,7 +398,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "feed": ("publish a world's items created on a day into a feed, as new items", _add_feed, _cmd_feed),
     "evaluate": ("score a day with finished CTR runs; AUC/GAUC/NE vs a baseline with bootstrap CIs, JSON + HTML",
                  _add_evaluate, _cmd_evaluate),
-    "pipeline": ("the main job: world -> pre-training -> CTR variants -> Triton -> evaluation -> retrain",
+    "pipeline": ("the main job: world (generated, or --world DIR) -> pre-training -> CTR variants -> Triton -> "
+                 "evaluation -> retrain",
                  _add_pipeline, _cmd_pipeline),
     "demo": ("the main job (`make demo`): `mmctr pipeline`, small preset into runs/demo", _add_demo, _cmd_pipeline),
 }

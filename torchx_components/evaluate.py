@@ -43,7 +43,7 @@ def evaluate(
     Args:
         world: dataset directory the runs were trained on
         models: finished mmctr train run folders, comma-separated
-        day: day to score (default: the world's last day, the test day)
+        day: day to score (default: the manifest's test_day, its last day unless declared)
         baseline: baseline run name or variant (default: the first id_only run, else the first)
         out: report folder (default: eval-day-D next to the first run folder)
         bootstrap: bootstrap resamples of users (default: mmctr evaluate's)

@@ -26,6 +26,8 @@ Example::
     'recsys.cli retrain --from r1 --day 43 --out r2 --sharding auto --quiet --retrain-make'
     >>> world(out="w", preset="tiny").roles[0].args
     ['-m', 'recsys.cli', 'world', '--preset', 'tiny', '--seed', '0', '--out', 'w', '--quiet', '--validate']
+    >>> validate(directory="/data/log").roles[0].args
+    ['-m', 'recsys.cli', 'validate', '/data/log', '--quiet']
 """
 
 # No `from __future__ import annotations`: TorchX reads the real annotation
@@ -80,6 +82,18 @@ def world(
         memMB: memory per replica, MB
     """
     return _single("world", ["--preset", preset, "--seed", str(seed), "--out", out, "--quiet", "--validate"], image, cpu, memMB)
+
+
+def validate(directory: str, image: str = DEFAULT_IMAGE, cpu: int = CPU, memMB: int = MEM_MB) -> specs.AppDef:
+    """Checks a dataset against the public format and its manifest's feature spec.
+
+    Args:
+        directory: dataset directory (holds manifest.json)
+        image: container image (cluster schedulers only)
+        cpu: CPUs per replica
+        memMB: memory per replica, MB
+    """
+    return _single("validate", [directory, "--quiet"], image, cpu, memMB)
 
 
 def pretrain_eval(

@@ -16,7 +16,7 @@ class EvalJob:
 
     world: Path = setting(help="dataset directory the runs were trained on")
     models: tuple[Path, ...] = setting(help="finished `mmctr train` run folders", metavar="RUN")
-    day: int | None = setting(None, "day to score (default: the dataset's test day, by default its last)")
+    day: int | None = setting(None, "day to score (default: the manifest's test_day, its last day unless declared)")
     baseline: str | None = setting(
         None, "baseline run name (folder name) or variant (default: the first id_only run, else the first)")
     out: Path | None = setting(None, "report folder (default: eval-day-D next to the first run folder)")

@@ -9,8 +9,10 @@ Example::
     >>> cfg = PRESETS["tiny"]
     >>> cfg.world_preset, cfg.nproc, cfg.variants[-1]
     ('tiny', 2, 'simtier_make')
-    >>> Layout(Path("out")).ctr("make")
-    PosixPath('out/ctr/make')
+    >>> Layout(Path("out")).ctr("make"), Layout(Path("out")).pretrain("pretrain_scl")
+    (PosixPath('out/ctr/make'), PosixPath('out/pretrain-scl'))
+    >>> Layout(Path("out")).world, Layout(Path("out"), dataset=Path("/data/log")).world
+    (PosixPath('out/world'), PosixPath('/data/log'))
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from pretrain.config import TowerConfig
 from recsys.eval import RESAMPLES
 from recsys.settings import setting
 from recsys.train.config import TrainConfig
@@ -44,9 +47,11 @@ class PipelineConfig:
     feed_rate: float = 50.0  # new items per second published to the feed (the serving bench's load)
     retrain_variant: str = "simtier_make"  # the production model retrained on the test day
 
-    def scl_yaml(self, clip_encoder: Path) -> dict:
-        return {"epochs": self.scl_epochs, "queue_size": self.scl_queue_size,
-                "triplet_weight": self.scl_triplet_weight, "init_from": str(clip_encoder), "seed": self.seed}
+    def scl_yaml(self, clip_encoder: Path | None) -> dict:
+        """SCL's config; ``clip_encoder`` None: from random towers (no CLIP run to start from)."""
+        out = {"epochs": self.scl_epochs, "queue_size": self.scl_queue_size,
+               "triplet_weight": self.scl_triplet_weight, "seed": self.seed}
+        return out if clip_encoder is None else {**out, "init_from": str(clip_encoder)}
 
     def clip_yaml(self) -> dict:
         return {"epochs": self.clip_epochs, "seed": self.seed}
@@ -67,8 +72,14 @@ PRESETS: dict[str, PipelineConfig] = {
 class PipelineJob:
     """One ``mmctr pipeline`` (or ``mmctr demo``); each field carries its help: the commands' flags derive from them."""
 
-    preset: str = setting("small", "pipeline preset", choices=sorted(PRESETS))
+    preset: str = setting("small", "pipeline preset: the recipe (epochs, batch sizes) and, without --world, the world "
+                          "generated", choices=sorted(PRESETS))
     out: Path = setting(Path("runs/demo"), "run folder; run again with the same folder to resume")
+    world: Path | None = setting(None, "run on this dataset (the public format) instead of generating the preset's "
+                                 "world; stages its content does not allow are skipped, each with its reason", metavar="DIR")
+    vectors: Path | None = setting(None, "item vectors (a Parquet table as `mmctr train --vectors` reads, e.g. another "
+                                   "encoder's) used instead of pre-training; export and the new-item embedder are skipped",
+                                   metavar="FILE")
     quiet: bool = setting(False, "no stage messages")
 
 
@@ -79,9 +90,9 @@ class Layout:
         pipeline.json      stage states and timings (what a restart resumes from)
         configs/           clip.yaml, scl.yaml, train.yaml: written from the PipelineConfig
         logs/              every TorchX job's stdout/stderr
-        world/             the dataset
-        pretrain-clip/  pretrain-scl/  pretrain-eval.json
-        catalogue/         item vectors of the items created before the test day
+        world/             the dataset generated from the preset (with --world: that folder instead)
+        pretrain-clip/  pretrain-scl/  pretrain-random/  pretrain-eval.json   (the plan's pre-training runs)
+        catalogue/         item vectors of the items created before the test day (every item's without the embedder)
         ctr/VARIANT/       mmctr train runs
         triton/            mmctr export (embedded/ and production/ repositories)
         feed/  vectors.sqlite  embed.json     test-day new items, their served vectors, the embedder's report
@@ -91,6 +102,7 @@ class Layout:
     """
 
     out: Path  # the pipeline's --out folder
+    dataset: Path | None = None  # --world DIR; None: the world generated into OUT/world
 
     @property
     def state(self) -> Path:
@@ -106,7 +118,11 @@ class Layout:
 
     @property
     def world(self) -> Path:
-        return self.out / "world"
+        return self.dataset if self.dataset is not None else self.out / "world"
+
+    def pretrain(self, stage: str) -> Path:
+        """The run folder of a pre-training stage (``pretrain_clip`` -> ``OUT/pretrain-clip``)."""
+        return self.out / stage.replace("_", "-")
 
     @property
     def pretrain_clip(self) -> Path:
@@ -156,10 +172,23 @@ class Layout:
         return self.out / "ctr" / variant
 
 
-def write_configs(cfg: PipelineConfig, layout: Layout) -> dict[str, Path]:
-    """Writes the stages' config files from ``cfg``; returns their paths by name."""
+def write_configs(
+    cfg: PipelineConfig, layout: Layout, scl_from_clip: bool = True, image_size: int | None = None
+) -> dict[str, Path]:
+    """Writes the stages' config files from ``cfg``; returns their paths by name.
+
+    Args:
+        cfg (PipelineConfig): the recipe.
+        layout (Layout): the run folder.
+        scl_from_clip (bool): SCL starts from the CLIP run's encoder (else from random towers).
+        image_size (int | None): the dataset's image side, when it has images: the towers' ``image_size``
+            if it differs from ``TowerConfig``'s (a user's dataset; the presets' worlds match it).
+    """
     layout.configs.mkdir(parents=True, exist_ok=True)
-    files = {"clip": cfg.clip_yaml(), "scl": cfg.scl_yaml(layout.pretrain_clip / "encoder.pt"), "train": cfg.train_yaml()}
+    tower = {"tower": {"image_size": image_size}} if image_size not in (None, TowerConfig.image_size) else {}
+    files = {"clip": {**cfg.clip_yaml(), **tower},
+             "scl": {**cfg.scl_yaml(layout.pretrain_clip / "encoder.pt" if scl_from_clip else None), **tower},
+             "train": cfg.train_yaml()}
     paths = {}
     for name, content in files.items():
         paths[name] = layout.configs / f"{name}.yaml"

@@ -1,11 +1,16 @@
-"""``mmctr pipeline --preset P --out DIR``: every stage of the system as TorchX jobs, resumable by stage.
+"""``mmctr pipeline --preset P [--world DIR] [--vectors FILE] --out OUT``: every stage as TorchX jobs, resumable by stage.
 
-Each stage (``recsys.pipeline.stages``) runs as TorchX apps on the
+The preset's world is generated first (the ``world`` stage), or ``--world
+DIR`` is taken as it is; from its manifest and data the plan
+(``recsys.pipeline.plan``) decides which stages run and records each one
+skipped, with its reason, in ``OUT/pipeline.json`` (``"plan"``). Each stage
+(``recsys.pipeline.stages``) runs as TorchX apps on the
 ``local_cwd`` scheduler (distributed stages with ``nproc`` ranks under
 torchrun), waits for them, and is marked done in ``OUT/pipeline.json`` with
 its wall time. A pipeline started again with the same ``--out``:
 
-* refuses another preset or config (it would mix two runs' outputs);
+* refuses another preset or config, or another ``--world`` or ``--vectors``
+  (or a world whose manifest changed): it would mix two runs' outputs;
 * stops processes an earlier, killed run left behind (any process whose
   command line names this ``--out`` folder);
 * skips the stages marked done, and starts at the first one that is not.
@@ -22,6 +27,7 @@ process of its own (``OUR_PROGRAMS``) that names the folder.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import fcntl
 import json
@@ -31,26 +37,63 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from torchx.runner import Runner, get_runner
 
-from recsys.data.schema import Manifest
+from recsys.data.schema import Manifest, manifest_sha
 from recsys.pipeline.config import PRESETS, Layout, PipelineConfig, config_dict, write_configs
 from recsys.pipeline.jobs import PipelineError, Server, run_apps, start_server, stop
-from recsys.pipeline.stages import Context, Stage, stages
+from recsys.pipeline.plan import Plan, data_facts, plan_stages
+from recsys.pipeline.stages import Context, Stage, stage, stages
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def load_state(layout: Layout, cfg: PipelineConfig) -> dict:
-    """The run folder's ``pipeline.json`` (a new one if absent); refuses another config."""
+@dataclass(frozen=True)
+class Inputs:
+    """The data a pipeline runs on, as ``pipeline.json`` records it (``"inputs"``); a resume must name the same."""
+
+    world: str | None = None  # --world DIR (absolute); None: the preset's world, generated into OUT/world
+    world_manifest_sha: str | None = None  # recsys.data.schema.manifest_sha of --world DIR
+    vectors: str | None = None  # --vectors FILE (absolute)
+
+    def describe(self) -> str:
+        world = "the preset's generated world" if self.world is None else f"world {self.world} (manifest {self.world_manifest_sha})"
+        return world + ("" if self.vectors is None else f" with --vectors {self.vectors}")
+
+
+def pipeline_inputs(world: Path | None, vectors: Path | None) -> Inputs:
+    """The run's :class:`Inputs`, checked: ``world`` holds a ``manifest.json``, ``vectors`` exists.
+
+    Raises:
+        PipelineError: naming the flag and the path.
+    """
+    sha = None
+    if world is not None:
+        try:
+            sha = manifest_sha(world)
+        except FileNotFoundError:
+            raise PipelineError(f"--world {world}: no manifest.json there; give a dataset folder in the public format") from None
+    if vectors is not None and not Path(vectors).exists():
+        raise PipelineError(f"--vectors {vectors}: no such file (an item_vectors.parquet, or the folder holding it)")
+    return Inputs(None if world is None else str(Path(world).resolve()), sha,
+                  None if vectors is None else str(Path(vectors).resolve()))
+
+
+def load_state(layout: Layout, cfg: PipelineConfig, inputs: Inputs = Inputs()) -> dict:
+    """The run folder's ``pipeline.json`` (a new one if absent); refuses another config or other inputs."""
     wanted = config_dict(cfg)
     if not layout.state.exists():
-        return {"config": wanted, "stages": {}, "starts": []}
+        return {"config": wanted, "inputs": dataclasses.asdict(inputs), "stages": {}, "starts": []}
     state = json.loads(layout.state.read_text())
+    had = Inputs(**state.get("inputs", {}))  # a pipeline.json from before --world: the preset's world
+    if had != inputs:
+        raise PipelineError(f"{layout.state}: this folder's pipeline ran on {had.describe()}, not on {inputs.describe()}; "
+                            "use another --out")
     differs = sorted(k for k in set(wanted) | set(state["config"]) if wanted.get(k) != state["config"].get(k))
     if differs:
         raise PipelineError(
@@ -58,6 +101,7 @@ def load_state(layout: Layout, cfg: PipelineConfig) -> dict:
             f"{[state['config'].get(k) for k in differs]} there, {[wanted.get(k) for k in differs]} now); "
             "use another --out"
         )
+    state["inputs"] = dataclasses.asdict(inputs)
     return state
 
 
@@ -138,45 +182,84 @@ def _exclusive(layout: Layout) -> Iterator[None]:
         yield
 
 
-def run_pipeline(preset: str, out: Path, quiet: bool = False) -> dict:
-    """Runs (or resumes) the pipeline of ``preset`` into ``out``; returns the final state."""
+def run_pipeline(preset: str, out: Path, quiet: bool = False, world: Path | None = None,
+                 vectors: Path | None = None) -> dict:
+    """Runs (or resumes) the pipeline into ``out``; returns the final state.
+
+    Args:
+        preset (str): ``PRESETS`` name: the recipe, and the world generated when ``world`` is None.
+        out (Path): the run folder.
+        quiet (bool): no stage messages.
+        world (Path | None): a dataset to run on instead of generating the preset's world.
+        vectors (Path | None): item vectors to use instead of pre-training.
+
+    Raises:
+        ValueError: an unknown preset.
+        PipelineError: a refused input or run folder, or a failed stage (one line, or the stage's log tail).
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown pipeline preset {preset!r}; choose one of {sorted(PRESETS)}")
-    layout = Layout(Path(out).resolve())
+    inputs = pipeline_inputs(world, vectors)
+    layout = Layout(Path(out).resolve(), None if inputs.world is None else Path(inputs.world))
     with _exclusive(layout):
         try:
-            return _run(PRESETS[preset], preset, layout, quiet)
+            return _run(PRESETS[preset], preset, layout, inputs, quiet)
         finally:
             stop_leftovers(layout.out)  # whatever happened, no stage, embedder or Triton outlives the pipeline
 
 
-def _run(cfg: PipelineConfig, preset: str, layout: Layout, quiet: bool) -> dict:
-    state = load_state(layout, cfg)
+def make_plan(cfg: PipelineConfig, layout: Layout, inputs: Inputs) -> Plan:
+    """The plan of the run's dataset (its manifest and :func:`recsys.pipeline.plan.data_facts`).
+
+    Raises:
+        PipelineError: the manifest or the test day is refused (one line naming it).
+    """
+    try:
+        manifest = Manifest.read(layout.world)
+        return plan_stages(manifest, data_facts(layout.world, manifest.test_day), cfg,
+                           None if inputs.world is None else layout.world,
+                           None if inputs.vectors is None else Path(inputs.vectors))
+    except (ValueError, FileNotFoundError) as e:
+        raise PipelineError(f"{layout.world}: {e}") from None
+
+
+def _done(state: dict, name: str) -> bool:
+    return bool(state["stages"].get(name, {}).get("done"))
+
+
+def _run(cfg: PipelineConfig, preset: str, layout: Layout, inputs: Inputs, quiet: bool) -> dict:
+    state = load_state(layout, cfg, inputs)
     stopped = stop_leftovers(layout.out)
-    all_stages = stages(cfg)
-    done = [s.name for s in all_stages if state["stages"].get(s.name, {}).get("done")]
-    todo = [s for s in all_stages if s.name not in done]
-    state["starts"].append({"at": _now(), "skipped": done, "resumed_at": todo[0].name if todo else None,
-                            "stopped_leftovers": stopped})
-    save_state(layout, state)
-    _say(quiet, f"pipeline {preset} -> {layout.out}: " + (
-        f"{len(done)} stage(s) already done ({', '.join(done)}); resuming at {todo[0].name}" if done and todo
-        else "every stage already done" if not todo else f"{len(todo)} stages"))
-    if stopped:
-        _say(quiet, f"stopped {len(stopped)} process(es) left by an earlier run: {stopped}")
-    configs = write_configs(cfg, layout)
+    done = [name for name, s in state["stages"].items() if s.get("done")]
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # torchrun, python
-    last_needing_server = max((i for i, s in enumerate(todo) if s.needs_server), default=-1)
     runner = get_runner()
     server: Server | None = None
     try:
-        for i, stage in enumerate(todo):
-            if stage.needs_server and server is None:
+        generate = inputs.world is None and not _done(state, "world")  # the plan reads the world: make it first
+        if generate:
+            state["starts"].append({"at": _now(), "skipped": done, "resumed_at": "world", "stopped_leftovers": stopped})
+            _say(quiet, f"pipeline {preset} -> {layout.out}: generating the world first")
+            _run_stage(stage("world"), Context(cfg, layout, {}, None, None, runner), state, quiet)
+        plan = make_plan(cfg, layout, inputs)
+        todo = [s for s in stages(plan) if not _done(state, s.name)]
+        if not generate:
+            state["starts"].append({"at": _now(), "skipped": done, "resumed_at": todo[0].name if todo else None,
+                                    "stopped_leftovers": stopped})
+            _say(quiet, f"pipeline {preset} -> {layout.out}" + (f" on {layout.world}" if inputs.world else "") + ": " + (
+                f"{len(done)} stage(s) already done ({', '.join(done)}); resuming at {todo[0].name}" if done and todo
+                else "every stage already done" if not todo else f"{len(todo)} stages"))
+        state["plan"] = plan.as_dict()
+        save_state(layout, state)
+        _announce(plan, len(todo) if generate else None, stopped, quiet)
+        configs = _write_configs(cfg, layout, plan)
+        last_needing_server = max((i for i, s in enumerate(todo) if s.needs_server), default=-1)
+        for i, step in enumerate(todo):
+            if step.needs_server and server is None:
                 t = time.monotonic()
                 server = start_server(runner, layout.triton, layout.logs)
                 state["server_start_s"] = time.monotonic() - t
                 _say(quiet, f"[triton] ready at {server.url} in {state['server_start_s']:.1f} s")
-            _run_stage(stage, cfg, layout, configs, server, runner, state, quiet)
+            _run_stage(step, Context(cfg, layout, configs, plan, server, runner), state, quiet)
             if server is not None and i == last_needing_server:
                 stop(runner, server.handle)
                 server = None
@@ -191,24 +274,39 @@ def _run(cfg: PipelineConfig, preset: str, layout: Layout, quiet: bool) -> dict:
     return state
 
 
-def _run_stage(stage: Stage, cfg: PipelineConfig, layout: Layout, configs: dict[str, Path], server: Server | None,
-               runner: Runner, state: dict, quiet: bool) -> None:
-    manifest = layout.world / "manifest.json"
-    test_day = Manifest.read(layout.world).last_day if manifest.exists() else None
-    ctx = Context(cfg, layout, configs, test_day, server, runner)
-    _say(quiet, f"[{stage.name}] started")
+def _announce(plan: Plan, more: int | None, stopped: list[int], quiet: bool) -> None:
+    """The plan's lines: the stages left after the world (``more``), each skipped stage and why, the vectors."""
+    if more is not None:
+        _say(quiet, f"plan: {more} more stages")
+    for name, why in plan.skipped().items():
+        _say(quiet, f"[{name}] skipped: {why}")
+    _say(quiet, f"test day {plan.test_day}; item vectors: {plan.vectors}")
+    if stopped:
+        _say(quiet, f"stopped {len(stopped)} process(es) left by an earlier run: {stopped}")
+
+
+def _write_configs(cfg: PipelineConfig, layout: Layout, plan: Plan) -> dict[str, Path]:
+    """The stages' config files for this plan and dataset (SCL from the CLIP run if it runs; the images' size)."""
+    manifest = Manifest.read(layout.world)
+    image_size = manifest.image_size if "image" in manifest.features.content else None
+    return write_configs(cfg, layout, scl_from_clip=plan.runs("pretrain_clip"), image_size=image_size)
+
+
+def _run_stage(step: Stage, ctx: Context, state: dict, quiet: bool) -> None:
+    layout = ctx.layout
+    _say(quiet, f"[{step.name}] started")
     t = time.monotonic()
-    state["stages"][stage.name] = {"done": False, "started_at": _now()}
+    state["stages"][step.name] = {"done": False, "started_at": _now()}
     save_state(layout, state)
-    if stage.local is not None:
-        stage.local(ctx)
+    if step.local is not None:
+        step.local(ctx)
     else:
-        assert stage.apps is not None
-        run_apps(runner, stage.apps(ctx), layout.logs, f"stage {stage.name}")
+        assert step.apps is not None
+        run_apps(ctx.runner, step.apps(ctx), layout.logs, f"stage {step.name}")
     seconds = time.monotonic() - t
-    state["stages"][stage.name] = {"done": True, "seconds": round(seconds, 1), "finished_at": _now()}
+    state["stages"][step.name] = {"done": True, "seconds": round(seconds, 1), "finished_at": _now()}
     save_state(layout, state)
-    _say(quiet, f"[{stage.name}] done in {seconds:.1f} s")
+    _say(quiet, f"[{step.name}] done in {seconds:.1f} s")
 
 
 def _say(quiet: bool, message: str) -> None:

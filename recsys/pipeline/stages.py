@@ -3,31 +3,43 @@
 =================  ======================================================  =========
 stage              what runs                                               ranks
 =================  ======================================================  =========
-world              ``mmctr world --validate``                              1
+world              ``mmctr world --validate`` (the preset's world)         1
+validate           ``mmctr validate DIR`` (``--world DIR``: in its place)  1
 pretrain_clip      ``mmctr pretrain --method clip`` (the generic CLIP)     nproc
 pretrain_scl       ``mmctr pretrain --method scl`` fine-tuned from it      nproc
+pretrain_random    ``mmctr pretrain --method random`` (one modality, no    nproc
+                   search log: untrained towers)
 pretrain_eval      ``mmctr pretrain-eval``: SCL vs CLIP recall             1
 catalogue          item vectors of items created before the test day       in-process
-train_VARIANT      ``mmctr train`` per variant (``make`` first: its        nproc
-                   MAKE stage 1 is shared with ``simtier_make``)
+                   (every item's when ``embed`` is skipped)
+train_VARIANT      ``mmctr train --train-until T-1`` per variant (``make``  nproc
+                   first: its MAKE stage 1 is shared with ``simtier_make``)
 export             ``mmctr export``: Triton repositories of the encoder    1
 embed              ``mmctr feed`` (test-day items at ``feed_rate``/s) and  1 + 1
                    ``mmctr embed-new`` on the running Triton server
-evaluate           ``mmctr evaluate --store``: the test day, tables +      nproc
-                   the store's served vectors of new items
-retrain            ``mmctr retrain`` of ``retrain_variant`` on the test    nproc
-                   day (tomorrow's model), vectors from table + store
+evaluate           ``mmctr evaluate --day T [--store]``: the test day,     nproc
+                   tables + the store's served vectors of new items
+retrain            ``mmctr retrain`` of the plan's retrain variant on the  nproc
+                   test day T (tomorrow's model), vectors from table + store
 report             the pipeline's sections added to the report, the        in-process
                    final table printed and written to ``summary.json``
 =================  ======================================================  =========
 
+Which of them run on a dataset, and with which inputs (the test day ``T``,
+the source of the item vectors, the variants), is the plan's
+(``recsys.pipeline.plan``); :func:`stages` builds the ones it runs.
 Triton (``mmctr serve``, a TorchX app too) runs while a stage that needs it
 (``embed``) is pending, on free ports on 127.0.0.1, and is stopped at the end.
 
 Example::
 
+    >>> from pathlib import Path
+    >>> from recsys.data.schema import Manifest
     >>> from recsys.pipeline.config import PRESETS
-    >>> [s.name for s in stages(PRESETS["tiny"])][:6]
+    >>> from recsys.pipeline.plan import DataFacts, plan_stages
+    >>> m = Manifest(format_version=2, first_day=10, last_day=14)
+    >>> plan = plan_stages(m, DataFacts(900, 200, 60), PRESETS["tiny"])
+    >>> [s.name for s in stages(plan)][:6]
     ['world', 'pretrain_clip', 'pretrain_scl', 'pretrain_eval', 'catalogue', 'train_make']
 """
 
@@ -45,6 +57,7 @@ import torchx_components.pipeline as components
 import torchx_components.serving as serving_components
 from recsys.pipeline.config import Layout, PipelineConfig
 from recsys.pipeline.jobs import PipelineError, Server
+from recsys.pipeline.plan import Plan, vectors_source
 
 EMBED_TIMEOUT_S = 600.0  # the embedder must have handled the whole feed this long after the feed ends
 
@@ -56,7 +69,7 @@ class Context:
     cfg: PipelineConfig
     layout: Layout
     configs: dict[str, Path]  # clip, scl, train config files (config.write_configs)
-    test_day: int | None  # the world's last day, once the world exists
+    plan: Plan | None  # what runs on this dataset (None only while the world is generated)
     server: Server | None  # the running Triton app (handle, gRPC HOST:PORT), while a stage needs it
     runner: Runner  # TorchX runner of the pipeline (for steps that start apps themselves)
 
@@ -75,26 +88,36 @@ def _train_apps(variant: str) -> Callable[[Context], list[specs.AppDef]]:
     def apps(c: Context) -> list[specs.AppDef]:
         from recsys.train.run_folder import RunFolder  # lazy: torch stays out of the pipeline's start-up
 
-        shares = variant == "simtier_make" and "make" in c.cfg.variants
+        plan = _plan(c)
+        shares = variant == "simtier_make" and "make" in plan.variants
         shared = RunFolder(c.layout.ctr("make")).make_stage1 if shares else None
         return [components.train(
             world=str(c.layout.world), out=str(c.layout.ctr(variant)), variant=variant,
             vectors=None if variant == "id_only" else str(c.layout.catalogue), nproc=c.cfg.nproc,
             config=str(c.configs["train"]), make_from=None if shared is None else str(shared), seed=c.cfg.seed,
+            train_until=plan.train_until,
         )]
     return apps
 
 
+def _plan(c: Context) -> Plan:
+    if c.plan is None:
+        raise PipelineError(f"{c.layout.world / 'manifest.json'}: no plan yet; the world stage has not produced the world")
+    return c.plan
+
+
 def _test_day(c: Context) -> int:
-    if c.test_day is None:
-        raise PipelineError(f"{c.layout.world / 'manifest.json'}: missing; the world stage has not produced the world")
-    return c.test_day
+    return _plan(c).test_day
 
 
 def _catalogue(c: Context) -> None:
     from recsys.pipeline.catalogue import write_catalogue
 
-    write_catalogue(c.layout.world, c.layout.pretrain_scl, _test_day(c), c.layout.catalogue)
+    plan = _plan(c)
+    try:
+        write_catalogue(c.layout.world, vectors_source(plan, c.layout), plan.catalogue_before, c.layout.catalogue)
+    except (ValueError, FileNotFoundError) as e:  # a --vectors file refused at the door: one line naming it
+        raise PipelineError(f"stage catalogue: {e}") from None
 
 
 def _embed(c: Context) -> None:
@@ -132,34 +155,64 @@ def _embed(c: Context) -> None:
 def _report(c: Context) -> None:
     from recsys.pipeline.summary import finish_report
 
-    finish_report(c.cfg, c.layout)
+    finish_report(c.cfg, c.layout, _plan(c))
 
 
-def stages(cfg: PipelineConfig) -> list[Stage]:
-    """The stages of a pipeline with config ``cfg``, in the order they run."""
-    order = sorted(cfg.variants, key=lambda v: v != "make")  # MAKE's stage 1 first, then shared
-    return [
-        Stage("world", apps=lambda c: [components.world(out=str(c.layout.world), preset=c.cfg.world_preset, seed=c.cfg.seed)]),
-        Stage("pretrain_clip", apps=lambda c: [components.pretrain(
-            world=str(c.layout.world), out=str(c.layout.pretrain_clip), method="clip", nproc=c.cfg.nproc,
-            config=str(c.configs["clip"]))]),
-        Stage("pretrain_scl", apps=lambda c: [components.pretrain(
-            world=str(c.layout.world), out=str(c.layout.pretrain_scl), method="scl", nproc=c.cfg.nproc,
-            config=str(c.configs["scl"]))]),
-        Stage("pretrain_eval", apps=lambda c: [components.pretrain_eval(
-            world=str(c.layout.world), runs=[str(c.layout.pretrain_clip), str(c.layout.pretrain_scl)],
-            out_json=str(c.layout.pretrain_eval))]),
-        Stage("catalogue", local=_catalogue),
-        *[Stage(f"train_{v}", apps=_train_apps(v)) for v in order],
-        Stage("export", apps=lambda c: [serving_components.export(
-            encoder=str(c.layout.pretrain_scl / "encoder.pt"), out=str(c.layout.triton))]),
-        Stage("embed", needs_server=True, local=_embed),
-        Stage("evaluate", apps=lambda c: [evaluate_components.evaluate(
-            world=str(c.layout.world), models=[str(c.layout.ctr(v)) for v in c.cfg.variants], out=str(c.layout.report),
-            bootstrap=c.cfg.bootstrap, store=str(c.layout.store), nproc=c.cfg.nproc)]),
-        Stage("retrain", apps=lambda c: [components.retrain(
-            from_run=str(c.layout.ctr(c.cfg.retrain_variant)), day=_test_day(c),
-            out=str(c.layout.retrain / f"{c.cfg.retrain_variant}-day-{_test_day(c)}"),
-            vectors=str(c.layout.catalogue), store=str(c.layout.store), nproc=c.cfg.nproc)]),
-        Stage("report", local=_report),
-    ]
+def _pretrain(stage: str, method: str, config: str) -> Stage:
+    return Stage(stage, apps=lambda c: [components.pretrain(
+        world=str(c.layout.world), out=str(c.layout.pretrain(stage)), method=method, nproc=c.cfg.nproc,
+        config=str(c.configs[config]))])
+
+
+def _evaluate(c: Context) -> list[specs.AppDef]:
+    plan = _plan(c)
+    return [evaluate_components.evaluate(
+        world=str(c.layout.world), models=[str(c.layout.ctr(v)) for v in plan.variants], day=plan.test_day,
+        out=str(c.layout.report), bootstrap=c.cfg.bootstrap, store=str(c.layout.store) if plan.runs("embed") else None,
+        nproc=c.cfg.nproc)]
+
+
+def _retrain(c: Context) -> list[specs.AppDef]:
+    plan = _plan(c)
+    variant, uses_vectors = plan.retrain_variant, plan.retrain_variant != "id_only"
+    return [components.retrain(
+        from_run=str(c.layout.ctr(variant)), day=plan.test_day, out=str(c.layout.retrain / f"{variant}-day-{plan.test_day}"),
+        vectors=str(c.layout.catalogue) if uses_vectors else None,
+        store=str(c.layout.store) if uses_vectors and plan.runs("embed") else None, nproc=c.cfg.nproc)]
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("world", apps=lambda c: [components.world(out=str(c.layout.world), preset=c.cfg.world_preset, seed=c.cfg.seed)]),
+    Stage("validate", apps=lambda c: [components.validate(directory=str(c.layout.world))]),
+    _pretrain("pretrain_clip", "clip", "clip"),
+    _pretrain("pretrain_scl", "scl", "scl"),
+    _pretrain("pretrain_random", "random", "clip"),  # the CLIP config's towers and seed; nothing trains
+    Stage("pretrain_eval", apps=lambda c: [components.pretrain_eval(
+        world=str(c.layout.world), runs=[str(c.layout.pretrain_clip), str(c.layout.pretrain_scl)],
+        out_json=str(c.layout.pretrain_eval))]),
+    Stage("catalogue", local=_catalogue),
+    Stage("export", apps=lambda c: [serving_components.export(
+        encoder=str(vectors_source(_plan(c), c.layout) / "encoder.pt"), out=str(c.layout.triton))]),
+    Stage("embed", needs_server=True, local=_embed),
+    Stage("evaluate", apps=_evaluate),
+    Stage("retrain", apps=_retrain),
+    Stage("report", local=_report),
+)}
+
+
+def stage(name: str) -> Stage:
+    """The stage of a name (``train_VARIANT`` for any variant).
+
+    Raises:
+        KeyError: no such stage.
+    """
+    if name.startswith("train_"):
+        return Stage(name, apps=_train_apps(name.removeprefix("train_")))
+    if name not in STAGES:
+        raise KeyError(f"no pipeline stage {name!r}; stages are {sorted(STAGES)} and train_VARIANT")
+    return STAGES[name]
+
+
+def stages(plan: Plan) -> list[Stage]:
+    """The stages the plan runs, in the order they run."""
+    return [stage(name) for name in plan.run_names()]

@@ -2,7 +2,9 @@
 
 ``summary.json`` holds what the table shows::
 
-    preset, test_day, report (path of report.html)
+    preset, world (--world DIR, or null), test_day, report (path of report.html)
+    vectors         how the item vectors were made, one line ("scl (fine-tuned from clip)", "clip (no search log)", ...)
+    skipped         {stage: why it did not run}  (the plan's, recsys.pipeline.plan)
     variants        {name: {auc, gauc, gauc_lift, gauc_lift_ci, auc_lift, tail_lift, new_items_lift}}
     pretraining     {method: {image_recall@10, text_recall@10, purity@10}}  (SCL and its CLIP start)
     embedder        {items (created on the test day), with_vector, coverage, failed,
@@ -12,14 +14,18 @@
 
 Example::
 
-    >>> print(format_table({"preset": "doc", "test_day": 9, "report": "r.html", "stages": {"world": 2.0},
+    >>> print(format_table({"preset": "doc", "world": "/data/log", "test_day": 9, "report": "r.html",
+    ...     "stages": {"validate": 2.0}, "vectors": "none (no item content, no --vectors)",
+    ...     "skipped": {"train_simtier": "no item vectors: no item content, no --vectors"},
     ...     "variants": {"id_only": {"auc": 0.7, "gauc": 0.69, "gauc_lift": 0.0, "gauc_lift_ci": None,
     ...     "auc_lift": 0.0, "tail_lift": 0.0, "new_items_lift": 0.0}}, "pretraining": {}, "embedder": None,
     ...     "retrain": None}))  # doctest: +NORMALIZE_WHITESPACE
-    mmctr pipeline (doc): test day 9
+    mmctr pipeline (doc) on /data/log: test day 9
     variant             AUC    GAUC  GAUC lift [95% CI]          AUC lift  tail lift  new-item lift
     id_only          0.7000  0.6900  +0.00% –                      +0.00%     +0.00%         +0.00%
-    stages: 2 s in all (world 2 s)
+    vectors: none (no item content, no --vectors)
+    skipped train_simtier: no item vectors: no item content, no --vectors
+    stages: 2 s in all (validate 2 s)
     report: r.html
 """
 
@@ -32,6 +38,7 @@ import numpy as np
 
 from recsys.eval.report import REPORT_HTML, REPORT_JSON, fmt_ci, fmt_pct, write_report
 from recsys.pipeline.config import Layout, PipelineConfig
+from recsys.pipeline.plan import Plan, vectors_source
 from recsys.train.run_folder import LINEAGE_FILE, RunFolder
 
 
@@ -39,12 +46,20 @@ def _lift(model: dict, subset: str) -> float | None:
     return (model.get("vs_baseline") or {}).get(subset, {}).get("gauc_lift")
 
 
-def served_vs_batch(layout: Layout) -> float:
-    """The largest |served - batch-embedded| vector component over the items the store holds."""
+def served_vs_batch(layout: Layout, batch: Path) -> float:
+    """The largest |served - batch-embedded| vector component over the items the store holds.
+
+    Args:
+        layout (Layout): the run folder (its vector store).
+        batch (Path): the pre-training run whose encoder was served (its batch-embedded table).
+
+    Raises:
+        ValueError: the store holds items the table lacks, or none.
+    """
     from recsys.data.vectors import load_vectors
 
     snap = load_vectors(layout.store)
-    table = load_vectors(layout.pretrain_scl)
+    table = load_vectors(batch)
     ids, vectors = table.item_ids, table.vectors
     order = np.argsort(ids)
     pos = np.minimum(np.searchsorted(ids, snap.item_ids, sorter=order), len(ids) - 1)
@@ -54,7 +69,7 @@ def served_vs_batch(layout: Layout) -> float:
     return float(np.abs(snap.vectors - vectors[rows]).max())
 
 
-def embedder_numbers(layout: Layout, test_day: int) -> dict:
+def embedder_numbers(layout: Layout, test_day: int, batch: Path) -> dict:
     """Coverage of the test day's new items and creation -> vector latency, from the store (all attempts)."""
     import pyarrow.dataset as ds
 
@@ -67,10 +82,10 @@ def embedder_numbers(layout: Layout, test_day: int) -> dict:
     p50, p99 = np.percentile(stats.latency_s, [50, 99]) if len(stats.latency_s) else (float("nan"),) * 2
     return {"items": int(len(new)), "with_vector": covered, "coverage": covered / max(len(new), 1),
             "failed": stats.failures, "latency_p50_s": float(p50), "latency_p99_s": float(p99),
-            "served_vs_batch_max_abs": served_vs_batch(layout)}
+            "served_vs_batch_max_abs": served_vs_batch(layout, batch)}
 
 
-def collect(cfg: PipelineConfig, layout: Layout) -> dict:
+def collect(cfg: PipelineConfig, layout: Layout, plan: Plan) -> dict:
     """The numbers of the final table from the stages' outputs."""
     report = json.loads((layout.report / REPORT_JSON).read_text())
     variants = {}
@@ -82,7 +97,8 @@ def collect(cfg: PipelineConfig, layout: Layout) -> dict:
                           "tail_lift": _lift(m, "tail"), "new_items_lift": _lift(m, "new_items")}
     pre = json.loads(layout.pretrain_eval.read_text()) if layout.pretrain_eval.exists() else {}
     pretraining = {k: {c: v[c] for c in ("image_recall@10", "text_recall@10", "purity@10") if c in v} for k, v in pre.items()}
-    embedder = embedder_numbers(layout, report["day"]) if layout.store.exists() else None
+    served = plan.runs("embed") and layout.store.exists()
+    embedder = embedder_numbers(layout, report["day"], vectors_source(plan, layout)) if served else None
     retrain = None
     lineages = sorted(layout.retrain.glob(f"*/{LINEAGE_FILE}")) if layout.retrain.exists() else []
     if lineages:
@@ -92,8 +108,10 @@ def collect(cfg: PipelineConfig, layout: Layout) -> dict:
                    "new_item_ids": None if lin.retrain is None else lin.retrain.new_item_ids}
     state = json.loads(layout.state.read_text())
     stages = {k: v.get("seconds") for k, v in state["stages"].items() if v.get("done")}
-    return {"preset": cfg.world_preset, "test_day": report["day"], "report": str(layout.report / REPORT_HTML),
-            "variants": variants, "pretraining": pretraining, "embedder": embedder, "retrain": retrain, "stages": stages}
+    return {"preset": cfg.world_preset, "world": None if layout.dataset is None else str(layout.dataset),
+            "test_day": report["day"], "report": str(layout.report / REPORT_HTML), "vectors": plan.vectors,
+            "skipped": plan.skipped(), "variants": variants, "pretraining": pretraining, "embedder": embedder,
+            "retrain": retrain, "stages": stages}
 
 
 def sections(summary: dict) -> list[dict]:
@@ -120,18 +138,23 @@ def sections(summary: dict) -> list[dict]:
                     "rows": [[r["run"], r["version"], r["parent"], r["trained_day"], f"{r['days'][0]}..{r['days'][-1]}",
                               f"{(r['vectors'] or {}).get('path')} + store v{(r['vectors'] or {}).get('store_version')}"]]})
     out.append({"title": "Pipeline stages", "header": ["stage", "seconds"],
-                "rows": [[k, f"{v:.0f}"] for k, v in summary["stages"].items()]})
+                "rows": [[k, f"{v:.0f}"] for k, v in summary["stages"].items()]
+                + [[k, f"skipped: {why}"] for k, why in summary.get("skipped", {}).items()],
+                "note": f"Item vectors: {summary.get('vectors')}."})
     return out
 
 
 def format_table(summary: dict) -> str:
     """The final table printed by ``mmctr pipeline``."""
-    lines = [f"mmctr pipeline ({summary['preset']}): test day {summary['test_day']}",
+    world = f" on {summary['world']}" if summary.get("world") else ""
+    lines = [f"mmctr pipeline ({summary['preset']}){world}: test day {summary['test_day']}",
              f"{'variant':<14}{'AUC':>9}{'GAUC':>8}  {'GAUC lift [95% CI]':<26}{'AUC lift':>10}{'tail lift':>11}{'new-item lift':>15}"]
     for name, v in summary["variants"].items():
         lift = f"{fmt_pct(v['gauc_lift'])} {fmt_ci(v['gauc_lift_ci'], pct=True)}"
         lines.append(f"{name:<14}{v['auc']:>9.4f}{v['gauc']:>8.4f}  {lift:<26}{fmt_pct(v['auc_lift']):>10}"
                      f"{fmt_pct(v['tail_lift']):>11}{fmt_pct(v['new_items_lift']):>15}")
+    if summary.get("vectors"):
+        lines.append(f"vectors: {summary['vectors']}")
     for method, p in summary["pretraining"].items():
         lines.append(f"pre-training {method}: image recall@10 {p.get('image_recall@10', float('nan')):.4f}, "
                      f"text recall@10 {p.get('text_recall@10', float('nan')):.4f}, purity@10 {p.get('purity@10', float('nan')):.3f}")
@@ -143,15 +166,16 @@ def format_table(summary: dict) -> str:
     r = summary["retrain"]
     if r is not None:
         lines.append(f"retrain: version {r['version']} of {r['parent']} trained on day {r['trained_day'][0]} -> {r['run']}")
+    lines += [f"skipped {name}: {why}" for name, why in summary.get("skipped", {}).items()]
     total = sum(v or 0 for v in summary["stages"].values())
     lines.append(f"stages: {total:.0f} s in all (" + ", ".join(f"{k} {v:.0f} s" for k, v in summary["stages"].items()) + ")")
     lines.append(f"report: {summary['report']}")
     return "\n".join(lines)
 
 
-def finish_report(cfg: PipelineConfig, layout: Layout) -> dict:
+def finish_report(cfg: PipelineConfig, layout: Layout, plan: Plan) -> dict:
     """Adds the pipeline's sections to the report, writes ``summary.json`` and prints the table."""
-    summary = collect(cfg, layout)
+    summary = collect(cfg, layout, plan)
     report = json.loads((layout.report / REPORT_JSON).read_text())
     report["sections"] = sections(summary)
     write_report(report, layout.report)

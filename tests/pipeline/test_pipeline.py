@@ -15,11 +15,12 @@ import pytest
 
 from recsys.pipeline.config import PRESETS, Layout
 from recsys.pipeline.jobs import PipelineError
-from recsys.pipeline.run import leftover_processes, load_state, stop_leftovers
-from recsys.pipeline.stages import stages
+from recsys.pipeline.run import leftover_processes, load_state, pipeline_inputs, stop_leftovers
 
 REPO = Path(__file__).resolve().parents[2]
 KILL_AT = "train_id_only"  # a distributed stage: torchrun and its two ranks are running when the pipeline dies
+TODAYS_STAGES = ["world", "pretrain_clip", "pretrain_scl", "pretrain_eval", "catalogue", "train_make", "train_id_only",
+                 "train_simtier", "train_simtier_make", "export", "embed", "evaluate", "retrain", "report"]  # fmt: skip
 
 
 def _env() -> dict[str, str]:
@@ -87,12 +88,14 @@ def _kill_midway_then_resume(out: Path, log: Path, pipelines: list[subprocess.Po
     for name in finished:  # nothing finished was redone
         assert after["stages"][name] == before["stages"][name]
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
-    assert all(s["done"] for s in after["stages"].values()) and set(after["stages"]) == {s.name for s in stages(PRESETS["tiny"])}
+    assert all(s["done"] for s in after["stages"].values()) and list(after["stages"]) == after["plan"]["stages"]
+    assert after["plan"]["stages"] == TODAYS_STAGES and after["plan"]["skipped"] == {}  # `--preset` runs as it did
 
     summary = json.loads(layout.summary.read_text())
     assert set(summary["variants"]) == set(PRESETS["tiny"].variants)
     assert all(0.5 < v["auc"] < 1 and 0.5 < v["gauc"] < 1 for v in summary["variants"].values())
     assert summary["variants"]["id_only"]["gauc_lift"] == 0
+    assert summary["vectors"] == "scl (fine-tuned from clip)" and summary["skipped"] == {}
     assert summary["pretraining"]["scl"]["text_recall@10"] > 0
     e = summary["embedder"]
     assert e["items"] > 0 and e["with_vector"] == e["items"] and e["coverage"] == 1.0
@@ -110,6 +113,35 @@ def test_refuses_another_config_in_the_same_folder(tmp_path: Path) -> None:
     layout.state.write_text(json.dumps(state))
     with pytest.raises(PipelineError, match=r"another config \(fields \['batch_size'"):
         load_state(layout, dataclasses.replace(PRESETS["tiny"], batch_size=512))
+
+
+def test_refuses_another_world_or_vectors_in_the_same_folder(tmp_path: Path) -> None:
+    worlds = []
+    for name in ("a", "b"):
+        worlds.append(tmp_path / name)
+        worlds[-1].mkdir()
+        (worlds[-1] / "manifest.json").write_text(json.dumps({"format_version": 2, "first_day": 0, "last_day": 3, "preset": name}))
+    layout = Layout(tmp_path / "run")
+    inputs = pipeline_inputs(worlds[0], None)
+    layout.out.mkdir()
+    layout.state.write_text(json.dumps(load_state(layout, PRESETS["tiny"], inputs)))
+    assert load_state(layout, PRESETS["tiny"], inputs)["inputs"]["world"] == str(worlds[0])  # the same world resumes
+    with pytest.raises(PipelineError, match=rf"ran on world {worlds[0]} \(manifest \w+\), not on world {worlds[1]} "):
+        load_state(layout, PRESETS["tiny"], pipeline_inputs(worlds[1], None))
+    with pytest.raises(PipelineError, match="not on the preset's generated world; use another --out"):
+        load_state(layout, PRESETS["tiny"])
+    (worlds[0] / "manifest.json").write_text(json.dumps({"format_version": 2, "first_day": 0, "last_day": 4}))
+    with pytest.raises(PipelineError, match=r"\(manifest \w+\), not on world .*a \(manifest \w+\)"):  # edited since
+        load_state(layout, PRESETS["tiny"], pipeline_inputs(worlds[0], None))
+    vectors = tmp_path / "item_vectors.parquet"
+    vectors.touch()
+    with pytest.raises(PipelineError, match=f"with --vectors {vectors}; use another --out"):
+        load_state(layout, PRESETS["tiny"], pipeline_inputs(worlds[0], vectors))
+    for world, vec, message in ((tmp_path / "none", None, "--world .*none: no manifest.json there"),
+                                (None, tmp_path / "missing.parquet", "--vectors .*missing.parquet: no such file")):
+        with pytest.raises(PipelineError, match=message):
+            pipeline_inputs(world, vec)
+    assert "\n" not in str(pytest.raises(PipelineError, load_state, layout, PRESETS["tiny"]).value)  # one line
 
 
 def test_stop_leftovers_stops_only_pipeline_programs_naming_the_folder(tmp_path: Path) -> None:

@@ -1,0 +1,73 @@
+"""mmctr pipeline --world: a dataset of the user's, here the tiny world without its search log.
+
+No search log: no SCL and no pretrain_eval (skipped, with the reason, in
+pipeline.json and the summary); the vectors are the CLIP run's; every other
+stage runs to the end. Resuming the folder with another world is refused in
+one line by ``mmctr pipeline``. The MAKE variants are left out of the recipe
+here: ``test_pipeline.py`` runs them, and this test stays near 3 minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recsys.pipeline.config import PRESETS, Layout
+from recsys.pipeline.run import leftover_processes, run_pipeline, stop_leftovers
+
+REPO = Path(__file__).resolve().parents[2]
+NO_SEARCH_LOG = "no search log (searches/ absent, or no session before the test day 14)"
+
+
+def _pipeline(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, "-m", "recsys.cli", "pipeline", "--preset", "tiny", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=840, start_new_session=True)  # fmt: skip
+
+
+@pytest.mark.timeout(900)
+def test_world_without_searches_runs_clip_only(
+    tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world, out = tmp_path / "log", tmp_path / "run"
+    shutil.copytree(tiny_world, world)
+    shutil.rmtree(world / "searches")
+    monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(PRESETS["tiny"], variants=("id_only", "simtier"),
+                                                             retrain_variant="simtier"))  # fmt: skip
+    monkeypatch.setenv("PATH", os.environ["PATH"])  # run_pipeline puts the venv's bin first; restored after
+    try:
+        state = run_pipeline("tiny", out, world=world)
+    finally:
+        stop_leftovers(out)
+    log = capsys.readouterr().out
+    plan = state["plan"]
+    assert plan["skipped"] == {"world": f"--world {world}: the dataset is given, not generated",
+                               "pretrain_scl": NO_SEARCH_LOG, "pretrain_eval": NO_SEARCH_LOG}  # fmt: skip
+    assert plan["test_day"] == 14 and plan["train_until"] == 13
+    assert plan["stages"] == ["validate", "pretrain_clip", "catalogue", "train_id_only", "train_simtier", "export",
+                              "embed", "evaluate", "retrain", "report"]  # fmt: skip
+    assert list(state["stages"]) == plan["stages"] and all(s["done"] for s in state["stages"].values())
+    assert state["inputs"]["world"] == str(world) and not (out / "world").exists()
+    assert f"[pretrain_scl] skipped: {NO_SEARCH_LOG}" in log and "vectors: clip (no search log)" in log
+
+    summary = json.loads(Layout(out).summary.read_text())
+    assert summary["vectors"] == "clip (no search log)" and summary["world"] == str(world)
+    assert summary["skipped"] == plan["skipped"] and summary["pretraining"] == {} and summary["test_day"] == 14
+    assert summary["retrain"]["run"].endswith("simtier-day-14")
+    assert all(0.5 < v["auc"] < 1 for v in summary["variants"].values())
+    assert summary["embedder"]["coverage"] == 1.0 and summary["embedder"]["served_vs_batch_max_abs"] < 1e-5
+    assert "skipped: " + NO_SEARCH_LOG in (out / "report" / "report.html").read_text()
+    assert leftover_processes(out) == []
+
+    other = tmp_path / "other"
+    shutil.copytree(world, other)
+    refused = _pipeline("--world", str(other), "--out", str(out))  # the command: one line, exit 1
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert f"ran on world {world} (manifest " in refused.stderr and f"not on world {other} " in refused.stderr
