@@ -11,6 +11,7 @@ Example::
     >>> from recsys.data.vectors import write_item_vectors
     >>> root = Path(tempfile.mkdtemp())
     >>> (root / "world" / "items").mkdir(parents=True)
+    >>> Manifest(format_version=2, first_day=3, last_day=9).write(root / "world")
     >>> pq.write_table(pa.table({"item_id": [0, 1, 2], "created_day": pa.array([3, 5, 9], pa.int32())}),
     ...                root / "world" / "items" / "part-00000.parquet")
     >>> (root / "run").mkdir()
@@ -26,7 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
+from recsys.data.schema import Manifest, table_files
+from recsys.data.stats import CREATED_DAY, item_index, train_item_counts
 from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, load_vectors, write_item_vectors
 
 
@@ -42,14 +46,11 @@ def write_catalogue(world: Path, pretrain_run: Path, before_day: int, out: Path)
     Returns:
         int: items kept.
     """
-    items = ds.dataset(Path(world) / "items", format="parquet").to_table(columns=["item_id", "created_day"])
-    item_ids, days = items["item_id"].to_numpy(), items["created_day"].to_numpy()
-    order = np.argsort(item_ids)
-    item_ids, days = item_ids[order], days[order]
+    item_ids, old = _items_before(Path(world), before_day)
     source = load_vectors(pretrain_run)
     ids, vectors = source.item_ids, source.vectors
     pos = np.minimum(np.searchsorted(item_ids, ids), len(item_ids) - 1)
-    keep = (item_ids[pos] == ids) & (days[pos] < before_day)  # items unknown to the world are dropped
+    keep = (item_ids[pos] == ids) & old[pos]  # items unknown to the world are dropped
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_item_vectors(out / VECTORS_FILE, ids[keep], vectors[keep], dim=vectors.shape[1])
@@ -57,3 +58,19 @@ def write_catalogue(world: Path, pretrain_run: Path, before_day: int, out: Path)
     meta.update(items=int(keep.sum()), created_before_day=int(before_day), source=str(pretrain_run))
     (out / VECTORS_MANIFEST).write_text(json.dumps(meta, indent=2))
     return int(keep.sum())
+
+
+def _items_before(world: Path, day: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted item IDs (I,) and which of them exist before ``day``: created before it (an items
+    ``created_day`` column), else shown on an earlier day or on none of ``day`` and after
+    (``recsys.data.stats.new_item_mask`` decides "new" the same way for evaluation)."""
+    manifest = Manifest.read(world)
+    index = item_index(world, manifest)
+    files = table_files(world, "items")
+    if files and CREATED_DAY in pq.read_schema(files[0]).names:
+        items = ds.dataset(world / "items", format="parquet").to_table(columns=[manifest.features.item_key, CREATED_DAY])
+        order = np.argsort(items[manifest.features.item_key].to_numpy())
+        return index, items[CREATED_DAY].to_numpy()[order] < day
+    later = train_item_counts(world, range(day, manifest.last_day + 1), manifest) > 0
+    earlier = train_item_counts(world, range(manifest.first_day, day), manifest) > 0
+    return index, earlier | ~later

@@ -22,9 +22,9 @@ with no side effect, so every rule is tested in milliseconds. The rules:
   absent or empty: none).
 * **pretrain_eval** (query -> purchase recall, SCL against CLIP) needs both
   runs and search sessions on the test day.
-* **export** and **embed** serve our encoder on image and title to the test
-  day's new items: they need our encoder, both modalities and items created
-  on the test day. When they are skipped, the catalogue keeps every item's
+* **export** and **embed** serve our encoder (on the modalities the dataset
+  has) to the test day's new items: they need our encoder and items new on
+  the test day (``recsys.data.stats.new_item_mask``). When they are skipped, the catalogue keeps every item's
   vectors (the batch-embedded ones, or FILE's), so the new items still have one.
 * **retrain** retrains ``retrain_variant`` if it was trained, else ``id_only``.
 * The test day is the manifest's ``test_day`` (not assumed to be the last
@@ -56,6 +56,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from recsys.data.schema import MANIFEST, Manifest, table_files
+from recsys.data.stats import new_item_mask
 from recsys.pipeline.config import Layout, PipelineConfig
 
 PRETRAIN_STAGES: tuple[str, ...] = ("pretrain_clip", "pretrain_scl", "pretrain_eval")  # the recipe's (random joins when used)
@@ -127,13 +128,12 @@ def vectors_source(plan: Plan, layout: Layout) -> Path:
 
 
 def data_facts(world: Path, test_day: int) -> DataFacts:
-    """Counts the search sessions before and on ``test_day`` and the items created on it (``day`` and ``created_day`` columns only)."""
+    """Counts the search sessions before and on ``test_day`` and the items new on it (``recsys.data.stats.new_item_mask``)."""
     before = on = 0
     for f in table_files(world, "searches"):  # none when searches/ is absent
         days = pq.read_table(f, columns=["day"])["day"].to_numpy()
         before, on = before + int((days < test_day).sum()), on + int((days == test_day).sum())
-    new = sum(int((pq.read_table(f, columns=["created_day"])["created_day"].to_numpy() == test_day).sum())
-              for f in table_files(world, "items"))
+    new = int(new_item_mask(world, test_day).sum()) if table_files(world, "items") else 0
     return DataFacts(before, on, new)
 
 
@@ -221,8 +221,6 @@ def plan_stages(
         skip(SERVING_STAGES, f"--vectors {vectors}: no encoder of ours to embed the new items with")
     elif not content:
         skip(SERVING_STAGES, "no item content to embed")
-    elif not both:
-        skip(SERVING_STAGES, f"the served encoder embeds image and title; the dataset has {_only(content)}")
     elif not facts.items_new_on_test_day:
         skip(SERVING_STAGES, f"no item created on the test day {t}")
     else:
