@@ -172,7 +172,7 @@ def test_ids_beyond_capped_tables_hashed_or_refused(tiny_world: Path, tmp_path: 
     counts = json.loads((tmp_path / "hash" / TRAIN_LOG).read_text())["out_of_range_ids"]
     assert counts["item_id"] > 0 and counts["history_item_ids"] > 0 and counts["category_id"] == 0
     refuse = TrainConfig(batch_size=BATCH, max_table_rows=1000)
-    with pytest.raises(ValueError, match=r"item_id value\(s\) >= the table's 1000 rows"):
+    with pytest.raises(ValueError, match=r"item_ids? value\(s\) >= the table's 1000 rows"):
         run_train(TrainJob(world=tiny_world, out=tmp_path / "refuse", model=ModelConfig(), train=refuse, quiet=True))
 
 
