@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from recsys.data.schema import Manifest, manifest_sha
-from recsys.data.stats import new_item_mask, train_item_counts
+from recsys.data.stats import item_index, item_positions, new_item_mask, train_item_counts
 from recsys.distributed import DistContext, init_distributed
 from recsys.eval.bootstrap import GaucComparison, compare_gauc, user_auc_table
 from recsys.eval.report import SCHEMA, write_report
@@ -94,9 +94,11 @@ def _report(job: EvalJob, manifest: Manifest, runs: list[RunSpec], baseline: int
     buckets = item_buckets(train_item_counts(world, range(manifest.first_day, day), manifest))
     new_items = new_item_mask(world, day, manifest)
     labels, users = torch.from_numpy(scored.labels), torch.from_numpy(scored.user_ids)
-    metrics = [evaluation_report(torch.from_numpy(s.predictions), labels, users, torch.from_numpy(s.item_ids),
-                                 buckets, new_items) for s in scored.runs]
-    base_items = scored.runs[baseline].item_ids  # one subset split for the paired bootstrap (runs differ only if capped tables hash IDs)
+    index = item_index(world, manifest)
+    positions = [item_positions(index, s.item_ids, f"{world} day {day}") for s in scored.runs]
+    metrics = [evaluation_report(torch.from_numpy(s.predictions), labels, users, torch.from_numpy(at),
+                                 buckets, new_items) for s, at in zip(scored.runs, positions)]
+    base_items = positions[baseline]  # one subset split for the paired bootstrap (runs differ only if capped tables hash IDs)
     masks = {"all": np.ones(len(base_items), dtype=bool)}
     masks.update({name: buckets[base_items] == b for b, name in enumerate(BUCKETS)})
     masks["new_items"] = new_items[base_items]
@@ -106,7 +108,7 @@ def _report(job: EvalJob, manifest: Manifest, runs: list[RunSpec], baseline: int
             baseline, job.resamples, job.seed, CONFIDENCE)
         for name, mask in masks.items()
     }
-    truth = truth_report(world, day, buckets, new_items)
+    truth = truth_report(world, day, buckets, new_items, index)
     models = {run.name: _model_entry(m, run, s, metrics[m], metrics[baseline], comparisons, truth)
               for m, (run, s) in enumerate(zip(runs, scored.runs))}
     report = {
