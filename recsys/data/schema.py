@@ -96,8 +96,8 @@ TABLES: dict[str, pa.Schema] = {
     "searches": SEARCHES,
 }
 
-# Which ID column is bounded by which manifest ID range. Histories and the
-# search lists hold item IDs.
+# The world's ID columns and the ID range (table of world_spec()) bounding each;
+# histories and the search lists hold item IDs. A log's come from its spec.
 ID_COLUMNS: dict[str, dict[str, str]] = {
     "items": {
         "item_id": "item_id",
@@ -124,9 +124,6 @@ ID_COLUMNS: dict[str, dict[str, str]] = {
         "purchased_item_id": "item_id",
     },
 }
-
-# Image columns hold PNG bytes that must decode to RGB.
-IMAGE_COLUMNS: dict[str, tuple[str, ...]] = {"items": ("image",), "searches": ("query_image",)}
 
 
 @dataclass(frozen=True)
