@@ -177,6 +177,8 @@ class _Block:
     labels: np.ndarray  # float32 (n,)
     hist_offsets: np.ndarray  # int64 (n + 1,), hist_offsets[0] == 0
     hist_values: tuple[np.ndarray, ...]  # int64 (hist_offsets[-1],) per spec.history_keys()
+    users: np.ndarray  # int64 (n,) raw user IDs (GAUC groups by them, whatever the table does)
+    items: np.ndarray  # int64 (n,) raw item IDs (evaluation's item buckets)
 
 
 class ImpressionReader(IterableDataset[Batch]):
@@ -231,7 +233,7 @@ class ImpressionReader(IterableDataset[Batch]):
         out: dict[str, int | None] = {}
         for f in self.spec.sparse:
             table = self.spec.table(self.spec.table_of(f.name))
-            out[f.name] = self.manifest.id_ranges.get(table.name, table.rows) if table.ids == "identity" else None
+            out[f.name] = (table.rows or self.manifest.id_ranges.get(table.name)) if table.ids == "identity" else None
         return out
 
     def _side(self, name: str, key: str, columns: tuple[str, ...], floats: bool = False) -> SideTable | None:
@@ -392,8 +394,8 @@ class ImpressionReader(IterableDataset[Batch]):
             if hist.null_count or hist.values.null_count:
                 raise ValueError(f"{where}: column {spec.history!r} has nulls; expected lists of item IDs")
             full_len, offsets, values = _jagged_take(hist.offsets.to_numpy(), hist.values.to_numpy(), rows, self.max_history_len)
+            side = self._items.join(values, where) if self._items is not None and spec.history_side else None  # raw IDs
             values = self._fit_table(values, spec.history, where)
-            side = self._items.join(values, where) if self._items is not None and spec.history_side else None
             hist_values = (values,) + tuple(
                 self._fit_table(side[self._item_side.index(s)].astype(np.int64), "history_" + s, where)  # type: ignore[index]
                 for s in spec.history_side
@@ -423,7 +425,7 @@ class ImpressionReader(IterableDataset[Batch]):
                 side_table, keys = (self._users_dense, user) if f.source == "users" else (self._items_dense, item)
                 col = side_table.join(keys, where)[spec.dense_from(f.source).index(f.name)]  # type: ignore[union-attr]
             dense[:, d] = _transform(np.asarray(col, dtype=np.float64), f.transform, self._stats.get(f.name), f.name, where)
-        return _Block(single, dense, labels, offsets, hist_values)
+        return _Block(single, dense, labels, offsets, hist_values, user, item)
 
     def _fit_table(self, ids: np.ndarray, key: str, where: str) -> np.ndarray:
         """IDs of KJT ``key`` as its table takes them: raw IDs (managed, hash tables) pass;
@@ -478,7 +480,6 @@ class ImpressionReader(IterableDataset[Batch]):
             np.concatenate([np.diff(blk.hist_offsets[a : b + 1]) for blk, a, b in pieces], out=lengths[S * B : (S + 1) * B], casting="unsafe")
             for h in range(1, H):
                 lengths[(S + h) * B : (S + h + 1) * B] = lengths[S * B : (S + 1) * B]
-        u, i = spec.sparse_keys().index(spec.user_key), spec.sparse_keys().index(spec.item_key)
         kjt = KeyedJaggedTensor(
             keys=list(spec.kjt_keys()),
             values=torch.from_numpy(np.concatenate(values) if values else np.zeros(0, dtype=np.int64)),
@@ -489,8 +490,8 @@ class ImpressionReader(IterableDataset[Batch]):
             dense_features=torch.from_numpy(np.concatenate([blk.dense[a:b] for blk, a, b in pieces])),
             sparse_features=kjt,
             labels=torch.from_numpy(np.concatenate([blk.labels[a:b] for blk, a, b in pieces])),
-            user_ids=torch.from_numpy(np.concatenate([blk.single[u, a:b] for blk, a, b in pieces])),
-            item_ids=torch.from_numpy(np.concatenate([blk.single[i, a:b] for blk, a, b in pieces])),
+            user_ids=torch.from_numpy(np.concatenate([blk.users[a:b] for blk, a, b in pieces])),
+            item_ids=torch.from_numpy(np.concatenate([blk.items[a:b] for blk, a, b in pieces])),
             weights=torch.ones(B, dtype=torch.float32),
         )
 

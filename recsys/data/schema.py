@@ -225,6 +225,8 @@ class Manifest:
             if name in raw and (not isinstance(raw[name], int) or isinstance(raw[name], bool)):
                 raise ValueError(f"{path}: {name} must be an integer, got {raw[name]!r}")
         m = Manifest(**raw)
+        if m.max_history_len < 1:
+            raise ValueError(f"{path}: max_history_len must be >= 1, got {m.max_history_len}")
         if not m.first_day <= m.test_day <= m.last_day:
             raise ValueError(f"{path}: test_day {m.test_day} outside the days [{m.first_day}, {m.last_day}]")
         return m

@@ -187,8 +187,9 @@ class FeatureSpec:
         return tuple(f.name for f in self.dense if f.source == source)
 
     def target_group(self) -> tuple[str, ...]:
-        """The target side of target attention: the item key, then its ``history_side`` features."""
-        return (self.item_key, *self.history_side) if self.history is not None else ()
+        """The target side of target attention: the item key, then its ``history_side`` features
+        (without a history, the item alone, attending over nothing)."""
+        return (self.item_key, *self.history_side)
 
     def pooled(self) -> tuple[str, ...]:
         """Sparse features embedded and pooled on their own (not part of the target group)."""
@@ -247,9 +248,17 @@ class FeatureSpec:
         for i, t in enumerate(self.tables):
             t.check(f"{where}.tables[{i}]")
         items = {f.name for f in self.sparse if f.source == "items"}
+        _unique(list(self.history_side), f"{where}.history_side")
         for s in self.history_side:
             if s not in items:
                 raise ValueError(f"{where}.history_side names {s!r}, not a sparse feature of source items")
+        if self.history_side and self.history is None:
+            raise ValueError(f"{where}.history_side needs a history (features.history)")
+        if self.user_key == self.item_key:
+            raise ValueError(f"{where}: user_key and item_key are both {self.user_key!r}")
+        clash = sorted(set(self.history_keys()) & set(names))
+        if clash:
+            raise ValueError(f"{where}: {clash} name both a sparse feature and a history key (history_<side feature>)")
         for c in self.content:
             _choice(c, CONTENT, f"{where}.content")
         if self.history is not None and self.history in names:

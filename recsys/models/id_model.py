@@ -47,7 +47,7 @@ from recsys.models.attention import TargetAttention
 from recsys.models.config import ModelConfig
 from recsys.models.sequence import DEFAULT_HISTORY_SLOTS, ITEM_ROWS, item_rows
 
-ROWS_SUFFIX = "_rows"  # a target-group side table's bag feature: <table>_rows
+ROWS_SUFFIX = "_rows"  # a target-group side feature's bag feature: <feature>_rows
 
 @dataclass
 class IdEmbeddings:
@@ -117,16 +117,19 @@ class IdSparseArch(nn.Module):
             raise ValueError(f"table_sizes lacks {missing}; expected a size for each of {sorted(t.name for t in spec.tables)}")
         dims = {t.name: t.dim or embedding_dim for t in spec.tables}
         pooled = {f: spec.table_of(f) for f in spec.pooled()}
-        group = spec.target_group() or (spec.item_key,)
+        group = spec.target_group()
         grouped = {spec.table_of(f) for f in group}
         shared = sorted(grouped & set(pooled.values()))
         if shared:
             raise ValueError(f"table(s) {shared} are read by pooled features and by the target group; give them separate tables")
         self._pooled_dim = sum(dims[t] for t in pooled.values())
-        self._group = tuple(
-            (f, h, spec.table_of(f) + ROWS_SUFFIX if f != spec.item_key else ITEM_ROWS)
+        self._group = tuple(  # (target key, history key, bag key): one bag feature per group feature
+            (f, h, f + ROWS_SUFFIX if f != spec.item_key else ITEM_ROWS)
             for f, h in zip(group, spec.history_keys() or (None,))
         )
+        keys = [key for _, _, key in self._group]
+        if len(set(keys)) < len(keys) or set(keys) & set(spec.kjt_keys()):
+            raise ValueError(f"the target group's bag keys {keys} collide (with each other or a KJT key); rename the feature")
         self._item_dim = sum(dims[spec.table_of(f)] for f in group)
         self.ebc = EmbeddingBagCollection(tables=_bag_configs(pooled, table_sizes, dims), device=device)
         rows = {key: spec.table_of(f) for f, _, key in self._group}

@@ -71,12 +71,10 @@ def served_vs_batch(layout: Layout, batch: Path) -> float:
 
 def embedder_numbers(layout: Layout, test_day: int, batch: Path) -> dict:
     """Coverage of the test day's new items and creation -> vector latency, from the store (all attempts)."""
-    import pyarrow.dataset as ds
-
+    from recsys.data.stats import item_index, new_item_mask
     from serving.store import VectorStore
 
-    items = ds.dataset(layout.world / "items", format="parquet").to_table(columns=["item_id", "created_day"])
-    new = items["item_id"].to_numpy()[items["created_day"].to_numpy() == test_day]
+    new = item_index(layout.world)[new_item_mask(layout.world, test_day)]  # created (or first shown) on the test day
     with VectorStore(layout.store, readonly=True) as db:
         stats, covered = db.stats(), int(db.has_vector(new).sum())
     p50, p99 = np.percentile(stats.latency_s, [50, 99]) if len(stats.latency_s) else (float("nan"),) * 2

@@ -101,7 +101,7 @@ def fill_mm_table(arch: MultimodalArch, vectors: ItemVectors, manifest: Manifest
         arch.load_raw(vectors.item_ids, vectors.vectors)
         return 0
     spec = manifest.features
-    num_items = manifest.id_ranges.get(spec.table_of(spec.item_key)) or arch.table_weight().shape[0]
+    num_items = spec.table_rows(manifest.id_ranges)[spec.table_of(spec.item_key)]  # the ID range, uncapped
     weight = arch.table_weight()
     rows = weight.shape[0]
     outside = (vectors.item_ids < 0) | (vectors.item_ids >= num_items)

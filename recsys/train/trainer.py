@@ -116,7 +116,8 @@ def build(job: TrainJob, ctx: DistContext) -> Built:
     manifest = Manifest.read(job.world)
     split = split_days(manifest, job.train_until)
     sizes = dict(job.table_sizes) if job.table_sizes is not None else capped_table_sizes(manifest, job.train)
-    stats = dict(job.dense_stats) if job.dense_stats is not None else dense_moments(Path(job.world), split.train)
+    days = tuple(job.days) if job.days is not None else split.train  # the days this job trains on
+    stats = dict(job.dense_stats) if job.dense_stats is not None else dense_moments(Path(job.world), days)
     spec = VARIANT_SPECS[job.model.variant]
     vectors: ItemVectors | None = None
     if spec.uses_vectors():

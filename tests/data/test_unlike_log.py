@@ -59,3 +59,24 @@ def test_batches_follow_the_spec(unlike_log: Path) -> None:
 def test_standardised_features_need_statistics(unlike_log: Path) -> None:
     with pytest.raises(ValueError, match=r"\['hist_len'\] are standardised"):
         ImpressionReader(unlike_log, ReaderConfig(batch_size=8))
+
+
+def test_history_side_features_come_from_the_raw_item_even_in_a_capped_table(tmp_path: Path) -> None:
+    from recsys.data.spec import FeatureSpec, Sparse, Table
+
+    spec = FeatureSpec(user_key="uid", item_key="iid", label="clk", history="hist", history_side=("cat",), content=(),
+                       sparse=(Sparse("uid", "impressions"), Sparse("iid", "impressions"), Sparse("cat", "items")),
+                       tables=(Table("uid", "hash", rows=8), Table("iid"), Table("cat")))  # fmt: skip
+    for name in ("items", "impressions"):
+        (tmp_path / name).mkdir()
+    pq.write_table(pa.table({"iid": list(range(8)), "cat": [10 * i for i in range(8)]}), tmp_path / "items/p.parquet")
+    pq.write_table(pa.table({"day": [0, 1], "uid": [1, 2], "iid": [5, 6], "clk": [0.0, 1.0], "hist": [[5, 6], [1]]}),
+                   tmp_path / "impressions/p.parquet")
+    Manifest(format_version=2, first_day=0, last_day=1, id_ranges={"iid": 8, "cat": 80}, features=spec).write(tmp_path)
+    config = ReaderConfig(batch_size=4, table_sizes={"iid": 4}, out_of_range="hash", prefetch=0)
+    (batch,) = list(ImpressionReader(tmp_path, config))
+    kjt = batch.sparse_features
+    assert kjt["iid"].values().tolist() == [1, 2] and kjt["hist"].values().tolist() == [1, 2, 1]  # hashed: id % 4
+    assert kjt["cat"].values().tolist() == [50, 60]  # items 5 and 6
+    assert kjt["history_cat"].values().tolist() == [50, 60, 10]  # items 5, 6 and 1, not 1, 2, 1
+    assert batch.item_ids.tolist() == [5, 6] and batch.user_ids.tolist() == [1, 2]  # raw, for evaluation

@@ -52,7 +52,8 @@ def test_a_log_unlike_the_world_runs_every_stage_it_allows(
     plan = state["plan"]
     assert plan["skipped"] == {"world": f"--world {world}: the dataset is given, not generated",
                                "pretrain_clip": "CLIP aligns images with titles; the dataset has title only",
-                               "pretrain_scl": NO_SEARCH_LOG, "pretrain_eval": NO_SEARCH_LOG}  # fmt: skip
+                               "pretrain_scl": NO_SEARCH_LOG,
+                               "pretrain_eval": "SCL against CLIP needs image and title; the dataset has title only"}  # fmt: skip
     assert plan["test_day"] == 13 and plan["train_until"] == 12  # declared, not the last day (14)
     assert plan["stages"] == ["validate", "pretrain_random", "catalogue", "train_id_only", "train_simtier", "export",
                               "embed", "evaluate", "retrain", "report"]  # fmt: skip
@@ -70,7 +71,6 @@ def test_a_log_unlike_the_world_runs_every_stage_it_allows(
     assert summary["embedder"]["coverage"] == 1.0 and summary["embedder"]["served_vs_batch_max_abs"] < 1e-5
     assert "skipped: " + NO_SEARCH_LOG in (out / "report" / "report.html").read_text()
     assert leftover_processes(out) == []
-
     other = tmp_path / "other"
     shutil.copytree(world, other)
     refused = _pipeline("--world", str(other), "--out", str(out))  # the command: one line, exit 1
