@@ -105,18 +105,25 @@ def _heldout_queries(world: Path) -> dict[str, object]:
     return out
 
 
-def _categories(world: Path, item_ids: np.ndarray) -> np.ndarray:
-    cat = np.full(int(item_ids.max()) + 1, -1, dtype=np.int64)
-    for f in table_files(world, "items"):
-        t = pq.read_table(f, columns=["item_id", "category_id"])
-        ids = t["item_id"].to_numpy()
-        keep = ids < len(cat)
-        cat[ids[keep]] = t["category_id"].to_numpy()[keep]
-    return cat[item_ids]
+def _categories(world: Path, item_ids: np.ndarray) -> np.ndarray | None:
+    """Each item's category (-1: not in items/): the spec's first ``history_side`` feature (DIN's category),
+    else an items feature ``category_id``; ``None`` when the dataset declares neither (no purity)."""
+    spec = Manifest.read(world).features
+    items = spec.sources("items")
+    column = spec.history_side[0] if spec.history_side else ("category_id" if "category_id" in items else None)
+    if column is None:
+        return None
+    parts = [pq.read_table(f, columns=[spec.item_key, column]) for f in table_files(world, "items")]
+    ids = np.concatenate([p[spec.item_key].to_numpy() for p in parts]).astype(np.int64)
+    cats = np.concatenate([p[column].to_numpy() for p in parts]).astype(np.int64)
+    order = np.argsort(ids)
+    ids, cats = ids[order], cats[order]  # a sorted lookup: raw 64-bit IDs cost what dense ones do
+    at = np.minimum(np.searchsorted(ids, item_ids), max(len(ids) - 1, 0))
+    return np.where(len(ids) and ids[at] == item_ids, cats[at], -1) if len(ids) else np.full(len(item_ids), -1)
 
 
 @torch.no_grad()
-def evaluate_run(run: Path, queries: dict[str, object], categories: np.ndarray, sample: np.ndarray) -> dict[str, float]:
+def evaluate_run(run: Path, queries: dict[str, object], categories: np.ndarray | None, sample: np.ndarray) -> dict[str, float]:
     """Recall (per modality of both the queries and the run's encoder) and purity of one pretrain run directory."""
     table = load_vectors(run)
     item_ids, fused = table.item_ids, table.vectors
@@ -136,7 +143,8 @@ def evaluate_run(run: Path, queries: dict[str, object], categories: np.ndarray, 
         q = torch.cat([encode(x[a : a + 512]) for a in range(0, len(x), 512)]).numpy()
         for k, v in recall_at_k(q, np.load(run / MODALITY_FILES[name]), target, RECALL_KS).items():
             out[f"{name}_recall@{k}"] = v
-    out[f"purity@{PURITY_K}"] = neighbour_purity(fused, categories, sample)
+    if categories is not None:
+        out[f"purity@{PURITY_K}"] = neighbour_purity(fused, categories, sample)
     return out
 
 
