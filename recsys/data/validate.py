@@ -71,7 +71,7 @@ Example::
       dense: none
       tables: uid hash 8 rows; iid managed 8 rows (lfu every 1 step)
       content: none
-      search log: none (SCL unavailable; pre-training will be CLIP-style)
+      search log: none (and no item content: no pre-training, ID features only)
       split: days 0..1; train 0..0 (1 impressions), test day 1 (1 impressions)
       ignored columns: impressions: ip
       users/: not read (no feature comes from users; an impression's user needs no row)
