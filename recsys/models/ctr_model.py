@@ -173,16 +173,18 @@ class CtrModel(nn.Module):
             id_model_config(config), features, table_sizes, widths, device=device, history_slots=history_slots
         )
 
-    def forward(self, dense: torch.Tensor, features: KeyedJaggedTensor) -> torch.Tensor:
+    def forward(self, dense: torch.Tensor, features: KeyedJaggedTensor, real: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
             dense (torch.Tensor): dense features, tensor of shape (B, F).
             features (KeyedJaggedTensor): the batch KJT (keys ``spec.kjt_keys()``), stride B, raw IDs.
+            real (torch.Tensor | None): bool tensor of shape (B,), the impressions
+                (not padding) whose raw IDs the managed tables may admit; ``None``: all.
 
         Returns:
             torch.Tensor: logits, tensor of shape (B,).
         """
-        rows = features if self.remap is None else self.remap(features)
+        rows = features if self.remap is None else self.remap(features, real)
         if self.mm_arch is None:
             return self.id_model(dense, rows)
         mm = self.mm_arch(features)
@@ -244,7 +246,10 @@ class CtrTrain(nn.Module):
             ``sum(w * bce) / max(sum(w), 1)``: a padding batch (all weights 0)
             gives loss 0 and zero gradients.
         """
-        logits = self.model(batch.dense_features, batch.sparse_features)
+        if isinstance(self.model, CtrModel):  # padding rows (weight 0) never admit IDs into managed tables
+            logits = self.model(batch.dense_features, batch.sparse_features, batch.weights > 0)
+        else:
+            logits = self.model(batch.dense_features, batch.sparse_features)
         weights = batch.weights.to(logits.dtype)
         loss = (self.loss_fn(logits, batch.labels) * weights).sum() / weights.sum().clamp(min=1.0)
         return loss, (loss.detach(), logits.detach(), batch.labels)

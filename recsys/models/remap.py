@@ -142,8 +142,14 @@ class IdRemapper(nn.Module):
         self._managed = sorted(k for k, t in self.feature_tables.items() if t in self.mch)  # keys of managed tables
         self.register_load_state_dict_post_hook(_restart_profiling)
 
-    def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+    def forward(self, features: KeyedJaggedTensor, real: torch.Tensor | None = None) -> KeyedJaggedTensor:
         """Profiles (training mode only, on all ranks' IDs) then remaps.
+
+        Args:
+            features (KeyedJaggedTensor): stride B, one stride for every key.
+            real (torch.Tensor | None): bool tensor of shape (B,): the rows to
+                profile (``Batch.weights > 0``: padding rows are remapped, never
+                admitted); ``None``: every row.
 
         Raises:
             ValueError: a managed key holds ``SENTINEL`` (on every rank when distributed).
@@ -152,7 +158,9 @@ class IdRemapper(nn.Module):
         spans = {k: (bounds[i], bounds[i + 1]) for i, k in enumerate(features.keys()) if k in self.feature_tables}
         bad = next((k for k in self._managed if k in spans and bool((values[slice(*spans[k])] == SENTINEL).any())), None)
         if self.training and len(self.mch) > 0:
-            self._profile({t: torch.cat([values[s:e] for k, (s, e) in spans.items() if self.feature_tables[k] == t]
+            keep = _value_mask(features, real) if real is not None else None
+            self._profile({t: torch.cat([values[s:e] if keep is None else values[s:e][keep[s:e]]
+                                         for k, (s, e) in spans.items() if self.feature_tables[k] == t]
                                         + [values[:0]]) for t in self.mch}, bad)
         elif bad is not None:
             raise _sentinel_error(f"key {bad!r}")
@@ -212,6 +220,15 @@ class IdRemapper(nn.Module):
             self._reassigned[name] = rows
             self._counts[name]["admitted"] += rows.numel()
             self._counts[name]["evicted"] += rows.numel() - (open_before - int(mch.open_slots()))
+
+
+def _value_mask(features: KeyedJaggedTensor, real: torch.Tensor) -> torch.Tensor:
+    """Per KJT value, whether its row is in ``real`` (B,): the row mask repeated by each key's lengths."""
+    B = features.stride()
+    rows = real.to(torch.bool).repeat(len(features.keys()))  # lengths are key-major, B per key
+    if rows.numel() != features.lengths().numel():
+        raise ValueError(f"real has {real.numel()} rows; the KJT has stride {B} over {len(features.keys())} keys")
+    return torch.repeat_interleave(rows, features.lengths().to(torch.int64))
 
 
 def _all_gather(ids: dict[str, torch.Tensor], flag: int, keys: list[str]) -> tuple[dict[str, torch.Tensor], str | None]:

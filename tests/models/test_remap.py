@@ -283,3 +283,13 @@ def test_two_gloo_ranks_hold_the_state_of_one_process_on_all_ids(tmp_path: Path,
     from_two.load_state_dict(state)
     assert_same_state(from_two, ref)
     sys.modules.pop("remap_workers", None)
+
+
+def test_rows_outside_real_are_remapped_but_never_admitted() -> None:
+    seen = ids(4, 5)
+    remapper = IdRemapper([Table("item_id", ids="managed", rows=10)], SHARED)
+    batch = KeyedJaggedTensor(keys=["item_id", "history_item_ids"], values=torch.tensor(seen[:3] + [0, 0, seen[3]]),
+                              lengths=torch.tensor([1, 1, 1, 0, 2, 1], dtype=torch.int32))  # row 1 pads: item 0, history [0, 0]
+    out = remapper(batch, real=torch.tensor([True, False, True]))
+    assert set(admitted_ids(remapper, "item_id")) == {seen[0], seen[2], seen[3]}  # neither 0 nor the padding's item
+    assert out.values()[1].item() == out.values()[3].item() == 9  # remapped all the same: to the unseen row
