@@ -15,7 +15,7 @@ def run_python(code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
 
 
-@pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
+@pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's: other C libraries have no malloc thresholds to pin")
 def test_init_distributed_leaves_the_allocator_alone_and_the_cli_pins_it() -> None:
     code = (
         "import contextlib\n"

@@ -230,11 +230,9 @@ class ImpressionReader(IterableDataset[Batch]):
 
     def _identity_ranges(self) -> dict[str, int | None]:
         """The ID range of each sparse column (and key) whose table is identity; raw-ID columns get None."""
-        out: dict[str, int | None] = {}
-        for f in self.spec.sparse:
-            table = self.spec.table(self.spec.table_of(f.name))
-            out[f.name] = (table.rows or self.manifest.id_ranges.get(table.name)) if table.ids == "identity" else None
-        return out
+        rows = self.spec.table_rows(self.manifest.id_ranges)  # uncapped: IDs are checked against the range
+        tables = {f.name: self.spec.table(self.spec.table_of(f.name)) for f in self.spec.sparse}
+        return {name: rows[t.name] if t.ids == "identity" else None for name, t in tables.items()}
 
     def _side(self, name: str, key: str, columns: tuple[str, ...], floats: bool = False) -> SideTable | None:
         """A side table's lookup of ``columns``; None when no feature comes from it."""

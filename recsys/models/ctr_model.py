@@ -211,8 +211,8 @@ class CtrTrain(nn.Module):
     """Adds the binary cross-entropy loss to a logits model (as torchrec's ``DLRMTrain``).
 
     Args:
-        model (nn.Module): maps (dense (B, F), KJT) to logits (B,): a
-            :class:`CtrModel` or a ``MakeModel``.
+        model (nn.Module): maps (dense (B, F), KJT, real rows (B,)) to logits
+            (B,): a :class:`CtrModel` or a ``MakeModel``.
 
     Example::
 
@@ -246,10 +246,8 @@ class CtrTrain(nn.Module):
             ``sum(w * bce) / max(sum(w), 1)``: a padding batch (all weights 0)
             gives loss 0 and zero gradients.
         """
-        if isinstance(self.model, CtrModel):  # padding rows (weight 0) never admit IDs into managed tables
-            logits = self.model(batch.dense_features, batch.sparse_features, batch.weights > 0)
-        else:
-            logits = self.model(batch.dense_features, batch.sparse_features)
+        # the rows of weight > 0: padding rows never admit IDs into managed tables (CtrModel.forward)
+        logits = self.model(batch.dense_features, batch.sparse_features, batch.weights > 0)
         weights = batch.weights.to(logits.dtype)
         loss = (self.loss_fn(logits, batch.labels) * weights).sum() / weights.sum().clamp(min=1.0)
         return loss, (loss.detach(), logits.detach(), batch.labels)

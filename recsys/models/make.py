@@ -185,11 +185,13 @@ class MakeModel(nn.Module):
         self.mm_arch = multimodal_arch(spec, num_items, mm_dim, device, history_slots)
         self.make = Make(make_config(config), mm_dim, len(spec.dense), device=device)
 
-    def forward(self, dense: torch.Tensor, features: KeyedJaggedTensor) -> torch.Tensor:
+    def forward(self, dense: torch.Tensor, features: KeyedJaggedTensor, real: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
             dense (torch.Tensor): dense features, tensor of shape (B, F).
             features (KeyedJaggedTensor): the batch KJT, stride B.
+            real (torch.Tensor | None): the rows that are impressions (``CtrModel.forward``);
+                unused: stage 1 reads only the frozen table, which admits nothing.
 
         Returns:
             torch.Tensor: logits, tensor of shape (B,).
