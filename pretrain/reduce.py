@@ -11,21 +11,12 @@ cosine of two items after projecting onto them and re-normalising correlates
 (B, L, K) histories, so K = 16 gives them a quarter of the data to pass over
 (README, "Narrower vectors and a light MAKE": what it costs and buys).
 
-The basis is the top-K right singular vectors of the (uncentred) table, the
-least-squares best K-dimensional subspace for dot products, so cosine is
-what it keeps. It is fitted once and then belongs to the encoder
-(``pretrain.towers.ItemEncoder``'s ``projection``): new items embedded later,
-by Triton or in process, go through the same basis as the table did.
-
-Example::
-
-    >>> import numpy as np
-    >>> v = np.array([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 0.0]])
-    >>> basis = principal_basis(v, 1)  # the direction between the two vectors
-    >>> basis.shape, bool(basis[0, 0] > basis[1, 0] > 0 == basis[2, 0])
-    ((3, 1), True)
-    >>> project(v, basis).tolist()  # unit rows; a zero row (no vector) stays zero
-    [[1.0], [1.0], [0.0]]
+The basis (``recsys.data.projection``: the top-K right singular vectors of
+the uncentred table, which keep the cosine) is fitted once and then belongs
+to the encoder (``pretrain.towers.ItemEncoder``'s ``projection``): new items
+embedded later, by Triton or in process, go through the same basis as the
+table did. A CTR run projects wider vectors itself (``ModelConfig.mm_width``);
+this command is for narrowing the encoder too.
 """
 
 from __future__ import annotations
@@ -34,56 +25,11 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from recsys.data.projection import principal_basis, project, retained_energy
 
-def principal_basis(vectors: np.ndarray, dim: int) -> np.ndarray:
-    """The top-``dim`` right singular vectors of an item vector table, as columns.
-
-    Args:
-        vectors (np.ndarray): float array of shape (N, D), unit or zero rows.
-        dim (int): K, 1 <= K <= D.
-
-    Returns:
-        np.ndarray: float32 array of shape (D, K), orthonormal columns, each
-        signed so that its largest-magnitude entry is positive (the same
-        basis from any LAPACK).
-    """
-    x = np.asarray(vectors, dtype=np.float64)
-    if x.ndim != 2 or not 1 <= dim <= x.shape[1]:
-        raise ValueError(f"need vectors of shape (N, D) and 1 <= dim <= D; got shape {x.shape} and dim={dim}")
-    if not np.isfinite(x).all():
-        bad = int(np.argwhere(~np.isfinite(x))[0, 0])
-        raise ValueError(f"item vector row {bad} is not finite; cannot fit a basis")
-    if len(x) < dim:
-        raise ValueError(f"{len(x)} item vectors cannot span a basis of {dim} directions")
-    _, _, vt = np.linalg.svd(x, full_matrices=False)  # (D, D) rows: directions by singular value
-    basis = vt[:dim].T  # (D, K)
-    signs = np.sign(basis[np.abs(basis).argmax(axis=0), np.arange(dim)])
-    return (basis * signs).astype(np.float32)
-
-
-def retained_energy(vectors: np.ndarray, basis: np.ndarray) -> float:
-    """Share of the table's squared norm the basis keeps, in [0, 1]."""
-    x = np.asarray(vectors, dtype=np.float64)
-    total = float((x**2).sum())
-    return float(((x @ basis.astype(np.float64)) ** 2).sum() / total) if total > 0 else 1.0
-
-
-def project(vectors: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """Item vectors onto the basis, re-normalised to unit rows; zero rows stay zero.
-
-    Args:
-        vectors (np.ndarray): float array of shape (N, D).
-        basis (np.ndarray): float array of shape (D, K).
-
-    Returns:
-        np.ndarray: float32 array of shape (N, K).
-    """
-    y = np.asarray(vectors, dtype=np.float64) @ np.asarray(basis, dtype=np.float64)
-    norms = np.linalg.norm(y, axis=1, keepdims=True)
-    return np.divide(y, norms, out=np.zeros_like(y), where=norms > 0).astype(np.float32)
+__all__ = ["principal_basis", "project", "reduce_run", "retained_energy"]
 
 
 def reduce_run(run: Path, dim: int, out: Path) -> dict:

@@ -60,6 +60,10 @@ class ModelConfig:
             its last hidden output joins the ID model in stage 2.
         make_frozen (bool): in stage 2, MAKE runs without gradients (its
             outputs are constants to the ID model); ``False`` fine-tunes it.
+        mm_width (int): K, the frozen multimodal table's width: item vectors
+            wider than K are projected onto their top-K principal directions
+            and re-normalised, once per run (``recsys.train.setup.projected_vectors``);
+            0 keeps every input width.
     """
 
     variant: str = setting("id_only", "model variant", choices=VARIANTS)  # the issue's baseline
@@ -73,12 +77,14 @@ class ModelConfig:
     make_attention_hidden: tuple[int, ...] = (32,)  # as the ID model's unit
     make_hidden: tuple[int, ...] = (64,)  # "shallow MLP": one hidden layer
     make_frozen: bool = False  # fine-tune MAKE in stage 2: measured better than frozen on the small world (README)
+    mm_width: int = 32  # K: wider input vectors are projected to it (README, "Wide vectors")
     fused_kernels: bool = True  # SimTier, gradient-free attention in C++ on CPU (models/fused.py); MMCTR_FUSED overrides
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"ModelConfig.variant must be one of {list(VARIANTS)}, got {self.variant!r}")
         check_positive(self, ("embedding_dim", "simtier_tiers"))
+        check_positive(self, ("mm_width",), zero=True)
         for name in ("mlp_hidden", "attention_hidden", "make_attention_hidden", "make_hidden"):
             value = getattr(self, name)
             if (

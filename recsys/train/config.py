@@ -53,6 +53,8 @@ class TrainConfig:
     make_max_epochs: int = setting(8, "MAKE stage 1: at most this many epochs")
     make_patience: int = setting(1, "MAKE stage 1: stop after this many epochs without a better validation AUC")
     make_lr: float = setting(2e-3, "MAKE stage 1: Adam learning rate")
+    make_max_seconds: float | None = setting(
+        None, "MAKE stage 1: start no epoch that would end past this many seconds of training; None: no limit")
     seed: int = setting(0, "model initialisation and data shuffle")
     checkpoint_every: int = setting(0, "steps between distributed checkpoints; 0: only at the end")
     stop_after_steps: int | None = setting(
@@ -71,6 +73,7 @@ class TrainConfig:
         check_positive(self, ("checkpoint_every", "prefetch", "seed"), zero=True)
         check_positive(self, ("dense_lr", "sparse_lr", "make_lr"), integer=False)
         check_positive(self, ("stop_after_steps", "max_table_rows"), optional=True)
+        check_positive(self, ("make_max_seconds",), integer=False, optional=True)
         from recsys.data.reader import OUT_OF_RANGE  # here: the CLI imports this module without torchrec
 
         if self.out_of_range not in OUT_OF_RANGE:

@@ -4,9 +4,10 @@
 MLP) trains on ``DaySplit.make_fit`` through ``DistributedModelParallel``
 like every model here, in the same epoch/checkpoint loop as ``mmctr train``
 (``loop.run_epochs``). After each epoch :class:`EarlyStopping` measures its
-AUC on ``DaySplit.validation``; training stops after ``make_patience``
-epochs without a better one (or at ``make_max_epochs``), and the best
-epoch's weights are kept.
+AUC on ``DaySplit.validation``, a day it does not train on (the ID model's
+last training day); training stops after ``make_patience`` epochs without a
+better one, at ``make_max_epochs``, or before an epoch that would end past
+``make_max_seconds`` of stage-1 training, and the best epoch's weights are kept.
 
 Output folder::
 
@@ -22,6 +23,9 @@ Example::
     'validation AUC did not improve for 1 epoch(s)'
     >>> stop_reason(log, epoch=1, epochs_done=2, patience=2, max_epochs=2), stop_reason(log, 1, 2, 2, 5)
     ('reached make_max_epochs=2', None)
+    >>> timed = replace(log, epochs=tuple(replace(e, seconds=40.0) for e in log.epochs))  # 80 s in 2 epochs
+    >>> stop_reason(timed, 1, 2, 2, 5, max_seconds=100.0), stop_reason(timed, 1, 2, 2, 5, max_seconds=130.0)
+    ('another epoch would pass make_max_seconds=100 (80 s spent)', None)
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ class MakeEpoch:
     val_auc: float  # AUC on the validation day
     loss: float | None  # the epoch's last loss-curve point
     samples_per_s: float
+    seconds: float = 0.0  # the epoch's training time (0.0 in logs written before it was recorded)
 
 
 @dataclass(frozen=True)
@@ -118,12 +123,22 @@ class MakeLog:
             raise ValueError(f"{file}: not a MAKE stage-1 log ({e!r}); remove the stage-1 folder to start over") from e
 
 
-def stop_reason(log: MakeLog, epoch: int, epochs_done: int, patience: int, max_epochs: int) -> str | None:
-    """Why stage 1 stops after ``epoch`` (``epochs_done`` epochs complete), or ``None`` to go on."""
+def stop_reason(
+    log: MakeLog, epoch: int, epochs_done: int, patience: int, max_epochs: int, max_seconds: float | None = None
+) -> str | None:
+    """Why stage 1 stops after ``epoch`` (``epochs_done`` epochs complete), or ``None`` to go on.
+
+    With ``max_seconds``, no epoch starts that would end past it: the mean
+    epoch time of ``log.epochs`` so far is the next one's estimate.
+    """
     if log.best_epoch is not None and epoch - log.best_epoch >= patience:
         return f"validation AUC did not improve for {patience} epoch(s)"
     if epochs_done >= max_epochs:
         return f"reached make_max_epochs={max_epochs}"
+    if max_seconds is not None and log.epochs:
+        spent = sum(e.seconds for e in log.epochs)
+        if spent + spent / len(log.epochs) > max_seconds:
+            return f"another epoch would pass make_max_seconds={max_seconds:g} ({spent:.0f} s spent)"
     return None
 
 
@@ -151,12 +166,13 @@ class EarlyStopping:
         auc = ranking_metrics(torch.from_numpy(val.predictions), torch.from_numpy(val.labels),
                               torch.from_numpy(val.user_ids))["auc"]
         point = MakeEpoch(epoch=epoch, val_auc=auc, loss=result.curve[-1]["loss"] if result.curve else None,
-                          samples_per_s=result.samples / max(result.seconds, 1e-9))
+                          samples_per_s=result.samples / max(result.seconds, 1e-9), seconds=result.seconds)
         log = replace(self.log, epochs=(*self.log.epochs, point))
         if log.best_val_auc is None or auc > log.best_val_auc:
             log = replace(log, best_epoch=epoch, best_val_auc=auc)
             self._save_best()
-        stopped = stop_reason(log, epoch, result.progress.epoch, cfg.make_patience, cfg.make_max_epochs)
+        stopped = stop_reason(log, epoch, result.progress.epoch, cfg.make_patience, cfg.make_max_epochs,
+                              cfg.make_max_seconds)
         self.log = replace(log, stopped=stopped, config={"model": asdict(self.job.model), "train": asdict(cfg)})
         if ctx.is_main:
             self.log.write(Path(self.job.out) / MAKE_LOG)

@@ -38,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from recsys.data.projection import PROJECTION_FILE
 from recsys.data.schema import Manifest
 from recsys.data.stats import unseen_item_ids
 from recsys.train.config import SHARDING
@@ -87,6 +88,7 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
     sizes = log.table_sizes or capped_table_sizes(manifest if Path(log.world) == world else Manifest.read(log.world), train)
     spec = manifest.features
     new, hashed = unseen_item_ids(world, job.day, lineage.all_days, int(sizes[spec.table_of(spec.item_key)]), manifest)
+    parent_projection = folder.path / PROJECTION_FILE
     return TrainJob(
         world=world,
         out=Path(job.out),
@@ -103,6 +105,7 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
         warm_start_make=not job.retrain_make,
         table_sizes={k: int(v) for k, v in sizes.items()},
         dense_stats=dict(log.dense_stats),  # the parent's inputs' scale, so its weights keep their meaning
+        projection=parent_projection if parent_projection.is_file() else None,  # the parent's basis for wide vectors
         parent=lineage,
         retrain=RetrainNote(new_item_ids=new, new_item_ids_hashed=hashed, make_retrained=job.retrain_make),
     )

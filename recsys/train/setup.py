@@ -23,7 +23,8 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,8 +33,9 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim.keyed import CombinedOptimizer
 
 from recsys.data.schema import Manifest
+from recsys.data.projection import PROJECTION_FILE, fit_projection, load_projection, project, save_projection
 from recsys.data.vectors import ItemVectors
-from recsys.distributed import DistContext
+from recsys.distributed import DistContext, barrier
 from recsys.models.mm_table import MultimodalArch, load_item_vectors_into
 from recsys.train.config import TrainConfig
 from recsys.train.sharding import FusedOptimConfig, make_optimizer, shard_model
@@ -80,6 +82,51 @@ def mm_rows(manifest: Manifest, sizes: dict[str, int], vectors: ItemVectors) -> 
     spec = manifest.features
     item_table = spec.table(spec.table_of(spec.item_key))
     return sizes[item_table.name] if item_table.ids == "identity" else len(vectors.item_ids) + 1
+
+
+def projected_vectors(vectors: ItemVectors, width: int, out: Path, saved: Path | None, ctx: DistContext) -> ItemVectors:
+    """The item vectors as the frozen table holds them: K = ``width`` wide when they are wider.
+
+    A run projects its vectors onto a basis of K principal directions
+    (``recsys.data.projection``), re-normalised, so that every multimodal
+    part of the model passes over (B, L, K) histories whatever width D the
+    user's encoder gives. The basis is fitted once, on the first table the
+    run loads, by rank 0, and written to ``out/projection.npz``; a resumed
+    run, its evaluation (``out`` is the run) and its retrain (``saved``: the
+    parent's file) reuse it, so new items' vectors go through the same basis.
+    Vectors no wider than ``width`` (or ``width`` 0) are used as given,
+    unless a saved basis exists. ``manifest["projection"]`` records what the
+    basis was fitted on and kept (``ProjectionInfo``).
+
+    Args:
+        vectors (ItemVectors): the table as loaded and checked (D wide).
+        width (int): K, ``ModelConfig.mm_width``; 0 = never project.
+        out (Path): the run folder.
+        saved (Path | None): a ``projection.npz`` to use; ``None``: ``out``'s, if there.
+        ctx (DistContext): this rank.
+
+    Returns:
+        ItemVectors: (M, K) unit rows (zero where a vector lies orthogonal to
+        the basis), same item IDs and path.
+
+    Raises:
+        ValueError: a saved basis fitted on vectors of another width than D.
+    """
+    file = Path(saved) if saved is not None else Path(out) / PROJECTION_FILE
+    if not file.is_file():
+        if width == 0 or vectors.dim <= width:
+            return vectors
+        if ctx.is_main:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            basis, info = fit_projection(vectors.vectors, width, str(Path(vectors.path).resolve()))
+            save_projection(file, basis, info)
+        barrier()
+    basis, info = load_projection(file)
+    if info.source_dim != vectors.dim:
+        raise ValueError(f"{file}: a basis for {info.source_dim}-d vectors, but {vectors.path} holds {vectors.dim}-d ones; "
+                         "project the vectors the run was trained with, or train a new run")  # fmt: skip
+    return replace(vectors, vectors=project(vectors.vectors, basis),
+                   manifest={**vectors.manifest, "projection": {**asdict(info), "file": str(file.resolve())}})
 
 
 def fill_mm_table(arch: MultimodalArch, vectors: ItemVectors, manifest: Manifest) -> int:

@@ -56,7 +56,15 @@ from recsys.train.loop import EpochPlan, EpochResult, RowCountError, predict, ru
 from recsys.train.make_stage import Stage1Job, load_make_state, train_make
 from recsys.train.run_folder import Lineage, Report, RetrainNote, RunFolder, RunMetrics, Segment, TrainLog
 from recsys.models.remap import IdRemapper
-from recsys.train.setup import DaySplit, capped_table_sizes, fill_mm_table, mm_rows, shard_and_optimize, split_days
+from recsys.train.setup import (
+    DaySplit,
+    capped_table_sizes,
+    fill_mm_table,
+    mm_rows,
+    projected_vectors,
+    shard_and_optimize,
+    split_days,
+)
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,7 @@ class TrainJob:
     retrain: RetrainNote | None = None  # a retrain's new-ID admission, for this run's lineage
     # (mean, std) of standardised dense features; None = computed on the training days (reader.dense_moments)
     dense_stats: dict[str, tuple[float, float]] | None = None
+    projection: Path | None = None  # the basis wide vectors go through (setup.projected_vectors); None = OUT's, else fitted
 
 
 def run_train(job: TrainJob) -> RunMetrics | None:
@@ -124,6 +133,7 @@ def build(job: TrainJob, ctx: DistContext) -> Built:
         if job.vectors is None:
             raise ValueError(f"variant {job.model.variant!r} needs item vectors: pass --vectors FILE")
         vectors = load_vectors(job.vectors, store=job.store, renormalize=job.train.renormalize_vectors)
+        vectors = projected_vectors(vectors, job.model.mm_width, job.out, job.projection, ctx)
     mm_dim = vectors.dim if vectors is not None else 0
     make_state = None
     if spec.make and not (job.warm_start is not None and job.warm_start_make):  # else the warm start brings MAKE
