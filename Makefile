@@ -6,6 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(FBGEMM)
 PIN_TORCH := torch==2.14.1 torchvision==0.29.1
+# MovieLens-100k ships in recbole's wheel; --no-deps: only its data files are read (make real-data)
+PIN_RECBOLE := recbole==1.2.1
+REAL_STAMP := $(VENV)/.installed-real
 ifeq ($(FBGEMM),gpu)
 PIN_FBGEMM := fbgemm-gpu==1.9.0
 else
@@ -15,7 +18,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # Headless Chromium renders the evaluation's HTML report in a test; Debian's package, installed once (as root).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench clean real-data
 
 venv: $(STAMP)
 
@@ -41,6 +44,18 @@ demo: venv
 
 bench: venv
 	$(BIN)/python -m bench.loader
+
+# A real public log and a real text encoder, offline: MovieLens-100k as a dataset, its titles
+# embedded by all-MiniLM-L6-v2 (README, "A real public log: MovieLens-100k").
+real-data: venv $(REAL_STAMP)
+	$(BIN)/mmctr import-ml100k --out runs/ml100k/world
+	$(BIN)/mmctr validate runs/ml100k/world --quiet
+	$(BIN)/mmctr embed-text --world runs/ml100k/world --out runs/ml100k/minilm
+
+$(REAL_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps $(PIN_RECBOLE)
+	$(BIN)/python -m pip install -q -e ".[$(FBGEMM),test,real]"
+	touch $@
 
 clean:
 	rm -rf $(VENV) runs

@@ -34,6 +34,21 @@ def _cmd_world(args: argparse.Namespace) -> int:
     return check(job.out, job.quiet) if job.validate else 0
 
 
+def _cmd_import_ml100k(args: argparse.Namespace) -> int:
+    from recsys.world.ml100k import Ml100kJob, convert_ml100k, format_conversion
+
+    job = settings_from_args(Ml100kJob, args)
+    t = time.perf_counter()
+    try:
+        convert_ml100k(job.out, job.source, job.days)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # a malformed row: file, row and column named
+        print(f"mmctr import-ml100k: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {job.out} in {time.perf_counter() - t:.1f} s")
+    print(format_conversion(job.out))
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from recsys.data.validate import check
 
@@ -59,6 +74,23 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         print(f"mmctr pretrain: {e}", file=sys.stderr)
         return 1
     print(f"pretrain {job.method}: {stats}")
+    return 0
+
+
+def _cmd_embed_text(args: argparse.Namespace) -> int:
+    import os
+
+    from pretrain.sentence import SentenceJob, run_embed_text
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # process-wide, so here: the model is a local folder, never the hub
+    job = settings_from_args(SentenceJob, args)
+    try:
+        meta = run_embed_text(job)
+    except (ValueError, FileNotFoundError, ImportError) as e:  # no model, no titles, a blank title: named
+        print(f"mmctr embed-text: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {job.out}: {meta['items']} item vectors, D={meta['dim']}, model {meta['model']} "
+          f"(loaded in {meta['load_seconds']:.1f} s, titles embedded in {meta['embed_seconds']:.1f} s)")  # fmt: skip
     return 0
 
 
@@ -256,6 +288,12 @@ def _add_world(p: argparse.ArgumentParser) -> None:
     add_settings(p, WorldJob, only=("validate", "quiet"))
 
 
+def _add_import_ml100k(p: argparse.ArgumentParser) -> None:
+    from recsys.world.ml100k import Ml100kJob
+
+    add_settings(p, Ml100kJob)
+
+
 def _add_validate(p: argparse.ArgumentParser) -> None:
     from recsys.data.validate import add_arguments
 
@@ -276,6 +314,12 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
     add_settings(p, SclConfig, only=("max_steps", "init_from"), override=True)
     add_settings(p, PretrainJob, only=("checkpoint_every",))
     _quiet(p, "no progress bar")
+
+
+def _add_embed_text(p: argparse.ArgumentParser) -> None:
+    from pretrain.sentence import SentenceJob
+
+    add_settings(p, SentenceJob)
 
 
 def _add_pretrain_eval(p: argparse.ArgumentParser) -> None:
@@ -383,9 +427,13 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
 # name -> (help, flags, run)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "world": ("generate a synthetic Taobao-like world (public Parquet format)", _add_world, _cmd_world),
+    "import-ml100k": ("write MovieLens-100k (RecBole's atomic files) as a dataset: ratings as impressions, "
+                      "a per-user time split", _add_import_ml100k, _cmd_import_ml100k),
     "validate": ("check a dataset against the public format", _add_validate, _cmd_validate),
     "summary": ("counts, click rate, cold-start share of a dataset", _add_summary, _cmd_summary),
     "pretrain": ("SCL (or CLIP-style) pre-training; exports the item vector table", _add_pretrain, _cmd_pretrain),
+    "embed-text": ("item vectors from the titles with a local sentence-transformers model", _add_embed_text,
+                   _cmd_embed_text),
     "pretrain-eval": ("query->purchase recall and neighbour purity of pre-trained runs", _add_pretrain_eval,
                       _cmd_pretrain_eval),
     "reduce-vectors": ("narrower item vectors: a run's table and encoder projected on its top principal directions",
