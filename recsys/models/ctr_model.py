@@ -150,7 +150,7 @@ class CtrModel(nn.Module):
             SimTier(
                 config.simtier_tiers,
                 soft=config.simtier_soft,
-                unit_vectors=True,  # the frozen table's rows: unit norm or zero
+                unit_vectors=True,  # the table's rows: unit or zero, or a run's projection (dots ~ input cosines)
                 metric_dim=mm_dim if config.simtier_learned_metric else 0,
                 fused=config.fused_kernels,
                 device=device,

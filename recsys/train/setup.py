@@ -33,7 +33,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim.keyed import CombinedOptimizer
 
 from recsys.data.schema import Manifest
-from recsys.data.projection import PROJECTION_FILE, fit_projection, load_projection, project, save_projection
+from recsys.data.projection import PROJECTION_FILE, fit_projection, load_projection, project_rows, save_projection
 from recsys.data.vectors import ItemVectors
 from recsys.distributed import DistContext, barrier
 from recsys.models.mm_table import MultimodalArch, load_item_vectors_into
@@ -88,9 +88,10 @@ def projected_vectors(vectors: ItemVectors, width: int, out: Path, saved: Path |
     """The item vectors as the frozen table holds them: K = ``width`` wide when they are wider.
 
     A run projects its vectors onto a basis of K principal directions
-    (``recsys.data.projection``), re-normalised, so that every multimodal
-    part of the model passes over (B, L, K) histories whatever width D the
-    user's encoder gives. The basis is fitted once, on the first table the
+    (``recsys.data.projection.project_rows``), so that every multimodal part
+    of the model passes over (B, L, K) histories whatever width D the user's
+    encoder gives. The rows are kept as they fall, not re-normalised: their
+    dot products approximate the input cosines, which SimTier reads. The basis is fitted once, on the first table the
     run loads, by rank 0, and written to ``out/projection.npz``; a resumed
     run, its evaluation (``out`` is the run) and its retrain (``saved``: the
     parent's file) reuse it, so new items' vectors go through the same basis.
@@ -106,8 +107,9 @@ def projected_vectors(vectors: ItemVectors, width: int, out: Path, saved: Path |
         ctx (DistContext): this rank.
 
     Returns:
-        ItemVectors: (M, K) unit rows (zero where a vector lies orthogonal to
-        the basis), same item IDs and path.
+        ItemVectors: (M, K) rows of norm <= 1 (zero only where a vector lies
+        orthogonal to the basis: then the item counts as without one), same
+        item IDs and path.
 
     Raises:
         ValueError: a saved basis fitted on vectors of another width than D.
@@ -125,7 +127,7 @@ def projected_vectors(vectors: ItemVectors, width: int, out: Path, saved: Path |
     if info.source_dim != vectors.dim:
         raise ValueError(f"{file}: a basis for {info.source_dim}-d vectors, but {vectors.path} holds {vectors.dim}-d ones; "
                          "project the vectors the run was trained with, or train a new run")  # fmt: skip
-    return replace(vectors, vectors=project(vectors.vectors, basis),
+    return replace(vectors, vectors=project_rows(vectors.vectors, basis),
                    manifest={**vectors.manifest, "projection": {**asdict(info), "file": str(file.resolve())}})
 
 
