@@ -83,7 +83,7 @@ def test_wide_vectors_train_evaluate_and_retrain(tmp_path: Path, tiny_world: Pat
     run_train(TrainJob(world=tiny_world, out=run, model=model, vectors=vectors, quiet=True,
                        train=TrainConfig(batch_size=256)))
     log = json.loads((run / "train_log.json").read_text())
-    assert log["vectors"]["projection"]["dim"] == model.mm_width == 32
+    assert log["vectors"]["projection"]["dim"] == model.mm_width == 64
     assert log["vectors"]["projection"]["file"] == str((run / PROJECTION_FILE).resolve())
     assert log["vectors"]["path"] == str(vectors.resolve())  # the table as given is the recorded source
     # evaluation rebuilds the run with its own basis: a 96-wide rebuild could not load the (32, 32) metric
