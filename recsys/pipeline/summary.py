@@ -39,6 +39,7 @@ import numpy as np
 from recsys.eval.report import REPORT_HTML, REPORT_JSON, fmt_ci, fmt_pct, write_report
 from recsys.pipeline.config import Layout, PipelineConfig
 from recsys.pipeline.plan import Plan, vectors_source
+from recsys.train.make_stage import MAKE_LOG
 from recsys.train.run_folder import LINEAGE_FILE, RunFolder
 
 
@@ -83,6 +84,25 @@ def embedder_numbers(layout: Layout, test_day: int, batch: Path) -> dict:
             "served_vs_batch_max_abs": served_vs_batch(layout, batch)}
 
 
+def make_stage1_numbers(layout: Layout, stages: dict[str, float | None]) -> dict | None:
+    """MAKE stage 1 of the pipeline's CTR runs (``make.json`` of the first run that trained it), or ``None``.
+
+    Returns:
+        dict | None: epochs run, their training seconds, the share of the
+        pipeline's stage seconds in [0, 1], the best epoch and the stop reason.
+    """
+    for variant in ("make", "simtier_make"):
+        file = RunFolder(layout.ctr(variant)).make_stage1 / MAKE_LOG
+        if file.is_file():
+            log = json.loads(file.read_text())
+            seconds = sum(e.get("seconds", 0.0) for e in log["epochs"])
+            total = sum(v or 0.0 for v in stages.values())
+            return {"run": variant, "epochs": len(log["epochs"]), "seconds": seconds,
+                    "share": seconds / total if total > 0 else None, "best_epoch": log["best_epoch"],
+                    "stopped": log["stopped"]}
+    return None
+
+
 def collect(cfg: PipelineConfig, layout: Layout, plan: Plan) -> dict:
     """The numbers of the final table from the stages' outputs."""
     report = json.loads((layout.report / REPORT_JSON).read_text())
@@ -109,7 +129,7 @@ def collect(cfg: PipelineConfig, layout: Layout, plan: Plan) -> dict:
     return {"preset": cfg.world_preset, "world": None if layout.dataset is None else str(layout.dataset),
             "test_day": report["day"], "report": str(layout.report / REPORT_HTML), "vectors": plan.vectors,
             "skipped": plan.skipped(), "variants": variants, "pretraining": pretraining, "embedder": embedder,
-            "retrain": retrain, "stages": stages}
+            "retrain": retrain, "stages": stages, "make_stage1": make_stage1_numbers(layout, stages)}
 
 
 def sections(summary: dict) -> list[dict]:
@@ -164,6 +184,10 @@ def format_table(summary: dict) -> str:
     r = summary["retrain"]
     if r is not None:
         lines.append(f"retrain: version {r['version']} of {r['parent']} trained on day {r['trained_day'][0]} -> {r['run']}")
+    m = summary.get("make_stage1")
+    if m is not None:
+        share = "" if m["share"] is None else f", {m['share']:.0%} of the stages' wall time"
+        lines.append(f"MAKE stage 1: {m['epochs']} epoch(s), {m['seconds']:.0f} s of training{share}; stopped: {m['stopped']}")
     lines += [f"skipped {name}: {why}" for name, why in summary.get("skipped", {}).items()]
     total = sum(v or 0 for v in summary["stages"].values())
     lines.append(f"stages: {total:.0f} s in all (" + ", ".join(f"{k} {v:.0f} s" for k, v in summary["stages"].items()) + ")")

@@ -101,6 +101,11 @@ def _kill_midway_then_resume(out: Path, log: Path, pipelines: list[subprocess.Po
     assert e["items"] > 0 and e["with_vector"] == e["items"] and e["coverage"] == 1.0
     assert e["served_vs_batch_max_abs"] < 1e-5
     assert summary["retrain"]["version"] == 2 and summary["retrain"]["vectors"]["store_version"] >= 1
+    stage1 = json.loads((layout.ctr("make") / "make_stage1" / "make.json").read_text())
+    m = summary["make_stage1"]  # MAKE stage 1's time and its share of the pipeline's, from its own log
+    assert m["epochs"] == len(stage1["epochs"]) >= 1 and m["stopped"] == stage1["stopped"] is not None
+    assert m["seconds"] == sum(e["seconds"] for e in stage1["epochs"]) > 0
+    assert m["share"] == m["seconds"] / sum(summary["stages"].values()) < 1
     report = (layout.report / "report.html").read_text()
     assert "Serving: the test day" in report and "Production retrain" in report
     assert "mmctr pipeline (tiny)" in log.read_text() and "report: " in log.read_text()
