@@ -44,7 +44,7 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -257,21 +257,31 @@ class PeerTrain(nn.Module):
         return loss, logits.detach()
 
 
-class PeerOptimizer:
-    """SparseAdam on the embedding tables, Adam on everything else, one learning rate."""
+class OptimizerGroup:
+    """Optimizers of disjoint parameter groups stepped as one (a plain model's tables and its dense part)."""
 
-    def __init__(self, model: nn.Module, lr: float) -> None:
-        tables = [p for n, p in model.named_parameters() if ".tables." in f".{n}"]
-        dense = [p for n, p in model.named_parameters() if ".tables." not in f".{n}"]
-        self.opts = [torch.optim.SparseAdam(tables, lr=lr), torch.optim.Adam(dense, lr=lr)]
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        self.optimizers = tuple(optimizers)
+
+    @staticmethod
+    def split(model: nn.Module, is_table: Callable[[str], bool]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """``model``'s parameters as (those whose name ``is_table``, the others)."""
+        named = list(model.named_parameters())
+        return [p for n, p in named if is_table(n)], [p for n, p in named if not is_table(n)]
 
     def step(self) -> None:
-        for o in self.opts:
+        for o in self.optimizers:
             o.step()
 
     def zero_grad(self) -> None:
-        for o in self.opts:
+        for o in self.optimizers:
             o.zero_grad()
+
+
+def peer_optimizer(model: nn.Module, lr: float) -> OptimizerGroup:
+    """SparseAdam on the embedding tables of ``model`` (a PeerDin or its PeerTrain), Adam on the rest, one learning rate."""
+    tables, dense = OptimizerGroup.split(model, lambda name: ".tables." in f".{name}")
+    return OptimizerGroup([torch.optim.SparseAdam(tables, lr=lr), torch.optim.Adam(dense, lr=lr)])
 
 
 def vocabularies(world: Path, days: Sequence[int], dense_stats: dict[str, tuple[float, float]]) -> dict[str, np.ndarray]:
@@ -335,7 +345,7 @@ def train_peer(world: Path, days: Sequence[int], vectors: Path | None = None, *,
     config = replace(config, simtier=simtier, tiers=tiers)
     torch.manual_seed(seed)
     model = build_peer(Path(world), days, vectors, config)
-    train, optimizer = PeerTrain(model).train(), PeerOptimizer(model, config.lr)
+    train, optimizer = PeerTrain(model).train(), peer_optimizer(model, config.lr)
     reader = ImpressionReader(Path(world), ReaderConfig(batch_size=batch_size, days=tuple(days), shuffle=True, seed=seed,
                                                         dense_stats=model.dense_stats or None))
     samples, seconds, loss = 0, 0.0, float("nan")
