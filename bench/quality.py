@@ -187,7 +187,8 @@ class Protocol:
                        vectors=self.data.vectors if spec.uses_vectors() else None,
                        make_from=self.stage1.get(key) if spec.make else None, quiet=True, train_until=until)
         metrics = run_train(job)
-        assert metrics is not None and metrics.test_day == until + 1 and metrics.metrics is not None
+        if metrics is None or metrics.metrics is None or metrics.test_day != until + 1:
+            raise RuntimeError(f"{out}: expected the metrics of day {until + 1}, got {metrics}")
         day = None
         if spec.make:
             self.stage1.setdefault(key, job.make_from or RunFolder(out).make_stage1)

@@ -30,8 +30,9 @@ prints the ratio the issue names:
    ones written for the world's items; goal <= 1.3 each), and the 384-d
    over the 64-d ``simtier_make`` step (goal <= 1.1).
 
-``--peer-only`` measures 7. and 8. alone (on the tiny world a few minutes:
-``--world WORLD --vectors V64 --steps 20 --warmup 3``).
+``--peer-only`` measures 7. and 8. alone: on the tiny world with ``--steps 20
+--warmup 3`` about 12 min wall (3 rounds; the 9 spawned processes of 8. take
+most of it), with ``--rounds 1 --steps 10 --warmup 2`` about 3 min of CPU.
 
 Usage::
 
