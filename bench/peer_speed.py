@@ -14,10 +14,13 @@ round are compared):
    Adam. Ratios: ``id_only`` / peer DIN and ``simtier`` / peer DIN + SimTier
    (goal >= 1.0 each), at both peer widths (:data:`PEER_OF`).
 2. :func:`vector_width_ratios`: the default ``simtier_make`` step over
-   ``id_only``'s with the narrow (64-d) and the wide (384-d) vectors (goal
-   <= 1.3 each), and the wide over the narrow ``simtier_make`` step (goal
-   <= 1.1); every run its own spawned process (``bench.train.measure``),
-   the three taking turns each round.
+   ``id_only``'s with the narrow (64-d) and the wide (384-d) input vectors
+   (goal <= 1.3 each), and the wide over the narrow ``simtier_make`` step
+   (goal <= 1.1); the default ``ModelConfig.mm_width`` decides the frozen
+   table's width (wider inputs are projected to it once per run,
+   ``recsys.train.setup.projected_vectors``, inside the timed job's build,
+   not its steps); every run its own spawned process
+   (``bench.train.measure``), the three taking turns each round.
 """
 
 from __future__ import annotations
@@ -111,6 +114,6 @@ def vector_width_ratios(base: Run, narrow: str, wide: str, rounds: int) -> dict[
     n, w = load_vectors(Path(narrow)).dim, load_vectors(Path(wide)).dim
     sm = replace(base, variant="simtier_make")
     times = step_times({"id_only": base, "narrow": replace(sm, vectors=narrow), "wide": replace(sm, vectors=wide)}, rounds)
-    return {f"simtier_make / id_only, {n}-d vectors (goal <= 1.3)": median_ratio(times, "narrow", "id_only"),
-            f"simtier_make / id_only, {w}-d vectors (goal <= 1.3)": median_ratio(times, "wide", "id_only"),
-            f"simtier_make {w}-d / {n}-d vectors (goal <= 1.1)": median_ratio(times, "wide", "narrow")}
+    return {f"simtier_make / id_only, {n}-d input vectors (goal <= 1.3)": median_ratio(times, "narrow", "id_only"),
+            f"simtier_make / id_only, {w}-d input vectors (goal <= 1.3)": median_ratio(times, "wide", "id_only"),
+            f"simtier_make {w}-d / {n}-d input vectors (goal <= 1.1)": median_ratio(times, "wide", "narrow")}

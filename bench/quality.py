@@ -24,7 +24,7 @@ day and early-stops on that day (``setup.split_days``), i.e. on ``T - 2``
 during selection and on ``T - 1`` for the test: never on the day being
 scored (checked here). As the pipeline shares stage 1 between ``make`` and
 ``simtier_make``, a stage 1 is reused by every later run of the same MAKE
-widths, seed and days (``make_from``).
+widths, frozen-table width (``mm_width``), seed and days (``make_from``).
 
 Prints per dataset every candidate's validation GAUC, then the table: model,
 chosen config, validation GAUC, test GAUC mean ± sd over seeds, relative
@@ -162,7 +162,7 @@ class Protocol:
     data: Dataset
     batch_size: int
     scratch: Path  # run folders go here
-    stage1: dict[tuple, Path]  # (MAKE widths, seed, last training day) -> a finished run's make_stage1/
+    stage1: dict[tuple, Path]  # (MAKE widths, table width, seed, last training day) -> a finished run's make_stage1/
     runs: int = 0
 
     def score(self, model: str, overrides: dict[str, object], seed: int, until: int) -> Score:
@@ -179,7 +179,7 @@ class Protocol:
 
     def _mmctr(self, config: ModelConfig, seed: int, until: int) -> Score:
         spec = VARIANT_SPECS[config.variant]
-        key = (make_config(config), seed, until)
+        key = (make_config(config), config.mm_width, seed, until)
         out = self.scratch / f"run-{self.runs:03d}-{config.variant}"
         self.runs += 1
         job = TrainJob(world=self.data.world, out=out, model=config,

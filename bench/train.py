@@ -118,8 +118,11 @@ def _free_port() -> int:
 
 
 def _fake_make_stage1(folder: Path, run: Run) -> Path:
-    """A stage-1 folder with randomly initialised MAKE weights (the bench does not run stage 1)."""
+    """A stage-1 folder with randomly initialised MAKE weights (the bench does not run stage 1), as wide as
+    the frozen table: the vectors' D, or ``ModelConfig.mm_width`` where they are wider (``setup.projected_vectors``)."""
     dim = load_vectors(Path(run.vectors)).dim
+    width = run.model_config().mm_width
+    dim = width if 0 < width < dim else dim
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": Make(make_config(run.model_config()), dim, len(DENSE_FEATURES)).state_dict(), "mm_dim": dim}, folder / MAKE_FILE)
     return folder
