@@ -20,22 +20,38 @@ prints the ratio the issue names:
 4. reader throughput alone / ``id_only`` training consumption (goal >= 3);
 5. vectorised GAUC vs a per-user sklearn loop (``bench.gauc``, goal >= 20x);
 6. per-rank embedding memory (tables, and tables + fused optimizer state)
-   with 2-rank row-wise sharding vs 1 rank on the ``large`` world (goal <= 0.55).
+   with 2-rank row-wise sharding vs 1 rank on the ``large`` world (goal <= 0.55);
+7. mmctr vs the peer DIN (``bench.peer``) at batch 256 and 2,048
+   (``--peer-batch-sizes``): ``id_only`` samples/s over the peer DIN's and
+   ``simtier``'s over the peer DIN + SimTier's, the same batches in memory,
+   taking turns in one process (goal >= 1.0 each; ``bench.peer_speed``);
+8. the default ``simtier_make`` / ``id_only`` step time with 64-d
+   (``--vectors``) and 384-d vectors (``--wide-vectors``, else random unit
+   ones written for the world's items; goal <= 1.3 each), and the 384-d
+   over the 64-d ``simtier_make`` step (goal <= 1.1).
+
+``--peer-only`` measures 7. and 8. alone: on the tiny world with ``--steps 20
+--warmup 3`` about 12 min wall (3 rounds; the 9 spawned processes of 8. take
+most of it), with ``--rounds 1 --steps 10 --warmup 2`` about 3 min of CPU.
 
 Usage::
 
-    python -m bench.train [--world DIR] [--vectors RUN] [--narrow-vectors RUN] [--large-world DIR] [--steps 40] [--ratios-only] [--json FILE]
+    python -m bench.train [--world DIR] [--vectors RUN] [--narrow-vectors RUN] [--large-world DIR] [--steps 40]
+        [--ratios-only | --peer-only] [--wide-vectors RUN] [--peer-batch-sizes 256 2048] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import socket
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -45,21 +61,23 @@ import torch.multiprocessing as mp
 from torch import nn
 from torchrec.modules.mlp import MLP
 
+from bench.peer import OptimizerGroup
 from recsys.allocator import pin_malloc_thresholds
 from recsys.data.batch import Batch
 from recsys.data.spec import world_spec
 from recsys.data.reader import ImpressionReader, ReaderConfig
 from recsys.data.schema import Manifest
 from recsys.data.vectors import load_vectors
-from recsys.distributed import init_distributed
+from recsys.distributed import DistContext, init_distributed
 from recsys.models import fused
 from recsys.models.attention import TargetAttention
 from recsys.models.config import VARIANTS, ModelConfig, table_sizes
+from recsys.models.ctr_model import VARIANT_SPECS
 from recsys.models.make import Make, make_config
 from recsys.train.config import TrainConfig, load_job_config
 from recsys.train.make_stage import MAKE_FILE
 from recsys.train.setup import split_days
-from recsys.train.trainer import TrainJob, build
+from recsys.train.trainer import Built, TrainJob, build
 
 WORLD = world_spec()  # the plain-PyTorch baseline is written for the world's features
 POOLED_FEATURES = WORLD.pooled()
@@ -100,8 +118,11 @@ def _free_port() -> int:
 
 
 def _fake_make_stage1(folder: Path, run: Run) -> Path:
-    """A stage-1 folder with randomly initialised MAKE weights (the bench does not run stage 1)."""
+    """A stage-1 folder with randomly initialised MAKE weights (the bench does not run stage 1), as wide as
+    the frozen table: the vectors' D, or ``ModelConfig.mm_width`` where they are wider (``setup.projected_vectors``)."""
     dim = load_vectors(Path(run.vectors)).dim
+    width = run.model_config().mm_width
+    dim = width if 0 < width < dim else dim
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": Make(make_config(run.model_config()), dim, len(DENSE_FEATURES)).state_dict(), "mm_dim": dim}, folder / MAKE_FILE)
     return folder
@@ -109,11 +130,20 @@ def _fake_make_stage1(folder: Path, run: Run) -> Path:
 
 def _steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: object, run: Run,
            device: torch.device) -> tuple[int, float]:
-    """Runs warmup + timed steps on ``device``; returns (samples timed on this rank, seconds)."""
+    """Runs warmup + timed steps on ``device``; returns (samples timed on this rank, seconds).
+
+    ``batches`` is read again from its start when it runs out (an epoch of a
+    small world holds fewer batches than warmup + steps).
+    """
     it = iter(batches)
 
     def step() -> int:
-        batch = next(it).to(device, non_blocking=True)
+        nonlocal it
+        batch = next(it, None)
+        if batch is None:
+            it = iter(batches)
+            batch = next(it)
+        batch = batch.to(device, non_blocking=True)
         loss, _ = model(batch)
         loss.backward()
         optimizer.step()
@@ -206,16 +236,26 @@ def _ratio_candidates(base: Run, narrow_vectors: str) -> dict[str, Run]:
     return runs
 
 
+def step_times(runs: dict[str, Run], rounds: int) -> dict[str, list[float]]:
+    """Seconds per step of each run, one process each, ``rounds`` rounds in which every run takes its turn
+    in order (on a shared machine the speed drifts between runs minutes apart: compare within a round)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            times[name].append(measure(run, 1)["step_s"])
+    return times
+
+
+def median_ratio(times: dict[str, list[float]], name: str, reference: str) -> float:
+    """The median over rounds of ``name``'s step time over ``reference``'s in the same round."""
+    return statistics.median(a / b for a, b in zip(times[name], times[reference]))
+
+
 def step_time_ratios(base: Run, candidates: dict[str, Run], rounds: int) -> dict[str, float]:
     """Step time of each candidate over ``base``'s, one process: in each round ``base`` runs,
-    then every candidate, and each ratio is against that round's ``base``; the median over rounds
-    (on a shared machine the speed drifts between runs minutes apart)."""
-    per: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
-        reference = measure(base, 1)["step_s"]
-        for name, run in candidates.items():
-            per[name].append(measure(run, 1)["step_s"] / reference)
-    return {name: statistics.median(values) for name, values in per.items()}
+    then every candidate, and each ratio is against that round's ``base``; the median over rounds."""
+    times = step_times({"": base, **candidates}, rounds)
+    return {name: median_ratio(times, name, "") for name in candidates}
 
 
 def measure(run: Run, nproc: int) -> dict:
@@ -255,21 +295,48 @@ class PlainIdOnly(nn.Module):
         return self.loss_fn(logit, batch.labels), None
 
 
-class _PlainOptimizer:
+def _plain_optimizer(model: PlainIdOnly, sparse_lr: float, dense_lr: float) -> OptimizerGroup:
     """Sparse Adagrad on the tables (as the fused row-wise Adagrad) + Adam on the rest."""
+    sparse, dense = OptimizerGroup.split(model, lambda name: name.startswith(("bags.", "items.")))
+    return OptimizerGroup([torch.optim.Adagrad(sparse, lr=sparse_lr), torch.optim.Adam(dense, lr=dense_lr)])
 
-    def __init__(self, model: PlainIdOnly, sparse_lr: float, dense_lr: float) -> None:
-        sparse = [p for n, p in model.named_parameters() if n.startswith(("bags.", "items."))]
-        dense = [p for n, p in model.named_parameters() if not n.startswith(("bags.", "items."))]
-        self.opts = [torch.optim.Adagrad(sparse, lr=sparse_lr), torch.optim.Adam(dense, lr=dense_lr)]
 
-    def step(self) -> None:
-        for o in self.opts:
-            o.step()
+@contextmanager
+def one_rank_group() -> Iterator[DistContext]:
+    """One thread and a one-rank process group in this process (DMP needs one), destroyed after if made here."""
+    torch.set_num_threads(1)
+    created = not dist.is_initialized()
+    ctx = init_distributed(always=True)
+    try:
+        yield ctx
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
 
-    def zero_grad(self) -> None:
-        for o in self.opts:
-            o.zero_grad()
+
+def in_memory_batches(world: str, config: ReaderConfig, n: int) -> list[Batch]:
+    """``n`` batches of ``ImpressionReader(world, config)``, its epoch repeated where it holds fewer."""
+    first = list(itertools.islice(ImpressionReader(Path(world), config), n))
+    return list(itertools.islice(itertools.cycle(first), n))
+
+
+def take_turns(contenders: dict[str, tuple[nn.Module, object]], batches: list[Batch], run: Run,
+               device: torch.device, rounds: int) -> dict[str, float]:
+    """Median samples/s of each (model, optimizer) over ``rounds`` rounds in which each takes its turn
+    on the same batches (``run.warmup`` + ``run.steps`` steps a turn)."""
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, (model, optimizer) in contenders.items():
+            samples, seconds = _steps(model, optimizer, batches, run, device)  # type: ignore[arg-type]
+            rates[name].append(samples / seconds)
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def built_model(run: Run, config: ModelConfig, ctx: DistContext, out: Path) -> Built:
+    """``trainer.build`` of ``config`` on ``run``'s world, vectors and batch size, in this process's group."""
+    job = TrainJob(world=Path(run.world), out=out, model=config, train=TrainConfig(batch_size=run.batch_size), quiet=True,
+                   vectors=Path(run.vectors) if VARIANT_SPECS[config.variant].uses_vectors() else None)
+    return build(job, ctx)
 
 
 def dmp_vs_plain(run: Run, rounds: int = 3) -> tuple[float, float]:
@@ -279,30 +346,16 @@ def dmp_vs_plain(run: Run, rounds: int = 3) -> tuple[float, float]:
     own), then the two models take turns for ``rounds`` timed windows each;
     the medians are returned as (DMP, plain).
     """
-    torch.set_num_threads(1)
-    created = not dist.is_initialized()
-    ctx = init_distributed(always=True)  # a one-rank group in this process: DMP needs one
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            job = TrainJob(world=Path(run.world), out=Path(tmp) / "run", model=ModelConfig(variant="id_only"),
-                           train=TrainConfig(batch_size=run.batch_size), quiet=True)
-            built = build(job, ctx)
-            reader = ImpressionReader(Path(run.world), ReaderConfig(batch_size=run.batch_size, days=built.split.train,
-                                                                    shuffle=True, table_sizes=built.sizes))
-            batches = [b for _, b in zip(range(run.warmup + run.steps), reader)]
-            torch.manual_seed(0)
-            plain = PlainIdOnly(ModelConfig(), built.sizes).to(ctx.device)
-            train = TrainConfig()
-            contenders = {"dmp": (built.model, built.optimizer), "plain": (plain, _PlainOptimizer(plain, train.sparse_lr, train.dense_lr))}
-            rates: dict[str, list[float]] = {name: [] for name in contenders}
-            for _ in range(rounds):
-                for name, (model, optimizer) in contenders.items():
-                    samples, seconds = _steps(model, optimizer, batches, run, ctx.device)
-                    rates[name].append(samples / seconds)
-    finally:
-        if created and dist.is_initialized():
-            dist.destroy_process_group()
-    return statistics.median(rates["dmp"]), statistics.median(rates["plain"])
+    with one_rank_group() as ctx, tempfile.TemporaryDirectory() as tmp:
+        built = built_model(run, ModelConfig(variant="id_only"), ctx, Path(tmp) / "run")
+        batches = in_memory_batches(run.world, ReaderConfig(batch_size=run.batch_size, days=built.split.train,
+                                                            shuffle=True, table_sizes=built.sizes), run.warmup + run.steps)
+        torch.manual_seed(0)
+        plain = PlainIdOnly(ModelConfig(), built.sizes).to(ctx.device)
+        train = TrainConfig()
+        contenders = {"dmp": (built.model, built.optimizer), "plain": (plain, _plain_optimizer(plain, train.sparse_lr, train.dense_lr))}
+        rates = take_turns(contenders, batches, run, ctx.device, rounds)
+    return rates["dmp"], rates["plain"]
 
 
 def reader_rate(run: Run, batches: int) -> float:
@@ -318,33 +371,24 @@ def reader_rate(run: Run, batches: int) -> float:
     return samples / (time.perf_counter() - start)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--world", default="runs/world-small", help="dataset directory")
-    parser.add_argument("--vectors", default="runs/pt/e2", help="item vectors (file or pretrain run)")
-    parser.add_argument("--large-world", default="runs/world-large", help="world for the memory measurement")
-    parser.add_argument("--skip-large", action="store_true", help="skip the memory measurement")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=2048)
-    parser.add_argument("--gauc-impressions", type=int, default=400_000)
-    parser.add_argument("--narrow-vectors", default="runs/pt/e2-16",
-                        help="16-d vectors (`mmctr reduce-vectors`) for the narrow-vector step-time ratios; skipped if missing")
-    parser.add_argument("--rounds", type=int, default=3, help="turns of id_only and simtier_make for the step-time ratios")
-    parser.add_argument("--ratios-only", action="store_true", help="measure the step-time ratios (2.) alone")
-    parser.add_argument("--json", type=Path, help="also write every number here")
-    args = parser.parse_args(argv)
-    pin_malloc_thresholds()  # process-wide, here at the entry point (recsys.allocator)
-    base = Run(args.world, args.vectors, "id_only", args.steps, args.warmup, args.batch_size,
-               fused_kernels=fused.env_override())  # MMCTR_FUSED, read once
-    results: dict[str, object] = {"throughput": {}}
+def vectors_or_random(world: str, vectors: str | None, dim: int, scratch: Path) -> str:
+    """``vectors`` where it exists, else random unit ``dim``-wide vectors for the world's items written to ``scratch``."""
+    if vectors is not None and Path(vectors).exists():
+        return vectors
+    from bench.vectors import write_random_vectors
 
+    print(f"  ({vectors or 'no vectors given'}: using random unit {dim}-d vectors for {world}'s items)")
+    return str(write_random_vectors(Path(world), scratch, dim))
+
+
+def measure_mmctr(args: argparse.Namespace, base: Run, results: dict[str, object]) -> None:
+    """Measurements 1.-6. of the module docstring (1. and 2. alone with ``--ratios-only``) into ``results``."""
     print(f"training samples/s (batch {args.batch_size} per rank, {args.steps} steps after {args.warmup}, 1 thread/process)")
     # one GPU per rank: a one-GPU machine measures 1 process only
     procs = (1, 2) if not torch.cuda.is_available() or torch.cuda.device_count() >= 2 else (1,)
     for variant in () if args.ratios_only else VARIANTS:
         rates = {n: measure(replace(base, variant=variant), n)["samples_per_s"] for n in procs}
-        results["throughput"][variant] = rates
+        results["throughput"][variant] = rates  # type: ignore[index]
         two = f"   2 processes {rates[2]:>9,.0f}   ({rates[2] / rates[1]:.2f}x)" if 2 in rates else ""
         print(f"  {variant:<13} 1 process {rates[1]:>9,.0f}{two}")
     ratios = step_time_ratios(base, _ratio_candidates(base, args.narrow_vectors), args.rounds)
@@ -354,13 +398,11 @@ def main(argv: list[str] | None = None) -> None:
     for label, value in ratios.items():
         print(f"  {label:<62} {value:.2f}")
     if args.ratios_only:
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2))
         return
     tp = results["throughput"]
 
     ours_in_memory, plain = dmp_vs_plain(base)
-    ours = tp["id_only"][1]
+    ours = tp["id_only"][1]  # type: ignore[index]
     print(f"id_only samples/s, batches in memory, turns taken: DMP fused {ours_in_memory:,.0f} vs plain "
           f"nn.EmbeddingBag(sparse=True) {plain:,.0f}: {ours_in_memory / plain:.2f}x (goal >= 1.0)")
     rate = reader_rate(base, batches=200)
@@ -382,6 +424,61 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{key}: 2 ranks row-wise {two[key] / 2**20:,.0f} MiB per rank vs 1 rank {one[key] / 2**20:,.0f} MiB: "
                   f"{two[key] / one[key]:.3f} (goal <= 0.55)")
         results["memory"] = {"one_rank": one, "two_ranks_row_wise": two}
+
+
+def measure_peer(args: argparse.Namespace, base: Run, scratch: Path) -> dict[str, object]:
+    """Measurements 7. and 8. of the module docstring (``bench.peer_speed``); returns their numbers."""
+    from bench.peer_speed import peer_vs_mmctr, print_peer_rates, vector_width_ratios  # it builds on this module
+
+    out: dict[str, object] = {"samples_per_s": {}, "ratios": {}}
+    print(f"mmctr vs the peer DIN (bench.peer): samples/s, batches in memory, turns taken, 1 thread, median of "
+          f"{args.rounds} rounds of {args.steps} steps after {args.warmup}; goal >= 1.0")
+    for b in args.peer_batch_sizes:
+        rates = peer_vs_mmctr(replace(base, batch_size=b), args.rounds)
+        out["samples_per_s"][str(b)] = rates  # type: ignore[index]
+        out["ratios"][str(b)] = print_peer_rates(b, rates)  # type: ignore[index]
+    wide = vectors_or_random(args.world, args.wide_vectors, args.wide_dim, scratch / "wide")
+    widths = vector_width_ratios(base, base.vectors, wide, args.rounds)
+    print(f"default simtier_make step time by vector width (batch {args.batch_size}, 1 process each, turns taken, "
+          f"median of {args.rounds} rounds):")
+    for label, value in widths.items():
+        print(f"  {label:<62} {value:.2f}")
+    out["vector_width_ratios"] = widths
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--world", default="runs/world-small", help="dataset directory")
+    parser.add_argument("--vectors", default="runs/pt/e2",
+                        help="item vectors (file or pretrain run; 64-d); random 64-d ones if missing")
+    parser.add_argument("--large-world", default="runs/world-large", help="world for the memory measurement")
+    parser.add_argument("--skip-large", action="store_true", help="skip the memory measurement")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--gauc-impressions", type=int, default=400_000)
+    parser.add_argument("--narrow-vectors", default="runs/pt/e2-16",
+                        help="16-d vectors (`mmctr reduce-vectors`) for the narrow-vector step-time ratios; skipped if missing")
+    parser.add_argument("--wide-vectors", help="wide vectors for 8.; default: random unit --wide-dim vectors")
+    parser.add_argument("--wide-dim", type=int, default=384, help="width of the random wide vectors")
+    parser.add_argument("--peer-batch-sizes", type=int, nargs="+", default=[256, 2048], help="batch sizes of 7.")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of each contender in the step-time ratios and 7.")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--ratios-only", action="store_true", help="measure the step-time ratios (2.) alone")
+    only.add_argument("--peer-only", action="store_true", help="measure 7. and 8. (the peer DIN, vector widths) alone")
+    parser.add_argument("--json", type=Path, help="also write every number here")
+    args = parser.parse_args(argv)
+    pin_malloc_thresholds()  # process-wide, here at the entry point (recsys.allocator)
+    results: dict[str, object] = {"throughput": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        vectors = vectors_or_random(args.world, args.vectors, 64, Path(tmp) / "vectors")
+        base = Run(args.world, vectors, "id_only", args.steps, args.warmup, args.batch_size,
+                   fused_kernels=fused.env_override())  # MMCTR_FUSED, read once
+        if not args.peer_only:
+            measure_mmctr(args, base, results)
+        if not args.ratios_only:
+            results["peer"] = measure_peer(args, base, Path(tmp))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
