@@ -93,7 +93,9 @@ def _command_settings() -> dict[str, list[type]]:
     from recsys.train.config import TrainConfig
     from recsys.train.retrain import RetrainJob
     from recsys.train.trainer import TrainJob
+    from pretrain.sentence import SentenceJob
     from recsys.world.config import WorldFormat, WorldJob
+    from recsys.world.ml100k import Ml100kJob
     from serving.client import ClientConfig
     from serving.embedder import EmbedderConfig
     from serving.constants import ExportConfig
@@ -104,7 +106,7 @@ def _command_settings() -> dict[str, list[type]]:
         "world": [WorldJob, WorldFormat], "pretrain": [PretrainJob, SclConfig], "train": [ModelConfig, TrainConfig, TrainJob],
         "retrain": [RetrainJob], "export": [ExportConfig], "serve": [ServerConfig],
         "embed-new": [ClientConfig, EmbedderConfig], "feed": [PublishConfig], "evaluate": [EvalJob],
-        "pipeline": [PipelineJob], "demo": [PipelineJob],
+        "pipeline": [PipelineJob], "demo": [PipelineJob], "import-ml100k": [Ml100kJob], "embed-text": [SentenceJob],
     }  # fmt: skip
 
 
