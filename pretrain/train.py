@@ -215,7 +215,9 @@ class Pretrainer:
             model = DistributedDataParallel(model, device_ids=ids)
         self.model = model
         params = [p for p in self.encoder.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fused: the same AdamW update in one kernel over every parameter. The per-tensor loop spent ~23% of a CLIP
+        # step on CPU (mostly on the 3.2M-weight token embedding) with 16x16-patch towers; fused, ~4%
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         n = len(self.pairs) if self.pairs is not None else len(self.items.item_ids)
         self.steps_per_epoch = max(1, (n // ctx.world_size) // cfg.batch_size)
         total = cfg.epochs * self.steps_per_epoch
@@ -274,12 +276,14 @@ class Pretrainer:
         pur = p.purchased_rows[rows]
         hard = p.hard_rows[rows]  # (B, Hn), -1 padded
         mask = torch.from_numpy(hard >= 0).to(dev)
+        # lambda 0 (the pipeline's recipe): the triplet term is 0, so no hard negative goes through the encoder
+        use_triplet = cfg.triplet_weight > 0
         with torch.no_grad():
             momentum_update(self.key, self.encoder, cfg.momentum)
             k = _tower_vectors(self.key, *self._item_inputs(pur))  # {m: (B, D)}
             real = hard[hard >= 0]  # only real hard negatives go through the encoder
             h = {m: v.new_zeros(*hard.shape, v.shape[1]) for m, v in k.items()}  # (B, Hn, D), zero padded
-            if len(real):
+            if use_triplet and len(real):
                 for m, v in _tower_vectors(self.key, *self._item_inputs(real)).items():
                     h[m][mask] = v
         # Negatives: this batch's keys and the bank, minus keys of the query's own
@@ -291,9 +295,10 @@ class Pretrainer:
             negatives = torch.cat([k[m], queue.keys()])  # (B + K', D)
             ignore = item[:, None] == torch.cat([item, queue.ids()])[None, :]  # (B, B + K')
             loss = loss + info_nce_loss(q[m], k[m], negatives, cfg.temperature, ignore)
-            triplet = triplet + triplet_loss(q[m], k[m], h[m], mask, cfg.triplet_margin)
+            if use_triplet:
+                triplet = triplet + triplet_loss(q[m], k[m], h[m], mask, cfg.triplet_margin)
         self._pending_keys = (k, item)
-        return loss + cfg.triplet_weight * triplet
+        return loss + cfg.triplet_weight * triplet if use_triplet else loss
 
     def _clip_loss(self, rows: np.ndarray) -> torch.Tensor:
         v = self.model(*self._item_inputs(rows))

@@ -30,6 +30,7 @@ from pretrain.train import CHECKPOINT_DIR, LATEST, Pretrainer, run_pretrain
 from recsys.cli import main as cli_main
 from recsys.data.schema import MANIFEST, Manifest, table_files
 from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, load_vectors, read_item_vectors
+from recsys.distributed import DistContext
 
 REPO = Path(__file__).resolve().parents[2]
 TOWER = TowerConfig(
@@ -169,6 +170,20 @@ def test_scl_checkpoint_holds_a_filled_queue(runs: dict) -> None:
         assert STEPS * B >= CFG.queue_size
         np.testing.assert_allclose(bank.norm(dim=1).numpy(), 1.0, atol=1e-5)
     assert not torch.equal(state["key"]["clip.visual.proj"], state["encoder"]["clip.visual.proj"])
+
+
+@pytest.mark.parametrize("triplet_weight", [0.0, 0.5])
+def test_scl_encodes_hard_negatives_only_for_the_triplet_term(triplet_weight: float, tiny_world: Path, tmp_path: Path) -> None:
+    """lambda 0 (the pipeline's recipe): the key encoder sees the purchased items alone; else their hard negatives too."""
+    trainer = Pretrainer(dataclasses.replace(CFG, triplet_weight=triplet_weight), "scl", tiny_world, tmp_path,
+                         DistContext(0, 1, torch.device("cpu")))
+    seen: list[int] = []
+    trainer.key.clip.visual.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    rows = trainer._batch_rows(0)
+    loss = trainer._scl_loss(rows)
+    hard = int((trainer.pairs.hard_rows[rows] >= 0).sum())
+    assert hard > 0 and math.isfinite(loss.item())
+    assert seen == ([B, hard] if triplet_weight else [B])
 
 
 class _Crash(RuntimeError):
