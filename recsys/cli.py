@@ -241,6 +241,59 @@ def _cmd_feed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_ranker(args: argparse.Namespace) -> int:
+    from serving.ranker_export import RankerExportConfig, export_ranker
+
+    entry = export_ranker(args.run, _run_world(args), args.out, args.version or 1, settings_from_args(RankerExportConfig, args),
+                          store=args.store)
+    print(f"wrote {args.out}/{args.name}/{entry.version} ({entry.variant}, run {entry.run}); serve it with "
+          f"`mmctr serve --repository {args.out}`")  # fmt: skip
+    if args.load:
+        from serving.client import ClientConfig
+        from serving.ranker_client import RankerClient
+
+        with RankerClient(ClientConfig(url=args.url, model=args.name)) as client:
+            client.load()
+            print(f"{args.url}: {args.name} versions {client.versions()}")
+    return 0
+
+
+def _run_world(args: argparse.Namespace) -> Path:
+    """``--world``, else the dataset the run's ``train_log.json`` names."""
+    if args.world is not None:
+        return args.world
+    from recsys.train.run_folder import RunFolder
+
+    return Path(RunFolder.at(args.run).read_train_log().world)
+
+
+def _cmd_rank(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    context = {}
+    for item in args.context or ():
+        name, _, values = item.partition("=")
+        context[name] = np.array([float(v) for v in values.split(",")])
+    history, candidates = np.array(args.history or [], dtype=np.int64), np.array(args.candidates, dtype=np.int64)
+    if args.run is not None:
+        from serving.ranker import Ranker, RankRequest
+
+        ranker = Ranker.load(args.run, _run_world(args), store=args.store)
+        scores = ranker.score(RankRequest(args.user, history, candidates, context))
+        print(f"run {args.run}")
+    else:
+        from serving.client import ClientConfig
+        from serving.ranker_client import RankerClient
+
+        with RankerClient(ClientConfig(url=args.url, model=args.name, timeout_s=args.timeout_s)) as client:
+            ranked = client.rank(args.user, history, candidates, context)
+        scores = ranked.scores
+        print(f"{args.name} version {ranked.version} at {args.url}")
+    for item, score in zip(candidates, scores):
+        print(f"{item} {score:.7f}")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from recsys.eval.evaluate import EvalJob, run_evaluate
 
@@ -379,7 +432,7 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--repository", type=Path, required=True, help="`mmctr export` folder (its embedded/) or a model repository")
     # a served Triton listens on its own default ports; a library TritonServer picks free ones
-    add_settings(p, ServerConfig, only=("grpc_port", "http_port", "host", "ready_timeout_s"),
+    add_settings(p, ServerConfig, only=("grpc_port", "http_port", "host", "ready_timeout_s", "model_control"),
                  defaults={"grpc_port": GRPC_PORT, "http_port": HTTP_PORT})  # fmt: skip
     p.add_argument("--log", type=Path, help="write the server's log here (default: a temporary file, removed)")
 
@@ -404,6 +457,39 @@ def _add_feed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world", type=Path, required=True, help="dataset directory")
     p.add_argument("--feed", type=Path, required=True, help="feed directory")
     add_settings(p, PublishConfig)
+
+
+def _add_export_ranker(p: argparse.ArgumentParser) -> None:
+    from serving.client import ClientConfig
+    from serving.ranker_export import RankerExportConfig
+
+    p.add_argument("--run", type=Path, required=True, help="a finished `mmctr train` or `mmctr retrain` run folder")
+    p.add_argument("--world", type=Path, help="the dataset it was trained on (default: the one its train_log.json names)")
+    p.add_argument("--out", type=Path, required=True, help="the model repository (created, or a version added)")
+    p.add_argument("--version", type=int, help="the version folder to write (default 1; a retrain: the next number)")
+    p.add_argument("--store", type=Path, help="a vector store (mmctr embed-new's): new items are scored with their "
+                   "vectors as soon as it holds them")
+    add_settings(p, RankerExportConfig)
+    p.add_argument("--load", action="store_true", help="then ask the server at --url to load it (hot update; "
+                   "the server runs with --model-control explicit)")
+    add_settings(p, ClientConfig, only=("url",))
+
+
+def _add_rank(p: argparse.ArgumentParser) -> None:
+    from serving.client import ClientConfig
+    from serving.ranker_export import RankerExportConfig
+
+    p.add_argument("--run", type=Path, help="score in-process with this finished run (the reference) instead of --url")
+    p.add_argument("--world", type=Path, help="with --run: its dataset (default: the one its train_log.json names)")
+    p.add_argument("--store", type=Path, help="with --run: a vector store whose new items' vectors join the table")
+    add_settings(p, ClientConfig, only=("url",))
+    add_settings(p, RankerExportConfig, only=("name",))
+    add_settings(p, ClientConfig, only=("timeout_s",))
+    p.add_argument("--user", type=int, required=True, help="the user ID")
+    p.add_argument("--history", type=int, nargs="*", help="the user's behaviour history, oldest first")
+    p.add_argument("--candidates", type=int, nargs="+", required=True, help="the item IDs to rank")
+    p.add_argument("--context", action="append", metavar="NAME=V1,V2,...",
+                   help="per-candidate values of a context feature (e.g. position=0,1,2); repeatable")
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
@@ -443,6 +529,9 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "export": ("write Triton model repositories of an encoder (embedded and production)", _add_export, _cmd_export),
     "serve": ("run Triton Inference Server on an exported repository until SIGTERM", _add_serve, _cmd_serve),
     "embed-new": ("embed new items from a feed on Triton into the vector store", _add_embed_new, _cmd_embed_new),
+    "export-ranker": ("write (or add a version to) a Triton repository serving a finished CTR run",
+                      _add_export_ranker, _cmd_export_ranker),
+    "rank": ("score one user's candidates: on a served ranker (--url) or in-process (--run)", _add_rank, _cmd_rank),
     "feed": ("publish a world's items created on a day into a feed, as new items", _add_feed, _cmd_feed),
     "evaluate": ("score a day with finished CTR runs; AUC/GAUC/NE vs a baseline with bootstrap CIs, JSON + HTML",
                  _add_evaluate, _cmd_evaluate),

@@ -105,6 +105,29 @@ def backoff_delays(config: ClientConfig) -> list[float]:
     return [min(config.backoff_s * 2**i, config.max_backoff_s) for i in range(config.retries)]
 
 
+def retrying(config: ClientConfig, what: str, call: Callable[[], T], refused: type[Exception],
+             unavailable: type[Exception]) -> T:
+    """``call()``, retried with :func:`backoff_delays` on retryable gRPC failures (``RETRYABLE``).
+
+    Raises:
+        refused: the server refused the call (a status not in ``RETRYABLE``): not retried.
+        unavailable: the retries are used up.
+    """
+    delays = backoff_delays(config)
+    for attempt in range(len(delays) + 1):
+        try:
+            return call()
+        except InferenceServerException as e:
+            status = str(e.status())
+            if status not in RETRYABLE:
+                raise refused(f"{config.url}: {what}: refused ({status}): {e.message()}") from None
+            if attempt == len(delays):
+                raise unavailable(f"{config.url}: {what} failed after {attempt + 1} attempt(s): "
+                                  f"{status}: {e.message()}") from None  # fmt: skip
+            time.sleep(delays[attempt])
+    raise AssertionError("unreachable")
+
+
 @dataclass(frozen=True)
 class ServedModel:
     """What the server says about the model (from its ``config.pbtxt``)."""
@@ -261,19 +284,7 @@ class EncoderClient:
 
     def _retrying(self, what: str, call: Callable[[], T]) -> T:
         """``call()``, retried on retryable gRPC failures with backoff."""
-        delays = backoff_delays(self.config)
-        for attempt in range(len(delays) + 1):
-            try:
-                return call()
-            except InferenceServerException as e:
-                status = str(e.status())
-                if status not in RETRYABLE:
-                    raise EncoderRequestError(f"{self.config.url}: {what}: refused ({status}): {e.message()}") from None
-                if attempt == len(delays):
-                    raise EncoderUnavailable(f"{self.config.url}: {what} failed after {attempt + 1} attempt(s): "
-                                             f"{status}: {e.message()}") from None  # fmt: skip
-                time.sleep(delays[attempt])
-        raise AssertionError("unreachable")
+        return retrying(self.config, what, call, EncoderRequestError, EncoderUnavailable)
 
     # -- lifetime -----------------------------------------------------------------------
     def close(self) -> None:

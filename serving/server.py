@@ -91,6 +91,9 @@ def repository_models(repository: Path) -> list[str]:
     return models
 
 
+MODEL_CONTROL = ("none", "explicit")  # ServerConfig.model_control
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Where and how a :class:`TritonServer` runs.
@@ -102,6 +105,9 @@ class ServerConfig:
         http_port (int): HTTP port (readiness polling); 0 picks a free one.
         ready_timeout_s (float): how long :meth:`TritonServer.start` waits for every model.
         exit_timeout_s (int): how long the server lets in-flight requests finish on SIGTERM.
+        model_control (str): ``none``: the repository is loaded at start and fixed; ``explicit``:
+            every model is loaded at start, and a client's load request (re)loads a model, e.g.
+            a new version folder (Triton's explicit model control: the hot update of a ranker).
     """
 
     repository: Path  # model repository
@@ -111,6 +117,12 @@ class ServerConfig:
     # model loading takes 4-8 s on 2 cores
     ready_timeout_s: float = setting(120.0, "seconds to wait for every model", flag="--ready-timeout")
     exit_timeout_s: int = 5  # tritonserver --exit-timeout-secs
+    model_control: str = setting("none", "Triton model control: none (fixed at start) or explicit (clients may "
+                                 "load new versions: hot updates)", choices=MODEL_CONTROL)
+
+    def __post_init__(self) -> None:
+        if self.model_control not in MODEL_CONTROL:
+            raise ValueError(f"ServerConfig.model_control must be one of {list(MODEL_CONTROL)}, got {self.model_control!r}")
 
 
 class TritonServer:
@@ -161,6 +173,7 @@ class TritonServer:
             "--allow-metrics=false", "--allow-gpu-metrics=false", "--allow-cpu-metrics=false",
             "--disable-auto-complete-config", "--strict-readiness=true", "--exit-on-error=true",
             "--pinned-memory-pool-byte-size=0", f"--exit-timeout-secs={c.exit_timeout_s}",
+            f"--model-control-mode={c.model_control}", *(["--load-model=*"] if c.model_control == "explicit" else []),
         ]  # fmt: skip
 
     def _environment(self) -> dict[str, str]:

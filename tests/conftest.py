@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny world per test session."""
+"""Shared fixtures: one tiny world per test session, and two finished runs on it (evaluation, serving)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,16 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recsys.data.schema import Manifest, table_files
+from recsys.data.schema import TRUTH_DIR, Manifest, table_files
+from recsys.data.vectors import VECTORS_FILE, write_item_vectors
+from recsys.models.config import ModelConfig
+from recsys.train.config import TrainConfig
+from recsys.train.trainer import TrainJob, run_train
 from recsys.world.generate import generate_world
 
 
@@ -198,3 +203,33 @@ def unlike_log(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     Manifest(format_version=2, first_day=m.first_day, last_day=m.last_day, test_day=UNLIKE_TEST_DAY,
              max_history_len=m.max_history_len, features=spec).write(dst)
     return dst
+
+
+EVAL_BATCH = 256  # the eval runs' training batch
+
+
+@pytest.fixture(scope="session")
+def oracle_vectors(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The world's hidden semantic vectors as item vectors: SimTier then has a real signal to show."""
+    t = pq.read_table(tiny_world / TRUTH_DIR / "items.parquet", columns=["item_id", "semantic"])
+    v = np.stack(t.column("semantic").to_numpy(zero_copy_only=False)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    path = tmp_path_factory.mktemp("oracle") / VECTORS_FILE
+    write_item_vectors(path, t.column("item_id").to_numpy(), v, dim=v.shape[1])
+    return path
+
+
+@pytest.fixture(scope="session")
+def eval_runs(tiny_world: Path, oracle_vectors: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Finished one-rank runs of `simtier` and `id_only` (listed in that order: the baseline is not first).
+
+    SimTier as the paper has it (hard tiers of the fixed cosine), so test_score's numpy reference applies.
+    """
+    root = tmp_path_factory.mktemp("runs")
+    runs = {"simtier": root / "simtier", "id_only": root / "id_only"}
+    for variant, out in runs.items():
+        model = ModelConfig(variant=variant, simtier_soft=False, simtier_learned_metric=False)
+        run_train(TrainJob(world=tiny_world, out=out, model=model, quiet=True,
+                           vectors=oracle_vectors if variant != "id_only" else None,
+                           train=TrainConfig(batch_size=EVAL_BATCH)))
+    return runs

@@ -27,6 +27,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "train": ("recsys.train",),
     "eval": ("recsys.eval",),
     "serving": ("serving",),
+    # the online ranker: a finished CTR run (train, eval's run checks) behind Triton and the encoder's client
+    "ranking": ("serving.ranker", "serving.ranker_export", "serving.ranker_client", "serving.triton_models.ranker"),
     "components": ("torchx_components",),
     "top": ("recsys.pipeline", "recsys.cli"),
 }
@@ -42,8 +44,9 @@ ALLOWED: dict[str, set[str]] = {
     "train": {"ground", "data", "metrics", "models"},
     "eval": {"ground", "data", "metrics", "models", "train"},
     "serving": {"ground", "data", "pretrain"},
+    "ranking": {"ground", "data", "metrics", "models", "train", "eval", "serving"},
     # job definitions: their defaults name the stages' config fields (config modules load no torch)
-    "components": {"ground", "data", "world", "models", "pretrain", "train", "serving"},
+    "components": {"ground", "data", "world", "models", "pretrain", "train", "serving", "ranking"},
     "top": set(LAYERS),
 }
 

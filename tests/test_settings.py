@@ -100,6 +100,7 @@ def _command_settings() -> dict[str, list[type]]:
     from serving.embedder import EmbedderConfig
     from serving.constants import ExportConfig
     from serving.feed import PublishConfig
+    from serving.ranker_export import RankerExportConfig
     from serving.server import ServerConfig
 
     return {
@@ -107,6 +108,7 @@ def _command_settings() -> dict[str, list[type]]:
         "retrain": [RetrainJob], "export": [ExportConfig], "serve": [ServerConfig],
         "embed-new": [ClientConfig, EmbedderConfig], "feed": [PublishConfig], "evaluate": [EvalJob],
         "pipeline": [PipelineJob], "demo": [PipelineJob], "import-ml100k": [Ml100kJob], "embed-text": [SentenceJob],
+        "export-ranker": [RankerExportConfig, ClientConfig], "rank": [RankerExportConfig, ClientConfig],
     }  # fmt: skip
 
 

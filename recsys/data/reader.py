@@ -380,6 +380,34 @@ class ImpressionReader(IterableDataset[Batch]):
             rows = rows[lo:hi]
         elif (lo, hi) != (0, table.num_rows):
             table = table.slice(lo, hi - lo)  # zero-copy; rows stay in order
+        return self._block(table, rows, where)
+
+    def batch_of(self, table: pa.Table, where: str = "request") -> Batch:
+        """One Batch of every row of an in-memory impressions table, in its order, joined as the files are.
+
+        The online ranker's path (``serving.ranker``): the same side-table joins,
+        dense transforms and ID checks as an impressions file gets, so a row scores
+        as it does offline.
+
+        Args:
+            table (pa.Table): impressions-shaped rows (M >= 1): the columns this
+                reader reads from ``impressions`` (day, user, item, history, the
+                ``impressions`` features, label).
+            where (str): names the rows in errors.
+
+        Returns:
+            Batch: M rows, weights 1.
+
+        Raises:
+            ValueError: a missing column, an unknown user or item, an ID a table refuses, a NaN (naming ``where``).
+        """
+        if table.num_rows < 1:
+            raise ValueError(f"{where}: no rows")
+        return self._assemble([(self._block(table, None, where), 0, table.num_rows)])
+
+    def _block(self, table: pa.Table, rows: np.ndarray | None, where: str) -> _Block:
+        """The rows ``rows`` (None: all, in order) of an impressions table, joined with the side tables."""
+        spec = self.spec
         user = _take(_column(table, spec.user_key, where), rows).astype(np.int64, copy=False)
         item = _take(_column(table, spec.item_key, where), rows).astype(np.int64, copy=False)
         labels = _take(_column(table, spec.label, where), rows).astype(np.float32)

@@ -156,6 +156,30 @@ def load_checkpoint(
     optimizer.load_state_dict(full["optim"])
 
 
+def load_model_weights(path: Path, model: nn.Module, skip: Callable[[str], bool] | None = None) -> int:
+    """Loads a checkpoint's model weights in place into an unsharded model (no process group needed).
+
+    DCP reads every table's shards (from any world size and sharding) into the
+    plain module's full tensors; the optimizer state is not read. The online
+    ranker's load (``serving.ranker``).
+
+    Args:
+        path (Path): a checkpoint folder (``step-NNNNNNNN``).
+        model (nn.Module): the plain model the checkpoint's ``model`` entry was saved from (``CtrTrain``).
+        skip (Callable[[str], bool] | None): state entries that keep their current values (the frozen table).
+
+    Returns:
+        int: the number of state entries loaded.
+
+    Raises:
+        RuntimeError: the checkpoint lacks an entry of ``model`` or has another shape (DCP's error).
+    """
+    state = {k: v for k, v in model.state_dict().items() if skip is None or not skip(k)}
+    dcp.load({"model": state}, checkpoint_id=Path(path), no_dist=True)
+    model.load_state_dict(state, strict=False)
+    return len(state)
+
+
 class TrainState:
     """A sharded model, its optimizer and the checkpoint folder they are saved to and resumed from.
 

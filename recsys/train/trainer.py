@@ -107,6 +107,19 @@ def run_train(job: TrainJob) -> RunMetrics | None:
 
 
 @dataclass
+class Plain:
+    """A job's unsharded model and what it was built from (``build_plain``)."""
+
+    model: CtrTrain  # the plain CtrTrain: initial weights, frozen table filled, MAKE's stage-1 weights loaded
+    split: DaySplit
+    sizes: dict[str, int]  # rows per ID table
+    vectors: ItemVectors | None
+    missing_vectors: int  # item rows without a vector
+    manifest: Manifest  # the world's manifest
+    dense_stats: dict[str, tuple[float, float]]  # standardised dense features' (mean, std), training days only
+
+
+@dataclass
 class Built:
     """A job's sharded model, its optimizer and what they were built from."""
 
@@ -120,8 +133,11 @@ class Built:
     dense_stats: dict[str, tuple[float, float]]  # standardised dense features' (mean, std), training days only
 
 
-def build(job: TrainJob, ctx: DistContext) -> Built:
-    """Builds the variant's model on every rank (running MAKE stage 1 first if needed) and shards it."""
+def build_plain(job: TrainJob, ctx: DistContext) -> Plain:
+    """The variant's unsharded model, as every rank builds it before sharding (MAKE stage 1 runs first if needed).
+
+    Also what the online ranker loads a finished run into (``serving.ranker``).
+    """
     manifest = Manifest.read(job.world)
     split = split_days(manifest, job.train_until)
     sizes = dict(job.table_sizes) if job.table_sizes is not None else capped_table_sizes(manifest, job.train)
@@ -152,8 +168,14 @@ def build(job: TrainJob, ctx: DistContext) -> Built:
         missing = fill_mm_table(plain.model.mm_arch, vectors, manifest)
     if make_state is not None:
         plain.model.make.load_state_dict(make_state)
-    dmp, optimizer = shard_and_optimize(plain, ctx, job.sharding, job.train.sparse_lr, job.train.dense_lr)
-    return Built(dmp, optimizer, split, sizes, vectors, missing, manifest, stats)
+    return Plain(plain, split, sizes, vectors, missing, manifest, stats)
+
+
+def build(job: TrainJob, ctx: DistContext) -> Built:
+    """Builds the variant's model on every rank (``build_plain``) and shards it."""
+    p = build_plain(job, ctx)
+    dmp, optimizer = shard_and_optimize(p.model, ctx, job.sharding, job.train.sparse_lr, job.train.dense_lr)
+    return Built(dmp, optimizer, p.split, p.sizes, p.vectors, p.missing_vectors, p.manifest, p.dense_stats)
 
 
 @dataclass

@@ -1,0 +1,288 @@
+"""The online ranker: a finished CTR run scoring one user's candidates, in-process.
+
+Notation: ``N`` candidates of a request, ``L`` history items, ``F`` dense features.
+
+A request (:class:`RankRequest`) is what a serving system has at ranking
+time: the user ID, the user's behaviour history (item IDs, most recent
+last), ``N`` candidate item IDs, and optionally per-candidate values of the
+dataset's *context* features, the ``impressions``-sourced features other than
+the user, the item and the history (the world's ``position``). A context
+feature a request leaves out is 0 for every candidate (``CONTEXT_DEFAULT``).
+
+:class:`Ranker` loads the run as ``mmctr evaluate`` rebuilds it
+(``recsys.train.trainer.build_plain`` on the run's ``train_log.json``:
+the variant's model, its ID table sizes, the frozen table filled from the
+run's vectors through the run's projection, MAKE's weights) but
+unsharded, in eval mode, with the newest checkpoint's weights read by DCP
+(``checkpoint.load_model_weights``). A request becomes ``N`` impression
+rows that go through the reader's own joins and transforms
+(``ImpressionReader.batch_of``: profile and item features from the
+dataset's ``users`` and ``items`` tables, dense statistics of the training
+days, the history cut to the world's ``max_history_len``), so a served score
+equals the offline score of the same impression.
+
+Example (a tiny world and run; see ``tests/serving/test_ranker.py``)::
+
+    ranker = Ranker.load(Path("runs/demo/ctr/simtier_make"), Path("runs/demo/world"))
+    ranker.score(RankRequest(user=7, history=np.array([3, 9]), candidates=np.array([11, 12, 13])))
+    # -> array of 3 click probabilities, float32
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from recsys.data.projection import PROJECTION_FILE, load_projection, project_rows
+from recsys.data.reader import ImpressionReader, ReaderConfig
+from recsys.data.spec import FeatureSpec
+from recsys.data.vectors import ItemVectors, check_vectors, open_store, read_snapshot, store_meta
+from recsys.distributed import DistContext
+from recsys.eval.runs import RunError, load_run
+from recsys.models.mm_table import is_mm_table_param, multimodal_arch
+from recsys.train.checkpoint import load_model_weights
+from recsys.train.setup import fill_mm_table
+from recsys.train.trainer import build_plain
+
+REFRESH_INTERVAL_S = 0.2  # the most seconds between two looks at the vector store (freshness: <= 1 s)
+MAX_CANDIDATES = 500  # the most candidates one request may hold (export-ranker --max-candidates)
+CONTEXT_DEFAULT = 0.0  # a context feature a request leaves out, for every candidate
+
+
+def context_features(spec: FeatureSpec) -> tuple[str, ...]:
+    """The spec's per-candidate context features: ``impressions`` columns other than user, item, history, label, day.
+
+    Example::
+
+        >>> from recsys.data.spec import world_spec
+        >>> context_features(world_spec())
+        ('position',)
+    """
+    fixed = {spec.user_key, spec.item_key, spec.history, spec.label, spec.day}
+    names = [f.name for f in spec.sparse if f.source == "impressions"] + [f.name for f in spec.dense if f.source == "impressions"]
+    return tuple(n for n in dict.fromkeys(names) if n not in fixed)
+
+
+@dataclass(frozen=True)
+class RankRequest:
+    """One ranking request (module docstring).
+
+    Args:
+        user (int): the user ID, as the dataset's impressions name users.
+        history (np.ndarray): int64 item IDs of shape (L,), oldest first (L may be 0).
+        candidates (np.ndarray): int64 item IDs of shape (N,), 1 <= N.
+        context (dict[str, np.ndarray]): per-candidate values (N,) of context features, by name.
+    """
+
+    user: int
+    history: np.ndarray
+    candidates: np.ndarray
+    context: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class RankRequestError(ValueError):
+    """A request the ranker refuses; the message names the field."""
+
+
+def check_request(request: RankRequest, known: tuple[str, ...], max_candidates: int) -> None:
+    """Refuses a malformed request (:class:`RankRequestError` naming the field).
+
+    Example::
+
+        >>> check_request(RankRequest(1, np.array([2]), np.array([], dtype=np.int64)), (), 10)
+        Traceback (most recent call last):
+            ...
+        serving.ranker.RankRequestError: candidates: empty; a request ranks 1 to 10 items
+    """
+    n = len(request.candidates)
+    if np.ndim(request.candidates) != 1 or np.ndim(request.history) != 1:
+        raise RankRequestError(f"candidates and history must be 1-D, got shapes {np.shape(request.candidates)} "
+                               f"and {np.shape(request.history)}")
+    if not 1 <= n <= max_candidates:
+        raise RankRequestError(f"candidates: {'empty' if n == 0 else f'{n} items'}; a request ranks 1 to {max_candidates} items")
+    for name, array in (("candidates", request.candidates), ("history", request.history)):
+        if len(array) and not np.issubdtype(np.asarray(array).dtype, np.integer):
+            raise RankRequestError(f"{name}: item IDs must be integers, got dtype {np.asarray(array).dtype}")
+    for name, values in request.context.items():
+        if name not in known:
+            raise RankRequestError(f"context feature {name!r} is not one of the dataset's {list(known)}")
+        if np.shape(values) != (n,):
+            raise RankRequestError(f"context feature {name!r}: shape {np.shape(values)}, expected ({n},), one per candidate")
+        if not np.all(np.isfinite(np.asarray(values, dtype=np.float64))):
+            raise RankRequestError(f"context feature {name!r}: NaN or infinite values")
+
+
+class Ranker:
+    """A finished run, unsharded and in eval mode, scoring :class:`RankRequest` s (module docstring).
+
+    Fresh vectors: with a vector store (``mmctr embed-new``'s), :meth:`refresh`
+    adds the store's vectors of items the run's table lacks to the frozen
+    table (projected through the run's basis when it has one), so a new item
+    is scored with its vector as soon as the store holds it; :meth:`score`
+    looks at the store at most every ``refresh_interval_s``.
+
+    Args:
+        model (torch.nn.Module): the run's ``CtrModel`` (weights loaded, eval mode).
+        reader (ImpressionReader): the dataset's reader with the run's table sizes and dense statistics.
+        name (str): the run's name (its folder name).
+        max_candidates (int): the most candidates a request may hold.
+        vectors (ItemVectors | None): the frozen table's vectors as loaded (projected); None for ``id_only``.
+        store (Path | None): the vector store to refresh from.
+        basis (np.ndarray | None): the run's projection (D, K), applied to the store's vectors.
+        refresh_interval_s (float): seconds between two looks at the store.
+    """
+
+    def __init__(self, model: torch.nn.Module, reader: ImpressionReader, name: str, max_candidates: int = MAX_CANDIDATES,
+                 vectors: ItemVectors | None = None, store: Path | None = None, basis: np.ndarray | None = None,
+                 refresh_interval_s: float = REFRESH_INTERVAL_S) -> None:  # fmt: skip
+        self.model = model.eval()
+        self.reader = reader
+        self.name = name
+        self.max_candidates = max_candidates
+        self.spec = reader.spec
+        self.context = context_features(self.spec)
+        self.store = None if vectors is None else store  # id_only reads no vectors
+        self.refresh_interval_s = refresh_interval_s
+        self._vectors = vectors
+        self._basis = basis
+        self._store_version = int(vectors.manifest.get("store_version", 0)) if vectors is not None and self.store else 0
+        self._db = None
+        self._looked = 0.0
+        self.fresh_items = 0  # items the store added since load
+
+    @staticmethod
+    def load(run: Path, world: Path, max_candidates: int = MAX_CANDIDATES, store: Path | None = None) -> "Ranker":
+        """Loads a finished run (``mmctr train`` or ``mmctr retrain``) on the dataset ``world``.
+
+        Args:
+            run (Path): the run folder.
+            world (Path): the dataset it was trained on.
+            max_candidates (int): the most candidates a request may hold.
+            store (Path | None): a vector store whose new items' vectors join the frozen
+                table now and on every :meth:`refresh`; None: the run's own store, if any.
+
+        Raises:
+            RunError: the run is unfinished, of another world, or names files that are gone (``runs.load_run``).
+        """
+        spec = load_run(Path(run), Path(run).name, Path(world))
+        if spec.checkpoint is None or spec.train is None:
+            raise RunError(f"run {run}: no checkpoint")
+        job = spec.job(Path(world), quiet=True)
+        if store is not None and spec.vectors is not None:
+            job = dataclasses.replace(job, store=Path(store))
+        ctx = DistContext(rank=0, world_size=1, device=torch.device("cpu"))
+        plain = build_plain(job, ctx)
+        # the frozen table stays as build_plain filled it: the run's vectors (plus the store's new items)
+        load_model_weights(spec.checkpoint, plain.model, skip=is_mm_table_param)
+        reader = ImpressionReader(Path(world), ReaderConfig(batch_size=max_candidates, table_sizes=plain.sizes,
+                                                            out_of_range=spec.train.out_of_range,
+                                                            dense_stats=plain.dense_stats or None))
+        projection = spec.path / PROJECTION_FILE
+        basis = load_projection(projection)[0] if plain.vectors is not None and projection.is_file() else None
+        return Ranker(plain.model.model, reader, spec.name, max_candidates, plain.vectors, job.store, basis)
+
+    def refresh(self) -> int:
+        """Adds the store's vectors of items the frozen table lacks; returns how many were added.
+
+        Reads only what the store added since the last look (its ``version``).
+        Items the table already holds keep their vector (as ``merge_vectors``).
+        A raw-ID table is rebuilt one row larger per new item; an identity
+        table takes row ``item_id % rows``, as at load.
+
+        Raises:
+            ValueError: a store vector that is not finite or not unit norm, naming the store and the item.
+        """
+        if self.store is None or self._vectors is None:
+            return 0
+        if self._db is None:
+            self._db = open_store(Path(self.store))
+        version = int(store_meta(self._db, "version") or 0)
+        if version <= self._store_version:
+            return 0
+        snap = read_snapshot(self._db, self._store_version)
+        self._store_version = snap.version
+        new = ~np.isin(snap.item_ids, self._vectors.item_ids)
+        if not new.any():
+            return 0
+        ids, vectors = snap.item_ids[new], snap.vectors[new]
+        check_vectors(ids, vectors, snap.dim, self.store)
+        if self._basis is not None:
+            vectors = project_rows(vectors, self._basis)
+        order = np.argsort(np.concatenate([self._vectors.item_ids, ids]), kind="stable")
+        self._vectors = dataclasses.replace(
+            self._vectors, item_ids=np.concatenate([self._vectors.item_ids, ids])[order],
+            vectors=np.concatenate([self._vectors.vectors, vectors.astype(np.float32)])[order])
+        manifest = self.reader.manifest
+        if self.model.mm_arch.raw_ids:  # every vector has its own row: a table one row per new item larger
+            old = self.model.mm_arch
+            arch = multimodal_arch(self.spec, len(self._vectors.item_ids) + 1, self._vectors.dim,
+                                   history_slots=manifest.max_history_len)
+            fill_mm_table(arch, self._vectors, manifest)
+            self.model.mm_arch = arch.to(old.table_weight().device)
+        else:
+            fill_mm_table(self.model.mm_arch, self._vectors, manifest)
+        self.fresh_items += len(ids)
+        return len(ids)
+
+    def _maybe_refresh(self) -> None:
+        now = time.monotonic()
+        if self.store is not None and now - self._looked >= self.refresh_interval_s:
+            self._looked = now
+            self.refresh()
+
+    def rows(self, request: RankRequest) -> pa.Table:
+        """The request as ``N`` impression rows (label 0), in candidate order.
+
+        Raises:
+            RankRequestError: a malformed request (:func:`check_request`).
+        """
+        check_request(request, self.context, self.max_candidates)
+        spec = self.spec
+        n = len(request.candidates)
+        columns: dict[str, pa.Array] = {
+            spec.day: pa.array(np.zeros(n, dtype=np.int64)),
+            spec.user_key: pa.array(np.full(n, int(request.user), dtype=np.int64)),
+            spec.item_key: pa.array(np.asarray(request.candidates, dtype=np.int64)),
+            spec.label: pa.array(np.zeros(n, dtype=np.float32)),
+        }
+        if spec.history is not None:
+            history = np.asarray(request.history, dtype=np.int64)
+            offsets = np.arange(n + 1, dtype=np.int32) * len(history)
+            columns[spec.history] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.tile(history, n)))
+        sparse = {f.name for f in spec.sparse}
+        for name in self.context:
+            values = request.context.get(name)
+            if values is None:
+                values = np.full(n, CONTEXT_DEFAULT)
+            columns[name] = pa.array(np.asarray(values, dtype=np.int64 if name in sparse else np.float64))
+        return pa.table(columns)
+
+    def score(self, request: RankRequest) -> np.ndarray:
+        """Click probabilities of the request's candidates, float32 of shape (N,), in candidate order.
+
+        Raises:
+            RankRequestError: a malformed request.
+            ValueError: an ID the dataset's tables do not know (the reader's error, naming the request).
+        """
+        return self.score_many([request])[0]
+
+    @torch.inference_mode()
+    def score_many(self, requests: list[RankRequest]) -> list[np.ndarray]:
+        """Several requests in one forward pass (a dynamic batch); each request's (N_i,) probabilities.
+
+        Raises:
+            RankRequestError: one of the requests is malformed (nothing is scored).
+            ValueError: an ID the dataset's tables do not know (nothing is scored).
+        """
+        tables = [self.rows(r) for r in requests]
+        self._maybe_refresh()
+        where = f"request of user {requests[0].user}" if len(requests) == 1 else f"{len(requests)} requests"
+        batch = self.reader.batch_of(pa.concat_tables(tables), where=where)
+        probs = torch.sigmoid(self.model(batch.dense_features, batch.sparse_features)).to(torch.float32).numpy()
+        return np.split(probs, np.cumsum([t.num_rows for t in tables])[:-1])

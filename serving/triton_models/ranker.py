@@ -1,0 +1,118 @@
+"""Triton Python-backend model ``ranker``: a finished CTR run scoring requests (``serving.ranker.Ranker``).
+
+Loads the run its version folder's ``ranker.json`` names (written by
+``serving.ranker_export``) once, at load time; the interface is that
+module's. The requests of a dynamic batch are scored in one forward pass;
+a malformed request (wrong shape, no or too many candidates, an unknown
+context input, an ID the dataset refuses) gets its own error and the
+others of the batch are scored. Config parameters: ``max_candidates``,
+``torch_threads`` (0 keeps torch's default).
+
+Example::
+
+    >>> import numpy as np
+    >>> flat(np.array([[3, 4, 5]])).tolist(), flat(np.zeros((1, 0), np.int64)).shape
+    ([3, 4, 5], (0,))
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def flat(array: np.ndarray) -> np.ndarray:
+    """One request's tensor without Triton's batch dimension: (1, N) -> (N,); anything else as it is, flattened."""
+    return np.asarray(array).reshape(-1)
+
+
+def _pb() -> Any:
+    """The Python backend's utilities; importable only inside Triton's stub process."""
+    import triton_python_backend_utils
+
+    return triton_python_backend_utils
+
+
+class TritonPythonModel:
+    """One forward pass per dynamic batch of requests (the Python backend's model interface)."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        import torch
+
+        from serving import ranker_export as rx
+        from serving.ranker import Ranker
+
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        threads = int(params.get(rx.PARAM_THREADS, "0"))
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.rx = rx
+        self.name: str = config["name"]
+        self.version = int(args["model_version"])
+        entry = rx.read_version(Path(args["model_repository"]) / args["model_version"])
+        store = None if entry.store is None else Path(entry.store)
+        self.ranker = Ranker.load(Path(entry.run), Path(entry.world), int(params[rx.PARAM_MAX_CANDIDATES]), store)
+        self.inputs = {i["name"] for i in config["input"]}
+
+    def _request(self, request: Any) -> Any:
+        """A ``RankRequest`` from a Triton request (``RankRequestError`` if malformed)."""
+        from serving.ranker import RankRequest, RankRequestError
+
+        pb, rx = _pb(), self.rx
+        user = flat(pb.get_input_tensor_by_name(request, rx.USER_INPUT).as_numpy())
+        if user.shape != (1,):
+            raise RankRequestError(f"{rx.USER_INPUT}: one user ID per request, got {user.size}")
+        context = {}
+        for name in self.ranker.context:
+            tensor = pb.get_input_tensor_by_name(request, name)
+            if tensor is not None:
+                context[name] = flat(tensor.as_numpy())
+        return RankRequest(
+            user=int(user[0]),
+            history=flat(pb.get_input_tensor_by_name(request, rx.HISTORY_INPUT).as_numpy()),
+            candidates=flat(pb.get_input_tensor_by_name(request, rx.CANDIDATES_INPUT).as_numpy()),
+            context=context,
+        )
+
+    def _response(self, scores: np.ndarray) -> Any:
+        pb = _pb()
+        return pb.InferenceResponse(output_tensors=[
+            pb.Tensor(self.rx.SCORES_OUTPUT, scores.astype(np.float32).reshape(1, -1)),
+            pb.Tensor(self.rx.VERSION_OUTPUT, np.array([[self.version]], dtype=np.int64)),
+        ])  # fmt: skip
+
+    def _error(self, message: str) -> Any:
+        """A refusal: INVALID_ARGUMENT where the backend has error codes (else INTERNAL), naming the version."""
+        pb = _pb()
+        text = f"{self.name} v{self.version}: {message}"
+        code = getattr(pb.TritonError, "INVALID_ARG", None)
+        error = pb.TritonError(text) if code is None else pb.TritonError(text, code)
+        return pb.InferenceResponse(output_tensors=[], error=error)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        from serving.ranker import check_request
+
+        parsed: list[Any] = []
+        responses: list[Any] = [None] * len(requests)
+        for i, request in enumerate(requests):
+            try:
+                r = self._request(request)
+                check_request(r, self.ranker.context, self.ranker.max_candidates)  # before it joins the batch
+                parsed.append((i, r))
+            except ValueError as e:
+                responses[i] = self._error(str(e))
+        if parsed:
+            try:
+                for (i, _), scores in zip(parsed, self.ranker.score_many([r for _, r in parsed])):
+                    responses[i] = self._response(scores)
+            except ValueError:  # an ID one request's user or items refuse: score them one by one to name it
+                for i, r in parsed:
+                    try:
+                        responses[i] = self._response(self.ranker.score(r))
+                    except ValueError as e:
+                        responses[i] = self._error(str(e))
+        return responses

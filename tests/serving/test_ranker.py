@@ -1,0 +1,299 @@
+"""The online ranker: in-process and on a real Triton server, its scores against `mmctr evaluate`'s offline ones."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch.distributed as dist
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from recsys.cli import main
+from recsys.data.schema import Manifest, table_files
+from recsys.distributed import init_distributed
+from recsys.eval.runs import load_run
+from recsys.data.vectors import VECTORS_FILE, read_item_vectors
+from recsys.eval.score import score_run
+from recsys.pipeline.catalogue import write_catalogue
+from recsys.models.config import ModelConfig
+from recsys.train.config import TrainConfig
+from recsys.train.trainer import TrainJob, run_train
+from serving.client import ClientConfig
+from serving.ranker import Ranker, RankRequest, RankRequestError
+from serving.ranker_client import RankerClient, RankerRequestError
+from serving.ranker_export import RankerExportConfig, export_ranker, read_version
+from serving.server import ServerConfig, TritonServer
+from serving.store import VectorStore
+
+TOL = 1e-5  # the issue's: served = offline to 1e-5
+ROWS = 240  # test-day impressions compared per run
+
+
+@pytest.fixture(scope="module")
+def catalogue(tiny_world: Path, oracle_vectors: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The oracle vectors of items created before the test day (the pipeline's catalogue): the test day's new items lack one."""
+    out = tmp_path_factory.mktemp("catalogue")
+    write_catalogue(tiny_world, oracle_vectors.parent, Manifest.read(tiny_world).test_day, out)
+    return out / VECTORS_FILE
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_world: Path, catalogue: Path, eval_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """id_only and simtier (paper's SimTier) from the shared fixture, plus simtier_make with the defaults on the catalogue."""
+    out = tmp_path_factory.mktemp("ranker-runs") / "simtier_make"
+    run_train(TrainJob(world=tiny_world, out=out, model=ModelConfig(variant="simtier_make"), vectors=catalogue,
+                       quiet=True, train=TrainConfig(batch_size=256, make_max_epochs=1)))
+    return {**eval_runs, "simtier_make": out}
+
+
+@pytest.fixture(scope="module")
+def offline(tiny_world: Path, runs: dict[str, Path]) -> dict[str, np.ndarray]:
+    """Each run's offline scores of the test day's first ROWS impressions (file order: one rank, no shuffle)."""
+    day = Manifest.read(tiny_world).test_day
+    created = not dist.is_initialized()
+    ctx = init_distributed(always=True)  # DMP needs a process group, even of one rank
+    try:
+        scores = {v: score_run(load_run(p, v, tiny_world), tiny_world, day, ctx)[2].predictions[:ROWS] for v, p in runs.items()}
+    finally:
+        if created:
+            dist.destroy_process_group()
+    return scores
+
+
+def _impressions(world: Path) -> dict[str, np.ndarray | list]:
+    """The test day's first ROWS impressions, as the files hold them."""
+    day = Manifest.read(world).test_day
+    files = [f for f in table_files(world, "impressions") if f"day-{day:04d}" in f.name]
+    t = pq.read_table(files[0]).slice(0, ROWS)
+    assert t.num_rows == ROWS
+    return {"user": t["user_id"].to_numpy(), "item": t["item_id"].to_numpy(), "position": t["position"].to_numpy(),
+            "history": t["history_item_ids"].to_pylist()}
+
+
+def _requests(world: Path) -> list[tuple[RankRequest, np.ndarray]]:
+    """The impressions grouped into requests: rows of one user with one history are one request's candidates
+    (their logged positions as context); returns each request and its rows."""
+    imp = _impressions(world)
+    groups: dict[tuple, list[int]] = {}
+    for i in range(ROWS):
+        groups.setdefault((int(imp["user"][i]), tuple(imp["history"][i])), []).append(i)
+    out = []
+    for (user, history), rows in groups.items():
+        idx = np.array(rows)
+        out.append((RankRequest(user, np.array(history, dtype=np.int64), imp["item"][idx],
+                                {"position": imp["position"][idx].astype(np.float64)}), idx))
+    return out
+
+
+def test_requests_cover_every_row_once(tiny_world: Path) -> None:
+    rows = np.concatenate([idx for _, idx in _requests(tiny_world)])
+    assert np.array_equal(np.sort(rows), np.arange(ROWS))
+    assert max(len(idx) for _, idx in _requests(tiny_world)) > 1  # some requests rank several candidates
+
+
+@pytest.mark.parametrize("variant", ["id_only", "simtier", "simtier_make"])
+def test_in_process_scores_equal_offline(variant: str, tiny_world: Path, runs: dict[str, Path], offline: dict[str, np.ndarray]) -> None:
+    ranker = Ranker.load(runs[variant], tiny_world)
+    got = np.full(ROWS, np.nan)
+    requests = _requests(tiny_world)
+    for request, idx in requests[: len(requests) // 2]:  # one request at a time
+        got[idx] = ranker.score(request)
+    rest = requests[len(requests) // 2 :]
+    for (_, idx), scores in zip(rest, ranker.score_many([r for r, _ in rest])):  # a dynamic batch of requests
+        got[idx] = scores
+    assert not np.isnan(got).any()
+    assert np.abs(got - offline[variant]).max() <= TOL
+
+
+def test_a_context_feature_left_out_is_zero(tiny_world: Path, runs: dict[str, Path]) -> None:
+    ranker = Ranker.load(runs["id_only"], tiny_world)
+    request, _ = _requests(tiny_world)[0]
+    bare = RankRequest(request.user, request.history, request.candidates)
+    zero = RankRequest(request.user, request.history, request.candidates, {"position": np.zeros(len(request.candidates))})
+    assert np.array_equal(ranker.score(bare), ranker.score(zero))
+    assert not np.array_equal(ranker.score(bare), ranker.score(request))  # position matters to this model
+
+
+def test_in_process_refusals_name_the_field(tiny_world: Path, runs: dict[str, Path]) -> None:
+    ranker = Ranker.load(runs["id_only"], tiny_world, max_candidates=4)
+    with pytest.raises(RankRequestError, match="candidates: 5 items"):
+        ranker.score(RankRequest(1, np.array([2]), np.arange(5)))
+    with pytest.raises(RankRequestError, match="context feature 'slot'"):
+        ranker.score(RankRequest(1, np.array([2]), np.arange(2), {"slot": np.zeros(2)}))
+    with pytest.raises(RankRequestError, match="'position': shape"):
+        ranker.score(RankRequest(1, np.array([2]), np.arange(2), {"position": np.zeros(3)}))
+    with pytest.raises(ValueError, match="user_id 99999"):
+        ranker.score(RankRequest(99999, np.array([2]), np.arange(2)))
+
+
+@pytest.fixture(scope="module")
+def repository(tiny_world: Path, runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One repository serving every run, each as its own model."""
+    repo = tmp_path_factory.mktemp("ranker-repo")
+    for variant, run in runs.items():
+        export_ranker(run, tiny_world, repo, config=RankerExportConfig(name=f"ranker_{variant}", max_candidates=64))
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path) -> Iterator[TritonServer]:
+    with TritonServer(ServerConfig(repository=repository)) as s:
+        yield s
+
+
+def test_export_writes_one_version_naming_the_run(repository: Path, runs: dict[str, Path]) -> None:
+    entry = read_version(repository / "ranker_simtier_make" / "1")
+    assert (entry.run, entry.variant, entry.version) == (str(runs["simtier_make"].resolve()), "simtier_make", 1)
+
+
+@pytest.mark.parametrize("variant", ["id_only", "simtier", "simtier_make"])
+def test_served_scores_equal_offline(variant: str, tiny_world: Path, server: TritonServer, offline: dict[str, np.ndarray]) -> None:
+    got = np.full(ROWS, np.nan)
+    with RankerClient(ClientConfig(url=server.grpc_url, model=f"ranker_{variant}")) as client:
+        for request, idx in _requests(tiny_world):
+            ranked = client.rank(request.user, request.history, request.candidates, request.context)
+            assert ranked.version == 1
+            got[idx] = ranked.scores
+    assert np.abs(got - offline[variant]).max() <= TOL
+
+
+def _raw(server: TritonServer, model: str, arrays: dict[str, np.ndarray]) -> str:
+    """Sends tensors as given (no client-side checks); returns the server's error message ('' if it answered)."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    inputs = []
+    for name, a in arrays.items():
+        t = grpcclient.InferInput(name, list(a.shape), {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}[a.dtype])
+        t.set_data_from_numpy(a)
+        inputs.append(t)
+    try:
+        client.infer(model, inputs)
+        return ""
+    except InferenceServerException as e:
+        return e.message()
+    finally:
+        client.close()
+
+
+def test_bad_requests_refused_and_the_server_keeps_serving(server: TritonServer, tiny_world: Path) -> None:
+    model = "ranker_id_only"
+    user, hist = np.array([[1]], np.int64), np.array([[2, 3]], np.int64)
+    cases = {
+        "candidates: 65 items": {"user": user, "history": hist, "candidates": np.arange(65, dtype=np.int64)[None]},
+        "candidates: empty": {"user": user, "history": hist, "candidates": np.zeros((1, 0), np.int64)},
+        "unexpected shape for input 'user'": {"user": np.array([[1, 2]], np.int64), "history": hist, "candidates": hist},
+        "user_id 99999": {"user": np.array([[99999]], np.int64), "history": hist, "candidates": hist},
+        "'position': shape": {"user": user, "history": hist, "candidates": hist, "position": np.zeros((1, 3), np.float32)},
+        "data-type": {"user": user, "history": hist, "candidates": hist.astype(np.float32)},
+    }
+    for expected, arrays in cases.items():
+        message = _raw(server, model, arrays)
+        assert expected in message, (expected, message)
+    with RankerClient(ClientConfig(url=server.grpc_url, model=model, retries=0)) as client:
+        with pytest.raises(RankerRequestError, match="candidates: 65 items"):
+            client.rank(1, [2], np.arange(65))
+        with pytest.raises(ValueError, match="candidates: empty"):
+            client.rank(1, [2], [])
+        assert client.ready()
+        assert len(client.rank(1, [], [3, 4, 5]).scores) == 3  # still serving, an empty history too
+    assert server.running()
+
+
+def test_rank_cli_in_process_and_served_agree(tiny_world: Path, runs: dict[str, Path], server: TritonServer,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    request, _ = _requests(tiny_world)[0]
+    common = ["--user", str(request.user), "--history", *map(str, request.history), "--candidates", *map(str, request.candidates),
+              "--context", f"position={','.join(str(p) for p in request.context['position'])}"]
+    assert main(["rank", "--run", str(runs["simtier"]), "--world", str(tiny_world), *common]) == 0
+    local = capsys.readouterr().out
+    assert main(["rank", "--url", server.grpc_url, "--name", "ranker_simtier", *common]) == 0
+    served = capsys.readouterr().out
+    parse = lambda out: [float(line.split()[1]) for line in out.splitlines() if line[:1].isdigit()]  # noqa: E731
+    assert len(parse(local)) == len(request.candidates)
+    assert np.allclose(parse(local), parse(served), atol=1e-5)
+
+
+def test_hot_update_under_load_fails_no_request(tiny_world: Path, runs: dict[str, Path], tmp_path: Path) -> None:
+    """Version 2 (another run) loaded while requests flow: every request answered, the version switches, v1 unloaded."""
+    import threading
+    import time
+
+    repo, name = tmp_path / "repo", "ranker_hot"
+    export_ranker(runs["id_only"], tiny_world, repo, version=1, config=RankerExportConfig(name=name))
+    request, _ = _requests(tiny_world)[0]
+    answered: list[tuple[int, float]] = []  # (version, seconds)
+    failed: list[str] = []
+    stop = threading.Event()
+    with TritonServer(ServerConfig(repository=repo, model_control="explicit")) as server:
+        config = ClientConfig(url=server.grpc_url, model=name, retries=0)
+
+        def traffic() -> None:
+            with RankerClient(config) as client:
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    try:
+                        ranked = client.rank(request.user, request.history, request.candidates, request.context)
+                        answered.append((ranked.version, time.perf_counter() - t0))
+                    except Exception as e:  # noqa: BLE001 - every failure counts
+                        failed.append(repr(e))
+
+        thread = threading.Thread(target=traffic)
+        thread.start()
+        try:
+            while len(answered) < 5:
+                time.sleep(0.05)
+            export_ranker(runs["simtier"], tiny_world, repo, version=2, config=RankerExportConfig(name=name))
+            with RankerClient(config) as admin:
+                admin.load()
+                deadline = time.monotonic() + 60
+                while (not answered or answered[-1][0] != 2) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                n = len(answered)
+                while len(answered) < n + 5:
+                    time.sleep(0.05)
+                versions = admin.versions()
+                served = admin.rank(request.user, request.history, request.candidates, request.context)
+        finally:
+            stop.set()
+            thread.join()
+    assert failed == []
+    seen = [v for v, _ in answered]
+    assert seen[0] == 1 and seen[-1] == 2 and set(seen) == {1, 2}
+    assert seen.index(2) > 0 and 1 not in seen[seen.index(2) + 5 :]  # no v1 answer well after the switch
+    assert versions.get(2) == "READY" and versions.get(1) != "READY"  # the old version unloaded
+    want = Ranker.load(runs["simtier"], tiny_world).score(request)
+    assert served.version == 2 and np.abs(served.scores - want).max() <= TOL
+
+
+def test_a_new_item_is_scored_with_its_vector_once_the_store_holds_it(
+    tiny_world: Path, oracle_vectors: Path, catalogue: Path, runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """The embedder writes a new item's vector while the server runs: the next requests score it with that vector."""
+    import time
+
+    ids, vectors = read_item_vectors(oracle_vectors)
+    new = ~np.isin(ids, read_item_vectors(catalogue)[0])
+    fresh_ids, fresh = ids[new][:3], vectors[new][:3]
+    store_path = tmp_path / "vectors.sqlite"
+    with VectorStore(store_path) as store:
+        store.bind(dim=vectors.shape[1], encoder_sha256="")
+    repo, name = tmp_path / "repo", "ranker_fresh"
+    export_ranker(runs["simtier_make"], tiny_world, repo, config=RankerExportConfig(name=name), store=store_path)
+    request, _ = _requests(tiny_world)[0]
+    request = RankRequest(request.user, request.history, np.concatenate([fresh_ids, request.candidates[:1]]))
+    fallback = Ranker.load(runs["simtier_make"], tiny_world).score(request)  # no vector for the new items
+    with TritonServer(ServerConfig(repository=repo)) as server, RankerClient(ClientConfig(url=server.grpc_url, model=name)) as client:
+        before = client.rank(request.user, request.history, request.candidates).scores
+        with VectorStore(store_path) as store:
+            store.write(fresh_ids, fresh, created_at=np.full(len(fresh_ids), time.time()))
+        deadline = time.monotonic() + 60
+        after = before
+        while np.array_equal(after, before) and time.monotonic() < deadline:
+            after = client.rank(request.user, request.history, request.candidates).scores
+    assert np.abs(before - fallback).max() <= TOL
+    with_vectors = Ranker.load(runs["simtier_make"], tiny_world, store=store_path).score(request)  # the offline score with them
+    assert np.abs(after - with_vectors).max() <= TOL
+    assert (np.abs(after[:3] - fallback[:3]) > 1e-4).all()  # each new item's vector moved its score
