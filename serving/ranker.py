@@ -236,6 +236,13 @@ class Ranker:
             self._looked = now
             self.refresh()
 
+    @property
+    def unknown_counts(self) -> dict[str, int]:
+        """Scored rows (candidate impressions) whose user, candidate or history items had no row in the
+        dataset's tables (scored with default side features), and ``folded``: identity-table IDs beyond
+        the table's rows folded in (``id % rows``), as ``ImpressionReader.batch_of(lenient=True)`` counts them."""
+        return {**self.reader.unknown_counts, "folded": sum(self.reader.out_of_range_counts.values())}
+
     def rows(self, request: RankRequest) -> pa.Table:
         """The request as ``N`` impression rows (label 0), in candidate order.
 
@@ -266,9 +273,13 @@ class Ranker:
     def score(self, request: RankRequest) -> np.ndarray:
         """Click probabilities of the request's candidates, float32 of shape (N,), in candidate order.
 
+        Unknown users and items are scored, never refused: with default side features and, in
+        identity tables, folded IDs (managed and hash tables map them as in training); counted in
+        :attr:`unknown_counts`.
+
         Raises:
             RankRequestError: a malformed request.
-            ValueError: an ID the dataset's tables do not know (the reader's error, naming the request).
+            ValueError: a negative ID in an identity table (the reader's error, naming the request).
         """
         return self.score_many([request])[0]
 
@@ -278,11 +289,11 @@ class Ranker:
 
         Raises:
             RankRequestError: one of the requests is malformed (nothing is scored).
-            ValueError: an ID the dataset's tables do not know (nothing is scored).
+            ValueError: a negative ID in an identity table (nothing is scored).
         """
         tables = [self.rows(r) for r in requests]
         self._maybe_refresh()
         where = f"request of user {requests[0].user}" if len(requests) == 1 else f"{len(requests)} requests"
-        batch = self.reader.batch_of(pa.concat_tables(tables), where=where)
+        batch = self.reader.batch_of(pa.concat_tables(tables), where=where, lenient=True)
         probs = torch.sigmoid(self.model(batch.dense_features, batch.sparse_features)).to(torch.float32).numpy()
         return np.split(probs, np.cumsum([t.num_rows for t in tables])[:-1])

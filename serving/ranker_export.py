@@ -60,6 +60,8 @@ VERSION_FILE = "ranker.json"  # RankerVersion, in each version folder
 MODEL_FILE = "model.py"
 PARAM_MAX_CANDIDATES = "max_candidates"
 PARAM_THREADS = "torch_threads"
+PARAM_SCORE_LOG = "score_log"  # "" = no log
+PARAM_SCORE_LOG_SAMPLE = "score_log_sample"
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,15 @@ class RankerExportConfig:
     queue_delay_us: int = setting(1000, "dynamic batching delay, microseconds")
     torch_threads: int = setting(1, "intra-op threads of the served ranker; 0: torch's default")
     instances: int = setting(1, "model instances (one CPU worker process each)")
+    score_log: Path | None = setting(None, "log served requests and scores to this Parquet directory (serving.ranker_log)")
+    score_log_sample: float = setting(0.01, "the share of requests logged, in [0, 1]")
 
     def __post_init__(self) -> None:
         for name in ("max_candidates", "max_batch_size", "instances"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RankerExportConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.score_log_sample <= 1.0:
+            raise ValueError(f"RankerExportConfig.score_log_sample must lie in [0, 1], got {self.score_log_sample}")
         if self.queue_delay_us < 0 or self.torch_threads < 0:
             raise ValueError(f"RankerExportConfig: queue_delay_us and torch_threads must be >= 0, got {self}")
 
@@ -123,7 +129,9 @@ def ranker_config(spec: object, config: RankerExportConfig) -> mc.ModelConfig:
         c.input.append(_tensor(mc.ModelInput, name, mc.TYPE_FP32, ragged=True, optional=True))
     c.output.append(_tensor(mc.ModelOutput, SCORES_OUTPUT, mc.TYPE_FP32))
     c.output.append(_tensor(mc.ModelOutput, VERSION_OUTPUT, mc.TYPE_INT64))
-    for name, value in ((PARAM_MAX_CANDIDATES, config.max_candidates), (PARAM_THREADS, config.torch_threads)):
+    log = "" if config.score_log is None else str(Path(config.score_log).resolve())
+    for name, value in ((PARAM_MAX_CANDIDATES, config.max_candidates), (PARAM_THREADS, config.torch_threads),
+                        (PARAM_SCORE_LOG, log), (PARAM_SCORE_LOG_SAMPLE, config.score_log_sample)):
         c.parameters[name].string_value = str(value)
     return c
 

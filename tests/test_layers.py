@@ -28,7 +28,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "eval": ("recsys.eval",),
     "serving": ("serving",),
     # the online ranker: a finished CTR run (train, eval's run checks) behind Triton and the encoder's client
-    "ranking": ("serving.ranker", "serving.ranker_export", "serving.ranker_client", "serving.triton_models.ranker"),
+    "ranking": ("serving.ranker", "serving.ranker_export", "serving.ranker_client", "serving.ranker_log",
+                "serving.triton_models.ranker"),
     "components": ("torchx_components",),
     "top": ("recsys.pipeline", "recsys.cli"),
 }

@@ -227,6 +227,8 @@ class ImpressionReader(IterableDataset[Batch]):
         self._epoch = 0
         # IDs hashed per KJT key, counted as rows are read (each pass counts again).
         self.out_of_range_counts: dict[str, int] = {k: 0 for k in spec.kjt_keys()}
+        # IDs with no side-table row that batch_of(lenient=True) scored with default side features.
+        self.unknown_counts: dict[str, int] = {"users": 0, "items": 0, "history_items": 0}
 
     def _identity_ranges(self) -> dict[str, int | None]:
         """The ID range of each sparse column (and key) whose table is identity; raw-ID columns get None."""
@@ -382,7 +384,7 @@ class ImpressionReader(IterableDataset[Batch]):
             table = table.slice(lo, hi - lo)  # zero-copy; rows stay in order
         return self._block(table, rows, where)
 
-    def batch_of(self, table: pa.Table, where: str = "request") -> Batch:
+    def batch_of(self, table: pa.Table, where: str = "request", lenient: bool = False) -> Batch:
         """One Batch of every row of an in-memory impressions table, in its order, joined as the files are.
 
         The online ranker's path (``serving.ranker``): the same side-table joins,
@@ -394,6 +396,11 @@ class ImpressionReader(IterableDataset[Batch]):
                 reader reads from ``impressions`` (day, user, item, history, the
                 ``impressions`` features, label).
             where (str): names the rows in errors.
+            lenient (bool): the online ranker's policy for unknown IDs instead of refusing them:
+                a user or item (target or history) without a row in ``users``/``items`` gets 0
+                for each of its side features, and an identity-table ID beyond the table's rows is
+                folded in (``id % rows``) whatever ``out_of_range`` says; each counted in
+                ``unknown_counts`` (managed and hash tables map unknown IDs as in training).
 
         Returns:
             Batch: M rows, weights 1.
@@ -403,9 +410,17 @@ class ImpressionReader(IterableDataset[Batch]):
         """
         if table.num_rows < 1:
             raise ValueError(f"{where}: no rows")
-        return self._assemble([(self._block(table, None, where), 0, table.num_rows)])
+        return self._assemble([(self._block(table, None, where, lenient), 0, table.num_rows)])
 
-    def _block(self, table: pa.Table, rows: np.ndarray | None, where: str) -> _Block:
+    def _join(self, side: SideTable, ids: np.ndarray, where: str, lenient: bool, count: str | None, default: float = 0) -> np.ndarray:
+        """``side.join``; lenient: IDs with no row get ``default`` and are counted under ``count``."""
+        if not lenient:
+            return side.join(ids, where)
+        if count is not None:
+            self.unknown_counts[count] += int(side.missing(ids).sum())
+        return side.join(ids, where, default=default)
+
+    def _block(self, table: pa.Table, rows: np.ndarray | None, where: str, lenient: bool = False) -> _Block:
         """The rows ``rows`` (None: all, in order) of an impressions table, joined with the side tables."""
         spec = self.spec
         user = _take(_column(table, spec.user_key, where), rows).astype(np.int64, copy=False)
@@ -420,14 +435,15 @@ class ImpressionReader(IterableDataset[Batch]):
             if hist.null_count or hist.values.null_count:
                 raise ValueError(f"{where}: column {spec.history!r} has nulls; expected lists of item IDs")
             full_len, offsets, values = _jagged_take(hist.offsets.to_numpy(), hist.values.to_numpy(), rows, self.max_history_len)
-            side = self._items.join(values, where) if self._items is not None and spec.history_side else None  # raw IDs
-            values = self._fit_table(values, spec.history, where)
+            side = (self._join(self._items, values, where, lenient, "history_items")  # raw IDs
+                    if self._items is not None and spec.history_side else None)
+            values = self._fit_table(values, spec.history, where, lenient)
             hist_values = (values,) + tuple(
-                self._fit_table(side[self._item_side.index(s)].astype(np.int64), "history_" + s, where)  # type: ignore[index]
+                self._fit_table(side[self._item_side.index(s)].astype(np.int64), "history_" + s, where, lenient)  # type: ignore[index]
                 for s in spec.history_side
             )
-        users = self._users.join(user, where) if self._users is not None else None
-        items = self._items.join(item, where) if self._items is not None else None
+        users = self._join(self._users, user, where, lenient, "users") if self._users is not None else None
+        items = self._join(self._items, item, where, lenient, "items") if self._items is not None else None
         single = np.empty((len(spec.sparse), m), dtype=np.int64)
         for s, f in enumerate(spec.sparse):
             if f.name == spec.user_key:
@@ -440,7 +456,7 @@ class ImpressionReader(IterableDataset[Batch]):
                 single[s] = items[self._item_side.index(f.name)]  # type: ignore[index]
             else:
                 single[s] = _take(_column(table, f.name, where), rows)
-            single[s] = self._fit_table(single[s], f.name, where)
+            single[s] = self._fit_table(single[s], f.name, where, lenient)
         dense = np.empty((m, len(spec.dense)), dtype=np.float32)
         for d, f in enumerate(spec.dense):
             if f.source == "history":
@@ -449,11 +465,11 @@ class ImpressionReader(IterableDataset[Batch]):
                 col = _take(_column(table, f.name, where), rows)
             else:
                 side_table, keys = (self._users_dense, user) if f.source == "users" else (self._items_dense, item)
-                col = side_table.join(keys, where)[spec.dense_from(f.source).index(f.name)]  # type: ignore[union-attr]
+                col = self._join(side_table, keys, where, lenient, None)[spec.dense_from(f.source).index(f.name)]  # type: ignore[arg-type]
             dense[:, d] = _transform(np.asarray(col, dtype=np.float64), f.transform, self._stats.get(f.name), f.name, where)
         return _Block(single, dense, labels, offsets, hist_values, user, item)
 
-    def _fit_table(self, ids: np.ndarray, key: str, where: str) -> np.ndarray:
+    def _fit_table(self, ids: np.ndarray, key: str, where: str, lenient: bool = False) -> np.ndarray:
         """IDs of KJT ``key`` as its table takes them: raw IDs (managed, hash tables) pass;
         identity IDs past the table's rows are hashed (``id % rows``, counted) or refused."""
         table = self.spec.table(self.spec.table_of(key))
@@ -466,7 +482,7 @@ class ImpressionReader(IterableDataset[Batch]):
         n = int(over.sum()) if len(ids) and int(ids.max()) >= rows else 0
         if not n:
             return ids
-        if self.config.out_of_range == "refuse":
+        if self.config.out_of_range == "refuse" and not lenient:
             raise ValueError(
                 f"{where}: {n} {key} value(s) >= the table's {rows} rows (e.g. {int(ids[over][0])}); "
                 f"set out_of_range='hash' to fold them into the table, or declare table {table.name!r} managed"

@@ -107,12 +107,23 @@ class SideTable:
             return SideTable(name, key, size, None, table)
         return SideTable(name, key, size, ids, np.ascontiguousarray(values[:, order]))
 
-    def join(self, ids: np.ndarray, where: str) -> np.ndarray:
+    def join(self, ids: np.ndarray, where: str, default: int | float | None = None) -> np.ndarray:
         """Columns (C, n) of the rows of ``ids`` (n,).
 
+        Args:
+            ids (np.ndarray): int64 IDs (n,).
+            where (str): names the rows in errors.
+            default (int | float | None): the value of every column for an ID with no row
+                (or outside the manifest range); ``None``: such an ID is refused.
+
         Raises:
-            ValueError: an ID outside the manifest range, or with no row (naming ``where``).
+            ValueError: with ``default`` None, an ID outside the manifest range, or with no row (naming ``where``).
         """
+        missing = self.missing(ids) if default is not None else None
+        if missing is not None and missing.any():
+            out = self.join(np.where(missing, self._some_id(), ids), where)
+            out[:, missing] = default
+            return out
         if self.key_range is not None:
             check_range(ids, self.key_range, self.key, where)
         if self.ids is None:
@@ -130,6 +141,38 @@ class SideTable:
         if missing is not None and missing.any():
             raise ValueError(f"{where}: {self.key} {int(ids[missing][0])} has no row in {self.name}/")
         return out
+
+    def missing(self, ids: np.ndarray) -> np.ndarray:
+        """bool (n,): the IDs with no row (outside the manifest range, or not listed).
+
+        Example::
+
+            >>> t = SideTable("users", "user_id", 10, np.array([2, 5]), np.array([[7, 8]]))
+            >>> t.missing(np.array([5, 3, 12, -1])).tolist(), t.join(np.array([5, 3]), "r", default=0).tolist()
+            ([False, True, True, True], [[8, 0]])
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        outside = (ids < 0) | (ids >= self.key_range) if self.key_range is not None else np.zeros(len(ids), dtype=bool)
+        inside = np.where(outside, 0, ids)
+        if self.ids is None:
+            if self.values.shape[1] == 0:
+                return np.ones(len(ids), dtype=bool)
+            return outside | (self.values[:, inside] < 0).any(axis=0) if self.values.shape[0] else outside
+        if len(self.ids) == 0:
+            return np.ones(len(ids), dtype=bool)
+        at = np.minimum(np.searchsorted(self.ids, inside), len(self.ids) - 1)
+        return outside | (self.ids[at] != inside)
+
+    def _some_id(self) -> int:
+        """An ID that has a row (the placeholder a refused-free join reads before overwriting)."""
+        if self.ids is not None:
+            if len(self.ids) == 0:
+                raise ValueError(f"{self.name}/ has no rows")
+            return int(self.ids[0])
+        rows = np.flatnonzero((self.values >= 0).all(axis=0)) if self.values.shape[0] else np.arange(self.values.shape[1])
+        if len(rows) == 0:
+            raise ValueError(f"{self.name}/ has no rows")
+        return int(rows[0])
 
 
 def read_column(table: pa.Table, name: str, where: str) -> np.ndarray:

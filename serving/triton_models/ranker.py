@@ -6,7 +6,9 @@ module's. The requests of a dynamic batch are scored in one forward pass;
 a malformed request (wrong shape, no or too many candidates, an unknown
 context input, an ID the dataset refuses) gets its own error and the
 others of the batch are scored. Config parameters: ``max_candidates``,
-``torch_threads`` (0 keeps torch's default).
+``torch_threads`` (0 keeps torch's default), ``score_log`` and
+``score_log_sample`` (served scores to Parquet, ``serving.ranker_log``;
+the last file is written when the model unloads).
 
 Example::
 
@@ -57,6 +59,16 @@ class TritonPythonModel:
         store = None if entry.store is None else Path(entry.store)
         self.ranker = Ranker.load(Path(entry.run), Path(entry.world), int(params[rx.PARAM_MAX_CANDIDATES]), store)
         self.inputs = {i["name"] for i in config["input"]}
+        self.log = None
+        if params.get(rx.PARAM_SCORE_LOG):
+            from serving.ranker_log import ScoreLog
+
+            self.log = ScoreLog(Path(params[rx.PARAM_SCORE_LOG]), float(params[rx.PARAM_SCORE_LOG_SAMPLE]),
+                                seed=self.version)
+
+    def finalize(self) -> None:
+        if self.log is not None:
+            self.log.close()
 
     def _request(self, request: Any) -> Any:
         """A ``RankRequest`` from a Triton request (``RankRequestError`` if malformed)."""
@@ -107,12 +119,17 @@ class TritonPythonModel:
                 responses[i] = self._error(str(e))
         if parsed:
             try:
-                for (i, _), scores in zip(parsed, self.ranker.score_many([r for _, r in parsed])):
+                for (i, r), scores in zip(parsed, self.ranker.score_many([r for _, r in parsed])):
                     responses[i] = self._response(scores)
+                    if self.log is not None:
+                        self.log.add(r, scores, self.version)
             except ValueError:  # an ID one request's user or items refuse: score them one by one to name it
                 for i, r in parsed:
                     try:
-                        responses[i] = self._response(self.ranker.score(r))
+                        scores = self.ranker.score(r)
+                        responses[i] = self._response(scores)
+                        if self.log is not None:
+                            self.log.add(r, scores, self.version)
                     except ValueError as e:
                         responses[i] = self._error(str(e))
         return responses

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch.distributed as dist
@@ -26,6 +27,7 @@ from serving.client import ClientConfig
 from serving.ranker import Ranker, RankRequest, RankRequestError
 from serving.ranker_client import RankerClient, RankerRequestError
 from serving.ranker_export import RankerExportConfig, export_ranker, read_version
+from serving.ranker_log import read_score_log, replay_requests
 from serving.server import ServerConfig, TritonServer
 from serving.store import VectorStore
 
@@ -126,8 +128,37 @@ def test_in_process_refusals_name_the_field(tiny_world: Path, runs: dict[str, Pa
         ranker.score(RankRequest(1, np.array([2]), np.arange(2), {"slot": np.zeros(2)}))
     with pytest.raises(RankRequestError, match="'position': shape"):
         ranker.score(RankRequest(1, np.array([2]), np.arange(2), {"position": np.zeros(3)}))
-    with pytest.raises(ValueError, match="user_id 99999"):
-        ranker.score(RankRequest(99999, np.array([2]), np.arange(2)))
+    with pytest.raises(ValueError, match="negative"):
+        ranker.score(RankRequest(1, np.array([2]), np.array([-3])))
+
+
+def test_unknown_users_and_items_are_scored_and_counted(tiny_world: Path, runs: dict[str, Path]) -> None:
+    """An unknown user scores as its folded ID with a zero profile; unknown items are counted, never an error."""
+    from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+
+    ranker = Ranker.load(runs["simtier"], tiny_world)
+    request, _ = _requests(tiny_world)[0]
+    users = Manifest.read(tiny_world).id_ranges["user_id"]
+    unknown = RankRequest(users * 250 + 7, request.history, request.candidates, request.context)
+    got = ranker.score(unknown)
+    n = len(request.candidates)
+    assert ranker.unknown_counts == {"users": n, "items": 0, "history_items": 0, "folded": n}
+    # the reference: the folded user's own rows, its profile features (source users) set to 0 in the KJT
+    known = RankRequest(7, request.history, request.candidates, request.context)
+    batch = ranker.reader.batch_of(ranker.rows(known))
+    profile = {f.name for f in ranker.spec.sparse if f.source == "users"}
+    jts = batch.sparse_features.to_dict()
+    kjt = KeyedJaggedTensor.from_jt_dict({k: JaggedTensor(values=v.values() * 0, lengths=v.lengths()) if k in profile else v
+                                          for k, v in jts.items()})
+    import torch
+
+    with torch.inference_mode():
+        want = torch.sigmoid(ranker.model(batch.dense_features, kjt)).numpy()
+    assert np.abs(got - want).max() <= TOL
+    items = Manifest.read(tiny_world).id_ranges["item_id"]
+    odd = RankRequest(7, np.array([items + 3]), np.array([items + 1, int(request.candidates[0])]))
+    assert np.isfinite(ranker.score(odd)).all()
+    assert ranker.unknown_counts["items"] == 1 and ranker.unknown_counts["folded"] == n + 1 + 2  # 2 rows' history item
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +216,7 @@ def test_bad_requests_refused_and_the_server_keeps_serving(server: TritonServer,
         "candidates: 65 items": {"user": user, "history": hist, "candidates": np.arange(65, dtype=np.int64)[None]},
         "candidates: empty": {"user": user, "history": hist, "candidates": np.zeros((1, 0), np.int64)},
         "unexpected shape for input 'user'": {"user": np.array([[1, 2]], np.int64), "history": hist, "candidates": hist},
-        "user_id 99999": {"user": np.array([[99999]], np.int64), "history": hist, "candidates": hist},
+        "negative": {"user": user, "history": hist, "candidates": np.array([[-4]], np.int64)},
         "'position': shape": {"user": user, "history": hist, "candidates": hist, "position": np.zeros((1, 3), np.float32)},
         "data-type": {"user": user, "history": hist, "candidates": hist.astype(np.float32)},
     }
@@ -222,7 +253,8 @@ def test_hot_update_under_load_fails_no_request(tiny_world: Path, runs: dict[str
     import time
 
     repo, name = tmp_path / "repo", "ranker_hot"
-    export_ranker(runs["id_only"], tiny_world, repo, version=1, config=RankerExportConfig(name=name))
+    logged = RankerExportConfig(name=name, score_log=tmp_path / "served", score_log_sample=1.0)  # every request logged
+    export_ranker(runs["id_only"], tiny_world, repo, version=1, config=logged)
     request, _ = _requests(tiny_world)[0]
     answered: list[tuple[int, float]] = []  # (version, seconds)
     failed: list[str] = []
@@ -245,7 +277,7 @@ def test_hot_update_under_load_fails_no_request(tiny_world: Path, runs: dict[str
         try:
             while len(answered) < 5:
                 time.sleep(0.05)
-            export_ranker(runs["simtier"], tiny_world, repo, version=2, config=RankerExportConfig(name=name))
+            export_ranker(runs["simtier"], tiny_world, repo, version=2, config=logged)
             with RankerClient(config) as admin:
                 admin.load()
                 deadline = time.monotonic() + 60
@@ -266,6 +298,14 @@ def test_hot_update_under_load_fails_no_request(tiny_world: Path, runs: dict[str
     assert versions.get(2) == "READY" and versions.get(1) != "READY"  # the old version unloaded
     want = Ranker.load(runs["simtier"], tiny_world).score(request)
     assert served.version == 2 and np.abs(served.scores - want).max() <= TOL
+    # the score log: every answered request once, by version; replayed offline, the same scores
+    log = read_score_log(tmp_path / "served")
+    assert log.num_rows == len(answered) + 1
+    assert sorted(log["version"].to_pylist()) == sorted(seen + [2])
+    for version, variant in ((1, "id_only"), (2, "simtier")):
+        rows = log.filter(pc.equal(log["version"], version)).slice(0, 20)
+        replayed = Ranker.load(runs[variant], tiny_world).score_many(replay_requests(rows))
+        assert np.abs(np.concatenate(replayed) - np.concatenate(rows["scores"].to_numpy(zero_copy_only=False))).max() <= TOL
 
 
 def test_a_new_item_is_scored_with_its_vector_once_the_store_holds_it(
