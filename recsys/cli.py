@@ -278,7 +278,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     if args.run is not None:
         from serving.ranker import Ranker, RankRequest
 
-        ranker = Ranker.load(args.run, _run_world(args), store=args.store)
+        ranker = Ranker.load(args.run, _run_world(args), store=args.store, precision=args.precision)
         scores = ranker.score(RankRequest(args.user, history, candidates, context))
         print(f"run {args.run}")
     else:
@@ -483,7 +483,7 @@ def _add_rank(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world", type=Path, help="with --run: its dataset (default: the one its train_log.json names)")
     p.add_argument("--store", type=Path, help="with --run: a vector store whose new items' vectors join the table")
     add_settings(p, ClientConfig, only=("url",))
-    add_settings(p, RankerExportConfig, only=("name",))
+    add_settings(p, RankerExportConfig, only=("name", "precision"))
     add_settings(p, ClientConfig, only=("timeout_s",))
     p.add_argument("--user", type=int, required=True, help="the user ID")
     p.add_argument("--history", type=int, nargs="*", help="the user's behaviour history, oldest first")

@@ -50,6 +50,9 @@ from recsys.train.checkpoint import load_model_weights
 from recsys.train.setup import fill_mm_table
 from recsys.train.trainer import build_plain
 
+# How the served ID tables hold their rows: TorchRec's quantised EmbeddingBagCollection for fp16 and
+# int8 (row-wise: each row its own scale and bias); the frozen multimodal table stays fp32 (SimTier reads its cosines).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.half, "int8": torch.qint8}
 REFRESH_INTERVAL_S = 0.2  # the most seconds between two looks at the vector store (freshness: <= 1 s)
 MAX_CANDIDATES = 500  # the most candidates one request may hold (export-ranker --max-candidates)
 CONTEXT_DEFAULT = 0.0  # a context feature a request leaves out, for every candidate
@@ -157,7 +160,8 @@ class Ranker:
         self.fresh_items = 0  # items the store added since load
 
     @staticmethod
-    def load(run: Path, world: Path, max_candidates: int = MAX_CANDIDATES, store: Path | None = None) -> "Ranker":
+    def load(run: Path, world: Path, max_candidates: int = MAX_CANDIDATES, store: Path | None = None,
+             precision: str = "fp32") -> "Ranker":
         """Loads a finished run (``mmctr train`` or ``mmctr retrain``) on the dataset ``world``.
 
         Args:
@@ -166,10 +170,15 @@ class Ranker:
             max_candidates (int): the most candidates a request may hold.
             store (Path | None): a vector store whose new items' vectors join the frozen
                 table now and on every :meth:`refresh`; None: the run's own store, if any.
+            precision (str): the ID tables' row format, one of ``PRECISIONS`` (TorchRec's
+                ``quantize_embeddings`` for fp16 and int8).
 
         Raises:
             RunError: the run is unfinished, of another world, or names files that are gone (``runs.load_run``).
+            ValueError: an unknown precision.
         """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         spec = load_run(Path(run), Path(run).name, Path(world))
         if spec.checkpoint is None or spec.train is None:
             raise RunError(f"run {run}: no checkpoint")
@@ -180,6 +189,10 @@ class Ranker:
         plain = build_plain(job, ctx)
         # the frozen table stays as build_plain filled it: the run's vectors (plus the store's new items)
         load_model_weights(spec.checkpoint, plain.model, skip=is_mm_table_param)
+        if PRECISIONS[precision] is not None:
+            from torchrec.inference.modules import quantize_embeddings
+
+            quantize_embeddings(plain.model.model.id_model.sparse_arch, dtype=PRECISIONS[precision], inplace=True)
         reader = ImpressionReader(Path(world), ReaderConfig(batch_size=max_candidates, table_sizes=plain.sizes,
                                                             out_of_range=spec.train.out_of_range,
                                                             dense_stats=plain.dense_stats or None))
@@ -235,6 +248,11 @@ class Ranker:
         if self.store is not None and now - self._looked >= self.refresh_interval_s:
             self._looked = now
             self.refresh()
+
+    def table_bytes(self) -> int:
+        """Bytes of the ID tables as served (their state: rows, and the scales and biases of quantised rows)."""
+        state = self.model.id_model.sparse_arch.state_dict()
+        return sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
 
     @property
     def unknown_counts(self) -> dict[str, int]:

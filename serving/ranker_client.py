@@ -120,6 +120,11 @@ class RankerClient:
         retrying(self.config, f"load {self.config.model!r}", lambda: self._grpc.load_model(self.config.model),
                  RankerRequestError, RankerUnavailable)
 
+    def unload(self) -> None:
+        """Asks the server (explicit model control) to unload the model: in-flight requests finish first."""
+        retrying(self.config, f"unload {self.config.model!r}", lambda: self._grpc.unload_model(self.config.model),
+                 RankerRequestError, RankerUnavailable)
+
     def versions(self) -> dict[int, str]:
         """The model's versions the server knows and their state (``READY``, ``UNAVAILABLE``...)."""
         index = self._grpc.get_model_repository_index(as_json=True).get("models", [])

@@ -6,7 +6,7 @@ module's. The requests of a dynamic batch are scored in one forward pass;
 a malformed request (wrong shape, no or too many candidates, an unknown
 context input, an ID the dataset refuses) gets its own error and the
 others of the batch are scored. Config parameters: ``max_candidates``,
-``torch_threads`` (0 keeps torch's default), ``score_log`` and
+``torch_threads`` (0 keeps torch's default), ``precision`` (the ID tables'), ``score_log`` and
 ``score_log_sample`` (served scores to Parquet, ``serving.ranker_log``;
 the last file is written when the model unloads).
 
@@ -57,7 +57,8 @@ class TritonPythonModel:
         self.version = int(args["model_version"])
         entry = rx.read_version(Path(args["model_repository"]) / args["model_version"])
         store = None if entry.store is None else Path(entry.store)
-        self.ranker = Ranker.load(Path(entry.run), Path(entry.world), int(params[rx.PARAM_MAX_CANDIDATES]), store)
+        self.ranker = Ranker.load(Path(entry.run), Path(entry.world), int(params[rx.PARAM_MAX_CANDIDATES]), store,
+                                  params.get(rx.PARAM_PRECISION, "fp32"))
         self.inputs = {i["name"] for i in config["input"]}
         self.log = None
         if params.get(rx.PARAM_SCORE_LOG):

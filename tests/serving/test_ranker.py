@@ -162,17 +162,28 @@ def test_unknown_users_and_items_are_scored_and_counted(tiny_world: Path, runs: 
 
 
 @pytest.fixture(scope="module")
-def repository(tiny_world: Path, runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One repository serving every run, each as its own model."""
+def fresh_store(oracle_vectors: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty vector store bound to the oracle vectors' width: the embedder's, before any new item."""
+    path = tmp_path_factory.mktemp("store") / "vectors.sqlite"
+    with VectorStore(path) as store:
+        store.bind(dim=read_item_vectors(oracle_vectors)[1].shape[1], encoder_sha256="")
+    return path
+
+
+@pytest.fixture(scope="module")
+def repository(tiny_world: Path, runs: dict[str, Path], fresh_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One repository serving every run, each as its own model, and simtier_make reading the store as ranker_fresh."""
     repo = tmp_path_factory.mktemp("ranker-repo")
+    export_ranker(runs["simtier_make"], tiny_world, repo, config=RankerExportConfig(name="ranker_fresh"), store=fresh_store)
     for variant, run in runs.items():
         export_ranker(run, tiny_world, repo, config=RankerExportConfig(name=f"ranker_{variant}", max_candidates=64))
+    export_ranker(runs["simtier"], tiny_world, repo, config=RankerExportConfig(name="ranker_simtier_int8", precision="int8"))
     return repo
 
 
 @pytest.fixture(scope="module")
 def server(repository: Path) -> Iterator[TritonServer]:
-    with TritonServer(ServerConfig(repository=repository)) as s:
+    with TritonServer(ServerConfig(repository=repository, model_control="explicit")) as s:  # hot updates: explicit
         yield s
 
 
@@ -190,6 +201,26 @@ def test_served_scores_equal_offline(variant: str, tiny_world: Path, server: Tri
             assert ranked.version == 1
             got[idx] = ranked.scores
     assert np.abs(got - offline[variant]).max() <= TOL
+
+
+def test_served_int8_tables_score_as_in_process(tiny_world: Path, runs: dict[str, Path], server: TritonServer) -> None:
+    ranker = Ranker.load(runs["simtier"], tiny_world, precision="int8")
+    with RankerClient(ClientConfig(url=server.grpc_url, model="ranker_simtier_int8")) as client:
+        for request, _ in _requests(tiny_world)[:20]:
+            served = client.rank(request.user, request.history, request.candidates, request.context).scores
+            assert np.abs(served - ranker.score(request)).max() <= TOL
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_quantised_id_tables_score_close_to_fp32_in_less_memory(precision: str, tiny_world: Path, runs: dict[str, Path]) -> None:
+    fp32, quantised = (Ranker.load(runs["simtier"], tiny_world, precision=p) for p in ("fp32", precision))
+    requests = [r for r, _ in _requests(tiny_world)]
+    diff = np.abs(np.concatenate(quantised.score_many(requests)) - np.concatenate(fp32.score_many(requests))).max()
+    assert 0 < diff <= 5e-3  # rows really quantised, scores barely moved
+    manifest = Manifest.read(tiny_world)
+    rows = manifest.features.table_rows(manifest.id_ranges)
+    assert fp32.table_bytes() == sum(rows.values()) * ModelConfig().embedding_dim * 4  # the rows, as a plain count gives
+    assert quantised.table_bytes() <= fp32.table_bytes() / 2
 
 
 def _raw(server: TritonServer, model: str, arrays: dict[str, np.ndarray]) -> str:
@@ -247,20 +278,22 @@ def test_rank_cli_in_process_and_served_agree(tiny_world: Path, runs: dict[str, 
     assert np.allclose(parse(local), parse(served), atol=1e-5)
 
 
-def test_hot_update_under_load_fails_no_request(tiny_world: Path, runs: dict[str, Path], tmp_path: Path) -> None:
+def test_hot_update_under_load_fails_no_request(tiny_world: Path, runs: dict[str, Path], server: TritonServer,
+                                                repository: Path, tmp_path: Path) -> None:
     """Version 2 (another run) loaded while requests flow: every request answered, the version switches, v1 unloaded."""
     import threading
     import time
 
-    repo, name = tmp_path / "repo", "ranker_hot"
+    name = "ranker_hot"
     logged = RankerExportConfig(name=name, score_log=tmp_path / "served", score_log_sample=1.0)  # every request logged
-    export_ranker(runs["id_only"], tiny_world, repo, version=1, config=logged)
+    export_ranker(runs["id_only"], tiny_world, repository, version=1, config=logged)
     request, _ = _requests(tiny_world)[0]
     answered: list[tuple[int, float]] = []  # (version, seconds)
     failed: list[str] = []
     stop = threading.Event()
-    with TritonServer(ServerConfig(repository=repo, model_control="explicit")) as server:
-        config = ClientConfig(url=server.grpc_url, model=name, retries=0)
+    config = ClientConfig(url=server.grpc_url, model=name, retries=0)
+    with RankerClient(config) as admin:
+        admin.load()  # a new model of the running server, version 1
 
         def traffic() -> None:
             with RankerClient(config) as client:
@@ -277,20 +310,23 @@ def test_hot_update_under_load_fails_no_request(tiny_world: Path, runs: dict[str
         try:
             while len(answered) < 5:
                 time.sleep(0.05)
-            export_ranker(runs["simtier"], tiny_world, repo, version=2, config=logged)
-            with RankerClient(config) as admin:
-                admin.load()
-                deadline = time.monotonic() + 60
-                while (not answered or answered[-1][0] != 2) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                n = len(answered)
-                while len(answered) < n + 5:
-                    time.sleep(0.05)
-                versions = admin.versions()
-                served = admin.rank(request.user, request.history, request.candidates, request.context)
+            export_ranker(runs["simtier"], tiny_world, repository, version=2, config=logged)
+            admin.load()
+            deadline = time.monotonic() + 60
+            while (not answered or answered[-1][0] != 2) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            n = len(answered)
+            while len(answered) < n + 5:
+                time.sleep(0.05)
+            versions = admin.versions()
+            served = admin.rank(request.user, request.history, request.candidates, request.context)
         finally:
             stop.set()
             thread.join()
+        admin.unload()  # the last log file is written as the model unloads
+        deadline = time.monotonic() + 60
+        while set(admin.versions().values()) != {"UNAVAILABLE"} and time.monotonic() < deadline:
+            time.sleep(0.1)
     assert failed == []
     seen = [v for v, _ in answered]
     assert seen[0] == 1 and seen[-1] == 2 and set(seen) == {1, 2}
@@ -309,7 +345,7 @@ def test_hot_update_under_load_fails_no_request(tiny_world: Path, runs: dict[str
 
 
 def test_a_new_item_is_scored_with_its_vector_once_the_store_holds_it(
-    tiny_world: Path, oracle_vectors: Path, catalogue: Path, runs: dict[str, Path], tmp_path: Path
+    tiny_world: Path, oracle_vectors: Path, catalogue: Path, runs: dict[str, Path], server: TritonServer, fresh_store: Path
 ) -> None:
     """The embedder writes a new item's vector while the server runs: the next requests score it with that vector."""
     import time
@@ -317,23 +353,18 @@ def test_a_new_item_is_scored_with_its_vector_once_the_store_holds_it(
     ids, vectors = read_item_vectors(oracle_vectors)
     new = ~np.isin(ids, read_item_vectors(catalogue)[0])
     fresh_ids, fresh = ids[new][:3], vectors[new][:3]
-    store_path = tmp_path / "vectors.sqlite"
-    with VectorStore(store_path) as store:
-        store.bind(dim=vectors.shape[1], encoder_sha256="")
-    repo, name = tmp_path / "repo", "ranker_fresh"
-    export_ranker(runs["simtier_make"], tiny_world, repo, config=RankerExportConfig(name=name), store=store_path)
     request, _ = _requests(tiny_world)[0]
     request = RankRequest(request.user, request.history, np.concatenate([fresh_ids, request.candidates[:1]]))
     fallback = Ranker.load(runs["simtier_make"], tiny_world).score(request)  # no vector for the new items
-    with TritonServer(ServerConfig(repository=repo)) as server, RankerClient(ClientConfig(url=server.grpc_url, model=name)) as client:
+    with RankerClient(ClientConfig(url=server.grpc_url, model="ranker_fresh")) as client:
         before = client.rank(request.user, request.history, request.candidates).scores
-        with VectorStore(store_path) as store:
+        with VectorStore(fresh_store) as store:
             store.write(fresh_ids, fresh, created_at=np.full(len(fresh_ids), time.time()))
         deadline = time.monotonic() + 60
         after = before
         while np.array_equal(after, before) and time.monotonic() < deadline:
             after = client.rank(request.user, request.history, request.candidates).scores
     assert np.abs(before - fallback).max() <= TOL
-    with_vectors = Ranker.load(runs["simtier_make"], tiny_world, store=store_path).score(request)  # the offline score with them
+    with_vectors = Ranker.load(runs["simtier_make"], tiny_world, store=fresh_store).score(request)  # the offline score with them
     assert np.abs(after - with_vectors).max() <= TOL
     assert (np.abs(after[:3] - fallback[:3]) > 1e-4).all()  # each new item's vector moved its score
