@@ -27,7 +27,7 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-LAYOUTS = ("groups_3000", "one_group", "empty_files")
+LAYOUTS = ("groups_3000", "one_group", "empty_files", "odd_rows")
 
 
 @pytest.fixture
@@ -36,7 +36,8 @@ def relayout(tiny_world: Path, tmp_path: Path) -> Callable[[str], Path]:
 
     * ``groups_3000``: row groups of 3,000 rows per day file (3,000 and ~1,000: uneven over ranks);
     * ``one_group``: one file, one row group (fewer groups than ranks);
-    * ``empty_files``: groups of 777 rows, plus an empty file and a file with zero row groups.
+    * ``empty_files``: groups of 777 rows, plus an empty file and a file with zero row groups;
+    * ``odd_rows``: the first file's last row dropped, so 2 ranks get shares one row apart.
     """
 
     def make(layout: str) -> Path:
@@ -58,6 +59,8 @@ def relayout(tiny_world: Path, tmp_path: Path) -> Callable[[str], Path]:
             pq.write_table(tables[0].schema.empty_table(), dst / "impressions/aaa-empty.parquet")
             pq.ParquetWriter(dst / "impressions/zzz-no-groups.parquet", tables[0].schema).close()
             assert pq.read_metadata(dst / "impressions/zzz-no-groups.parquet").num_row_groups == 0
+        elif layout == "odd_rows":
+            pq.write_table(tables[0].slice(0, tables[0].num_rows - 1), files[0])
         else:
             raise ValueError(f"unknown layout {layout!r}; one of {LAYOUTS}")
         return dst

@@ -22,10 +22,13 @@ What one epoch of rank ``r`` reads:
    shares differ by at most one row, so every impression is read exactly
    once per epoch by exactly one rank, whatever the files look like.
 4. Every rank yields ``T = ceil(max_r n_r / B)`` batches (the collectives of
-   ``DistributedModelParallel`` need lock-step): its rows cut every ``B`` (the
-   last batch may be smaller); a rank with one batch fewer yields, last, one
-   padding batch of one row (every ID 0, no history, label 0) of weight 0
-   (``Batch.weights``), which moves no gradient and no metric.
+   ``DistributedModelParallel`` need lock-step): its rows cut every ``B``.
+   At every step all ranks' batches have the same size, the most rows any
+   rank has there (a row-wise table's reduce-scatter, and the all-gather of
+   its backward, need equal sizes): a rank's shorter last batch is filled,
+   and a rank with one batch fewer yields a whole batch, with padding rows
+   (every ID 0, no history, label 0) of weight 0 (``Batch.weights``), which
+   move no gradient and no metric.
 5. DataLoader worker ``k`` of ``K`` builds a contiguous run of those batches,
    reading only the row groups under them, so the batches are the same for
    any ``K`` (only their order interleaves).
@@ -179,6 +182,7 @@ class _Block:
     hist_values: tuple[np.ndarray, ...]  # int64 (hist_offsets[-1],) per spec.history_keys()
     users: np.ndarray  # int64 (n,) raw user IDs (GAUC groups by them, whatever the table does)
     items: np.ndarray  # int64 (n,) raw item IDs (evaluation's item buckets)
+    weights: np.ndarray | None = None  # float32 (n,) loss weights; None: all 1 (impressions)
 
 
 class ImpressionReader(IterableDataset[Batch]):
@@ -337,6 +341,7 @@ class ImpressionReader(IterableDataset[Batch]):
         cached: tuple[int, int, _Block] | None = None  # (j, first row of the block, block)
         pieces: list[tuple[_Block, int, int]] = []
         filled = 0
+        step = first  # the epoch's step index of the batch being filled
         for i, (j, lo, hi) in enumerate(segs):
             if cached is None or cached[0] != j:
                 rg = order[j]
@@ -357,11 +362,35 @@ class ImpressionReader(IterableDataset[Batch]):
                 lo += take
                 if filled == B:
                     yield self._assemble(pieces)
-                    pieces, filled = [], 0
+                    pieces, filled, step = [], 0, step + 1
         if pieces:
-            yield self._assemble(pieces)
-        for _ in range(max(real, first), last):
-            yield self.padding()
+            yield self._assemble(self._padded(pieces, filled, self._step_rows(step)))
+            step += 1
+        for j in range(max(real, step), last):
+            yield self._assemble(self._padded([], 0, self._step_rows(j)))
+
+    def _step_rows(self, step: int) -> int:
+        """Rows every rank's batch holds at ``step`` of the epoch: the most any rank has real (at least 1).
+
+        Ranks' shares differ by at most one row, so only the last steps differ; padding the
+        shorter batches to the same size keeps every collective of a sharded model (a
+        row-wise table's reduce-scatter and its backward all-gather) equal-sized across ranks.
+        """
+        B = self.config.batch_size
+        rows = [min(B, max(0, plan.count(share) - step * B)) for share in self._shares]
+        return max(1, max(rows))
+
+    def _padded(self, pieces: list[tuple[_Block, int, int]], filled: int, rows: int) -> list[tuple[_Block, int, int]]:
+        """``pieces`` plus padding rows up to ``rows``: every ID 0 (a row of every identity table), no history, weight 0."""
+        n = rows - filled
+        if n <= 0:
+            return pieces
+        spec = self.spec
+        pad = _Block(single=np.zeros((len(spec.sparse), n), dtype=np.int64), dense=np.zeros((n, len(spec.dense)), dtype=np.float32),
+                     labels=np.zeros(n, dtype=np.float32), hist_offsets=np.zeros(n + 1, dtype=np.int64),
+                     hist_values=tuple(np.zeros(0, dtype=np.int64) for _ in spec.history_keys()),
+                     users=np.zeros(n, dtype=np.int64), items=np.zeros(n, dtype=np.int64), weights=np.zeros(n, dtype=np.float32))  # fmt: skip
+        return [*pieces, (pad, 0, n)]
 
     def _load(self, file: pq.ParquetFile, rg: _RowGroup, lo: int, hi: int) -> _Block:
         """Rows ``[lo, hi)`` of row group ``rg`` in the epoch's order (day-filtered, shuffled), joined."""
@@ -490,25 +519,6 @@ class ImpressionReader(IterableDataset[Batch]):
         self.out_of_range_counts[key] += n
         return np.where(over, ids % rows, ids)
 
-    def padding(self) -> Batch:
-        """A batch of one padding row: every ID 0 (a row of every identity table), no history, weight 0."""
-        spec = self.spec
-        S, H = len(spec.sparse), len(spec.history_keys())
-        kjt = KeyedJaggedTensor(
-            keys=list(spec.kjt_keys()),
-            values=torch.zeros(S, dtype=torch.int64),
-            lengths=torch.tensor([1] * S + [0] * H, dtype=torch.int32),
-            stride=1,
-        )
-        return Batch(
-            dense_features=torch.zeros(1, len(spec.dense)),
-            sparse_features=kjt,
-            labels=torch.zeros(1),
-            user_ids=torch.zeros(1, dtype=torch.int64),
-            item_ids=torch.zeros(1, dtype=torch.int64),
-            weights=torch.zeros(1),
-        )
-
     def _assemble(self, pieces: list[tuple[_Block, int, int]]) -> Batch:
         """One Batch from row ranges of blocks (copies; no reference to the blocks survives)."""
         spec = self.spec
@@ -534,7 +544,8 @@ class ImpressionReader(IterableDataset[Batch]):
             labels=torch.from_numpy(np.concatenate([blk.labels[a:b] for blk, a, b in pieces])),
             user_ids=torch.from_numpy(np.concatenate([blk.users[a:b] for blk, a, b in pieces])),
             item_ids=torch.from_numpy(np.concatenate([blk.items[a:b] for blk, a, b in pieces])),
-            weights=torch.ones(B, dtype=torch.float32),
+            weights=torch.from_numpy(np.concatenate([blk.weights[a:b] if blk.weights is not None else np.ones(b - a, np.float32)
+                                                     for blk, a, b in pieces])),
         )
 
 

@@ -242,7 +242,9 @@ def test_rank_sharding(dataset: Path, W: int) -> None:
     assert {r.num_batches() for r in readers} == {math.ceil(max(n) / B)}
     per_rank = [list(r) for r in readers]
     assert all(len(batches) == r.num_batches() for batches, r in zip(per_rank, readers))
-    rows = [row for batches in per_rank for row in read_rows(real(batches))]
+    for step in zip(*per_rank):  # lock-step collectives: every rank's batch of one size at every step
+        assert len({b.batch_size for b in step}) == 1
+    rows = [row for batches in per_rank for row in real_rows(batches)]
     assert Counter(map(key, rows)) == Counter(map(key, reference_rows(dataset)))
 
 
@@ -256,19 +258,24 @@ def test_padding_batch_has_weight_zero(tmp_path: Path) -> None:
     batches = [list(r) for r in readers]
     assert [len(b) for b in batches] == [1] * W
     (pad,) = batches[0]
-    assert pad.batch_size >= 1 and pad.weights.sum().item() == 0 and pad.num_real == 0
+    assert pad.batch_size == 1 and pad.weights.sum().item() == 0 and pad.num_real == 0  # as large as the others
     assert sum(b.num_real for (b,) in batches) == 3
     assert all(torch.equal(b.weights, torch.ones(b.batch_size)) for (b,) in batches[1:])
+    W, B = 2, 4  # rank 0 gets 1 row, rank 1 gets 2: rank 0's batch is filled to 2 with a padding row
+    readers = [ImpressionReader(root, ReaderConfig(batch_size=B, rank=r, world_size=W)) for r in range(W)]
+    (short,), (full,) = (list(r) for r in readers)
+    assert (short.batch_size, short.num_real, full.batch_size, full.num_real) == (2, 1, 2, 2)
+    assert short.weights.tolist() == [1.0, 0.0] and short.sparse_features["history_item_ids"].lengths().tolist()[1] == 0
 
 
-def real(batches: object) -> list[Batch]:
-    """The batches of weight-1 rows (padding batches dropped; a batch is all real or all padding)."""
+def real_rows(batches: object) -> list[dict]:
+    """The rows of weight 1, in order (padding rows, of weight 0, trail a batch: checked)."""
     out = []
     for batch in batches:
+        weights = batch.weights.tolist()
         n = batch.num_real
-        assert n in (0, batch.batch_size)
-        if n:
-            out.append(batch)
+        assert weights == [1.0] * n + [0.0] * (batch.batch_size - n)
+        out += batch_rows(batch)[:n]
     return out
 
 
@@ -396,7 +403,7 @@ def test_remaining_yields_the_rest_of_the_epoch(dataset: Path, shuffle: bool) ->
         got = list(rest)
         assert len(got) == rest.num_batches()
         # The same rows as the batches not yet done, in the same order (possibly cut differently).
-        assert read_rows(real(got)) == read_rows(real(full[steps:]))
+        assert real_rows(got) == real_rows(full[steps:])
 
 
 def test_ids_beyond_table_refused_or_hashed_and_counted(dataset: Path) -> None:
@@ -425,10 +432,10 @@ def test_ids_beyond_table_refused_or_hashed_and_counted(dataset: Path) -> None:
 def _row_keys(batches: list[Batch]) -> Counter:
     """Real rows as (user, item, position, label, history) tuples."""
     out: Counter = Counter()
-    for b in real(batches):
+    for b in batches:
         hist = b.sparse_features["history_item_ids"]
         offsets, values = hist.offsets().tolist(), hist.values().tolist()
-        for i in range(b.batch_size):
+        for i in range(b.num_real):  # padding rows trail the real ones (real_rows checks it)
             out[(b.user_ids[i].item(), b.item_ids[i].item(), b.dense_features[i, 0].item(), b.labels[i].item(),
                  tuple(values[offsets[i] : offsets[i + 1]]))] += 1
     return out

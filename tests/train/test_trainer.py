@@ -246,6 +246,20 @@ def test_every_impression_trained_once_with_fewer_row_groups_than_ranks(
     assert log.rows_in_days == log.rows_trained == _training_rows(world)
 
 
+def test_row_wise_tables_train_on_two_ranks_whose_shares_differ_by_a_row(
+    relayout: Callable[[str], Path], vectors: Path, tmp_path: Path
+) -> None:
+    """An odd number of rows: the ranks' last batches hold 1 row apart, and a row-wise table's reduce-scatter
+    (and its backward all-gather) needs equal sizes: the reader fills the shorter one with padding rows."""
+    world = relayout("odd_rows")
+    assert _training_rows(world) % 2 == 1
+    out = tmp_path / "run"
+    torchrun_train(2, "--world", str(world), "--variant", "simtier", "--vectors", str(vectors),
+                   "--sharding", "row_wise", "--out", str(out))
+    log = RunFolder(out).read_train_log()
+    assert log.rows_in_days == log.rows_trained == _training_rows(world)
+
+
 def test_a_run_that_lost_rows_fails(tmp_path: Path) -> None:
     from recsys.train.loop import RowCountError
     from recsys.train.run_folder import Segment, TrainLog
