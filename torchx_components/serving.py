@@ -1,4 +1,4 @@
-"""TorchX components of serving: export the encoder for Triton, and the real-time item embedder.
+"""TorchX components of serving: the encoder for Triton, the real-time item embedder, the CTR ranker's repository.
 
 Both are single-process jobs (``torchx.components.utils.python`` over
 ``python -m recsys.cli STAGE ...``). Run locally, with the venv's ``bin`` on ``PATH``::
@@ -20,6 +20,8 @@ Example::
     >>> app = embed_new(feed="f", store="s.sqlite", url="h:1", exit_when_idle=2.0)
     >>> app.roles[0].args[2:]
     ['embed-new', '--feed', 'f', '--store', 's.sqlite', '--url', 'h:1', '--batch-size', '64', '--exit-when-idle', '2.0']
+    >>> export_ranker(run="r", out="repo", version=2).roles[0].args[2:7]
+    ['export-ranker', '--run', 'r', '--out', 'repo']
 """
 
 # No `from __future__ import annotations`: TorchX reads the real annotation
@@ -31,6 +33,7 @@ from torchx import specs
 from serving import constants as k
 from serving.client import ClientConfig
 from serving.embedder import EmbedderConfig
+from serving.ranker_export import RANKER_MODEL
 from serving.server import GRPC_PORT, HTTP_PORT
 from torchx_components.pipeline import CPU, DEFAULT_IMAGE, _single
 
@@ -103,6 +106,7 @@ def serve(
     repository: str,
     grpc_port: int = GRPC_PORT,
     http_port: int = HTTP_PORT,
+    model_control: str = "none",
     image: str = DEFAULT_IMAGE,
     cpu: int = CPU,
     memMB: int = SERVER_MEM_MB,
@@ -113,12 +117,46 @@ def serve(
         repository: mmctr export folder (its embedded/) or a model repository
         grpc_port: gRPC port
         http_port: HTTP port
+        model_control: none (fixed at start) or explicit (clients load new versions: a ranker's hot update)
         image: container image (cluster schedulers only)
         cpu: CPUs per replica
         memMB: memory per replica, MB
     """
-    args = ["--repository", repository, "--grpc-port", str(grpc_port), "--http-port", str(http_port)]
+    args = ["--repository", repository, "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+            "--model-control", model_control]
     return _single("serve", args, image, cpu, memMB)
+
+
+def export_ranker(
+    run: str,
+    out: str,
+    world: Optional[str] = None,
+    version: int = 1,
+    store: Optional[str] = None,
+    precision: str = "fp32",
+    name: str = RANKER_MODEL,
+    image: str = DEFAULT_IMAGE,
+    cpu: int = LIGHT_CPU,
+    memMB: int = SERVER_MEM_MB,
+) -> specs.AppDef:
+    """Writes (or adds a version to) a Triton repository serving a finished CTR run; serve it with the serve component.
+
+    Args:
+        run: a finished mmctr train or retrain run folder
+        out: the model repository
+        world: the dataset it was trained on (default: the one its train_log.json names)
+        version: the version folder to write (a retrain: the next number)
+        store: a vector store whose new items are scored with their vectors while serving
+        precision: the served ID tables' rows: fp32, fp16 or int8
+        name: the model's name in the repository
+        image: container image (cluster schedulers only)
+        cpu: CPUs per replica
+        memMB: memory per replica, MB
+    """
+    args = ["--run", run, "--out", out, "--version", str(version), "--precision", precision, "--name", name]
+    optional = {"--world": world, "--store": store}
+    args += [x for flag, value in optional.items() if value is not None for x in (flag, value)]
+    return _single("export-ranker", args, image, cpu, memMB)
 
 
 def feed(

@@ -22,11 +22,16 @@ REPO = Path(__file__).resolve().parents[2]
 COMPONENTS = REPO / "torchx_components" / "serving.py"
 
 
-@pytest.mark.parametrize("name", ["export", "embed_new"])
+@pytest.mark.parametrize("name", ["export", "embed_new", "serve", "export_ranker"])
 def test_components_pass_the_torchx_linter(name: str) -> None:
     assert validate(str(COMPONENTS), name) == []
-    app = getattr(serving, name)(**({"encoder": "e", "out": "o"} if name == "export" else {"feed": "f", "store": "s"}))
+    args = {"export": {"encoder": "e", "out": "o"}, "embed_new": {"feed": "f", "store": "s"}, "serve": {"repository": "r"},
+            "export_ranker": {"run": "r", "out": "o", "store": "s.sqlite"}}[name]
+    app = getattr(serving, name)(**args)
     assert isinstance(app, AppDef) and app.roles[0].args[:2] == ["-m", "recsys.cli"]
+    from recsys.cli import build_parser
+
+    build_parser().parse_args(app.roles[0].args[2:])  # every flag the component passes, mmctr takes
 
 
 @pytest.mark.timeout(240)
