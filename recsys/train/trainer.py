@@ -35,7 +35,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim.keyed import CombinedOptimizer
 
 from recsys.allocator import pinned
@@ -110,7 +109,7 @@ def run_train(job: TrainJob) -> RunMetrics | None:
 class Plain:
     """A job's unsharded model and what it was built from (``build_plain``)."""
 
-    model: CtrTrain  # the plain CtrTrain: initial weights, frozen table filled, MAKE's stage-1 weights loaded
+    model: torch.nn.Module  # the plain CtrTrain (initial weights, frozen table filled, MAKE's stage-1 weights); Built: sharded
     split: DaySplit
     sizes: dict[str, int]  # rows per ID table
     vectors: ItemVectors | None
@@ -120,17 +119,10 @@ class Plain:
 
 
 @dataclass
-class Built:
-    """A job's sharded model, its optimizer and what they were built from."""
+class Built(Plain):
+    """A job's sharded model (``model``: the DMP-wrapped ``CtrTrain``), its optimizer and what they were built from."""
 
-    model: DistributedModelParallel  # the sharded CtrTrain
     optimizer: CombinedOptimizer  # fused tables + dense Adam
-    split: DaySplit
-    sizes: dict[str, int]  # rows per ID table
-    vectors: ItemVectors | None
-    missing_vectors: int  # item rows without a vector
-    manifest: Manifest  # the world's manifest
-    dense_stats: dict[str, tuple[float, float]]  # standardised dense features' (mean, std), training days only
 
 
 def build_plain(job: TrainJob, ctx: DistContext) -> Plain:
@@ -175,7 +167,7 @@ def build(job: TrainJob, ctx: DistContext) -> Built:
     """Builds the variant's model on every rank (``build_plain``) and shards it."""
     p = build_plain(job, ctx)
     dmp, optimizer = shard_and_optimize(p.model, ctx, job.sharding, job.train.sparse_lr, job.train.dense_lr)
-    return Built(dmp, optimizer, p.split, p.sizes, p.vectors, p.missing_vectors, p.manifest, p.dense_stats)
+    return Built(dmp, p.split, p.sizes, p.vectors, p.missing_vectors, p.manifest, p.dense_stats, optimizer)
 
 
 @dataclass
