@@ -40,6 +40,9 @@ class PipelineConfig:
     scl_epochs: int = 1  # SCL fine-tuning epochs from the CLIP run (the README's recipe)
     scl_queue_size: int = 512  # K of the SCL memory bank (the recipe)
     scl_triplet_weight: float = 0.0  # lambda of the hard-negative triplet loss (the recipe: 0)
+    # ViT patch side of the pre-training towers (CLIP's, hence SCL's and the served encoder's); used when it divides
+    # the dataset's image side, else TowerConfig's
+    patch_size: int = TowerConfig.patch_size
     make_max_epochs: int = TrainConfig.make_max_epochs  # MAKE stage-1 cap
     batch_size: int = TrainConfig.batch_size  # CTR impressions per step and rank
     variants: tuple[str, ...] = ("id_only", "simtier", "make", "simtier_make")  # trained and compared
@@ -64,7 +67,7 @@ PRESETS: dict[str, PipelineConfig] = {
     # ~3 minutes on 2 cores: every stage at toy size, used in a test
     "tiny": PipelineConfig(world_preset="tiny", make_max_epochs=2, batch_size=256, bootstrap=200, feed_rate=200.0),
     # `make demo`: ~30 minutes on 2 cores (README: measured stage times)
-    "small": PipelineConfig(world_preset="small", clip_epochs=2, make_max_epochs=3),
+    "small": PipelineConfig(world_preset="small", clip_epochs=2, make_max_epochs=3, patch_size=16),
 }
 
 
@@ -182,10 +185,15 @@ def write_configs(
         layout (Layout): the run folder.
         scl_from_clip (bool): SCL starts from the CLIP run's encoder (else from random towers).
         image_size (int | None): the dataset's image side, when it has images: the towers' ``image_size``
-            if it differs from ``TowerConfig``'s (a user's dataset; the presets' worlds match it).
+            if it differs from ``TowerConfig``'s (a user's dataset; the presets' worlds match it), and
+            ``cfg.patch_size`` if it divides it (else ``TowerConfig``'s patch).
     """
     layout.configs.mkdir(parents=True, exist_ok=True)
-    tower = {"tower": {"image_size": image_size}} if image_size not in (None, TowerConfig.image_size) else {}
+    sizes = {}  # the tower section: what differs from TowerConfig (no image tower: nothing)
+    if image_size is not None:
+        patch = cfg.patch_size if image_size % cfg.patch_size == 0 else TowerConfig.patch_size
+        sizes = {k: v for k, v in (("image_size", image_size), ("patch_size", patch)) if v != getattr(TowerConfig, k)}
+    tower = {"tower": sizes} if sizes else {}
     files = {"clip": {**cfg.clip_yaml(), **tower},
              "scl": {**cfg.scl_yaml(layout.pretrain_clip / "encoder.pt" if scl_from_clip else None), **tower},
              "train": cfg.train_yaml()}
