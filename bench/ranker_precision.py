@@ -5,7 +5,7 @@ TorchRec's ``quantize_embeddings`` for fp16 and int8) and scores every
 impression of the test day through the reader's batches (the ranker's own
 joins and statistics); the GAUC of each precision is printed against fp32's.
 
-    python -m bench.ranker_precision --run runs/demo/ctr/simtier_make --world runs/demo/world
+    python -m bench.ranker_precision --run runs/demo/ctr/simtier_make --world runs/demo/world --store runs/demo/vectors.sqlite
 
 The issue's goal: fp16 and int8 within 0.001 GAUC of fp32 on the small world's test day.
 """
@@ -45,11 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", type=Path, required=True, help="a finished CTR run")
     parser.add_argument("--world", type=Path, required=True, help="its dataset")
     parser.add_argument("--day", type=int, help="the day scored (default: the dataset's test day)")
+    parser.add_argument("--store", type=Path, help="a vector store: new items scored with its vectors (as evaluate --store)")
     args = parser.parse_args(argv)
     day = args.day if args.day is not None else Manifest.read(args.world).test_day
     rows, base = [], None
     for precision in PRECISIONS:
-        ranker = Ranker.load(args.run, args.world, precision=precision)
+        ranker = Ranker.load(args.run, args.world, store=args.store, precision=precision)
         p, y, u = score_day(ranker, day)
         m = ranking_metrics(torch.from_numpy(p.astype(np.float64)), torch.from_numpy(y.astype(np.float64)), torch.from_numpy(u))
         base = base or (ranker.table_bytes(), m["gauc"], p)

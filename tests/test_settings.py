@@ -157,7 +157,8 @@ def test_torchx_component_defaults_are_the_stages_defaults() -> None:
     from serving.client import ClientConfig
     from serving.embedder import EmbedderConfig
     from serving.constants import ExportConfig
-    from serving.server import GRPC_PORT, HTTP_PORT
+    from serving.ranker_export import RankerExportConfig
+    from serving.server import GRPC_PORT, HTTP_PORT, ServerConfig
     from torchx_components import evaluate, pipeline, serving
 
     expected = {
@@ -169,10 +170,13 @@ def test_torchx_component_defaults_are_the_stages_defaults() -> None:
         (serving.export, "torch_threads"): ExportConfig.torch_threads,
         (serving.embed_new, "url"): ClientConfig.url, (serving.embed_new, "batch_size"): EmbedderConfig.batch_size,
         (serving.serve, "grpc_port"): GRPC_PORT, (serving.serve, "http_port"): HTTP_PORT,
+        (serving.serve, "model_control"): ServerConfig.model_control,
+        (serving.export_ranker, "precision"): RankerExportConfig.precision, (serving.export_ranker, "name"): RankerExportConfig.name,
     }  # fmt: skip
     resources = {"nproc", "nnodes", "image", "cpu", "memMB", "retrain_make"}
     components = [pipeline.world, pipeline.pretrain_eval, pipeline.pretrain, pipeline.train, pipeline.retrain,
-                  serving.export, serving.embed_new, serving.serve, serving.feed, evaluate.evaluate]  # fmt: skip
+                  serving.export, serving.embed_new, serving.serve, serving.feed, serving.export_ranker,
+                  evaluate.evaluate]  # fmt: skip
     for fn in components:
         for name, p in inspect.signature(fn).parameters.items():
             if p.default is inspect.Parameter.empty or p.default is None or name in resources:

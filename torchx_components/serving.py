@@ -33,8 +33,8 @@ from torchx import specs
 from serving import constants as k
 from serving.client import ClientConfig
 from serving.embedder import EmbedderConfig
-from serving.ranker_export import RANKER_MODEL
-from serving.server import GRPC_PORT, HTTP_PORT
+from serving.ranker_export import RankerExportConfig
+from serving.server import GRPC_PORT, HTTP_PORT, ServerConfig
 from torchx_components.pipeline import CPU, DEFAULT_IMAGE, _single
 
 SERVER_MEM_MB = 4096  # export and Triton: memory per replica, MB
@@ -106,7 +106,7 @@ def serve(
     repository: str,
     grpc_port: int = GRPC_PORT,
     http_port: int = HTTP_PORT,
-    model_control: str = "none",
+    model_control: str = ServerConfig.model_control,
     image: str = DEFAULT_IMAGE,
     cpu: int = CPU,
     memMB: int = SERVER_MEM_MB,
@@ -131,10 +131,10 @@ def export_ranker(
     run: str,
     out: str,
     world: Optional[str] = None,
-    version: int = 1,
+    version: Optional[int] = None,
     store: Optional[str] = None,
-    precision: str = "fp32",
-    name: str = RANKER_MODEL,
+    precision: str = RankerExportConfig.precision,
+    name: str = RankerExportConfig.name,
     image: str = DEFAULT_IMAGE,
     cpu: int = LIGHT_CPU,
     memMB: int = SERVER_MEM_MB,
@@ -145,7 +145,7 @@ def export_ranker(
         run: a finished mmctr train or retrain run folder
         out: the model repository
         world: the dataset it was trained on (default: the one its train_log.json names)
-        version: the version folder to write (a retrain: the next number)
+        version: the version folder to write (default 1; a retrain: the next number)
         store: a vector store whose new items are scored with their vectors while serving
         precision: the served ID tables' rows: fp32, fp16 or int8
         name: the model's name in the repository
@@ -153,8 +153,8 @@ def export_ranker(
         cpu: CPUs per replica
         memMB: memory per replica, MB
     """
-    args = ["--run", run, "--out", out, "--version", str(version), "--precision", precision, "--name", name]
-    optional = {"--world": world, "--store": store}
+    args = ["--run", run, "--out", out, "--precision", precision, "--name", name]
+    optional = {"--world": world, "--store": store, "--version": None if version is None else str(version)}
     args += [x for flag, value in optional.items() if value is not None for x in (flag, value)]
     return _single("export-ranker", args, image, cpu, memMB)
 
