@@ -68,6 +68,7 @@ class RankerClient:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         self._grpc = grpcclient.InferenceServerClient(config.url)
+        self._dtypes: dict[str, str] | None = None  # the model's input dtypes, read once from the server
 
     def rank(self, user: int, history: Sequence[int] | np.ndarray, candidates: Sequence[int] | np.ndarray,
              context: dict[str, Sequence[float] | np.ndarray] | None = None) -> Ranked:
@@ -92,8 +93,9 @@ class RankerClient:
         if n == 0:
             raise ValueError("candidates: empty; a request ranks at least one item")
         arrays = {rx.USER_INPUT: np.array([[int(user)]], dtype=np.int64), rx.HISTORY_INPUT: hist, rx.CANDIDATES_INPUT: cands}
+        dtypes = self._input_dtypes() if context else {}
         for name, values in (context or {}).items():
-            v = np.asarray(values, dtype=np.float32)
+            v = np.asarray(values, dtype=np.int64 if dtypes.get(name) == "INT64" else np.float32)
             if v.shape != (n,):
                 raise ValueError(f"context feature {name!r}: shape {v.shape}, expected ({n},), one per candidate")
             arrays[name] = v.reshape(1, -1)
@@ -107,6 +109,15 @@ class RankerClient:
                           lambda: self._grpc.infer(self.config.model, inputs, outputs=outputs, client_timeout=self.config.timeout_s),
                           RankerRequestError, RankerUnavailable)  # fmt: skip
         return Ranked(scores=result.as_numpy(rx.SCORES_OUTPUT).reshape(-1), version=int(result.as_numpy(rx.VERSION_OUTPUT).reshape(-1)[0]))
+
+    def _input_dtypes(self) -> dict[str, str]:
+        """Each input's Triton dtype (``INT64``, ``FP32``), from the served model's metadata (once)."""
+        if self._dtypes is None:
+            meta = retrying(self.config, f"metadata of {self.config.model!r}",
+                            lambda: self._grpc.get_model_metadata(self.config.model, as_json=True),
+                            RankerRequestError, RankerUnavailable)  # fmt: skip
+            self._dtypes = {i["name"]: i["datatype"] for i in meta.get("inputs", [])}
+        return self._dtypes
 
     def load(self) -> None:
         """Asks the server to (re)load the model: its newest version folder replaces the served one.

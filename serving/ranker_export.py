@@ -16,7 +16,8 @@ The interface (one request = one user's candidates)::
     user        INT64 [1, 1]   the user ID
     history     INT64 [1, L]   the user's behaviour history, oldest first (L >= 0)
     candidates  INT64 [1, N]   the items to rank, 1 <= N <= max_candidates
-    <context>   FP32  [1, N]   optional, one input per context feature (``serving.ranker.context_features``)
+    <context>   FP32  [1, N]   optional, one input per context feature (``serving.ranker.context_features``);
+                               INT64 for a categorical (sparse) one
     ->
     scores      FP32  [1, N]   click probabilities, candidate order
     version     INT64 [1, 1]   the model version that scored them
@@ -127,8 +128,11 @@ def ranker_config(spec: object, config: RankerExportConfig) -> mc.ModelConfig:
     c.input.append(_tensor(mc.ModelInput, USER_INPUT, mc.TYPE_INT64))
     c.input.append(_tensor(mc.ModelInput, HISTORY_INPUT, mc.TYPE_INT64, ragged=True))
     c.input.append(_tensor(mc.ModelInput, CANDIDATES_INPUT, mc.TYPE_INT64, ragged=True))
+    sparse = {f.name for f in spec.sparse}  # type: ignore[attr-defined]
     for name in context_features(spec):  # type: ignore[arg-type]
-        c.input.append(_tensor(mc.ModelInput, name, mc.TYPE_FP32, ragged=True, optional=True))
+        # a categorical context feature keeps its 64-bit IDs (FP32 holds integers exactly only up to 2**24)
+        dtype = mc.TYPE_INT64 if name in sparse else mc.TYPE_FP32
+        c.input.append(_tensor(mc.ModelInput, name, dtype, ragged=True, optional=True))
     c.output.append(_tensor(mc.ModelOutput, SCORES_OUTPUT, mc.TYPE_FP32))
     c.output.append(_tensor(mc.ModelOutput, VERSION_OUTPUT, mc.TYPE_INT64))
     log = "" if config.score_log is None else str(Path(config.score_log).resolve())

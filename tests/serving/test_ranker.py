@@ -187,6 +187,20 @@ def server(repository: Path) -> Iterator[TritonServer]:
         yield s
 
 
+def test_categorical_context_features_are_int64_inputs(unlike_log: Path) -> None:
+    """A log's sparse context feature (``slot``) keeps 64-bit IDs on the wire; dense ones are FP32."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from serving.ranker_export import ranker_config
+
+    spec = Manifest.read(unlike_log).features
+    config = ranker_config(spec, RankerExportConfig())
+    dtypes = {i.name: i.data_type for i in config.input}
+    context = {f.name for f in spec.sparse if f.source == "impressions"} - {spec.user_key, spec.item_key}
+    assert context and all(dtypes[name] == mc.TYPE_INT64 for name in context)
+    assert all(dtypes[f.name] == mc.TYPE_FP32 for f in spec.dense if f.source == "impressions")
+
+
 def test_export_writes_one_version_naming_the_run(repository: Path, runs: dict[str, Path]) -> None:
     entry = read_version(repository / "ranker_simtier_make" / "1")
     assert (entry.run, entry.variant, entry.version) == (str(runs["simtier_make"].resolve()), "simtier_make", 1)
