@@ -294,6 +294,30 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_online_eval(args: argparse.Namespace) -> int:
+    from serving.ranker_online import OnlineEvalConfig, online_eval
+
+    world = _run_world(args)
+    day = args.day if args.day is not None else _test_day(world)
+    report = online_eval(args.url, args.run, world, day, settings_from_args(OnlineEvalConfig, args), store=args.store,
+                         model=args.name, max_candidates=args.max_candidates)
+    on, off = report.online, report.offline
+    print(f"{report.impressions} impressions of {report.users} users on day {day}, {report.requests} requests, "
+          f"version {report.version}: online AUC {on['auc']:.5f} GAUC {on['gauc']:.5f}, offline AUC {off['auc']:.5f} "
+          f"GAUC {off['gauc']:.5f}, max |online - offline| {report.max_abs_diff:.1e}; latency p50 "
+          f"{report.latency_p50_ms:.1f} ms, p99 {report.latency_p99_ms:.1f} ms; {report.new_items_served_vector} of "
+          f"{report.new_items} new items scored with a served vector")
+    if args.out is not None:
+        args.out.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    return 0
+
+
+def _test_day(world: Path) -> int:
+    from recsys.data.schema import Manifest
+
+    return Manifest.read(world).test_day
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from recsys.eval.evaluate import EvalJob, run_evaluate
 
@@ -492,6 +516,21 @@ def _add_rank(p: argparse.ArgumentParser) -> None:
                    help="per-candidate values of a context feature (e.g. position=0,1,2); repeatable")
 
 
+def _add_online_eval(p: argparse.ArgumentParser) -> None:
+    from serving.client import ClientConfig
+    from serving.ranker_export import RankerExportConfig
+    from serving.ranker_online import OnlineEvalConfig
+
+    p.add_argument("--run", type=Path, required=True, help="the served run folder (the one `mmctr export-ranker` exported)")
+    p.add_argument("--world", type=Path, help="its dataset (default: the one its train_log.json names)")
+    p.add_argument("--day", type=int, help="the day whose impressions are sampled (default: the manifest's test_day)")
+    p.add_argument("--store", type=Path, help="the vector store the server reads (counts the new items scored with it)")
+    add_settings(p, ClientConfig, only=("url",))
+    add_settings(p, RankerExportConfig, only=("name", "max_candidates"))
+    add_settings(p, OnlineEvalConfig)
+    p.add_argument("--out", type=Path, help="also write the report as JSON here")
+
+
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
     from recsys.eval.job import EvalJob
 
@@ -532,6 +571,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "export-ranker": ("write (or add a version to) a Triton repository serving a finished CTR run",
                       _add_export_ranker, _cmd_export_ranker),
     "rank": ("score one user's candidates: on a served ranker (--url) or in-process (--run)", _add_rank, _cmd_rank),
+    "online-eval": ("rank a sample of a day's impressions on a served ranker; online vs offline AUC/GAUC",
+                    _add_online_eval, _cmd_online_eval),
     "feed": ("publish a world's items created on a day into a feed, as new items", _add_feed, _cmd_feed),
     "evaluate": ("score a day with finished CTR runs; AUC/GAUC/NE vs a baseline with bootstrap CIs, JSON + HTML",
                  _add_evaluate, _cmd_evaluate),

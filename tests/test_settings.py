@@ -101,6 +101,7 @@ def _command_settings() -> dict[str, list[type]]:
     from serving.constants import ExportConfig
     from serving.feed import PublishConfig
     from serving.ranker_export import RankerExportConfig
+    from serving.ranker_online import OnlineEvalConfig
     from serving.server import ServerConfig
 
     return {
@@ -109,6 +110,7 @@ def _command_settings() -> dict[str, list[type]]:
         "embed-new": [ClientConfig, EmbedderConfig], "feed": [PublishConfig], "evaluate": [EvalJob],
         "pipeline": [PipelineJob], "demo": [PipelineJob], "import-ml100k": [Ml100kJob], "embed-text": [SentenceJob],
         "export-ranker": [RankerExportConfig, ClientConfig], "rank": [RankerExportConfig, ClientConfig],
+        "online-eval": [OnlineEvalConfig, RankerExportConfig, ClientConfig],
     }  # fmt: skip
 
 
@@ -158,6 +160,7 @@ def test_torchx_component_defaults_are_the_stages_defaults() -> None:
     from serving.embedder import EmbedderConfig
     from serving.constants import ExportConfig
     from serving.ranker_export import RankerExportConfig
+    from serving.ranker_online import OnlineEvalConfig
     from serving.server import GRPC_PORT, HTTP_PORT, ServerConfig
     from torchx_components import evaluate, pipeline, serving
 
@@ -172,11 +175,14 @@ def test_torchx_component_defaults_are_the_stages_defaults() -> None:
         (serving.serve, "grpc_port"): GRPC_PORT, (serving.serve, "http_port"): HTTP_PORT,
         (serving.serve, "model_control"): ServerConfig.model_control,
         (serving.export_ranker, "precision"): RankerExportConfig.precision, (serving.export_ranker, "name"): RankerExportConfig.name,
+        (serving.online_eval, "users"): OnlineEvalConfig.users, (serving.online_eval, "seed"): OnlineEvalConfig.seed,
+        (serving.online_eval, "name"): RankerExportConfig.name,
+        (serving.online_eval, "max_candidates"): RankerExportConfig.max_candidates,
     }  # fmt: skip
     resources = {"nproc", "nnodes", "image", "cpu", "memMB", "retrain_make"}
     components = [pipeline.world, pipeline.pretrain_eval, pipeline.pretrain, pipeline.train, pipeline.retrain,
                   serving.export, serving.embed_new, serving.serve, serving.feed, serving.export_ranker,
-                  evaluate.evaluate]  # fmt: skip
+                  serving.online_eval, evaluate.evaluate]  # fmt: skip
     for fn in components:
         for name, p in inspect.signature(fn).parameters.items():
             if p.default is inspect.Parameter.empty or p.default is None or name in resources:

@@ -22,6 +22,8 @@ Example::
     ['embed-new', '--feed', 'f', '--store', 's.sqlite', '--url', 'h:1', '--batch-size', '64', '--exit-when-idle', '2.0']
     >>> export_ranker(run="r", out="repo", version=2).roles[0].args[2:7]
     ['export-ranker', '--run', 'r', '--out', 'repo']
+    >>> online_eval(url="h:1", run="r", out="o.json", day=9).roles[0].args[-2:]
+    ['--day', '9']
 """
 
 # No `from __future__ import annotations`: TorchX reads the real annotation
@@ -34,6 +36,7 @@ from serving import constants as k
 from serving.client import ClientConfig
 from serving.embedder import EmbedderConfig
 from serving.ranker_export import RankerExportConfig
+from serving.ranker_online import OnlineEvalConfig
 from serving.server import GRPC_PORT, HTTP_PORT, ServerConfig
 from torchx_components.pipeline import CPU, DEFAULT_IMAGE, _single
 
@@ -157,6 +160,45 @@ def export_ranker(
     optional = {"--world": world, "--store": store, "--version": None if version is None else str(version)}
     args += [x for flag, value in optional.items() if value is not None for x in (flag, value)]
     return _single("export-ranker", args, image, cpu, memMB)
+
+
+def online_eval(
+    url: str,
+    run: str,
+    out: str,
+    world: Optional[str] = None,
+    day: Optional[int] = None,
+    store: Optional[str] = None,
+    users: int = OnlineEvalConfig.users,
+    seed: int = OnlineEvalConfig.seed,
+    name: str = RankerExportConfig.name,
+    max_candidates: int = RankerExportConfig.max_candidates,
+    image: str = DEFAULT_IMAGE,
+    cpu: int = LIGHT_CPU,
+    memMB: int = SERVER_MEM_MB,
+) -> specs.AppDef:
+    """Ranks a sample of a day's impressions on a served ranker; online against offline AUC and GAUC, as JSON.
+
+    Args:
+        url: Triton gRPC HOST:PORT serving the run
+        run: the served run folder
+        out: the report (JSON)
+        world: its dataset (default: the one its train_log.json names)
+        day: the day sampled (default: the manifest's test_day)
+        store: the vector store the server reads (counts new items scored with its vectors)
+        users: users sampled; each one's impressions that day are ranked
+        seed: seed of the user sample
+        name: the served ranker's name
+        max_candidates: the most candidates per request
+        image: container image (cluster schedulers only)
+        cpu: CPUs per replica
+        memMB: memory per replica, MB
+    """
+    args = ["--url", url, "--run", run, "--out", out, "--users", str(users), "--seed", str(seed), "--name", name,
+            "--max-candidates", str(max_candidates)]
+    optional = {"--world": world, "--day": day, "--store": store}
+    args += [x for flag, value in optional.items() if value is not None for x in (flag, str(value))]
+    return _single("online-eval", args, image, cpu, memMB)
 
 
 def feed(

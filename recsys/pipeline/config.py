@@ -27,6 +27,7 @@ from pretrain.config import TowerConfig
 from recsys.eval import RESAMPLES
 from recsys.settings import setting
 from recsys.train.config import TrainConfig
+from serving.ranker_online import OnlineEvalConfig
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class PipelineConfig:
     bootstrap: int = RESAMPLES  # user resamples of the evaluation's GAUC intervals
     feed_rate: float = 50.0  # new items per second published to the feed (the serving bench's load)
     retrain_variant: str = "simtier_make"  # the production model retrained on the test day
+    online_users: int = OnlineEvalConfig.users  # rank_online: test-day users whose impressions are ranked on Triton
 
     def scl_yaml(self, clip_encoder: Path | None) -> dict:
         """SCL's config; ``clip_encoder`` None: from random towers (no CLIP run to start from)."""
@@ -65,9 +67,10 @@ class PipelineConfig:
 
 PRESETS: dict[str, PipelineConfig] = {
     # ~3 minutes on 2 cores: every stage at toy size, used in a test
-    "tiny": PipelineConfig(world_preset="tiny", make_max_epochs=2, batch_size=256, bootstrap=200, feed_rate=200.0),
+    "tiny": PipelineConfig(world_preset="tiny", make_max_epochs=2, batch_size=256, bootstrap=200, feed_rate=200.0,
+                           online_users=40),
     # `make demo`: ~30 minutes on 2 cores (README: measured stage times)
-    "small": PipelineConfig(world_preset="small", clip_epochs=2, make_max_epochs=3, patch_size=16),
+    "small": PipelineConfig(world_preset="small", clip_epochs=2, make_max_epochs=3, patch_size=16, online_users=1000),
 }
 
 
@@ -101,6 +104,7 @@ class Layout:
         feed/  vectors.sqlite  embed.json     test-day new items, their served vectors, the embedder's report
         report/            mmctr evaluate: report.json, report.html (updated with the pipeline's sections)
         retrain/           the production model retrained on the test day
+        ranker/  online.json   its Triton repository (mmctr export-ranker), the test day's sample ranked online
         summary.json       the final table
     """
 
@@ -166,6 +170,14 @@ class Layout:
     @property
     def retrain(self) -> Path:
         return self.out / "retrain"
+
+    @property
+    def ranker(self) -> Path:
+        return self.out / "ranker"
+
+    @property
+    def online(self) -> Path:
+        return self.out / "online.json"
 
     @property
     def summary(self) -> Path:

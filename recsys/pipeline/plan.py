@@ -26,7 +26,9 @@ with no side effect, so every rule is tested in milliseconds. The rules:
   has) to the test day's new items: they need our encoder and items new on
   the test day (``recsys.data.stats.new_item_mask``). When they are skipped, the catalogue keeps every item's
   vectors (the batch-embedded ones, or FILE's), so the new items still have one.
-* **retrain** retrains ``retrain_variant`` if it was trained, else ``id_only``.
+* **retrain** retrains ``retrain_variant`` if it was trained, else ``id_only``;
+  **rank_online** serves that retrained run on Triton (with the store's
+  vectors when ``embed`` ran) and ranks a sample of the test day online.
 * The test day is the manifest's ``test_day`` (not assumed to be the last
   day): the CTR runs train up to the day before it, evaluation scores it,
   the retrain trains on it (and scores the next day, if any).
@@ -226,7 +228,7 @@ def plan_stages(
     else:
         run("export")
         run("embed")
-    for name in ("evaluate", "retrain", "report"):
+    for name in ("evaluate", "retrain", "rank_online", "report"):
         run(name)
     variants = tuple(v for v in cfg.variants if has_vectors or v == "id_only")
     return Plan(

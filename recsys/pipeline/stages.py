@@ -21,6 +21,10 @@ evaluate           ``mmctr evaluate --day T [--store]``: the test day,     nproc
                    tables + the store's served vectors of new items
 retrain            ``mmctr retrain`` of the plan's retrain variant on the  nproc
                    test day T (tomorrow's model), vectors from table + store
+rank_online        ``mmctr export-ranker`` of the retrained run (with the  1 + 1
+                   store; in-process), a Triton server on it, ``mmctr
+                   online-eval``: a sample of T's impressions ranked
+                   online vs offline
 report             the pipeline's sections added to the report, the        in-process
                    final table printed and written to ``summary.json``
 =================  ======================================================  =========
@@ -152,6 +156,31 @@ def _embed(c: Context) -> None:
                             f"{jobs.log_tail(c.layout.logs, embedder)}")
 
 
+def _rank_online(c: Context) -> None:
+    """The retrained run exported and served on its own Triton server; a sample of the test day ranked on it."""
+    import shutil
+
+    from recsys.eval.runs import RunError
+    from recsys.pipeline import jobs
+    from serving.ranker_export import export_ranker
+
+    plan, run = _plan(c), str(_retrained(c))
+    store = str(c.layout.store) if plan.runs("embed") and plan.retrain_variant != "id_only" else None
+    shutil.rmtree(c.layout.ranker, ignore_errors=True)  # a killed attempt's repository is redone whole
+    c.layout.online.unlink(missing_ok=True)
+    try:  # in-process: it checks the run and writes a few files (the TorchX component does the same as a job)
+        export_ranker(Path(run), c.layout.world, c.layout.ranker, store=None if store is None else Path(store))
+    except (RunError, ValueError) as e:
+        raise PipelineError(f"stage rank_online: {e}") from None
+    server = jobs.start_server(c.runner, c.layout.ranker, c.layout.logs)
+    try:
+        app = serving_components.online_eval(url=server.url, run=run, out=str(c.layout.online), world=str(c.layout.world),
+                                             day=plan.test_day, store=store, users=c.cfg.online_users, seed=c.cfg.seed)
+        jobs.run_apps(c.runner, [app], c.layout.logs, "stage rank_online (online-eval)")
+    finally:
+        jobs.stop(c.runner, server.handle)
+
+
 def _report(c: Context) -> None:
     from recsys.pipeline.summary import finish_report
 
@@ -172,11 +201,17 @@ def _evaluate(c: Context) -> list[specs.AppDef]:
         nproc=c.cfg.nproc)]
 
 
+def _retrained(c: Context) -> Path:
+    """The retrain stage's run folder."""
+    plan = _plan(c)
+    return c.layout.retrain / f"{plan.retrain_variant}-day-{plan.test_day}"
+
+
 def _retrain(c: Context) -> list[specs.AppDef]:
     plan = _plan(c)
     variant, uses_vectors = plan.retrain_variant, plan.retrain_variant != "id_only"
     return [components.retrain(
-        from_run=str(c.layout.ctr(variant)), day=plan.test_day, out=str(c.layout.retrain / f"{variant}-day-{plan.test_day}"),
+        from_run=str(c.layout.ctr(variant)), day=plan.test_day, out=str(_retrained(c)),
         vectors=str(c.layout.catalogue) if uses_vectors else None,
         store=str(c.layout.store) if uses_vectors and plan.runs("embed") else None, nproc=c.cfg.nproc)]
 
@@ -196,6 +231,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("embed", needs_server=True, local=_embed),
     Stage("evaluate", apps=_evaluate),
     Stage("retrain", apps=_retrain),
+    Stage("rank_online", local=_rank_online),
     Stage("report", local=_report),
 )}
 

@@ -10,6 +10,9 @@
     embedder        {items (created on the test day), with_vector, coverage, failed,
                      latency_p50_s, latency_p99_s (creation -> vector), served_vs_batch_max_abs}
     retrain         {run, version, parent, days, vectors}
+    online          the retrained run served on Triton (``mmctr online-eval``'s report): {impressions, users,
+                    requests, version, online/offline {auc, gauc, ...}, max_abs_diff, latency_p50_ms,
+                    latency_p99_ms, new_items, new_items_served_vector}, or null
     stages          {name: seconds}
 
 Example::
@@ -124,12 +127,13 @@ def collect(cfg: PipelineConfig, layout: Layout, plan: Plan) -> dict:
         retrain = {"run": lin.run, "version": lin.version, "parent": lin.parent, "days": list(lin.all_days),
                    "trained_day": list(lin.days), "vectors": lin.vectors,
                    "new_item_ids": None if lin.retrain is None else lin.retrain.new_item_ids}
+    online = json.loads(layout.online.read_text()) if layout.online.exists() else None
     state = json.loads(layout.state.read_text())
     stages = {k: v.get("seconds") for k, v in state["stages"].items() if v.get("done")}
     return {"preset": cfg.world_preset, "world": None if layout.dataset is None else str(layout.dataset),
             "test_day": report["day"], "report": str(layout.report / REPORT_HTML), "vectors": plan.vectors,
             "skipped": plan.skipped(), "variants": variants, "pretraining": pretraining, "embedder": embedder,
-            "retrain": retrain, "stages": stages, "make_stage1": make_stage1_numbers(layout, stages)}
+            "retrain": retrain, "online": online, "stages": stages, "make_stage1": make_stage1_numbers(layout, stages)}
 
 
 def sections(summary: dict) -> list[dict]:
@@ -155,6 +159,17 @@ def sections(summary: dict) -> list[dict]:
                     "header": ["run", "version", "parent", "trained on day", "days behind the weights", "vectors"],
                     "rows": [[r["run"], r["version"], r["parent"], r["trained_day"], f"{r['days'][0]}..{r['days'][-1]}",
                               f"{(r['vectors'] or {}).get('path')} + store v{(r['vectors'] or {}).get('store_version')}"]]})
+    o = summary.get("online")
+    if o is not None:
+        out.append({"title": "Online ranking: the retrained model served on Triton",
+                    "header": ["impressions", "users", "requests", "version", "online AUC", "offline AUC", "online GAUC",
+                               "offline GAUC", "max |online − offline|", "latency p50", "p99", "new items with a served vector"],
+                    "rows": [[o["impressions"], o["users"], o["requests"], o["version"], f"{o['online']['auc']:.4f}",
+                              f"{o['offline']['auc']:.4f}", f"{o['online']['gauc']:.4f}", f"{o['offline']['gauc']:.4f}",
+                              f"{o['max_abs_diff']:.1e}", f"{o['latency_p50_ms']:.1f} ms", f"{o['latency_p99_ms']:.1f} ms",
+                              f"{o['new_items_served_vector']} of {o['new_items']}"]],
+                    "note": "Every impression of the sampled test-day users, one request per user and history, ranked "
+                            "over gRPC; offline: the same rows scored as `mmctr evaluate` scores them."})
     out.append({"title": "Pipeline stages", "header": ["stage", "seconds"],
                 "rows": [[k, f"{v:.0f}"] for k, v in summary["stages"].items()]
                 + [[k, f"skipped: {why}"] for k, why in summary.get("skipped", {}).items()],
@@ -184,6 +199,12 @@ def format_table(summary: dict) -> str:
     r = summary["retrain"]
     if r is not None:
         lines.append(f"retrain: version {r['version']} of {r['parent']} trained on day {r['trained_day'][0]} -> {r['run']}")
+    o = summary.get("online")
+    if o is not None:
+        lines.append(f"online: {o['impressions']} test-day impressions of {o['users']} users ranked on Triton "
+                     f"(version {o['version']}): GAUC {o['online']['gauc']:.4f} online vs {o['offline']['gauc']:.4f} "
+                     f"offline, max |diff| {o['max_abs_diff']:.1e}, p99 {o['latency_p99_ms']:.0f} ms; "
+                     f"{o['new_items_served_vector']} new items scored with a served vector")
     m = summary.get("make_stage1")
     if m is not None:
         share = "" if m["share"] is None else f", {m['share']:.0%} of the stages' wall time"

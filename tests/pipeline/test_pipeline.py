@@ -20,7 +20,7 @@ from recsys.pipeline.run import leftover_processes, load_state, pipeline_inputs,
 REPO = Path(__file__).resolve().parents[2]
 KILL_AT = "train_id_only"  # a distributed stage: torchrun and its two ranks are running when the pipeline dies
 TODAYS_STAGES = ["world", "pretrain_clip", "pretrain_scl", "pretrain_eval", "catalogue", "train_make", "train_id_only",
-                 "train_simtier", "train_simtier_make", "export", "embed", "evaluate", "retrain", "report"]  # fmt: skip
+                 "train_simtier", "train_simtier_make", "export", "embed", "evaluate", "retrain", "rank_online", "report"]  # fmt: skip
 
 
 def _env() -> dict[str, str]:
@@ -106,8 +106,13 @@ def _kill_midway_then_resume(out: Path, log: Path, pipelines: list[subprocess.Po
     assert m["epochs"] == len(stage1["epochs"]) >= 1 and m["stopped"] == stage1["stopped"] is not None
     assert m["seconds"] == sum(e["seconds"] for e in stage1["epochs"]) > 0
     assert m["share"] == m["seconds"] / sum(summary["stages"].values()) < 1
+    o = summary["online"]  # the retrained simtier_make served: a sample of the test day ranked online
+    assert o["run"] == str(layout.retrain / f"simtier_make-day-{summary['test_day']}") and o["version"] == 1
+    assert o["users"] == PRESETS["tiny"].online_users and o["online"]["impressions"] == o["impressions"] > o["requests"]
+    assert o["max_abs_diff"] <= 1e-5 and abs(o["online"]["gauc"] - o["offline"]["gauc"]) <= 1e-4
+    assert o["new_items"] > 0 and o["new_items_served_vector"] == o["new_items"]  # the embedder's vectors, served
     report = (layout.report / "report.html").read_text()
-    assert "Serving: the test day" in report and "Production retrain" in report
+    assert "Serving: the test day" in report and "Production retrain" in report and "Online ranking" in report
     assert "mmctr pipeline (tiny)" in log.read_text() and "report: " in log.read_text()
     assert leftover_processes(out) == []  # Triton, the embedder and every stage are gone
 

@@ -18,7 +18,7 @@ FULL = DataFacts(searches_before_test_day=900, searches_on_test_day=200, items_n
 NO_SEARCHES = dataclasses.replace(FULL, searches_before_test_day=0, searches_on_test_day=0)
 WORLD = Path("/data/log")
 TODAY = ["pretrain_clip", "pretrain_scl", "pretrain_eval", "catalogue", "train_make", "train_id_only", "train_simtier",
-         "train_simtier_make", "export", "embed", "evaluate", "retrain", "report"]  # fmt: skip
+         "train_simtier_make", "export", "embed", "evaluate", "retrain", "rank_online", "report"]  # fmt: skip
 
 
 def _manifest(content: tuple[str, ...] = ("title", "image"), test_day: int | None = None) -> Manifest:
@@ -85,7 +85,7 @@ def test_one_modality_with_searches_scl_from_random_towers() -> None:
 
 def test_no_content_only_id_only() -> None:
     plan = _plan(_manifest(()), NO_SEARCHES)
-    assert plan.run_names() == ["validate", "train_id_only", "evaluate", "retrain", "report"]
+    assert plan.run_names() == ["validate", "train_id_only", "evaluate", "retrain", "rank_online", "report"]
     skipped = plan.skipped()
     assert set(skipped) == {"world", "pretrain_clip", "pretrain_scl", "pretrain_eval", "catalogue", "train_make",
                             "train_simtier", "train_simtier_make", "export", "embed"}  # fmt: skip
@@ -106,7 +106,7 @@ def test_own_vectors_skip_pretraining_and_serving(content: tuple[str, ...]) -> N
         assert skipped[name] == f"--vectors {file}: the item vectors are given"
     assert skipped["export"] == skipped["embed"] == f"--vectors {file}: no encoder of ours to embed the new items with"
     assert plan.run_names() == ["validate", "catalogue", *(f"train_{v}" for v in ("make", "id_only", "simtier",
-                                "simtier_make")), "evaluate", "retrain", "report"]  # fmt: skip
+                                "simtier_make")), "evaluate", "retrain", "rank_online", "report"]  # fmt: skip
     assert plan.vectors == f"{file} (--vectors)" and vectors_source(plan, Layout(Path("out"))) == file
     assert plan.retrain_variant == "simtier_make" and plan.catalogue_before == 15
 

@@ -382,3 +382,26 @@ def test_a_new_item_is_scored_with_its_vector_once_the_store_holds_it(
     with_vectors = Ranker.load(runs["simtier_make"], tiny_world, store=fresh_store).score(request)  # the offline score with them
     assert np.abs(after - with_vectors).max() <= TOL
     assert (np.abs(after[:3] - fallback[:3]) > 1e-4).all()  # each new item's vector moved its score
+
+
+def test_online_eval_ranks_a_sample_as_evaluate_scores_it(tiny_world: Path, runs: dict[str, Path], server: TritonServer,
+                                                         tmp_path: Path) -> None:
+    """`mmctr online-eval`: 30 sampled users' test-day impressions ranked on the server equal `score_run`'s scores."""
+    import json
+
+    from serving.ranker_online import day_impressions, sample_requests
+
+    out = tmp_path / "online.json"
+    assert main(["online-eval", "--run", str(runs["simtier_make"]), "--world", str(tiny_world), "--url", server.grpc_url,
+                 "--name", "ranker_simtier_make", "--max-candidates", "64", "--users", "30", "--seed", "4", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    manifest = Manifest.read(tiny_world)
+    table = day_impressions(tiny_world, manifest.test_day)
+    rows = np.concatenate([idx for _, idx in sample_requests(table, manifest.features, 30, 4, 64)])
+    assert report["users"] == 30 and report["impressions"] == len(rows) and report["requests"] < len(rows)
+    assert report["day"] == manifest.test_day and report["version"] == 1
+    assert report["max_abs_diff"] <= TOL
+    for metric in ("auc", "gauc", "ne"):
+        assert abs(report["online"][metric] - report["offline"][metric]) <= 1e-4
+    assert report["online"]["impressions"] == len(rows) and report["online"]["clicks"] == table["label"].to_numpy()[rows].sum()
+    assert report["new_items_served_vector"] == 0  # no store given
