@@ -399,9 +399,11 @@ class Setup:
     fresh_ids: np.ndarray | None  # (M,) items the run's vectors lack, with vectors of its width; None: no freshness
     fresh: np.ndarray | None  # (M, D) their vectors
     max_history_len: int  # the history the model reads
+    served: RankerExportConfig  # the served ranker's instances and batching
 
 
-def prepare(world: Path, run: Path, work: Path, n_requests: int, n_fresh: int) -> Setup:
+def prepare(world: Path, run: Path, work: Path, n_requests: int, n_fresh: int,
+            served: RankerExportConfig = RankerExportConfig()) -> Setup:
     """Requests over the run's items, new items' vectors from the world's truth, a bound store, version 1 exported."""
     spec = load_run(run, run.name, world)
     known = load_vectors(spec.vectors, store=spec.store) if spec.vectors else None
@@ -416,9 +418,9 @@ def prepare(world: Path, run: Path, work: Path, n_requests: int, n_fresh: int) -
             new = ~np.isin(ids, known.item_ids)
             if vectors.shape[1] == known.dim and new.any():
                 fresh_ids, fresh = ids[new][:n_fresh], vectors[new][:n_fresh]
-    export_ranker(run, world, work / "repo", version=1, store=store)
+    export_ranker(run, world, work / "repo", version=1, config=served, store=store)
     return Setup(world, run, bench_requests(world, items, n_requests), store, fresh_ids, fresh,
-                 Manifest.read(world).max_history_len)  # fmt: skip
+                 Manifest.read(world).max_history_len, served)  # fmt: skip
 
 
 def measure(setup: Setup, work: Path, pa: PerfAnalyzer | None, args: argparse.Namespace) -> dict[str, object]:
@@ -439,7 +441,7 @@ def measure(setup: Setup, work: Path, pa: PerfAnalyzer | None, args: argparse.Na
             out["fresh"] = freshness(server.grpc_url, setup.store, setup.requests[0], setup.fresh_ids, setup.fresh)
 
         def swap() -> None:  # the same run as version 2, loaded while version 1 serves
-            export_ranker(setup.run, setup.world, repo, version=2, store=setup.store)
+            export_ranker(setup.run, setup.world, repo, version=2, config=setup.served, store=setup.store)
             with RankerClient(ClientConfig(url=server.grpc_url, model=MODEL)) as admin:
                 admin.load()
 
@@ -512,6 +514,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stability", type=int, default=50, help="perf_analyzer's --stability-percentage "
                         "(default: 50; its own 10 rarely settles at p99 on 2 shared cores)")  # fmt: skip
     parser.add_argument("--fresh-items", type=int, help="new items written to the store (default: 30, --quick 10)")
+    parser.add_argument("--instances", type=int, default=RankerExportConfig.instances,
+                        help="served model instances (RankerExportConfig.instances)")
+    parser.add_argument("--max-batch-size", type=int, default=RankerExportConfig.max_batch_size,
+                        help="requests per dynamic batch (RankerExportConfig.max_batch_size)")
     args = parser.parse_args(argv)
     if args.run is not None and args.world is None:
         parser.error("--run needs --world, the dataset it was trained on")
@@ -529,12 +535,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-ranking-") as tmp:
         work = Path(tmp)
         world, run = (args.world, args.run) if args.run else train_tiny_run(work)
-        setup = prepare(world, run, work, args.requests, args.fresh_items)
+        served = RankerExportConfig(instances=args.instances, max_batch_size=args.max_batch_size)
+        setup = prepare(world, run, work, args.requests, args.fresh_items, served)
         out = measure(setup, work, pa, args)
     print(f"\nranking benchmark: run {args.run or 'simtier_make (tiny world, trained here)'}; {args.requests} requests "
           f"of {CANDIDATES} candidates and {HISTORY} history items (the model reads {setup.max_history_len}); "
           f"{os.cpu_count()} cores, load average {load:.1f} at start; torch threads {torch.get_num_threads()} in-process, "
-          f"1 served; perf_analyzer windows {args.interval_ms} ms, stability {args.stability}%")  # fmt: skip
+          f"1 served, {setup.served.instances} instance(s), dynamic batches of up to {setup.served.max_batch_size}; perf_analyzer windows {args.interval_ms} ms, stability {args.stability}%")  # fmt: skip
     if pa_note or out["perf_note"]:
         print(f"  perf_analyzer: not measured: {pa_note or out['perf_note']}")
     print_table(table(out))

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from recsys.data.projection import PROJECTION_FILE, load_projection, project_rows
 from recsys.data.reader import ImpressionReader, ReaderConfig
@@ -119,6 +120,44 @@ def check_request(request: RankRequest, known: tuple[str, ...], max_candidates: 
             raise RankRequestError(f"context feature {name!r}: shape {np.shape(values)}, expected ({n},), one per candidate")
         if not np.all(np.isfinite(np.asarray(values, dtype=np.float64))):
             raise RankRequestError(f"context feature {name!r}: NaN or infinite values")
+
+
+def share_history(features: KeyedJaggedTensor, keys: tuple[str, ...], sizes: list[int]) -> tuple[KeyedJaggedTensor, torch.Tensor | None]:
+    """The user side once per request: the history sequences kept on each request's first candidate only.
+
+    The candidates of one request share its history; the model looks it up
+    once per request and gathers it per candidate (``CtrModel.forward``'s
+    ``history_of``), instead of N times.
+
+    Args:
+        features (KeyedJaggedTensor): the batch KJT of the requests' rows, stride B = sum(sizes).
+        keys (tuple[str, ...]): the history keys (``FeatureSpec.history_keys``).
+        sizes (list[int]): candidates per request, in row order.
+
+    Returns:
+        tuple: the KJT with the ``keys`` emptied on every row but each request's first,
+        and ``history_of`` (B,), int64: each row's request's first row (None without history keys).
+
+    Example::
+
+        >>> kjt = KeyedJaggedTensor(keys=["item_id", "h"], values=torch.tensor([5, 6, 7, 1, 2, 1, 2, 3]),
+        ...     lengths=torch.tensor([1, 1, 1, 2, 2, 1]))
+        >>> shared, history_of = share_history(kjt, ("h",), [2, 1])
+        >>> shared["h"].lengths().tolist(), shared["h"].values().tolist(), history_of.tolist()
+        ([2, 0, 1], [1, 2, 3], [0, 0, 2])
+    """
+    if not keys:
+        return features, None
+    starts = torch.tensor(np.concatenate([[0], np.cumsum(sizes)[:-1]]), dtype=torch.int64)
+    history_of = torch.repeat_interleave(starts, torch.tensor(sizes))
+    first = history_of == torch.arange(len(history_of))
+    jts = features.to_dict()
+    for key in keys:
+        jt = jts[key]
+        lengths = jt.lengths()
+        keep = torch.repeat_interleave(first, lengths)
+        jts[key] = JaggedTensor(values=jt.values()[keep], lengths=torch.where(first, lengths, torch.zeros_like(lengths)))
+    return KeyedJaggedTensor.from_jt_dict(jts), history_of
 
 
 class Ranker:
@@ -313,5 +352,7 @@ class Ranker:
         self._maybe_refresh()
         where = f"request of user {requests[0].user}" if len(requests) == 1 else f"{len(requests)} requests"
         batch = self.reader.batch_of(pa.concat_tables(tables), where=where, lenient=True)
-        probs = torch.sigmoid(self.model(batch.dense_features, batch.sparse_features)).to(torch.float32).numpy()
-        return np.split(probs, np.cumsum([t.num_rows for t in tables])[:-1])
+        sizes = [t.num_rows for t in tables]
+        features, history_of = share_history(batch.sparse_features, self.spec.history_keys(), sizes)
+        probs = torch.sigmoid(self.model(batch.dense_features, features, history_of=history_of)).to(torch.float32).numpy()
+        return np.split(probs, np.cumsum(sizes)[:-1])

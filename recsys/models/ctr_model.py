@@ -173,21 +173,27 @@ class CtrModel(nn.Module):
             id_model_config(config), features, table_sizes, widths, device=device, history_slots=history_slots
         )
 
-    def forward(self, dense: torch.Tensor, features: KeyedJaggedTensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, dense: torch.Tensor, features: KeyedJaggedTensor, real: torch.Tensor | None = None,
+                history_of: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
             dense (torch.Tensor): dense features, tensor of shape (B, F).
             features (KeyedJaggedTensor): the batch KJT (keys ``spec.kjt_keys()``), stride B, raw IDs.
             real (torch.Tensor | None): bool tensor of shape (B,), the impressions
                 (not padding) whose raw IDs the managed tables may admit; ``None``: all.
+            history_of (torch.Tensor | None): int64 tensor of shape (B,): impression ``b``
+                reads the history sequences of impression ``history_of[b]``, which alone
+                hold them in ``features`` (the online ranker's candidates of one request:
+                the history looked up once per request; ``recsys.models.sequence.item_rows``).
+                ``None``: every impression its own.
 
         Returns:
             torch.Tensor: logits, tensor of shape (B,).
         """
         rows = features if self.remap is None else self.remap(features, real)
         if self.mm_arch is None:
-            return self.id_model(dense, rows)
-        mm = self.mm_arch(features)
+            return self.id_model(dense, rows, history_of=history_of)
+        mm = self.mm_arch(features, history_of)
         extra = ExtraInputs(mlp_inputs=(mm.target_missing,))
         if self.simtier is not None:
             counted = mm.history_mask & (mm.target_missing == 0)  # (B, L)
@@ -204,7 +210,7 @@ class CtrModel(nn.Module):
         if self._spec.simscore:
             sims = torch.einsum("bd,bld->bl", F.normalize(mm.target, dim=-1), F.normalize(mm.history, dim=-1))
             extra.attention_features = sims.unsqueeze(-1)  # (B, L, 1); 0 where a vector is missing
-        return self.id_model(dense, rows, extra)
+        return self.id_model(dense, rows, extra, history_of)
 
 
 class CtrTrain(nn.Module):

@@ -143,16 +143,18 @@ class IdSparseArch(nn.Module):
         """Width of the target (and each history position): the target group's tables side by side."""
         return self._item_dim
 
-    def forward(self, features: KeyedJaggedTensor) -> IdEmbeddings:
+    def forward(self, features: KeyedJaggedTensor, history_of: torch.Tensor | None = None) -> IdEmbeddings:
         """
         Args:
             features (KeyedJaggedTensor): the batch KJT, stride B, IDs already rows (``recsys.models.remap``).
+            history_of (torch.Tensor | None): (B,) shared histories, looked up once each
+                (``recsys.models.sequence.item_rows``); None: one per impression.
 
         Returns:
             IdEmbeddings: pooled (B, P), target (B, I), history (B, L, I), mask (B, L).
         """
         pooled = self.ebc(features).values()  # (B, P)
-        bags = [item_rows(features, self._slots, f, h, key) for f, h, key in self._group]
+        bags = [item_rows(features, self._slots, f, h, key, history_of) for f, h, key in self._group]
         rows = bags[0]
         merged = KeyedJaggedTensor.concat([b.features for b in bags]) if len(bags) > 1 else rows.features
         out = self.item_table(merged)
@@ -302,19 +304,21 @@ class IdModel(nn.Module):
         )
 
     def forward(
-        self, dense: torch.Tensor, features: KeyedJaggedTensor, extra: ExtraInputs | None = None
+        self, dense: torch.Tensor, features: KeyedJaggedTensor, extra: ExtraInputs | None = None,
+        history_of: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         Args:
             dense (torch.Tensor): dense features, tensor of shape (B, F).
             features (KeyedJaggedTensor): the batch KJT, stride B.
             extra (ExtraInputs | None): the variant's inputs (``None``: none).
+            history_of (torch.Tensor | None): (B,) shared histories (``IdSparseArch.forward``).
 
         Returns:
             torch.Tensor: logits, tensor of shape (B,).
         """
         extra = ExtraInputs() if extra is None else extra
-        ids = self.sparse_arch(features)
+        ids = self.sparse_arch(features) if history_of is None else self.sparse_arch(features, history_of)
         target, history = ids.target, ids.history
         if self._extra.vector_dim:
             if extra.target_vector is None or extra.history_vectors is None:

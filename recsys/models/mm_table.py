@@ -234,15 +234,17 @@ class MultimodalArch(nn.Module):
         rows = torch.where(found, at, torch.full_like(values, self.vector_ids.shape[0]))
         return KeyedJaggedTensor(keys=bags.keys(), values=rows, lengths=bags.lengths(), stride=bags.stride())
 
-    def forward(self, features: KeyedJaggedTensor) -> MultimodalFeatures:
+    def forward(self, features: KeyedJaggedTensor, history_of: torch.Tensor | None = None) -> MultimodalFeatures:
         """
         Args:
             features (KeyedJaggedTensor): the batch KJT (``Batch.sparse_features``).
+            history_of (torch.Tensor | None): (B,) shared histories, looked up once each
+                (``recsys.models.sequence.item_rows``); None: one per impression.
 
         Returns:
             MultimodalFeatures: target (B, D), history (B, L, D), masks and flag.
         """
-        rows = item_rows(features, self._slots, *self._keys)
+        rows = item_rows(features, self._slots, *self._keys, history_of=history_of)
         bags = self._rows(rows.features) if self._raw else rows.features
         with torch.no_grad():  # frozen: no autograd record of the lookup at all
             pooled = self.mm_table(bags).values().detach()  # (B * (1 + S), D), empty slots zeros

@@ -108,3 +108,33 @@ def test_weighted_loss_is_the_mean_over_real_rows(make_batch: Callable[..., Batc
     loss.backward()
     assert loss.item() == 0.0
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_history_shared_by_a_requests_candidates_scores_as_one_per_candidate(sizes: dict[str, int], variant: str) -> None:
+    """Requests of 3, 1 and 2 candidates (histories of 4, 0 and 6 items) with `history_of`: the history
+    looked up once per request gives the logits of the same rows each carrying its own copy of it."""
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from serving.ranker import share_history
+
+    model = build(variant, sizes).eval()
+    g = torch.Generator().manual_seed(5)
+    request_sizes, history_lengths = [3, 1, 2], [4, 0, 6]
+    B = sum(request_sizes)
+    singles = {k: torch.randint(0, 20, (B,), generator=g) for k in WORLD.sparse_keys()}
+    per_request = {k: [torch.randint(0, 20, (n,), generator=g) for n in history_lengths] for k in WORLD.history_keys()}
+    values, lengths = [singles[k] for k in WORLD.sparse_keys()], [torch.ones(B, dtype=torch.int64)] * len(singles)
+    for k in WORLD.history_keys():  # each row a copy of its request's history
+        rows = [h for h, n in zip(per_request[k], request_sizes) for _ in range(n)]
+        values.append(torch.cat(rows))
+        lengths.append(torch.tensor([len(h) for h in rows]))
+    kjt = KeyedJaggedTensor(keys=list(WORLD.kjt_keys()), values=torch.cat(values), lengths=torch.cat(lengths))
+    dense = torch.rand(B, len(WORLD.dense_names()), generator=g)
+    shared, history_of = share_history(kjt, WORLD.history_keys(), request_sizes)
+    assert history_of.tolist() == [0, 0, 0, 3, 4, 4]
+    assert shared[WORLD.history].values().numel() == sum(history_lengths) < kjt[WORLD.history].values().numel()
+    with torch.no_grad():
+        torch.testing.assert_close(model(dense, shared, history_of=history_of), model(dense, kjt), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="only the impressions it names"):  # a history on a row no other reads
+        model(dense, kjt, history_of=history_of)
