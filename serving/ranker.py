@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
-from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.projection import PROJECTION_FILE, load_projection, project_rows
 from recsys.data.reader import ImpressionReader, ReaderConfig
@@ -148,16 +148,17 @@ def share_history(features: KeyedJaggedTensor, keys: tuple[str, ...], sizes: lis
     """
     if not keys:
         return features, None
+    B = features.stride()
     starts = torch.tensor(np.concatenate([[0], np.cumsum(sizes)[:-1]]), dtype=torch.int64)
     history_of = torch.repeat_interleave(starts, torch.tensor(sizes))
-    first = history_of == torch.arange(len(history_of))
-    jts = features.to_dict()
-    for key in keys:
-        jt = jts[key]
-        lengths = jt.lengths()
-        keep = torch.repeat_interleave(first, lengths)
-        jts[key] = JaggedTensor(values=jt.values()[keep], lengths=torch.where(first, lengths, torch.zeros_like(lengths)))
-    return KeyedJaggedTensor.from_jt_dict(jts), history_of
+    first = history_of == torch.arange(B)
+    lengths = features.lengths().view(-1, B)  # (K, B): the KJT's key-major layout
+    history_key = torch.tensor([k in keys for k in features.keys()]).unsqueeze(1)  # (K, 1)
+    kept = ~(history_key & ~first.unsqueeze(0))  # (K, B): every entry but a history on a later candidate
+    shared = KeyedJaggedTensor(
+        keys=features.keys(), values=features.values()[torch.repeat_interleave(kept.view(-1), lengths.reshape(-1))],
+        lengths=torch.where(kept, lengths, torch.zeros_like(lengths)).view(-1), stride=B)
+    return shared, history_of
 
 
 class Ranker:

@@ -72,10 +72,11 @@ class RankerExportConfig:
 
     name: str = setting(RANKER_MODEL, "the model's name (folder) in the repository; one repository may serve several")
     max_candidates: int = setting(MAX_CANDIDATES, "the most candidates one request may hold")
-    max_batch_size: int = setting(8, "requests the dynamic batcher scores in one forward pass")
+    # 4 and 2 instances: bench.ranking's best p99 at concurrency 8 on 2 cores (README, "Benchmark")
+    max_batch_size: int = setting(4, "requests the dynamic batcher scores in one forward pass")
     queue_delay_us: int = setting(1000, "dynamic batching delay, microseconds")
     torch_threads: int = setting(1, "intra-op threads of the served ranker; 0: torch's default")
-    instances: int = setting(1, "model instances (one CPU worker process each)")
+    instances: int = setting(2, "model instances (one CPU worker process each)")
     precision: str = setting("fp32", "how the served ID tables hold their rows", choices=tuple(PRECISIONS))
     score_log: Path | None = setting(None, "log served requests and scores to this Parquet directory (serving.ranker_log)")
     score_log_sample: float = setting(0.01, "the share of requests logged, in [0, 1]")

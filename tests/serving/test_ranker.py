@@ -172,12 +172,13 @@ def fresh_store(oracle_vectors: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def repository(tiny_world: Path, runs: dict[str, Path], fresh_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One repository serving every run, each as its own model, and simtier_make reading the store as ranker_fresh."""
+    """One repository serving every run, each as its own model, and simtier_make reading the store as ranker_fresh
+    (one instance each: a quicker start; the pipeline's test serves the default two)."""
     repo = tmp_path_factory.mktemp("ranker-repo")
-    export_ranker(runs["simtier_make"], tiny_world, repo, config=RankerExportConfig(name="ranker_fresh"), store=fresh_store)
+    export_ranker(runs["simtier_make"], tiny_world, repo, config=RankerExportConfig(name="ranker_fresh", instances=1), store=fresh_store)
     for variant, run in runs.items():
-        export_ranker(run, tiny_world, repo, config=RankerExportConfig(name=f"ranker_{variant}", max_candidates=64))
-    export_ranker(runs["simtier"], tiny_world, repo, config=RankerExportConfig(name="ranker_simtier_int8", precision="int8"))
+        export_ranker(run, tiny_world, repo, config=RankerExportConfig(name=f"ranker_{variant}", max_candidates=64, instances=1))
+    export_ranker(runs["simtier"], tiny_world, repo, config=RankerExportConfig(name="ranker_simtier_int8", precision="int8", instances=1))
     return repo
 
 
