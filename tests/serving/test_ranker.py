@@ -406,3 +406,32 @@ def test_online_eval_ranks_a_sample_as_evaluate_scores_it(tiny_world: Path, runs
         assert abs(report["online"][metric] - report["offline"][metric]) <= 1e-4
     assert report["online"]["impressions"] == len(rows) and report["online"]["clicks"] == table["label"].to_numpy()[rows].sum()
     assert report["new_items_served_vector"] == 0  # no store given
+
+
+def test_a_raw_id_log_scores_as_offline(unlike_log: Path, tmp_path: Path) -> None:
+    """A log unlike the world (raw 64-bit IDs through managed collisions, a history carrying each item's category,
+    a categorical context feature `slot`): 25 users' test-day impressions, grouped into requests by user and history
+    (the history looked up once per request), score as `score_run` scores them offline."""
+    from serving.ranker_online import day_impressions, sample_requests
+
+    run = tmp_path / "id_only"
+    run_train(TrainJob(world=unlike_log, out=run, model=ModelConfig(variant="id_only"), quiet=True,
+                       train=TrainConfig(batch_size=256)))
+    manifest = Manifest.read(unlike_log)
+    table = day_impressions(unlike_log, manifest.test_day)
+    requests = sample_requests(table, manifest.features, users=25, seed=1)
+    assert max(len(idx) for _, idx in requests) > 1 and table["iid"].to_numpy().max() > 2**40
+    ranker = Ranker.load(run, unlike_log)
+    got = np.full(table.num_rows, np.nan)
+    for (_, idx), scores in zip(requests, ranker.score_many([r for r, _ in requests])):
+        got[idx] = scores
+    created = not dist.is_initialized()
+    ctx = init_distributed(always=True)
+    try:
+        _, users, scores = score_run(load_run(run, "id_only", unlike_log), unlike_log, manifest.test_day, ctx)
+    finally:
+        if created:
+            dist.destroy_process_group()
+    rows = np.concatenate([idx for _, idx in requests])
+    assert np.array_equal(scores.item_ids[rows], table["iid"].to_numpy()[rows])
+    assert np.abs(got[rows] - scores.predictions[rows]).max() <= TOL
