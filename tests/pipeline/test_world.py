@@ -56,7 +56,7 @@ def test_a_log_unlike_the_world_runs_every_stage_it_allows(
                                "pretrain_eval": "SCL against CLIP needs image and title; the dataset has title only"}  # fmt: skip
     assert plan["test_day"] == 13 and plan["train_until"] == 12  # declared, not the last day (14)
     assert plan["stages"] == ["validate", "pretrain_random", "catalogue", "train_id_only", "train_simtier", "export",
-                              "embed", "evaluate", "retrain", "report"]  # fmt: skip
+                              "embed", "evaluate", "retrain", "rank_online", "report"]  # fmt: skip
     assert list(state["stages"]) == plan["stages"] and all(s["done"] for s in state["stages"].values())
     assert state["inputs"]["world"] == str(world) and not (out / "world").exists()
     assert f"[pretrain_scl] skipped: {NO_SEARCH_LOG}" in log
@@ -69,6 +69,10 @@ def test_a_log_unlike_the_world_runs_every_stage_it_allows(
     assert summary["variants"]["id_only"]["auc"] > 0.6 and summary["variants"]["simtier"]["auc"] > 0.55
     # the text-only encoder on Triton embedded every new item of the test day as the batch run did
     assert summary["embedder"]["coverage"] == 1.0 and summary["embedder"]["served_vs_batch_max_abs"] < 1e-5
+    # the retrained simtier served on Triton: raw 64-bit IDs through managed collisions, online = offline
+    o = summary["online"]
+    assert o["run"] == summary["retrain"]["run"] and o["impressions"] > o["requests"] and o["max_abs_diff"] <= 1e-5
+    assert o["new_items"] > 0 and o["new_items_served_vector"] == o["new_items"]
     assert "skipped: " + NO_SEARCH_LOG in (out / "report" / "report.html").read_text()
     assert leftover_processes(out) == []
     other = tmp_path / "other"
