@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -64,7 +63,7 @@ class OnlineReport:
     users: int  # users sampled
     impressions: int  # their impressions of the day, each ranked once online and scored once offline
     requests: int
-    version: int  # the served version that answered (every request's)
+    version: int  # the served version that answered every request
     online: dict[str, float]  # ranking_metrics of the served scores
     offline: dict[str, float]  # ranking_metrics of `mmctr evaluate`'s scores of the same rows
     max_abs_diff: float  # max |online - offline| click probability
@@ -87,10 +86,8 @@ def day_impressions(world: Path, day: int, spec: FeatureSpec | None = None) -> p
     spec = spec if spec is not None else Manifest.read(world).features
     columns = [spec.user_key, spec.item_key, spec.label, spec.day, *context_features(spec)]
     columns += [] if spec.history is None else [spec.history]
-    parts = []
-    for path in table_files(world, "impressions"):
-        table = pq.read_table(path, columns=columns)
-        parts.append(table.filter(pc.equal(table[spec.day], day)))
+    # pyarrow's filter skips the row groups whose day statistics exclude the day, and keeps the file's row order
+    parts = [pq.read_table(path, columns=columns, filters=[(spec.day, "=", day)]) for path in table_files(world, "impressions")]
     return pa.concat_tables(parts).combine_chunks() if parts else pa.table({c: [] for c in columns})
 
 
@@ -164,7 +161,7 @@ def online_eval(url: str, run: Path, world: Path, day: int, config: OnlineEvalCo
     """Ranks a sample of ``day``'s impressions on the ranker served at ``url`` against ``run``'s offline scores.
 
     Args:
-        url (str): Triton's gRPC HOST:PORT, serving ``run`` as ``config.model``.
+        url (str): Triton's gRPC HOST:PORT, serving ``run`` as ``model``.
         run (Path): the served run folder (``mmctr export-ranker --run``).
         world (Path): its dataset.
         day (int): the day whose impressions are sampled.
@@ -174,7 +171,8 @@ def online_eval(url: str, run: Path, world: Path, day: int, config: OnlineEvalCo
         max_candidates (int): the most candidates per request (the served ranker's ``max_candidates``).
 
     Raises:
-        ValueError: the day has no impression, or the offline rows are not the sampled ones (naming the row).
+        ValueError: the day has no impression, the offline rows are not the sampled ones (naming the row),
+            or more than one served version answered (a hot update during the run: the scores mix models).
         RankerRequestError, RankerUnavailable: the server refused a request, or did not answer.
     """
     from serving.client import ClientConfig
@@ -196,6 +194,8 @@ def online_eval(url: str, run: Path, world: Path, day: int, config: OnlineEvalCo
             seconds.append(time.perf_counter() - t)
             online[idx] = ranked.scores
             versions.add(ranked.version)
+    if len(versions) > 1:
+        raise ValueError(f"{url} {model}: versions {sorted(versions)} answered; the online scores mix models")
     offline, users, items = _offline_scores(run, world, day)
     item, user = table[spec.item_key].to_numpy(), table[spec.user_key].to_numpy()
     if len(offline) != table.num_rows or not (np.array_equal(items[rows], item[rows]) and np.array_equal(users[rows], user[rows])):
@@ -208,7 +208,7 @@ def online_eval(url: str, run: Path, world: Path, day: int, config: OnlineEvalCo
     p50, p99 = np.percentile(np.array(seconds) * 1e3, [50, 99])
     return OnlineReport(
         run=str(run), day=day, users=len(np.unique(user[rows])), impressions=len(rows), requests=len(requests),
-        version=max(versions), online=ranking_metrics(torch.from_numpy(online[rows]), labels, by_user),
+        version=versions.pop(), online=ranking_metrics(torch.from_numpy(online[rows]), labels, by_user),
         offline=ranking_metrics(torch.from_numpy(offline[rows]), labels, by_user),
         max_abs_diff=float(np.abs(online[rows] - offline[rows]).max()), latency_p50_ms=float(p50),
         latency_p99_ms=float(p99), new_items=new, new_items_served_vector=with_vector)
