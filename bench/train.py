@@ -50,7 +50,7 @@ import socket
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -180,20 +180,34 @@ def _memory(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int
     return {"tables": tables, "tables_and_optimizer": tables + optim}
 
 
-def worker(rank: int, world_size: int, port: int, run: Run, out: str) -> None:
-    """One rank of a measurement; rank 0 writes the result JSON to ``out``."""
+@contextmanager
+def rank_process(rank: int, world_size: int, port: int) -> Iterator[DistContext]:
+    """A spawned rank's set-up: pinned malloc thresholds, 1 thread, a gloo (or NCCL) group on 127.0.0.1; destroyed after."""
     pin_malloc_thresholds()  # a spawned process: its own entry point
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
     ctx = init_distributed(always=True)
     try:
+        yield ctx
+    finally:
+        dist.destroy_process_group()
+
+
+def build_run(run: Run, ctx: DistContext, tmp: Path) -> Built:
+    """``recsys.train.trainer.build`` of ``run`` in the scratch folder ``tmp`` (MAKE variants: random stage-1 weights)."""
+    make_from = _fake_make_stage1(tmp / "make", run) if "make" in run.variant else None
+    job = TrainJob(world=Path(run.world), out=tmp / "run", model=run.model_config(),
+                   train=TrainConfig(batch_size=run.batch_size), vectors=Path(run.vectors),
+                   sharding=run.sharding, make_from=make_from, quiet=True)
+    return build(job, ctx)
+
+
+def worker(rank: int, world_size: int, port: int, run: Run, out: str) -> None:
+    """One rank of a measurement; rank 0 writes the result JSON to ``out``."""
+    with rank_process(rank, world_size, port) as ctx:
         with tempfile.TemporaryDirectory() as tmp:
-            make_from = _fake_make_stage1(Path(tmp) / "make", run) if "make" in run.variant else None
-            job = TrainJob(world=Path(run.world), out=Path(tmp) / "run", model=run.model_config(),
-                           train=TrainConfig(batch_size=run.batch_size), vectors=Path(run.vectors),
-                           sharding=run.sharding, make_from=make_from, quiet=True)
-            built = build(job, ctx)
+            built = build_run(run, ctx, Path(tmp))
             result: dict[str, object] = {}
             if run.memory_only:
                 mem = _memory(built.model, built.optimizer)
@@ -209,8 +223,6 @@ def worker(rank: int, world_size: int, port: int, run: Run, out: str) -> None:
                 result = {"samples_per_s": samples * world_size / seconds, "step_s": seconds / run.steps}
             if ctx.is_main:
                 Path(out).write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
 
 
 def _ratio_candidates(base: Run, narrow_vectors: str) -> dict[str, Run]:
@@ -258,12 +270,13 @@ def step_time_ratios(base: Run, candidates: dict[str, Run], rounds: int) -> dict
     return {name: median_ratio(times, name, "") for name in candidates}
 
 
-def measure(run: Run, nproc: int) -> dict:
-    """Runs ``worker`` on ``nproc`` spawned processes; returns rank 0's result."""
+def measure(run: Run, nproc: int, rank_worker: Callable[[int, int, int, Run, str], None] | None = None) -> dict:
+    """Runs ``rank_worker`` (default :func:`worker`; a module-level function, as ``mp.spawn`` pickles it) on ``nproc``
+    spawned processes of 1 thread; returns the JSON result rank 0 wrote."""
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")
         os.environ["OMP_NUM_THREADS"] = "1"
-        mp.spawn(worker, args=(nproc, _free_port(), run, out), nprocs=nproc, join=True)
+        mp.spawn(rank_worker or worker, args=(nproc, _free_port(), run, out), nprocs=nproc, join=True)
         return json.loads(Path(out).read_text())
 
 

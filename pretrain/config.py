@@ -220,3 +220,6 @@ class PretrainJob:
 
     method: str = setting("scl", "training recipe", choices=METHODS)
     checkpoint_every: int = setting(200, "steps between checkpoints")
+    content_cache: Path | None = setting(None, "keep the items' decoded images and title tokens in this folder, and "
+                                         "read them from there when the items and towers match (pretrain.content_cache)",
+                                         metavar="DIR")

@@ -64,12 +64,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pretrain.config import METHODS, MODALITIES, PretrainJob, SclConfig, content_modalities
+from pretrain.content_cache import item_content_and_tokens
 from pretrain.data import (
-    ItemContent,
     SearchPairs,
     declared_content,
     has_searches,
-    load_item_content,
     load_search_pairs,
     no_searches_message,
     split_heldout,
@@ -178,9 +177,12 @@ class Pretrainer:
         world (Path): dataset directory.
         out (Path): run directory.
         ctx (DistContext): this process's rank, world size and device.
+        content_cache (Path | None): folder of the items' decoded content and tokens
+            (``pretrain.content_cache``); None: decoded and tokenized here, not kept.
     """
 
-    def __init__(self, cfg: SclConfig, method: str, world: Path, out: Path, ctx: DistContext) -> None:
+    def __init__(self, cfg: SclConfig, method: str, world: Path, out: Path, ctx: DistContext,
+                 content_cache: Path | None = None) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
         self.cfg, self.method, self.world, self.out, self.ctx = cfg, method, Path(world), Path(out), ctx
@@ -190,9 +192,8 @@ class Pretrainer:
         content, image_size = declared_content(world)
         if "image" in content and image_size != cfg.tower.image_size:
             raise ValueError(f"{world}: images are {image_size}px but tower.image_size is {cfg.tower.image_size}")
-        self.items: ItemContent = load_item_content(world)
+        self.items, self.item_tokens = item_content_and_tokens(world, cfg.tower, content_cache)  # tokens (N, C)
         tokenize = build_tokenizer(cfg.tower)
-        self.item_tokens = None if self.items.titles is None else tokenize(self.items.titles)  # (N, C)
         self.pairs: SearchPairs | None = None  # only SCL reads the search log
         self.query_tokens: torch.Tensor | None = None
         if method == "scl":
@@ -419,11 +420,12 @@ class Pretrainer:
 
 
 def run_pretrain(
-    world: Path, out: Path, method: str, cfg: SclConfig, checkpoint_every: int = PretrainJob.checkpoint_every, progress: bool = True
+    world: Path, out: Path, method: str, cfg: SclConfig, checkpoint_every: int = PretrainJob.checkpoint_every,
+    progress: bool = True, content_cache: Path | None = PretrainJob.content_cache,
 ) -> dict[str, float]:
     """``mmctr pretrain``: trains (resuming if a checkpoint exists) and exports."""
     ctx = init_distributed()
-    trainer = Pretrainer(cfg, method, world, out, ctx)
+    trainer = Pretrainer(cfg, method, world, out, ctx, content_cache)
     stats = trainer.fit(checkpoint_every, progress)
     trainer.export(stats, progress)
     return stats

@@ -69,7 +69,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = settings_from_args(SclConfig, args, base=load_config(args.config) if args.config else SclConfig())
     job = settings_from_args(PretrainJob, args)
     try:
-        stats = run_pretrain(args.world, args.out, job.method, cfg, job.checkpoint_every, progress=not args.quiet)
+        stats = run_pretrain(args.world, args.out, job.method, cfg, job.checkpoint_every, progress=not args.quiet,
+                             content_cache=job.content_cache)
     except (ValueError, FileNotFoundError) as e:  # e.g. SCL without a search log: one line naming what can run
         print(f"mmctr pretrain: {e}", file=sys.stderr)
         return 1

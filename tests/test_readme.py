@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from recsys.data.schema import TABLES
 
@@ -27,13 +31,18 @@ def test_readme_starts_with_the_two_commands() -> None:
 
 
 def test_every_subcommand_has_help() -> None:
+    """Each subcommand's ``--help`` (in this process: the parser is what a shell's ``mmctr X --help`` runs) and README entry."""
     from recsys.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     for name in sub.choices:
-        out = subprocess.run([sys.executable, "-m", "recsys.cli", name, "--help"], capture_output=True, text=True)
-        assert out.returncode == 0 and "usage: mmctr " + name in out.stdout, name
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as e:
+            build_parser().parse_args([name, "--help"])
+        assert e.value.code == 0 and "usage: mmctr " + name in out.getvalue(), name
         assert f"`mmctr {name}" in README.read_text(), f"README does not list mmctr {name}"
+    out = subprocess.run([sys.executable, "-m", "recsys.cli", "--help"], capture_output=True, text=True)  # the entry point
+    assert out.returncode == 0 and all(name in out.stdout for name in sub.choices), out.stderr
 
 
 def _byol_example() -> str:

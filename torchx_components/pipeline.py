@@ -120,6 +120,7 @@ def pretrain(
     nnodes: int = NNODES,
     config: Optional[str] = None,
     max_steps: Optional[int] = None,
+    content_cache: Optional[str] = None,
     image: str = DEFAULT_IMAGE,
     cpu: int = CPU,
     memMB: int = MEM_MB,
@@ -134,6 +135,7 @@ def pretrain(
         nnodes: nodes (replicas) on a cluster scheduler; ranks = nnodes x nproc
         config: YAML/TOML file of SclConfig values
         max_steps: stop after this many optimizer steps
+        content_cache: folder keeping the items' decoded images and title tokens between runs
         image: container image (cluster schedulers only)
         cpu: CPUs per replica
         memMB: memory per replica, MB
@@ -143,6 +145,8 @@ def pretrain(
         args += ["--config", config]
     if max_steps is not None:
         args += ["--max-steps", str(max_steps)]
+    if content_cache:
+        args += ["--content-cache", content_cache]
     return _stage("pretrain", args, nproc, image, cpu, memMB, nnodes)
 
 

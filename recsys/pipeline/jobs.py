@@ -55,13 +55,16 @@ def _check(runner: Runner, handle: str, logs: Path, what: str, must_run: bool) -
     return True
 
 
+def finished(runner: Runner, handles: list[str], logs: Path, what: str) -> bool:
+    """Whether every app has ended successfully; raises (with its log's tail) if one failed."""
+    return all([_check(runner, h, logs, what, must_run=False) for h in handles])
+
+
 def run_apps(runner: Runner, apps: list[AppDef], logs: Path, what: str) -> None:
     """Runs the apps together and waits for all; the first failure cancels the rest and raises."""
     handles = [submit(runner, app, logs) for app in apps]
     try:
-        pending = list(handles)
-        while pending:
-            pending = [h for h in pending if not _check(runner, h, logs, what, must_run=False)]
+        while not finished(runner, handles, logs, what):
             time.sleep(0.5)
     except BaseException:
         for handle in handles:

@@ -6,8 +6,9 @@ DIR`` is taken as it is; from its manifest and data the plan
 skipped, with its reason, in ``OUT/pipeline.json`` (``"plan"``). Each stage
 (``recsys.pipeline.stages``) runs as TorchX apps on the
 ``local_cwd`` scheduler (distributed stages with ``nproc`` ranks under
-torchrun), waits for them, and is marked done in ``OUT/pipeline.json`` with
-its wall time. A pipeline started again with the same ``--out``:
+torchrun; the training stages side by side as ``config.training_slots``
+chooses and prints), waits for them, and is marked done in
+``OUT/pipeline.json`` with its wall time. A pipeline started again with the same ``--out``:
 
 * refuses another preset or config, or another ``--world`` or ``--vectors``
   (or a world whose manifest changed): it would mix two runs' outputs;
@@ -30,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import fcntl
+import itertools
 import json
 import os
 import signal
@@ -43,8 +45,8 @@ from pathlib import Path
 from torchx.runner import Runner, get_runner
 
 from recsys.data.schema import Manifest, manifest_sha
-from recsys.pipeline.config import PRESETS, Layout, PipelineConfig, config_dict, write_configs
-from recsys.pipeline.jobs import PipelineError, Server, run_apps, start_server, stop
+from recsys.pipeline.config import PRESETS, Layout, PipelineConfig, config_dict, training_slots, write_configs
+from recsys.pipeline.jobs import PipelineError, Server, finished, run_apps, start_server, stop, submit
 from recsys.pipeline.plan import Plan, data_facts, plan_stages
 from recsys.pipeline.stages import Context, Stage, stage, stages
 
@@ -252,15 +254,27 @@ def _run(cfg: PipelineConfig, preset: str, layout: Layout, inputs: Inputs, quiet
         save_state(layout, state)
         _announce(plan, len(todo) if generate else None, stopped, quiet)
         configs = _write_configs(cfg, layout, plan)
+        slots = training_slots(cfg)
+        state["training"] = dataclasses.asdict(slots)
+        if any(s.concurrent for s in todo):
+            _say(quiet, slots.describe())
         last_needing_server = max((i for i, s in enumerate(todo) if s.needs_server), default=-1)
-        for i, step in enumerate(todo):
+        i = 0
+        while i < len(todo):
+            step = todo[i]
             if step.needs_server and server is None:
                 t = time.monotonic()
                 server = start_server(runner, layout.triton, layout.logs)
                 state["server_start_s"] = time.monotonic() - t
                 _say(quiet, f"[triton] ready at {server.url} in {state['server_start_s']:.1f} s")
-            _run_stage(step, Context(cfg, layout, configs, plan, server, runner), state, quiet)
-            if server is not None and i == last_needing_server:
+            ctx = Context(cfg, layout, configs, plan, server, runner, slots)
+            together = list(itertools.takewhile(lambda s: s.concurrent, todo[i:]))
+            if together:
+                run_concurrent(together, ctx, state, quiet)
+            else:
+                _run_stage(step, ctx, state, quiet)
+            i += max(1, len(together))
+            if server is not None and i > last_needing_server:
                 stop(runner, server.handle)
                 server = None
                 _say(quiet, "[triton] stopped")
@@ -292,21 +306,62 @@ def _write_configs(cfg: PipelineConfig, layout: Layout, plan: Plan) -> dict[str,
     return write_configs(cfg, layout, scl_from_clip=plan.runs("pretrain_clip"), image_size=image_size)
 
 
-def _run_stage(step: Stage, ctx: Context, state: dict, quiet: bool) -> None:
-    layout = ctx.layout
+def _started(step: Stage, ctx: Context, state: dict, quiet: bool) -> float:
     _say(quiet, f"[{step.name}] started")
-    t = time.monotonic()
     state["stages"][step.name] = {"done": False, "started_at": _now()}
-    save_state(layout, state)
+    save_state(ctx.layout, state)
+    return time.monotonic()
+
+
+def _done_now(step: Stage, ctx: Context, state: dict, quiet: bool, t: float) -> None:
+    seconds = time.monotonic() - t
+    state["stages"][step.name] = {"done": True, "seconds": round(seconds, 1),
+                                  "started_at": state["stages"][step.name]["started_at"], "finished_at": _now()}
+    save_state(ctx.layout, state)
+    _say(quiet, f"[{step.name}] done in {seconds:.1f} s")
+
+
+def _run_stage(step: Stage, ctx: Context, state: dict, quiet: bool) -> None:
+    t = _started(step, ctx, state, quiet)
     if step.local is not None:
         step.local(ctx)
     else:
         assert step.apps is not None
-        run_apps(ctx.runner, step.apps(ctx), layout.logs, f"stage {step.name}")
-    seconds = time.monotonic() - t
-    state["stages"][step.name] = {"done": True, "seconds": round(seconds, 1), "finished_at": _now()}
-    save_state(layout, state)
-    _say(quiet, f"[{step.name}] done in {seconds:.1f} s")
+        run_apps(ctx.runner, step.apps(ctx), ctx.layout.logs, f"stage {step.name}")
+    _done_now(step, ctx, state, quiet, t)
+
+
+def run_concurrent(steps: list[Stage], ctx: Context, state: dict, quiet: bool) -> None:
+    """Runs app stages side by side, at most ``ctx.training.parallel`` at once, each once it is ``ready``.
+
+    A stage starts in plan order among the ready ones; each is recorded done
+    as it ends (a restart redoes only the unfinished ones). The first failure
+    cancels the others and raises.
+
+    Raises:
+        PipelineError: a stage failed, or one can never start (nothing runs and it is not ready).
+    """
+    pending, running = list(steps), {}  # name -> (stage, app handles, start time)
+    try:
+        while pending or running:
+            for step in list(pending):
+                if len(running) < ctx.training.parallel and (step.ready is None or step.ready(ctx)):
+                    assert step.apps is not None
+                    t = _started(step, ctx, state, quiet)
+                    running[step.name] = (step, [submit(ctx.runner, a, ctx.layout.logs) for a in step.apps(ctx)], t)
+                    pending.remove(step)
+            if pending and not running:
+                raise PipelineError(f"stage {pending[0].name}: cannot start (what it waits for did not happen)")
+            for name, (step, handles, t) in list(running.items()):
+                if finished(ctx.runner, handles, ctx.layout.logs, f"stage {name}"):
+                    del running[name]
+                    _done_now(step, ctx, state, quiet, t)
+            time.sleep(0.5)
+    except BaseException:
+        for _, handles, _ in running.values():
+            for handle in handles:
+                ctx.runner.cancel(handle)
+        raise
 
 
 def _say(quiet: bool, message: str) -> None:

@@ -12,14 +12,16 @@ pretrain_random    ``mmctr pretrain --method random`` (one modality, no    nproc
 pretrain_eval      ``mmctr pretrain-eval``: SCL vs CLIP recall             1
 catalogue          item vectors of items created before the test day       in-process
                    (every item's when ``embed`` is skipped)
-train_VARIANT      ``mmctr train --train-until T-1`` per variant (``make``  nproc
-                   first: its MAKE stage 1 is shared with ``simtier_make``)
+train_VARIANT      ``mmctr train --train-until T-1`` per variant, up to    train
+                   ``training.parallel`` at once (``make`` first: its      slots
+                   MAKE stage 1 is shared with ``simtier_make``, which
+                   starts once that has finished)
 export             ``mmctr export``: Triton repositories of the encoder    1
 embed              ``mmctr feed`` (test-day items at ``feed_rate``/s) and  1 + 1
                    ``mmctr embed-new`` on the running Triton server
 evaluate           ``mmctr evaluate --day T [--store]``: the test day,     nproc
                    tables + the store's served vectors of new items
-retrain            ``mmctr retrain`` of the plan's retrain variant on the  nproc
+retrain            ``mmctr retrain`` of the plan's retrain variant on the  train
                    test day T (tomorrow's model), vectors from table + store
 rank_online        ``mmctr export-ranker`` of the retrained run (with the  1 + 1
                    store; in-process), a Triton server on it, ``mmctr
@@ -59,7 +61,7 @@ from torchx.runner import Runner
 import torchx_components.evaluate as evaluate_components
 import torchx_components.pipeline as components
 import torchx_components.serving as serving_components
-from recsys.pipeline.config import Layout, PipelineConfig
+from recsys.pipeline.config import Layout, PipelineConfig, TrainingSlots
 from recsys.pipeline.jobs import PipelineError, Server
 from recsys.pipeline.plan import Plan, vectors_source
 
@@ -76,6 +78,7 @@ class Context:
     plan: Plan | None  # what runs on this dataset (None only while the world is generated)
     server: Server | None  # the running Triton app (handle, gRPC HOST:PORT), while a stage needs it
     runner: Runner  # TorchX runner of the pipeline (for steps that start apps themselves)
+    training: TrainingSlots = TrainingSlots(nproc=1, parallel=1, threads=1, why="")  # config.training_slots
 
 
 @dataclass(frozen=True)
@@ -86,22 +89,45 @@ class Stage:
     apps: Callable[[Context], list[specs.AppDef]] | None = None
     local: Callable[[Context], None] | None = None
     needs_server: bool = False  # Triton must be up (Context.server set)
+    # runs beside the concurrent stages next to it, up to Context.training.parallel at once, once ``ready`` says so
+    concurrent: bool = False
+    ready: Callable[[Context], bool] | None = None  # None: at once
 
 
-def _train_apps(variant: str) -> Callable[[Context], list[specs.AppDef]]:
+def _threads(app: specs.AppDef, threads: int) -> specs.AppDef:
+    """Every rank of ``app`` with ``threads`` OpenMP threads (torchrun's own default is 1 only above one rank)."""
+    for role in app.roles:
+        role.env["OMP_NUM_THREADS"] = str(threads)
+    return app
+
+
+def _shared_stage1(c: Context, variant: str) -> Path | None:
+    """The ``make`` run's MAKE stage-1 folder, which ``simtier_make`` reuses when both are trained; else None."""
+    from recsys.train.run_folder import RunFolder  # lazy: torch stays out of the pipeline's start-up
+
+    shares = variant == "simtier_make" and "make" in _plan(c).variants
+    return RunFolder(c.layout.ctr("make")).make_stage1 if shares else None
+
+
+def _train_stage(name: str) -> Stage:
+    variant = name.removeprefix("train_")
+
     def apps(c: Context) -> list[specs.AppDef]:
-        from recsys.train.run_folder import RunFolder  # lazy: torch stays out of the pipeline's start-up
-
-        plan = _plan(c)
-        shares = variant == "simtier_make" and "make" in plan.variants
-        shared = RunFolder(c.layout.ctr("make")).make_stage1 if shares else None
-        return [components.train(
+        shared = _shared_stage1(c, variant)
+        app = components.train(
             world=str(c.layout.world), out=str(c.layout.ctr(variant)), variant=variant,
-            vectors=None if variant == "id_only" else str(c.layout.catalogue), nproc=c.cfg.nproc,
+            vectors=None if variant == "id_only" else str(c.layout.catalogue), nproc=c.training.nproc,
             config=str(c.configs["train"]), make_from=None if shared is None else str(shared), seed=c.cfg.seed,
-            train_until=plan.train_until,
-        )]
-    return apps
+            train_until=_plan(c).train_until)
+        return [_threads(app, c.training.threads)]
+
+    def ready(c: Context) -> bool:  # a shared MAKE stage 1 must have finished (its make.pt written last)
+        from recsys.train.make_stage import MAKE_FILE
+
+        shared = _shared_stage1(c, variant)
+        return shared is None or (shared / MAKE_FILE).exists()
+
+    return Stage(name, apps=apps, concurrent=True, ready=ready)
 
 
 def _plan(c: Context) -> Plan:
@@ -190,7 +216,7 @@ def _report(c: Context) -> None:
 def _pretrain(stage: str, method: str, config: str) -> Stage:
     return Stage(stage, apps=lambda c: [components.pretrain(
         world=str(c.layout.world), out=str(c.layout.pretrain(stage)), method=method, nproc=c.cfg.nproc,
-        config=str(c.configs[config]))])
+        config=str(c.configs[config]), content_cache=str(c.layout.content_cache))])
 
 
 def _evaluate(c: Context) -> list[specs.AppDef]:
@@ -210,10 +236,11 @@ def _retrained(c: Context) -> Path:
 def _retrain(c: Context) -> list[specs.AppDef]:
     plan = _plan(c)
     variant, uses_vectors = plan.retrain_variant, plan.retrain_variant != "id_only"
-    return [components.retrain(
+    return [_threads(components.retrain(
         from_run=str(c.layout.ctr(variant)), day=plan.test_day, out=str(_retrained(c)),
         vectors=str(c.layout.catalogue) if uses_vectors else None,
-        store=str(c.layout.store) if uses_vectors and plan.runs("embed") else None, nproc=c.cfg.nproc)]
+        store=str(c.layout.store) if uses_vectors and plan.runs("embed") else None, nproc=c.training.nproc),
+        c.training.threads * c.training.parallel)]
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
@@ -243,7 +270,7 @@ def stage(name: str) -> Stage:
         KeyError: no such stage.
     """
     if name.startswith("train_"):
-        return Stage(name, apps=_train_apps(name.removeprefix("train_")))
+        return _train_stage(name)
     if name not in STAGES:
         raise KeyError(f"no pipeline stage {name!r}; stages are {sorted(STAGES)} and train_VARIANT")
     return STAGES[name]

@@ -13,12 +13,14 @@
     online          the retrained run served on Triton (``mmctr online-eval``'s report): {impressions, users,
                     requests, version, online/offline {auc, gauc, ...}, max_abs_diff, latency_p50_ms,
                     latency_p99_ms, new_items, new_items_served_vector}, or null
-    stages          {name: seconds}
+    stages          {name: seconds}  (each stage's own wall time; the training stages overlap)
+    wall_s          the pipeline's wall time: the stages' intervals merged (``wall_seconds``)
+    training        how the training stages ran (``config.TrainingSlots``: nproc, parallel, threads, why)
 
 Example::
 
     >>> print(format_table({"preset": "doc", "world": "/data/log", "test_day": 9, "report": "r.html",
-    ...     "stages": {"validate": 2.0}, "vectors": "none (no item content, no --vectors)",
+    ...     "stages": {"validate": 2.0}, "wall_s": 2.0, "vectors": "none (no item content, no --vectors)",
     ...     "skipped": {"train_simtier": "no item vectors: no item content, no --vectors"},
     ...     "variants": {"id_only": {"auc": 0.7, "gauc": 0.69, "gauc_lift": 0.0, "gauc_lift_ci": None,
     ...     "auc_lift": 0.0, "tail_lift": 0.0, "new_items_lift": 0.0}}, "pretraining": {}, "embedder": None,
@@ -28,7 +30,7 @@ Example::
     id_only          0.7000  0.6900  +0.00% –                      +0.00%     +0.00%         +0.00%
     vectors: none (no item content, no --vectors)
     skipped train_simtier: no item vectors: no item content, no --vectors
-    stages: 2 s in all (validate 2 s)
+    stages: 2 s of wall time (validate 2 s)
     report: r.html
 """
 
@@ -87,21 +89,54 @@ def embedder_numbers(layout: Layout, test_day: int, batch: Path) -> dict:
             "served_vs_batch_max_abs": served_vs_batch(layout, batch)}
 
 
-def make_stage1_numbers(layout: Layout, stages: dict[str, float | None]) -> dict | None:
+def wall_seconds(stages: dict[str, dict]) -> float:
+    """The pipeline's wall time over its finished stages: their intervals merged, so stages run side by side count once.
+
+    Args:
+        stages (dict): ``pipeline.json``'s ``"stages"``; a done stage recorded
+            without ``started_at`` (an older run's) adds its ``seconds``.
+
+    Example::
+
+        >>> wall_seconds({"a": {"done": True, "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:01:00+00:00"},
+        ...               "b": {"done": True, "started_at": "2026-01-01T00:00:30+00:00", "finished_at": "2026-01-01T00:02:00+00:00"},
+        ...               "c": {"done": True, "seconds": 5.0}, "d": {"done": False, "started_at": "2026-01-01T00:03:00+00:00"}})
+        125.0
+    """
+    from datetime import datetime
+
+    spans, loose = [], 0.0
+    for s in stages.values():
+        if not s.get("done"):
+            continue
+        if "started_at" in s and "finished_at" in s:
+            spans.append((datetime.fromisoformat(s["started_at"]).timestamp(), datetime.fromisoformat(s["finished_at"]).timestamp()))
+        else:
+            loose += s.get("seconds") or 0.0
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(spans):
+        total += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    return total + loose
+
+
+def make_stage1_numbers(layout: Layout, wall_s: float) -> dict | None:
     """MAKE stage 1 of the pipeline's CTR runs (``make.json`` of the first run that trained it), or ``None``.
 
+    Args:
+        wall_s (float): the pipeline's wall time so far (:func:`wall_seconds`).
+
     Returns:
-        dict | None: epochs run, their training seconds, the share of the
-        pipeline's stage seconds in [0, 1], the best epoch and the stop reason.
+        dict | None: epochs run, their training seconds, their share of the
+        pipeline's wall time in [0, 1], the best epoch and the stop reason.
     """
     for variant in ("make", "simtier_make"):
         file = RunFolder(layout.ctr(variant)).make_stage1 / MAKE_LOG
         if file.is_file():
             log = json.loads(file.read_text())
             seconds = sum(e.get("seconds", 0.0) for e in log["epochs"])
-            total = sum(v or 0.0 for v in stages.values())
             return {"run": variant, "epochs": len(log["epochs"]), "seconds": seconds,
-                    "share": seconds / total if total > 0 else None, "best_epoch": log["best_epoch"],
+                    "share": seconds / wall_s if wall_s > 0 else None, "best_epoch": log["best_epoch"],
                     "stopped": log["stopped"]}
     return None
 
@@ -130,10 +165,12 @@ def collect(cfg: PipelineConfig, layout: Layout, plan: Plan) -> dict:
     online = json.loads(layout.online.read_text()) if layout.online.exists() else None
     state = json.loads(layout.state.read_text())
     stages = {k: v.get("seconds") for k, v in state["stages"].items() if v.get("done")}
+    wall_s = wall_seconds(state["stages"])
     return {"preset": cfg.world_preset, "world": None if layout.dataset is None else str(layout.dataset),
             "test_day": report["day"], "report": str(layout.report / REPORT_HTML), "vectors": plan.vectors,
             "skipped": plan.skipped(), "variants": variants, "pretraining": pretraining, "embedder": embedder,
-            "retrain": retrain, "online": online, "stages": stages, "make_stage1": make_stage1_numbers(layout, stages)}
+            "retrain": retrain, "online": online, "stages": stages, "wall_s": wall_s, "training": state.get("training"),
+            "make_stage1": make_stage1_numbers(layout, wall_s)}
 
 
 def sections(summary: dict) -> list[dict]:
@@ -210,8 +247,8 @@ def format_table(summary: dict) -> str:
         share = "" if m["share"] is None else f", {m['share']:.0%} of the stages' wall time"
         lines.append(f"MAKE stage 1: {m['epochs']} epoch(s), {m['seconds']:.0f} s of training{share}; stopped: {m['stopped']}")
     lines += [f"skipped {name}: {why}" for name, why in summary.get("skipped", {}).items()]
-    total = sum(v or 0 for v in summary["stages"].values())
-    lines.append(f"stages: {total:.0f} s in all (" + ", ".join(f"{k} {v:.0f} s" for k, v in summary["stages"].items()) + ")")
+    wall = summary.get("wall_s", sum(v or 0 for v in summary["stages"].values()))
+    lines.append(f"stages: {wall:.0f} s of wall time (" + ", ".join(f"{k} {v:.0f} s" for k, v in summary["stages"].items()) + ")")
     lines.append(f"report: {summary['report']}")
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys.pipeline.config import PRESETS, Layout
+from recsys.pipeline.config import PRESETS, Layout, training_slots
 from recsys.pipeline.jobs import PipelineError
 from recsys.pipeline.run import leftover_processes, load_state, pipeline_inputs, stop_leftovers
 
@@ -83,7 +84,8 @@ def _kill_midway_then_resume(out: Path, log: Path, pipelines: list[subprocess.Po
     assert second.wait(timeout=800) == 0, log.read_text()[-4000:]
     after = _state(out)
     start = after["starts"][-1]
-    assert start["resumed_at"] == KILL_AT and start["skipped"] == finished
+    unfinished = [name for name in TODAYS_STAGES if name not in finished]
+    assert start["resumed_at"] == unfinished[0] and start["skipped"] == finished  # train_make ran beside KILL_AT
     assert start["stopped_leftovers"], "the killed stage's processes were still running"
     for name in finished:  # nothing finished was redone
         assert after["stages"][name] == before["stages"][name]
@@ -105,7 +107,15 @@ def _kill_midway_then_resume(out: Path, log: Path, pipelines: list[subprocess.Po
     m = summary["make_stage1"]  # MAKE stage 1's time and its share of the pipeline's, from its own log
     assert m["epochs"] == len(stage1["epochs"]) >= 1 and m["stopped"] == stage1["stopped"] is not None
     assert m["seconds"] == sum(e["seconds"] for e in stage1["epochs"]) > 0
-    assert m["share"] == m["seconds"] / sum(summary["stages"].values()) < 1
+    assert m["share"] == m["seconds"] / summary["wall_s"] < 1
+    # the training stages ran side by side: the wall time is their spans merged, below the sum of the stages' times
+    assert summary["training"] == dataclasses.asdict(training_slots(PRESETS["tiny"]))
+    spans = {k: after["stages"][k] for k in TODAYS_STAGES if k.startswith("train_")}
+    if summary["training"]["parallel"] > 1:
+        assert spans["train_id_only"]["started_at"] < spans["train_make"]["finished_at"]
+        assert summary["wall_s"] < sum(summary["stages"].values())
+    started = datetime.datetime.fromisoformat(spans["train_simtier_make"]["started_at"]).timestamp()
+    assert started + 1 >= (layout.ctr("make") / "make_stage1" / "make.json").stat().st_mtime  # after the shared stage 1
     o = summary["online"]  # the retrained simtier_make served: a sample of the test day ranked online
     assert o["run"] == str(layout.retrain / f"simtier_make-day-{summary['test_day']}") and o["version"] == 1
     assert o["users"] == PRESETS["tiny"].online_users and o["online"]["impressions"] == o["impressions"] > o["requests"]
