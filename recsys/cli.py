@@ -390,7 +390,7 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="run directory (resumes from its checkpoint)")
     p.add_argument("--config", type=Path, help="YAML/TOML file of SclConfig values")
     add_settings(p, SclConfig, only=("max_steps", "init_from"), override=True)
-    add_settings(p, PretrainJob, only=("checkpoint_every",))
+    add_settings(p, PretrainJob, only=("checkpoint_every", "content_cache"))
     _quiet(p, "no progress bar")
 
 

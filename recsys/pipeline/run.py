@@ -263,9 +263,11 @@ def _run(cfg: PipelineConfig, preset: str, layout: Layout, inputs: Inputs, quiet
         while i < len(todo):
             step = todo[i]
             if step.needs_server and server is None:
-                t = time.monotonic()
+                t, at = time.monotonic(), _now()
                 server = start_server(runner, layout.triton, layout.logs)
                 state["server_start_s"] = time.monotonic() - t
+                # outside every stage, inside the pipeline's wall time (summary.wall_seconds)
+                state.setdefault("spans", []).append({"what": "triton start", "started_at": at, "finished_at": _now()})
                 _say(quiet, f"[triton] ready at {server.url} in {state['server_start_s']:.1f} s")
             ctx = Context(cfg, layout, configs, plan, server, runner, slots)
             together = list(itertools.takewhile(lambda s: s.concurrent, todo[i:]))

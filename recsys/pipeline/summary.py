@@ -14,7 +14,7 @@
                     requests, version, online/offline {auc, gauc, ...}, max_abs_diff, latency_p50_ms,
                     latency_p99_ms, new_items, new_items_served_vector}, or null
     stages          {name: seconds}  (each stage's own wall time; the training stages overlap)
-    wall_s          the pipeline's wall time: the stages' intervals merged (``wall_seconds``)
+    wall_s          the pipeline's wall time: the stages' intervals and Triton's starts merged (``wall_seconds``)
     training        how the training stages ran (``config.TrainingSlots``: nproc, parallel, threads, why)
 
 Example::
@@ -89,12 +89,13 @@ def embedder_numbers(layout: Layout, test_day: int, batch: Path) -> dict:
             "served_vs_batch_max_abs": served_vs_batch(layout, batch)}
 
 
-def wall_seconds(stages: dict[str, dict]) -> float:
+def wall_seconds(stages: dict[str, dict], spans: list[dict] = ()) -> float:
     """The pipeline's wall time over its finished stages: their intervals merged, so stages run side by side count once.
 
     Args:
         stages (dict): ``pipeline.json``'s ``"stages"``; a done stage recorded
             without ``started_at`` (an older run's) adds its ``seconds``.
+        spans (list[dict]): other timed work between stages (``"spans"``: Triton's start), merged in too.
 
     Example::
 
@@ -102,19 +103,20 @@ def wall_seconds(stages: dict[str, dict]) -> float:
         ...               "b": {"done": True, "started_at": "2026-01-01T00:00:30+00:00", "finished_at": "2026-01-01T00:02:00+00:00"},
         ...               "c": {"done": True, "seconds": 5.0}, "d": {"done": False, "started_at": "2026-01-01T00:03:00+00:00"}})
         125.0
+        >>> wall_seconds({}, [{"what": "triton start", "started_at": "2026-01-01T00:00:00+00:00",
+        ...                    "finished_at": "2026-01-01T00:00:30+00:00"}])
+        30.0
     """
     from datetime import datetime
 
-    spans, loose = [], 0.0
-    for s in stages.values():
-        if not s.get("done"):
-            continue
+    timed, loose = [], 0.0
+    for s in [*(s for s in stages.values() if s.get("done")), *spans]:
         if "started_at" in s and "finished_at" in s:
-            spans.append((datetime.fromisoformat(s["started_at"]).timestamp(), datetime.fromisoformat(s["finished_at"]).timestamp()))
+            timed.append((datetime.fromisoformat(s["started_at"]).timestamp(), datetime.fromisoformat(s["finished_at"]).timestamp()))
         else:
             loose += s.get("seconds") or 0.0
     total, end = 0.0, float("-inf")
-    for start, stop in sorted(spans):
+    for start, stop in sorted(timed):
         total += max(0.0, stop - max(start, end))
         end = max(end, stop)
     return total + loose
@@ -165,7 +167,7 @@ def collect(cfg: PipelineConfig, layout: Layout, plan: Plan) -> dict:
     online = json.loads(layout.online.read_text()) if layout.online.exists() else None
     state = json.loads(layout.state.read_text())
     stages = {k: v.get("seconds") for k, v in state["stages"].items() if v.get("done")}
-    wall_s = wall_seconds(state["stages"])
+    wall_s = wall_seconds(state["stages"], state.get("spans", []))
     return {"preset": cfg.world_preset, "world": None if layout.dataset is None else str(layout.dataset),
             "test_day": report["day"], "report": str(layout.report / REPORT_HTML), "vectors": plan.vectors,
             "skipped": plan.skipped(), "variants": variants, "pretraining": pretraining, "embedder": embedder,
