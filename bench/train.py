@@ -28,7 +28,14 @@ prints the ratio the issue names:
 8. the default ``simtier_make`` / ``id_only`` step time with 64-d
    (``--vectors``) and 384-d vectors (``--wide-vectors``, else random unit
    ones written for the world's items; goal <= 1.3 each), and the 384-d
-   over the 64-d ``simtier_make`` step (goal <= 1.1).
+   over the 64-d ``simtier_make`` step (goal <= 1.1);
+9. scaling: total samples/s at 2 ranks over 1 rank of ``id_only`` and
+   ``simtier_make``, table-wise and row-wise, each with TorchRec's
+   ``TrainPipelineSparseDist`` and with the plain loop (goals 1.6 and 1.4;
+   ``--scaling-only`` measures it alone: 16 spawned runs).
+
+Every throughput runs its steps through ``recsys.train.loop.training_steps``,
+as training does (TorchRec's train pipeline unless ``Run.pipeline`` says plain).
 
 ``--peer-only`` measures 7. and 8. alone: on the tiny world with ``--steps 20
 --warmup 3`` about 12 min wall (3 rounds; the 9 spawned processes of 8. take
@@ -37,7 +44,7 @@ most of it), with ``--rounds 1 --steps 10 --warmup 2`` about 3 min of CPU.
 Usage::
 
     python -m bench.train [--world DIR] [--vectors RUN] [--narrow-vectors RUN] [--large-world DIR] [--steps 40]
-        [--ratios-only | --peer-only] [--wide-vectors RUN] [--peer-batch-sizes 256 2048] [--json FILE]
+        [--ratios-only | --peer-only | --scaling-only] [--wide-vectors RUN] [--peer-batch-sizes 256 2048] [--json FILE]
 """
 
 from __future__ import annotations
@@ -50,8 +57,8 @@ import socket
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -74,7 +81,8 @@ from recsys.models.attention import TargetAttention
 from recsys.models.config import VARIANTS, ModelConfig, table_sizes
 from recsys.models.ctr_model import VARIANT_SPECS
 from recsys.models.make import Make, make_config
-from recsys.train.config import TrainConfig, load_job_config
+from recsys.train.config import TRAIN_PIPELINES, TrainConfig, load_job_config, resolve_train_pipeline
+from recsys.train.loop import training_steps
 from recsys.train.make_stage import MAKE_FILE
 from recsys.train.setup import split_days
 from recsys.train.trainer import Built, TrainJob, build
@@ -101,6 +109,7 @@ class Run:
     make_frozen: bool | None = None  # None: ModelConfig's default
     make_attention_hidden: tuple[int, ...] | None = None  # None: ModelConfig's default
     fused_kernels: bool | None = None  # None: ModelConfig's default; False: without recsys.models.fused's kernels
+    pipeline: str = TrainConfig.train_pipeline  # how a step runs (config.resolve_train_pipeline, loop.training_steps)
 
     def model_config(self) -> ModelConfig:
         overrides: dict[str, object] = {
@@ -128,36 +137,27 @@ def _fake_make_stage1(folder: Path, run: Run) -> Path:
     return folder
 
 
-def _steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: object, run: Run,
+def _cycled(batches: Iterable[Batch]) -> Iterator[Batch]:
+    """``batches`` again from its start each time it runs out (an epoch of a small world holds fewer batches
+    than warmup + steps)."""
+    while True:
+        yield from batches
+
+
+def _steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch], run: Run,
            device: torch.device) -> tuple[int, float]:
-    """Runs warmup + timed steps on ``device``; returns (samples timed on this rank, seconds).
-
-    ``batches`` is read again from its start when it runs out (an epoch of a
-    small world holds fewer batches than warmup + steps).
-    """
-    it = iter(batches)
-
-    def step() -> int:
-        nonlocal it
-        batch = next(it, None)
-        if batch is None:
-            it = iter(batches)
-            batch = next(it)
-        batch = batch.to(device, non_blocking=True)
-        loss, _ = model(batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        return batch.batch_size
-
-    for _ in range(run.warmup):
-        step()
-    _sync(device)
-    samples, start = 0, time.perf_counter()
-    for _ in range(run.steps):
-        samples += step()
-    _sync(device)
-    return samples, time.perf_counter() - start
+    """Runs warmup + timed steps on ``device`` the way training does (``recsys.train.loop.training_steps``
+    with ``run.pipeline``); returns (impressions timed on this rank, seconds)."""
+    pipeline = resolve_train_pipeline(run.pipeline, dist.get_world_size() if dist.is_initialized() else 1, device.type)
+    with closing(training_steps(model, optimizer, _cycled(batches), device, pipeline)) as steps:
+        for _ in range(run.warmup):
+            next(steps)
+        _sync(device)
+        samples, start = 0, time.perf_counter()
+        for _ in range(run.steps):
+            samples += int(next(steps)[1])
+        _sync(device)
+        return samples, time.perf_counter() - start
 
 
 def _sync(device: torch.device) -> None:
@@ -394,6 +394,26 @@ def vectors_or_random(world: str, vectors: str | None, dim: int, scratch: Path) 
     return str(write_random_vectors(Path(world), scratch, dim))
 
 
+SCALING_VARIANTS = ("id_only", "simtier_make")  # the issue's two: the ID path, and the default multimodal model
+SCALING_SHARDINGS = ("table_wise", "row_wise")
+SCALING_GOALS = {"id_only": 1.6, "simtier_make": 1.4}  # total samples/s at 2 ranks over 1 rank, on 2 cores
+
+
+def measure_scaling(base: Run, results: dict[str, object]) -> None:
+    """9. Total samples/s at 2 ranks over 1 rank, per variant and sharding, with TorchRec's train pipeline
+    (``sparse_dist``) and without (``plain``), 1 thread per rank; into ``results["scaling"]``."""
+    print(f"scaling: total samples/s, 2 ranks / 1 rank (batch {base.batch_size} per rank, 1 thread per rank; "
+          f"goals {', '.join(f'{v} >= {g}' for v, g in SCALING_GOALS.items())})")
+    out: dict[str, dict[str, float]] = {}
+    for variant, sharding, pipeline in itertools.product(SCALING_VARIANTS, SCALING_SHARDINGS, TRAIN_PIPELINES):
+        run = replace(base, variant=variant, sharding=sharding, pipeline=pipeline)
+        one, two = (measure(run, n)["samples_per_s"] for n in (1, 2))
+        out[f"{variant}/{sharding}/{pipeline}"] = {"1": one, "2": two, "ratio": two / one}
+        print(f"  {variant:<13} {sharding:<11} {pipeline:<12} 1 rank {one:>9,.0f}   2 ranks {two:>9,.0f}   "
+              f"({two / one:.2f}x)")
+    results["scaling"] = out
+
+
 def measure_mmctr(args: argparse.Namespace, base: Run, results: dict[str, object]) -> None:
     """Measurements 1.-6. of the module docstring (1. and 2. alone with ``--ratios-only``) into ``results``."""
     print(f"training samples/s (batch {args.batch_size} per rank, {args.steps} steps after {args.warmup}, 1 thread/process)")
@@ -480,6 +500,7 @@ def main(argv: list[str] | None = None) -> None:
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--ratios-only", action="store_true", help="measure the step-time ratios (2.) alone")
     only.add_argument("--peer-only", action="store_true", help="measure 7. and 8. (the peer DIN, vector widths) alone")
+    only.add_argument("--scaling-only", action="store_true", help="measure 9. (2 ranks / 1 rank) alone")
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args(argv)
     pin_malloc_thresholds()  # process-wide, here at the entry point (recsys.allocator)
@@ -488,10 +509,12 @@ def main(argv: list[str] | None = None) -> None:
         vectors = vectors_or_random(args.world, args.vectors, 64, Path(tmp) / "vectors")
         base = Run(args.world, vectors, "id_only", args.steps, args.warmup, args.batch_size,
                    fused_kernels=fused.env_override())  # MMCTR_FUSED, read once
-        if not args.peer_only:
+        if not (args.peer_only or args.scaling_only):
             measure_mmctr(args, base, results)
-        if not args.ratios_only:
+        if not (args.ratios_only or args.scaling_only):
             results["peer"] = measure_peer(args, base, Path(tmp))
+        if not (args.ratios_only or args.peer_only):
+            measure_scaling(base, results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -425,7 +425,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     _sharding(p, ", the planner's")
     p.add_argument("--make-from", type=Path, help="finished MAKE stage-1 folder (default: run stage 1 into OUT/make_stage1)")
     add_settings(p, TrainConfig, override=True,
-                 only=("seed", "epochs", "batch_size", "checkpoint_every", "stop_after_steps", "renormalize_vectors"))
+                 only=("seed", "epochs", "batch_size", "checkpoint_every", "stop_after_steps", "renormalize_vectors",
+                       "train_pipeline"))
     p.add_argument("--train-until", type=int, help="last training day (default: the day before the world's last); "
                    "the next day is the test day")
     _quiet(p)

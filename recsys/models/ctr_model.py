@@ -204,7 +204,8 @@ class CtrModel(nn.Module):
                     make_out = self.make(mm, dense)
             else:
                 make_out = self.make(mm, dense)
-            extra.mlp_inputs += make_out.mlp_inputs()
+            # MakeOutput.mlp_inputs() by field: under torch.fx (TorchRec's train pipeline) make_out is a Proxy
+            extra.mlp_inputs += (make_out.attention, make_out.hidden, make_out.logit.unsqueeze(-1))
         if self._spec.vector:
             extra.target_vector, extra.history_vectors = mm.target, mm.history
         if self._spec.simscore:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP
@@ -46,6 +47,9 @@ from recsys.data.spec import FeatureSpec
 from recsys.models.attention import TargetAttention
 from recsys.models.config import ModelConfig
 from recsys.models.sequence import DEFAULT_HISTORY_SLOTS, ITEM_ROWS, item_rows
+
+# a leaf of torch.fx traces (TorchRec's train pipeline traces the model to find its sharded modules' inputs)
+torch.fx.wrap("item_rows")
 
 ROWS_SUFFIX = "_rows"  # a target-group side feature's bag feature: <feature>_rows
 
@@ -327,7 +331,7 @@ class IdModel(nn.Module):
             history = torch.cat([history, extra.history_vectors], dim=-1)  # (B, L, E + V)
         pooled_history = self.attention(target, history, ids.mask, extra.attention_features)
         mlp_in = torch.cat([ids.pooled, target, pooled_history, dense, *extra.mlp_inputs], dim=-1)
-        if mlp_in.shape[1] != self._in_dim:
+        if not is_fx_symbolic_tracing() and mlp_in.shape[1] != self._in_dim:  # traced: widths are proxies
             raise ValueError(
                 f"IdModel MLP input is {mlp_in.shape[1]} wide, expected {self._in_dim} "
                 f"(extra MLP inputs must total mlp_dim={self._extra.mlp_dim})"

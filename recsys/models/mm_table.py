@@ -12,16 +12,14 @@ attribute ``mm_table`` of :class:`MultimodalArch`, whose one table is named
 and reads the targets and histories as one-ID bags in fixed history slots,
 like the ID model's item table (``recsys.models.sequence``):
 
-* every lookup is ``detach()``-ed in ``forward``, so no gradient ever reaches
-  the table, whichever kernel (plain or fused) runs it after sharding: a
-  fused backward never runs for it, so it stays bitwise unchanged (checked
-  by hand under ``DistributedModelParallel`` at world size 1, fused kernel);
+* every lookup runs under ``no_grad`` in ``forward``, so no gradient ever
+  reaches the table, whichever kernel runs it after sharding, and it stays
+  bitwise unchanged (``tests/train/test_sharding.py`` reads it back);
 * the unsharded weight has ``requires_grad=False``, so plain optimizers and
-  ``requires_grad`` filters skip it. Sharding does not keep that flag:
-  DMP's sharded table has ``requires_grad=True`` and, with a fused kernel,
-  an entry in ``fused_optimizer`` state. ``recsys.train.sharding`` plans it
-  apart (selected by :func:`is_mm_table_param`): a stateless SGD at learning
-  rate 0 as its fused optimizer, and no place in the dense optimizer.
+  ``requires_grad`` filters skip it. Sharding does not keep that flag, so
+  ``recsys.train.sharding`` plans it apart (selected by
+  :func:`is_mm_table_param`): replicated on every rank (``data_parallel``),
+  its lookups send nothing between ranks, and it has no place in any optimizer.
 
 Items without a vector are zero rows; a zero row is unambiguous because every
 stored vector is unit norm (``recsys.data.vectors``). :class:`MultimodalArch`
@@ -41,6 +39,9 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.spec import FeatureSpec
 from recsys.models.sequence import DEFAULT_HISTORY_SLOTS, ITEM_ROWS, item_rows
+
+# a leaf of torch.fx traces (TorchRec's train pipeline traces the model to find its sharded modules' inputs)
+torch.fx.wrap("item_rows")
 
 MM_TABLE = "mm_item"  # table name of the multimodal EmbeddingBagCollection
 MM_MODULE = "mm_table"  # attribute of MultimodalArch holding that EmbeddingBagCollection

@@ -33,6 +33,30 @@ from recsys.settings import setting
 # (table_wise on one rank).
 SHARDINGS: tuple[str, ...] = ("table_wise", "row_wise", "column_wise", "auto")
 SHARDING = "auto"  # the default of every job (TrainJob, RetrainJob, `mmctr train/retrain --sharding`)
+# How a step runs (``recsys.train.loop.training_steps``): "sparse_dist" is TorchRec's
+# ``TrainPipelineSparseDist`` (the next batch's input all-to-all started before this step's
+# forward); "plain" is forward, backward, optimizer step, one batch at a time; "auto" is
+# sparse_dist where there is something to overlap (several ranks, or a GPU's copies), plain
+# on one CPU rank (measured in bench.train's scaling table: the pipeline's bookkeeping, no gain).
+TRAIN_PIPELINES: tuple[str, ...] = ("sparse_dist", "plain")
+TRAIN_PIPELINE_CHOICES: tuple[str, ...] = ("auto", *TRAIN_PIPELINES)
+
+
+def resolve_train_pipeline(choice: str, world_size: int, device_type: str) -> str:
+    """The train pipeline a job runs: ``choice``, or for "auto" sparse_dist on several ranks or a GPU, else plain.
+
+    Example::
+
+        >>> resolve_train_pipeline("auto", 1, "cpu"), resolve_train_pipeline("auto", 2, "cpu")
+        ('plain', 'sparse_dist')
+        >>> resolve_train_pipeline("plain", 8, "cuda")
+        'plain'
+    """
+    if choice not in TRAIN_PIPELINE_CHOICES:
+        raise ValueError(f"train pipeline must be one of {TRAIN_PIPELINE_CHOICES}, got {choice!r}")
+    if choice != "auto":
+        return choice
+    return "sparse_dist" if world_size > 1 or device_type == "cuda" else "plain"
 
 
 @dataclass(frozen=True)
@@ -61,6 +85,8 @@ class TrainConfig:
         None, "stop after N steps as if preempted (checkpoint, no evaluation; a rerun resumes)")
     eval_batch_size: int = setting(8192, "impressions per evaluation batch per rank")
     prefetch: int = setting(2, "batches the reader prepares ahead")
+    train_pipeline: str = setting("auto", "how a step runs: sparse_dist (TorchRec's TrainPipelineSparseDist), "
+                                  "plain (one batch at a time) or auto (sparse_dist on several ranks or a GPU)")
     log_every: int = setting(20, "steps between loss-curve points (and progress-bar refreshes)")
     max_table_rows: int | None = setting(None, "cap on every ID table's rows; None: the manifest's ID ranges")
     out_of_range: str = setting("refuse", "IDs beyond a table's rows: refuse or hash (reader.OUT_OF_RANGE)")
@@ -76,6 +102,9 @@ class TrainConfig:
         check_positive(self, ("make_max_seconds",), integer=False, optional=True)
         from recsys.data.reader import OUT_OF_RANGE  # here: the CLI imports this module without torchrec
 
+        if self.train_pipeline not in TRAIN_PIPELINE_CHOICES:
+            raise ValueError(f"TrainConfig.train_pipeline must be one of {TRAIN_PIPELINE_CHOICES}, "
+                             f"got {self.train_pipeline!r}")
         if self.out_of_range not in OUT_OF_RANGE:
             raise ValueError(f"TrainConfig.out_of_range must be one of {OUT_OF_RANGE}, got {self.out_of_range!r}")
 

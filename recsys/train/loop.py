@@ -23,7 +23,9 @@ weight 0 dropped).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -32,13 +34,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.optim.keyed import CombinedOptimizer
 from tqdm import tqdm
 
+from recsys.data.batch import Batch
 from recsys.data.plan import count as count_rows
 from recsys.data.reader import ImpressionReader, ReaderConfig
 from recsys.distributed import DistContext
 from recsys.train.checkpoint import Progress, TrainState
+from recsys.train.config import TRAIN_PIPELINES
 
 
 @dataclass
@@ -64,6 +69,78 @@ def _mean_over_ranks(value: float, ctx: DistContext) -> float:
     return float(t.item()) / ctx.world_size
 
 
+class _CountedBatches:
+    """The reader's batches; each one's impressions (rows of weight > 0) are queued as it is taken."""
+
+    def __init__(self, reader: Iterable[Batch]) -> None:
+        self._batches = iter(reader)
+        self.rows: deque[torch.Tensor] = deque()  # int64 scalars, oldest first
+
+    def __iter__(self) -> _CountedBatches:
+        return self
+
+    def __next__(self) -> Batch:
+        batch = next(self._batches)
+        self.rows.append((batch.weights > 0).sum())
+        return batch
+
+
+def training_steps(
+    model: nn.Module, optimizer: CombinedOptimizer, batches: Iterable[Batch], device: torch.device, pipeline: str
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Trains one step per batch, in order; yields each step's detached loss and its impressions (weight > 0).
+
+    ``"sparse_dist"`` runs the steps through TorchRec's ``TrainPipelineSparseDist``
+    (``torchrec.distributed.train_pipeline``): it copies batch i+2 to the device and
+    starts batch i+1's input (KJT) all-to-all of the sharded modules whose input is
+    the batch's own KJT (here the pooled-feature tables) while step i runs its
+    forward, backward and optimizer step. On CPU it runs without CUDA streams
+    (TorchRec passes none there) and still overlaps the all-to-all, which gloo
+    runs on its own threads. Tables whose KJT the model derives from the batch
+    (the item table's history slots) keep their input all-to-all inside the
+    forward. The model is detached from the pipeline (its sharded modules'
+    forwards restored) when the generator closes, so it can predict afterwards.
+    ``"plain"``: forward, backward, optimizer step, one batch at a time.
+
+    Args:
+        model (nn.Module): the sharded ``CtrTrain`` (returns loss, (loss, logits, labels)).
+        optimizer (CombinedOptimizer): fused table and dense optimizers.
+        batches (Iterable[Batch]): the batches, on the host.
+        device (torch.device): where the steps run.
+        pipeline (str): one of ``TRAIN_PIPELINES``.
+
+    Yields:
+        tuple[torch.Tensor, torch.Tensor]: the loss (scalar) and the impressions the
+        step trained on (int64 scalar), per step; steps are taken one per ``next``.
+
+    Raises:
+        ValueError: an unknown ``pipeline``.
+    """
+    if pipeline not in TRAIN_PIPELINES:
+        raise ValueError(f"train pipeline {pipeline!r} unknown, expected one of {TRAIN_PIPELINES}")
+    if pipeline == "plain":
+        for batch in batches:
+            batch = batch.to(device)
+            loss, _ = model(batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            yield loss.detach(), (batch.weights > 0).sum()
+        return
+    counted = _CountedBatches(batches)
+    pipe = TrainPipelineSparseDist(model, optimizer, device, execute_all_batches=True)
+    try:
+        while True:
+            try:
+                loss, _, _ = pipe.progress(counted)
+            except StopIteration:
+                return
+            yield loss, counted.rows.popleft()  # the pipeline trains batches in the order it takes them
+    finally:
+        pipe.detach()
+        optimizer.zero_grad()
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: CombinedOptimizer,
@@ -75,6 +152,7 @@ def train_epoch(
     stop_after_steps: int | None = None,
     desc: str = "train",
     quiet: bool = False,
+    pipeline: str = "plain",
 ) -> EpochResult:
     """Trains the rows ``progress.remaining`` of epoch ``progress.epoch`` (all: None) to the epoch's end.
 
@@ -92,6 +170,7 @@ def train_epoch(
         stop_after_steps (int | None): stop once ``progress.step`` reaches it.
         desc (str): progress-bar label.
         quiet (bool): no progress bar.
+        pipeline (str): how each step runs, one of ``TRAIN_PIPELINES`` (:func:`training_steps`).
 
     Returns:
         EpochResult: the new progress, loss curve, samples and time; ``samples``
@@ -112,30 +191,30 @@ def train_epoch(
     real = torch.zeros((), dtype=torch.int64, device=ctx.device)  # impressions trained by this rank (no host sync per step)
     start = time.perf_counter()
     stopped = False
-    for batch in reader:
-        if stop_after_steps is not None and progress.step >= stop_after_steps:
-            stopped = True
-            break
-        batch = batch.to(ctx.device)
-        loss, _ = model(batch)
-        real += (batch.weights > 0).sum()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        done += 1
-        progress = replace(progress, step=progress.step + 1, remaining=reader.remaining_after(done))
-        running += float(loss.detach())  # a padding batch adds 0
-        counted += 1
-        if counted == log_every or done == total:
-            mean = _mean_over_ranks(running / counted, ctx)
-            curve.append({"step": progress.step, "epoch": progress.epoch, "loss": mean})
-            elapsed = time.perf_counter() - start
-            samples = count_rows(reader.remaining) - count_rows(progress.remaining)
-            bar.set_postfix(loss=f"{mean:.4f}", samples_s=f"{samples / max(elapsed, 1e-9):,.0f}")
-            running, counted = 0.0, 0
-        bar.update(1)
-        if on_step is not None:
-            on_step(progress)
+    with closing(training_steps(model, optimizer, reader, ctx.device, pipeline)) as steps:
+        while done < total:
+            if stop_after_steps is not None and progress.step >= stop_after_steps:
+                stopped = True
+                break
+            step = next(steps, None)
+            if step is None:
+                break
+            loss, rows = step
+            real += rows
+            done += 1
+            progress = replace(progress, step=progress.step + 1, remaining=reader.remaining_after(done))
+            running += float(loss)  # a padding batch adds 0
+            counted += 1
+            if counted == log_every or done == total:
+                mean = _mean_over_ranks(running / counted, ctx)
+                curve.append({"step": progress.step, "epoch": progress.epoch, "loss": mean})
+                elapsed = time.perf_counter() - start
+                samples = count_rows(reader.remaining) - count_rows(progress.remaining)
+                bar.set_postfix(loss=f"{mean:.4f}", samples_s=f"{samples / max(elapsed, 1e-9):,.0f}")
+                running, counted = 0.0, 0
+            bar.update(1)
+            if on_step is not None:
+                on_step(progress)
     bar.close()
     seconds = time.perf_counter() - start
     if ctx.world_size > 1:
@@ -179,6 +258,7 @@ class EpochPlan:
     stop_after_steps: int | None = None  # stop (checkpointed) once Progress.step reaches it
     desc: str = "train"  # progress-bar label; ", epoch N" is added
     quiet: bool = False  # no progress bars
+    pipeline: str = "plain"  # how each step runs, one of TRAIN_PIPELINES (`training_steps`; resolve_train_pipeline)
 
 
 @dataclass(frozen=True)
@@ -228,6 +308,7 @@ def run_epochs(state: TrainState, progress: Progress, plan: EpochPlan, hook: Epo
         result = train_epoch(
             state.model, state.optimizer, reader, ctx, progress, plan.log_every, on_step=on_step,
             stop_after_steps=plan.stop_after_steps, desc=f"{plan.desc}, epoch {epoch}", quiet=plan.quiet,
+            pipeline=plan.pipeline,
         )
         progress = result.progress
         hook.after_epoch(epoch, result, reader)

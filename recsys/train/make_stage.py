@@ -48,7 +48,7 @@ from recsys.models.config import ModelConfig
 from recsys.models.ctr_model import CtrTrain
 from recsys.models.make import MakeModel
 from recsys.train.checkpoint import Progress, TrainState
-from recsys.train.config import SHARDING, TrainConfig
+from recsys.train.config import SHARDING, TrainConfig, resolve_train_pipeline
 from recsys.train.loop import EpochPlan, EpochResult, predict, run_epochs
 from recsys.train.setup import capped_table_sizes, fill_mm_table, mm_rows, shard_and_optimize, split_days
 
@@ -224,7 +224,8 @@ def train_make(job: Stage1Job, vectors: ItemVectors, manifest: Manifest, ctx: Di
     hook = EarlyStopping(job, state, replace(reader, batch_size=job.train.eval_batch_size), split.validation,
                          vectors.dim, log=MakeLog.read(out / MAKE_LOG) if found is not None else MakeLog())
     plan = EpochPlan(root=Path(job.world), reader=reader, days=tuple(split.make_fit), epochs=job.train.make_max_epochs,
-                     log_every=job.train.log_every, checkpoint_each_epoch=True, desc="MAKE stage 1", quiet=job.quiet)
+                     log_every=job.train.log_every, checkpoint_each_epoch=True, desc="MAKE stage 1", quiet=job.quiet,
+                     pipeline=resolve_train_pipeline(job.train.train_pipeline, ctx.world_size, ctx.device.type))
     run_epochs(state, progress, plan, hook)
     if ctx.is_main:
         os.replace(hook.best_file, out / MAKE_FILE)

@@ -3,18 +3,20 @@
 Models stay plain (unsharded TorchRec modules, see ``recsys.models``); this is
 the one place where they are planned, sharded and given optimizers.
 
-How the frozen multimodal table (``MM_TABLE``) is kept frozen. Before
-planning, :func:`shard_model` gives its weight a per-table optimizer the way
-``apply_optimizer_in_backward`` does (``_optimizer_classes`` = SGD,
-``_optimizer_kwargs`` = learning rate 0); the sharders merge that over their
-``fused_params``, so the table sits in its own fbgemm group running
-``EXACT_SGD`` at learning rate 0: stateless, so its ``fused_optimizer`` state
-entry is an empty dict (no momentum tensors), and sharded like the ID tables.
-Its lookups are ``detach()``-ed in ``MultimodalArch.forward``, so no gradient
-reaches it either; it stays bitwise unchanged. :func:`make_optimizer` leaves
-it out of the dense optimizer (:func:`~recsys.models.mm_table.is_mm_table_param`).
-Tried and refused: the non-fused ``dense`` kernel for it (the planner accepts
-``dense`` only with ``data_parallel``, which would replicate the table).
+How the frozen multimodal table (``MM_TABLE``) is kept frozen and cheap: it is
+planned ``data_parallel`` (TorchRec's replicated sharding type, the ``dense``
+kernel) at every world size, so each rank holds it whole and its lookups send
+nothing through the all-to-all. Sharded like the ID tables it sent every
+sample's 50 history rows (50 x 64 x 4 B = 12.8 KB at 64-d) forward and back,
+and a second rank made ``simtier_make`` slower (``bench.step_profile``). Its
+lookups run under ``no_grad`` in ``MultimodalArch.forward``, so TorchRec's
+DDP wrapper of the replicated lookup never reduces a gradient, and
+:func:`make_optimizer` leaves it out of the dense optimizer
+(:func:`~recsys.models.mm_table.is_mm_table_param`): it stays bitwise
+unchanged, holds no optimizer state, and its checkpoint entry is one plain
+tensor at any world size (the stages refill it from the vector table on load
+and skip it on resume). Memory: ``N x D x 4`` bytes on every rank (25.6 MB for
+the ``small`` world's 100k items at 64-d).
 
 Example::
 
@@ -36,13 +38,14 @@ from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsys.distributed import DistContext
-from recsys.models.mm_table import is_mm_table_param
+from recsys.models.mm_table import MM_TABLE, is_mm_table_param
 from recsys.train.config import SHARDINGS
 
 FUSED_OPTIMIZER = "fused"  # key of the fused table optimizer in make_optimizer's CombinedOptimizer
@@ -107,8 +110,8 @@ def _table_names(model: nn.Module) -> list[str]:
     return names
 
 
-# "auto": the planner's choice among these. data_parallel is left out: a replicated
-# table is stepped by the dense optimizer, not the fused one, so its optimizer
+# "auto": the planner's choice among these for the ID tables. data_parallel is left out: a replicated
+# trained table is stepped by the dense optimizer, not the fused one, so its optimizer
 # state would change keys when another world size plans it otherwise, and
 # checkpoints would not reshard.
 # table_column_wise and grid_shard add nothing on one host.
@@ -124,20 +127,11 @@ def _constraints(model: nn.Module, sharding: str, world_size: int) -> dict[str, 
         types = [ShardingType.TABLE_WISE.value]
     else:
         types = list(AUTO_SHARDING_TYPES)
-    return {name: ParameterConstraints(sharding_types=types) for name in _table_names(model)}
-
-
-def _freeze_mm_table(model: nn.Module) -> None:
-    """Gives the frozen mm table its own per-table fused optimizer: stateless EXACT_SGD, learning rate 0.
-
-    The sharders read a table's optimizer from its weight's ``_optimizer_classes``
-    and ``_optimizer_kwargs`` (what ``apply_optimizer_in_backward`` sets) and merge
-    it over their ``fused_params``; the table lands in its own fbgemm group.
-    """
-    for name, param in model.named_parameters():
-        if is_mm_table_param(name):
-            param._optimizer_classes = [torch.optim.SGD]  # -> EmbOptimType.EXACT_SGD
-            param._optimizer_kwargs = [{"learning_rate": 0.0}]
+    out = {name: ParameterConstraints(sharding_types=types) for name in _table_names(model)}
+    if MM_TABLE in out:  # frozen: replicated, its lookups send nothing (module docstring)
+        out[MM_TABLE] = ParameterConstraints(sharding_types=[ShardingType.DATA_PARALLEL.value],
+                                             compute_kernels=[EmbeddingComputeKernel.DENSE.value])
+    return out
 
 
 def plan_model(
@@ -178,9 +172,8 @@ def shard_model(
 
     Returns:
         DistributedModelParallel: the sharded model; ``fused_optimizer`` steps the
-        ID tables, and holds only an empty (stateless, lr 0) entry for the mm table.
+        ID tables; the mm table is replicated and stepped by nothing.
     """
-    _freeze_mm_table(model)
     chosen = sharders(optimizer.fused_params())
     plan = plan_model(model, chosen, ctx.world_size, ctx.device.type, sharding)
     return DistributedModelParallel(module=model, device=ctx.device, plan=plan, sharders=chosen,

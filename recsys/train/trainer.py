@@ -50,7 +50,7 @@ from recsys.models.ctr_model import VARIANT_SPECS, CtrModel, CtrTrain
 from recsys.models.make import is_make_param
 from recsys.models.mm_table import is_mm_table_param
 from recsys.train.checkpoint import Progress, TrainState, load_checkpoint
-from recsys.train.config import SHARDING, TrainConfig
+from recsys.train.config import SHARDING, TrainConfig, resolve_train_pipeline
 from recsys.train.loop import EpochPlan, EpochResult, RowCountError, predict, run_epochs
 from recsys.train.make_stage import Stage1Job, load_make_state, train_make
 from recsys.train.run_folder import Lineage, Report, RetrainNote, RunFolder, RunMetrics, Segment, TrainLog
@@ -335,7 +335,8 @@ def _run(job: TrainJob, ctx: DistContext) -> RunMetrics | None:
     progress, tally = _resume_or_warm_start(job, built, state, reader, ctx)
     plan = EpochPlan(root=Path(job.world), reader=reader, days=_days(job, built), epochs=job.train.epochs,
                      log_every=job.train.log_every, checkpoint_every=job.train.checkpoint_every,
-                     stop_after_steps=job.train.stop_after_steps, desc=job.model.variant, quiet=job.quiet)
+                     stop_after_steps=job.train.stop_after_steps, desc=job.model.variant, quiet=job.quiet,
+                     pipeline=resolve_train_pipeline(job.train.train_pipeline, ctx.world_size, ctx.device.type))
     outcome = run_epochs(state, progress, plan, tally)
     if outcome.stopped:
         _write_train_log(job, built, tally, outcome.progress, ctx)

@@ -123,8 +123,65 @@ def shard_worker(
                     "loss": torch.stack(losses).mean(),
                     "weights": weights,
                     "fused_state": {k: sorted(v) for k, v in dmp.fused_optimizer.state_dict()["state"].items()},
+                    "sharding_types": {t: s.sharding_type for m in dmp.plan.plan.values() for t, s in m.items()},
+                    "dense_params": sorted(n for g in optim.param_groups for p in g["params"]
+                                           for n, q in dmp.named_parameters() if q is p),
                 },
                 f"{out_dir}/result.pt",
             )
+    finally:
+        dist.destroy_process_group()
+
+
+def _pipelined(model: nn.Module) -> bool:
+    """Whether a module of ``model`` runs TorchRec's train-pipeline forward (attached to a pipeline)."""
+    from torchrec.distributed.train_pipeline.runtime_forwards import PipelinedForward
+
+    return any(isinstance(m.forward, PipelinedForward) for m in model.modules())
+
+
+def pipeline_worker(rank: int, world_size: int, init_method: str, world: str, vectors: str, out_dir: str,
+                    sharding: str, steps: int) -> None:
+    """Trains ``steps`` steps of ``simtier`` on the tiny world with each train pipeline from the same start, then
+    predicts the test day; rank 0 saves each pipeline's losses, rows per step (every rank's), predictions."""
+    import itertools
+    import tempfile
+    from contextlib import closing
+    from pathlib import Path
+
+    from recsys.data.reader import ImpressionReader, ReaderConfig
+    from recsys.models.config import ModelConfig
+    from recsys.train.config import TRAIN_PIPELINES, TrainConfig
+    from recsys.train.loop import predict, training_steps
+    from recsys.train.trainer import TrainJob, build
+
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
+    try:
+        ctx = DistContext(rank=rank, world_size=world_size, device=torch.device("cpu"))
+        for pipeline in TRAIN_PIPELINES:
+            with tempfile.TemporaryDirectory() as tmp:
+                job = TrainJob(world=Path(world), out=Path(tmp), model=ModelConfig(variant="simtier"),
+                               train=TrainConfig(batch_size=64), vectors=Path(vectors), sharding=sharding, quiet=True)
+                built = build(job, ctx)
+                config = ReaderConfig(batch_size=64, days=built.split.train, rank=rank, world_size=world_size,
+                                      shuffle=True, table_sizes=built.sizes)
+                expected = [int((b.weights > 0).sum()) for b in itertools.islice(ImpressionReader(Path(world), config), steps)]
+                losses, rows, attached = [], [], False
+                with closing(training_steps(built.model, built.optimizer, ImpressionReader(Path(world), config),
+                                            ctx.device, pipeline)) as it:
+                    for loss, n in itertools.islice(it, steps):
+                        losses.append(float(loss))
+                        rows.append(int(n))
+                        attached = attached or _pipelined(built.model)
+                after = _pipelined(built.model)
+                scored = predict(built.model, Path(world), built.split.test, ctx,
+                                 ReaderConfig(batch_size=100, table_sizes=built.sizes), quiet=True)
+                every = [None] * world_size
+                dist.all_gather_object(every, (rows, expected))
+                if rank == 0:
+                    torch.save({"losses": losses, "rows": [r for r, _ in every], "expected_rows": [e for _, e in every],
+                                "pipelined_while_open": attached, "pipelined_after": after,
+                                "predictions": scored.predictions, "test_rows": len(scored.labels)},
+                               f"{out_dir}/{pipeline}.pt")
     finally:
         dist.destroy_process_group()

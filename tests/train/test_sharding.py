@@ -102,8 +102,7 @@ def test_sharded_equals_unsharded_after_one_step(
         assert not torch.equal(ref_weights[name], initial[name])  # the step did move the ID tables
     mm = "mm_arch.mm_table.embedding_bags.mm_item.weight"
     assert torch.equal(got["weights"][mm], initial[mm])  # bitwise unchanged
-    # Rank 0's fused state: the mm table, where rank 0 holds a shard of it, has an empty entry (stateless SGD).
-    assert all(v == [] for k, v in got["fused_state"].items() if "mm_item" in k), got["fused_state"]
+    assert not any("mm_item" in k for k in got["fused_state"]), got["fused_state"]  # replicated, never stepped
     sys.modules.pop("sharding_workers", None)
 
 
@@ -118,7 +117,12 @@ def test_frozen_table_holds_no_state_beside_adagrad_tables(tmp_path: Path, monke
     got = torch.load(tmp_path / "result.pt", weights_only=False)
     mm = "mm_arch.mm_table.embedding_bags.mm_item.weight"
     assert torch.equal(got["weights"][mm], workers.initial_state()[mm])  # bitwise unchanged
-    state = got["fused_state"]  # row_wise: rank 0 holds a shard of every table
-    assert state[mm] == [], state
+    # held whole on every rank (data_parallel): no fused state, no dense optimizer entry, sends nothing
+    assert got["sharding_types"]["mm_item"] == "data_parallel", got["sharding_types"]
+    assert got["sharding_types"]["user_id"] == "row_wise", got["sharding_types"]
+    state = got["fused_state"]  # row_wise: rank 0 holds a shard of every ID table
+    assert mm not in state, state
+    assert not any("mm_item" in n for n in got["dense_params"]), got["dense_params"]
+    assert got["dense_params"], got["dense_params"]
     assert state["ebc.embedding_bags.user_id.weight"] and state["item_table.embeddings.item_id.weight"], state
     sys.modules.pop("sharding_workers", None)
