@@ -22,12 +22,15 @@ other                  the step's wall time outside those (the loop, batch moves
 count once), and the bytes each collective op moves per step and per sample
 (the ``gloo:*``/``nccl:*`` events' tensor shapes and dtypes: ``record_shapes``). The printed
 ratio is total samples/s at 2 ranks over 1 rank (issue's goal: 1.6 for
-``id_only``, 1.4 for ``simtier_make``).
+``id_only``, 1.4 for ``simtier_make``). ``--bytes-ranks`` adds rank counts
+(4 by default) at which only the bytes are reported, for the communication
+volume by rank count; the steps are the plain loop's (``Run.pipeline``
+is not used here, so the categories stay apart).
 
 Usage::
 
     python -m bench.step_profile [--world DIR] [--vectors RUN] [--variants id_only simtier_make]
-        [--shardings table_wise row_wise] [--batch-size 2048] [--steps 20] [--warmup 5] [--json FILE]
+        [--shardings table_wise row_wise] [--batch-size 2048] [--steps 20] [--warmup 5] [--bytes-ranks 4] [--json FILE]
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import json
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -174,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--bytes-ranks", type=int, nargs="*", default=[4],
+                        help="more rank counts at which only the collectives' bytes per sample are reported "
+                             "(more ranks than cores: their times mean nothing)")
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args(argv)
     results: dict[str, dict] = {}
@@ -186,6 +193,11 @@ def main(argv: list[str] | None = None) -> None:
                 one, two = measure(run, 1, worker), measure(run, 2, worker)
                 results[f"{variant}/{sharding}"] = {"1": one, "2": two}
                 print_table(f"{variant}, {sharding}", one, two)
+                for n in args.bytes_ranks:
+                    more = measure(replace(run, steps=min(run.steps, 5), warmup=min(run.warmup, 2)), n, worker)
+                    results[f"{variant}/{sharding}"][str(n)] = more
+                    for op, b in sorted(more["bytes_per_step"].items(), key=lambda kv: -kv[1]):
+                        print(f"  {n} ranks, {op:<36} {b / 1e6:>8.3f} MB/step/rank  {b / more['batch_per_rank']:>8.1f} B/sample")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

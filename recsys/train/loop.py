@@ -3,6 +3,8 @@
 Notation: ``B``: batch size per rank; ``W``: world size; ``N``: impressions
 of the predicted day (over all ranks).
 
+:func:`training_steps` takes the steps, through TorchRec's
+``TrainPipelineSparseDist`` or one batch at a time (``TrainConfig.train_pipeline``).
 :func:`train_epoch` runs one epoch of a ``DistributedModelParallel``-wrapped
 ``CtrTrain`` over the rows the epoch has left (``Progress.remaining``, so a
 resume on any world size trains each row once), calling back for checkpoints;
