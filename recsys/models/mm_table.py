@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, mark_data_parallel_skip_grad_sync
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.spec import FeatureSpec
@@ -184,6 +184,8 @@ class MultimodalArch(nn.Module):
             init_fn=nn.init.zeros_,  # never loaded = every item missing
         )
         self.mm_table = EmbeddingBagCollection(tables=[table], device=device)
+        # replicated (data_parallel) once sharded: no DDP reducer (its gradient bucket would be table-sized)
+        mark_data_parallel_skip_grad_sync(self.mm_table)
         self.mm_table.requires_grad_(False)
 
     def output_dim(self) -> int:

@@ -37,7 +37,8 @@ SHARDING = "auto"  # the default of every job (TrainJob, RetrainJob, `mmctr trai
 # ``TrainPipelineSparseDist`` (the next batch's input all-to-all started before this step's
 # forward); "plain" is forward, backward, optimizer step, one batch at a time; "auto" is
 # sparse_dist where there is something to overlap (several ranks, or a GPU's copies), plain
-# on one CPU rank (measured in bench.train's scaling table: the pipeline's bookkeeping, no gain).
+# on one CPU rank, where it only adds bookkeeping. On 2 CPU ranks bench.train's scaling table
+# measured it within the run-to-run spread of the plain loop (README, issue 20).
 TRAIN_PIPELINES: tuple[str, ...] = ("sparse_dist", "plain")
 TRAIN_PIPELINE_CHOICES: tuple[str, ...] = ("auto", *TRAIN_PIPELINES)
 

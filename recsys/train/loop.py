@@ -102,6 +102,10 @@ def training_steps(
     (the item table's history slots) keep their input all-to-all inside the
     forward. The model is detached from the pipeline (its sharded modules'
     forwards restored) when the generator closes, so it can predict afterwards.
+    The pipeline reads up to 2 batches ahead: when a job stops early
+    (``stop_after_steps``) those were read but not trained, so the reader's
+    tallies (e.g. out-of-range IDs in the train log) count them, and a resumed
+    job counts them again; the rows trained are exact (``Progress.remaining``).
     ``"plain"``: forward, backward, optimizer step, one batch at a time.
 
     Args:

@@ -9,8 +9,9 @@ kernel) at every world size, so each rank holds it whole and its lookups send
 nothing through the all-to-all. Sharded like the ID tables it sent every
 sample's 50 history rows (50 x 64 x 4 B = 12.8 KB at 64-d) forward and back,
 and a second rank made ``simtier_make`` slower (``bench.step_profile``). Its
-lookups run under ``no_grad`` in ``MultimodalArch.forward``, so TorchRec's
-DDP wrapper of the replicated lookup never reduces a gradient, and
+lookups run under ``no_grad`` in ``MultimodalArch.forward``, the module is
+marked ``mark_data_parallel_skip_grad_sync`` (so TorchRec wraps the
+replicated lookup in no DDP: no table-sized gradient bucket, no broadcast), and
 :func:`make_optimizer` leaves it out of the dense optimizer
 (:func:`~recsys.models.mm_table.is_mm_table_param`): it stays bitwise
 unchanged, holds no optimizer state, and its checkpoint entry is one plain

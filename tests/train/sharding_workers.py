@@ -123,6 +123,11 @@ def shard_worker(
                     "loss": torch.stack(losses).mean(),
                     "weights": weights,
                     "fused_state": {k: sorted(v) for k, v in dmp.fused_optimizer.state_dict()["state"].items()},
+                    "mm_lookup_ddp": [type(lookup).__name__ for name, m in dmp.named_modules()
+                                      if name.endswith("mm_arch.mm_table") for lookup in getattr(m, "_lookups", [])
+                                      if isinstance(lookup, nn.parallel.DistributedDataParallel)],
+                    "mm_lookups": [type(lookup).__name__ for name, m in dmp.named_modules()
+                                   if name.endswith("mm_arch.mm_table") for lookup in getattr(m, "_lookups", [])],
                     "sharding_types": {t: s.sharding_type for m in dmp.plan.plan.values() for t, s in m.items()},
                     "dense_params": sorted(n for g in optim.param_groups for p in g["params"]
                                            for n, q in dmp.named_parameters() if q is p),

@@ -119,6 +119,7 @@ def test_frozen_table_holds_no_state_beside_adagrad_tables(tmp_path: Path, monke
     assert torch.equal(got["weights"][mm], workers.initial_state()[mm])  # bitwise unchanged
     # held whole on every rank (data_parallel): no fused state, no dense optimizer entry, sends nothing
     assert got["sharding_types"]["mm_item"] == "data_parallel", got["sharding_types"]
+    assert got["mm_lookups"] and got["mm_lookup_ddp"] == [], got  # no DDP reducer (nor bucket) for the frozen table
     assert got["sharding_types"]["user_id"] == "row_wise", got["sharding_types"]
     state = got["fused_state"]  # row_wise: rank 0 holds a shard of every ID table
     assert mm not in state, state
