@@ -145,10 +145,11 @@ def _pipelined(model: nn.Module) -> bool:
     return any(isinstance(m.forward, PipelinedForward) for m in model.modules())
 
 
-def pipeline_worker(rank: int, world_size: int, init_method: str, world: str, vectors: str, out_dir: str,
+def pipeline_worker(rank: int, world_size: int, init_method: str, world: str, vectors: str | None, out_dir: str,
                     sharding: str, steps: int) -> None:
-    """Trains ``steps`` steps of ``simtier`` on the tiny world with each train pipeline from the same start, then
-    predicts the test day; rank 0 saves each pipeline's losses, rows per step (every rank's), predictions."""
+    """Trains ``steps`` steps of ``simtier`` (``id_only`` without ``vectors``) on ``world`` with each train
+    pipeline from the same start, then predicts the test day; rank 0 saves each pipeline's losses, rows per step
+    (every rank's), predictions."""
     import itertools
     import tempfile
     from contextlib import closing
@@ -165,11 +166,12 @@ def pipeline_worker(rank: int, world_size: int, init_method: str, world: str, ve
         ctx = DistContext(rank=rank, world_size=world_size, device=torch.device("cpu"))
         for pipeline in TRAIN_PIPELINES:
             with tempfile.TemporaryDirectory() as tmp:
-                job = TrainJob(world=Path(world), out=Path(tmp), model=ModelConfig(variant="simtier"),
-                               train=TrainConfig(batch_size=64), vectors=Path(vectors), sharding=sharding, quiet=True)
+                job = TrainJob(world=Path(world), out=Path(tmp), model=ModelConfig(variant="simtier" if vectors else "id_only"),
+                               train=TrainConfig(batch_size=64), vectors=Path(vectors) if vectors else None,
+                               sharding=sharding, quiet=True)
                 built = build(job, ctx)
                 config = ReaderConfig(batch_size=64, days=built.split.train, rank=rank, world_size=world_size,
-                                      shuffle=True, table_sizes=built.sizes)
+                                      shuffle=True, table_sizes=built.sizes, dense_stats=built.dense_stats or None)
                 expected = [int((b.weights > 0).sum()) for b in itertools.islice(ImpressionReader(Path(world), config), steps)]
                 losses, rows, attached = [], [], False
                 with closing(training_steps(built.model, built.optimizer, ImpressionReader(Path(world), config),
@@ -180,7 +182,8 @@ def pipeline_worker(rank: int, world_size: int, init_method: str, world: str, ve
                         attached = attached or _pipelined(built.model)
                 after = _pipelined(built.model)
                 scored = predict(built.model, Path(world), built.split.test, ctx,
-                                 ReaderConfig(batch_size=100, table_sizes=built.sizes), quiet=True)
+                                 ReaderConfig(batch_size=100, table_sizes=built.sizes,
+                                              dense_stats=built.dense_stats or None), quiet=True)
                 every = [None] * world_size
                 dist.all_gather_object(every, (rows, expected))
                 if rank == 0:
