@@ -72,7 +72,7 @@ from recsys.data.vectors import VECTORS_FILE, load_vectors, read_item_vectors
 from recsys.eval.runs import load_run
 from serving.client import ClientConfig
 from serving.embedder import percentiles
-from serving.ranker import REFRESH_INTERVAL_S, Ranker, RankRequest, context_features
+from serving.ranker import ENGINES, REFRESH_INTERVAL_S, Ranker, RankRequest, context_features
 from serving.ranker_client import RankerClient
 from serving import ranker_export as rx
 from serving.ranker_export import RankerExportConfig, export_ranker
@@ -425,7 +425,7 @@ def prepare(world: Path, run: Path, work: Path, n_requests: int, n_fresh: int,
 
 def measure(setup: Setup, work: Path, pa: PerfAnalyzer | None, args: argparse.Namespace) -> dict[str, object]:
     """Every measurement against one server (version 1, then the hot update to version 2)."""
-    ranker = Ranker.load(setup.run, setup.world)
+    ranker = Ranker.load(setup.run, setup.world, engine=setup.served.engine)
     repo = work / "repo"
     out: dict[str, object] = {"perf": {}, "perf_note": "", "fresh": None}
     with TritonServer(ServerConfig(repository=repo, model_control="explicit")) as server:
@@ -518,6 +518,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="served model instances (RankerExportConfig.instances)")
     parser.add_argument("--max-batch-size", type=int, default=RankerExportConfig.max_batch_size,
                         help="requests per dynamic batch (RankerExportConfig.max_batch_size)")
+    parser.add_argument("--engine", default=RankerExportConfig.engine, choices=ENGINES,
+                        help="what runs the model, served and in-process (RankerExportConfig.engine)")
     args = parser.parse_args(argv)
     if args.run is not None and args.world is None:
         parser.error("--run needs --world, the dataset it was trained on")
@@ -535,13 +537,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-ranking-") as tmp:
         work = Path(tmp)
         world, run = (args.world, args.run) if args.run else train_tiny_run(work)
-        served = RankerExportConfig(instances=args.instances, max_batch_size=args.max_batch_size)
+        served = RankerExportConfig(instances=args.instances, max_batch_size=args.max_batch_size, engine=args.engine)
         setup = prepare(world, run, work, args.requests, args.fresh_items, served)
         out = measure(setup, work, pa, args)
     print(f"\nranking benchmark: run {args.run or 'simtier_make (tiny world, trained here)'}; {args.requests} requests "
           f"of {CANDIDATES} candidates and {HISTORY} history items (the model reads {setup.max_history_len}); "
           f"{os.cpu_count()} cores, load average {load:.1f} at start; torch threads {torch.get_num_threads()} in-process, "
-          f"1 served, {setup.served.instances} instance(s), dynamic batches of up to {setup.served.max_batch_size}; perf_analyzer windows {args.interval_ms} ms, stability {args.stability}%")  # fmt: skip
+          f"1 served, {setup.served.instances} instance(s), dynamic batches of up to {setup.served.max_batch_size}, engine {setup.served.engine}; perf_analyzer windows {args.interval_ms} ms, stability {args.stability}%")  # fmt: skip
     if pa_note or out["perf_note"]:
         print(f"  perf_analyzer: not measured: {pa_note or out['perf_note']}")
     print_table(table(out))

@@ -245,10 +245,19 @@ def _cmd_feed(args: argparse.Namespace) -> int:
 def _cmd_export_ranker(args: argparse.Namespace) -> int:
     from serving.ranker_export import RankerExportConfig, export_ranker
 
-    entry = export_ranker(args.run, _run_world(args), args.out, args.version or 1, settings_from_args(RankerExportConfig, args),
-                          store=args.store)
-    print(f"wrote {args.out}/{args.name}/{entry.version} ({entry.variant}, run {entry.run}); serve it with "
-          f"`mmctr serve --repository {args.out}`")  # fmt: skip
+    config = settings_from_args(RankerExportConfig, args)
+    if args.torchscript:
+        from serving.ranker_production import export_torchscript_ranker
+
+        done = export_torchscript_ranker(args.run, _run_world(args), args.out, args.version or 1, config, args.store,
+                                         config.precision)
+        print(f"wrote {done['repositories']} ({done['variant']} version {done['version']}, {done['precision']} tables; "
+              f"TorchScript = eager to {done['artifact_max_abs_diff']:.1e}); serve the embedded one with "
+              f"`mmctr serve --repository {done['repositories']['embedded']}`")  # fmt: skip
+    else:
+        entry = export_ranker(args.run, _run_world(args), args.out, args.version or 1, config, store=args.store)
+        print(f"wrote {args.out}/{args.name}/{entry.version} ({entry.variant}, run {entry.run}); serve it with "
+              f"`mmctr serve --repository {args.out}`")  # fmt: skip
     if args.load:
         from serving.client import ClientConfig
         from serving.ranker_client import RankerClient
@@ -496,6 +505,9 @@ def _add_export_ranker(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", type=Path, help="a vector store (mmctr embed-new's): new items are scored with their "
                    "vectors as soon as it holds them")
     add_settings(p, RankerExportConfig)
+    p.add_argument("--torchscript", action="store_true", help="write OUT/embedded and OUT/production instead: the "
+                   "model as a TorchScript artefact (libtorch in NVIDIA's Triton container) behind a Python feature "
+                   "step, in an ensemble (serving.ranker_production); fp32 or fp16 tables")
     p.add_argument("--load", action="store_true", help="then ask the server at --url to load it (hot update; "
                    "the server runs with --model-control explicit)")
     add_settings(p, ClientConfig, only=("url",))

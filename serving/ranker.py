@@ -54,6 +54,10 @@ from recsys.train.trainer import build_plain
 # How the served ID tables hold their rows: TorchRec's quantised EmbeddingBagCollection for fp16 and
 # int8 (row-wise: each row its own scale and bias); the frozen multimodal table stays fp32 (SimTier reads its cosines).
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.half, "int8": torch.qint8}
+# What runs the model's arithmetic: "torchscript" (``serving.ranker_script``'s scripted model on the feature step's
+# tensors, the production artefact's code; fp32 tables only) or "eager" (the CtrModel itself); "auto": TorchScript
+# for fp32 tables, eager for TorchRec's quantised ones.
+ENGINES = ("auto", "torchscript", "eager")
 REFRESH_INTERVAL_S = 0.2  # the most seconds between two looks at the vector store (freshness: <= 1 s)
 MAX_CANDIDATES = 500  # the most candidates one request may hold (export-ranker --max-candidates)
 CONTEXT_DEFAULT = 0.0  # a context feature a request leaves out, for every candidate
@@ -179,12 +183,15 @@ class Ranker:
         store (Path | None): the vector store to refresh from.
         basis (np.ndarray | None): the run's projection (D, K), applied to the store's vectors.
         refresh_interval_s (float): seconds between two looks at the store.
+        scripted (torch.jit.ScriptModule | None): ``serving.ranker_script.ScriptedRanker`` of ``model``, scripted:
+            it scores the requests (``engine="torchscript"``); None: ``model`` does.
     """
 
     def __init__(self, model: torch.nn.Module, reader: ImpressionReader, name: str, max_candidates: int = MAX_CANDIDATES,
                  vectors: ItemVectors | None = None, store: Path | None = None, basis: np.ndarray | None = None,
-                 refresh_interval_s: float = REFRESH_INTERVAL_S) -> None:  # fmt: skip
+                 refresh_interval_s: float = REFRESH_INTERVAL_S, scripted: torch.jit.ScriptModule | None = None) -> None:  # fmt: skip
         self.model = model.eval()
+        self.scripted = scripted
         self.reader = reader
         self.name = name
         self.max_candidates = max_candidates
@@ -201,7 +208,7 @@ class Ranker:
 
     @staticmethod
     def load(run: Path, world: Path, max_candidates: int = MAX_CANDIDATES, store: Path | None = None,
-             precision: str = "fp32") -> "Ranker":
+             precision: str = "fp32", engine: str = "auto") -> "Ranker":
         """Loads a finished run (``mmctr train`` or ``mmctr retrain``) on the dataset ``world``.
 
         Args:
@@ -212,13 +219,20 @@ class Ranker:
                 table now and on every :meth:`refresh`; None: the run's own store, if any.
             precision (str): the ID tables' row format, one of ``PRECISIONS`` (TorchRec's
                 ``quantize_embeddings`` for fp16 and int8).
+            engine (str): one of ``ENGINES``: what runs the model (the scripted model or the eager one;
+                the same scores to float rounding, ``serving.ranker_script.check_artifact``).
 
         Raises:
             RunError: the run is unfinished, of another world, or names files that are gone (``runs.load_run``).
-            ValueError: an unknown precision.
+            ValueError: an unknown precision or engine, or TorchScript asked for quantised tables.
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
+        if engine == "torchscript" and precision != "fp32":
+            raise ValueError(f"the TorchScript engine serves fp32 tables; {precision} tables are TorchRec's quantised "
+                             f"modules, served by the eager engine (engine='eager' or 'auto')")
         spec = load_run(Path(run), Path(run).name, Path(world))
         if spec.checkpoint is None or spec.train is None:
             raise RunError(f"run {run}: no checkpoint")
@@ -229,16 +243,22 @@ class Ranker:
         plain = build_plain(job, ctx)
         # the frozen table stays as build_plain filled it: the run's vectors (plus the store's new items)
         load_model_weights(spec.checkpoint, plain.model, skip=is_mm_table_param)
+        reader = ImpressionReader(Path(world), ReaderConfig(batch_size=max_candidates, table_sizes=plain.sizes,
+                                                            out_of_range=spec.train.out_of_range,
+                                                            dense_stats=plain.dense_stats or None))
+        scripted = None
+        if engine != "eager" and precision == "fp32":
+            from serving.ranker_script import ScriptedRanker, script_module
+
+            scripted = script_module(ScriptedRanker(plain.model.model.eval(), reader.spec))  # shares the weights
         if PRECISIONS[precision] is not None:
             from torchrec.inference.modules import quantize_embeddings
 
             quantize_embeddings(plain.model.model.id_model.sparse_arch, dtype=PRECISIONS[precision], inplace=True)
-        reader = ImpressionReader(Path(world), ReaderConfig(batch_size=max_candidates, table_sizes=plain.sizes,
-                                                            out_of_range=spec.train.out_of_range,
-                                                            dense_stats=plain.dense_stats or None))
         projection = spec.path / PROJECTION_FILE
         basis = load_projection(projection)[0] if plain.vectors is not None and projection.is_file() else None
-        return Ranker(plain.model.model, reader, spec.name, max_candidates, plain.vectors, job.store, basis)
+        return Ranker(plain.model.model, reader, spec.name, max_candidates, plain.vectors, job.store, basis,
+                      scripted=scripted)
 
     def refresh(self) -> int:
         """Adds the store's vectors of items the frozen table lacks; returns how many were added.
@@ -341,6 +361,16 @@ class Ranker:
         """
         return self.score_many([request])[0]
 
+    def _batch(self, requests: list[RankRequest]) -> tuple[torch.Tensor, KeyedJaggedTensor, torch.Tensor | None, list[int]]:
+        """The requests' rows through the reader's joins: dense (B, F), the KJT with shared histories, history_of, sizes."""
+        tables = [self.rows(r) for r in requests]
+        self._maybe_refresh()
+        where = f"request of user {requests[0].user}" if len(requests) == 1 else f"{len(requests)} requests"
+        batch = self.reader.batch_of(pa.concat_tables(tables), where=where, lenient=True)
+        sizes = [t.num_rows for t in tables]
+        features, history_of = share_history(batch.sparse_features, self.spec.history_keys(), sizes)
+        return batch.dense_features, features, history_of, sizes
+
     @torch.inference_mode()
     def score_many(self, requests: list[RankRequest]) -> list[np.ndarray]:
         """Several requests in one forward pass (a dynamic batch); each request's (N_i,) probabilities.
@@ -349,11 +379,28 @@ class Ranker:
             RankRequestError: one of the requests is malformed (nothing is scored).
             ValueError: a negative ID in an identity table (nothing is scored).
         """
-        tables = [self.rows(r) for r in requests]
-        self._maybe_refresh()
-        where = f"request of user {requests[0].user}" if len(requests) == 1 else f"{len(requests)} requests"
-        batch = self.reader.batch_of(pa.concat_tables(tables), where=where, lenient=True)
-        sizes = [t.num_rows for t in tables]
-        features, history_of = share_history(batch.sparse_features, self.spec.history_keys(), sizes)
-        probs = torch.sigmoid(self.model(batch.dense_features, features, history_of=history_of)).to(torch.float32).numpy()
+        dense, features, history_of, sizes = self._batch(requests)
+        if self.scripted is not None:
+            from serving.ranker_script import artifact_inputs
+
+            probs = self.scripted(*artifact_inputs(self.model, self.spec, dense, features, history_of)).numpy()
+        else:
+            probs = torch.sigmoid(self.model(dense, features, history_of=history_of)).to(torch.float32).numpy()
         return np.split(probs, np.cumsum(sizes)[:-1])
+
+    @torch.inference_mode()
+    def inputs(self, requests: list[RankRequest]) -> tuple[torch.Tensor, ...]:
+        """The TorchScript artefact's inputs for the requests (``serving.ranker_script``'s feature step).
+
+        The same joins, ID mapping and fresh vectors as :meth:`score_many`; the
+        artefact (``serving.ranker_script.script_ranker``) on these tensors gives
+        the same probabilities, concatenated in request order.
+
+        Raises:
+            RankRequestError: one of the requests is malformed.
+            ValueError: a negative ID in an identity table.
+        """
+        from serving.ranker_script import artifact_inputs  # the artefact's module imports this one's model only
+
+        dense, features, history_of, _ = self._batch(requests)
+        return artifact_inputs(self.model, self.spec, dense, features, history_of)

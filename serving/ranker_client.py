@@ -69,6 +69,7 @@ class RankerClient:
         self.config = config
         self._grpc = grpcclient.InferenceServerClient(config.url)
         self._dtypes: dict[str, str] | None = None  # the model's input dtypes, read once from the server
+        self._batched = True  # whether its inputs have Triton's batch dimension (read with the dtypes)
 
     def rank(self, user: int, history: Sequence[int] | np.ndarray, candidates: Sequence[int] | np.ndarray,
              context: dict[str, Sequence[float] | np.ndarray] | None = None) -> Ranked:
@@ -93,12 +94,14 @@ class RankerClient:
         if n == 0:
             raise ValueError("candidates: empty; a request ranks at least one item")
         arrays = {rx.USER_INPUT: np.array([[int(user)]], dtype=np.int64), rx.HISTORY_INPUT: hist, rx.CANDIDATES_INPUT: cands}
-        dtypes = self._input_dtypes() if context else {}
+        dtypes, batched = self._inputs()
         for name, values in (context or {}).items():
             v = np.asarray(values, dtype=np.int64 if dtypes.get(name) == "INT64" else np.float32)
             if v.shape != (n,):
                 raise ValueError(f"context feature {name!r}: shape {v.shape}, expected ({n},), one per candidate")
             arrays[name] = v.reshape(1, -1)
+        if not batched:  # the TorchScript ranker's ensemble (serving.ranker_production): no batch dimension
+            arrays = {name: a.reshape(-1) for name, a in arrays.items()}
         inputs = []
         for name, array in arrays.items():
             tensor = grpcclient.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT64")
@@ -110,14 +113,17 @@ class RankerClient:
                           RankerRequestError, RankerUnavailable)  # fmt: skip
         return Ranked(scores=result.as_numpy(rx.SCORES_OUTPUT).reshape(-1), version=int(result.as_numpy(rx.VERSION_OUTPUT).reshape(-1)[0]))
 
-    def _input_dtypes(self) -> dict[str, str]:
-        """Each input's Triton dtype (``INT64``, ``FP32``), from the served model's metadata (once)."""
+    def _inputs(self) -> tuple[dict[str, str], bool]:
+        """Each input's Triton dtype (``INT64``, ``FP32``) and whether the model has Triton's batch
+        dimension (``candidates`` served as [-1, -1], else [-1]), from the served model's metadata (once)."""
         if self._dtypes is None:
             meta = retrying(self.config, f"metadata of {self.config.model!r}",
                             lambda: self._grpc.get_model_metadata(self.config.model, as_json=True),
                             RankerRequestError, RankerUnavailable)  # fmt: skip
             self._dtypes = {i["name"]: i["datatype"] for i in meta.get("inputs", [])}
-        return self._dtypes
+            shapes = {i["name"]: i.get("shape", []) for i in meta.get("inputs", [])}
+            self._batched = len(shapes.get(rx.CANDIDATES_INPUT, [-1, -1])) == 2
+        return self._dtypes, self._batched
 
     def load(self) -> None:
         """Asks the server to (re)load the model: its newest version folder replaces the served one.

@@ -48,7 +48,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from recsys.data.schema import Manifest
 from recsys.eval.runs import load_run
 from recsys.settings import setting
-from serving.ranker import MAX_CANDIDATES, PRECISIONS, context_features
+from serving.ranker import ENGINES, MAX_CANDIDATES, PRECISIONS, context_features
 from serving.triton_models import ranker as ranker_model
 
 RANKER_MODEL = "ranker"  # the model's folder and name
@@ -62,6 +62,7 @@ MODEL_FILE = "model.py"
 PARAM_MAX_CANDIDATES = "max_candidates"
 PARAM_THREADS = "torch_threads"
 PARAM_PRECISION = "precision"
+PARAM_ENGINE = "engine"
 PARAM_SCORE_LOG = "score_log"  # "" = no log
 PARAM_SCORE_LOG_SAMPLE = "score_log_sample"
 
@@ -78,6 +79,8 @@ class RankerExportConfig:
     torch_threads: int = setting(1, "intra-op threads of the served ranker; 0: torch's default")
     instances: int = setting(2, "model instances (one CPU worker process each)")
     precision: str = setting("fp32", "how the served ID tables hold their rows", choices=tuple(PRECISIONS))
+    engine: str = setting("auto", "what runs the served model: its TorchScript (serving.ranker_script), the eager "
+                          "model, or auto (TorchScript for fp32 tables)", choices=ENGINES)
     score_log: Path | None = setting(None, "log served requests and scores to this Parquet directory (serving.ranker_log)")
     score_log_sample: float = setting(0.01, "the share of requests logged, in [0, 1]")
 
@@ -138,7 +141,7 @@ def ranker_config(spec: object, config: RankerExportConfig) -> mc.ModelConfig:
     c.output.append(_tensor(mc.ModelOutput, VERSION_OUTPUT, mc.TYPE_INT64))
     log = "" if config.score_log is None else str(Path(config.score_log).resolve())
     for name, value in ((PARAM_MAX_CANDIDATES, config.max_candidates), (PARAM_THREADS, config.torch_threads),
-                        (PARAM_PRECISION, config.precision),
+                        (PARAM_PRECISION, config.precision), (PARAM_ENGINE, config.engine),
                         (PARAM_SCORE_LOG, log), (PARAM_SCORE_LOG_SAMPLE, config.score_log_sample)):
         c.parameters[name].string_value = str(value)
     return c

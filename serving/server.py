@@ -251,13 +251,16 @@ class TritonServer:
             time.sleep(0.1)
 
     def log_tail(self, lines: int = 40) -> str:
-        """The last ``lines`` lines of the server's output (CUDA/NVML noise left out)."""
+        """The last ``lines`` lines of the server's output, after its earlier error lines (``E...``: why a
+        model failed to load), CUDA/NVML noise left out."""
         log = self.log or (self._tmp / "tritonserver.log" if self._tmp else None)
         if log is None or not Path(log).is_file():
             return "(no log)"
         text = Path(log).read_text(errors="replace").splitlines()
         keep = [line for line in text if not any(s in line for s in ("CUDA", "NVML", "DCGM", "cuda"))]
-        return "\n".join(keep[-lines:])
+        tail = keep[-lines:]
+        errors = [line for line in keep[:-lines] if line.startswith("E")]  # Triton's error lines, before the tail
+        return "\n".join(errors + tail)
 
     # -- stop -----------------------------------------------------------------
     def kill(self) -> None:

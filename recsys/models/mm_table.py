@@ -229,13 +229,37 @@ class MultimodalArch(nn.Module):
         load_item_vectors_into(self.table_weight(), order.new_tensor(range(len(ids))), np.asarray(vectors)[order.numpy()])
         return len(ids)
 
+    def _vector_rows(self, values: torch.Tensor) -> torch.Tensor:
+        """Raw item IDs (any shape) to their vector rows (missing: the last, zero row)."""
+        at = torch.searchsorted(self.vector_ids, values.reshape(-1)).clamp_(max=max(self.vector_ids.shape[0] - 1, 0))
+        flat = values.reshape(-1)
+        found = self.vector_ids[at] == flat if self.vector_ids.numel() else torch.zeros_like(flat, dtype=torch.bool)
+        return torch.where(found, at, torch.full_like(flat, self.vector_ids.shape[0])).view(values.shape)
+
     def _rows(self, bags: KeyedJaggedTensor) -> KeyedJaggedTensor:
         """Raw item IDs of ``bags`` to their vector rows (missing: the last, zero row)."""
-        values = bags.values()
-        at = torch.searchsorted(self.vector_ids, values).clamp_(max=max(self.vector_ids.shape[0] - 1, 0))
-        found = self.vector_ids[at] == values if self.vector_ids.numel() else torch.zeros_like(values, dtype=torch.bool)
-        rows = torch.where(found, at, torch.full_like(values, self.vector_ids.shape[0]))
-        return KeyedJaggedTensor(keys=bags.keys(), values=rows, lengths=bags.lengths(), stride=bags.stride())
+        return KeyedJaggedTensor(keys=bags.keys(), values=self._vector_rows(bags.values()), lengths=bags.lengths(),
+                                 stride=bags.stride())
+
+    @torch.no_grad()
+    def vectors_of(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """The unsharded table's vectors of item IDs (as the batch KJT holds them: rows, or raw IDs).
+
+        Args:
+            item_ids (torch.Tensor): int64 tensor of any shape (...,).
+
+        Returns:
+            torch.Tensor: tensor of shape (..., D); zeros for items without a vector.
+
+        Example::
+
+            >>> arch = MultimodalArch(num_items=3, dim=2)
+            >>> _ = load_item_vectors_into(arch.table_weight(), np.array([1]), np.array([[0.6, 0.8]]))
+            >>> arch.vectors_of(torch.tensor([[1, 2]])).tolist()
+            [[[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]]
+        """
+        rows = self._vector_rows(item_ids) if self._raw else item_ids
+        return self.table_weight()[rows]
 
     def forward(self, features: KeyedJaggedTensor, history_of: torch.Tensor | None = None) -> MultimodalFeatures:
         """

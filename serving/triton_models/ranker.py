@@ -6,7 +6,8 @@ module's. The requests of a dynamic batch are scored in one forward pass;
 a malformed request (wrong shape, no or too many candidates, an unknown
 context input, an ID the dataset refuses) gets its own error and the
 others of the batch are scored. Config parameters: ``max_candidates``,
-``torch_threads`` (0 keeps torch's default), ``precision`` (the ID tables'), ``score_log`` and
+``torch_threads`` (0 keeps torch's default), ``precision`` (the ID tables'), ``engine``
+(``serving.ranker.ENGINES``), ``score_log`` and
 ``score_log_sample`` (served scores to Parquet, ``serving.ranker_log``;
 the last file is written when the model unloads).
 
@@ -38,27 +39,69 @@ def _pb() -> Any:
     return triton_python_backend_utils
 
 
+def parse_request(request: Any, context: tuple[str, ...]) -> Any:
+    """A ``RankRequest`` from a Triton request (``RankRequestError`` if malformed); ``context``: the
+    ranker's context features, each read if the request holds it."""
+    from serving import ranker_export as rx
+    from serving.ranker import RankRequest, RankRequestError
+
+    pb = _pb()
+    user = flat(pb.get_input_tensor_by_name(request, rx.USER_INPUT).as_numpy())
+    if user.shape != (1,):
+        raise RankRequestError(f"{rx.USER_INPUT}: one user ID per request, got {user.size}")
+    values = {}
+    for name in context:
+        tensor = pb.get_input_tensor_by_name(request, name)
+        if tensor is not None:
+            values[name] = flat(tensor.as_numpy())
+    return RankRequest(
+        user=int(user[0]),
+        history=flat(pb.get_input_tensor_by_name(request, rx.HISTORY_INPUT).as_numpy()),
+        candidates=flat(pb.get_input_tensor_by_name(request, rx.CANDIDATES_INPUT).as_numpy()),
+        context=values,
+    )
+
+
+def refusal(model: str, message: str) -> Any:
+    """A refused request's response: INVALID_ARGUMENT where the backend has error codes (else INTERNAL),
+    the message led by ``model`` (its name and version)."""
+    pb = _pb()
+    code = getattr(pb.TritonError, "INVALID_ARG", None)
+    error = pb.TritonError(f"{model}: {message}") if code is None else pb.TritonError(f"{model}: {message}", code)
+    return pb.InferenceResponse(output_tensors=[], error=error)
+
+
+def load_ranker(args: dict[str, str], engine: str | None = None) -> tuple[dict, dict[str, str], Any]:
+    """The Python backend's ``initialize`` arguments to (the model config, its string parameters, the
+    ``Ranker`` its version folder's ``ranker.json`` names); sets torch's threads (``torch_threads``).
+    ``engine``: overrides the config's (``serving.ranker.ENGINES``)."""
+    import torch
+
+    from serving import ranker_export as rx
+    from serving.ranker import Ranker
+
+    config = json.loads(args["model_config"])
+    params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+    threads = int(params.get(rx.PARAM_THREADS, "0"))
+    if threads > 0:
+        torch.set_num_threads(threads)
+    entry = rx.read_version(Path(args["model_repository"]) / args["model_version"])
+    store = None if entry.store is None else Path(entry.store)
+    ranker = Ranker.load(Path(entry.run), Path(entry.world), int(params[rx.PARAM_MAX_CANDIDATES]), store,
+                         params.get(rx.PARAM_PRECISION, "fp32"), engine or params.get(rx.PARAM_ENGINE, "auto"))
+    return config, params, ranker
+
+
 class TritonPythonModel:
     """One forward pass per dynamic batch of requests (the Python backend's model interface)."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        import torch
-
         from serving import ranker_export as rx
-        from serving.ranker import Ranker
 
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        threads = int(params.get(rx.PARAM_THREADS, "0"))
-        if threads > 0:
-            torch.set_num_threads(threads)
+        config, params, self.ranker = load_ranker(args)
         self.rx = rx
         self.name: str = config["name"]
         self.version = int(args["model_version"])
-        entry = rx.read_version(Path(args["model_repository"]) / args["model_version"])
-        store = None if entry.store is None else Path(entry.store)
-        self.ranker = Ranker.load(Path(entry.run), Path(entry.world), int(params[rx.PARAM_MAX_CANDIDATES]), store,
-                                  params.get(rx.PARAM_PRECISION, "fp32"))
         self.inputs = {i["name"] for i in config["input"]}
         self.log = None
         if params.get(rx.PARAM_SCORE_LOG):
@@ -72,24 +115,7 @@ class TritonPythonModel:
             self.log.close()
 
     def _request(self, request: Any) -> Any:
-        """A ``RankRequest`` from a Triton request (``RankRequestError`` if malformed)."""
-        from serving.ranker import RankRequest, RankRequestError
-
-        pb, rx = _pb(), self.rx
-        user = flat(pb.get_input_tensor_by_name(request, rx.USER_INPUT).as_numpy())
-        if user.shape != (1,):
-            raise RankRequestError(f"{rx.USER_INPUT}: one user ID per request, got {user.size}")
-        context = {}
-        for name in self.ranker.context:
-            tensor = pb.get_input_tensor_by_name(request, name)
-            if tensor is not None:
-                context[name] = flat(tensor.as_numpy())
-        return RankRequest(
-            user=int(user[0]),
-            history=flat(pb.get_input_tensor_by_name(request, rx.HISTORY_INPUT).as_numpy()),
-            candidates=flat(pb.get_input_tensor_by_name(request, rx.CANDIDATES_INPUT).as_numpy()),
-            context=context,
-        )
+        return parse_request(request, self.ranker.context)
 
     def _response(self, scores: np.ndarray) -> Any:
         pb = _pb()
@@ -99,12 +125,7 @@ class TritonPythonModel:
         ])  # fmt: skip
 
     def _error(self, message: str) -> Any:
-        """A refusal: INVALID_ARGUMENT where the backend has error codes (else INTERNAL), naming the version."""
-        pb = _pb()
-        text = f"{self.name} v{self.version}: {message}"
-        code = getattr(pb.TritonError, "INVALID_ARG", None)
-        error = pb.TritonError(text) if code is None else pb.TritonError(text, code)
-        return pb.InferenceResponse(output_tensors=[], error=error)
+        return refusal(f"{self.name} v{self.version}", message)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         from serving.ranker import check_request

@@ -5,7 +5,9 @@ the same file the production repository serves with the ``pytorch_libtorch``
 backend, under the same tensor names: ``INPUT__0`` uint8 pixels (B, H, W, 3),
 ``INPUT__1`` int64 token ids (B, C) -> ``OUTPUT__0`` float32 unit vectors
 (B, D). The requests of a dynamic batch go through one forward pass and are
-split back. Config parameters: ``artifact``, the file name in the version
+split back; a model without a batch dimension (``max_batch_size: 0``, the
+TorchScript ranker of ``serving.ranker_production``, whose inputs and output
+are its own) runs each request alone. Config parameters: ``artifact``, the file name in the version
 folder; ``torch_threads``, torch's intra-op threads (0 keeps torch's default).
 
 Example::
@@ -51,6 +53,7 @@ class TritonPythonModel:
         # INPUT__0, INPUT__1, ...: forward's arguments in order.
         self.inputs = sorted((i["name"] for i in config["input"]), key=lambda n: int(n.rsplit("__", 1)[1]))
         self.output: str = config["output"][0]["name"]
+        self.batched = int(config.get("max_batch_size", 0)) > 0  # 0: each request is its own call (the ranker's)
         artifact = Path(args["model_repository"]) / args["model_version"] / params["artifact"]
         self.module = torch.jit.load(str(artifact), map_location="cpu").eval()
 
@@ -58,6 +61,8 @@ class TritonPythonModel:
         import torch
 
         pb = _pb()
+        if not self.batched and len(requests) > 1:
+            return [response for r in requests for response in self.execute([r])]
         columns = [[pb.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name in self.inputs]
         sizes = [len(a) for a in columns[0]]
         try:

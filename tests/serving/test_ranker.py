@@ -97,9 +97,12 @@ def test_requests_cover_every_row_once(tiny_world: Path) -> None:
     assert max(len(idx) for _, idx in _requests(tiny_world)) > 1  # some requests rank several candidates
 
 
+@pytest.mark.parametrize("engine", ["torchscript", "eager"])
 @pytest.mark.parametrize("variant", ["id_only", "simtier", "simtier_make"])
-def test_in_process_scores_equal_offline(variant: str, tiny_world: Path, runs: dict[str, Path], offline: dict[str, np.ndarray]) -> None:
-    ranker = Ranker.load(runs[variant], tiny_world)
+def test_in_process_scores_equal_offline(variant: str, engine: str, tiny_world: Path, runs: dict[str, Path],
+                                         offline: dict[str, np.ndarray]) -> None:
+    ranker = Ranker.load(runs[variant], tiny_world, engine=engine)
+    assert (ranker.scripted is not None) == (engine == "torchscript")
     got = np.full(ROWS, np.nan)
     requests = _requests(tiny_world)
     for request, idx in requests[: len(requests) // 2]:  # one request at a time
