@@ -126,6 +126,18 @@ def check_request(request: RankRequest, known: tuple[str, ...], max_candidates: 
             raise RankRequestError(f"context feature {name!r}: NaN or infinite values")
 
 
+def first_rows(sizes: list[int]) -> torch.Tensor:
+    """Each row's request's first row, int64 (sum(sizes),), for requests of ``sizes`` candidates in row order.
+
+    Example::
+
+        >>> first_rows([2, 1, 3]).tolist()
+        [0, 0, 2, 3, 3, 3]
+    """
+    starts = torch.tensor(np.concatenate([[0], np.cumsum(sizes)[:-1]]), dtype=torch.int64)
+    return torch.repeat_interleave(starts, torch.tensor(sizes))
+
+
 def share_history(features: KeyedJaggedTensor, keys: tuple[str, ...], sizes: list[int]) -> tuple[KeyedJaggedTensor, torch.Tensor | None]:
     """The user side once per request: the history sequences kept on each request's first candidate only.
 
@@ -153,8 +165,7 @@ def share_history(features: KeyedJaggedTensor, keys: tuple[str, ...], sizes: lis
     if not keys:
         return features, None
     B = features.stride()
-    starts = torch.tensor(np.concatenate([[0], np.cumsum(sizes)[:-1]]), dtype=torch.int64)
-    history_of = torch.repeat_interleave(starts, torch.tensor(sizes))
+    history_of = first_rows(sizes)
     first = history_of == torch.arange(B)
     lengths = features.lengths().view(-1, B)  # (K, B): the KJT's key-major layout
     history_key = torch.tensor([k in keys for k in features.keys()]).unsqueeze(1)  # (K, 1)
@@ -361,15 +372,13 @@ class Ranker:
         """
         return self.score_many([request])[0]
 
-    def _batch(self, requests: list[RankRequest]) -> tuple[torch.Tensor, KeyedJaggedTensor, torch.Tensor | None, list[int]]:
-        """The requests' rows through the reader's joins: dense (B, F), the KJT with shared histories, history_of, sizes."""
+    def _batch(self, requests: list[RankRequest]) -> tuple[torch.Tensor, KeyedJaggedTensor, list[int]]:
+        """The requests' rows through the reader's joins: dense (B, F), the batch KJT (every row its history), sizes."""
         tables = [self.rows(r) for r in requests]
         self._maybe_refresh()
         where = f"request of user {requests[0].user}" if len(requests) == 1 else f"{len(requests)} requests"
         batch = self.reader.batch_of(pa.concat_tables(tables), where=where, lenient=True)
-        sizes = [t.num_rows for t in tables]
-        features, history_of = share_history(batch.sparse_features, self.spec.history_keys(), sizes)
-        return batch.dense_features, features, history_of, sizes
+        return batch.dense_features, batch.sparse_features, [t.num_rows for t in tables]
 
     @torch.inference_mode()
     def score_many(self, requests: list[RankRequest]) -> list[np.ndarray]:
@@ -379,12 +388,13 @@ class Ranker:
             RankRequestError: one of the requests is malformed (nothing is scored).
             ValueError: a negative ID in an identity table (nothing is scored).
         """
-        dense, features, history_of, sizes = self._batch(requests)
-        if self.scripted is not None:
+        dense, features, sizes = self._batch(requests)
+        if self.scripted is not None:  # the feature step reads each request's first row's history
             from serving.ranker_script import artifact_inputs
 
-            probs = self.scripted(*artifact_inputs(self.model, self.spec, dense, features, history_of)).numpy()
+            probs = self.scripted(*artifact_inputs(self.model, self.spec, dense, features, first_rows(sizes))).numpy()
         else:
+            features, history_of = share_history(features, self.spec.history_keys(), sizes)
             probs = torch.sigmoid(self.model(dense, features, history_of=history_of)).to(torch.float32).numpy()
         return np.split(probs, np.cumsum(sizes)[:-1])
 
@@ -402,5 +412,5 @@ class Ranker:
         """
         from serving.ranker_script import artifact_inputs  # the artefact's module imports this one's model only
 
-        dense, features, history_of, _ = self._batch(requests)
-        return artifact_inputs(self.model, self.spec, dense, features, history_of)
+        dense, features, sizes = self._batch(requests)
+        return artifact_inputs(self.model, self.spec, dense, features, first_rows(sizes))

@@ -275,6 +275,15 @@ def _padded(values: torch.Tensor, lengths: torch.Tensor, width: int, fill: int) 
     return out
 
 
+def _by_key(features: KeyedJaggedTensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each key's (values, lengths) of a KJT in one pass (its key-major layout; cheaper than a ``kjt[key]`` per key)."""
+    keys = features.keys()
+    lengths = features.lengths().view(len(keys), -1)
+    totals = lengths.sum(dim=1).tolist()
+    values = torch.split(features.values(), totals)
+    return {k: (values[i], lengths[i]) for i, k in enumerate(keys)}
+
+
 @torch.no_grad()
 def artifact_inputs(model: CtrModel, spec: FeatureSpec, dense: torch.Tensor, features: KeyedJaggedTensor,
                     history_of: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
@@ -286,7 +295,9 @@ def artifact_inputs(model: CtrModel, spec: FeatureSpec, dense: torch.Tensor, fea
         spec (FeatureSpec): the dataset's features.
         dense (torch.Tensor): (B, F) dense features.
         features (KeyedJaggedTensor): the batch KJT, stride B, raw IDs (``ImpressionReader.batch_of``).
-        history_of (torch.Tensor | None): (B,) shared histories (``serving.ranker.share_history``); None: each its own.
+        history_of (torch.Tensor | None): (B,) the row whose history each row reads (a request's first,
+            ``serving.ranker.first_rows``); the other rows' history entries, if the KJT holds any (or none, as
+            ``serving.ranker.share_history`` leaves them), are not read. None: each its own.
 
     Returns:
         tuple[torch.Tensor, ...]: ``ARTIFACT_INPUTS`` (the first ``ID_ONLY_INPUTS`` for ``id_only``).
@@ -297,32 +308,34 @@ def artifact_inputs(model: CtrModel, spec: FeatureSpec, dense: torch.Tensor, fea
     if model.training:
         raise ValueError("artifact_inputs needs the model in eval mode (training mode would admit IDs)")
     B = features.stride()
-    rows = features if model.remap is None else model.remap(features)
+    rows = _by_key(features if model.remap is None else model.remap(features))
     single = {}
     for key in spec.pooled() + spec.target_group():
-        jt = rows[key]
-        if jt.values().numel() != B or not bool((jt.lengths() == 1).all()):
-            raise ValueError(f"{key}: the artefact takes one ID per impression, got lengths {jt.lengths().tolist()[:8]}")
-        single[key] = jt.values()
+        values, lengths = rows[key]
+        if values.numel() != B or not bool((lengths == 1).all()):
+            raise ValueError(f"{key}: the artefact takes one ID per impression, got lengths {lengths.tolist()[:8]}")
+        single[key] = values
     pooled = torch.stack([single[k] for k in spec.pooled()], dim=1) if spec.pooled() else torch.zeros(B, 0, dtype=torch.int64)
     target = torch.stack([single[k] for k in spec.target_group()], dim=1)
     owners = torch.arange(B) if history_of is None else torch.unique(history_of)
     inverse = torch.arange(B) if history_of is None else torch.searchsorted(owners, history_of)
     keys = spec.history_keys()
-    lengths = rows[keys[0]].lengths()[owners] if keys else torch.zeros(len(owners), dtype=torch.int64)
+    every = rows[keys[0]][1] if keys else torch.zeros(B, dtype=torch.int64)  # (B,) history lengths, all rows
+    lengths = every[owners]
     L = max(1, int(lengths.max())) if lengths.numel() else 1
-    if keys:
-        history = torch.stack([_padded(rows[k].values(), lengths, L, -1) for k in keys], dim=2)  # (R, L, G)
+    width = max(1, int(every.max())) if every.numel() else 1
+    if keys:  # the owners' rows: each history once (the others' copies, if any, are not read)
+        history = torch.stack([_padded(rows[k][0], every, width, -1)[owners, :L] for k in keys], dim=2)  # (R, L, G)
     else:
         history = torch.full((len(owners), L, len(spec.target_group())), -1, dtype=torch.int64)
     inputs = (dense.to(torch.float32), pooled, target, history, inverse)
     if model.mm_arch is None:
         return inputs
     arch = model.mm_arch
-    target_vector = arch.vectors_of(features[spec.item_key].values())  # raw IDs (or rows) as the table reads them
+    raw = rows if model.remap is None else _by_key(features)  # raw IDs (or rows) as the table reads them
+    target_vector = arch.vectors_of(raw[spec.item_key][0])
     if keys:
-        raw = features[spec.history]
-        raw_ids = _padded(raw.values(), lengths, L, 0)
+        raw_ids = _padded(raw[spec.history][0], every, width, 0)[owners, :L]
         history_vector = arch.vectors_of(raw_ids) * (torch.arange(L).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1)
     else:
         history_vector = torch.zeros(len(owners), L, arch.output_dim())
