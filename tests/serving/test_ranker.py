@@ -20,7 +20,7 @@ from recsys.eval.runs import load_run
 from recsys.data.vectors import VECTORS_FILE, read_item_vectors
 from recsys.eval.score import score_run
 from recsys.pipeline.catalogue import write_catalogue
-from recsys.models.config import ModelConfig
+from recsys.models.config import VARIANTS, ModelConfig
 from recsys.train.config import TrainConfig
 from recsys.train.trainer import TrainJob, run_train
 from serving.client import ClientConfig
@@ -45,11 +45,16 @@ def catalogue(tiny_world: Path, oracle_vectors: Path, tmp_path_factory: pytest.T
 
 @pytest.fixture(scope="module")
 def runs(tiny_world: Path, catalogue: Path, eval_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """id_only and simtier (paper's SimTier) from the shared fixture, plus simtier_make with the defaults on the catalogue."""
-    out = tmp_path_factory.mktemp("ranker-runs") / "simtier_make"
-    run_train(TrainJob(world=tiny_world, out=out, model=ModelConfig(variant="simtier_make"), vectors=catalogue,
-                       quiet=True, train=TrainConfig(batch_size=256, make_max_epochs=1)))
-    return {**eval_runs, "simtier_make": out}
+    """id_only and simtier (paper's SimTier) from the shared fixture, plus every other variant with the defaults
+    on the catalogue (the test day's new items lack a vector)."""
+    root = tmp_path_factory.mktemp("ranker-runs")
+    out = {}
+    for variant in VARIANTS:
+        if variant not in eval_runs:
+            out[variant] = root / variant
+            run_train(TrainJob(world=tiny_world, out=out[variant], model=ModelConfig(variant=variant), vectors=catalogue,
+                               quiet=True, train=TrainConfig(batch_size=256, make_max_epochs=1)))
+    return {**eval_runs, **out}
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +103,7 @@ def test_requests_cover_every_row_once(tiny_world: Path) -> None:
 
 
 @pytest.mark.parametrize("engine", ["torchscript", "eager"])
-@pytest.mark.parametrize("variant", ["id_only", "simtier", "simtier_make"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_in_process_scores_equal_offline(variant: str, engine: str, tiny_world: Path, runs: dict[str, Path],
                                          offline: dict[str, np.ndarray]) -> None:
     ranker = Ranker.load(runs[variant], tiny_world, engine=engine)
@@ -210,7 +215,7 @@ def test_export_writes_one_version_naming_the_run(repository: Path, runs: dict[s
     assert (entry.run, entry.variant, entry.version) == (str(runs["simtier_make"].resolve()), "simtier_make", 1)
 
 
-@pytest.mark.parametrize("variant", ["id_only", "simtier", "simtier_make"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_served_scores_equal_offline(variant: str, tiny_world: Path, server: TritonServer, offline: dict[str, np.ndarray]) -> None:
     got = np.full(ROWS, np.nan)
     with RankerClient(ClientConfig(url=server.grpc_url, model=f"ranker_{variant}")) as client:
