@@ -231,7 +231,7 @@ class Ranker:
             precision (str): the ID tables' row format, one of ``PRECISIONS`` (TorchRec's
                 ``quantize_embeddings`` for fp16 and int8).
             engine (str): one of ``ENGINES``: what runs the model (the scripted model or the eager one;
-                the same scores to float rounding, ``serving.ranker_script.check_artifact``).
+                the same scores to float rounding, ``serving.ranker_production.check_artifact``).
 
         Raises:
             RunError: the run is unfinished, of another world, or names files that are gone (``runs.load_run``).
@@ -259,9 +259,9 @@ class Ranker:
                                                             dense_stats=plain.dense_stats or None))
         scripted = None
         if engine != "eager" and precision == "fp32":
-            from serving.ranker_script import ScriptedRanker, script_module
+            from serving.ranker_script import ranker_artifact, script_module
 
-            scripted = script_module(ScriptedRanker(plain.model.model.eval(), reader.spec))  # shares the weights
+            scripted = script_module(ranker_artifact(plain.model.model.eval(), reader.spec))  # shares the weights
         if PRECISIONS[precision] is not None:
             from torchrec.inference.modules import quantize_embeddings
 

@@ -30,11 +30,15 @@ The artefact's inputs, in order (``INPUT__0`` ...)::
     ->
     OUTPUT__0       FP32  [B]         click probabilities
 
+Every ``forward`` argument is a Tensor and there is one per configured
+input (``id_only``: five, :class:`IdOnlyRanker`), as Triton's PyTorch
+backend requires when it loads the model.
+
 It is the eager model's arithmetic, op for op (the attention's first layer
 decomposed as in ``TargetAttention``; SimTier's soft or hard tiers; MAKE;
 the MLP tower), without ``recsys.models.fused``'s kernels (libtorch does not
 load them), so scripted and eager scores agree to float rounding
-(:func:`check_artifact`: <= 1e-5). The ID tables are held in fp32 or fp16
+(``serving.ranker_production.check_artifact``: <= 1e-5). The ID tables are held in fp32 or fp16
 (``ARTIFACT_PRECISIONS``: a fp16 row is widened to fp32 after the lookup);
 TorchRec's int8 tables need fbgemm's operators, which a stock libtorch
 backend does not load, so int8 is served by the Python-backend ranker only.
@@ -227,9 +231,15 @@ class ScriptedRanker(nn.Module):
         self.eval()
 
     def forward(self, dense: torch.Tensor, pooled: torch.Tensor, target: torch.Tensor, history: torch.Tensor,
-                history_of: torch.Tensor, target_vector: Optional[torch.Tensor] = None,
-                history_vector: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Click probabilities (B,) of the module docstring's inputs."""
+                history_of: torch.Tensor, target_vector: torch.Tensor, history_vector: torch.Tensor) -> torch.Tensor:
+        """Click probabilities (B,) of the module docstring's seven inputs (every argument a Tensor: Triton's
+        PyTorch backend refuses any other type, and wants one argument per configured input)."""
+        return self.score(dense, pooled, target, history, history_of, target_vector, history_vector)
+
+    def score(self, dense: torch.Tensor, pooled: torch.Tensor, target: torch.Tensor, history: torch.Tensor,
+              history_of: torch.Tensor, target_vector: Optional[torch.Tensor],
+              history_vector: Optional[torch.Tensor]) -> torch.Tensor:
+        """Click probabilities (B,); the vectors None for ``id_only``."""
         mask = history[:, :, 0] >= 0  # (R, L)
         rows = history.clamp(min=0)
         targets: List[torch.Tensor] = []
@@ -342,14 +352,38 @@ def artifact_inputs(model: CtrModel, spec: FeatureSpec, dense: torch.Tensor, fea
     return (*inputs, target_vector, history_vector)
 
 
+class IdOnlyRanker(nn.Module):
+    """``id_only``'s artefact: :class:`ScriptedRanker` on the first five inputs alone (no vectors).
+
+    Args:
+        ranker (ScriptedRanker): the ``id_only`` model's.
+    """
+
+    def __init__(self, ranker: ScriptedRanker) -> None:
+        super().__init__()
+        self.ranker = ranker
+
+    def forward(self, dense: torch.Tensor, pooled: torch.Tensor, target: torch.Tensor, history: torch.Tensor,
+                history_of: torch.Tensor) -> torch.Tensor:
+        """Click probabilities (B,) of the module docstring's first five inputs."""
+        return self.ranker.score(dense, pooled, target, history, history_of, None, None)
+
+
+def ranker_artifact(model: CtrModel, spec: FeatureSpec, precision: str = "fp32") -> nn.Module:
+    """The artefact's module for ``model`` (sharing its weights): :class:`ScriptedRanker`, or
+    :class:`IdOnlyRanker` around it for ``id_only`` (``ID_ONLY_INPUTS`` inputs)."""
+    ranker = ScriptedRanker(model, spec, precision)
+    return IdOnlyRanker(ranker) if model.mm_arch is None else ranker
+
+
 def script_ranker(model: CtrModel, spec: FeatureSpec, precision: str = "fp32") -> torch.jit.ScriptModule:
-    """``torch.jit.script`` of :class:`ScriptedRanker` on a copy of ``model``, no parameter requiring a gradient
+    """``torch.jit.script`` of :func:`ranker_artifact` on a copy of ``model``, no parameter requiring a gradient
     (TorchScript's deprecation warning muted: libtorch needs TorchScript)."""
-    return script_module(ScriptedRanker(copy.deepcopy(model), spec, precision).requires_grad_(False))
+    return script_module(ranker_artifact(copy.deepcopy(model), spec, precision).requires_grad_(False))
 
 
-def script_module(module: ScriptedRanker) -> torch.jit.ScriptModule:
-    """``torch.jit.script`` of a built :class:`ScriptedRanker` (sharing its model's weights)."""
+def script_module(module: nn.Module) -> torch.jit.ScriptModule:
+    """``torch.jit.script`` of a built :func:`ranker_artifact` (sharing its model's weights)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.script(module)
