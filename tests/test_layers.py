@@ -29,8 +29,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "serving": ("serving",),
     # the online ranker: a finished CTR run (train, eval's run checks) behind Triton and the encoder's client
     "ranking": ("serving.ranker", "serving.ranker_export", "serving.ranker_client", "serving.ranker_log",
-                "serving.ranker_online",
-                "serving.triton_models.ranker"),
+                "serving.ranker_online", "serving.ranker_script", "serving.ranker_production",
+                "serving.triton_models.ranker", "serving.triton_models.ranker_features"),
     "components": ("torchx_components",),
     "top": ("recsys.pipeline", "recsys.cli"),
 }
