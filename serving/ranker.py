@@ -216,6 +216,7 @@ class Ranker:
         self._db = None
         self._looked = 0.0
         self.fresh_items = 0  # items the store added since load
+        self._history_dense = [d for d, f in enumerate(self.spec.dense) if f.source == "history"]  # from the history
 
     @staticmethod
     def load(run: Path, world: Path, max_candidates: int = MAX_CANDIDATES, store: Path | None = None,
@@ -327,13 +328,20 @@ class Ranker:
 
     @property
     def unknown_counts(self) -> dict[str, int]:
-        """Scored rows (candidate impressions) whose user, candidate or history items had no row in the
-        dataset's tables (scored with default side features), and ``folded``: identity-table IDs beyond
-        the table's rows folded in (``id % rows``), as ``ImpressionReader.batch_of(lenient=True)`` counts them."""
+        """Scored rows (candidate impressions) whose user or candidate had no row in the dataset's tables
+        (scored with default side features), history items without a row (once per request: a request's
+        history is read once), and ``folded``: identity-table IDs beyond the table's rows folded in
+        (``id % rows``; a history's once per request), as ``ImpressionReader.batch_of(lenient=True)`` counts them."""
         return {**self.reader.unknown_counts, "folded": sum(self.reader.out_of_range_counts.values())}
 
-    def rows(self, request: RankRequest) -> pa.Table:
+    def rows(self, request: RankRequest, shared: bool = False) -> pa.Table:
         """The request as ``N`` impression rows (label 0), in candidate order.
+
+        Args:
+            request (RankRequest): the request.
+            shared (bool): the history on the first row only, the others' empty (the feature step's form:
+                the model reads a request's history once, from its first row, so the other ``N - 1`` copies
+                would be joined and mapped for nothing; ``_batch`` restores the history-sourced dense features).
 
         Raises:
             RankRequestError: a malformed request (:func:`check_request`).
@@ -349,8 +357,14 @@ class Ranker:
         }
         if spec.history is not None:
             history = np.asarray(request.history, dtype=np.int64)
-            offsets = np.arange(n + 1, dtype=np.int32) * len(history)
-            columns[spec.history] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.tile(history, n)))
+            if shared:
+                offsets = np.full(n + 1, len(history), dtype=np.int32)
+                offsets[0] = 0
+                values = history
+            else:
+                offsets = np.arange(n + 1, dtype=np.int32) * len(history)
+                values = np.tile(history, n)
+            columns[spec.history] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
         sparse = {f.name for f in spec.sparse}
         for name in self.context:
             values = request.context.get(name)
@@ -373,12 +387,18 @@ class Ranker:
         return self.score_many([request])[0]
 
     def _batch(self, requests: list[RankRequest]) -> tuple[torch.Tensor, KeyedJaggedTensor, list[int]]:
-        """The requests' rows through the reader's joins: dense (B, F), the batch KJT (every row its history), sizes."""
-        tables = [self.rows(r) for r in requests]
+        """The requests' rows through the reader's joins: dense (B, F), the batch KJT (the history on each
+        request's first row only, ``rows(shared=True)``), sizes."""
+        tables = [self.rows(r, shared=True) for r in requests]
         self._maybe_refresh()
         where = f"request of user {requests[0].user}" if len(requests) == 1 else f"{len(requests)} requests"
         batch = self.reader.batch_of(pa.concat_tables(tables), where=where, lenient=True)
-        return batch.dense_features, batch.sparse_features, [t.num_rows for t in tables]
+        sizes = [t.num_rows for t in tables]
+        dense = batch.dense_features
+        if self._history_dense:  # each row the statistics of its request's history, as the full rows have them
+            first = first_rows(sizes)
+            dense[:, self._history_dense] = dense[first][:, self._history_dense]
+        return dense, batch.sparse_features, sizes
 
     @torch.inference_mode()
     def score_many(self, requests: list[RankRequest]) -> list[np.ndarray]:
