@@ -243,6 +243,14 @@ def _cmd_feed(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_ranker(args: argparse.Namespace) -> int:
+    try:
+        return _export_ranker(args)
+    except (ValueError, FileNotFoundError) as e:  # a config, run, world or store refused (RunError is a ValueError)
+        print(f"mmctr export-ranker: {e}", file=sys.stderr)
+        return 1
+
+
+def _export_ranker(args: argparse.Namespace) -> int:
     from serving.ranker_export import RankerExportConfig, export_ranker
 
     config = settings_from_args(RankerExportConfig, args)
@@ -277,13 +285,60 @@ def _run_world(args: argparse.Namespace) -> Path:
     return Path(RunFolder.at(args.run).read_train_log().world)
 
 
-def _cmd_rank(args: argparse.Namespace) -> int:
+def rank_context(items: list[str]) -> dict[str, "np.ndarray"]:
+    """``mmctr rank --context NAME=V1,V2,...`` values: each feature's per-candidate floats.
+
+    Raises:
+        ValueError: an item without ``NAME=``, a value that is not a number, or a feature given twice.
+
+    Example::
+
+        >>> {k: v.tolist() for k, v in rank_context(["position=0,1"]).items()}
+        {'position': [0.0, 1.0]}
+        >>> rank_context(["position"])
+        Traceback (most recent call last):
+            ...
+        ValueError: --context 'position': expected NAME=V1,V2,... (e.g. position=0,1,2)
+    """
     import numpy as np
 
     context = {}
-    for item in args.context or ():
-        name, _, values = item.partition("=")
-        context[name] = np.array([float(v) for v in values.split(",")])
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep or not name or not values:
+            raise ValueError(f"--context {item!r}: expected NAME=V1,V2,... (e.g. position=0,1,2)")
+        if name in context:
+            raise ValueError(f"--context {name!r} is given twice")
+        try:
+            context[name] = np.array([float(v) for v in values.split(",")])
+        except ValueError:
+            raise ValueError(f"--context {item!r}: every value must be a number") from None
+    return context
+
+
+def _cmd_rank(args: argparse.Namespace) -> int:
+    from serving.client import ClientConfig
+    from serving.ranker_export import RankerExportConfig
+
+    # options of the other path: refused, not ignored (a given default cannot be told from an omitted one)
+    if args.run is not None and args.url != ClientConfig.url:
+        print("mmctr rank: --url and --run: score on a server (--url) or in-process (--run), not both", file=sys.stderr)
+        return 2
+    if args.run is None and (args.precision != RankerExportConfig.precision or args.store or args.world):
+        print("mmctr rank: --precision, --store and --world apply with --run; a served ranker's are set at export",
+              file=sys.stderr)
+        return 2
+    try:
+        return _rank(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # a refused request or run; RankerError: RuntimeError
+        print(f"mmctr rank: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+def _rank(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    context = rank_context(args.context or [])
     history, candidates = np.array(args.history or [], dtype=np.int64), np.array(args.candidates, dtype=np.int64)
     if args.run is not None:
         from serving.ranker import Ranker, RankRequest

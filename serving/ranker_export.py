@@ -46,6 +46,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from recsys.data.schema import Manifest
+from recsys.data.vectors import open_store
 from recsys.eval.runs import load_run
 from recsys.settings import setting
 from serving.ranker import ENGINES, MAX_CANDIDATES, PRECISIONS, context_features
@@ -92,6 +93,9 @@ class RankerExportConfig:
             raise ValueError(f"RankerExportConfig.score_log_sample must lie in [0, 1], got {self.score_log_sample}")
         if self.queue_delay_us < 0 or self.torch_threads < 0:
             raise ValueError(f"RankerExportConfig: queue_delay_us and torch_threads must be >= 0, got {self}")
+        if self.engine == "torchscript" and self.precision != "fp32":  # what Ranker.load would refuse at load time
+            raise ValueError(f"RankerExportConfig: engine 'torchscript' serves fp32 tables; {self.precision} tables are "
+                             f"TorchRec's quantised modules, served by engine 'eager' or 'auto'")
 
 
 @dataclass(frozen=True)
@@ -172,12 +176,15 @@ def export_ranker(run: Path, world: Path, out: Path, version: int = 1, config: R
 
     Raises:
         RunError: the run cannot be served (``recsys.eval.runs.load_run``).
-        ValueError: ``version`` < 1.
+        ValueError: ``version`` < 1, or ``store`` of another format.
+        FileNotFoundError: ``store`` is not a vector store (a run with vectors; ``id_only`` reads none).
     """
     if version < 1:
         raise ValueError(f"version must be >= 1, got {version}")
     spec = load_run(Path(run), Path(run).name, Path(world))
     manifest = Manifest.read(Path(world))
+    if store is not None and spec.vectors is not None:  # refused here, not when the server loads the model
+        open_store(Path(store)).close()
     model_dir = Path(out) / config.name
     folder = model_dir / str(version)
     if folder.exists():

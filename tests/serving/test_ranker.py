@@ -140,6 +140,28 @@ def test_in_process_refusals_name_the_field(tiny_world: Path, runs: dict[str, Pa
         ranker.score(RankRequest(1, np.array([2]), np.array([-3])))
 
 
+def test_cli_refuses_in_one_line_what_a_server_would_not_load(runs: dict[str, Path], tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """export-ranker refuses a missing store and TorchScript on quantised tables before writing anything; rank
+    refuses options of the other path and malformed --context, each in one line (no traceback)."""
+    out = tmp_path / "repo"
+    assert main(["export-ranker", "--run", str(runs["simtier"]), "--out", str(out), "--store", str(tmp_path / "no.sqlite")]) == 1
+    assert main(["export-ranker", "--run", str(runs["simtier"]), "--out", str(out), "--engine", "torchscript",
+                 "--precision", "int8"]) == 1
+    assert not out.exists()
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "no vector store" in err[0] and "fp32 tables" in err[1], err
+    request = ["--user", "1", "--history", "2", "--candidates", "3", "4"]
+    assert main(["rank", "--run", str(runs["id_only"]), "--url", "127.0.0.1:1", *request]) == 2
+    assert main(["rank", "--precision", "int8", *request]) == 2
+    for bad in ("position", "position=", "position=a,b"):
+        assert main(["rank", "--run", str(runs["id_only"]), *request, "--context", bad]) == 1
+    assert main(["rank", "--run", str(runs["id_only"]), *request, "--context", "position=0,1", "--context", "position=2,3"]) == 1
+    assert main(["rank", "--run", str(runs["id_only"]), "--user", "-5", "--candidates", "3"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mmctr rank:")]
+    assert len(err) == 7 and "NAME=V1,V2" in err[2] and "number" in err[4] and "twice" in err[5] and "negative" in err[6], err
+
+
 def test_unknown_users_and_items_are_scored_and_counted(tiny_world: Path, runs: dict[str, Path]) -> None:
     """An unknown user scores as its folded ID with a zero profile; unknown items are counted, never an error."""
     from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
