@@ -328,9 +328,11 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         print("mmctr rank: --precision, --store and --world apply with --run; a served ranker's are set at export",
               file=sys.stderr)
         return 2
+    from serving.ranker_client import RankerError
+
     try:
         return _rank(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:  # a refused request or run; RankerError: RuntimeError
+    except (ValueError, FileNotFoundError, RankerError) as e:  # a refused request or run, an unreachable server
         print(f"mmctr rank: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
 

@@ -143,7 +143,9 @@ def share_history(features: KeyedJaggedTensor, keys: tuple[str, ...], sizes: lis
 
     The candidates of one request share its history; the model looks it up
     once per request and gathers it per candidate (``CtrModel.forward``'s
-    ``history_of``), instead of N times.
+    ``history_of``), instead of N times. :class:`Ranker` builds this form
+    directly (``rows(shared=True)``); this derives it from full rows (every
+    row its history, as ``mmctr evaluate`` reads a log).
 
     Args:
         features (KeyedJaggedTensor): the batch KJT of the requests' rows, stride B = sum(sizes).
@@ -413,9 +415,9 @@ class Ranker:
             from serving.ranker_script import artifact_inputs
 
             probs = self.scripted(*artifact_inputs(self.model, self.spec, dense, features, first_rows(sizes))).numpy()
-        else:
-            features, history_of = share_history(features, self.spec.history_keys(), sizes)
-            probs = torch.sigmoid(self.model(dense, features, history_of=history_of)).to(torch.float32).numpy()
+        else:  # the KJT already holds each history on its request's first row only (rows(shared=True))
+            history_of = first_rows(sizes) if self.spec.history_keys() else None
+            probs =  torch.sigmoid(self.model(dense, features, history_of=history_of)).to(torch.float32).numpy()
         return np.split(probs, np.cumsum(sizes)[:-1])
 
     @torch.inference_mode()
