@@ -5,7 +5,8 @@ one process; ``T`` is the manifest's test day and ``T - 1`` the validation day:
 
 1. **Selection.** Every model (an mmctr variant, or the peer DIN of
    ``bench.peer``) and every candidate configuration of the grid
-   (:data:`GRIDS`, ``--grid quick|full``) trains on the days before ``T - 1``
+   (:data:`GRIDS`, ``--grid quick|full``; ModelConfig fields, and MAKE stage 1's
+   epoch cap, a TrainConfig field) trains on the days before ``T - 1``
    (``TrainJob.train_until = T - 2``) and is scored on day ``T - 1``, for
    each of ``--select-seeds``; per model the candidate of the best mean
    validation GAUC is chosen (ties: the first listed); ``--select-seeds N``
@@ -24,7 +25,7 @@ day and early-stops on that day (``setup.split_days``), i.e. on ``T - 2``
 during selection and on ``T - 1`` for the test: never on the day being
 scored (checked here). As the pipeline shares stage 1 between ``make`` and
 ``simtier_make``, a stage 1 is reused by every later run of the same MAKE
-widths, frozen-table width (``mm_width``), seed and days (``make_from``).
+widths, frozen-table width (``mm_width``), stage-1 epoch cap, seed and days (``make_from``).
 
 Prints per dataset every candidate's validation GAUC, then the table: model,
 chosen config, validation GAUC, test GAUC mean ± sd over seeds, relative
@@ -70,14 +71,29 @@ MODELS: tuple[str, ...] = (*VARIANTS, *PEERS)
 BASELINE = "id_only"
 
 Candidates = dict[str, dict[str, object]]  # candidate name -> ModelConfig (mmctr) or PeerConfig (peers) overrides
+# The TrainConfig fields a candidate may set besides ModelConfig's: how long MAKE stage 1 fits.
+TRAIN_KEYS: frozenset[str] = frozenset({"make_max_epochs"})
 
 
 def _simtier(soft: bool, learned: bool, tiers: int) -> dict[str, object]:
     return {"simtier_soft": soft, "simtier_learned_metric": learned, "simtier_tiers": tiers}
 
 
-def _make(frozen: bool, attention: int) -> dict[str, object]:
-    return {"make_frozen": frozen, "make_attention_hidden": (attention,)}
+def _make(frozen: bool, attention: int, max_epochs: int | None = None) -> dict[str, object]:
+    epochs = {} if max_epochs is None else {"make_max_epochs": max_epochs}
+    return {"make_frozen": frozen, "make_attention_hidden": (attention,), **epochs}
+
+
+def split_overrides(overrides: dict[str, object]) -> tuple[dict[str, object], dict[str, object]]:
+    """A candidate's overrides as (ModelConfig fields, TrainConfig fields: :data:`TRAIN_KEYS`).
+
+    Example::
+
+        >>> split_overrides(_make(True, 8, max_epochs=2))
+        ({'make_frozen': True, 'make_attention_hidden': (8,)}, {'make_max_epochs': 2})
+    """
+    model = {k: v for k, v in overrides.items() if k not in TRAIN_KEYS}
+    return model, {k: v for k, v in overrides.items() if k in TRAIN_KEYS}
 
 
 PAPER = _simtier(False, False, 20)  # the paper's SimTier: fixed cosine, hard tiers of width 0.1
@@ -85,8 +101,11 @@ SIMTIER_QUICK: Candidates = {"paper (hard, cosine, 20)": PAPER, "soft, learned, 
                              "soft, learned, 50": _simtier(True, True, 50)}
 SIMTIER_FULL: Candidates = {**SIMTIER_QUICK, "paper (hard, cosine, 50)": _simtier(False, False, 50),
                             "soft, cosine, 20": _simtier(True, False, 20), "soft, cosine, 50": _simtier(True, False, 50)}
+# Stage 1 at most 2 epochs: on a small log MAKE's in-sample outputs on the days it fitted mislead stage 2
+# the more epochs it fits (README, "MAKE's stage 1 leaks into stage 2").
 MAKE_QUICK: Candidates = {"fine-tuned, attention 32": _make(False, 32), "frozen, attention 32": _make(True, 32),
-                          "fine-tuned, attention 8": _make(False, 8)}
+                          "fine-tuned, attention 8": _make(False, 8),
+                          "fine-tuned, attention 32, stage 1 <= 2 epochs": _make(False, 32, max_epochs=2)}
 MAKE_FULL: Candidates = {**MAKE_QUICK, "frozen, attention 8": _make(True, 8)}
 PEER_QUICK: Candidates = {"lr 1e-3": {"lr": 1e-3}, "lr 1e-2": {"lr": 1e-2}}
 PEER_FULL: Candidates = {**PEER_QUICK, "lr 3e-3": {"lr": 3e-3}, "lr 3e-2": {"lr": 3e-2}}
@@ -104,7 +123,11 @@ GRIDS: dict[str, dict[str, Candidates]] = {
         "make": MAKE_QUICK,
         "simtier_make": {"SimTier paper; MAKE fine-tuned, attention 32": {**PAPER, **_make(False, 32)},
                          "SimTier soft, learned, 50; MAKE fine-tuned, attention 32": {**_simtier(True, True, 50), **_make(False, 32)},
-                         "SimTier soft, learned, 50; MAKE frozen, attention 32": {**_simtier(True, True, 50), **_make(True, 32)}},
+                         "SimTier soft, learned, 50; MAKE frozen, attention 32": {**_simtier(True, True, 50), **_make(True, 32)},
+                         "SimTier paper; MAKE fine-tuned, attention 32, stage 1 <= 2 epochs":
+                             {**PAPER, **_make(False, 32, max_epochs=2)},
+                         "SimTier soft, learned, 50; MAKE fine-tuned, attention 32, stage 1 <= 2 epochs":
+                             {**_simtier(True, True, 50), **_make(False, 32, max_epochs=2)}},
         "vector": {"defaults": {}},
         "simscore": {"defaults": {}},
         "peer": PEER_QUICK,
@@ -162,7 +185,7 @@ class Protocol:
     data: Dataset
     batch_size: int
     scratch: Path  # run folders go here
-    stage1: dict[tuple, Path]  # (MAKE widths, table width, seed, last training day) -> a finished run's make_stage1/
+    stage1: dict[tuple, Path]  # (MAKE widths, table width, stage-1 epochs, seed, last training day) -> a make_stage1/
     runs: int = 0
 
     def score(self, model: str, overrides: dict[str, object], seed: int, until: int) -> Score:
@@ -175,15 +198,16 @@ class Protocol:
                              batch_size=self.batch_size, config=config)
             scores = evaluate_peer(run.model, self.data.world, until + 1)
             return Score(scores["gauc"], scores["auc"], run.samples_per_s)
-        return self._mmctr(config_override(ModelConfig(variant=model, **overrides)), seed, until)
+        model_fields, train_fields = split_overrides(overrides)
+        train = TrainConfig(batch_size=self.batch_size, seed=seed, **train_fields)  # type: ignore[arg-type]
+        return self._mmctr(config_override(ModelConfig(variant=model, **model_fields)), train, until)
 
-    def _mmctr(self, config: ModelConfig, seed: int, until: int) -> Score:
+    def _mmctr(self, config: ModelConfig, train: TrainConfig, until: int) -> Score:
         spec = VARIANT_SPECS[config.variant]
-        key = (make_config(config), config.mm_width, seed, until)
+        key = (make_config(config), config.mm_width, train.make_max_epochs, train.seed, until)
         out = self.scratch / f"run-{self.runs:03d}-{config.variant}"
         self.runs += 1
-        job = TrainJob(world=self.data.world, out=out, model=config,
-                       train=TrainConfig(batch_size=self.batch_size, seed=seed),
+        job = TrainJob(world=self.data.world, out=out, model=config, train=train,
                        vectors=self.data.vectors if spec.uses_vectors() else None,
                        make_from=self.stage1.get(key) if spec.make else None, quiet=True, train_until=until)
         metrics = run_train(job)

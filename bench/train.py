@@ -10,9 +10,11 @@ prints the ratio the issue names:
    (MAKE variants get randomly initialised stage-1 weights, so stage 1 is not run);
 2. ``simtier_make`` / ``id_only`` step time at 1 process (goal <= 1.3), the
    two taking turns (median of ``--rounds``): the default config, MAKE's other
-   stage-2 mode, MAKE's attention 8 wide, and with 16-d vectors
-   (``--narrow-vectors``) alone and with ``configs/light_make.yaml``, the
-   last also without the fused kernels (``recsys.models.fused``);
+   stage-2 mode, MAKE's attention 8 wide, ``configs/light_make.yaml`` alone
+   and with the frozen table projected to 32 and 16 dimensions in the run
+   (``ModelConfig.mm_width``), and with 16-d vectors (``--narrow-vectors``)
+   alone and with ``configs/light_make.yaml``, the last also without the
+   fused kernels (``recsys.models.fused``);
    ``--ratios-only`` measures these alone;
 3. the DMP path vs a plain-PyTorch ``id_only`` (``nn.EmbeddingBag(sparse=True)``
    tables, sparse Adagrad + Adam) on the same batches held in memory, taking
@@ -110,12 +112,14 @@ class Run:
     make_attention_hidden: tuple[int, ...] | None = None  # None: ModelConfig's default
     fused_kernels: bool | None = None  # None: ModelConfig's default; False: without recsys.models.fused's kernels
     pipeline: str = TrainConfig.train_pipeline  # how a step runs (config.resolve_train_pipeline, loop.training_steps)
+    model_overrides: tuple[tuple[str, object], ...] = ()  # any other ModelConfig fields, (name, value) pairs
 
     def model_config(self) -> ModelConfig:
         overrides: dict[str, object] = {
             "make_frozen": self.make_frozen,
             "make_attention_hidden": self.make_attention_hidden,
             "fused_kernels": self.fused_kernels,
+            **dict(self.model_overrides),
         }
         return ModelConfig(variant=self.variant, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -236,6 +240,11 @@ def _ratio_candidates(base: Run, narrow_vectors: str) -> dict[str, Run]:
         ),
         "MAKE's attention unit 8 wide": replace(sm, make_attention_hidden=(8,)),
     }
+    light_config = {"make_frozen": light.make_frozen, "make_attention_hidden": light.make_attention_hidden}
+    runs[f"{Path(LIGHT_MAKE_CONFIG).name} (MAKE frozen, attention 8)"] = replace(sm, **light_config)
+    for width in (32, 16):  # the frozen table projected in the run (ModelConfig.mm_width), no reduce-vectors run needed
+        runs[f"  the same, vectors projected to {width}-d (mm_width: {width})"] = replace(
+            sm, **light_config, model_overrides=(("mm_width", width),))
     if Path(narrow_vectors).exists():
         narrow = replace(sm, vectors=narrow_vectors)
         dim = load_vectors(Path(narrow_vectors)).dim

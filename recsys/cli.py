@@ -125,20 +125,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from recsys.train.loop import RowCountError
     from recsys.train.trainer import TrainJob, run_train
 
-    model, train = load_job_config(args.config)
-    job = TrainJob(
-        world=args.world,
-        out=args.out,
-        model=settings_from_args(ModelConfig, args, base=model),  # the flags given override the job file
-        train=settings_from_args(TrainConfig, args, base=train),
-        vectors=args.vectors,
-        store=args.store,
-        sharding=args.sharding,
-        make_from=args.make_from,
-        quiet=args.quiet,
-        train_until=args.train_until,
-    )
     try:
+        model, train = load_job_config(args.config)
+        job = TrainJob(
+            world=args.world,
+            out=args.out,
+            model=settings_from_args(ModelConfig, args, base=model),  # the flags given override the job file
+            train=settings_from_args(TrainConfig, args, base=train),
+            vectors=args.vectors,
+            store=args.store,
+            sharding=args.sharding,
+            make_from=args.make_from,
+            quiet=args.quiet,
+            train_until=args.train_until,
+        )
         run_train(job)
     except (ValueError, FileNotFoundError, RowCountError) as e:  # a refused input or run, named in the message
         print(f"mmctr train: {e}", file=sys.stderr)

@@ -62,3 +62,17 @@ def test_train_flags_override_the_job_file(tmp_path: Path) -> None:
     assert settings_from_args(ModelConfig, args, base=model).variant == "make"  # no --variant: the file's
     assert settings_from_args(TrainConfig, args, base=train) == TrainConfig(seed=5, epochs=2)
     assert args.sharding == "auto"
+
+
+def test_train_refuses_a_bad_job_file_in_one_line(tiny_world: Path, tmp_path: Path) -> None:
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("model:\n  mm_widht: 32\n")
+    negative = tmp_path / "negative.yaml"
+    negative.write_text("model:\n  mm_width: -4\n")
+    for config, message in ((typo, "unknown key(s) ['mm_widht']"), (negative, "mm_width"),
+                            (tmp_path / "absent.yaml", "absent.yaml")):
+        got = _mmctr("train", "--world", str(tiny_world), "--out", str(tmp_path / "run"), "--config", str(config))
+        assert got.returncode == 1, got.stderr
+        lines = got.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mmctr train: ") and message in lines[0], got.stderr
+        assert "Traceback" not in got.stderr

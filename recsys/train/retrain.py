@@ -67,7 +67,8 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
 
     Raises:
         FileNotFoundError: the parent has no training log or no lineage (not a finished run).
-        ValueError: ``job.day`` is not a day after the parent's last, inside the world.
+        ValueError: ``job.day`` is not a day after the parent's last, inside the world; the parent's
+            projection basis (``projection.npz``) is gone while its log records one.
     """
     folder = RunFolder.at(job.parent)
     try:
@@ -89,6 +90,10 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
     spec = manifest.features
     new, hashed = unseen_item_ids(world, job.day, lineage.all_days, int(sizes[spec.table_of(spec.item_key)]), manifest)
     parent_projection = folder.path / PROJECTION_FILE
+    if log.vectors and log.vectors.get("projection") and not parent_projection.is_file():
+        raise ValueError(f"{parent_projection}: missing, but {folder.train_log_file} records that the run's vectors went "
+                         "through it (vectors.projection); restore it: without it the vectors cannot be projected as "
+                         "the parent's weights expect")
     return TrainJob(
         world=world,
         out=Path(job.out),

@@ -30,6 +30,7 @@ Output folder (``run_folder.RunFolder``)::
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -330,6 +331,10 @@ def _write_records(job: TrainJob, log: TrainLog, metrics: RunMetrics) -> None:
 def _run(job: TrainJob, ctx: DistContext) -> RunMetrics | None:
     Path(job.out).mkdir(parents=True, exist_ok=True)
     built = build(job, ctx)
+    if built.missing_vectors and ctx.is_main:  # zero rows with the missing flag (mm_table), said once, also --quiet
+        print(f"{job.model.variant}: {built.missing_vectors} item ID(s) of the item table's range have no vector in "
+              f"{job.vectors} (items not in the table, or IDs no item uses): zero rows with the missing flag "
+              "(train_log.json: items_without_vector)", file=sys.stderr)
     state = TrainState(RunFolder(job.out).checkpoints, built.model, built.optimizer, ctx)
     reader = _reader_config(job, built, ctx)
     progress, tally = _resume_or_warm_start(job, built, state, reader, ctx)

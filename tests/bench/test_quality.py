@@ -12,6 +12,7 @@ from bench.peer import PeerConfig
 from bench.quality import GRIDS, MODELS, PEERS, Dataset, Protocol, Score, run_dataset
 from recsys.data.schema import Manifest
 from recsys.models.config import VARIANTS, ModelConfig
+from recsys.train.config import TrainConfig
 
 
 @pytest.mark.parametrize("grid", sorted(GRIDS))
@@ -20,7 +21,13 @@ def test_every_candidate_is_a_valid_configuration(grid: str) -> None:
     for model, candidates in GRIDS[grid].items():
         assert candidates, model
         for overrides in candidates.values():
-            replace(PeerConfig(), **overrides) if model in PEERS else ModelConfig(variant=model, **overrides)
+            if model in PEERS:
+                replace(PeerConfig(), **overrides)
+            else:
+                model_fields, train_fields = quality.split_overrides(overrides)
+                ModelConfig(variant=model, **model_fields)
+                TrainConfig(**train_fields)
+                assert set(train_fields) <= quality.TRAIN_KEYS and not set(model_fields) & quality.TRAIN_KEYS
     paper = {"simtier_soft": False, "simtier_learned_metric": False, "simtier_tiers": 20}
     assert paper in GRIDS[grid]["simtier"].values()
 

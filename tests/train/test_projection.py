@@ -18,7 +18,7 @@ from recsys.distributed import DistContext
 from recsys.eval.evaluate import EvalJob, run_evaluate
 from recsys.models.config import ModelConfig
 from recsys.train.config import TrainConfig
-from recsys.train.retrain import RetrainJob, retrain_train_job
+from recsys.train.retrain import RetrainJob, retrain_train_job, run_retrain
 from recsys.train.setup import projected_vectors
 from recsys.train.trainer import TrainJob, run_train
 
@@ -62,18 +62,39 @@ def test_projection_fitted_once_and_reused(tmp_path: Path, tiny_world: Path) -> 
     assert np.abs((got.vectors[a] * got.vectors[b]).sum(1) - cos_in).mean() < 0.02
     assert got.manifest["projection"]["source_dim"] == WIDE and info.cosine_fidelity > 0.95
     np.testing.assert_array_equal(got.item_ids, table.item_ids)
-    # a second load (resume, evaluation) reads the saved basis, even with a new width asked for
+    # before training starts, a run folder's basis is the run's own: a second start fits again (here 16 wide)
+    assert projected_vectors(table, 16, tmp_path / "run", None, ctx).dim == 16
+    got = projected_vectors(table, 32, tmp_path / "run", None, ctx)
+    (tmp_path / "run" / "train_log.json").write_text("{}")  # the run has begun (setup.run_started)
+    # a run that has begun (resume, evaluation, ranker) reads its basis, even with a new width asked for
     again = projected_vectors(table, 16, tmp_path / "run", None, ctx)
     np.testing.assert_array_equal(again.vectors, got.vectors)
+    assert again.manifest["projection"]["energy_kept_here"] == pytest.approx(info.retained_energy, abs=1e-6)
     # narrow vectors pass through untouched; a basis for another width is refused, naming its file
     narrow = replace(table, vectors=table.vectors[:, :32] / np.linalg.norm(table.vectors[:, :32], axis=1, keepdims=True))
     assert projected_vectors(narrow, 32, tmp_path / "fresh", None, ctx) is narrow
     assert not (tmp_path / "fresh").exists()
     with pytest.raises(ValueError, match=f"{PROJECTION_FILE}: a basis for {WIDE}-d vectors"):
         projected_vectors(narrow, 32, tmp_path / "run", None, ctx)
+    # another encoder's table of the same width: the basis keeps ~K/D of its energy, not what it kept of its own
+    noise = rng.standard_normal(table.vectors.shape)
+    other_encoder = replace(table, vectors=(noise / np.linalg.norm(noise, axis=1, keepdims=True)).astype(np.float32))
+    with pytest.raises(ValueError, match=r"keeps \d+\.\d% of the energy .* not from the encoder"):
+        projected_vectors(other_encoder, 32, tmp_path / "run", None, ctx)
+    # a new run given a basis (a retrain: the parent's) holds its own copy of it
     other = tmp_path / "other.npz"
     save_projection(other, *fit_projection(table.vectors, 8, "x"))
-    assert projected_vectors(table, 32, tmp_path / "run", other, ctx).dim == 8  # `saved` wins over the run's
+    assert projected_vectors(table, 32, tmp_path / "retrain", other, ctx).dim == 8
+    assert (tmp_path / "retrain" / PROJECTION_FILE).read_bytes() == other.read_bytes()
+    # a basis left by a run refused before training is not reused: a new start replaces it (here: none needed)
+    (tmp_path / "refused").mkdir()
+    save_projection(tmp_path / "refused" / PROJECTION_FILE, *fit_projection(table.vectors, 8, "x"))
+    assert projected_vectors(narrow, 32, tmp_path / "refused", None, ctx) is narrow
+    assert not (tmp_path / "refused" / PROJECTION_FILE).exists()
+    # a run that has begun but lost its basis is refused rather than silently given a new one
+    (tmp_path / "run" / PROJECTION_FILE).unlink()
+    with pytest.raises(ValueError, match=f"{PROJECTION_FILE}: missing, but .* has begun training"):
+        projected_vectors(table, 32, tmp_path / "run", None, ctx)
 
 
 def test_wide_vectors_train_evaluate_and_retrain(tmp_path: Path, tiny_world: Path) -> None:
@@ -91,6 +112,20 @@ def test_wide_vectors_train_evaluate_and_retrain(tmp_path: Path, tiny_world: Pat
     trained = json.loads((run / "metrics.json").read_text())
     assert report is not None and report["day"] == trained["test_day"]
     assert report["models"][run.name]["metrics"]["all"]["auc"] == pytest.approx(trained["metrics"]["all"]["auc"], abs=1e-6)
-    # tomorrow's retrain projects today's vectors (and the store's new items) through the same basis
+    # tomorrow's retrain projects today's vectors (and the store's new items) through the same basis, and keeps a
+    # copy: evaluating the retrain (or retraining it) reads that, never a basis fitted anew
     job = retrain_train_job(RetrainJob(parent=run, day=trained["test_day"], out=tmp_path / "re"))
     assert job.projection == run / PROJECTION_FILE
+    run_retrain(RetrainJob(parent=run, day=trained["test_day"], out=tmp_path / "re", quiet=True))
+    parent_basis = (run / PROJECTION_FILE).read_bytes()
+    assert (tmp_path / "re" / PROJECTION_FILE).read_bytes() == parent_basis
+    re_log = json.loads((tmp_path / "re" / "train_log.json").read_text())
+    assert re_log["vectors"]["projection"]["file"] == str((tmp_path / "re" / PROJECTION_FILE).resolve())
+    # (the tiny world's last day is the retrain's: it is scored on that day, as a run of its own)
+    report = run_evaluate(EvalJob(world=tiny_world, models=(tmp_path / "re",), day=trained["test_day"],
+                                  out=tmp_path / "report-re", resamples=1, quiet=True))
+    assert report is not None and (tmp_path / "re" / PROJECTION_FILE).read_bytes() == parent_basis  # not re-fitted
+    # a parent whose basis is gone cannot be retrained: its log says its vectors went through one
+    (run / PROJECTION_FILE).unlink()
+    with pytest.raises(ValueError, match=f"{PROJECTION_FILE}: missing, but .*records"):
+        retrain_train_job(RetrainJob(parent=run, day=trained["test_day"], out=tmp_path / "re2"))
