@@ -76,6 +76,9 @@ def reduce_run(run: Path, dim: int, out: Path) -> dict:
     if vectors.shape[1] != source.output_dim():
         raise ValueError(f"{files[VECTORS_FILE]}: vectors of width {vectors.shape[1]}, "
                          f"but {files[ENCODER_FILE]} makes {source.output_dim()}")  # fmt: skip
+    if not 1 <= dim <= vectors.shape[1]:
+        raise ValueError(f"{files[VECTORS_FILE]}: {vectors.shape[1]}-d vectors; --dim must be in 1..{vectors.shape[1]}, "
+                         f"got {dim}")  # fmt: skip
     basis = principal_basis(vectors, dim)
     encoder = ItemEncoder(source.clip, fusion=source.fusion, reduced_dim=dim)
     with torch.no_grad():

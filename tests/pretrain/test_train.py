@@ -425,8 +425,9 @@ def test_reduce_vectors_refuses_bad_requests_and_keeps_the_source(
     run, _ = runs["scl"]
     before = {f.name: _sha256(f) for f in run.iterdir() if f.is_file()}
     assert cli_main(["reduce-vectors", "--run", str(run), "--dim", "0", "--out", str(tmp_path / "z")]) == 1
-    assert "mmctr reduce-vectors: need vectors of shape (N, D) and 1 <= dim <= D" in capsys.readouterr().err
-    with pytest.raises(ValueError, match=r"1 <= dim <= D; got shape \(\d+, 16\) and dim=17"):
+    err = capsys.readouterr().err
+    assert f"mmctr reduce-vectors: {run / 'item_vectors.parquet'}: 16-d vectors; --dim must be in 1..16, got 0" in err
+    with pytest.raises(ValueError, match=r"item_vectors.parquet: 16-d vectors; --dim must be in 1..16, got 17"):
         reduce_run(run, 17, tmp_path / "a")
     with pytest.raises(ValueError, match="folder of its own"):
         reduce_run(run, 4, run)
