@@ -34,7 +34,14 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim.keyed import CombinedOptimizer
 
 from recsys.data.schema import Manifest
-from recsys.data.projection import PROJECTION_FILE, fit_projection, load_projection, project_rows, save_projection
+from recsys.data.projection import (
+    PROJECTION_FILE,
+    fit_projection,
+    load_projection,
+    project_rows,
+    retained_energy,
+    save_projection,
+)
 from recsys.data.vectors import ItemVectors
 from recsys.distributed import DistContext, barrier
 from recsys.models.mm_table import MultimodalArch, load_item_vectors_into
@@ -172,7 +179,7 @@ def projected_vectors(vectors: ItemVectors, width: int, out: Path, saved: Path |
         raise ValueError(f"{file}: a basis for {info.source_dim}-d vectors, but {vectors.path} holds {vectors.dim}-d ones; "
                          "project the vectors the run was trained with, or train a new run")  # fmt: skip
     projected = project_rows(vectors.vectors, basis)
-    kept = float((projected.astype(np.float64) ** 2).sum() / max(float((vectors.vectors.astype(np.float64) ** 2).sum()), 1e-30))
+    kept = retained_energy(vectors.vectors, basis)
     if kept < ENERGY_DROP * info.retained_energy:  # a table this basis was not fitted for: another encoder's
         raise ValueError(f"{file}: this basis keeps {kept:.1%} of the energy of {vectors.path}, against "
                          f"{info.retained_energy:.1%} of the table it was fitted on ({info.source}): these vectors "
