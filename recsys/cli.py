@@ -140,7 +140,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             train_until=args.train_until,
         )
         run_train(job)
-    except (ValueError, FileNotFoundError, RowCountError) as e:  # a refused input or run, named in the message
+    except (ValueError, OSError, RowCountError) as e:  # a refused input or run (or job file), named in the message
         print(f"mmctr train: {e}", file=sys.stderr)
         return 1
     return 0

@@ -69,8 +69,12 @@ def test_train_refuses_a_bad_job_file_in_one_line(tiny_world: Path, tmp_path: Pa
     typo.write_text("model:\n  mm_widht: 32\n")
     negative = tmp_path / "negative.yaml"
     negative.write_text("model:\n  mm_width: -4\n")
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("model: 5\n")
+    (tmp_path / "folder.yaml").mkdir()
     for config, message in ((typo, "unknown key(s) ['mm_widht']"), (negative, "mm_width"),
-                            (tmp_path / "absent.yaml", "absent.yaml")):
+                            (tmp_path / "absent.yaml", "absent.yaml"), (scalar, "section 'model' must be a mapping"),
+                            (tmp_path / "folder.yaml", "folder.yaml")):
         got = _mmctr("train", "--world", str(tiny_world), "--out", str(tmp_path / "run"), "--config", str(config))
         assert got.returncode == 1, got.stderr
         lines = got.stderr.strip().splitlines()

@@ -126,6 +126,9 @@ def load_job_config(path: str | Path | None, variant: str | None = None) -> tupl
     unknown = sorted(set(raw) - {"model", "train"})
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {unknown}; expected 'model' and/or 'train'")
+    for section in ("model", "train"):
+        if not isinstance(raw.get(section) or {}, dict):
+            raise ValueError(f"{path}: section {section!r} must be a mapping, got {type(raw[section]).__name__}")
     model_raw = dict(raw.get("model") or {})
     if variant is not None:
         model_raw["variant"] = variant

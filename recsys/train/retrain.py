@@ -90,7 +90,8 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
     spec = manifest.features
     new, hashed = unseen_item_ids(world, job.day, lineage.all_days, int(sizes[spec.table_of(spec.item_key)]), manifest)
     parent_projection = folder.path / PROJECTION_FILE
-    if log.vectors and log.vectors.get("projection") and not parent_projection.is_file():
+    resumed_copy = (Path(job.out) / PROJECTION_FILE).is_file()  # a retrain resumed holds its own copy
+    if log.vectors and log.vectors.get("projection") and not parent_projection.is_file() and not resumed_copy:
         raise ValueError(f"{parent_projection}: missing, but {folder.train_log_file} records that the run's vectors went "
                          "through it (vectors.projection); restore it: without it the vectors cannot be projected as "
                          "the parent's weights expect")

@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -39,7 +40,6 @@ from recsys.data.projection import (
     fit_projection,
     load_projection,
     project_rows,
-    retained_energy,
     save_projection,
 )
 from recsys.data.vectors import ItemVectors
@@ -96,6 +96,20 @@ def mm_rows(manifest: Manifest, sizes: dict[str, int], vectors: ItemVectors) -> 
 # A basis keeping under this share of what it kept of its own table marks vectors of another encoder: a retrain's
 # new items from the same encoder keep about the same share (MiniLM titles at K = 64: 63%; a random 768-d table: 8%).
 ENERGY_DROP = 0.5
+# Fitted on under this many items per kept dimension, the share a basis keeps of its own table overstates what it keeps
+# of new items from the same encoder (384-d, K = 64: 0.30-0.53 of it from 70-150 items, >= 0.94 from 1,000): no check.
+ENERGY_MIN_ITEMS_PER_DIM = 10
+
+
+def _logged_projection(out: Path) -> Path | None:
+    """The basis file ``out``'s train log records (``vectors.projection.file``), if it records one."""
+    log = RunFolder(Path(out)).train_log_file
+    try:
+        recorded = json.loads(log.read_text()).get("vectors") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    file = (recorded.get("projection") or {}).get("file") if isinstance(recorded, dict) else None
+    return Path(file) if file else None
 
 
 def run_started(out: Path) -> bool:
@@ -127,14 +141,16 @@ def projected_vectors(vectors: ItemVectors, width: int, out: Path, saved: Path |
     retrain's: the parent's basis) copied in, else one fitted by rank 0 on
     the table it loads; a file left there by a run refused before training
     is replaced, never reused. A run that has begun (a resume, its
-    evaluation, its ranker) reuses its own, so new items' vectors go through
-    the basis its weights were trained against. Vectors no wider than
+    evaluation, its ranker) reuses its own (or, a retrain from before runs
+    kept a copy, the one its train log names, copied in), so new items'
+    vectors go through the basis its weights were trained against. Vectors no wider than
     ``width`` (or ``width`` 0) are used as given when no basis applies.
     ``manifest["projection"]`` records what the basis was fitted on and
     kept (``ProjectionInfo``), its file, and the share of this table's
     energy it keeps (``energy_kept_here``). A table of which it keeps under
-    ``ENERGY_DROP`` times the share it kept of its own is refused: vectors of
-    another encoder, which the basis would silently turn to noise.
+    ``ENERGY_DROP`` times the share it kept of its own is refused (when fitted
+    on at least ``ENERGY_MIN_ITEMS_PER_DIM`` items per kept dimension): most
+    likely vectors of another encoder, which the basis would turn to noise.
 
     Args:
         vectors (ItemVectors): the table as loaded and checked (D wide).
@@ -169,18 +185,26 @@ def projected_vectors(vectors: ItemVectors, width: int, out: Path, saved: Path |
         if not project:
             return vectors
     elif not file.is_file():
-        if width == 0 or vectors.dim <= width:
+        logged = _logged_projection(out)
+        if logged is not None and logged.is_file():  # a retrain from before runs kept their own copy: take it now
+            if ctx.is_main:
+                shutil.copyfile(logged, file)
+            barrier()
+        elif width == 0 or vectors.dim <= width:
             return vectors
-        raise ValueError(f"{file}: missing, but {out} has begun training and its {vectors.dim}-d vectors "
-                         f"({vectors.path}) are wider than mm_width={width}: its weights were trained on their "
-                         "projection through that basis; restore the file, or train a new run")  # fmt: skip
+        else:
+            raise ValueError(f"{file}: missing, but {out} has begun training and its {vectors.dim}-d vectors "
+                             f"({vectors.path}) are wider than mm_width={width}: its weights were trained on their "
+                             "projection through that basis; restore the file, or train a new run")  # fmt: skip
     basis, info = load_projection(file)
     if info.source_dim != vectors.dim:
         raise ValueError(f"{file}: a basis for {info.source_dim}-d vectors, but {vectors.path} holds {vectors.dim}-d ones; "
                          "project the vectors the run was trained with, or train a new run")  # fmt: skip
     projected = project_rows(vectors.vectors, basis)
-    kept = retained_energy(vectors.vectors, basis)
-    if kept < ENERGY_DROP * info.retained_energy:  # a table this basis was not fitted for: another encoder's
+    total = float(np.square(vectors.vectors, dtype=np.float64).sum())
+    kept = float(np.square(projected, dtype=np.float64).sum()) / total if total > 0 else 1.0
+    # a table this basis was not fitted for (another encoder's); fitted on few items, the share it kept is inflated
+    if info.items >= ENERGY_MIN_ITEMS_PER_DIM * info.dim and kept < ENERGY_DROP * info.retained_energy:
         raise ValueError(f"{file}: this basis keeps {kept:.1%} of the energy of {vectors.path}, against "
                          f"{info.retained_energy:.1%} of the table it was fitted on ({info.source}): these vectors "
                          "are not from the encoder the run was trained with; use that encoder's, or train a new run")

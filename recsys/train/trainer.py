@@ -89,7 +89,7 @@ class TrainJob:
     retrain: RetrainNote | None = None  # a retrain's new-ID admission, for this run's lineage
     # (mean, std) of standardised dense features; None = computed on the training days (reader.dense_moments)
     dense_stats: dict[str, tuple[float, float]] | None = None
-    projection: Path | None = None  # the basis wide vectors go through (setup.projected_vectors); None = OUT's, else fitted
+    projection: Path | None = None  # a new run's basis for wide vectors, copied in (a retrain's parent's); None: fitted
 
 
 def run_train(job: TrainJob) -> RunMetrics | None:

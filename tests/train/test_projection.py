@@ -112,8 +112,8 @@ def test_wide_vectors_train_evaluate_and_retrain(tmp_path: Path, tiny_world: Pat
     trained = json.loads((run / "metrics.json").read_text())
     assert report is not None and report["day"] == trained["test_day"]
     assert report["models"][run.name]["metrics"]["all"]["auc"] == pytest.approx(trained["metrics"]["all"]["auc"], abs=1e-6)
-    # tomorrow's retrain projects today's vectors (and the store's new items) through the same basis, and keeps a
-    # copy: evaluating the retrain (or retraining it) reads that, never a basis fitted anew
+    # tomorrow's retrain projects today's vectors through the same basis, and keeps a copy: evaluating the retrain
+    # (or retraining it) reads that, never a basis fitted anew
     job = retrain_train_job(RetrainJob(parent=run, day=trained["test_day"], out=tmp_path / "re"))
     assert job.projection == run / PROJECTION_FILE
     run_retrain(RetrainJob(parent=run, day=trained["test_day"], out=tmp_path / "re", quiet=True))
@@ -122,9 +122,17 @@ def test_wide_vectors_train_evaluate_and_retrain(tmp_path: Path, tiny_world: Pat
     re_log = json.loads((tmp_path / "re" / "train_log.json").read_text())
     assert re_log["vectors"]["projection"]["file"] == str((tmp_path / "re" / PROJECTION_FILE).resolve())
     # (the tiny world's last day is the retrain's: it is scored on that day, as a run of its own)
+    written = (tmp_path / "re" / PROJECTION_FILE).stat().st_mtime_ns
     report = run_evaluate(EvalJob(world=tiny_world, models=(tmp_path / "re",), day=trained["test_day"],
                                   out=tmp_path / "report-re", resamples=1, quiet=True))
-    assert report is not None and (tmp_path / "re" / PROJECTION_FILE).read_bytes() == parent_basis  # not re-fitted
+    assert report is not None and (tmp_path / "re" / PROJECTION_FILE).stat().st_mtime_ns == written  # not re-fitted
+    # a retrain made before runs kept their own copy: its log names the parent's file, which is copied in
+    (tmp_path / "re" / PROJECTION_FILE).unlink()
+    re_log["vectors"]["projection"]["file"] = str((run / PROJECTION_FILE).resolve())
+    (tmp_path / "re" / "train_log.json").write_text(json.dumps(re_log))
+    ctx = DistContext(rank=0, world_size=1, device=torch.device("cpu"))
+    projected_vectors(load_vectors(vectors), 64, tmp_path / "re", None, ctx)
+    assert (tmp_path / "re" / PROJECTION_FILE).read_bytes() == parent_basis
     # a parent whose basis is gone cannot be retrained: its log says its vectors went through one
     (run / PROJECTION_FILE).unlink()
     with pytest.raises(ValueError, match=f"{PROJECTION_FILE}: missing, but .*records"):
