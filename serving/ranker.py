@@ -417,7 +417,7 @@ class Ranker:
             probs = self.scripted(*artifact_inputs(self.model, self.spec, dense, features, first_rows(sizes))).numpy()
         else:  # the KJT already holds each history on its request's first row only (rows(shared=True))
             history_of = first_rows(sizes) if self.spec.history_keys() else None
-            probs =  torch.sigmoid(self.model(dense, features, history_of=history_of)).to(torch.float32).numpy()
+            probs = torch.sigmoid(self.model(dense, features, history_of=history_of)).to(torch.float32).numpy()
         return np.split(probs, np.cumsum(sizes)[:-1])
 
     @torch.inference_mode()

@@ -43,7 +43,7 @@ from recsys.data.schema import Manifest
 from recsys.data.stats import unseen_item_ids
 from recsys.train.config import SHARDING
 from recsys.train.run_folder import RetrainNote, RunFolder, RunMetrics
-from recsys.train.setup import capped_table_sizes
+from recsys.train.setup import capped_table_sizes, run_started
 from recsys.train.trainer import TrainJob, run_train
 
 
@@ -90,7 +90,8 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
     spec = manifest.features
     new, hashed = unseen_item_ids(world, job.day, lineage.all_days, int(sizes[spec.table_of(spec.item_key)]), manifest)
     parent_projection = folder.path / PROJECTION_FILE
-    resumed_copy = (Path(job.out) / PROJECTION_FILE).is_file()  # a retrain resumed holds its own copy
+    # a retrain resumed holds its own copy (a file in a folder that never began training is not one: setup.run_started)
+    resumed_copy = run_started(Path(job.out)) and (Path(job.out) / PROJECTION_FILE).is_file()
     if log.vectors and log.vectors.get("projection") and not parent_projection.is_file() and not resumed_copy:
         raise ValueError(f"{parent_projection}: missing, but {folder.train_log_file} records that the run's vectors went "
                          "through it (vectors.projection); restore it: without it the vectors cannot be projected as "

@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -35,13 +34,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim.keyed import CombinedOptimizer
 
 from recsys.data.schema import Manifest
-from recsys.data.projection import (
-    PROJECTION_FILE,
-    fit_projection,
-    load_projection,
-    project_rows,
-    save_projection,
-)
+from recsys.data.projection import PROJECTION_FILE, fit_projection, load_projection, project_rows, save_projection
 from recsys.data.vectors import ItemVectors
 from recsys.distributed import DistContext, barrier
 from recsys.models.mm_table import MultimodalArch, load_item_vectors_into
@@ -103,12 +96,11 @@ ENERGY_MIN_ITEMS_PER_DIM = 10
 
 def _logged_projection(out: Path) -> Path | None:
     """The basis file ``out``'s train log records (``vectors.projection.file``), if it records one."""
-    log = RunFolder(Path(out)).train_log_file
     try:
-        recorded = json.loads(log.read_text()).get("vectors") or {}
-    except (OSError, ValueError, AttributeError):
+        vectors = RunFolder(Path(out)).read_train_log().vectors or {}
+    except (FileNotFoundError, ValueError):  # no log yet, or one this run cannot read: no basis named
         return None
-    file = (recorded.get("projection") or {}).get("file") if isinstance(recorded, dict) else None
+    file = (vectors.get("projection") or {}).get("file")
     return Path(file) if file else None
 
 

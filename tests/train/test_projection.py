@@ -137,3 +137,7 @@ def test_wide_vectors_train_evaluate_and_retrain(tmp_path: Path, tiny_world: Pat
     (run / PROJECTION_FILE).unlink()
     with pytest.raises(ValueError, match=f"{PROJECTION_FILE}: missing, but .*records"):
         retrain_train_job(RetrainJob(parent=run, day=trained["test_day"], out=tmp_path / "re2"))
+    (tmp_path / "re2").mkdir()  # a basis left in a folder that never began training is not the retrain's own copy
+    (tmp_path / "re2" / PROJECTION_FILE).write_bytes(parent_basis)
+    with pytest.raises(ValueError, match=f"{PROJECTION_FILE}: missing, but .*records"):
+        retrain_train_job(RetrainJob(parent=run, day=trained["test_day"], out=tmp_path / "re2"))
