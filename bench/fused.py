@@ -6,7 +6,10 @@ prefix-masked histories of uniform length), it times
 
 1. SimTier with the learned metric, forward, and forward + backward;
 2. target attention without gradients (a frozen MAKE; evaluation), for the
-   hidden widths 8 and 32,
+   hidden widths 8 and 32;
+3. target attention forward + backward over the frozen history (MAKE in
+   stage 1, and fine-tuned in stage 2), the query and the unit's weights
+   taking gradients, at 8 and 32 wide,
 
 and prints eager time / fused time (the kernels' speed-up) for each, with
 the largest difference of their outputs. The two sides are twin modules
@@ -87,6 +90,15 @@ def main(argv: list[str] | None = None) -> None:
     def attention(att: TargetAttention) -> Callable[[], torch.Tensor]:
         return lambda: att(target, history, mask)
 
+    def attention_forward_backward(att: TargetAttention) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            att.zero_grad()
+            query = target.clone().requires_grad_()
+            (att(query, history, mask) * probe[:, :1]).sum().backward()
+            return torch.cat([query.grad.flatten(), *(p.grad.flatten() for p in att.parameters())])
+
+        return run
+
     # (eager, fused) twins: the metric starts at the identity in both; the attention copies its weights
     simtiers = [SimTier(50, soft=True, unit_vectors=True, metric_dim=D, fused=k) for k in (False, True)]
     cases: dict[str, tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]] = {
@@ -99,6 +111,12 @@ def main(argv: list[str] | None = None) -> None:
         atts = [TargetAttention(D, [hidden], fused=k).requires_grad_(False) for k in (False, True)]
         atts[1].load_state_dict(atts[0].state_dict())
         cases[f"target attention {hidden} wide, no gradients"] = (attention(atts[0]), attention(atts[1]))
+    for hidden in (8, 32):
+        atts = [TargetAttention(D, [hidden], fused=k) for k in (False, True)]
+        atts[1].load_state_dict(atts[0].state_dict())
+        cases[f"target attention {hidden} wide, forward + backward"] = (
+            attention_forward_backward(atts[0]), attention_forward_backward(atts[1])
+        )
     print(f"fused kernels vs eager ops (B={B}, L={L}, D={D}, 1 thread, median of {args.rounds} turns)")
     for label, (eager_fn, fused_fn) in cases.items():
         eager, ours, diff = eager_over_fused(eager_fn, fused_fn, args.rounds)

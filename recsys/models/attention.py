@@ -30,10 +30,11 @@ class TargetAttention(nn.Module):
     unmasked positions. Masked positions get weight 0 either way, so their
     contents never change the output; an all-masked row gives zeros.
 
-    Built with ``fused=True``, when nothing needs a gradient (a frozen MAKE,
-    evaluation) and the unit has one hidden layer, CPU float32 calls run
-    ``recsys.models.fused``'s pooling kernel: the same values, one pass over
-    each history.
+    Built with ``fused=True``, when the keys need no gradient (MAKE's frozen
+    history, trained or not; any call under ``torch.no_grad()``) and the unit
+    has one hidden layer, CPU float32 calls run ``recsys.models.fused``'s
+    attention kernels: the same values and gradients (query, unit weights),
+    one pass over each history's unmasked positions forward and one backward.
 
     Args:
         dim (int): D, width of the query and of each key.
@@ -41,7 +42,7 @@ class TargetAttention(nn.Module):
             (ReLU), followed by a linear layer to one score.
         extra_dim (int): X, width of the extra per-position inputs (0: none).
         softmax (bool): normalise the weights with a masked softmax.
-        fused (bool): use the fused kernel where it applies (built here, in
+        fused (bool): use the fused kernels where they apply (built here, in
             the constructor, if the unit's shape is one it takes).
         device (torch.device | None): where to create parameters (``meta`` works).
 
@@ -88,13 +89,10 @@ class TargetAttention(nn.Module):
         return self._dim
 
     def _fusable(self, query: torch.Tensor, keys: torch.Tensor) -> bool:
-        """Whether ``recsys.models.fused``'s pooling kernel takes this call: built with ``fused`` (one
-        hidden layer of a width it takes, no extra inputs), nothing needs a gradient, CPU float32."""
-        if not self._fused:
-            return False
-        if torch.is_grad_enabled() and (
-            query.requires_grad or keys.requires_grad or any(p.requires_grad for p in self.unit.parameters())
-        ):
+        """Whether ``recsys.models.fused``'s attention kernels take this call: built with ``fused`` (one
+        hidden layer of a width they take, no extra inputs), keys that need no gradient (a frozen
+        table's history), CPU float32."""
+        if not self._fused or (keys.requires_grad and torch.is_grad_enabled()):
             return False
         return keys.stride(2) == 1 and fused_kernels.applies(query, keys, self.unit[0].weight)
 
@@ -134,14 +132,15 @@ class TargetAttention(nn.Module):
         # and the query term is computed once per row.
         first = self.unit[0]
         w_q, w_k, w_d, w_p, w_x = first.weight.split([D, D, D, D, self._extra_dim], dim=1)
-        per_row = (w_k - w_d).t().unsqueeze(0) + query.unsqueeze(2) * w_p.t().unsqueeze(0)  # (B, D, H1)
-        row_term = (query @ (w_q + w_d).t() + first.bias).unsqueeze(1)  # (B, 1, H1)
-        if self._fusable(query, keys):  # no gradient wanted: one pass per impression
+        row_term = query @ (w_q + w_d).t() + first.bias  # (B, H1)
+        if self._fusable(query, keys):  # frozen keys: one pass per impression, masked positions skipped
             last = self.unit[2]
-            return torch.ops.mmctr_fused.din_pool(
-                keys, mask, per_row, row_term.squeeze(1), last.weight.view(-1), last.bias.view(()), self._softmax
+            return _FusedDinAttention.apply(
+                keys, mask, query, (w_k - w_d).t(), w_p.t(), row_term, last.weight.view(-1), last.bias.view(()),
+                self._softmax,
             )
-        hidden = torch.baddbmm(row_term, keys, per_row)  # (B, L, H1)
+        per_row = (w_k - w_d).t().unsqueeze(0) + query.unsqueeze(2) * w_p.t().unsqueeze(0)  # (B, D, H1)
+        hidden = torch.baddbmm(row_term.unsqueeze(1), keys, per_row)  # (B, L, H1)
         if self._extra_dim:
             hidden = hidden + extra.to(keys.dtype) @ w_x.t()
         scores = self.unit[1:](hidden).squeeze(-1)  # (B, L)
@@ -151,3 +150,38 @@ class TargetAttention(nn.Module):
         else:
             weights = scores.masked_fill(~mask, 0.0)
         return torch.bmm(weights.unsqueeze(1), keys).squeeze(1)  # (B, D)
+
+
+class _FusedDinAttention(torch.autograd.Function):
+    """:class:`TargetAttention` with one hidden layer over keys that need no gradient, in
+    ``recsys.models.fused``'s kernels (CPU float32): the forward walks each impression's unmasked
+    positions once, keeping the hidden layer's pre-activations (B, L, H) when a gradient is wanted;
+    the backward walks them again and sums the shared weights' gradients per thread. Gradients: query (through the per-row key
+    matrix ``A + diag(q) Wp``; the row term's own path is autograd's), A, Wp, the row term, w2, b2.
+
+    Args (forward):
+        keys (torch.Tensor): (B, L, D), no gradient; mask (torch.Tensor): bool (B, L).
+        query (torch.Tensor): (B, D); key_weight, product_weight (torch.Tensor): A = (W_k - W_d)^T
+            and Wp = W_p^T, (D, H); row_term (torch.Tensor): (B, H), the first layer's query term
+            and bias; w2 (torch.Tensor): (H,), b2 (torch.Tensor): (), the score layer; softmax (bool).
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, keys: torch.Tensor, mask: torch.Tensor,
+                query: torch.Tensor, key_weight: torch.Tensor, product_weight: torch.Tensor,
+                row_term: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, softmax: bool) -> torch.Tensor:
+        args = (keys, mask, query, key_weight.contiguous(), product_weight.contiguous(), row_term, w2, b2)
+        ctx.softmax = softmax
+        # under no_grad (evaluation, a frozen MAKE) nothing is kept; in training the hidden layer's
+        # pre-activations (B, L, H) are, so the backward need not recompute them
+        keep = any(ctx.needs_input_grad[2:8])
+        out, hidden = torch.ops.mmctr_fused.din_attention(*args, softmax, keep)
+        ctx.save_for_backward(hidden, *args)
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        query, row_term, key_weight, product_weight, w2, b2 = torch.ops.mmctr_fused.din_attention_backward(
+            grad, *ctx.saved_tensors, ctx.softmax
+        )
+        return None, None, query, key_weight, product_weight, row_term, w2, b2, None

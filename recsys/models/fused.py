@@ -5,23 +5,27 @@ Notation:
 * ``B``: batch size; ``L``: padded history length; ``D``: vector width.
 * ``T``: SimTier tiers; ``H``: width of an attention unit's one hidden layer.
 
-Two passes of a multimodal training step read every (frozen) history
+Two parts of a multimodal training step read every (frozen) history
 vector against a per-impression query: SimTier's soft tiers (forward and
-the learned metric's backward) and MAKE's target attention when it runs
-without gradients (``make_frozen``, and every model at evaluation). As
-eager ops each is 6 to 10 whole-tensor passes with (B, L, H) temporaries;
-the kernels in ``csrc/frozen_history.cpp`` walk each impression's history
-once (2-3x faster on one CPU thread, ``bench/train``).
+the learned metric's backward) and MAKE's target attention (forward, and
+the backward of its weights and query when MAKE trains: stage 1, and stage 2
+unless ``make_frozen``; forward only at evaluation). As eager ops each is 6
+to 10 whole-tensor passes with (B, L, H) temporaries; the kernels in
+``csrc/frozen_history.cpp`` walk each impression's history once, skipping
+padded positions, and the attention's backward recomputes its hidden layer
+instead of keeping (B, L, H) activations (2-5x faster on one CPU thread,
+``bench/fused``). Attention over keys that need a gradient (the ID model's,
+over trained embeddings) keeps the eager ops.
 
 They are C++ built with ``torch.utils.cpp_extension`` (g++ and ninja;
 about 20 s once, then cached by source hash) and registered as
 ``torch.ops.mmctr_fused``. A module asked for them (``fused=True``, from
 ``ModelConfig.fused_kernels``) builds them in its constructor, so no forward
 compiles anything. They run only where they apply: CPU float32 tensors on a
-CPU with AVX2 (the build uses ``-mavx2 -mfma``), D in {8, 16, 32, 64}, H in
-{8, 16, 32}. Everywhere else (GPU, other widths, no compiler) the modules
-keep their eager ops, which compute the same values: the tests hold the two
-to 1e-5. ``fused_kernels: false`` in the model config turns them off;
+CPU with AVX2 (the build uses ``-mavx2 -mfma``), SimTier's D in {8, 16, 32,
+64}, the attention's H in {8, 16, 32} (any D). Everywhere else (GPU, other
+widths, no compiler) the modules keep their eager ops, which compute the
+same values: the tests hold the two to 1e-5. ``fused_kernels: false`` in the model config turns them off;
 ``MMCTR_FUSED=0`` (or ``1``) at launch overrides the config
 (:func:`config_override`, applied once where the job's config is read).
 

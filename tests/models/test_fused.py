@@ -128,23 +128,76 @@ def test_attention_without_gradients_equals_eager(hidden: int, softmax: bool) ->
 
 
 @needs_kernels
-def test_attention_that_needs_gradients_keeps_the_eager_ops() -> None:
+@pytest.mark.parametrize("hidden", fused.HIDDEN_WIDTHS)
+@pytest.mark.parametrize("softmax", [False, True])
+@pytest.mark.parametrize("D, threads", [(16, 1), (12, 2), (64, 2)])
+def test_attention_gradients_equal_eager(hidden: int, softmax: bool, D: int, threads: int) -> None:
+    # MAKE's trainable attention over the frozen history: the kernel's backward against autograd's
+    # (D = 12: rows of P outside the kernel's register blocks; 2 threads: the per-thread sums)
+    query, keys, mask = history_batch(B=37, S=11, D=D, seed=hidden + D)
+    probe = torch.randn(37, D, generator=torch.Generator().manual_seed(5))
+    results = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for use_kernels in (True, False):
+            torch.manual_seed(hidden)  # the same weights in both
+            att = TargetAttention(D, [hidden], softmax=softmax, fused=use_kernels)
+            q = query.clone().requires_grad_()
+            out = att(q, keys, mask)
+            (out * probe).sum().backward()
+            results.append((out.detach(), q.grad, [p.grad for p in att.parameters()], out.grad_fn.name()))
+    finally:
+        torch.set_num_threads(before)
+    (got, got_q, got_params, fused_fn), (want, want_q, want_params, eager_fn) = results
+    assert "Fused" in fused_fn and "Fused" not in eager_fn  # the kernel's backward ran, and autograd's
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_q, want_q, rtol=1e-4, atol=1e-5)
+    for got_p, want_p in zip(got_params, want_params):
+        torch.testing.assert_close(got_p, want_p, rtol=1e-4, atol=1e-4)
+    assert got[0].eq(0).all() and got_q[0].abs().max() < 1e-6  # the empty history: no output, no gradient
+
+
+@needs_kernels
+@pytest.mark.parametrize("softmax", [False, True])
+def test_attention_backward_from_kept_hidden_equals_recomputed(softmax: bool) -> None:
+    # training keeps the forward's pre-activations; the backward without them recomputes the same
+    query, keys, mask = history_batch(B=21, S=8, D=16, seed=7)
+    g = torch.Generator().manual_seed(8)
+    unit = [torch.randn(*shape, generator=g) for shape in ((16, 16), (16, 16), (21, 16), (16,))]  # A, Wp, row, w2
+    args = (keys, mask, query, *unit, torch.tensor(0.1))
+    out, hidden = torch.ops.mmctr_fused.din_attention(*args, softmax, True)
+    again, nothing = torch.ops.mmctr_fused.din_attention(*args, softmax, False)
+    assert torch.equal(out, again) and hidden.shape == (21, keys.shape[1], 16) and nothing.numel() == 0
+    grad = torch.randn(21, 16, generator=g)
+    kept = torch.ops.mmctr_fused.din_attention_backward(grad, hidden, *args, softmax)
+    recomputed = torch.ops.mmctr_fused.din_attention_backward(grad, nothing, *args, softmax)
+    for a, b in zip(kept, recomputed):
+        torch.testing.assert_close(a, b)
+
+
+@needs_kernels
+def test_attention_over_keys_that_need_gradients_keeps_the_eager_ops() -> None:
+    # the ID model's attention: its keys are trained embeddings, which the kernel gives no gradient
     query, keys, mask = history_batch(B=5, S=6, D=8, seed=3)
     att = TargetAttention(8, [8], fused=True)
+    keys = keys.clone().requires_grad_()
     out = att(query, keys, mask)
-    assert out.grad_fn is not None  # the eager graph: the kernel has no backward
+    assert "Fused" not in out.grad_fn.name()
     out.sum().backward()
-    assert att.unit[0].weight.grad is not None
-    with torch.no_grad():
+    assert keys.grad is not None and att.unit[0].weight.grad is not None
+    with torch.no_grad():  # no gradient wanted: the kernel, the same values
         torch.testing.assert_close(att(query, keys, mask), out.detach(), rtol=1e-5, atol=1e-6)
 
 
 @needs_kernels
-def test_frozen_make_model_equals_eager(sizes: dict[str, int], make_batch) -> None:
+@pytest.mark.parametrize("make_frozen", [True, False])
+def test_make_model_equals_eager(sizes: dict[str, int], make_batch, make_frozen: bool) -> None:
     batch = make_batch([4, 0, 7, 2, 3])
     results = []
     for use_kernels in (True, False):  # the switch changes no parameter: the same seed, the same weights
-        config = ModelConfig(variant="simtier_make", make_frozen=True, make_attention_hidden=(8,), fused_kernels=use_kernels)
+        config = ModelConfig(variant="simtier_make", make_frozen=make_frozen, make_attention_hidden=(8,),
+                             fused_kernels=use_kernels)
         torch.manual_seed(0)
         model = CtrModel(config, WORLD, sizes, mm_dim=16)
         weight = model.mm_arch.table_weight()
@@ -153,10 +206,16 @@ def test_frozen_make_model_equals_eager(sizes: dict[str, int], make_batch) -> No
             weight[3] = 0.0  # an item without a vector
         logits = model(batch.dense_features, batch.sparse_features)
         logits.sum().backward()
-        results.append((logits.detach(), model.simtier.metric.grad.clone()))
-    (logits, got_grad), (want, want_grad) = results
+        make_grads = [p.grad for p in model.make.parameters()]
+        results.append((logits.detach(), model.simtier.metric.grad.clone(), make_grads))
+    (logits, got_grad, got_make), (want, want_grad, want_make) = results
     torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-5)
+    if make_frozen:
+        assert all(g is None for g in got_make + want_make)
+    else:  # fine-tuned in stage 2: MAKE's attention trains through the kernel's backward
+        for got_m, want_m in zip(got_make, want_make):
+            torch.testing.assert_close(got_m, want_m, rtol=1e-4, atol=1e-5)
 
 
 @needs_kernels
@@ -167,8 +226,21 @@ def test_kernels_name_the_bad_argument() -> None:
         torch.ops.mmctr_fused.soft_tiers(history, torch.zeros(2, 8), torch.zeros(2, 4), 5)
     with pytest.raises(RuntimeError, match="D must be 8, 16, 32 or 64, got 12"):
         torch.ops.mmctr_fused.soft_tiers(torch.zeros(2, 3, 12), torch.zeros(2, 12), torch.zeros(2, 3), 5)
+    unit = (torch.zeros(2, 8), torch.zeros(8, 8), torch.zeros(8, 8), torch.zeros(2, 8))  # query, A, Wp, row term
     with pytest.raises(RuntimeError, match="mask: expected shape"):
-        torch.ops.mmctr_fused.din_pool(
-            history, torch.ones(2, 4, dtype=torch.bool), torch.zeros(2, 8, 8), torch.zeros(2, 8), torch.zeros(8),
-            torch.zeros(()), False,
+        torch.ops.mmctr_fused.din_attention(
+            history, torch.ones(2, 4, dtype=torch.bool), *unit, torch.zeros(8), torch.zeros(()), False, False
+        )
+    with pytest.raises(RuntimeError, match="hidden width must be 8, 16 or 32, got 4"):
+        torch.ops.mmctr_fused.din_attention(
+            history, torch.ones(2, 3, dtype=torch.bool), *unit, torch.zeros(4), torch.zeros(()), False, False
+        )
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    with pytest.raises(RuntimeError, match="grad: expected shape"):
+        torch.ops.mmctr_fused.din_attention_backward(
+            torch.zeros(2, 7), torch.zeros(0), history, mask, *unit, torch.zeros(8), torch.zeros(()), False
+        )
+    with pytest.raises(RuntimeError, match="hidden: expected shape"):
+        torch.ops.mmctr_fused.din_attention_backward(
+            torch.zeros(2, 8), torch.zeros(2, 3, 4), history, mask, *unit, torch.zeros(8), torch.zeros(()), False
         )

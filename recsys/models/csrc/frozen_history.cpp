@@ -5,7 +5,9 @@
 //
 // Each kernel walks an impression's history once, holding the query in
 // registers, instead of the 6-10 whole-tensor passes (and the (B, L, H)
-// temporaries) of the eager ops. Loops are written over 8-float GCC vectors
+// temporaries) of the eager ops. The attention kernels visit only unmasked
+// positions, and its backward gives the gradients of the query and the unit's
+// weights (the history is frozen: it has none), summed per thread. Loops are written over 8-float GCC vectors
 // so the compiler emits AVX2/FMA code for them (built with -mavx2 -mfma).
 // Batch rows are split over at::parallel_for, so torch.set_num_threads holds.
 
@@ -16,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -142,89 +145,289 @@ at::Tensor soft_tiers_backward(const at::Tensor& grad, const at::Tensor& history
   return tiers(&grad, history, query, weight, T);
 }
 
-// DIN pooling of rows [b0, b1): hidden = relu(row_b + k_l per_row_b), score = w2 . hidden + b2.
+// DIN's activation unit with one hidden layer, for the unmasked positions of impression b:
+// hidden_l = row_b + k_l P_b (pre-activation, H wide), P_b = A + diag(q_b) Wp the first layer's
+// per-row key matrix (D, H), built here from the query instead of read from a (B, D, H) tensor.
+// Writes the positions to pos[0..n) and their pre-activations to hid[n][H]; returns n.
 template <int HV>
-void pool_rows(int64_t b0, int64_t b1, const History& k, const bool* mask, const float* per_row, const float* row_term,
-               const float* w2p, float b2, bool softmax, float* out) {
+int64_t unit_hidden(int64_t b, const History& k, const bool* mask, const float* query, const float* A,
+                    const float* Wp, const float* row_term, float* P, int64_t* pos, float* hid) {
   constexpr int64_t H = 8 * HV;
-  constexpr int R = 4;  // positions in flight: independent FMA chains
+  constexpr int R = 8 / HV;  // positions in flight: R * HV accumulators + HV of P stay in the 16 AVX2 registers
   const int64_t L = k.L, D = k.D;
-  std::vector<float> scores(L);
-  v8 w2[HV];
-  for (int v = 0; v < HV; ++v) w2[v] = load8(w2p + 8 * v);
-  const v8 zero = {};
-  for (int64_t b = b0; b < b1; ++b) {
-    const float* P = per_row + b * D * H;
-    const bool* m = mask + b * L;
-    v8 row[HV];
-    for (int v = 0; v < HV; ++v) row[v] = load8(row_term + b * H + 8 * v);
-    float top = -INFINITY;
-    for (int64_t l = 0; l < L; l += R) {
-      v8 hidden[R][HV];
-      const float* item[R];
+  const bool* m = mask + b * L;
+  const float* q = query + b * D;
+  for (int64_t d = 0; d < D; ++d) {
+    for (int v = 0; v < HV; ++v) {
+      const v8 p = load8(A + d * H + 8 * v) + q[d] * load8(Wp + d * H + 8 * v);
+      std::memcpy(P + d * H + 8 * v, &p, sizeof(p));
+    }
+  }
+  int64_t n = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    if (m[l]) pos[n++] = l;
+  }
+  v8 row[HV];
+  for (int v = 0; v < HV; ++v) row[v] = load8(row_term + b * H + 8 * v);
+  for (int64_t i = 0; i < n; i += R) {
+    v8 hidden[R][HV];
+    const float* item[R];
+    for (int r = 0; r < R; ++r) {
+      item[r] = k.item(b, pos[std::min<int64_t>(i + r, n - 1)]);
+      for (int v = 0; v < HV; ++v) hidden[r][v] = row[v];
+    }
+    for (int64_t d = 0; d < D; ++d) {
+      v8 Pd[HV];
+      for (int v = 0; v < HV; ++v) Pd[v] = load8(P + d * H + 8 * v);
       for (int r = 0; r < R; ++r) {
-        item[r] = k.item(b, std::min<int64_t>(l + r, L - 1));
-        for (int v = 0; v < HV; ++v) hidden[r][v] = row[v];
-      }
-      for (int64_t d = 0; d < D; ++d) {
-        v8 Pd[HV];
-        for (int v = 0; v < HV; ++v) Pd[v] = load8(P + d * H + 8 * v);
-        for (int r = 0; r < R; ++r) {
-          const float kd = item[r][d];
-          for (int v = 0; v < HV; ++v) hidden[r][v] += kd * Pd[v];
-        }
-      }
-      for (int r = 0; r < R && l + r < L; ++r) {
-        v8 acc = {};
-        for (int v = 0; v < HV; ++v) acc += (hidden[r][v] > zero ? hidden[r][v] : zero) * w2[v];
-        const float s = hsum(acc) + b2;
-        scores[l + r] = m[l + r] ? s : 0.f;
-        if (m[l + r]) top = std::max(top, s);
+        const float kd = item[r][d];
+        for (int v = 0; v < HV; ++v) hidden[r][v] += kd * Pd[v];
       }
     }
-    if (softmax) {
-      float z = 0.f;
-      for (int64_t l = 0; l < L; ++l) {
-        if (m[l]) {
-          scores[l] = std::exp(scores[l] - top);
-          z += scores[l];
-        }
-      }
-      for (int64_t l = 0; z > 0.f && l < L; ++l) scores[l] /= z;
+    for (int r = 0; r < R && i + r < n; ++r) std::memcpy(hid + (i + r) * H, hidden[r], sizeof(hidden[r]));
+  }
+  return n;
+}
+
+// The weights of the n unmasked positions from their pre-activations: w2 . relu(hidden) + b2, or
+// its softmax over the n positions.
+template <int HV>
+void unit_weights(int64_t n, const float* hid, const v8* w2, float b2, bool softmax, float* weights) {
+  constexpr int64_t H = 8 * HV;
+  const v8 zero = {};
+  float top = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) {
+    v8 acc = {};
+    for (int v = 0; v < HV; ++v) {
+      const v8 h = load8(hid + i * H + 8 * v);
+      acc += (h > zero ? h : zero) * w2[v];
     }
+    weights[i] = hsum(acc) + b2;
+    top = std::max(top, weights[i]);
+  }
+  if (!softmax) return;
+  float z = 0.f;
+  for (int64_t i = 0; i < n; ++i) z += (weights[i] = std::exp(weights[i] - top));
+  for (int64_t i = 0; i < n; ++i) weights[i] /= z;
+}
+
+struct Unit {  // the activation unit's tensors, raw (contiguous float32)
+  const float *query, *A, *Wp, *row_term, *w2;
+  float b2;
+  bool softmax;
+};
+
+// Forward of rows [b0, b1): out_b = sum over unmasked l of weight_l k_l. With keep (B, L, H), the
+// pre-activations of impression b's n unmasked positions are left in its first n rows for the backward.
+template <int HV>
+void attention_rows(int64_t b0, int64_t b1, const History& k, const bool* mask, const Unit& u, float* out,
+                    float* keep) {
+  constexpr int64_t H = 8 * HV;
+  const int64_t L = k.L, D = k.D;
+  std::vector<float> P(D * H), local(keep == nullptr ? L * H : 0), weights(L);
+  std::vector<int64_t> pos(L);
+  v8 w2[HV];
+  for (int v = 0; v < HV; ++v) w2[v] = load8(u.w2 + 8 * v);
+  for (int64_t b = b0; b < b1; ++b) {
+    float* hid = keep == nullptr ? local.data() : keep + b * L * H;
+    const int64_t n = unit_hidden<HV>(b, k, mask, u.query, u.A, u.Wp, u.row_term, P.data(), pos.data(), hid);
+    unit_weights<HV>(n, hid, w2, u.b2, u.softmax, weights.data());
     float* o = out + b * D;
-    for (int64_t l = 0; l < L; ++l) {
-      if (scores[l] == 0.f) continue;  // masked (or a zero weight)
-      const float* item = k.item(b, l);
-      for (int64_t d = 0; d < D; ++d) o[d] += scores[l] * item[d];
+    for (int64_t i = 0; i < n; ++i) {
+      const float* item = k.item(b, pos[i]);
+      for (int64_t d = 0; d < D; ++d) o[d] += weights[i] * item[d];
     }
   }
 }
 
-at::Tensor din_pool(const at::Tensor& keys, const at::Tensor& mask, const at::Tensor& per_row,
-                    const at::Tensor& row_term, const at::Tensor& w2, const at::Tensor& b2, bool softmax) {
-  const History k = history_of(keys, "keys");
-  const int64_t H = per_row.dim() == 3 ? per_row.size(2) : -1;
-  check_shape(mask, {k.B, k.L}, at::kBool, "mask");
-  check_shape(per_row, {k.B, k.D, H}, at::kFloat, "per_row");
-  check_shape(row_term, {k.B, H}, at::kFloat, "row_term");
-  check_shape(w2, {H}, at::kFloat, "w2");
+// Per-thread sums of the shared parameters' gradients: A and Wp (D, H), w2 (H), b2.
+struct UnitGrads {
+  float *A, *Wp, *w2, *b2;
+};
+
+// Rows [d, d + DD) of G = sum_i k_i (x) gh_i (gh: dL/dhidden of the n positions, (n, H)), the
+// gradient of impression b's per-row key matrix P_b = A + diag(q_b) Wp, added to dA and dWp; also
+// dq_b[d] = Wp[d] . G[d].
+template <int HV, int DD>
+inline void grad_key_rows(int64_t d, int64_t n, int64_t b, const History& k, const int64_t* pos, const float* gh,
+                          const float* q, const float* Wp, float* grad_query, const UnitGrads& g) {
+  constexpr int64_t H = 8 * HV;
+  const int64_t D = k.D;
+  v8 acc[DD][HV] = {};
+  for (int64_t i = 0; i < n; ++i) {
+    const float* item = k.item(b, pos[i]) + d;
+    v8 x[HV];
+    for (int v = 0; v < HV; ++v) x[v] = load8(gh + i * H + 8 * v);
+    for (int r = 0; r < DD; ++r) {
+      const float kd = item[r];
+      for (int v = 0; v < HV; ++v) acc[r][v] += kd * x[v];
+    }
+  }
+  for (int r = 0; r < DD; ++r) {
+    const int64_t row = (d + r) * H;
+    v8 gq = {};
+    for (int v = 0; v < HV; ++v) {
+      const v8 a = load8(g.A + row + 8 * v) + acc[r][v], p = load8(g.Wp + row + 8 * v) + q[d + r] * acc[r][v];
+      std::memcpy(g.A + row + 8 * v, &a, sizeof(a));
+      std::memcpy(g.Wp + row + 8 * v, &p, sizeof(p));
+      gq += load8(Wp + row + 8 * v) * acc[r][v];
+    }
+    grad_query[b * D + d + r] = hsum(gq);
+  }
+}
+
+// Backward of rows [b0, b1): the gradients of query (through P_b only; row_term's own path is
+// autograd's), row_term (B, H), and the sums of A, Wp, w2, b2. The unit's pre-activations are the
+// forward's kept ones (kept != nullptr, see attention_rows), else recomputed.
+template <int HV>
+void attention_grad_rows(int64_t b0, int64_t b1, const History& k, const bool* mask, const Unit& u,
+                         const float* kept, const float* grad, float* grad_query, float* grad_row, const UnitGrads& g) {
+  constexpr int64_t H = 8 * HV;
+  constexpr int R = 8 / HV;  // as in unit_hidden: R * HV + HV registers
+  const int64_t L = k.L, D = k.D;
+  std::vector<float> P(kept == nullptr ? D * H : 0), local(kept == nullptr ? L * H : 0), gh_rows(L * H);
+  std::vector<float> weights(L), gw(L);
+  std::vector<int64_t> pos(L);
+  v8 w2[HV];
+  for (int v = 0; v < HV; ++v) w2[v] = load8(u.w2 + 8 * v);
+  const v8 zero = {};
+  float* const gh_data = gh_rows.data();
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* hid;
+    int64_t n = 0;
+    if (kept == nullptr) {
+      n = unit_hidden<HV>(b, k, mask, u.query, u.A, u.Wp, u.row_term, P.data(), pos.data(), local.data());
+      hid = local.data();
+    } else {
+      for (int64_t l = 0; l < L; ++l) {
+        if (mask[b * L + l]) pos[n++] = l;
+      }
+      hid = kept + b * L * H;
+    }
+    if (n == 0) continue;  // an empty history: every gradient of this row is 0
+    unit_weights<HV>(n, hid, w2, u.b2, u.softmax, weights.data());
+    const float* go = grad + b * D;
+    float mean = 0.f;  // softmax: sum_j weight_j dL/dweight_j
+    for (int64_t i = 0; i < n; ++i) {
+      const float* item = k.item(b, pos[i]);
+      float s = 0.f;
+      for (int64_t d = 0; d < D; ++d) s += go[d] * item[d];
+      gw[i] = s;  // dL/dweight_i
+      mean += weights[i] * s;
+    }
+    // dL/dscore_i, then dL/dhidden_i
+    v8 row_acc[HV] = {}, w2_acc[HV] = {};
+    float b2_acc = 0.f;
+    for (int64_t i = 0; i < n; ++i) {
+      const float gs = u.softmax ? weights[i] * (gw[i] - mean) : gw[i];
+      b2_acc += gs;
+      for (int v = 0; v < HV; ++v) {
+        const v8 h = load8(hid + i * H + 8 * v);
+        const v8 gh = h > zero ? gs * w2[v] : zero;
+        w2_acc[v] += gs * (h > zero ? h : zero);
+        row_acc[v] += gh;
+        std::memcpy(gh_data + i * H + 8 * v, &gh, sizeof(gh));
+      }
+    }
+    std::memcpy(grad_row + b * H, row_acc, sizeof(row_acc));
+    for (int v = 0; v < HV; ++v) {
+      const v8 w = load8(g.w2 + 8 * v) + w2_acc[v];
+      std::memcpy(g.w2 + 8 * v, &w, sizeof(w));
+    }
+    *g.b2 += b2_acc;
+    // G = sum_i k_i (x) dL/dhidden_i, the gradient of P_b (D, H), DD rows at a time held in registers;
+    // then P_b = A + diag(q_b) Wp gives dA += G, dWp += diag(q_b) G, dq_b[d] = Wp[d] . G[d]
+    const float* q = u.query + b * D;
+    int64_t d = 0;
+    for (; d + R <= D; d += R) grad_key_rows<HV, R>(d, n, b, k, pos.data(), gh_data, q, u.Wp, grad_query, g);
+    for (; d < D; ++d) grad_key_rows<HV, 1>(d, n, b, k, pos.data(), gh_data, q, u.Wp, grad_query, g);
+  }
+}
+
+struct AttentionArgs {
+  History k;
+  at::Tensor mask, query, A, Wp, row_term, w2;
+  Unit unit;
+  int64_t H;
+};
+
+AttentionArgs attention_args(const at::Tensor& keys, const at::Tensor& mask, const at::Tensor& query,
+                             const at::Tensor& key_weight, const at::Tensor& product_weight,
+                             const at::Tensor& row_term, const at::Tensor& w2, const at::Tensor& b2, bool softmax) {
+  AttentionArgs a;
+  a.k = history_of(keys, "keys");
+  a.H = w2.dim() == 1 ? w2.size(0) : -1;
+  TORCH_CHECK(a.H == 8 || a.H == 16 || a.H == 32, "din_attention: the hidden width must be 8, 16 or 32, got ", a.H);
+  check_shape(mask, {a.k.B, a.k.L}, at::kBool, "mask");
+  check_shape(query, {a.k.B, a.k.D}, at::kFloat, "query");
+  check_shape(key_weight, {a.k.D, a.H}, at::kFloat, "key_weight");
+  check_shape(product_weight, {a.k.D, a.H}, at::kFloat, "product_weight");
+  check_shape(row_term, {a.k.B, a.H}, at::kFloat, "row_term");
   check_shape(b2, {}, at::kFloat, "b2");
-  const at::Tensor m = mask.contiguous(), P = per_row.contiguous(), R = row_term.contiguous(), W = w2.contiguous();
-  at::Tensor out = at::zeros({k.B, k.D}, keys.options());
-  const bool* mp = m.data_ptr<bool>();
-  const float *pp = P.data_ptr<float>(), *rp = R.data_ptr<float>(), *wp = W.data_ptr<float>();
-  const float bias = b2.item<float>();
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, k.B, 16, [&](int64_t b0, int64_t b1) {
-    switch (H) {
-      case 8: pool_rows<1>(b0, b1, k, mp, pp, rp, wp, bias, softmax, op); break;
-      case 16: pool_rows<2>(b0, b1, k, mp, pp, rp, wp, bias, softmax, op); break;
-      case 32: pool_rows<4>(b0, b1, k, mp, pp, rp, wp, bias, softmax, op); break;
-      default: TORCH_CHECK(false, "din_pool: the hidden width must be 8, 16 or 32, got ", H);
+  a.mask = mask.contiguous();
+  a.query = query.contiguous();
+  a.A = key_weight.contiguous();
+  a.Wp = product_weight.contiguous();
+  a.row_term = row_term.contiguous();
+  a.w2 = w2.contiguous();
+  a.unit = {a.query.data_ptr<float>(), a.A.data_ptr<float>(), a.Wp.data_ptr<float>(), a.row_term.data_ptr<float>(),
+            a.w2.data_ptr<float>(), b2.item<float>(), softmax};
+  return a;
+}
+
+// The pooled history (B, D) and, with keep_hidden, the unit's pre-activations for the backward
+// (B, L, H; impression b's n unmasked positions in its first n rows, the rest unset); else (0,).
+std::tuple<at::Tensor, at::Tensor> din_attention(const at::Tensor& keys, const at::Tensor& mask,
+                                                 const at::Tensor& query, const at::Tensor& key_weight,
+                                                 const at::Tensor& product_weight, const at::Tensor& row_term,
+                                                 const at::Tensor& w2, const at::Tensor& b2, bool softmax,
+                                                 bool keep_hidden) {
+  const AttentionArgs a = attention_args(keys, mask, query, key_weight, product_weight, row_term, w2, b2, softmax);
+  at::Tensor out = at::zeros({a.k.B, a.k.D}, keys.options());
+  at::Tensor hidden = keep_hidden ? at::empty({a.k.B, a.k.L, a.H}, keys.options()) : at::empty({0}, keys.options());
+  const bool* mp = a.mask.data_ptr<bool>();
+  float *op = out.data_ptr<float>(), *hp = keep_hidden ? hidden.data_ptr<float>() : nullptr;
+  at::parallel_for(0, a.k.B, 16, [&](int64_t b0, int64_t b1) {
+    switch (a.H) {
+      case 8: attention_rows<1>(b0, b1, a.k, mp, a.unit, op, hp); break;
+      case 16: attention_rows<2>(b0, b1, a.k, mp, a.unit, op, hp); break;
+      default: attention_rows<4>(b0, b1, a.k, mp, a.unit, op, hp); break;
     }
   });
-  return out;
+  return {out, hidden};
+}
+
+// hidden: din_attention's kept pre-activations (B, L, H), or (0,) to recompute them.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> din_attention_backward(
+    const at::Tensor& grad, const at::Tensor& hidden, const at::Tensor& keys, const at::Tensor& mask,
+    const at::Tensor& query, const at::Tensor& key_weight, const at::Tensor& product_weight, const at::Tensor& row_term,
+    const at::Tensor& w2, const at::Tensor& b2, bool softmax) {
+  const AttentionArgs a = attention_args(keys, mask, query, key_weight, product_weight, row_term, w2, b2, softmax);
+  const int64_t B = a.k.B, D = a.k.D, H = a.H;
+  check_shape(grad, {B, D}, at::kFloat, "grad");
+  const bool kept = hidden.numel() > 0;
+  if (kept) check_shape(hidden, {B, a.k.L, H}, at::kFloat, "hidden");
+  const at::Tensor go = grad.contiguous(), hid = kept ? hidden.contiguous() : hidden;
+  const float* kp = kept ? hid.data_ptr<float>() : nullptr;
+  at::Tensor grad_query = at::zeros({B, D}, keys.options()), grad_row = at::zeros({B, H}, keys.options());
+  // one slot of parameter sums per thread: [A (D*H) | Wp (D*H) | w2 (H) | b2 (1)], summed after
+  const int64_t width = 2 * D * H + H + 1;
+  at::Tensor sums = at::zeros({at::get_num_threads(), width}, keys.options());
+  const bool* mp = a.mask.data_ptr<bool>();
+  const float* gp = go.data_ptr<float>();
+  float *gq = grad_query.data_ptr<float>(), *gr = grad_row.data_ptr<float>(), *sp = sums.data_ptr<float>();
+  at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
+    float* slot = sp + at::get_thread_num() * width;
+    const UnitGrads g{slot, slot + D * H, slot + 2 * D * H, slot + 2 * D * H + H};
+    switch (H) {
+      case 8: attention_grad_rows<1>(b0, b1, a.k, mp, a.unit, kp, gp, gq, gr, g); break;
+      case 16: attention_grad_rows<2>(b0, b1, a.k, mp, a.unit, kp, gp, gq, gr, g); break;
+      default: attention_grad_rows<4>(b0, b1, a.k, mp, a.unit, kp, gp, gq, gr, g); break;
+    }
+  });
+  const at::Tensor total = sums.sum(0);
+  return {grad_query, grad_row, total.narrow(0, 0, D * H).view({D, H}), total.narrow(0, D * H, D * H).view({D, H}),
+          total.narrow(0, 2 * D * H, H), total.narrow(0, 2 * D * H + H, 1).squeeze(0)};
 }
 
 }  // namespace
@@ -232,11 +435,18 @@ at::Tensor din_pool(const at::Tensor& keys, const at::Tensor& mask, const at::Te
 TORCH_LIBRARY(mmctr_fused, m) {
   m.def("soft_tiers(Tensor history, Tensor query, Tensor weight, int T) -> Tensor");
   m.def("soft_tiers_backward(Tensor grad, Tensor history, Tensor query, Tensor weight, int T) -> Tensor");
-  m.def("din_pool(Tensor keys, Tensor mask, Tensor per_row, Tensor row_term, Tensor w2, Tensor b2, bool softmax) -> Tensor");
+  m.def(
+      "din_attention(Tensor keys, Tensor mask, Tensor query, Tensor key_weight, Tensor product_weight, "
+      "Tensor row_term, Tensor w2, Tensor b2, bool softmax, bool keep_hidden) -> (Tensor, Tensor)");
+  m.def(
+      "din_attention_backward(Tensor grad, Tensor hidden, Tensor keys, Tensor mask, Tensor query, Tensor key_weight, "
+      "Tensor product_weight, Tensor row_term, Tensor w2, Tensor b2, bool softmax) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mmctr_fused, CPU, m) {
   m.impl("soft_tiers", soft_tiers);
   m.impl("soft_tiers_backward", soft_tiers_backward);
-  m.impl("din_pool", din_pool);
+  m.impl("din_attention", din_attention);
+  m.impl("din_attention_backward", din_attention_backward);
 }
