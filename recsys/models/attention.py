@@ -156,8 +156,9 @@ class _FusedDinAttention(torch.autograd.Function):
     """:class:`TargetAttention` with one hidden layer over keys that need no gradient, in
     ``recsys.models.fused``'s kernels (CPU float32): the forward walks each impression's unmasked
     positions once, keeping the hidden layer's pre-activations (B, L, H) when a gradient is wanted;
-    the backward walks them again and sums the shared weights' gradients per thread. Gradients: query (through the per-row key
-    matrix ``A + diag(q) Wp``; the row term's own path is autograd's), A, Wp, the row term, w2, b2.
+    the backward walks them again, summing the shared weights' gradients per range of rows.
+    Gradients: query (through the per-row key matrix ``A + diag(q) Wp``; the row term's own path is
+    autograd's), A, Wp, the row term, w2, b2.
 
     Args (forward):
         keys (torch.Tensor): (B, L, D), no gradient; mask (torch.Tensor): bool (B, L).

@@ -6,9 +6,10 @@
 // Each kernel walks an impression's history once, holding the query in
 // registers, instead of the 6-10 whole-tensor passes (and the (B, L, H)
 // temporaries) of the eager ops. The attention kernels visit only unmasked
-// positions, and its backward gives the gradients of the query and the unit's
-// weights (the history is frozen: it has none), summed per thread. Loops are written over 8-float GCC vectors
-// so the compiler emits AVX2/FMA code for them (built with -mavx2 -mfma).
+// positions; their backward gives the gradients of the query and of the
+// unit's weights (the history is frozen: it has none), the weights' summed
+// per range of batch rows. Loops are written over 8-float GCC vectors so the
+// compiler emits AVX2/FMA code for them (built with -mavx2 -mfma).
 // Batch rows are split over at::parallel_for, so torch.set_num_threads holds.
 
 #include <ATen/ATen.h>
@@ -410,19 +411,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor go = grad.contiguous(), hid = kept ? hidden.contiguous() : hidden;
   const float* kp = kept ? hid.data_ptr<float>() : nullptr;
   at::Tensor grad_query = at::zeros({B, D}, keys.options()), grad_row = at::zeros({B, H}, keys.options());
-  // one slot of parameter sums per thread: [A (D*H) | Wp (D*H) | w2 (H) | b2 (1)], summed after
+  // the rows in `parts` contiguous ranges, each summing the shared parameters' gradients into its own
+  // slot [A (D*H) | Wp (D*H) | w2 (H) | b2 (1)], the slots summed after: no two threads write one slot,
+  // and the same B and thread count give the same sums in the same order
   const int64_t width = 2 * D * H + H + 1;
-  at::Tensor sums = at::zeros({at::get_num_threads(), width}, keys.options());
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (B + 15) / 16));
+  at::Tensor sums = at::zeros({parts, width}, keys.options());
   const bool* mp = a.mask.data_ptr<bool>();
   const float* gp = go.data_ptr<float>();
   float *gq = grad_query.data_ptr<float>(), *gr = grad_row.data_ptr<float>(), *sp = sums.data_ptr<float>();
-  at::parallel_for(0, B, 16, [&](int64_t b0, int64_t b1) {
-    float* slot = sp + at::get_thread_num() * width;
-    const UnitGrads g{slot, slot + D * H, slot + 2 * D * H, slot + 2 * D * H + H};
-    switch (H) {
-      case 8: attention_grad_rows<1>(b0, b1, a.k, mp, a.unit, kp, gp, gq, gr, g); break;
-      case 16: attention_grad_rows<2>(b0, b1, a.k, mp, a.unit, kp, gp, gq, gr, g); break;
-      default: attention_grad_rows<4>(b0, b1, a.k, mp, a.unit, kp, gp, gq, gr, g); break;
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      float* slot = sp + p * width;
+      const UnitGrads g{slot, slot + D * H, slot + 2 * D * H, slot + 2 * D * H + H};
+      const int64_t b0 = B * p / parts, b1 = B * (p + 1) / parts;
+      switch (H) {
+        case 8: attention_grad_rows<1>(b0, b1, a.k, mp, a.unit, kp, gp, gq, gr, g); break;
+        case 16: attention_grad_rows<2>(b0, b1, a.k, mp, a.unit, kp, gp, gq, gr, g); break;
+        default: attention_grad_rows<4>(b0, b1, a.k, mp, a.unit, kp, gp, gq, gr, g); break;
+      }
     }
   });
   const at::Tensor total = sums.sum(0);
