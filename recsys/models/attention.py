@@ -135,9 +135,13 @@ class TargetAttention(nn.Module):
         row_term = query @ (w_q + w_d).t() + first.bias  # (B, H1)
         if self._fusable(query, keys):  # frozen keys: one pass per impression, masked positions skipped
             last = self.unit[2]
+            # the hidden layer is kept for a backward only where one can follow (not under no_grad)
+            trains = torch.is_grad_enabled() and (
+                query.requires_grad or any(p.requires_grad for p in self.unit.parameters())
+            )
             return _FusedDinAttention.apply(
                 keys, mask, query, (w_k - w_d).t(), w_p.t(), row_term, last.weight.view(-1), last.bias.view(()),
-                self._softmax,
+                self._softmax, trains,
             )
         per_row = (w_k - w_d).t().unsqueeze(0) + query.unsqueeze(2) * w_p.t().unsqueeze(0)  # (B, D, H1)
         hidden = torch.baddbmm(row_term.unsqueeze(1), keys, per_row)  # (B, L, H1)
@@ -164,25 +168,33 @@ class _FusedDinAttention(torch.autograd.Function):
         keys (torch.Tensor): (B, L, D), no gradient; mask (torch.Tensor): bool (B, L).
         query (torch.Tensor): (B, D); key_weight, product_weight (torch.Tensor): A = (W_k - W_d)^T
             and Wp = W_p^T, (D, H); row_term (torch.Tensor): (B, H), the first layer's query term
-            and bias; w2 (torch.Tensor): (H,), b2 (torch.Tensor): (), the score layer; softmax (bool).
+            and bias; w2 (torch.Tensor): (H,), b2 (torch.Tensor): (), the score layer; softmax (bool);
+            keep_hidden (bool): keep the hidden layer's pre-activations for the backward.
+
+    Its backward is not itself differentiable: a backward with ``create_graph=True`` raises RuntimeError.
     """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, keys: torch.Tensor, mask: torch.Tensor,
                 query: torch.Tensor, key_weight: torch.Tensor, product_weight: torch.Tensor,
-                row_term: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, softmax: bool) -> torch.Tensor:
+                row_term: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, softmax: bool,
+                keep_hidden: bool) -> torch.Tensor:
         args = (keys, mask, query, key_weight.contiguous(), product_weight.contiguous(), row_term, w2, b2)
         ctx.softmax = softmax
-        # under no_grad (evaluation, a frozen MAKE) nothing is kept; in training the hidden layer's
-        # pre-activations (B, L, H) are, so the backward need not recompute them
-        keep = any(ctx.needs_input_grad[2:8])
-        out, hidden = torch.ops.mmctr_fused.din_attention(*args, softmax, keep)
+        # in training the hidden layer's pre-activations (B, L, H) are kept, so the backward need not
+        # recompute them; under no_grad (evaluation, a frozen MAKE) nothing is
+        out, hidden = torch.ops.mmctr_fused.din_attention(*args, softmax, keep_hidden)
         ctx.save_for_backward(hidden, *args)
         return out
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():  # create_graph=True: the kernels' gradients would be constants, terms lost
+            raise RuntimeError(
+                "the fused attention kernel has no double backward (create_graph=True); "
+                "build the model with fused_kernels: false (or MMCTR_FUSED=0) for higher-order gradients"
+            )
         query, row_term, key_weight, product_weight, w2, b2 = torch.ops.mmctr_fused.din_attention_backward(
             grad, *ctx.saved_tensors, ctx.softmax
         )
-        return None, None, query, key_weight, product_weight, row_term, w2, b2, None
+        return None, None, query, key_weight, product_weight, row_term, w2, b2, None, None

@@ -177,6 +177,36 @@ def test_attention_backward_from_kept_hidden_equals_recomputed(softmax: bool) ->
 
 
 @needs_kernels
+def test_attention_keeps_its_hidden_layer_only_for_a_backward() -> None:
+    # evaluation of a trainable model (no_grad) keeps no (B, L, H) tensor; training keeps exactly it
+    from torch.profiler import profile
+
+    B, L, D, H = 64, 20, 16, 32
+    query, keys, mask = history_batch(B=B, S=L + 1, D=D, seed=9)
+    att = TargetAttention(D, [H], fused=True)  # parameters trainable
+    kept = B * keys.shape[1] * H * 4  # bytes of the pre-activations
+
+    def allocated(grad: bool) -> int:
+        with torch.set_grad_enabled(grad), profile(profile_memory=True) as prof:
+            att(query, keys, mask)
+        return sum(e.cpu_memory_usage for e in prof.key_averages() if e.key == "mmctr_fused::din_attention")
+
+    assert allocated(False) < kept <= allocated(True)
+
+
+@needs_kernels
+def test_attention_backward_is_not_differentiable_again() -> None:
+    # a second-order gradient through the kernel would silently miss terms: it raises instead
+    query, keys, mask = history_batch(B=6, S=5, D=8, seed=4)
+    att = TargetAttention(8, [8], fused=True)
+    out = att(query.clone().requires_grad_(), keys, mask)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(out.sum(), att.unit[0].weight, create_graph=True)
+    (grad,) = torch.autograd.grad(out.sum(), att.unit[0].weight)  # a plain backward still runs
+    assert grad.abs().sum() > 0
+
+
+@needs_kernels
 def test_attention_over_keys_that_need_gradients_keeps_the_eager_ops() -> None:
     # the ID model's attention: its keys are trained embeddings, which the kernel gives no gradient
     query, keys, mask = history_batch(B=5, S=6, D=8, seed=3)

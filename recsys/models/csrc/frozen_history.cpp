@@ -4,12 +4,13 @@
 // H width of the attention unit's one hidden layer (8 * HV).
 //
 // Each kernel walks an impression's history once, holding the query in
-// registers, instead of the 6-10 whole-tensor passes (and the (B, L, H)
-// temporaries) of the eager ops. The attention kernels visit only unmasked
-// positions; their backward gives the gradients of the query and of the
-// unit's weights (the history is frozen: it has none), the weights' summed
-// per range of batch rows. Loops are written over 8-float GCC vectors so the
-// compiler emits AVX2/FMA code for them (built with -mavx2 -mfma).
+// registers, instead of the 6-10 whole-tensor passes (and the several (B, L, H)
+// temporaries) of the eager ops; a trained attention keeps one (B, L, H)
+// tensor, its pre-activations, for its backward. The attention kernels visit
+// only unmasked positions; their backward gives the gradients of the query
+// and of the unit's weights (the history is frozen: it has none), the
+// weights' summed per range of batch rows. Loops are written over 8-float GCC
+// vectors so the compiler emits AVX2/FMA code for them (built with -mavx2 -mfma).
 // Batch rows are split over at::parallel_for, so torch.set_num_threads holds.
 
 #include <ATen/ATen.h>
