@@ -181,8 +181,8 @@ class _FusedDinAttention(torch.autograd.Function):
                 keep_hidden: bool) -> torch.Tensor:
         args = (keys, mask, query, key_weight.contiguous(), product_weight.contiguous(), row_term, w2, b2)
         ctx.softmax = softmax
-        # in training the hidden layer's pre-activations (B, L, H) are kept, so the backward need not
-        # recompute them; under no_grad (evaluation, a frozen MAKE) nothing is
+        # in training the hidden layer's pre-activations (B, L, H) are kept for the backward, which
+        # reads them; under no_grad (evaluation, a frozen MAKE) nothing is
         out, hidden = torch.ops.mmctr_fused.din_attention(*args, softmax, keep_hidden)
         ctx.save_for_backward(hidden, *args)
         return out

@@ -14,8 +14,9 @@ to 10 whole-tensor passes with (B, L, H) temporaries; the kernels in
 ``csrc/frozen_history.cpp`` walk each impression's history once, skipping
 padded positions; in training the attention keeps one (B, L, H) tensor, its
 hidden layer's pre-activations, for its backward, where the eager ops keep
-several (2-5x faster on one CPU thread, ``bench/fused``). Attention over keys that need a gradient (the ID model's,
-over trained embeddings) keeps the eager ops.
+several (2-5x faster on one CPU thread, ``bench/fused``). Attention over
+keys that need a gradient (the ID model's, over trained embeddings) keeps
+the eager ops.
 
 They are C++ built with ``torch.utils.cpp_extension`` (g++ and ninja;
 about 20 s once, then cached by source hash) and registered as
@@ -25,8 +26,9 @@ compiles anything. They run only where they apply: CPU float32 tensors on a
 CPU with AVX2 (the build uses ``-mavx2 -mfma``), SimTier's D in {8, 16, 32,
 64}, the attention's H in {8, 16, 32} (any D). Everywhere else (GPU, other
 widths, no compiler) the modules keep their eager ops, which compute the
-same values: the tests hold the two to 1e-5 (values) and 1e-4 (gradients). ``fused_kernels: false`` in the model config turns them off;
-``MMCTR_FUSED=0`` (or ``1``) at launch overrides the config
+same values: the tests hold the two to 1e-5 (values) and 1e-4 (gradients).
+``fused_kernels: false`` in the model config turns them off; ``MMCTR_FUSED=0``
+(or ``1``) at launch overrides the config
 (:func:`config_override`, applied once where the job's config is read).
 
 Example::

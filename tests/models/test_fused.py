@@ -160,8 +160,8 @@ def test_attention_gradients_equal_eager(hidden: int, softmax: bool, D: int, thr
 
 @needs_kernels
 @pytest.mark.parametrize("softmax", [False, True])
-def test_attention_backward_from_kept_hidden_equals_recomputed(softmax: bool) -> None:
-    # training keeps the forward's pre-activations; the backward without them recomputes the same
+def test_attention_forward_keeps_the_hidden_layer_its_backward_needs(softmax: bool) -> None:
+    # the kept pre-activations change no output; the backward refuses to run without them
     query, keys, mask = history_batch(B=21, S=8, D=16, seed=7)
     g = torch.Generator().manual_seed(8)
     unit = [torch.randn(*shape, generator=g) for shape in ((16, 16), (16, 16), (21, 16), (16,))]  # A, Wp, row, w2
@@ -170,10 +170,9 @@ def test_attention_backward_from_kept_hidden_equals_recomputed(softmax: bool) ->
     again, nothing = torch.ops.mmctr_fused.din_attention(*args, softmax, False)
     assert torch.equal(out, again) and hidden.shape == (21, keys.shape[1], 16) and nothing.numel() == 0
     grad = torch.randn(21, 16, generator=g)
-    kept = torch.ops.mmctr_fused.din_attention_backward(grad, hidden, *args, softmax)
-    recomputed = torch.ops.mmctr_fused.din_attention_backward(grad, nothing, *args, softmax)
-    for a, b in zip(kept, recomputed):
-        torch.testing.assert_close(a, b)
+    assert all(t.isfinite().all() for t in torch.ops.mmctr_fused.din_attention_backward(grad, hidden, *args, softmax))
+    with pytest.raises(RuntimeError, match="run with keep_hidden"):
+        torch.ops.mmctr_fused.din_attention_backward(grad, nothing, *args, softmax)
 
 
 @needs_kernels
@@ -270,7 +269,7 @@ def test_kernels_name_the_bad_argument() -> None:
         torch.ops.mmctr_fused.din_attention_backward(
             torch.zeros(2, 7), torch.zeros(0), history, mask, *unit, torch.zeros(8), torch.zeros(()), False
         )
-    with pytest.raises(RuntimeError, match="hidden: expected shape"):
+    with pytest.raises(RuntimeError, match="hidden .*expected shape"):
         torch.ops.mmctr_fused.din_attention_backward(
             torch.zeros(2, 8), torch.zeros(2, 3, 4), history, mask, *unit, torch.zeros(8), torch.zeros(()), False
         )

@@ -147,6 +147,15 @@ at::Tensor soft_tiers_backward(const at::Tensor& grad, const at::Tensor& history
   return tiers(&grad, history, query, weight, T);
 }
 
+// The unmasked positions of impression b's history into pos; returns their count n.
+inline int64_t unmasked(int64_t b, int64_t L, const bool* mask, int64_t* pos) {
+  int64_t n = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    if (mask[b * L + l]) pos[n++] = l;
+  }
+  return n;
+}
+
 // DIN's activation unit with one hidden layer, for the unmasked positions of impression b:
 // hidden_l = row_b + k_l P_b (pre-activation, H wide), P_b = A + diag(q_b) Wp the first layer's
 // per-row key matrix (D, H), built here from the query instead of read from a (B, D, H) tensor.
@@ -157,7 +166,6 @@ int64_t unit_hidden(int64_t b, const History& k, const bool* mask, const float* 
   constexpr int64_t H = 8 * HV;
   constexpr int R = 8 / HV;  // positions in flight: R * HV accumulators + HV of P stay in the 16 AVX2 registers
   const int64_t L = k.L, D = k.D;
-  const bool* m = mask + b * L;
   const float* q = query + b * D;
   for (int64_t d = 0; d < D; ++d) {
     for (int v = 0; v < HV; ++v) {
@@ -165,10 +173,7 @@ int64_t unit_hidden(int64_t b, const History& k, const bool* mask, const float* 
       std::memcpy(P + d * H + 8 * v, &p, sizeof(p));
     }
   }
-  int64_t n = 0;
-  for (int64_t l = 0; l < L; ++l) {
-    if (m[l]) pos[n++] = l;
-  }
+  const int64_t n = unmasked(b, L, mask, pos);
   v8 row[HV];
   for (int v = 0; v < HV; ++v) row[v] = load8(row_term + b * H + 8 * v);
   for (int64_t i = 0; i < n; i += R) {
@@ -279,33 +284,24 @@ inline void grad_key_rows(int64_t d, int64_t n, int64_t b, const History& k, con
 }
 
 // Backward of rows [b0, b1): the gradients of query (through P_b only; row_term's own path is
-// autograd's), row_term (B, H), and the sums of A, Wp, w2, b2. The unit's pre-activations are the
-// forward's kept ones (kept != nullptr, see attention_rows), else recomputed.
+// autograd's), row_term (B, H), and the sums of A, Wp, w2, b2, from the unit's pre-activations the
+// forward kept (hidden, see attention_rows).
 template <int HV>
 void attention_grad_rows(int64_t b0, int64_t b1, const History& k, const bool* mask, const Unit& u,
-                         const float* kept, const float* grad, float* grad_query, float* grad_row, const UnitGrads& g) {
+                         const float* hidden, const float* grad, float* grad_query, float* grad_row,
+                         const UnitGrads& g) {
   constexpr int64_t H = 8 * HV;
   constexpr int R = 8 / HV;  // as in unit_hidden: R * HV + HV registers
   const int64_t L = k.L, D = k.D;
-  std::vector<float> P(kept == nullptr ? D * H : 0), local(kept == nullptr ? L * H : 0), gh_rows(L * H);
-  std::vector<float> weights(L), gw(L);
+  std::vector<float> gh_rows(L * H), weights(L), gw(L);
   std::vector<int64_t> pos(L);
   v8 w2[HV];
   for (int v = 0; v < HV; ++v) w2[v] = load8(u.w2 + 8 * v);
   const v8 zero = {};
   float* const gh_data = gh_rows.data();
   for (int64_t b = b0; b < b1; ++b) {
-    const float* hid;
-    int64_t n = 0;
-    if (kept == nullptr) {
-      n = unit_hidden<HV>(b, k, mask, u.query, u.A, u.Wp, u.row_term, P.data(), pos.data(), local.data());
-      hid = local.data();
-    } else {
-      for (int64_t l = 0; l < L; ++l) {
-        if (mask[b * L + l]) pos[n++] = l;
-      }
-      hid = kept + b * L * H;
-    }
+    const int64_t n = unmasked(b, L, mask, pos.data());
+    const float* hid = hidden + b * L * H;
     if (n == 0) continue;  // an empty history: every gradient of this row is 0
     unit_weights<HV>(n, hid, w2, u.b2, u.softmax, weights.data());
     const float* go = grad + b * D;
@@ -399,7 +395,7 @@ std::tuple<at::Tensor, at::Tensor> din_attention(const at::Tensor& keys, const a
   return {out, hidden};
 }
 
-// hidden: din_attention's kept pre-activations (B, L, H), or (0,) to recompute them.
+// hidden: din_attention's kept pre-activations (B, L, H) (keep_hidden).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> din_attention_backward(
     const at::Tensor& grad, const at::Tensor& hidden, const at::Tensor& keys, const at::Tensor& mask,
     const at::Tensor& query, const at::Tensor& key_weight, const at::Tensor& product_weight, const at::Tensor& row_term,
@@ -407,10 +403,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const AttentionArgs a = attention_args(keys, mask, query, key_weight, product_weight, row_term, w2, b2, softmax);
   const int64_t B = a.k.B, D = a.k.D, H = a.H;
   check_shape(grad, {B, D}, at::kFloat, "grad");
-  const bool kept = hidden.numel() > 0;
-  if (kept) check_shape(hidden, {B, a.k.L, H}, at::kFloat, "hidden");
-  const at::Tensor go = grad.contiguous(), hid = kept ? hidden.contiguous() : hidden;
-  const float* kp = kept ? hid.data_ptr<float>() : nullptr;
+  check_shape(hidden, {B, a.k.L, H}, at::kFloat, "hidden (din_attention's, run with keep_hidden)");
+  const at::Tensor go = grad.contiguous(), hid = hidden.contiguous();
+  const float* kp = hid.data_ptr<float>();
   at::Tensor grad_query = at::zeros({B, D}, keys.options()), grad_row = at::zeros({B, H}, keys.options());
   // the rows in `parts` contiguous ranges, each summing the shared parameters' gradients into its own
   // slot [A (D*H) | Wp (D*H) | w2 (H) | b2 (1)], the slots summed after: no two threads write one slot,
