@@ -4,7 +4,8 @@ In one process, one thread, the two taking turns on the same inputs (a
 training batch's shapes: B = 2,048 impressions, L = 50 history slots,
 prefix-masked histories of uniform length), it times
 
-1. SimTier with the learned metric, forward, and forward + backward;
+1. SimTier with the learned metric, forward, and forward + backward; the
+   paper's hard tiers over the fixed cosine (no gradient), forward;
 2. target attention without gradients (a frozen MAKE; evaluation), for the
    hidden widths 8 and 32;
 3. target attention forward + backward over the frozen history (MAKE in
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
             tiers_forward_backward(simtiers[0]), tiers_forward_backward(simtiers[1])
         ),
     }
+    hard = [SimTier(20, unit_vectors=True, fused=k) for k in (False, True)]  # the paper's form
+    cases["SimTier, paper (hard, cosine, 20): forward"] = (tiers_forward(hard[0]), tiers_forward(hard[1]))
     for hidden in (8, 32):
         atts = [TargetAttention(D, [hidden], fused=k).requires_grad_(False) for k in (False, True)]
         atts[1].load_state_dict(atts[0].state_dict())

@@ -6,8 +6,9 @@ Notation:
 * ``T``: SimTier tiers; ``H``: width of an attention unit's one hidden layer.
 
 Two parts of a multimodal training step read every (frozen) history
-vector against a per-impression query: SimTier's soft tiers (forward and
-the learned metric's backward) and MAKE's target attention (forward, and
+vector against a per-impression query: SimTier's tiers (soft: forward and
+the learned metric's backward; the paper's hard tiers: forward, as they
+pass no gradient) and MAKE's target attention (forward, and
 the backward of its weights and query when MAKE trains: stage 1, and stage 2
 unless ``make_frozen``; forward only at evaluation). As eager ops each is 6
 to 10 whole-tensor passes with (B, L, H) temporaries; the kernels in

@@ -51,9 +51,9 @@ class SimTier(nn.Module):
             normalisation pass is skipped.
         metric_dim (int): D, to learn the similarity's bilinear form ``W`` (D, D)
             over D-wide vectors; 0 keeps the fixed cosine.
-        fused (bool): with ``soft``, run CPU float32 calls through
-            ``recsys.models.fused``'s kernels (built here, in the constructor;
-            the eager ops where they do not apply or cannot be built).
+        fused (bool): run CPU float32 calls through ``recsys.models.fused``'s
+            kernels, soft or hard tiers (built here, in the constructor; the
+            eager ops where they do not apply or cannot be built).
         device (torch.device | None): where to create ``W`` (``meta`` works).
 
     Example::
@@ -92,7 +92,7 @@ class SimTier(nn.Module):
         self._n_tiers = n_tiers
         self._soft = soft
         self._unit = unit_vectors
-        self._fused = fused and soft and fused_kernels.load()  # the kernels serve the soft tiers only
+        self._fused = fused and fused_kernels.load()
         self.metric = nn.Parameter(torch.eye(metric_dim, device=device)) if metric_dim else None  # W (D, D)
 
     def output_dim(self) -> int:
@@ -121,11 +121,18 @@ class SimTier(nn.Module):
             weight = mask.to(history.dtype)
             if self._soft:
                 return _SoftTiers.apply(history, query, weight, self._n_tiers, self._fused)
+            if self._fused and _kernel_takes(history, query, weight):  # no gradient: the hard tiers have none
+                return torch.ops.mmctr_fused.hard_tiers(history, query, weight, self._n_tiers)
             sims = torch.bmm(history, query.unsqueeze(2)).squeeze(2)  # (B, L): h^T W t
             T = self._n_tiers
             tier = ((sims.clamp(-1.0, 1.0) + 1.0) * (T / 2)).floor().long().clamp_(0, T - 1)  # (B, L)
             counts = torch.zeros(B, T, dtype=history.dtype, device=history.device).scatter_add_(1, tier, weight)
             return counts / weight.sum(dim=1, keepdim=True).clamp(min=1.0)
+
+
+def _kernel_takes(history: torch.Tensor, query: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the tier kernels take these tensors (``fused.TIER_WIDTHS``, contiguous vectors, CPU float32)."""
+    return history.shape[2] in fused_kernels.TIER_WIDTHS and history.stride(2) == 1 and fused_kernels.applies(history, query, weight)
 
 
 class _SoftTiers(torch.autograd.Function):
@@ -157,12 +164,7 @@ class _SoftTiers(torch.autograd.Function):
         use_kernels: bool,
     ) -> torch.Tensor:
         ctx.half_tiers, ctx.T = T / 2, T
-        ctx.fused = (
-            use_kernels
-            and history.shape[2] in fused_kernels.TIER_WIDTHS
-            and history.stride(2) == 1
-            and fused_kernels.applies(history, query, weight)
-        )
+        ctx.fused = use_kernels and _kernel_takes(history, query, weight)
         if ctx.fused:  # one pass per impression (recsys.models.fused); the backward recomputes the tiers
             ctx.save_for_backward(history, query, weight)
             return torch.ops.mmctr_fused.soft_tiers(history, query, weight, T)

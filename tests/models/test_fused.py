@@ -69,7 +69,7 @@ def test_modules_built_without_fused_never_use_the_kernels() -> None:
     assert not TargetAttention(16, [8])._fused
     if HAS_AVX2:
         assert SimTier(20, soft=True, metric_dim=8, fused=True)._fused
-        assert not SimTier(20, fused=True)._fused  # hard tiers: no kernel
+        assert SimTier(20, fused=True)._fused  # hard tiers too
         assert TargetAttention(16, [8], fused=True)._fused
         assert not TargetAttention(16, [8, 8], fused=True)._fused  # two hidden layers: no kernel
         assert not TargetAttention(16, [8], extra_dim=1, fused=True)._fused
@@ -87,6 +87,31 @@ def history_batch(B: int, S: int, D: int, seed: int) -> tuple[torch.Tensor, torc
     history = slots[:, :L]  # not contiguous when L < S
     slots[:, L:] = float("nan")  # never read
     return torch.nn.functional.normalize(torch.randn(B, D, generator=g), dim=-1), history, mask
+
+
+@needs_kernels
+@pytest.mark.parametrize("D", fused.TIER_WIDTHS)
+@pytest.mark.parametrize("T", [1, 20, 50])
+def test_hard_tiers_equal_eager_and_a_plain_count(D: int, T: int) -> None:
+    target, history, mask = history_batch(B=33, S=12, D=D, seed=D + T)
+    # similarities on tier edges (exact in binary, so float32 and float64 agree) and the ends:
+    # s = cos, the target e_0, the item (cos, sin, 0, ...)
+    edges = torch.tensor([-1.0, -0.5, 0.0, 0.25, 0.5, 1.0])
+    target[2] = torch.eye(D)[0]
+    history[2, : len(edges)] = 0.0
+    history[2, : len(edges), 0] = edges
+    history[2, : len(edges), 1] = (1 - edges**2).sqrt()
+    mask[2] = False
+    mask[2, : len(edges)] = True
+    got = SimTier(T, unit_vectors=True, fused=True)(target, history, mask)
+    want = SimTier(T, unit_vectors=True)(target, history, mask)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    for b in range(len(target)):  # a per-item count in float64
+        counted = [float(history[b, l].double() @ target[b].double()) for l in range(mask.shape[1]) if mask[b, l]]
+        plain = torch.zeros(T, dtype=torch.float64)
+        for s in counted:
+            plain[min(max(int((min(max(s, -1.0), 1.0) + 1.0) * T / 2), 0), T - 1)] += 1.0 / len(counted)
+        torch.testing.assert_close(got[b].double(), plain, rtol=1e-5, atol=1e-5, msg=f"row {b}")
 
 
 @needs_kernels

@@ -71,10 +71,17 @@ void check_shape(const at::Tensor& t, at::IntArrayRef shape, at::ScalarType dtyp
               " and dtype ", dtype, " on CPU, got ", t.sizes(), " ", t.scalar_type());
 }
 
-// grad == nullptr: the tier shares (B, T) of rows [b0, b1); else the query's gradient (B, D).
+// The one tier of similarity s (SimTier's hard assignment, as the eager ops: floor((s + 1) T / 2), last tier for 1.0).
+inline int64_t hard_tier(float s, int64_t T) {
+  const int64_t i = static_cast<int64_t>(std::floor((std::min(std::max(s, -1.0f), 1.0f) + 1.0f) * (0.5f * T)));
+  return std::min(std::max(i, int64_t(0)), T - 1);
+}
+
+// hard: the hard tier shares (B, T) of rows [b0, b1) (grad unused). Else grad == nullptr: the soft
+// tier shares (B, T); else the soft tiers' query gradient (B, D).
 template <int DV>
 void tier_rows(int64_t b0, int64_t b1, const History& h, const float* query, const float* weight, int64_t T,
-               const float* grad, float* out) {
+               bool hard, const float* grad, float* out) {
   constexpr int64_t D = 8 * DV;
   const int64_t L = h.L;
   for (int64_t b = b0; b < b1; ++b) {
@@ -86,7 +93,12 @@ void tier_rows(int64_t b0, int64_t b1, const History& h, const float* query, con
     for (int v = 0; v < DV; ++v) q[v] = load8(query + b * D + 8 * v);
     int64_t lower, upper;
     float frac;
-    if (grad == nullptr) {
+    if (hard) {
+      float* counts = out + b * T;
+      for (int64_t l = 0; l < L; ++l) {
+        if (w[l] != 0.f) counts[hard_tier(dot<DV>(h.item(b, l), q), T)] += w[l] * inv;
+      }
+    } else if (grad == nullptr) {
       float* counts = out + b * T;
       for (int64_t l = 0; l < L; ++l) {
         if (w[l] == 0.f) continue;
@@ -111,8 +123,8 @@ void tier_rows(int64_t b0, int64_t b1, const History& h, const float* query, con
   }
 }
 
-at::Tensor tiers(const at::Tensor* grad, const at::Tensor& history, const at::Tensor& query, const at::Tensor& weight,
-                 int64_t T) {
+at::Tensor tiers(bool hard, const at::Tensor* grad, const at::Tensor& history, const at::Tensor& query,
+                 const at::Tensor& weight, int64_t T) {
   const History h = history_of(history, "history");
   TORCH_CHECK(T >= 1, "T must be >= 1, got ", T);
   check_shape(query, {h.B, h.D}, at::kFloat, "query");
@@ -128,23 +140,27 @@ at::Tensor tiers(const at::Tensor* grad, const at::Tensor& history, const at::Te
   float* op = out.data_ptr<float>();
   at::parallel_for(0, h.B, 64, [&](int64_t b0, int64_t b1) {
     switch (h.D) {
-      case 8: tier_rows<1>(b0, b1, h, qp, wp, T, gp, op); break;
-      case 16: tier_rows<2>(b0, b1, h, qp, wp, T, gp, op); break;
-      case 32: tier_rows<4>(b0, b1, h, qp, wp, T, gp, op); break;
-      case 64: tier_rows<8>(b0, b1, h, qp, wp, T, gp, op); break;
-      default: TORCH_CHECK(false, "soft_tiers: D must be 8, 16, 32 or 64, got ", h.D);
+      case 8: tier_rows<1>(b0, b1, h, qp, wp, T, hard, gp, op); break;
+      case 16: tier_rows<2>(b0, b1, h, qp, wp, T, hard, gp, op); break;
+      case 32: tier_rows<4>(b0, b1, h, qp, wp, T, hard, gp, op); break;
+      case 64: tier_rows<8>(b0, b1, h, qp, wp, T, hard, gp, op); break;
+      default: TORCH_CHECK(false, "tiers: D must be 8, 16, 32 or 64, got ", h.D);
     }
   });
   return out;
 }
 
 at::Tensor soft_tiers(const at::Tensor& history, const at::Tensor& query, const at::Tensor& weight, int64_t T) {
-  return tiers(nullptr, history, query, weight, T);
+  return tiers(false, nullptr, history, query, weight, T);
+}
+
+at::Tensor hard_tiers(const at::Tensor& history, const at::Tensor& query, const at::Tensor& weight, int64_t T) {
+  return tiers(true, nullptr, history, query, weight, T);
 }
 
 at::Tensor soft_tiers_backward(const at::Tensor& grad, const at::Tensor& history, const at::Tensor& query,
                                const at::Tensor& weight, int64_t T) {
-  return tiers(&grad, history, query, weight, T);
+  return tiers(false, &grad, history, query, weight, T);
 }
 
 // The unmasked positions of impression b's history into pos; returns their count n.
@@ -437,6 +453,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 TORCH_LIBRARY(mmctr_fused, m) {
   m.def("soft_tiers(Tensor history, Tensor query, Tensor weight, int T) -> Tensor");
+  m.def("hard_tiers(Tensor history, Tensor query, Tensor weight, int T) -> Tensor");
   m.def("soft_tiers_backward(Tensor grad, Tensor history, Tensor query, Tensor weight, int T) -> Tensor");
   m.def(
       "din_attention(Tensor keys, Tensor mask, Tensor query, Tensor key_weight, Tensor product_weight, "
@@ -449,6 +466,7 @@ TORCH_LIBRARY(mmctr_fused, m) {
 
 TORCH_LIBRARY_IMPL(mmctr_fused, CPU, m) {
   m.impl("soft_tiers", soft_tiers);
+  m.impl("hard_tiers", hard_tiers);
   m.impl("soft_tiers_backward", soft_tiers_backward);
   m.impl("din_attention", din_attention);
   m.impl("din_attention_backward", din_attention_backward);
