@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from bench.peer import PeerConfig, PeerDin, PeerTrain, peer_optimizer, vocabularies
-from bench.train import Run, built_model, in_memory_batches, median_ratio, one_rank_group, step_times, take_turns
+from bench.train import PAPER_SIMTIER, Run, built_model, in_memory_batches, median_ratio, one_rank_group, step_times, take_turns
 from recsys.data.reader import ReaderConfig
 from recsys.data.schema import Manifest
 from recsys.data.vectors import load_vectors
@@ -41,7 +41,6 @@ from recsys.models.config import ModelConfig
 
 MMCTR_WIDTHS = PeerConfig(attention_hidden=ModelConfig().attention_hidden, mlp_hidden=ModelConfig().mlp_hidden,
                           activation="relu")  # the peer at mmctr's id_only widths (torchrec's MLP is ReLU)
-PAPER_SIMTIER = {"simtier_soft": False, "simtier_learned_metric": False, "simtier_tiers": 20}
 # mmctr contender -> the peer contender it is held against (goal: samples/s ratio >= 1.0), at either peer width
 PEER_OF: dict[str, str] = {
     "id_only": "peer DIN",
@@ -61,9 +60,10 @@ def peer_vs_mmctr(run: Run, rounds: int) -> dict[str, float]:
     Returns:
         dict[str, float]: contender -> median samples/s.
     """
-    base = run.model_config()  # fused kernels as MMCTR_FUSED says
-    mmctr = {"id_only": replace(base, variant="id_only"), "simtier (defaults)": replace(base, variant="simtier"),
-             "simtier (paper: hard, cosine, 20)": replace(base, variant="simtier", **PAPER_SIMTIER)}
+    # built per variant (a config's unset SimTier fields take its variant's form); fused kernels as MMCTR_FUSED says
+    mmctr = {"id_only": replace(run, variant="id_only").model_config(),
+             "simtier (defaults)": replace(run, variant="simtier").model_config(),
+             "simtier (paper: hard, cosine, 20)": replace(replace(run, variant="simtier").model_config(), **PAPER_SIMTIER)}
     with one_rank_group() as ctx, tempfile.TemporaryDirectory() as tmp:
         contenders: dict[str, tuple[nn.Module, object]] = {}
         built = None

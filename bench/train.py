@@ -10,7 +10,8 @@ prints the ratio the issue names:
    (MAKE variants get randomly initialised stage-1 weights, so stage 1 is not run);
 2. ``simtier_make`` / ``id_only`` step time at 1 process (goal <= 1.3), the
    two taking turns (median of ``--rounds``): the default config, MAKE's other
-   stage-2 mode, MAKE's attention 8 wide, ``configs/light_make.yaml`` alone
+   stage-2 mode, MAKE's attention 8 wide, SimTier in ``simtier``'s form (soft
+   tiers over a learned metric, 50) in place of the paper's, ``configs/light_make.yaml`` alone
    and with the frozen table projected to 32 and 16 dimensions in the run
    (``ModelConfig.mm_width``), and with 16-d vectors (``--narrow-vectors``)
    alone and with ``configs/light_make.yaml``, the last also without the
@@ -80,7 +81,7 @@ from recsys.data.vectors import load_vectors
 from recsys.distributed import DistContext, init_distributed
 from recsys.models import fused
 from recsys.models.attention import TargetAttention
-from recsys.models.config import VARIANTS, ModelConfig, table_sizes
+from recsys.models.config import SIMTIER_ALONE, VARIANTS, ModelConfig, table_sizes
 from recsys.models.ctr_model import VARIANT_SPECS
 from recsys.models.make import Make, make_config
 from recsys.train.config import TRAIN_PIPELINES, TrainConfig, load_job_config, resolve_train_pipeline
@@ -94,6 +95,9 @@ POOLED_FEATURES = WORLD.pooled()
 DENSE_FEATURES = WORLD.dense_names()
 
 LIGHT_MAKE_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "light_make.yaml")
+# SimTier's forms as ModelConfig overrides: the paper's (simtier_make's default), and SIMTIER_ALONE (simtier's)
+PAPER_SIMTIER = {"simtier_soft": False, "simtier_learned_metric": False, "simtier_tiers": 20}
+SOFT_LEARNED_SIMTIER = dict(zip(("simtier_soft", "simtier_learned_metric", "simtier_tiers"), SIMTIER_ALONE))
 
 
 @dataclass(frozen=True)
@@ -239,6 +243,8 @@ def _ratio_candidates(base: Run, narrow_vectors: str) -> dict[str, Run]:
             sm, make_frozen=not ModelConfig().make_frozen
         ),
         "MAKE's attention unit 8 wide": replace(sm, make_attention_hidden=(8,)),
+        "SimTier soft, learned metric, 50 (simtier's form; the default before)": replace(
+            sm, model_overrides=tuple(SOFT_LEARNED_SIMTIER.items())),
     }
     light_config = {"make_frozen": light.make_frozen, "make_attention_hidden": light.make_attention_hidden}
     runs[f"{Path(LIGHT_MAKE_CONFIG).name} (MAKE frozen, attention 8)"] = replace(sm, **light_config)

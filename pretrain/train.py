@@ -80,7 +80,7 @@ from pretrain.queue import KeyQueue
 from pretrain.towers import ItemEncoder, build_tokenizer, state_modality
 from recsys.data.schema import MANIFEST, Manifest
 from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, write_item_vectors
-from recsys.distributed import DistContext, barrier, init_distributed
+from recsys.distributed import DistContext, init_distributed, on_main
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.pt"
@@ -335,13 +335,15 @@ class Pretrainer:
 
     def save_checkpoint(self) -> None:
         """Rank 0 writes ``checkpoints/latest.pt`` atomically (all ranks hold the same state)."""
-        if self.ctx.is_main:
+
+        def write() -> None:
             d = self.out / CHECKPOINT_DIR
             d.mkdir(parents=True, exist_ok=True)
             tmp = d / (LATEST + ".tmp")
             torch.save(self._state(), tmp)
             tmp.replace(d / LATEST)
-        barrier()
+
+        on_main(self.ctx, write)
 
     def maybe_resume(self) -> bool:
         path = self.out / CHECKPOINT_DIR / LATEST
@@ -387,36 +389,37 @@ class Pretrainer:
         }
 
     def export(self, stats: dict[str, float], progress: bool = True) -> None:
-        """Rank 0 embeds every item and writes the vector table, encoder and manifest."""
-        if self.ctx.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            t = time.perf_counter()
-            threads = torch.get_num_threads()
-            torch.set_num_threads(os.cpu_count() or 1)  # the other ranks wait at the barrier
-            try:
-                vec = embed_items(self.encoder, self.items.images, self.item_tokens, self.ctx.device, progress)
-            finally:
-                torch.set_num_threads(threads)
-            embed_s = time.perf_counter() - t
-            for name in self.encoder.modalities:  # the present towers' vectors only
-                np.save(self.out / MODALITY_FILES[name], vec[name])
-            write_item_vectors(self.out / VECTORS_FILE, self.items.item_ids, vec["item"], self.encoder.output_dim())
-            digest = save_encoder(self.out / ENCODER_FILE, self.encoder, self.cfg.tower)
-            manifest = {
-                "method": self.method,
-                "modalities": list(self.encoder.modalities),
-                "dim": self.encoder.output_dim(),
-                "items": int(len(self.items.item_ids)),
-                "encoder_sha256": digest,
-                "world": str(self.world),
-                "world_manifest_sha256": _sha256(self.world / MANIFEST),
-                "world_size": self.ctx.world_size,
-                "embed_seconds": embed_s,
-                **stats,
-                "config": dataclasses.asdict(self.cfg),
-            }
-            (self.out / VECTORS_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        barrier()
+        """Rank 0 embeds every item and writes the vector table, encoder and manifest; the other ranks wait."""
+        on_main(self.ctx, lambda: self._export(stats, progress))
+
+    def _export(self, stats: dict[str, float], progress: bool) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)  # the other ranks wait (on_main)
+        try:
+            vec = embed_items(self.encoder, self.items.images, self.item_tokens, self.ctx.device, progress)
+        finally:
+            torch.set_num_threads(threads)
+        embed_s = time.perf_counter() - t
+        for name in self.encoder.modalities:  # the present towers' vectors only
+            np.save(self.out / MODALITY_FILES[name], vec[name])
+        write_item_vectors(self.out / VECTORS_FILE, self.items.item_ids, vec["item"], self.encoder.output_dim())
+        digest = save_encoder(self.out / ENCODER_FILE, self.encoder, self.cfg.tower)
+        manifest = {
+            "method": self.method,
+            "modalities": list(self.encoder.modalities),
+            "dim": self.encoder.output_dim(),
+            "items": int(len(self.items.item_ids)),
+            "encoder_sha256": digest,
+            "world": str(self.world),
+            "world_manifest_sha256": _sha256(self.world / MANIFEST),
+            "world_size": self.ctx.world_size,
+            "embed_seconds": embed_s,
+            **stats,
+            "config": dataclasses.asdict(self.cfg),
+        }
+        (self.out / VECTORS_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def run_pretrain(

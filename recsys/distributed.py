@@ -13,10 +13,14 @@ Example::
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,3 +65,48 @@ def init_distributed(always: bool = False) -> DistContext:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+class MainRankError(RuntimeError):
+    """Raised on every other rank when :func:`on_main`'s work failed on rank 0 (its message names the failure)."""
+
+
+def on_main(ctx: DistContext, work: Callable[[], T]) -> T | None:
+    """Runs ``work`` on rank 0 while the other ranks wait for it; a failure there is raised on every rank.
+
+    A plain ``if ctx.is_main: work()`` then :func:`barrier` leaves the other
+    ranks waiting at the barrier until the process group's timeout when
+    ``work`` raises on rank 0 (a full disk, a bad file). Here rank 0 then
+    broadcasts the failure (``torch.distributed.broadcast_object_list``,
+    which also serves as the barrier), rank 0 re-raises its exception and
+    every other rank raises :class:`MainRankError` naming it.
+
+    Args:
+        ctx (DistContext): this rank.
+        work (Callable[[], T]): what rank 0 does (writes files, fits a basis).
+
+    Returns:
+        T | None: ``work``'s result on rank 0; None on the others.
+
+    Raises:
+        Exception: on rank 0, whatever ``work`` raised; MainRankError on the others.
+
+    Example::
+
+        >>> on_main(DistContext(rank=0, world_size=1, device=torch.device("cpu")), lambda: 7)
+        7
+    """
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = work()
+        except Exception as e:  # told to the other ranks below, then re-raised
+            error = e
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        told = [None if error is None else f"{type(error).__name__}: {error}"]
+        dist.broadcast_object_list(told, src=0)
+        if told[0] is not None and not ctx.is_main:
+            raise MainRankError(f"rank 0 failed, so rank {ctx.rank} stops too: {told[0]}")
+    if error is not None:
+        raise error
+    return result

@@ -14,6 +14,9 @@ Example::
     >>> cfg = load_model_config(path)
     >>> cfg.variant, cfg.mlp_hidden, cfg.simtier_tiers, cfg.simtier_learned_metric
     ('simtier', (64, 32), 50, True)
+    >>> paper = ModelConfig(variant="simtier_make")  # SimTier beside MAKE: the paper's form (SIMTIER_FORMS)
+    >>> paper.simtier_soft, paper.simtier_learned_metric, paper.simtier_tiers
+    (False, False, 20)
     >>> _ = path.write_text("varaint: simtier\\n")
     >>> load_model_config(path)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -34,6 +37,14 @@ from recsys.settings import setting
 # their combination, and the paper's two weaker baselines.
 VARIANTS: tuple[str, ...] = ("id_only", "simtier", "make", "simtier_make", "vector", "simscore")
 
+# SimTier's form where a config leaves it unset, per variant: (soft, learned metric, tiers). Chosen on the
+# validation days of three datasets (the `small` world, a raw-ID text-only world, MovieLens-100k; README,
+# "The method on real data"): alone, soft tiers over a learned bilinear metric, 50 tiers (best on two, tied on
+# the third); beside MAKE, the paper's hard tiers over the fixed cosine, 20 tiers (best or tied on all three,
+# and the cheaper step: no gradient, 30 fewer MLP inputs).
+SIMTIER_ALONE = (True, True, 50)
+SIMTIER_FORMS: dict[str, tuple[bool, bool, int]] = {"simtier_make": (False, False, 20)}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -48,12 +59,20 @@ class ModelConfig:
             activation unit of ``TargetAttention``.
         attention_softmax (bool): normalise attention scores with a masked
             softmax; ``False`` keeps DIN's raw (unnormalised) weights.
-        simtier_tiers (int): T, equal-width similarity tiers over [-1, 1].
-        simtier_soft (bool): share each similarity between its two nearest
+        simtier_tiers (int | None): T, equal-width similarity tiers over [-1, 1].
+        simtier_soft (bool | None): share each similarity between its two nearest
             tier centres (``SimTier(soft=True)``) instead of counting it in one tier.
-        simtier_learned_metric (bool): SimTier's similarity is a learned
+        simtier_learned_metric (bool | None): SimTier's similarity is a learned
             bilinear form of the vectors, initialised to the cosine
             (``SimTier(metric_dim=D)``); needs ``simtier_soft``.
+
+            The three SimTier fields left ``None`` take the variant's form
+            (``SIMTIER_FORMS``, else ``SIMTIER_ALONE``) when the config is
+            built, so a built config always holds values (and a run's log
+            records them); ``dataclasses.replace`` keeps them, so change the
+            variant by building a new config. ``simtier_learned_metric: true``
+            alone also turns ``simtier_soft`` on; ``simtier_soft: false``
+            alone turns the learned metric off.
         make_attention_hidden (tuple[int, ...]): hidden widths of the
             activation unit of MAKE's target attention (over the D-wide vectors).
         make_hidden (tuple[int, ...]): hidden widths of MAKE's shallow MLP;
@@ -71,9 +90,9 @@ class ModelConfig:
     mlp_hidden: tuple[int, ...] = (128, 64)  # DIN's tower shape, scaled down
     attention_hidden: tuple[int, ...] = (32,)  # DIN's activation unit (80, 40) cut to one layer: 1.7x faster steps on CPU
     attention_softmax: bool = False  # DIN keeps raw weights to preserve interest intensity
-    simtier_tiers: int = 50  # T: tier width 0.04; best of 20/50/100 on the small world (README)
-    simtier_soft: bool = True  # soft tiers, needed by the learned metric (the paper's hard counts: false)
-    simtier_learned_metric: bool = True  # beats `vector` on the small world, the paper's cosine does not (README)
+    simtier_tiers: int | None = None  # T; None: the variant's (SIMTIER_FORMS)
+    simtier_soft: bool | None = None  # soft tiers, needed by the learned metric (the paper's hard counts: false)
+    simtier_learned_metric: bool | None = None  # None: the variant's (SIMTIER_FORMS)
     make_attention_hidden: tuple[int, ...] = (32,)  # as the ID model's unit
     make_hidden: tuple[int, ...] = (64,)  # "shallow MLP": one hidden layer
     make_frozen: bool = False  # fine-tune MAKE in stage 2: measured better than frozen on the small world (README)
@@ -85,6 +104,13 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"ModelConfig.variant must be one of {list(VARIANTS)}, got {self.variant!r}")
+        soft, learned, tiers = SIMTIER_FORMS.get(self.variant, SIMTIER_ALONE)
+        if self.simtier_learned_metric is None:  # hard tiers set here pass no gradient: no learned metric then
+            object.__setattr__(self, "simtier_learned_metric", learned and self.simtier_soft is not False)
+        if self.simtier_soft is None:
+            object.__setattr__(self, "simtier_soft", soft or self.simtier_learned_metric is True)
+        if self.simtier_tiers is None:
+            object.__setattr__(self, "simtier_tiers", tiers)
         check_positive(self, ("embedding_dim", "simtier_tiers"))
         check_positive(self, ("mm_width",), zero=True)
         for name in ("mlp_hidden", "attention_hidden", "make_attention_hidden", "make_hidden"):

@@ -43,7 +43,7 @@ from torch import nn
 from torchrec.optim.keyed import CombinedOptimizer
 
 from recsys.data.plan import normalize as normalize_rows
-from recsys.distributed import DistContext, barrier
+from recsys.distributed import DistContext, barrier, on_main
 from recsys.train.sharding import DENSE_OPTIMIZER
 
 PROGRESS_FILE = "progress.json"
@@ -96,7 +96,8 @@ def save_checkpoint(
     path = Path(root) / f"step-{progress.step:08d}"
     dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=path)
     barrier()
-    if ctx.is_main:
+
+    def mark_complete() -> None:
         (path / PROGRESS_FILE).write_text(json.dumps(dataclasses.asdict(progress), indent=2))
         tmp = Path(root) / f".{LATEST_FILE}.tmp"
         tmp.write_text(path.name)
@@ -104,7 +105,8 @@ def save_checkpoint(
         old = sorted(p for p in Path(root).glob("step-*") if p.is_dir() and p.name != path.name)
         for stale in old[: max(0, len(old) - (keep - 1))]:
             shutil.rmtree(stale, ignore_errors=True)
-    barrier()
+
+    on_main(ctx, mark_complete)
     return path
 
 
@@ -226,9 +228,10 @@ class TrainState:
             return
         if self.last_saved[1] != progress:
             path = self.last_saved[0]
-            if self.ctx.is_main:
+            def mark() -> None:
                 tmp = path / f".{PROGRESS_FILE}.tmp"
                 tmp.write_text(json.dumps(dataclasses.asdict(progress), indent=2))
                 os.replace(tmp, path / PROGRESS_FILE)
-            barrier()
+
+            on_main(self.ctx, mark)
             self.last_saved = (path, progress)

@@ -42,7 +42,7 @@ from recsys.data.paths import artefact_path
 from recsys.data.reader import ImpressionReader, ReaderConfig
 from recsys.data.schema import Manifest
 from recsys.data.vectors import ItemVectors
-from recsys.distributed import DistContext, barrier
+from recsys.distributed import DistContext, on_main
 from recsys.eval.metrics import ranking_metrics
 from recsys.models.config import ModelConfig
 from recsys.models.ctr_model import CtrTrain
@@ -227,7 +227,5 @@ def train_make(job: Stage1Job, vectors: ItemVectors, manifest: Manifest, ctx: Di
                      log_every=job.train.log_every, checkpoint_each_epoch=True, desc="MAKE stage 1", quiet=job.quiet,
                      pipeline=resolve_train_pipeline(job.train.train_pipeline, ctx.world_size, ctx.device.type))
     run_epochs(state, progress, plan, hook)
-    if ctx.is_main:
-        os.replace(hook.best_file, out / MAKE_FILE)
-    barrier()
+    on_main(ctx, lambda: os.replace(hook.best_file, out / MAKE_FILE))
     return out

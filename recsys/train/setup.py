@@ -36,7 +36,7 @@ from torchrec.optim.keyed import CombinedOptimizer
 from recsys.data.schema import Manifest
 from recsys.data.projection import PROJECTION_FILE, fit_projection, load_projection, project_rows, save_projection
 from recsys.data.vectors import ItemVectors
-from recsys.distributed import DistContext, barrier
+from recsys.distributed import DistContext, on_main
 from recsys.models.mm_table import MultimodalArch, load_item_vectors_into
 from recsys.train.config import TrainConfig
 from recsys.train.run_folder import RunFolder
@@ -165,7 +165,7 @@ def projected_vectors(vectors: ItemVectors, width: int, out: Path, saved: Path |
     file = out / PROJECTION_FILE
     if not run_started(out):
         project = saved is not None or (width != 0 and vectors.dim > width)
-        if ctx.is_main:
+        def prepare() -> None:
             file.unlink(missing_ok=True)  # a refused run's basis, fitted on a table this run may not load
             if project:
                 out.mkdir(parents=True, exist_ok=True)
@@ -173,15 +173,14 @@ def projected_vectors(vectors: ItemVectors, width: int, out: Path, saved: Path |
                     shutil.copyfile(saved, file)
                 else:
                     save_projection(file, *fit_projection(vectors.vectors, width, str(Path(vectors.path).resolve())))
-        barrier()
+
+        on_main(ctx, prepare)  # a failure there stops every rank, none is left waiting
         if not project:
             return vectors
     elif not file.is_file():
         logged = _logged_projection(out)
         if logged is not None and logged.is_file():  # a retrain from before runs kept their own copy: take it now
-            if ctx.is_main:
-                shutil.copyfile(logged, file)
-            barrier()
+            on_main(ctx, lambda: shutil.copyfile(logged, file))
         elif width == 0 or vectors.dim <= width:
             return vectors
         else:

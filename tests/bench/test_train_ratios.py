@@ -22,3 +22,7 @@ def test_candidates_build_the_configurations_they_name(tmp_path: Path) -> None:
         assert config == replace(ModelConfig(variant="simtier_make"), make_frozen=light.make_frozen,
                                  make_attention_hidden=light.make_attention_hidden, mm_width=config.mm_width)
     assert all(run.variant == "simtier_make" for run in runs.values())
+    (soft,) = [c for label, c in configs.items() if label.startswith("SimTier soft")]
+    assert (soft.simtier_soft, soft.simtier_learned_metric, soft.simtier_tiers) == (True, True, 50)
+    assert soft == replace(ModelConfig(variant="simtier_make"), simtier_soft=True, simtier_learned_metric=True, simtier_tiers=50)
+    assert configs["defaults"].simtier_soft is False  # the paper's form: simtier_make's default

@@ -38,6 +38,25 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> No
     assert message in str(info.value)
 
 
+def test_simtier_form_is_the_variants_unless_set(tmp_path: Path) -> None:
+    from recsys.models.config import SIMTIER_ALONE, SIMTIER_FORMS, VARIANTS
+
+    form = lambda c: (c.simtier_soft, c.simtier_learned_metric, c.simtier_tiers)  # noqa: E731
+    assert form(ModelConfig(variant="simtier_make")) == (False, False, 20) == SIMTIER_FORMS["simtier_make"]
+    for variant in VARIANTS:
+        assert form(ModelConfig(variant=variant)) == SIMTIER_FORMS.get(variant, SIMTIER_ALONE)
+    assert form(ModelConfig(variant="simtier")) == (True, True, 50)
+    # a field set is kept, the others take the variant's form; a learned metric alone turns soft tiers on
+    assert form(ModelConfig(variant="simtier_make", simtier_tiers=50)) == (False, False, 50)
+    assert form(ModelConfig(variant="simtier_make", simtier_learned_metric=True)) == (True, True, 20)
+    assert form(ModelConfig(variant="simtier", simtier_soft=False, simtier_learned_metric=False)) == (False, False, 50)
+    assert form(ModelConfig(variant="simtier", simtier_soft=False)) == (False, False, 50)
+    with pytest.raises(ValueError, match="needs simtier_soft"):
+        ModelConfig(variant="simtier", simtier_soft=False, simtier_learned_metric=True)
+    (tmp_path / "m.yaml").write_text("variant: simtier_make\nsimtier_tiers: 30\n")
+    assert form(load_model_config(tmp_path / "m.yaml")) == (False, False, 30)
+
+
 def test_table_sizes_from_manifest() -> None:
     ranges = {k: i + 2 for i, k in enumerate(SINGLE_FEATURES)}
     m = Manifest(format_version=1, preset="t", seed=0, counts={}, id_ranges=ranges,
