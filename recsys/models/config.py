@@ -39,9 +39,9 @@ VARIANTS: tuple[str, ...] = ("id_only", "simtier", "make", "simtier_make", "vect
 
 # SimTier's form where a config leaves it unset, per variant: (soft, learned metric, tiers). Chosen on the
 # validation days of three datasets (the `small` world, a raw-ID text-only world, MovieLens-100k; README,
-# "The method on real data"): alone, soft tiers over a learned bilinear metric, 50 tiers (best on two, tied on
-# the third); beside MAKE, the paper's hard tiers over the fixed cosine, 20 tiers (best or tied on all three,
-# and the cheaper step: no gradient, 30 fewer MLP inputs).
+# "The method on real data"): alone, soft tiers over a learned bilinear metric, 50 tiers (best on two, tied
+# on the third); beside MAKE, the paper's hard tiers over the fixed cosine, 20 tiers (best in the
+# configuration each of the three chose, and the cheaper step: no gradient, 30 fewer MLP inputs).
 SIMTIER_ALONE = (True, True, 50)
 SIMTIER_FORMS: dict[str, tuple[bool, bool, int]] = {"simtier_make": (False, False, 20)}
 
