@@ -16,8 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recsys.settings import add_settings, settings_from_args
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without torch
+    from recsys.models.config import ModelConfig
+    from recsys.train.config import TrainConfig
 
 
 def _cmd_world(args: argparse.Namespace) -> int:
@@ -119,19 +124,36 @@ def _cmd_reduce_vectors(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def train_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
+    """``mmctr train``'s model and train configs: the job file's, the flags given over them.
+
+    ``--variant`` is applied as the file is read, so the fields the file leaves
+    unset take that variant's values (SimTier's form:
+    ``recsys.models.config.SIMTIER_FORMS``), not the file's variant's.
+
+    Raises:
+        ValueError: a bad job file, naming it and the key.
+    """
     from recsys.models.config import ModelConfig
     from recsys.train.config import TrainConfig, load_job_config
+
+    model, train = load_job_config(args.config, variant=vars(args).get("variant"))
+    # the flags given override the job file
+    return settings_from_args(ModelConfig, args, base=model), settings_from_args(TrainConfig, args, base=train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from recsys.distributed import MainRankError
     from recsys.train.loop import RowCountError
     from recsys.train.trainer import TrainJob, run_train
 
     try:
-        model, train = load_job_config(args.config)
+        model, train = train_configs(args)
         job = TrainJob(
             world=args.world,
             out=args.out,
-            model=settings_from_args(ModelConfig, args, base=model),  # the flags given override the job file
-            train=settings_from_args(TrainConfig, args, base=train),
+            model=model,
+            train=train,
             vectors=args.vectors,
             store=args.store,
             sharding=args.sharding,
@@ -140,7 +162,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             train_until=args.train_until,
         )
         run_train(job)
-    except (ValueError, OSError, RowCountError) as e:  # a refused input or run (or job file), named in the message
+    except (ValueError, OSError, RowCountError, MainRankError) as e:  # a refused input or run (or job file), named in the message
         print(f"mmctr train: {e}", file=sys.stderr)
         return 1
     return 0

@@ -77,9 +77,10 @@ def on_main(ctx: DistContext, work: Callable[[], T]) -> T | None:
     A plain ``if ctx.is_main: work()`` then :func:`barrier` leaves the other
     ranks waiting at the barrier until the process group's timeout when
     ``work`` raises on rank 0 (a full disk, a bad file). Here rank 0 then
-    broadcasts the failure (``torch.distributed.broadcast_object_list``,
-    which also serves as the barrier), rank 0 re-raises its exception and
-    every other rank raises :class:`MainRankError` naming it.
+    broadcasts the outcome (``torch.distributed.broadcast_object_list``;
+    the other ranks wait in it for rank 0's work), every rank meets at a
+    barrier after it (as before), and on a failure rank 0 re-raises its
+    exception and every other rank raises :class:`MainRankError` naming it.
 
     Args:
         ctx (DistContext): this rank.
@@ -105,6 +106,7 @@ def on_main(ctx: DistContext, work: Callable[[], T]) -> T | None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         told = [None if error is None else f"{type(error).__name__}: {error}"]
         dist.broadcast_object_list(told, src=0)
+        dist.barrier()  # rank 0 too waits for every rank, as the barrier this replaces (NCCL's broadcast is async)
         if told[0] is not None and not ctx.is_main:
             raise MainRankError(f"rank 0 failed, so rank {ctx.rank} stops too: {told[0]}")
     if error is not None:

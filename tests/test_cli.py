@@ -64,6 +64,27 @@ def test_train_flags_override_the_job_file(tmp_path: Path) -> None:
     assert args.sharding == "auto"
 
 
+def test_train_variant_flag_picks_the_variants_simtier_form(tmp_path: Path) -> None:
+    from recsys.cli import build_parser, train_configs
+    from recsys.models.config import ModelConfig
+
+    def model(*flags: str) -> ModelConfig:
+        args = build_parser({"train"}).parse_args(["train", "--world", "w", "--out", "o", *flags])
+        return train_configs(args)[0]
+
+    form = lambda c: (c.variant, c.simtier_soft, c.simtier_learned_metric, c.simtier_tiers)  # noqa: E731
+    # as the pipeline runs it: --variant with a job file of another (or no) variant
+    assert form(model("--variant", "simtier_make")) == ("simtier_make", False, False, 20)
+    assert form(model("--variant", "simtier")) == ("simtier", True, True, 50)
+    job = tmp_path / "job.yaml"
+    job.write_text("model:\n  variant: simtier\n  make_frozen: true\n")
+    got = model("--config", str(job), "--variant", "simtier_make")
+    assert form(got) == ("simtier_make", False, False, 20) and got.make_frozen
+    assert form(model("--config", str(job))) == ("simtier", True, True, 50)
+    job.write_text("model:\n  simtier_tiers: 50\n")  # a field the file sets is kept
+    assert form(model("--config", str(job), "--variant", "simtier_make")) == ("simtier_make", False, False, 50)
+
+
 def test_train_refuses_a_bad_job_file_in_one_line(tiny_world: Path, tmp_path: Path) -> None:
     typo = tmp_path / "typo.yaml"
     typo.write_text("model:\n  mm_widht: 32\n")

@@ -31,7 +31,7 @@ Output folder (``run_folder.RunFolder``)::
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -251,6 +251,8 @@ def _resume_or_warm_start(
     folder = RunFolder(job.out)
     progress = Progress(epoch=0, step=0, world_size=ctx.world_size)
     tally = _Tally(ctx.world_size)
+    if folder.latest_checkpoint() is not None and folder.train_log_file.exists():
+        _check_resumed_model(folder.read_train_log().model, job.model, folder.path)
     found = state.resume(skip=is_mm_table_param)  # the frozen table keeps this job's vectors (the ones its log records)
     if found is not None:
         progress = found[1]
@@ -266,6 +268,24 @@ def _resume_or_warm_start(
             tally.warm_start_metrics = _score(job, built, built.split.test, reader, ctx)
             _write_train_log(job, built, tally, progress, ctx)  # kept if the job is stopped and resumed
     return progress, tally
+
+
+def _check_resumed_model(logged: ModelConfig, given: ModelConfig, run: Path) -> None:
+    """Refuses to resume a run with another model config than the one its checkpoints were trained with.
+
+    Without it a resume could load weights of one shape into another model, or
+    silently train on with, say, other SimTier tiers or MAKE frozen where it was
+    fine-tuned. ``fused_kernels`` is a runtime switch (the same values) and may differ.
+
+    Raises:
+        ValueError: naming the run and every field that differs.
+    """
+    differ = [f"{f.name}: {getattr(logged, f.name)!r} in its train log, {getattr(given, f.name)!r} now"
+              for f in fields(ModelConfig)
+              if f.name != "fused_kernels" and getattr(logged, f.name) != getattr(given, f.name)]
+    if differ:
+        raise ValueError(f"{run}: has checkpoints of another model config ({'; '.join(differ)}); resume it with "
+                         "the config its train_log.json records, or train into a new --out")
 
 
 def _days(job: TrainJob, built: Built) -> tuple[int, ...]:

@@ -280,3 +280,21 @@ def test_last_step_checkpointed_by_checkpoint_every_ends_finished(tiny_world: Pa
     assert run_train(job) is not None
     path, progress = latest_checkpoint(tmp_path / "run" / CHECKPOINTS)
     assert path.name == f"step-{steps:08d}" and progress.step == steps and progress.finished
+
+
+def test_resume_with_another_model_config_is_refused(tiny_world: Path, vectors: Path, tmp_path: Path) -> None:
+    from recsys.train.trainer import _check_resumed_model
+
+    out = tmp_path / "run"
+    job = TrainJob(world=tiny_world, out=out, model=ModelConfig(variant="simtier"), vectors=vectors,
+                   train=TrainConfig(batch_size=BATCH, stop_after_steps=2), quiet=True)
+    assert run_train(job) is None  # stopped as if preempted: a checkpoint and a train log
+    saved = latest_checkpoint(out / CHECKPOINTS)
+    assert saved is not None
+    other = replace(job, model=ModelConfig(variant="simtier", simtier_soft=False, simtier_tiers=20))
+    with pytest.raises(ValueError, match=r"simtier_tiers: 50 in its train log, 20 now") as info:
+        run_train(other)
+    assert str(out) in str(info.value) and "simtier_soft: True in its train log, False now" in str(info.value)
+    assert latest_checkpoint(out / CHECKPOINTS) == saved  # nothing written
+    logged = RunFolder(out).read_train_log().model
+    _check_resumed_model(logged, replace(logged, fused_kernels=not logged.fused_kernels), out)  # a runtime switch
