@@ -57,7 +57,7 @@ from bench.peer import PeerConfig, evaluate_peer, train_peer
 from bench.vectors import write_truth_vectors
 from recsys.allocator import pin_malloc_thresholds
 from recsys.data.schema import Manifest
-from recsys.models.config import VARIANTS, ModelConfig
+from recsys.models.config import SIMTIER_PAPER, VARIANTS, ModelConfig, simtier_fields
 from recsys.models.ctr_model import VARIANT_SPECS
 from recsys.models.fused import config_override
 from recsys.models.make import make_config
@@ -76,7 +76,7 @@ TRAIN_KEYS: frozenset[str] = frozenset({"make_max_epochs"})
 
 
 def _simtier(soft: bool, learned: bool, tiers: int) -> dict[str, object]:
-    return {"simtier_soft": soft, "simtier_learned_metric": learned, "simtier_tiers": tiers}
+    return simtier_fields((soft, learned, tiers))
 
 
 def _make(frozen: bool, attention: int, max_epochs: int | None = None) -> dict[str, object]:
@@ -96,7 +96,7 @@ def split_overrides(overrides: dict[str, object]) -> tuple[dict[str, object], di
     return model, {k: v for k, v in overrides.items() if k in TRAIN_KEYS}
 
 
-PAPER = _simtier(False, False, 20)  # the paper's SimTier: fixed cosine, hard tiers of width 0.1
+PAPER = simtier_fields(SIMTIER_PAPER)  # the paper's SimTier: fixed cosine, hard tiers of width 0.1
 SIMTIER_QUICK: Candidates = {"paper (hard, cosine, 20)": PAPER, "soft, learned, 20": _simtier(True, True, 20),
                              "soft, learned, 50": _simtier(True, True, 50)}
 SIMTIER_FULL: Candidates = {**SIMTIER_QUICK, "paper (hard, cosine, 50)": _simtier(False, False, 50),

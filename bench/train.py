@@ -81,7 +81,7 @@ from recsys.data.vectors import load_vectors
 from recsys.distributed import DistContext, init_distributed
 from recsys.models import fused
 from recsys.models.attention import TargetAttention
-from recsys.models.config import SIMTIER_ALONE, VARIANTS, ModelConfig, table_sizes
+from recsys.models.config import SIMTIER_ALONE, SIMTIER_PAPER, VARIANTS, ModelConfig, simtier_fields, table_sizes
 from recsys.models.ctr_model import VARIANT_SPECS
 from recsys.models.make import Make, make_config
 from recsys.train.config import TRAIN_PIPELINES, TrainConfig, load_job_config, resolve_train_pipeline
@@ -96,8 +96,8 @@ DENSE_FEATURES = WORLD.dense_names()
 
 LIGHT_MAKE_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "light_make.yaml")
 # SimTier's forms as ModelConfig overrides: the paper's (simtier_make's default), and SIMTIER_ALONE (simtier's)
-PAPER_SIMTIER = {"simtier_soft": False, "simtier_learned_metric": False, "simtier_tiers": 20}
-SOFT_LEARNED_SIMTIER = dict(zip(("simtier_soft", "simtier_learned_metric", "simtier_tiers"), SIMTIER_ALONE))
+PAPER_SIMTIER = simtier_fields(SIMTIER_PAPER)
+SOFT_LEARNED_SIMTIER = simtier_fields(SIMTIER_ALONE)
 
 
 @dataclass(frozen=True)

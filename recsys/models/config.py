@@ -43,7 +43,19 @@ VARIANTS: tuple[str, ...] = ("id_only", "simtier", "make", "simtier_make", "vect
 # on the third); beside MAKE, the paper's hard tiers over the fixed cosine, 20 tiers (best in the
 # configuration each of the three chose, and the cheaper step: no gradient, 30 fewer MLP inputs).
 SIMTIER_ALONE = (True, True, 50)
-SIMTIER_FORMS: dict[str, tuple[bool, bool, int]] = {"simtier_make": (False, False, 20)}
+SIMTIER_PAPER = (False, False, 20)  # the paper's SimTier: hard tiers of width 0.1 over the fixed cosine
+SIMTIER_FORMS: dict[str, tuple[bool, bool, int]] = {"simtier_make": SIMTIER_PAPER}
+
+
+def simtier_fields(form: tuple[bool, bool, int]) -> dict[str, object]:
+    """A SimTier form (soft, learned metric, tiers) as ModelConfig field values.
+
+    Example::
+
+        >>> simtier_fields(SIMTIER_PAPER)
+        {'simtier_soft': False, 'simtier_learned_metric': False, 'simtier_tiers': 20}
+    """
+    return dict(zip(("simtier_soft", "simtier_learned_metric", "simtier_tiers"), form))
 
 
 @dataclass(frozen=True)

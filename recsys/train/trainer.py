@@ -251,8 +251,6 @@ def _resume_or_warm_start(
     folder = RunFolder(job.out)
     progress = Progress(epoch=0, step=0, world_size=ctx.world_size)
     tally = _Tally(ctx.world_size)
-    if folder.latest_checkpoint() is not None and folder.train_log_file.exists():
-        _check_resumed_model(folder.read_train_log().model, job.model, folder.path)
     found = state.resume(skip=is_mm_table_param)  # the frozen table keeps this job's vectors (the ones its log records)
     if found is not None:
         progress = found[1]
@@ -350,6 +348,9 @@ def _write_records(job: TrainJob, log: TrainLog, metrics: RunMetrics) -> None:
 
 def _run(job: TrainJob, ctx: DistContext) -> RunMetrics | None:
     Path(job.out).mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(job.out)
+    if folder.latest_checkpoint() is not None and folder.train_log_file.exists():  # before build: no stage 1, no basis
+        _check_resumed_model(folder.read_train_log().model, job.model, folder.path)
     built = build(job, ctx)
     if built.missing_vectors and ctx.is_main:  # zero rows with the missing flag (mm_table), said once, also --quiet
         print(f"{job.model.variant}: {built.missing_vectors} item ID(s) of the item table's range have no vector in "
