@@ -18,9 +18,10 @@ and modification time, the image side, the context length, the tokenizer and
 open_clip's version: a changed or rewritten items file, another tower
 config or another tokenizer makes another entry, never a stale read. An
 entry is written to a temporary folder and renamed into place, so a killed
-run leaves no half entry; ranks that race write the same content and the
-first rename wins; a folder under the entry's name without that key is
-replaced. The content rules are checked when an entry is made
+run leaves no half entry; processes that race write the same content and
+the first rename wins (``mmctr pretrain`` has rank 0 make the entry while
+the other ranks wait, then every rank reads it); a folder under the entry's
+name without that key is replaced. The content rules are checked when an entry is made
 (``load_item_content``); an entry holds only content that passed them.
 
 Example::

@@ -42,10 +42,16 @@ from recsys.data.content import ContentError, check_text, content_columns, decod
 from recsys.data.schema import Manifest, table_files
 
 MAX_HARD_NEGATIVES = 3  # Hn: hard negatives kept per session
+DECODE_CHUNK = 1024  # images per task of decode_images' pool
 
 
 def decode_images(blobs: list[bytes | None], size: int, what: list[str], workers: int = 2) -> np.ndarray:
     """Decodes PNG/JPEG bytes to uint8 (N, size, size, 3) on a thread pool (``content.decode_image``).
+
+    Each task decodes a run of :data:`DECODE_CHUNK` images: with one future
+    per image the pool's own work held the GIL for much of the time (the
+    ``small`` world's 100k 64-px PNGs on 2 threads: ~30 s that way, 20.6 s
+    in runs).
 
     Raises:
         ValueError: ``what[i]: `` and the content rule's message, for the
@@ -54,17 +60,18 @@ def decode_images(blobs: list[bytes | None], size: int, what: list[str], workers
     """
     out = np.empty((len(blobs), size, size, 3), dtype=np.uint8)
 
-    def one(i: int) -> str | None:
-        try:
-            out[i] = decode_image(blobs[i], size)
-        except ContentError as e:
-            return str(e)
+    def run(start: int) -> tuple[int, str] | None:
+        for i in range(start, min(start + DECODE_CHUNK, len(blobs))):
+            try:
+                out[i] = decode_image(blobs[i], size)
+            except ContentError as e:
+                return i, str(e)
         return None
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for i, fault in enumerate(pool.map(one, range(len(blobs)), chunksize=256)):
+        for fault in pool.map(run, range(0, len(blobs), DECODE_CHUNK)):  # in order: the first fault is the first row's
             if fault is not None:
-                raise ValueError(f"{what[i]}: {fault}")
+                raise ValueError(f"{what[fault[0]]}: {fault[1]}")
     return out
 
 

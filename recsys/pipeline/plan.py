@@ -61,7 +61,7 @@ from recsys.data.schema import MANIFEST, Manifest, table_files
 from recsys.data.stats import new_item_mask
 from recsys.pipeline.config import Layout, PipelineConfig
 
-PRETRAIN_STAGES: tuple[str, ...] = ("pretrain_clip", "pretrain_scl", "pretrain_eval")  # the recipe's (random joins when used)
+PRETRAINING: tuple[str, ...] = ("pretrain_clip", "pretrain_scl")  # the recipe's runs (random joins when used)
 SERVING_STAGES: tuple[str, ...] = ("export", "embed")
 
 
@@ -180,23 +180,28 @@ def plan_stages(
         skip("world", f"--world {world}: the dataset is given, not generated")
         run("validate")
     vectors_from: str | None = None
+    # pretrain_eval (set in each case below) reads only the pre-training runs: it is placed after the training
+    # stages, beside which it runs
     if vectors is not None:
-        skip(PRETRAIN_STAGES, f"--vectors {vectors}: the item vectors are given")
+        why = f"--vectors {vectors}: the item vectors are given"
+        skip(PRETRAINING, why)
+        evaluation = StagePlan("pretrain_eval", why)
         method = f"{vectors} (--vectors)"
     elif not content:
-        skip(PRETRAIN_STAGES, "no item content (features.content is empty): nothing to pre-train on")
+        why = "no item content (features.content is empty): nothing to pre-train on"
+        skip(PRETRAINING, why)
+        evaluation = StagePlan("pretrain_eval", why)
         method = "none (no item content, no --vectors)"
     elif both:
         run("pretrain_clip")
         if searches:
             run("pretrain_scl")
             vectors_from, method = "pretrain_scl", "scl (fine-tuned from clip)"
-            if facts.searches_on_test_day:
-                run("pretrain_eval")
-            else:
-                skip("pretrain_eval", f"no search session on the test day {t} to score recall on")
+            evaluation = StagePlan("pretrain_eval", None if facts.searches_on_test_day
+                                   else f"no search session on the test day {t} to score recall on")
         else:
-            skip(("pretrain_scl", "pretrain_eval"), no_searches)
+            skip("pretrain_scl", no_searches)
+            evaluation = StagePlan("pretrain_eval", no_searches)
             vectors_from, method = "pretrain_clip", "clip (no search log)"
     else:
         only = _only(content)
@@ -208,17 +213,20 @@ def plan_stages(
             skip("pretrain_scl", no_searches)
             run("pretrain_random")
             vectors_from, method = "pretrain_random", f"random ({only}, no search log: untrained towers)"
-        skip("pretrain_eval", f"SCL against CLIP needs image and title; the dataset has {only}")
+        evaluation = StagePlan("pretrain_eval", f"SCL against CLIP needs image and title; the dataset has {only}")
     has_vectors = vectors is not None or bool(content)
     if has_vectors:
         run("catalogue")
     else:
         skip("catalogue", "no item vectors: no item content, no --vectors")
-    for v in sorted(cfg.variants, key=lambda v: v != "make"):  # MAKE's stage 1 first, then shared
+    # MAKE's stage 1 first, then simtier_make, which shares it (it starts once that is done: the others go
+    # first meanwhile), then the rest in the config's order
+    for v in sorted(cfg.variants, key=lambda v: (v != "make", v != "simtier_make")):
         if has_vectors or v == "id_only":
             run(f"train_{v}")
         else:
             skip(f"train_{v}", "no item vectors: no item content, no --vectors")
+    plan.append(evaluation)
     if vectors is not None:
         skip(SERVING_STAGES, f"--vectors {vectors}: no encoder of ours to embed the new items with")
     elif not content:

@@ -7,7 +7,8 @@ skipped, with its reason, in ``OUT/pipeline.json`` (``"plan"``). Each stage
 (``recsys.pipeline.stages``) runs as TorchX apps on the
 ``local_cwd`` scheduler (distributed stages with ``nproc`` ranks under
 torchrun; the training stages side by side as ``config.training_slots``
-chooses and prints), waits for them, and is marked done in
+chooses and prints, with ``pretrain_eval`` and ``export``, which need only
+the pre-training runs, in the same slots), waits for them, and is marked done in
 ``OUT/pipeline.json`` with its wall time. A pipeline started again with the same ``--out``:
 
 * refuses another preset or config, or another ``--world`` or ``--vectors``

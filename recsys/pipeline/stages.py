@@ -9,14 +9,17 @@ pretrain_clip      ``mmctr pretrain --method clip`` (the generic CLIP)     nproc
 pretrain_scl       ``mmctr pretrain --method scl`` fine-tuned from it      nproc
 pretrain_random    ``mmctr pretrain --method random`` (one modality, no    nproc
                    search log: untrained towers)
-pretrain_eval      ``mmctr pretrain-eval``: SCL vs CLIP recall             1
 catalogue          item vectors of items created before the test day       in-process
                    (every item's when ``embed`` is skipped)
 train_VARIANT      ``mmctr train --train-until T-1`` per variant, up to    train
                    ``training.parallel`` at once (``make`` first: its      slots
                    MAKE stage 1 is shared with ``simtier_make``, which
-                   starts once that has finished)
-export             ``mmctr export``: Triton repositories of the encoder    1
+                   starts once that has finished; the others start
+                   meanwhile)
+pretrain_eval      ``mmctr pretrain-eval``: SCL vs CLIP recall; in a       1
+                   training slot, beside the training stages
+export             ``mmctr export``: Triton repositories of the encoder;   1
+                   in a training slot, beside the training stages
 embed              ``mmctr feed`` (test-day items at ``feed_rate``/s) and  1 + 1
                    ``mmctr embed-new`` on the running Triton server
 evaluate           ``mmctr evaluate --day T [--store]``: the test day,     nproc
@@ -45,8 +48,8 @@ Example::
     >>> from recsys.pipeline.plan import DataFacts, plan_stages
     >>> m = Manifest(format_version=2, first_day=10, last_day=14)
     >>> plan = plan_stages(m, DataFacts(900, 200, 60), PRESETS["tiny"])
-    >>> [s.name for s in stages(plan)][:6]
-    ['world', 'pretrain_clip', 'pretrain_scl', 'pretrain_eval', 'catalogue', 'train_make']
+    >>> [s.name for s in stages(plan)][:7]
+    ['world', 'pretrain_clip', 'pretrain_scl', 'catalogue', 'train_make', 'train_simtier_make', 'train_id_only']
 """
 
 from __future__ import annotations
@@ -249,12 +252,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     _pretrain("pretrain_clip", "clip", "clip"),
     _pretrain("pretrain_scl", "scl", "scl"),
     _pretrain("pretrain_random", "random", "clip"),  # the CLIP config's towers and seed; nothing trains
-    Stage("pretrain_eval", apps=lambda c: [components.pretrain_eval(
+    # beside the training stages (it reads only the pre-training runs), one rank of their threads
+    Stage("pretrain_eval", apps=lambda c: [_threads(components.pretrain_eval(
         world=str(c.layout.world), runs=[str(c.layout.pretrain_clip), str(c.layout.pretrain_scl)],
-        out_json=str(c.layout.pretrain_eval))]),
+        out_json=str(c.layout.pretrain_eval)), c.training.threads)], concurrent=True),
     Stage("catalogue", local=_catalogue),
-    Stage("export", apps=lambda c: [serving_components.export(
-        encoder=str(vectors_source(_plan(c), c.layout) / "encoder.pt"), out=str(c.layout.triton))]),
+    Stage("export", apps=lambda c: [_threads(serving_components.export(
+        encoder=str(vectors_source(_plan(c), c.layout) / "encoder.pt"), out=str(c.layout.triton)), c.training.threads)],
+        concurrent=True),  # reads only the encoder: beside the training stages too
     Stage("embed", needs_server=True, local=_embed),
     Stage("evaluate", apps=_evaluate),
     Stage("retrain", apps=_retrain),

@@ -12,7 +12,7 @@ import pytest
 
 from recsys.data.schema import Manifest, table_files
 from recsys.world.render import decode_png
-from pretrain.data import load_item_content, load_search_pairs, split_heldout
+from pretrain.data import DECODE_CHUNK, decode_images, load_item_content, load_search_pairs, split_heldout
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +79,17 @@ def test_unknown_hard_negative_names_the_session(tiny_world: Path, tmp_path: Pat
     sid = pq.read_table(table_files(world, "searches")[0])["session_id"][2].as_py()
     with pytest.raises(ValueError, match=f"session {sid}: clicked item 1000000000"):
         load_search_pairs(world, content)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_decode_images_equals_one_decode_per_image_and_names_the_first_bad_one(tiny_world: Path, workers: int) -> None:
+    blobs = pq.read_table(table_files(tiny_world, "items")[0], columns=["image"])["image"].to_pylist()
+    blobs = (blobs * (2 * DECODE_CHUNK // len(blobs) + 2))[: 2 * DECODE_CHUNK + 7]  # 3 chunks, the last short
+    what = [f"blob {i}" for i in range(len(blobs))]
+    got = decode_images(blobs, 64, what, workers)
+    np.testing.assert_array_equal(got, np.stack([decode_png(b) for b in blobs]))
+    bad = list(blobs)
+    bad[2 * DECODE_CHUNK + 3], bad[DECODE_CHUNK + 5] = b"", b"not an image"  # a later chunk's fault too
+    with pytest.raises(ValueError, match=rf"^blob {DECODE_CHUNK + 5}: "):
+        decode_images(bad, 64, what, workers)
+    assert decode_images([], 64, [], workers).shape == (0, 64, 64, 3)

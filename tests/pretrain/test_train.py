@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -283,6 +284,50 @@ def test_two_rank_ddp_scl_gathers_keys_of_both_ranks(
         prefix = modality + "."
         bank.load_state_dict({k[len(prefix) :]: v for k, v in state["queues"].items() if k.startswith(prefix)})
         torch.testing.assert_close(bank.keys()[-world_size * B :], want[modality], rtol=0, atol=1e-5)
+
+
+def _content_cache_ranks(world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    import train_workers
+
+    report = tmp_path / "report"
+    report.mkdir()
+    mp.spawn(train_workers.content_cache_worker,
+             args=(2, _free_port(), str(world), str(tmp_path / "run"), str(tmp_path / "cache"), str(report), CFG),
+             nprocs=2, join=True)
+    sys.modules.pop("train_workers", None)
+    return [json.loads((report / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_two_ranks_decode_the_content_once_then_read_the_cache(
+    tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rank0, rank1 = _content_cache_ranks(tiny_world, tmp_path, monkeypatch)
+    assert (rank0["computed"], rank1["computed"]) == (1, 0)  # rank 0 made the entry; rank 1 only read it
+    items = load_item_content(tiny_world)
+    tokens = build_tokenizer(TOWER)(items.titles)
+    for rank in (rank0, rank1):
+        assert rank["item_ids"] == items.item_ids.tolist()
+        assert rank["image_sum"] == int(items.images.sum(dtype=np.int64)) and rank["token_sum"] == int(tokens.sum())
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_a_bad_image_fails_every_rank_naming_the_item(
+    tiny_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = tmp_path / "w"
+    shutil.copytree(tiny_world, world)
+    file = table_files(world, "items")[0]
+    t = pq.read_table(file)
+    images = t["image"].to_pylist()
+    images[3] = b"not an image"
+    pq.write_table(t.set_column(t.schema.get_field_index("image"), "image", [images]), file)
+    item = t["item_id"][3].as_py()
+    rank0, rank1 = _content_cache_ranks(world, tmp_path, monkeypatch)
+    assert rank0["raised"] == "ValueError" and f"(item {item})" in rank0["message"] and file.name in rank0["message"]
+    assert rank1["raised"] == "MainRankError" and rank0["message"] in rank1["message"] and rank1["computed"] == 0
+    assert not (tmp_path / "cache").exists() or not any(p.name[0] != "." for p in (tmp_path / "cache").iterdir())
 
 
 # -- bad input ----------------------------------------------------------------
