@@ -100,17 +100,25 @@ class Server:
     url: str  # gRPC HOST:PORT
 
 
-def start_server(runner: Runner, repository: Path, logs: Path) -> Server:
-    """Starts Triton on an exported repository (free ports, 127.0.0.1); returns once every model is ready."""
-    import tritonclient.grpc as grpcclient
-
+def submit_server(runner: Runner, repository: Path, logs: Path) -> Server:
+    """Starts Triton on an exported repository (free ports, 127.0.0.1) and returns at once (:func:`wait_ready` waits)."""
     import torchx_components.serving as serving_components
     from serving.server import free_port
 
     grpc_port, http_port = free_port(), free_port()
     handle = submit(runner, serving_components.serve(repository=str(repository), grpc_port=grpc_port, http_port=http_port), logs)
-    url = f"127.0.0.1:{grpc_port}"
-    client = grpcclient.InferenceServerClient(url)
+    return Server(handle, f"127.0.0.1:{grpc_port}")
+
+
+def wait_ready(runner: Runner, server: Server, logs: Path) -> Server:
+    """``server`` once every model of its repository is ready.
+
+    Raises:
+        PipelineError: the server ended, or was not ready within ``SERVER_READY_TIMEOUT_S`` (it is cancelled).
+    """
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.url)
 
     def ready() -> bool:
         try:
@@ -120,8 +128,13 @@ def start_server(runner: Runner, repository: Path, logs: Path) -> Server:
         return bool(index) and all(m.state == "READY" for m in index)
 
     try:
-        wait_until(ready, runner, handle, logs, "Triton start", SERVER_READY_TIMEOUT_S)
+        wait_until(ready, runner, server.handle, logs, "Triton start", SERVER_READY_TIMEOUT_S)
     except BaseException:
-        runner.cancel(handle)
+        runner.cancel(server.handle)
         raise
-    return Server(handle, url)
+    return server
+
+
+def start_server(runner: Runner, repository: Path, logs: Path) -> Server:
+    """Starts Triton on an exported repository (free ports, 127.0.0.1); returns once every model is ready."""
+    return wait_ready(runner, submit_server(runner, repository, logs), logs)

@@ -22,7 +22,9 @@ the pre-training runs, in the same slots), waits for them, and is marked done in
 
 Logs of every app go to ``OUT/logs``; a failed app stops the pipeline with
 the tail of its log. Triton runs (as a TorchX app) only while a stage that
-needs it is pending, on free ports on 127.0.0.1. ``OUT/.lock`` keeps a second
+needs it is pending, on free ports on 127.0.0.1; it starts as soon as
+``export`` has written its repository, beside the training stages still
+running, so its start-up overlaps them. ``OUT/.lock`` keeps a second
 pipeline off the folder, and however the pipeline ends, it stops every
 process of its own (``OUR_PROGRAMS``) that names the folder.
 """
@@ -38,7 +40,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +49,7 @@ from torchx.runner import Runner, get_runner
 
 from recsys.data.schema import Manifest, manifest_sha
 from recsys.pipeline.config import PRESETS, Layout, PipelineConfig, config_dict, training_slots, write_configs
-from recsys.pipeline.jobs import PipelineError, Server, finished, run_apps, start_server, stop, submit
+from recsys.pipeline.jobs import PipelineError, Server, finished, run_apps, stop, submit, submit_server, wait_ready
 from recsys.pipeline.plan import Plan, data_facts, plan_stages
 from recsys.pipeline.stages import Context, Stage, stage, stages
 
@@ -236,7 +238,8 @@ def _run(cfg: PipelineConfig, preset: str, layout: Layout, inputs: Inputs, quiet
     done = [name for name, s in state["stages"].items() if s.get("done")]
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # torchrun, python
     runner = get_runner()
-    server: Server | None = None
+    server: Server | None = None  # up while a stage needs it
+    starting: tuple[Server, float, str] | None = None  # submitted, not yet ready: (server, monotonic, ISO time)
     try:
         generate = inputs.world is None and not _done(state, "world")  # the plan reads the world: make it first
         if generate:
@@ -264,16 +267,27 @@ def _run(cfg: PipelineConfig, preset: str, layout: Layout, inputs: Inputs, quiet
         while i < len(todo):
             step = todo[i]
             if step.needs_server and server is None:
-                t, at = time.monotonic(), _now()
-                server = start_server(runner, layout.triton, layout.logs)
-                state["server_start_s"] = time.monotonic() - t
-                # outside every stage, inside the pipeline's wall time (summary.wall_seconds)
-                state.setdefault("spans", []).append({"what": "triton start", "started_at": at, "finished_at": _now()})
+                if starting is None:
+                    starting = (submit_server(runner, layout.triton, layout.logs), time.monotonic(), _now())
+                server = wait_ready(runner, starting[0], layout.logs)
+                state["server_start_s"] = time.monotonic() - starting[1]
+                # outside every stage (it may overlap the last ones), inside the wall time (summary.wall_seconds)
+                state.setdefault("spans", []).append({"what": "triton start", "started_at": starting[2], "finished_at": _now()})
+                starting = None
                 _say(quiet, f"[triton] ready at {server.url} in {state['server_start_s']:.1f} s")
             ctx = Context(cfg, layout, configs, plan, server, runner, slots)
             together = list(itertools.takewhile(lambda s: s.concurrent, todo[i:]))
             if together:
-                run_concurrent(together, ctx, state, quiet)
+                after = todo[i + len(together)] if i + len(together) < len(todo) else None
+                early = server is None and after is not None and after.needs_server
+
+                def start_early(name: str) -> None:  # the encoder's repository is written: Triton starts beside the rest
+                    nonlocal starting
+                    if early and name == "export" and starting is None:
+                        starting = (submit_server(runner, layout.triton, layout.logs), time.monotonic(), _now())
+                        _say(quiet, "[triton] starting (export done)")
+
+                run_concurrent(together, ctx, state, quiet, start_early)
             else:
                 _run_stage(step, ctx, state, quiet)
             i += max(1, len(together))
@@ -283,9 +297,10 @@ def _run(cfg: PipelineConfig, preset: str, layout: Layout, inputs: Inputs, quiet
                 _say(quiet, "[triton] stopped")
     finally:
         try:
-            if server is not None:
-                stop(runner, server.handle)
-                _say(quiet, "[triton] stopped")
+            for up in (server, None if starting is None else starting[0]):
+                if up is not None:
+                    stop(runner, up.handle)
+                    _say(quiet, "[triton] stopped")
         finally:
             runner.close()
     return state
@@ -334,12 +349,13 @@ def _run_stage(step: Stage, ctx: Context, state: dict, quiet: bool) -> None:
     _done_now(step, ctx, state, quiet, t)
 
 
-def run_concurrent(steps: list[Stage], ctx: Context, state: dict, quiet: bool) -> None:
+def run_concurrent(steps: list[Stage], ctx: Context, state: dict, quiet: bool,
+                   on_done: Callable[[str], None] | None = None) -> None:
     """Runs app stages side by side, at most ``ctx.training.parallel`` at once, each once it is ``ready``.
 
     A stage starts in plan order among the ready ones; each is recorded done
-    as it ends (a restart redoes only the unfinished ones). The first failure
-    cancels the others and raises.
+    as it ends (a restart redoes only the unfinished ones), then ``on_done``
+    is called with its name. The first failure cancels the others and raises.
 
     Raises:
         PipelineError: a stage failed, or one can never start (nothing runs and it is not ready).
@@ -359,6 +375,8 @@ def run_concurrent(steps: list[Stage], ctx: Context, state: dict, quiet: bool) -
                 if finished(ctx.runner, handles, ctx.layout.logs, f"stage {name}"):
                     del running[name]
                     _done_now(step, ctx, state, quiet, t)
+                    if on_done is not None:
+                        on_done(name)
             time.sleep(0.5)
     except BaseException:
         for _, handles, _ in running.values():

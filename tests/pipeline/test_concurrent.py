@@ -48,12 +48,18 @@ def test_at_most_parallel_at_once_each_when_ready(tmp_path: Path) -> None:
     ctx, out = _context(tmp_path, parallel=2), tmp_path
     steps = [_stage("train_a", out, 4.0), _stage("train_b", out, 1.0), _stage("train_c", out, 1.0),
              _stage("train_d", out, 1.0, ready_after="train_a")]
-    state = {"stages": {}}
+    state, done = {"stages": {}}, []
+
+    def on_done(name: str) -> None:  # called once a stage is recorded done, in the order they end
+        assert state["stages"][name]["done"]
+        done.append(name)
+
     try:
-        run_concurrent(steps, ctx, state, quiet=True)
+        run_concurrent(steps, ctx, state, quiet=True, on_done=on_done)
     finally:
         ctx.runner.close()
     spans = _spans(out, [s.name for s in steps])
+    assert done == sorted(spans, key=lambda n: spans[n][1])
     assert _most_at_once(spans) == 2  # b and c ran one after the other beside a
     assert spans["train_c"][0] >= spans["train_b"][1]
     assert spans["train_d"][0] >= spans["train_a"][1]  # waited for a, though a slot was free before

@@ -115,6 +115,8 @@ def _kill_midway_then_resume(out: Path, log: Path, pipelines: list[subprocess.Po
     if summary["training"]["parallel"] > 1:
         assert spans["train_id_only"]["started_at"] < spans["train_make"]["finished_at"]
         assert summary["wall_s"] < sum(summary["stages"].values())
+    (triton,) = [s for s in after["spans"] if s["what"] == "triton start"]  # started once export had written its repository
+    assert after["stages"]["export"]["finished_at"] <= triton["started_at"] <= after["stages"]["embed"]["started_at"]
     started = datetime.datetime.fromisoformat(spans["train_simtier_make"]["started_at"]).timestamp()
     assert started + 1 >= (layout.ctr("make") / "make_stage1" / "make.json").stat().st_mtime  # after the shared stage 1
     o = summary["online"]  # the retrained simtier_make served: a sample of the test day ranked online
