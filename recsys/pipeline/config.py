@@ -126,7 +126,7 @@ PRESETS: dict[str, PipelineConfig] = {
     # ~3 minutes on 2 cores: every stage at toy size, used in a test
     "tiny": PipelineConfig(world_preset="tiny", make_max_epochs=2, batch_size=256, bootstrap=200, feed_rate=200.0,
                            online_users=40),
-    # `make demo`: ~22 minutes on 2 cores (README: measured stage times)
+    # `make demo`: 14-21 minutes on 2 cores, by the machine (README: measured stage times)
     "small": PipelineConfig(world_preset="small", make_max_epochs=2, patch_size=16, feed_rate=100.0, online_users=1000),
 }
 

@@ -226,16 +226,16 @@ def plan_stages(
             run(f"train_{v}")
         else:
             skip(f"train_{v}", "no item vectors: no item content, no --vectors")
-    plan.append(evaluation)
-    if vectors is not None:
-        skip(SERVING_STAGES, f"--vectors {vectors}: no encoder of ours to embed the new items with")
-    elif not content:
-        skip(SERVING_STAGES, "no item content to embed")
-    elif not facts.items_new_on_test_day:
-        skip(SERVING_STAGES, f"no item created on the test day {t}")
-    else:
+    serving = (f"--vectors {vectors}: no encoder of ours to embed the new items with" if vectors is not None
+               else "no item content to embed" if not content
+               else f"no item created on the test day {t}" if not facts.items_new_on_test_day else None)
+    if serving is None:  # export first: Triton starts on its repository while pretrain_eval and training still run
         run("export")
+    plan.append(evaluation)
+    if serving is None:
         run("embed")
+    else:
+        skip(SERVING_STAGES, serving)
     for name in ("evaluate", "retrain", "rank_online", "report"):
         run(name)
     variants = tuple(v for v in cfg.variants if has_vectors or v == "id_only")

@@ -22,9 +22,9 @@ the pre-training runs, in the same slots), waits for them, and is marked done in
 
 Logs of every app go to ``OUT/logs``; a failed app stops the pipeline with
 the tail of its log. Triton runs (as a TorchX app) only while a stage that
-needs it is pending, on free ports on 127.0.0.1; it starts as soon as
-``export`` has written its repository, beside the training stages still
-running, so its start-up overlaps them. ``OUT/.lock`` keeps a second
+needs it is pending, on free ports on 127.0.0.1; when ``export`` runs in
+the same start of the pipeline, Triton starts as soon as it has written its
+repository, beside the stages still running, so its start-up overlaps them. ``OUT/.lock`` keeps a second
 pipeline off the folder, and however the pipeline ends, it stops every
 process of its own (``OUR_PROGRAMS``) that names the folder.
 """
@@ -284,7 +284,11 @@ def _run(cfg: PipelineConfig, preset: str, layout: Layout, inputs: Inputs, quiet
                 def start_early(name: str) -> None:  # the encoder's repository is written: Triton starts beside the rest
                     nonlocal starting
                     if early and name == "export" and starting is None:
-                        starting = (submit_server(runner, layout.triton, layout.logs), time.monotonic(), _now())
+                        try:
+                            starting = (submit_server(runner, layout.triton, layout.logs), time.monotonic(), _now())
+                        except Exception as e:  # noqa: BLE001 (the jobs beside it go on; it is tried again before embed)
+                            _say(quiet, f"[triton] could not start yet ({type(e).__name__}: {e}); trying again before embed")
+                            return
                         _say(quiet, "[triton] starting (export done)")
 
                 run_concurrent(together, ctx, state, quiet, start_early)

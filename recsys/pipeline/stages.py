@@ -16,10 +16,11 @@ train_VARIANT      ``mmctr train --train-until T-1`` per variant, up to    train
                    MAKE stage 1 is shared with ``simtier_make``, which
                    starts once that has finished; the others start
                    meanwhile)
-pretrain_eval      ``mmctr pretrain-eval``: SCL vs CLIP recall; in a       1
-                   training slot, beside the training stages
 export             ``mmctr export``: Triton repositories of the encoder;   1
                    in a training slot, beside the training stages
+                   (Triton starts once it is done)
+pretrain_eval      ``mmctr pretrain-eval``: SCL vs CLIP recall; in a       1
+                   training slot, beside the training stages
 embed              ``mmctr feed`` (test-day items at ``feed_rate``/s) and  1 + 1
                    ``mmctr embed-new`` on the running Triton server
 evaluate           ``mmctr evaluate --day T [--store]``: the test day,     nproc

@@ -21,7 +21,7 @@ from recsys.pipeline.run import leftover_processes, load_state, pipeline_inputs,
 REPO = Path(__file__).resolve().parents[2]
 KILL_AT = "train_id_only"  # a distributed stage: torchrun and its two ranks are running when the pipeline dies
 TODAYS_STAGES = ["world", "pretrain_clip", "pretrain_scl", "catalogue", "train_make", "train_simtier_make", "train_id_only",
-                 "train_simtier", "pretrain_eval", "export", "embed", "evaluate", "retrain", "rank_online", "report"]  # fmt: skip
+                 "train_simtier", "export", "pretrain_eval", "embed", "evaluate", "retrain", "rank_online", "report"]  # fmt: skip
 
 
 def _env() -> dict[str, str]:
@@ -117,6 +117,7 @@ def _kill_midway_then_resume(out: Path, log: Path, pipelines: list[subprocess.Po
         assert summary["wall_s"] < sum(summary["stages"].values())
     (triton,) = [s for s in after["spans"] if s["what"] == "triton start"]  # started once export had written its repository
     assert after["stages"]["export"]["finished_at"] <= triton["started_at"] <= after["stages"]["embed"]["started_at"]
+    assert "[triton] starting (export done)" in log.read_text()  # submitted from the group, not at embed
     started = datetime.datetime.fromisoformat(spans["train_simtier_make"]["started_at"]).timestamp()
     assert started + 1 >= (layout.ctr("make") / "make_stage1" / "make.json").stat().st_mtime  # after the shared stage 1
     o = summary["online"]  # the retrained simtier_make served: a sample of the test day ranked online

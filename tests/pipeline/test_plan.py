@@ -18,7 +18,7 @@ FULL = DataFacts(searches_before_test_day=900, searches_on_test_day=200, items_n
 NO_SEARCHES = dataclasses.replace(FULL, searches_before_test_day=0, searches_on_test_day=0)
 WORLD = Path("/data/log")
 TODAY = ["pretrain_clip", "pretrain_scl", "catalogue", "train_make", "train_simtier_make", "train_id_only", "train_simtier",
-         "pretrain_eval", "export", "embed", "evaluate", "retrain", "rank_online", "report"]  # fmt: skip
+         "export", "pretrain_eval", "embed", "evaluate", "retrain", "rank_online", "report"]  # fmt: skip
 
 
 def _manifest(content: tuple[str, ...] = ("title", "image"), test_day: int | None = None) -> Manifest:
