@@ -63,7 +63,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pretrain.config import METHODS, MODALITIES, PretrainJob, SclConfig, TowerConfig, content_modalities
+from pretrain.config import METHODS, MODALITIES, PretrainJob, SclConfig, content_modalities
 from pretrain.content_cache import item_content_and_tokens
 from pretrain.data import (
     SearchPairs,
@@ -164,11 +164,6 @@ def embed_items(
     return {k: np.concatenate(v).astype(np.float32) for k, v in out.items()}
 
 
-def _fill_content_cache(world: Path, tower: TowerConfig, cache: Path) -> None:
-    """Makes the content cache's entry of ``world`` unless it holds one (``pretrain.content_cache``); keeps nothing."""
-    item_content_and_tokens(world, tower, cache)
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -197,10 +192,10 @@ class Pretrainer:
         content, image_size = declared_content(world)
         if "image" in content and image_size != cfg.tower.image_size:
             raise ValueError(f"{world}: images are {image_size}px but tower.image_size is {cfg.tower.image_size}")
-        if content_cache is not None:  # rank 0 fills the cache while the others wait: each rank decoding every
-            # image and title itself took both cores for the same work (~60 s on the small world, 2 ranks)
-            on_main(ctx, lambda: _fill_content_cache(world, cfg.tower, content_cache))
-        self.items, self.item_tokens = item_content_and_tokens(world, cfg.tower, content_cache)  # tokens (N, C)
+        # with a cache, rank 0 makes its entry while the others wait, then they read it: each rank decoding every
+        # image and title itself took both cores for the same work (~60 s on the small world, 2 ranks)
+        made = on_main(ctx, lambda: item_content_and_tokens(world, cfg.tower, content_cache)) if content_cache else None
+        self.items, self.item_tokens = made or item_content_and_tokens(world, cfg.tower, content_cache)  # tokens (N, C)
         tokenize = build_tokenizer(cfg.tower)
         self.pairs: SearchPairs | None = None  # only SCL reads the search log
         self.query_tokens: torch.Tensor | None = None
