@@ -79,9 +79,11 @@ def _simtier(soft: bool, learned: bool, tiers: int) -> dict[str, object]:
     return simtier_fields((soft, learned, tiers))
 
 
-def _make(frozen: bool, attention: int, max_epochs: int | None = None) -> dict[str, object]:
+def _make(frozen: bool, attention: int, max_epochs: int | None = None, attention_frozen: bool = False) -> dict[str, object]:
+    """MAKE's stage 2 (fine-tuned; ``attention_frozen``: its MLP alone; ``frozen``), attention width, stage 1's cap."""
     epochs = {} if max_epochs is None else {"make_max_epochs": max_epochs}
-    return {"make_frozen": frozen, "make_attention_hidden": (attention,), **epochs}
+    return {"make_frozen": frozen, "make_attention_frozen": attention_frozen, "make_attention_hidden": (attention,),
+            **epochs}
 
 
 def split_overrides(overrides: dict[str, object]) -> tuple[dict[str, object], dict[str, object]]:
@@ -90,7 +92,7 @@ def split_overrides(overrides: dict[str, object]) -> tuple[dict[str, object], di
     Example::
 
         >>> split_overrides(_make(True, 8, max_epochs=2))
-        ({'make_frozen': True, 'make_attention_hidden': (8,)}, {'make_max_epochs': 2})
+        ({'make_frozen': True, 'make_attention_frozen': False, 'make_attention_hidden': (8,)}, {'make_max_epochs': 2})
     """
     model = {k: v for k, v in overrides.items() if k not in TRAIN_KEYS}
     return model, {k: v for k, v in overrides.items() if k in TRAIN_KEYS}
@@ -105,6 +107,7 @@ SIMTIER_FULL: Candidates = {**SIMTIER_QUICK, "paper (hard, cosine, 50)": _simtie
 # the more epochs it fits (README, "MAKE's stage 1 leaks into stage 2").
 MAKE_QUICK: Candidates = {"fine-tuned, attention 32": _make(False, 32), "frozen, attention 32": _make(True, 32),
                           "fine-tuned, attention 8": _make(False, 8),
+                          "attention frozen, MLP fine-tuned, attention 32": _make(False, 32, attention_frozen=True),
                           "fine-tuned, attention 32, stage 1 <= 2 epochs": _make(False, 32, max_epochs=2)}
 MAKE_FULL: Candidates = {**MAKE_QUICK, "frozen, attention 8": _make(True, 8)}
 PEER_QUICK: Candidates = {"lr 1e-3": {"lr": 1e-3}, "lr 1e-2": {"lr": 1e-2}}
@@ -124,6 +127,8 @@ GRIDS: dict[str, dict[str, Candidates]] = {
         "simtier_make": {"SimTier paper; MAKE fine-tuned, attention 32": {**PAPER, **_make(False, 32)},
                          "SimTier soft, learned, 50; MAKE fine-tuned, attention 32": {**_simtier(True, True, 50), **_make(False, 32)},
                          "SimTier soft, learned, 50; MAKE frozen, attention 32": {**_simtier(True, True, 50), **_make(True, 32)},
+                         "SimTier paper; MAKE attention frozen, MLP fine-tuned, attention 32":
+                             {**PAPER, **_make(False, 32, attention_frozen=True)},
                          "SimTier paper; MAKE fine-tuned, attention 32, stage 1 <= 2 epochs":
                              {**PAPER, **_make(False, 32, max_epochs=2)},
                          "SimTier soft, learned, 50; MAKE fine-tuned, attention 32, stage 1 <= 2 epochs":

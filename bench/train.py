@@ -10,7 +10,7 @@ prints the ratio the issue names:
    (MAKE variants get randomly initialised stage-1 weights, so stage 1 is not run);
 2. ``simtier_make`` / ``id_only`` step time at 1 process (goal <= 1.3), the
    two taking turns (median of ``--rounds``): the default config, MAKE's other
-   stage-2 mode, MAKE's attention 8 wide, SimTier in ``simtier``'s form (soft
+   stage-2 modes (frozen, or only its attention frozen), MAKE's attention 8 wide, SimTier in ``simtier``'s form (soft
    tiers over a learned metric, 50) in place of the paper's, ``configs/light_make.yaml`` alone
    and with the frozen table projected to 32 and 16 dimensions in the run
    (``ModelConfig.mm_width``), and with 16-d vectors (``--narrow-vectors``)
@@ -241,6 +241,10 @@ def _ratio_candidates(base: Run, narrow_vectors: str) -> dict[str, Run]:
         "defaults": sm,
         f"MAKE {'fine-tuned' if ModelConfig().make_frozen else 'frozen'} in stage 2": replace(
             sm, make_frozen=not ModelConfig().make_frozen
+        ),
+        f"MAKE's attention {'fine-tuned' if ModelConfig().make_attention_frozen else 'frozen'} in stage 2 "
+        "(its MLP fine-tuned)": replace(
+            sm, model_overrides=(("make_attention_frozen", not ModelConfig().make_attention_frozen),)
         ),
         "MAKE's attention unit 8 wide": replace(sm, make_attention_hidden=(8,)),
         "SimTier soft, learned metric, 50 (simtier's form; the default before)": replace(

@@ -91,6 +91,10 @@ class ModelConfig:
             its last hidden output joins the ID model in stage 2.
         make_frozen (bool): in stage 2, MAKE runs without gradients (its
             outputs are constants to the ID model); ``False`` fine-tunes it.
+        make_attention_frozen (bool): in stage 2, MAKE's target attention
+            keeps its stage-1 weights while its MLP and logit layer are
+            fine-tuned: the attention's backward, most of MAKE's cost in a
+            training step, is not run (implied by ``make_frozen``).
         mm_width (int): K, the frozen multimodal table's width: item vectors
             wider than K are projected onto their top-K principal directions
             and re-normalised, once per run (``recsys.train.setup.projected_vectors``);
@@ -108,6 +112,7 @@ class ModelConfig:
     make_attention_hidden: tuple[int, ...] = (32,)  # as the ID model's unit
     make_hidden: tuple[int, ...] = (64,)  # "shallow MLP": one hidden layer
     make_frozen: bool = False  # fine-tune MAKE in stage 2: measured better than frozen on the small world (README)
+    make_attention_frozen: bool = False  # fine-tune MAKE's attention too (README, "MAKE in stage 2")
     # K: wider input vectors are projected to it; 64 keeps the world's 64-d SCL vectors as they are and 94% of
     # the cosine of 384-d MiniLM title vectors (README, "Wide vectors")
     mm_width: int = 64
@@ -133,7 +138,7 @@ class ModelConfig:
                 or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in value)
             ):
                 raise ValueError(f"ModelConfig.{name} must be a non-empty tuple of positive ints, got {value!r}")
-        for name in ("attention_softmax", "simtier_soft", "simtier_learned_metric", "make_frozen"):
+        for name in ("attention_softmax", "simtier_soft", "simtier_learned_metric", "make_frozen", "make_attention_frozen"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
         if self.simtier_learned_metric and not self.simtier_soft:

@@ -91,7 +91,9 @@ class CtrModel(nn.Module):
     (all ID tables, attention, MLP tower), ``mm_arch`` (the frozen
     multimodal table), ``simtier``, ``make``. With ``make_frozen`` MAKE's
     parameters have ``requires_grad=False`` and it runs under
-    ``torch.no_grad()``, so stage-2 gradients never reach it; load its
+    ``torch.no_grad()``, so stage-2 gradients never reach it; with
+    ``make_attention_frozen`` only its target attention's parameters do not
+    train (so its fused kernel runs forward only). Load MAKE's
     stage-1 weights with ``model.make.load_state_dict(stage1.make.state_dict())``.
 
     Args:
@@ -161,6 +163,8 @@ class CtrModel(nn.Module):
         self.make = Make(make_config(config), mm_dim, len(features.dense), device=device) if spec.make else None
         if self.make is not None and config.make_frozen:
             self.make.requires_grad_(False)
+        elif self.make is not None and config.make_attention_frozen:  # no gradient: the attention runs forward only
+            self.make.attention.requires_grad_(False)
         mlp_dim = 1 if uses_vectors else 0  # the target's missing flag
         mlp_dim += self.simtier.output_dim() if self.simtier is not None else 0
         mlp_dim += self.make.output_dim() if self.make is not None else 0

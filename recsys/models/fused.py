@@ -10,7 +10,7 @@ vector against a per-impression query: SimTier's tiers (soft: forward and
 the learned metric's backward; the paper's hard tiers: forward, as they
 pass no gradient) and MAKE's target attention (forward, and
 the backward of its weights and query when MAKE trains: stage 1, and stage 2
-unless ``make_frozen``; forward only at evaluation). As eager ops each is 6
+unless ``make_frozen`` or ``make_attention_frozen``; forward only at evaluation). As eager ops each is 6
 to 10 whole-tensor passes with (B, L, H) temporaries; the kernels in
 ``csrc/frozen_history.cpp`` walk each impression's history once, skipping
 padded positions; in training the attention keeps one (B, L, H) tensor, its

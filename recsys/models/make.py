@@ -9,7 +9,8 @@ Stage 1 trains :class:`MakeModel` (the frozen table plus :class:`Make`) on
 the CTR task for several epochs. Stage 2 copies ``MakeModel.make``'s state
 into ``CtrModel.make``, whose three outputs (:class:`MakeOutput`) join the
 ID model's MLP input; with ``ModelConfig.make_frozen`` they are computed
-without gradients (``recsys.models.ctr_model``).
+without gradients, and with ``ModelConfig.make_attention_frozen`` only the
+target attention keeps its stage-1 weights (``recsys.models.ctr_model``).
 
 MAKE's MLP input is ``[target, attention, target * attention, missing flag,
 dense]``: the ID model's layout with every ID embedding replaced by the

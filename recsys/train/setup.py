@@ -37,7 +37,7 @@ from recsys.data.schema import Manifest
 from recsys.data.projection import PROJECTION_FILE, fit_projection, load_projection, project_rows, save_projection
 from recsys.data.vectors import ItemVectors
 from recsys.distributed import DistContext, on_main
-from recsys.models.mm_table import MultimodalArch, load_item_vectors_into
+from recsys.models.mm_table import MultimodalArch
 from recsys.train.config import TrainConfig
 from recsys.train.run_folder import RunFolder
 from recsys.train.sharding import FusedOptimConfig, make_optimizer, shard_model
@@ -236,8 +236,7 @@ def fill_mm_table(arch: MultimodalArch, vectors: ItemVectors, manifest: Manifest
     ids = vectors.item_ids[order] % rows
     keep = np.unique(ids[::-1], return_index=True)[1]  # last occurrence of each row
     keep = len(ids) - 1 - keep
-    missing = load_item_vectors_into(weight, ids[keep], vectors.vectors[order][keep])
-    return int(missing.sum())
+    return arch.load_rows(ids[keep], vectors.vectors[order][keep])
 
 
 def shard_and_optimize(

@@ -26,3 +26,6 @@ def test_candidates_build_the_configurations_they_name(tmp_path: Path) -> None:
     assert (soft.simtier_soft, soft.simtier_learned_metric, soft.simtier_tiers) == (True, True, 50)
     assert soft == replace(ModelConfig(variant="simtier_make"), simtier_soft=True, simtier_learned_metric=True, simtier_tiers=50)
     assert configs["defaults"].simtier_soft is False  # the paper's form: simtier_make's default
+    (attention,) = [c for label, c in configs.items() if label.startswith("MAKE's attention") and "stage 2" in label]
+    default = ModelConfig(variant="simtier_make")
+    assert attention == replace(default, make_attention_frozen=not default.make_attention_frozen)

@@ -14,7 +14,7 @@ from recsys.data.spec import world_spec
 from recsys.data.batch import Batch
 from recsys.models.config import VARIANTS, ModelConfig
 from recsys.models.ctr_model import VARIANT_SPECS, CtrModel, CtrTrain
-from recsys.models.mm_table import is_mm_table_param, load_item_vectors_into
+from recsys.models.mm_table import is_mm_table_param
 
 WORLD = world_spec()  # the world generator's feature spec
 
@@ -27,7 +27,7 @@ def build(variant: str, sizes: dict[str, int], make_frozen: bool = True) -> CtrM
     model = CtrModel(ModelConfig(variant=variant, make_frozen=make_frozen, **CFG), WORLD, sizes, mm_dim=MM_DIM)
     if model.mm_arch is not None:
         v = np.random.default_rng(0).normal(size=(15, MM_DIM)).astype(np.float32)
-        load_item_vectors_into(model.mm_arch.table_weight(), np.arange(15), v)  # 15..19 missing
+        model.mm_arch.load_rows(np.arange(15), v)  # 15..19 missing
     return model
 
 
@@ -68,7 +68,7 @@ def test_vectors_change_the_logits(make_batch: Callable[..., Batch], sizes: dict
     batch = make_batch([3, 2, 4], seed=1)
     before = model(batch.dense_features, batch.sparse_features)
     v = np.random.default_rng(1).normal(size=(15, MM_DIM)).astype(np.float32)  # other vectors
-    load_item_vectors_into(model.mm_arch.table_weight(), np.arange(15), v)
+    model.mm_arch.load_rows(np.arange(15), v)
     after = model(batch.dense_features, batch.sparse_features)
     assert not torch.allclose(before, after)
 

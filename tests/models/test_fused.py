@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -245,20 +246,21 @@ def test_attention_over_keys_that_need_gradients_keeps_the_eager_ops() -> None:
 
 
 @needs_kernels
-@pytest.mark.parametrize("make_frozen", [True, False])
+@pytest.mark.parametrize("stage2", ["frozen", "fine-tuned", "attention frozen"])
 @pytest.mark.parametrize("learned", [True, False], ids=["soft_learned", "paper"])
-def test_make_model_equals_eager(sizes: dict[str, int], make_batch, make_frozen: bool, learned: bool) -> None:
+def test_make_model_equals_eager(sizes: dict[str, int], make_batch, stage2: str, learned: bool) -> None:
     batch = make_batch([4, 0, 7, 2, 3])
     results = []
+    make_frozen = stage2 == "frozen"
     for use_kernels in (True, False):  # the switch changes no parameter: the same seed, the same weights
-        config = ModelConfig(variant="simtier_make", make_frozen=make_frozen, make_attention_hidden=(8,),
-                             fused_kernels=use_kernels, simtier_soft=learned, simtier_learned_metric=learned)
+        config = ModelConfig(variant="simtier_make", make_frozen=make_frozen, make_attention_frozen=stage2 == "attention frozen",
+                             make_attention_hidden=(8,), fused_kernels=use_kernels, simtier_soft=learned,
+                             simtier_learned_metric=learned)
         torch.manual_seed(0)
         model = CtrModel(config, WORLD, sizes, mm_dim=16)
-        weight = model.mm_arch.table_weight()
-        with torch.no_grad():
-            weight.copy_(torch.nn.functional.normalize(torch.randn_like(weight), dim=-1))
-            weight[3] = 0.0  # an item without a vector
+        n = model.mm_arch.table_weight().shape[0]
+        rows = np.array([r for r in range(n) if r != 3])  # item 3 without a vector
+        model.mm_arch.load_rows(rows, torch.nn.functional.normalize(torch.randn(len(rows), 16), dim=-1))
         logits = model(batch.dense_features, batch.sparse_features)
         logits.sum().backward()
         make_grads = [p.grad for p in model.make.parameters()]
@@ -272,6 +274,14 @@ def test_make_model_equals_eager(sizes: dict[str, int], make_batch, make_frozen:
         assert got_grad is None and want_grad is None
     if make_frozen:
         assert all(g is None for g in got_make + want_make)
+    elif stage2 == "attention frozen":  # the MLP trains; the attention, forward only, has no gradient
+        names = [n for n, _ in model.make.named_parameters()]
+        for name, got_m, want_m in zip(names, got_make, want_make):
+            if name.startswith("attention."):
+                assert got_m is None and want_m is None, name
+            else:
+                torch.testing.assert_close(got_m, want_m, rtol=1e-4, atol=1e-5)
+                assert got_m.abs().sum() > 0, name
     else:  # fine-tuned in stage 2: MAKE's attention trains through the kernel's backward
         for got_m, want_m in zip(got_make, want_make):
             torch.testing.assert_close(got_m, want_m, rtol=1e-4, atol=1e-5)

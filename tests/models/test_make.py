@@ -13,7 +13,6 @@ from recsys.data.batch import Batch
 from recsys.models.config import ModelConfig
 from recsys.models.ctr_model import CtrModel, CtrTrain
 from recsys.models.make import Make, MakeConfig, MakeModel, make_config
-from recsys.models.mm_table import load_item_vectors_into
 
 WORLD = world_spec()  # the world generator's feature spec
 
@@ -22,7 +21,7 @@ CFG = dict(embedding_dim=4, mlp_hidden=(8,), attention_hidden=(4,), make_hidden=
 
 def load_vectors(model: torch.nn.Module) -> None:
     v = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
-    load_item_vectors_into(model.mm_arch.table_weight(), np.arange(20), v)
+    model.mm_arch.load_rows(np.arange(20), v)
 
 
 def test_stage1_model_trains_make(make_batch: Callable[..., Batch]) -> None:
@@ -39,11 +38,11 @@ def test_stage1_model_trains_make(make_batch: Callable[..., Batch]) -> None:
 
 
 @pytest.mark.parametrize("variant", ["make", "simtier_make"])
-@pytest.mark.parametrize("frozen", [True, False])
+@pytest.mark.parametrize("frozen", [True, False, "attention"])
 def test_stage2_gradients_reach_make_only_when_not_frozen(
-    make_batch: Callable[..., Batch], sizes: dict[str, int], variant: str, frozen: bool
+    make_batch: Callable[..., Batch], sizes: dict[str, int], variant: str, frozen: bool | str
 ) -> None:
-    cfg = ModelConfig(variant=variant, make_frozen=frozen, **CFG)
+    cfg = ModelConfig(variant=variant, make_frozen=frozen is True, make_attention_frozen=frozen == "attention", **CFG)
     stage1 = MakeModel(cfg, WORLD, num_items=20, mm_dim=4)
     model = CtrModel(cfg, WORLD, sizes, mm_dim=4)
     model.make.load_state_dict(stage1.make.state_dict())  # stage-1 weights carry over
@@ -51,7 +50,11 @@ def test_stage2_gradients_reach_make_only_when_not_frozen(
     loss, _ = CtrTrain(model)(make_batch([2, 0, 3, 1]))
     loss.backward()
     make_grads = [p.grad for p in model.make.parameters()]
-    if frozen:
+    if frozen == "attention":  # the MLP and logit layer train, the attention keeps its stage-1 weights
+        for name, p in model.make.named_parameters():
+            trains = not name.startswith("attention.")
+            assert p.requires_grad == trains and (p.grad is not None and p.grad.abs().sum() > 0) == trains, name
+    elif frozen:
         assert all(g is None for g in make_grads)
         assert not any(p.requires_grad for p in model.make.parameters())
     else:

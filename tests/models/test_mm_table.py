@@ -27,7 +27,8 @@ def test_loaded_table_equals_vectors_missing_zero_with_flag(make_batch: Callable
     weight = arch.table_weight()
     ids = np.array([i for i in range(20) if i % 3])  # every third item has no vector
     vectors = unit_vectors(len(ids), 5)
-    missing = load_item_vectors_into(weight, ids, vectors)
+    assert arch.load_rows(ids, vectors) == 20 - len(ids)
+    missing = arch.row_missing
     assert torch.equal(weight[torch.as_tensor(ids)], torch.as_tensor(vectors))
     assert missing.tolist() == [i % 3 == 0 for i in range(20)]
     assert weight[missing].eq(0).all()
@@ -52,6 +53,45 @@ def test_loaded_table_equals_vectors_missing_zero_with_flag(make_batch: Callable
         start += n
 
 
+def _reference_masks(mm, kjt) -> tuple[list[float], list[list[bool]]]:
+    """The missing flag and history mask computed another way: a vector's norm, and the history's lengths."""
+    target_missing = [float(torch.linalg.vector_norm(v) == 0) for v in mm.target]
+    lengths = kjt["history_item_ids"].lengths().tolist()
+    mask = [[bool(l < n and torch.linalg.vector_norm(mm.history[b, l]) > 0) for l in range(mm.history.shape[1])]
+            for b, n in enumerate(lengths)]
+    return target_missing, mask
+
+
+def test_missing_flags_follow_every_fill_identity_and_raw_ids() -> None:
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    # identity rows: filled twice with different items; the flags follow the second fill
+    arch = MultimodalArch(num_items=12, dim=3)
+    kjt = KeyedJaggedTensor(keys=["item_id", "history_item_ids"], values=torch.tensor([1, 2, 11, 0, 2, 3, 4, 5]),
+                            lengths=torch.tensor([1, 1, 1, 0, 2, 3]))  # 3 impressions: histories of 0, 2, 3
+    for ids in (np.arange(0, 12, 2), np.arange(1, 12, 3)):
+        assert arch.load_rows(ids, unit_vectors(len(ids), 3)) == 12 - len(ids)
+        mm = arch(kjt)
+        target_missing, mask = _reference_masks(mm, kjt)
+        assert mm.target_missing.squeeze(1).tolist() == target_missing
+        assert mm.history_mask.tolist() == mask
+        assert 0 < sum(target_missing) < 3 and any(map(any, mask)) and not all(map(all, mask))
+    with pytest.raises(ValueError, match="raw IDs"):
+        MultimodalArch(num_items=4, dim=3, raw_ids=True).load_rows(np.array([0]), unit_vectors(1, 3))
+
+    # raw 64-bit IDs: only the vectors' IDs have a row; any other ID reads the missing row
+    big = 2**62
+    raw = MultimodalArch(num_items=5, dim=3, raw_ids=True)
+    assert raw.load_raw(np.array([big + 7, 3, big]), unit_vectors(3, 3)) == 3
+    kjt = KeyedJaggedTensor(keys=["item_id", "history_item_ids"],
+                            values=torch.tensor([big + 7, 5, 3, big + 1, big, 9], dtype=torch.int64),
+                            lengths=torch.tensor([1, 1, 3, 1]))
+    mm = raw(kjt)
+    target_missing, mask = _reference_masks(mm, kjt)
+    assert mm.target_missing.squeeze(1).tolist() == target_missing == [0.0, 1.0]
+    assert mm.history_mask.tolist() == mask == [[True, False, True], [False, False, False]]
+
+
 def test_load_refuses_bad_input() -> None:
     w = torch.empty(4, 2)
     with pytest.raises(ValueError, match="outside"):
@@ -68,7 +108,7 @@ def test_table_unchanged_after_training_steps(
     model = CtrModel(ModelConfig(variant=variant, make_frozen=False), WORLD, sizes, mm_dim=4)
     (table_name,) = [n for n, _ in model.named_parameters() if is_mm_table_param(n)]
     table = dict(model.named_parameters())[table_name]
-    load_item_vectors_into(table, np.arange(0, 20, 2), unit_vectors(10, 4))
+    model.mm_arch.load_rows(np.arange(0, 20, 2), unit_vectors(10, 4))
     before = table.detach().clone()
     train = CtrTrain(model)
     # Even an optimizer over every parameter leaves it alone: no gradient ever reaches it.

@@ -15,7 +15,6 @@ from recsys.data.reader import ImpressionReader, ReaderConfig
 from recsys.data.schema import Manifest, table_files
 from recsys.models.config import ModelConfig
 from recsys.models.ctr_model import CtrModel
-from recsys.models.mm_table import load_item_vectors_into
 from serving.client import ClientConfig
 from serving.ranker import Ranker, RankRequest
 from serving.ranker_client import RankerClient, RankerRequestError
@@ -51,7 +50,7 @@ def _random_ranker(world: Path, config: ModelConfig, dim: int = 8, seed: int = 0
         if raw:
             model.mm_arch.load_raw(keep, vectors)
         else:
-            load_item_vectors_into(model.mm_arch.table_weight(), keep, vectors)
+            model.mm_arch.load_rows(keep, vectors)
     stats = {f.name: (1.0, 2.0) for f in spec.dense if "standardize" in f.transform}  # any moments: the same for both
     reader = ImpressionReader(world, ReaderConfig(batch_size=500, table_sizes=sizes, dense_stats=stats or None))
     return Ranker(model, reader, "random")
@@ -216,9 +215,9 @@ def test_scripted_equals_eager_with_shared_tables_and_own_widths(variant: str) -
             if p.requires_grad:
                 p.normal_(0, 0.3)
         if model.mm_arch is not None:
-            w = model.mm_arch.table_weight()
-            w.copy_(torch.nn.functional.normalize(torch.randn_like(w), dim=1))
-            w[::3] = 0  # items without a vector
+            n, d = model.mm_arch.table_weight().shape
+            keep = np.array([r for r in range(n) if r % 3])  # every third item without a vector
+            model.mm_arch.load_rows(keep, torch.nn.functional.normalize(torch.randn(len(keep), d), dim=1))
     B, histories = 5, [3, 3, 0, 0, 2]  # requests of 2, 2 and 1 candidates; the second has no history
     single = len(spec.sparse_keys())
     lengths = torch.tensor([1] * (single * B) + histories * len(spec.history_keys()))
