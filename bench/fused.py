@@ -10,7 +10,9 @@ prefix-masked histories of uniform length), it times
    hidden widths 8 and 32;
 3. target attention forward + backward over the frozen history (MAKE in
    stage 1, and fine-tuned in stage 2), the query and the unit's weights
-   taking gradients, at 8 and 32 wide,
+   taking gradients, at 8 and 32 wide;
+4. the same over keys that take gradients too (the ID model's attention
+   over its trained embeddings), at 32 wide,
 
 and prints eager time / fused time (the kernels' speed-up) for each, with
 the largest difference of their outputs. The two sides are twin modules
@@ -91,12 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     def attention(att: TargetAttention) -> Callable[[], torch.Tensor]:
         return lambda: att(target, history, mask)
 
-    def attention_forward_backward(att: TargetAttention) -> Callable[[], torch.Tensor]:
+    def attention_forward_backward(att: TargetAttention, keys_grad: bool = False) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
             att.zero_grad()
             query = target.clone().requires_grad_()
-            (att(query, history, mask) * probe[:, :1]).sum().backward()
-            return torch.cat([query.grad.flatten(), *(p.grad.flatten() for p in att.parameters())])
+            keys = history.clone().requires_grad_() if keys_grad else history
+            (att(query, keys, mask) * probe[:, :1]).sum().backward()
+            grads = [query.grad, *(p.grad for p in att.parameters()), *([keys.grad] if keys_grad else [])]
+            return torch.cat([t.flatten() for t in grads])
 
         return run
 
@@ -120,6 +124,11 @@ def main(argv: list[str] | None = None) -> None:
         cases[f"target attention {hidden} wide, forward + backward"] = (
             attention_forward_backward(atts[0]), attention_forward_backward(atts[1])
         )
+    atts = [TargetAttention(D, [32], fused=k) for k in (False, True)]
+    atts[1].load_state_dict(atts[0].state_dict())
+    cases["target attention 32 wide, + key gradients"] = (
+        attention_forward_backward(atts[0], keys_grad=True), attention_forward_backward(atts[1], keys_grad=True)
+    )
     print(f"fused kernels vs eager ops (B={B}, L={L}, D={D}, 1 thread, median of {args.rounds} turns)")
     for label, (eager_fn, fused_fn) in cases.items():
         eager, ours, diff = eager_over_fused(eager_fn, fused_fn, args.rounds)

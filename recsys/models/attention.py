@@ -30,11 +30,12 @@ class TargetAttention(nn.Module):
     unmasked positions. Masked positions get weight 0 either way, so their
     contents never change the output; an all-masked row gives zeros.
 
-    Built with ``fused=True``, when the keys need no gradient (MAKE's frozen
-    history, trained or not; any call under ``torch.no_grad()``) and the unit
-    has one hidden layer, CPU float32 calls run ``recsys.models.fused``'s
-    attention kernels: the same values and gradients (query, unit weights),
-    one pass over each history's unmasked positions forward and one backward.
+    Built with ``fused=True``, when the unit has one hidden layer (of a width
+    the kernels take) and no extra inputs, CPU float32 calls run
+    ``recsys.models.fused``'s attention kernels: the same values and
+    gradients (query, unit weights, and the keys where they need one: the ID
+    model's trained embeddings; MAKE's frozen history needs none), one pass
+    over each history's unmasked positions forward and one backward.
 
     Args:
         dim (int): D, width of the query and of each key.
@@ -90,9 +91,8 @@ class TargetAttention(nn.Module):
 
     def _fusable(self, query: torch.Tensor, keys: torch.Tensor) -> bool:
         """Whether ``recsys.models.fused``'s attention kernels take this call: built with ``fused`` (one
-        hidden layer of a width they take, no extra inputs), keys that need no gradient (a frozen
-        table's history), CPU float32."""
-        if not self._fused or (keys.requires_grad and torch.is_grad_enabled()):
+        hidden layer of a width they take, no extra inputs), CPU float32, keys contiguous in D."""
+        if not self._fused:
             return False
         return keys.stride(2) == 1 and fused_kernels.applies(query, keys, self.unit[0].weight)
 
@@ -133,11 +133,11 @@ class TargetAttention(nn.Module):
         first = self.unit[0]
         w_q, w_k, w_d, w_p, w_x = first.weight.split([D, D, D, D, self._extra_dim], dim=1)
         row_term = query @ (w_q + w_d).t() + first.bias  # (B, H1)
-        if self._fusable(query, keys):  # frozen keys: one pass per impression, masked positions skipped
+        if self._fusable(query, keys):  # one pass per impression, masked positions skipped
             last = self.unit[2]
             # the hidden layer is kept for a backward only where one can follow (not under no_grad)
             trains = torch.is_grad_enabled() and (
-                query.requires_grad or any(p.requires_grad for p in self.unit.parameters())
+                query.requires_grad or keys.requires_grad or any(p.requires_grad for p in self.unit.parameters())
             )
             return _FusedDinAttention.apply(
                 keys, mask, query, (w_k - w_d).t(), w_p.t(), row_term, last.weight.view(-1), last.bias.view(()),
@@ -157,15 +157,15 @@ class TargetAttention(nn.Module):
 
 
 class _FusedDinAttention(torch.autograd.Function):
-    """:class:`TargetAttention` with one hidden layer over keys that need no gradient, in
-    ``recsys.models.fused``'s kernels (CPU float32): the forward walks each impression's unmasked
-    positions once, keeping the hidden layer's pre-activations (B, L, H) when a gradient is wanted;
-    the backward walks them again, summing the shared weights' gradients per range of rows.
-    Gradients: query (through the per-row key matrix ``A + diag(q) Wp``; the row term's own path is
-    autograd's), A, Wp, the row term, w2, b2.
+    """:class:`TargetAttention` with one hidden layer in ``recsys.models.fused``'s kernels (CPU
+    float32): the forward walks each impression's unmasked positions once, keeping the hidden
+    layer's pre-activations (B, L, H) when a gradient is wanted; the backward walks them again,
+    summing the shared weights' gradients per range of rows.
+    Gradients: the keys where they need one (zeros at masked positions), query (through the per-row
+    key matrix ``A + diag(q) Wp``; the row term's own path is autograd's), A, Wp, the row term, w2, b2.
 
     Args (forward):
-        keys (torch.Tensor): (B, L, D), no gradient; mask (torch.Tensor): bool (B, L).
+        keys (torch.Tensor): (B, L, D); mask (torch.Tensor): bool (B, L).
         query (torch.Tensor): (B, D); key_weight, product_weight (torch.Tensor): A = (W_k - W_d)^T
             and Wp = W_p^T, (D, H); row_term (torch.Tensor): (B, H), the first layer's query term
             and bias; w2 (torch.Tensor): (H,), b2 (torch.Tensor): (), the score layer; softmax (bool);
@@ -194,7 +194,8 @@ class _FusedDinAttention(torch.autograd.Function):
                 "the fused attention kernel has no double backward (create_graph=True); "
                 "build the model with fused_kernels: false (or MMCTR_FUSED=0) for higher-order gradients"
             )
-        query, row_term, key_weight, product_weight, w2, b2 = torch.ops.mmctr_fused.din_attention_backward(
-            grad, *ctx.saved_tensors, ctx.softmax
+        keys_grad = ctx.needs_input_grad[0]
+        keys, query, row_term, key_weight, product_weight, w2, b2 = torch.ops.mmctr_fused.din_attention_backward(
+            grad, *ctx.saved_tensors, ctx.softmax, keys_grad
         )
-        return None, None, query, key_weight, product_weight, row_term, w2, b2, None, None
+        return keys if keys_grad else None, None, query, key_weight, product_weight, row_term, w2, b2, None, None

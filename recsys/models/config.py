@@ -116,7 +116,7 @@ class ModelConfig:
     # K: wider input vectors are projected to it; 64 keeps the world's 64-d SCL vectors as they are and 94% of
     # the cosine of 384-d MiniLM title vectors (README, "Wide vectors")
     mm_width: int = 64
-    fused_kernels: bool = True  # SimTier, attention over the frozen history in C++ on CPU (models/fused.py); MMCTR_FUSED overrides
+    fused_kernels: bool = True  # SimTier and the target attentions (MAKE's, the ID model's) in C++ on CPU (models/fused.py); MMCTR_FUSED overrides
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:

@@ -1,4 +1,4 @@
-"""Fused CPU kernels for the passes over the frozen multimodal history.
+"""Fused CPU kernels for the passes over a history: the frozen multimodal one, and the ID model's.
 
 Notation:
 
@@ -15,9 +15,10 @@ to 10 whole-tensor passes with (B, L, H) temporaries; the kernels in
 ``csrc/frozen_history.cpp`` walk each impression's history once, skipping
 padded positions; in training the attention keeps one (B, L, H) tensor, its
 hidden layer's pre-activations, for its backward, where the eager ops keep
-several (2-5x faster on one CPU thread, ``bench/fused``). Attention over
-keys that need a gradient (the ID model's, over trained embeddings) keeps
-the eager ops.
+several (2-5x faster on one CPU thread, ``bench/fused``). The same
+attention kernels run the ID model's target attention, whose keys are its
+trained embeddings: their backward also gives the keys' gradient (zeros at
+padded positions), which flows on to the embedding tables.
 
 They are C++ built with ``torch.utils.cpp_extension`` (g++ and ninja;
 about 20 s once, then cached by source hash) and registered as

@@ -156,10 +156,13 @@ def test_attention_without_gradients_equals_eager(hidden: int, softmax: bool) ->
 @needs_kernels
 @pytest.mark.parametrize("hidden", fused.HIDDEN_WIDTHS)
 @pytest.mark.parametrize("softmax", [False, True])
-@pytest.mark.parametrize("D, threads", [(16, 1), (12, 2), (64, 2)])
-def test_attention_gradients_equal_eager(hidden: int, softmax: bool, D: int, threads: int) -> None:
-    # MAKE's trainable attention over the frozen history: the kernel's backward against autograd's
-    # (D = 12: rows of P outside the kernel's register blocks; 2 threads: the per-thread sums)
+@pytest.mark.parametrize("D, threads", [(16, 1), (12, 2), (64, 2), (20, 1)])
+@pytest.mark.parametrize("keys_grad", [False, True], ids=["frozen_keys", "trained_keys"])
+def test_attention_gradients_equal_eager(hidden: int, softmax: bool, D: int, threads: int, keys_grad: bool) -> None:
+    # the kernel's backward against autograd's: MAKE's trainable attention over the frozen history
+    # (frozen_keys), and the ID model's over its trained embeddings (trained_keys: the keys' gradient
+    # too, in the kernel's register blocks for D in 8/16/32/64, its plain loop for D = 12 and 20);
+    # D = 12: rows of P outside the kernel's register blocks; 2 threads: the per-thread sums
     query, keys, mask = history_batch(B=37, S=11, D=D, seed=hidden + D)
     probe = torch.randn(37, D, generator=torch.Generator().manual_seed(5))
     results = []
@@ -170,18 +173,24 @@ def test_attention_gradients_equal_eager(hidden: int, softmax: bool, D: int, thr
             torch.manual_seed(hidden)  # the same weights in both
             att = TargetAttention(D, [hidden], softmax=softmax, fused=use_kernels)
             q = query.clone().requires_grad_()
-            out = att(q, keys, mask)
+            k = keys.clone().requires_grad_(keys_grad)
+            out = att(q, k, mask)
             (out * probe).sum().backward()
-            results.append((out.detach(), q.grad, [p.grad for p in att.parameters()], out.grad_fn.name()))
+            results.append((out.detach(), q.grad, k.grad, [p.grad for p in att.parameters()], out.grad_fn.name()))
     finally:
         torch.set_num_threads(before)
-    (got, got_q, got_params, fused_fn), (want, want_q, want_params, eager_fn) = results
+    (got, got_q, got_k, got_params, fused_fn), (want, want_q, want_k, want_params, eager_fn) = results
     assert "Fused" in fused_fn and "Fused" not in eager_fn  # the kernel's backward ran, and autograd's
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_q, want_q, rtol=1e-4, atol=1e-5)
     for got_p, want_p in zip(got_params, want_params):
         torch.testing.assert_close(got_p, want_p, rtol=1e-4, atol=1e-4)
     assert got[0].eq(0).all() and got_q[0].abs().max() < 1e-6  # the empty history: no output, no gradient
+    if keys_grad:
+        torch.testing.assert_close(got_k, want_k, rtol=1e-4, atol=1e-5)
+        assert got_k[~mask].eq(0).all() and got_k[mask].abs().sum() > 0  # padded slots take no gradient
+    else:
+        assert got_k is None and want_k is None
 
 
 @needs_kernels
@@ -196,9 +205,12 @@ def test_attention_forward_keeps_the_hidden_layer_its_backward_needs(softmax: bo
     again, nothing = torch.ops.mmctr_fused.din_attention(*args, softmax, False)
     assert torch.equal(out, again) and hidden.shape == (21, keys.shape[1], 16) and nothing.numel() == 0
     grad = torch.randn(21, 16, generator=g)
-    assert all(t.isfinite().all() for t in torch.ops.mmctr_fused.din_attention_backward(grad, hidden, *args, softmax))
+    grads = torch.ops.mmctr_fused.din_attention_backward(grad, hidden, *args, softmax, True)
+    assert grads[0].shape == keys.shape and all(t.isfinite().all() for t in grads)
+    without = torch.ops.mmctr_fused.din_attention_backward(grad, hidden, *args, softmax, False)
+    assert without[0].numel() == 0 and all(torch.equal(a, b) for a, b in zip(grads[1:], without[1:]))
     with pytest.raises(RuntimeError, match="run with keep_hidden"):
-        torch.ops.mmctr_fused.din_attention_backward(grad, nothing, *args, softmax)
+        torch.ops.mmctr_fused.din_attention_backward(grad, nothing, *args, softmax, False)
 
 
 @needs_kernels
@@ -232,17 +244,55 @@ def test_attention_backward_is_not_differentiable_again() -> None:
 
 
 @needs_kernels
-def test_attention_over_keys_that_need_gradients_keeps_the_eager_ops() -> None:
-    # the ID model's attention: its keys are trained embeddings, which the kernel gives no gradient
+def test_attention_with_extra_inputs_keeps_the_eager_ops() -> None:
+    # the `simscore` variant's per-position similarity is an input the kernel does not take
     query, keys, mask = history_batch(B=5, S=6, D=8, seed=3)
-    att = TargetAttention(8, [8], fused=True)
+    att = TargetAttention(8, [8], extra_dim=1, fused=True)
     keys = keys.clone().requires_grad_()
-    out = att(query, keys, mask)
+    out = att(query, keys, mask, torch.rand(5, keys.shape[1], 1))
     assert "Fused" not in out.grad_fn.name()
     out.sum().backward()
     assert keys.grad is not None and att.unit[0].weight.grad is not None
-    with torch.no_grad():  # no gradient wanted: the kernel, the same values
-        torch.testing.assert_close(att(query, keys, mask), out.detach(), rtol=1e-5, atol=1e-6)
+
+
+def _graph_nodes(t: torch.Tensor) -> list[str]:
+    """The names of the autograd nodes behind ``t``."""
+    seen, todo, names = set(), [t.grad_fn], []
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(node.name())
+        todo += [n for n, _ in node.next_functions]
+    return names
+
+
+@needs_kernels
+@pytest.mark.parametrize("variant", ["id_only", "vector"])
+def test_id_model_attention_over_trained_embeddings_equals_eager(sizes: dict[str, int], make_batch, variant: str) -> None:
+    # the ID model's attention runs the kernel in training, its keys (item embeddings; with `vector`,
+    # joined to the frozen vectors) taking their gradient from it: every parameter's gradient as eager
+    batch = make_batch([4, 0, 7, 2, 3])
+    results = []
+    for use_kernels in (True, False):
+        torch.manual_seed(0)
+        model = CtrModel(ModelConfig(variant=variant, fused_kernels=use_kernels), WORLD, sizes, mm_dim=16)
+        if model.mm_arch is not None:
+            n = model.mm_arch.table_weight().shape[0]
+            model.mm_arch.load_rows(np.arange(n), torch.nn.functional.normalize(torch.randn(n, 16), dim=-1))
+        logits = model(batch.dense_features, batch.sparse_features)
+        (logits * torch.linspace(-1, 1, len(logits))).sum().backward()
+        grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+        results.append((logits.detach(), grads, _graph_nodes(logits)))
+    (got, got_grads, fused_graph), (want, want_grads, eager_graph) = results
+    assert fused_graph.count("_FusedDinAttentionBackward") == 1 and "_FusedDinAttentionBackward" not in eager_graph
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert got_grads.keys() == want_grads.keys()
+    tables = [name for name in got_grads if "embedding_bags" in name]
+    assert tables and all(got_grads[name].abs().sum() > 0 for name in tables)  # the keys' gradient reached the tables
+    for name, g in got_grads.items():
+        torch.testing.assert_close(g, want_grads[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 @needs_kernels
@@ -307,9 +357,9 @@ def test_kernels_name_the_bad_argument() -> None:
     mask = torch.ones(2, 3, dtype=torch.bool)
     with pytest.raises(RuntimeError, match="grad: expected shape"):
         torch.ops.mmctr_fused.din_attention_backward(
-            torch.zeros(2, 7), torch.zeros(0), history, mask, *unit, torch.zeros(8), torch.zeros(()), False
+            torch.zeros(2, 7), torch.zeros(0), history, mask, *unit, torch.zeros(8), torch.zeros(()), False, True
         )
     with pytest.raises(RuntimeError, match="hidden .*expected shape"):
         torch.ops.mmctr_fused.din_attention_backward(
-            torch.zeros(2, 8), torch.zeros(2, 3, 4), history, mask, *unit, torch.zeros(8), torch.zeros(()), False
+            torch.zeros(2, 8), torch.zeros(2, 3, 4), history, mask, *unit, torch.zeros(8), torch.zeros(()), False, True
         )

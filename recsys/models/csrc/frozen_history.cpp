@@ -1,4 +1,5 @@
-// Fused CPU kernels for the passes over the frozen multimodal history (see recsys/models/fused.py).
+// Fused CPU kernels for the passes over a history: SimTier's over the frozen multimodal history, and
+// DIN's target attention over it or over the ID model's trained embeddings (see recsys/models/fused.py).
 //
 // Notation: B batch, L padded history length, D vector width (8 * DV), T tiers,
 // H width of the attention unit's one hidden layer (8 * HV).
@@ -8,8 +9,9 @@
 // temporaries) of the eager ops; a trained attention keeps one (B, L, H)
 // tensor, its pre-activations, for its backward. The attention kernels visit
 // only unmasked positions; their backward gives the gradients of the query
-// and of the unit's weights (the history is frozen: it has none), the
-// weights' summed per range of batch rows. Loops are written over 8-float GCC
+// and of the unit's weights, the weights' summed per range of batch rows, and,
+// asked (keys_grad: the ID model's embeddings), of the keys; a frozen history
+// needs none. Loops are written over 8-float GCC
 // vectors so the compiler emits AVX2/FMA code for them (built with -mavx2 -mfma).
 // Batch rows are split over at::parallel_for, so torch.set_num_threads holds.
 
@@ -299,17 +301,57 @@ inline void grad_key_rows(int64_t d, int64_t n, int64_t b, const History& k, con
   }
 }
 
+// The keys' gradient of impression b's n unmasked positions into grad_keys (B, L, D):
+// dk_i = weight_i dL/dout_b + P_b dL/dhidden_i, P_b = A + diag(q_b) Wp, built transposed (H, D) in PT.
+// DV > 0: D = 8 * DV, dk_i held in registers, summed over h in two interleaved halves; DV = 0: any D.
+template <int HV, int DV>
+void key_grads(int64_t b, int64_t n, int64_t L, int64_t D, const int64_t* pos, const float* weights, const float* go,
+               const float* gh, const float* q, const Unit& u, float* PT, float* grad_keys) {
+  constexpr int64_t H = 8 * HV;
+  for (int64_t d = 0; d < D; ++d) {
+    for (int64_t h = 0; h < H; ++h) PT[h * D + d] = u.A[d * H + h] + q[d] * u.Wp[d * H + h];
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const float* x = gh + i * H;
+    float* dk = grad_keys + (b * L + pos[i]) * D;
+    if constexpr (DV > 0) {
+      v8 even[DV], odd[DV];
+      for (int v = 0; v < DV; ++v) {
+        even[v] = weights[i] * load8(go + 8 * v);
+        odd[v] = v8{};
+      }
+      for (int64_t h = 0; h < H; h += 2) {
+        for (int v = 0; v < DV; ++v) {
+          even[v] += x[h] * load8(PT + h * D + 8 * v);
+          odd[v] += x[h + 1] * load8(PT + (h + 1) * D + 8 * v);
+        }
+      }
+      for (int v = 0; v < DV; ++v) {
+        const v8 sum = even[v] + odd[v];
+        std::memcpy(dk + 8 * v, &sum, sizeof(sum));
+      }
+    } else {
+      for (int64_t d = 0; d < D; ++d) dk[d] = weights[i] * go[d];
+      for (int64_t h = 0; h < H; ++h) {
+        for (int64_t d = 0; d < D; ++d) dk[d] += x[h] * PT[h * D + d];
+      }
+    }
+  }
+}
+
 // Backward of rows [b0, b1): the gradients of query (through P_b only; row_term's own path is
 // autograd's), row_term (B, H), and the sums of A, Wp, w2, b2, from the unit's pre-activations the
-// forward kept (hidden, see attention_rows).
+// forward kept (hidden, see attention_rows). With grad_keys (B, L, D, zeros), also the keys' gradient
+// at the unmasked positions: dk_i = weight_i dL/dout + P_b dL/dhidden_i (the ID model's attention,
+// whose keys are trained embeddings).
 template <int HV>
 void attention_grad_rows(int64_t b0, int64_t b1, const History& k, const bool* mask, const Unit& u,
                          const float* hidden, const float* grad, float* grad_query, float* grad_row,
-                         const UnitGrads& g) {
+                         const UnitGrads& g, float* grad_keys) {
   constexpr int64_t H = 8 * HV;
   constexpr int R = 8 / HV;  // as in unit_hidden: R * HV + HV registers
   const int64_t L = k.L, D = k.D;
-  std::vector<float> gh_rows(L * H), weights(L), gw(L);
+  std::vector<float> gh_rows(L * H), weights(L), gw(L), P(grad_keys == nullptr ? 0 : D * H);
   std::vector<int64_t> pos(L);
   v8 w2[HV];
   for (int v = 0; v < HV; ++v) w2[v] = load8(u.w2 + 8 * v);
@@ -355,6 +397,16 @@ void attention_grad_rows(int64_t b0, int64_t b1, const History& k, const bool* m
     int64_t d = 0;
     for (; d + R <= D; d += R) grad_key_rows<HV, R>(d, n, b, k, pos.data(), gh_data, q, u.Wp, grad_query, g);
     for (; d < D; ++d) grad_key_rows<HV, 1>(d, n, b, k, pos.data(), gh_data, q, u.Wp, grad_query, g);
+    if (grad_keys != nullptr) {
+      const int64_t* p = pos.data();
+      switch (D) {
+        case 8: key_grads<HV, 1>(b, n, L, D, p, weights.data(), go, gh_data, q, u, P.data(), grad_keys); break;
+        case 16: key_grads<HV, 2>(b, n, L, D, p, weights.data(), go, gh_data, q, u, P.data(), grad_keys); break;
+        case 32: key_grads<HV, 4>(b, n, L, D, p, weights.data(), go, gh_data, q, u, P.data(), grad_keys); break;
+        case 64: key_grads<HV, 8>(b, n, L, D, p, weights.data(), go, gh_data, q, u, P.data(), grad_keys); break;
+        default: key_grads<HV, 0>(b, n, L, D, p, weights.data(), go, gh_data, q, u, P.data(), grad_keys); break;
+      }
+    }
   }
 }
 
@@ -411,11 +463,12 @@ std::tuple<at::Tensor, at::Tensor> din_attention(const at::Tensor& keys, const a
   return {out, hidden};
 }
 
-// hidden: din_attention's kept pre-activations (B, L, H) (keep_hidden).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> din_attention_backward(
+// hidden: din_attention's kept pre-activations (B, L, H) (keep_hidden). keys_grad: also the keys'
+// gradient (B, L, D; zeros at masked positions), else an empty (0,) tensor in its place.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> din_attention_backward(
     const at::Tensor& grad, const at::Tensor& hidden, const at::Tensor& keys, const at::Tensor& mask,
     const at::Tensor& query, const at::Tensor& key_weight, const at::Tensor& product_weight, const at::Tensor& row_term,
-    const at::Tensor& w2, const at::Tensor& b2, bool softmax) {
+    const at::Tensor& w2, const at::Tensor& b2, bool softmax, bool keys_grad) {
   const AttentionArgs a = attention_args(keys, mask, query, key_weight, product_weight, row_term, w2, b2, softmax);
   const int64_t B = a.k.B, D = a.k.D, H = a.H;
   check_shape(grad, {B, D}, at::kFloat, "grad");
@@ -423,6 +476,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor go = grad.contiguous(), hid = hidden.contiguous();
   const float* kp = hid.data_ptr<float>();
   at::Tensor grad_query = at::zeros({B, D}, keys.options()), grad_row = at::zeros({B, H}, keys.options());
+  at::Tensor grad_keys = keys_grad ? at::zeros({B, a.k.L, D}, keys.options()) : at::empty({0}, keys.options());
+  float* gk = keys_grad ? grad_keys.data_ptr<float>() : nullptr;
   // the rows in `parts` contiguous ranges, each summing the shared parameters' gradients into its own
   // slot [A (D*H) | Wp (D*H) | w2 (H) | b2 (1)], the slots summed after: no two threads write one slot,
   // and the same B and thread count give the same sums in the same order
@@ -438,15 +493,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       const UnitGrads g{slot, slot + D * H, slot + 2 * D * H, slot + 2 * D * H + H};
       const int64_t b0 = B * p / parts, b1 = B * (p + 1) / parts;
       switch (H) {
-        case 8: attention_grad_rows<1>(b0, b1, a.k, mp, a.unit, kp, gp, gq, gr, g); break;
-        case 16: attention_grad_rows<2>(b0, b1, a.k, mp, a.unit, kp, gp, gq, gr, g); break;
-        default: attention_grad_rows<4>(b0, b1, a.k, mp, a.unit, kp, gp, gq, gr, g); break;
+        case 8: attention_grad_rows<1>(b0, b1, a.k, mp, a.unit, kp, gp, gq, gr, g, gk); break;
+        case 16: attention_grad_rows<2>(b0, b1, a.k, mp, a.unit, kp, gp, gq, gr, g, gk); break;
+        default: attention_grad_rows<4>(b0, b1, a.k, mp, a.unit, kp, gp, gq, gr, g, gk); break;
       }
     }
   });
   const at::Tensor total = sums.sum(0);
-  return {grad_query, grad_row, total.narrow(0, 0, D * H).view({D, H}), total.narrow(0, D * H, D * H).view({D, H}),
-          total.narrow(0, 2 * D * H, H), total.narrow(0, 2 * D * H + H, 1).squeeze(0)};
+  return {grad_keys, grad_query, grad_row, total.narrow(0, 0, D * H).view({D, H}),
+          total.narrow(0, D * H, D * H).view({D, H}), total.narrow(0, 2 * D * H, H),
+          total.narrow(0, 2 * D * H + H, 1).squeeze(0)};
 }
 
 }  // namespace
@@ -460,8 +516,8 @@ TORCH_LIBRARY(mmctr_fused, m) {
       "Tensor row_term, Tensor w2, Tensor b2, bool softmax, bool keep_hidden) -> (Tensor, Tensor)");
   m.def(
       "din_attention_backward(Tensor grad, Tensor hidden, Tensor keys, Tensor mask, Tensor query, Tensor key_weight, "
-      "Tensor product_weight, Tensor row_term, Tensor w2, Tensor b2, bool softmax) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor product_weight, Tensor row_term, Tensor w2, Tensor b2, bool softmax, bool keys_grad) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mmctr_fused, CPU, m) {
