@@ -30,8 +30,11 @@ and what ``mmctr validate`` (``recsys/data/validate.py``) says first
 - **No nulls**, inside lists too: ``recsys/data/side.py`` ``read_column``,
   ``recsys/data/reader.py`` (``history_item_ids``). Validate:
   ``F: column C, row r: null value [in list]``.
-- **No NaN**: ``side.py`` ``read_column`` (side columns are integers);
-  labels: validate ``F: column 'label', row r: value nan, expected 0.0 or 1.0``.
+- **Dense values finite as float32, within their transform's domain**:
+  ``side.py`` ``read_column`` / ``SideTable.read`` (``finite_fault``,
+  ``dense_fault``: no NaN or inf, ``|v|`` within float32's range, ``> -1``
+  under ``log1p``), used by ``reader.py`` and validate alike:
+  ``F: column C, row r: value v, expected ...``.
 - **IDs within** ``[0, id_ranges[kind])``: ``side.py`` ``check_range`` (side
   keys and columns, joined IDs), ``reader.py`` (histories), ``stats.py``
   (``train_item_counts``, ``new_item_mask``). Validate:
@@ -48,8 +51,10 @@ and what ``mmctr validate`` (``recsys/data/validate.py``) says first
   ``F: column C, row r: unknown K v (no row in T/)``.
 - **Columns present**: ``reader.py`` ``_column``. Validate (from the
   footer): ``F: missing column 'C' (expected T)``.
-- **Labels 0 or 1**: ``recsys/eval/metrics.py`` (the scored labels).
-  Validate: ``F: column 'label', row r: value v, expected 0.0 or 1.0``.
+- **Labels exactly 0 or 1** (no NaN): ``side.py`` ``label_fault``, used by
+  ``reader.py`` (so ``mmctr train`` refuses them without validate) and by
+  validate: ``F: column 'label', row r: value v, expected 0.0 or 1.0``;
+  ``recsys/eval/metrics.py`` checks the scored labels again.
 
 Not content rules, so validate does not check them: ``recsys/world/summary.py``,
 ``pretrain/train.py``, ``recsys/train/retrain.py`` and ``recsys/eval``

@@ -41,6 +41,12 @@ What one epoch of rank ``r`` reads:
    ID when the ID range is at most ``DENSE_LOOKUP_FACTOR`` times the rows. An
    ID listed twice in a side table, or an impression whose user or item has
    no row, is a ``ValueError`` naming the file.
+   A null, a label not exactly 0 or 1, or a dense value that is not finite
+   once cast to float32 (NaN, inf, beyond +-3.4e38) or outside its transform's
+   domain (``log1p``: > -1) is a ``ValueError`` naming the file, column and row
+   (0-based within the file, as ``mmctr validate`` counts; ``where: column 'c',
+   row r: ...``), the row group for ``impressions/`` and the ID for a side table:
+   every row is trained or refused, never trained on NaN.
 7. IDs of ``identity`` tables at or beyond their table's rows
    (``table_sizes``, by default the manifest's ranges) are refused
    (``ValueError`` naming file, feature and count) or, with
@@ -106,6 +112,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +126,7 @@ from recsys.data import plan
 from recsys.data.batch import Batch
 from recsys.data.prefetch import prefetch
 from recsys.data.schema import Manifest, table_files
-from recsys.data.side import SideTable, read_column as _column
+from recsys.data.side import SideTable, dense_fault, label_fault, read_column as _column
 from recsys.data.spec import FeatureSpec
 
 OUT_OF_RANGE: tuple[str, ...] = ("refuse", "hash")
@@ -169,6 +176,8 @@ class _RowGroup:
     index: int  # row group index within the file
     rows: int  # rows of the selected days
     whole: bool  # every row is of a selected day (no row filter needed)
+    first: int = 0  # the row group's first row within the file (errors name rows as validate does)
+    size: int = 0  # the row group's rows, all days
 
 
 @dataclass(frozen=True)
@@ -195,6 +204,16 @@ class ImpressionReader(IterableDataset[Batch]):
     Args:
         root (Path): dataset directory in the format of ``recsys.data.schema``.
         config (ReaderConfig): batch size, days, sharding, shuffle, prefetch, resume point.
+
+    Raises:
+        ValueError: when built, a side table's fault (``SideTable.read``: a
+            null, a dense value not finite as float32 or outside its
+            transform's domain, naming file, column, row and ID; an ID
+            listed twice); while iterating, an impressions row group's
+            fault: a missing column, a null, a label not exactly 0 or 1, a
+            dense value not finite as float32 or outside its transform's
+            domain (naming file, row group, column and row), an unknown user
+            or item, an ID a table refuses.
     """
 
     def __init__(self, root: Path, config: ReaderConfig = ReaderConfig()) -> None:
@@ -245,7 +264,8 @@ class ImpressionReader(IterableDataset[Batch]):
         if not columns:
             return None
         ranges = {key: self._ranges.get(key)} | ({} if floats else {c: self._ranges.get(c) for c in columns})
-        return SideTable.read(self.root, name, key, columns, ranges, floats=floats)
+        transforms = {f.name: f.transform for f in self.spec.dense if f.source == name} if floats else None
+        return SideTable.read(self.root, name, key, columns, ranges, floats=floats, transforms=transforms)
 
     def num_batches(self) -> int:
         """Batches of this epoch (of ``config.remaining``), the same on every rank."""
@@ -293,13 +313,15 @@ class ImpressionReader(IterableDataset[Batch]):
                 continue
             file: pq.ParquetFile | None = None  # opened for straddling row groups only
             day_col = _leaf_index(meta, self.spec.day, path, self._columns)
+            first = 0  # the file row of row group gi's first row
             for gi in range(meta.num_row_groups):
                 group = meta.row_group(gi)
                 n = group.num_rows
+                first, start = first + n, first
                 if n == 0:
                     continue
                 if days is None:
-                    out.append(_RowGroup(fi, gi, n, True))
+                    out.append(_RowGroup(fi, gi, n, True, start, n))
                     continue
                 stats = group.column(day_col).statistics
                 if stats is not None and stats.has_min_max:
@@ -308,14 +330,14 @@ class ImpressionReader(IterableDataset[Batch]):
                     if inside == 0:
                         continue
                     if inside == hi - lo + 1:
-                        out.append(_RowGroup(fi, gi, n, True))
+                        out.append(_RowGroup(fi, gi, n, True, start, n))
                         continue
                 # Straddles a day boundary (or has no statistics): count exactly.
                 file = file or pq.ParquetFile(path)
                 day = file.read_row_group(gi, columns=[self.spec.day]).column(0).to_numpy()
                 k = int(np.isin(day, days).sum())
                 if k:
-                    out.append(_RowGroup(fi, gi, k, k == n))
+                    out.append(_RowGroup(fi, gi, k, k == n, start, n))
         return out
 
     def _order(self) -> tuple[list[_RowGroup], np.ndarray]:
@@ -394,7 +416,7 @@ class ImpressionReader(IterableDataset[Batch]):
 
     def _load(self, file: pq.ParquetFile, rg: _RowGroup, lo: int, hi: int) -> _Block:
         """Rows ``[lo, hi)`` of row group ``rg`` in the epoch's order (day-filtered, shuffled), joined."""
-        where = f"{self._files[rg.file]} (row group {rg.index})"
+        where = f"{self._files[rg.file]} (row group {rg.index}, file rows {rg.first}-{rg.first + rg.size - 1})"
         spec = self.spec
         try:
             table = file.read_row_group(rg.index, columns=list(self._columns))
@@ -402,16 +424,18 @@ class ImpressionReader(IterableDataset[Batch]):
             raise ValueError(f"{where}: {e}; the feature spec needs impressions columns {list(self._columns)}") from e
         rows: np.ndarray | None = None  # selected row indices; None = all, in order
         if not rg.whole:
-            rows = np.flatnonzero(np.isin(_column(table, spec.day, where), self._days))
+            rows = np.flatnonzero(np.isin(_column(table, spec.day, where, rg.first), self._days))
         if self.config.shuffle:
             rng = np.random.default_rng((self.config.seed, self._epoch, rg.file, rg.index))
             perm = rng.permutation(rg.rows)
             rows = perm if rows is None else rows[perm]
+        first = rg.first  # the file row of the table's first row
         if rows is not None:
             rows = rows[lo:hi]
         elif (lo, hi) != (0, table.num_rows):
             table = table.slice(lo, hi - lo)  # zero-copy; rows stay in order
-        return self._block(table, rows, where)
+            first += lo
+        return self._block(table, rows, where, first_row=first)
 
     def batch_of(self, table: pa.Table, where: str = "request", lenient: bool = False) -> Batch:
         """One Batch of every row of an in-memory impressions table, in its order, joined as the files are.
@@ -435,7 +459,10 @@ class ImpressionReader(IterableDataset[Batch]):
             Batch: M rows, weights 1.
 
         Raises:
-            ValueError: a missing column, an unknown user or item, an ID a table refuses, a NaN (naming ``where``).
+            ValueError: a missing column, an unknown user or item, an ID a table refuses (naming ``where``);
+                a null, a label not exactly 0 or 1, a dense value not finite as float32 (NaN, inf, beyond
+                +-3.4e38) or outside its transform's domain (``where: column 'c', row r: ...``, r the
+                row of ``table``).
         """
         if table.num_rows < 1:
             raise ValueError(f"{where}: no rows")
@@ -449,12 +476,19 @@ class ImpressionReader(IterableDataset[Batch]):
             self.unknown_counts[count] += int(side.missing(ids).sum())
         return side.join(ids, where, default=default)
 
-    def _block(self, table: pa.Table, rows: np.ndarray | None, where: str, lenient: bool = False) -> _Block:
-        """The rows ``rows`` (None: all, in order) of an impressions table, joined with the side tables."""
+    def _block(
+        self, table: pa.Table, rows: np.ndarray | None, where: str, lenient: bool = False, first_row: int = 0
+    ) -> _Block:
+        """The rows ``rows`` (None: all, in order) of an impressions table, joined with the side tables.
+
+        Every row of ``table`` (selected or not) is checked: a null, a label not exactly 0 or 1, a dense
+        value ``dense_fault`` refuses is a ValueError naming ``where``, the column and the row
+        (``first_row`` + its index in ``table``: the file row).
+        """
         spec = self.spec
-        user = _take(_column(table, spec.user_key, where), rows).astype(np.int64, copy=False)
-        item = _take(_column(table, spec.item_key, where), rows).astype(np.int64, copy=False)
-        labels = _take(_column(table, spec.label, where), rows).astype(np.float32)
+        user = _take(_column(table, spec.user_key, where, first_row), rows).astype(np.int64, copy=False)
+        item = _take(_column(table, spec.item_key, where, first_row), rows).astype(np.int64, copy=False)
+        labels = _take(_column(table, spec.label, where, first_row, fault=label_fault), rows).astype(np.float32)
         m = len(user)
         full_len = np.zeros(m, dtype=np.int64)
         offsets = np.zeros(m + 1, dtype=np.int64)
@@ -484,18 +518,29 @@ class ImpressionReader(IterableDataset[Batch]):
             elif f.source == "items":
                 single[s] = items[self._item_side.index(f.name)]  # type: ignore[index]
             else:
-                single[s] = _take(_column(table, f.name, where), rows)
+                single[s] = _take(_column(table, f.name, where, first_row), rows)
             single[s] = self._fit_table(single[s], f.name, where, lenient)
         dense = np.empty((m, len(spec.dense)), dtype=np.float32)
         for d, f in enumerate(spec.dense):
             if f.source == "history":
                 col = full_len
             elif f.source == "impressions":
-                col = _take(_column(table, f.name, where), rows)
-            else:
+                fault = partial(dense_fault, transform=f.transform)
+                col = _take(_column(table, f.name, where, first_row, fault=fault), rows)
+            else:  # checked when the side table was read (SideTable.read)
                 side_table, keys = (self._users_dense, user) if f.source == "users" else (self._items_dense, item)
                 col = self._join(side_table, keys, where, lenient, None)[spec.dense_from(f.source).index(f.name)]  # type: ignore[arg-type]
-            dense[:, d] = _transform(np.asarray(col, dtype=np.float64), f.transform, self._stats.get(f.name), f.name, where)
+            col = np.asarray(col, dtype=np.float64)
+            dense[:, d] = _transform(col, f.transform, self._stats.get(f.name))
+            if not np.isfinite(dense[:, d]).all():  # the checks above leave only the statistics (a std near 0) to blame
+                j = int(np.flatnonzero(~np.isfinite(dense[:, d]))[0])
+                row = first_row + int(j if rows is None else rows[j])
+                ids = {"users": (spec.user_key, user), "items": (spec.item_key, item)}.get(f.source)
+                of = f" ({ids[0]} {int(ids[1][j])})" if ids is not None else ""
+                raise ValueError(
+                    f"{where}: dense feature {f.name!r} (source {f.source}), row {row}{of}: value {col[j]} is "
+                    f"{dense[j, d]} as float32 after transform {f.transform!r} (mean, std: {self._stats.get(f.name)})"
+                )
         return _Block(single, dense, labels, offsets, hist_values, user, item)
 
     def _fit_table(self, ids: np.ndarray, key: str, where: str, lenient: bool = False) -> np.ndarray:
@@ -603,11 +648,12 @@ def _dense_stats(spec: FeatureSpec, stats: dict[str, tuple[float, float]] | None
     return {n: (float(stats[n][0]), float(stats[n][1])) for n in need} if stats else {}
 
 
-def _transform(col: np.ndarray, transform: str, stats: tuple[float, float] | None, name: str, where: str) -> np.ndarray:
-    """A dense column after its spec transform (``spec.TRANSFORMS``); float64 in, float64 out."""
+def _transform(col: np.ndarray, transform: str, stats: tuple[float, float] | None) -> np.ndarray:
+    """A dense column after its spec transform (``spec.TRANSFORMS``); float64 in, float64 out.
+
+    Its values are in the transform's domain (``side.dense_fault``, checked where they were read).
+    """
     if transform.startswith("log1p"):
-        if len(col) and float(col.min()) <= -1:
-            raise ValueError(f"{where}: dense feature {name!r} has a value <= -1 ({float(col.min())}); log1p needs > -1")
         col = np.log1p(col)
     if transform.endswith("standardize"):
         mean, std = stats  # type: ignore[misc]

@@ -23,17 +23,22 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recsys.data.content import where as _where
 from recsys.data.schema import table_files
 
 # A key range up to this many times the table's rows is held as a dense array.
 DENSE_LOOKUP_FACTOR = 4
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the reader holds dense features and labels as float32
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,13 @@ class SideTable:
 
     @staticmethod
     def read(
-        root: Path, name: str, key: str, columns: tuple[str, ...], ranges: dict[str, int | None], floats: bool = False
+        root: Path,
+        name: str,
+        key: str,
+        columns: tuple[str, ...],
+        ranges: dict[str, int | None],
+        floats: bool = False,
+        transforms: dict[str, str] | None = None,
     ) -> "SideTable":
         """Reads ``key`` and ``columns`` of table ``name`` (never titles or images).
 
@@ -64,11 +75,17 @@ class SideTable:
             ranges (dict[str, int | None]): the ID range of ``key`` and of each
                 integer column (``0 <= id < range``); a name absent or ``None``
                 is not range-checked (raw IDs, dense floats).
-            floats (bool): the columns are float (dense features): held as float32.
+            floats (bool): the columns are float (dense features): held as float32,
+                each value checked by :func:`dense_fault`.
+            transforms (dict[str, str] | None): with ``floats``, the transform of
+                each column (``spec.TRANSFORMS``; absent: ``none``), whose domain
+                :func:`dense_fault` checks too.
 
         Raises:
-            ValueError: nulls or NaN, an ID or value outside its range, or an
-                ID listed twice (naming the file and the ID).
+            ValueError: a null, a float not finite as float32 (NaN, inf, or
+                beyond float32's range) or outside its transform's domain
+                (naming the file, column, row and ID); an ID or value outside
+                its range, or an ID listed twice (naming the file and the ID).
         """
         size = ranges.get(key)
         if floats:
@@ -85,7 +102,9 @@ class SideTable:
                 check_range(ids, size, key, str(path))
             values = np.empty((len(columns), len(ids)), dtype=dtype)
             for c, column in enumerate(columns):
-                values[c] = read_column(part, column, str(path))
+                # Dense values are checked before the float32 cast below (which turns 1e39 into inf).
+                fault = partial(dense_fault, transform=(transforms or {}).get(column, "none")) if floats else finite_fault
+                values[c] = read_column(part, column, str(path), fault=fault, ids=(key, ids))
                 if ranges.get(column) is not None:
                     check_range(values[c], ranges[column], column, str(path))  # type: ignore[arg-type]
             ids_parts.append(ids)
@@ -175,15 +194,117 @@ class SideTable:
         return int(rows[0])
 
 
-def read_column(table: pa.Table, name: str, where: str) -> np.ndarray:
-    """A flat column as numpy; raises ValueError on nulls or NaN."""
+def finite_fault(values: np.ndarray) -> tuple[int, str] | None:
+    """The first float that is not finite once cast to float32 (the reader's dtype), and why; None if none.
+
+    NaN, +-inf and finite values beyond float32's range (|v| > 3.4e38, which
+    the cast turns into inf) are refused; integer arrays always pass.
+    Vectorised (one float32 cast and ``np.isfinite``).
+
+    Example::
+
+        >>> finite_fault(np.array([1.0, 1e39]))
+        (1, 'value 1e+39, expected a finite number (float32 overflows to inf beyond 3.403e+38)')
+        >>> finite_fault(np.array([0.5, -np.inf])), finite_fault(np.array([-5]))
+        ((1, 'value -inf, expected a finite number'), None)
+    """
+    if values.dtype.kind != "f" or not len(values):
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        bad = ~np.isfinite(values.astype(np.float32, copy=False))
+    if not bad.any():
+        return None
+    i = int(np.flatnonzero(bad)[0])
+    value = values[i]
+    why = f" (float32 overflows to inf beyond {FLOAT32_MAX:.4g})" if np.isfinite(value) else ""
+    return i, f"value {value}, expected a finite number{why}"
+
+
+def dense_fault(values: np.ndarray, transform: str = "none") -> tuple[int, str] | None:
+    """The first value a dense feature of ``transform`` refuses, and why; None if none.
+
+    The rule ``mmctr validate`` and the reader share (in the same words): a
+    dense value is finite once cast to float32 (:func:`finite_fault`) and
+    within its transform's domain: ``log1p`` and ``log1p_standardize`` need
+    values > -1 (``standardize`` and ``none`` take any finite value).
+    Vectorised.
+
+    Example::
+
+        >>> dense_fault(np.array([0.5, -1.0, -3.0]), "log1p_standardize")
+        (1, "value -1.0, expected > -1 (transform 'log1p_standardize' takes log1p)")
+        >>> dense_fault(np.array([-3, 2]), "standardize") is None
+        True
+    """
+    fault = finite_fault(values)
+    if fault is not None:
+        return fault
+    if transform.startswith("log1p") and len(values) and values.min() <= -1:
+        i = int(np.flatnonzero(values <= -1)[0])
+        return i, f"value {values[i]}, expected > -1 (transform {transform!r} takes log1p)"
+    return None
+
+
+def label_fault(values: np.ndarray) -> tuple[int, str] | None:
+    """The first label that is not exactly 0 or 1 (NaN included), and why; None if none. Vectorised.
+
+    Example::
+
+        >>> label_fault(np.array([0.0, 1.0, 2.0])), label_fault(np.array([1.0, np.nan])), label_fault(np.array([0.0]))
+        ((2, 'value 2.0, expected 0.0 or 1.0'), (1, 'value nan, expected 0.0 or 1.0'), None)
+    """
+    bad = (values != 0) & (values != 1)  # NaN compares unequal to both
+    if not bad.any():
+        return None
+    i = int(np.flatnonzero(bad)[0])
+    return i, f"value {values[i]}, expected 0.0 or 1.0"
+
+
+def read_column(
+    table: pa.Table,
+    name: str,
+    where: str,
+    first_row: int = 0,
+    fault: Callable[[np.ndarray], tuple[int, str] | None] = finite_fault,
+    ids: tuple[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """A flat column as numpy, refused if it holds a null or a value ``fault`` refuses.
+
+    Args:
+        table (pa.Table): the rows read.
+        name (str): the column.
+        where (str): names the rows in errors (a file, a row group, a request).
+        first_row (int): the row number of ``table``'s first row (its offset in
+            the file), so errors name the row as ``mmctr validate`` does.
+        fault (Callable): the vectorised rule of the column's values: index and
+            message of the first bad value, or None (default
+            :func:`finite_fault`: floats finite as float32; also
+            :func:`dense_fault`, :func:`label_fault`).
+        ids (tuple[str, np.ndarray] | None): a side table's key name and IDs
+            (one per row), to name the ID of a refused row too.
+
+    Returns:
+        np.ndarray: the column's values (n,), its own dtype.
+
+    Raises:
+        ValueError: the first null, or the first value ``fault`` refuses (for
+            floats by default NaN, inf, beyond float32's range), naming
+            ``where``, the column and the row: ``where: column 'c', row r: ...``.
+    """
     column = table.column(name)
     if column.null_count:
-        raise ValueError(f"{where}: column {name!r} has {column.null_count} null(s); expected none")
+        i = int(np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False))[0])
+        raise ValueError(f"{_place(where, name, first_row, i, ids)}: null value")
     array = column.to_numpy()
-    if array.dtype.kind == "f" and np.isnan(array).any():
-        raise ValueError(f"{where}: column {name!r} has NaN value(s); expected finite numbers")
+    bad = fault(array)
+    if bad is not None:
+        raise ValueError(f"{_place(where, name, first_row, bad[0], ids)}: {bad[1]}")
     return array
+
+
+def _place(where: str, name: str, first_row: int, i: int, ids: tuple[str, np.ndarray] | None) -> str:
+    """``where: column 'c', row r`` (``content.where``), and `` (key id)`` for a side table's row."""
+    return _where(where, name, first_row + i) + (f" ({ids[0]} {int(ids[1][i])})" if ids is not None else "")
 
 
 def check_range(ids: np.ndarray, size: int, name: str, where: str) -> None:

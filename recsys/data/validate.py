@@ -35,8 +35,12 @@ Checks, in order:
    changing); no item or user listed twice; every impression's user (when
    ``users/`` is read) and item, every history item (so its ``history_side``
    features) and every item a search names has its row; labels 0.0 or 1.0;
-   days within ``[first_day, last_day]``; dense values finite (no NaN or
-   inf); and the content rules every stage applies, in the same words
+   days within ``[first_day, last_day]``; dense values finite once cast to
+   float32, the reader's type (no NaN, inf, or beyond +-3.4e38, which the
+   cast turns into inf), and within their transform's domain (``log1p`` and
+   ``log1p_standardize``: > -1); labels and dense values by the reader's own
+   rules (``recsys/data/side.py`` ``label_fault``, ``dense_fault``), in its
+   words; and the content rules every stage applies, in the same words
    (``recsys/data/content.py``): images decode to RGB at exactly
    ``image_size`` px, titles and queries are not blank.
 4. The split: ``test_day`` holds impressions, and at least one earlier day
@@ -102,6 +106,7 @@ from tqdm import tqdm
 from recsys.data.content import check_image, check_text, first_fault, where
 from recsys.data.layout import TYPES, Column, layout, needs_users
 from recsys.data.schema import MANIFEST, TABLES, Manifest, table_files
+from recsys.data.side import dense_fault, label_fault
 from recsys.data.spec import Table
 
 BATCH_ROWS = 65_536  # rows per batch of a table without images
@@ -250,6 +255,7 @@ class _ContentChecker:
         self.known = {"users": _IdSet(), "items": _IdSet()}  # keys defined so far (memory O(rows))
         self.days: dict[int, int] = {}
         self.long_histories = 0
+        self.transforms = {f.name: f.transform for f in manifest.spec.dense}  # dense column -> its transform
 
     def batch(self, path: str, table: str, columns: tuple[Column, ...], b: pa.RecordBatch, offset: int) -> None:
         for c in columns:
@@ -318,17 +324,15 @@ class _ContentChecker:
             raise _where(path, c.name, offset + int(rows[i]), f"unknown {key} {values[i]} (no row in {c.ref}/)")
 
     def _labels(self, path: str, name: str, col: pa.Array, offset: int) -> None:
-        label = col.to_numpy(zero_copy_only=False)
-        i = _first(~((label == 0.0) | (label == 1.0)))  # NaN compares unequal to both
-        if i is not None:
-            raise _where(path, name, offset + i, f"value {label[i]}, expected 0.0 or 1.0")
+        fault = label_fault(col.to_numpy(zero_copy_only=False))  # exactly 0 or 1 (NaN refused), as the reader reads them
+        if fault is not None:
+            raise _where(path, name, offset + fault[0], fault[1])
 
     def _dense(self, path: str, name: str, col: pa.Array, offset: int) -> None:
-        values = col.to_numpy(zero_copy_only=False)
-        if values.dtype.kind == "f":
-            i = _first(~np.isfinite(values))
-            if i is not None:
-                raise _where(path, name, offset + i, f"value {values[i]}, expected a finite number")
+        # Finite as float32 and within the transform's domain, as the reader and the side tables check.
+        fault = dense_fault(col.to_numpy(zero_copy_only=False), self.transforms.get(name, "none"))
+        if fault is not None:
+            raise _where(path, name, offset + fault[0], fault[1])
 
     def _impressions(self, path: str, b: pa.RecordBatch, offset: int) -> None:
         spec, m = self.m.spec, self.m

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -315,7 +316,9 @@ def test_nan_dense_source_raises(tmp_path: Path, column: str) -> None:
     values[3] = np.nan
     table = table.set_column(table.schema.get_field_index(column), column, pa.array(values))
     pq.write_table(table, path, row_group_size=5)
-    with pytest.raises(ValueError, match=rf"day-0002-part-00000\.parquet.*'{column}'.*NaN"):
+    expected = "a finite number" if column == "position" else "0.0 or 1.0"  # row 3: row group 0 of rows 0-4
+    with pytest.raises(ValueError, match=rf"day-0002-part-00000\.parquet \(row group 0, file rows 0-4\): "
+                                         rf"column '{column}', row 3: value nan, expected {expected}"):
         list(ImpressionReader(root, ReaderConfig(batch_size=4, prefetch=2)))  # raised in the thread
 
 
@@ -485,3 +488,165 @@ def test_duplicate_side_row_raises_naming_file_and_id(tmp_path: Path) -> None:
                    root / "users/part-00001.parquet")
     with pytest.raises(ValueError, match=rf"part-00001\.parquet: user_id {twice} appears more than once"):
         ImpressionReader(root, ReaderConfig(batch_size=4))
+
+
+# --- values the reader refuses, naming file, column and row (as `mmctr validate` does) ---
+
+
+def _set_float(path: Path, column: str, row: int, value: float, row_group_size: int = 5) -> None:
+    """Column ``column`` of the file as float64, ``value`` at ``row``; the file rewritten in row groups of ``row_group_size``."""
+    table = pq.read_table(path)
+    values = table.column(column).to_numpy().astype(np.float64)
+    values[row] = value
+    pq.write_table(table.set_column(table.schema.get_field_index(column), column, pa.array(values)), path,
+                   row_group_size=row_group_size)
+
+
+def _row_group_of(path: Path, row: int) -> tuple[int, int, int]:
+    """(row group, its first and last file row) holding ``row``, from the footer alone."""
+    meta, first = pq.read_metadata(path), 0
+    for g in range(meta.num_row_groups):
+        n = meta.row_group(g).num_rows
+        if first <= row < first + n:
+            return g, first, first + n - 1
+        first += n
+    raise AssertionError(f"{path} has no row {row}")
+
+
+@pytest.mark.parametrize(
+    ("name", "row", "value", "days", "shuffle"),
+    [
+        ("day-0001-part-00000", 12, 2.0, None, False),  # a training day, the third row group
+        ("day-0003-part-00000", 7, 0.5, [3], True),  # the test day alone, rows shuffled
+        ("day-0002-part-00001", 9, -1.0, [3], False),  # a row group straddling days 2 and 3 (row 9: day 3)
+        ("day-0002-part-00000", 16, 1.0 + 1e-7, None, True),  # not exactly 1; the last, short row group
+    ],
+)
+def test_label_not_0_or_1_is_refused_naming_file_column_and_row(
+    tmp_path: Path, name: str, row: int, value: float, days: list[int] | None, shuffle: bool
+) -> None:
+    root = write_dataset(tmp_path / "ds")
+    path = root / f"impressions/{name}.parquet"
+    _set_float(path, "label", row, value)
+    group, first, last = _row_group_of(path, row)
+    want = f"{path} (row group {group}, file rows {first}-{last}): column 'label', row {row}: value {value}, expected 0.0 or 1.0"
+    with pytest.raises(ValueError) as e:
+        list(ImpressionReader(root, ReaderConfig(batch_size=4, days=days, shuffle=shuffle, seed=3, prefetch=2)))
+    assert str(e.value) == want
+
+
+def test_batch_of_refuses_a_label_not_0_or_1_naming_the_row(dataset: Path) -> None:
+    reader = ImpressionReader(dataset, ReaderConfig(batch_size=4, prefetch=0))
+    table = pq.read_table(dataset / "impressions/day-0001-part-00000.parquet").slice(0, 4)
+    labels = table.column("label").to_numpy().copy()
+    labels[2] = 3.0
+    table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels))
+    with pytest.raises(ValueError, match=r"^request: column 'label', row 2: value 3\.0, expected 0\.0 or 1\.0$"):
+        reader.batch_of(table, where="request")
+
+
+F32_OVER = "expected a finite number (float32 overflows to inf beyond 3.403e+38)"
+
+
+@pytest.mark.parametrize(
+    ("row", "value", "message"),
+    [
+        (8, 1e39, f"value 1e+39, {F32_OVER}"),  # finite in float64, inf as float32
+        (2, -1e300, f"value -1e+300, {F32_OVER}"),
+        (11, float("inf"), "value inf, expected a finite number"),
+        (16, float("-inf"), "value -inf, expected a finite number"),
+    ],
+)
+def test_dense_value_not_finite_as_float32_is_refused_naming_file_column_and_row(
+    tmp_path: Path, row: int, value: float, message: str
+) -> None:
+    root = write_dataset(tmp_path / "ds")
+    path = root / "impressions/day-0002-part-00000.parquet"
+    _set_float(path, "position", row, value)
+    group, first, last = _row_group_of(path, row)
+    with pytest.raises(ValueError) as e:
+        list(ImpressionReader(root, ReaderConfig(batch_size=4, prefetch=0)))
+    assert str(e.value) == f"{path} (row group {group}, file rows {first}-{last}): column 'position', row {row}: {message}"
+
+
+def _priced(root: Path, price: list[float], dwell: list[float]) -> Path:
+    """Items (two files) with a ``log1p`` dense ``price``; impressions (row groups of 4) with a ``log1p_standardize`` ``dwell``."""
+    from recsys.data.spec import Dense, FeatureSpec, Sparse, Table
+
+    spec = FeatureSpec(user_key="uid", item_key="iid", label="clk", history=None, content=(),
+                       sparse=(Sparse("uid", "impressions"), Sparse("iid", "impressions")),
+                       dense=(Dense("price", "items", "log1p"), Dense("dwell", "impressions", "log1p_standardize")),
+                       tables=(Table("uid", "hash", rows=8), Table("iid")))  # fmt: skip
+    for name in ("items", "impressions"):
+        (root / name).mkdir(parents=True)
+    iids = [30, 10, 50, 20, 40, 0, 60]
+    items = pa.table({"iid": iids, "price": pa.array(price, pa.float64())})
+    pq.write_table(items.slice(0, 3), root / "items/p0.parquet")
+    pq.write_table(items.slice(3), root / "items/p1.parquet")
+    n = len(dwell)
+    impressions = pa.table({"day": [0] * (n - 2) + [1, 1], "uid": list(range(n)), "iid": [iids[i % 7] for i in range(n)],
+                            "clk": [float(i % 2) for i in range(n)], "dwell": pa.array(dwell, pa.float64())})
+    pq.write_table(impressions, root / "impressions/p.parquet", row_group_size=4)
+    Manifest(format_version=2, first_day=0, last_day=1, id_ranges={"iid": 61}, features=spec).write(root)
+    return root
+
+
+PRICE, DWELL = [1.0, 2.5, 0.0, 7.0, 3.0, 0.5, 9.0], [0.0, 1.5, 2.0, 0.25, 4.0, 3.0, 1.0, 0.5, 6.0, 2.0]
+CONFIG = ReaderConfig(batch_size=4, prefetch=0, dense_stats={"dwell": (0.0, 1.0)})
+
+
+def test_a_priced_dataset_reads() -> None:
+    """The fixture of the tests below is fine as written: every row read."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        reader = ImpressionReader(_priced(Path(tmp), PRICE, DWELL), CONFIG)
+        dense = torch.cat([b.dense_features for b in reader])
+        assert dense.shape == (len(DWELL), 2) and torch.isfinite(dense).all()
+
+
+@pytest.mark.parametrize(
+    ("at", "value", "message"),
+    [
+        (5, 1e39, f"value 1e+39, {F32_OVER}"),  # the repro: items.price = 1e39 trained on NaN
+        (1, float("nan"), "value nan, expected a finite number"),
+        (6, float("inf"), "value inf, expected a finite number"),
+        (3, -1.0, "value -1.0, expected > -1 (transform 'log1p' takes log1p)"),
+    ],
+)
+def test_side_table_dense_value_is_refused_naming_file_column_row_and_item(tmp_path: Path, at: int, value: float,
+                                                                           message: str) -> None:
+    price = list(PRICE)
+    price[at] = value
+    root = _priced(tmp_path / "ds", price, DWELL)
+    file, row = ("p0", at) if at < 3 else ("p1", at - 3)  # items/p0 holds the first 3 items
+    iid = pq.read_table(root / f"items/{file}.parquet").column("iid")[row].as_py()
+    with pytest.raises(ValueError) as e:
+        ImpressionReader(root, CONFIG)  # the side table is read when the reader is built
+    assert str(e.value) == f"{root / 'items' / file}.parquet: column 'price', row {row} (iid {iid}): {message}"
+
+
+@pytest.mark.parametrize(("row", "value"), [(6, -3.0), (9, -1.0)])
+def test_impressions_dense_value_outside_its_transform_is_refused_naming_the_row(tmp_path: Path, row: int,
+                                                                                 value: float) -> None:
+    dwell = list(DWELL)
+    dwell[row] = value
+    root = _priced(tmp_path / "ds", PRICE, dwell)
+    path = root / "impressions/p.parquet"
+    group, first, last = _row_group_of(path, row)
+    with pytest.raises(ValueError) as e:
+        list(ImpressionReader(root, replace(CONFIG, days=[0, 1])))
+    assert str(e.value) == (f"{path} (row group {group}, file rows {first}-{last}): column 'dwell', row {row}: "
+                            f"value {value}, expected > -1 (transform 'log1p_standardize' takes log1p)")
+
+
+def test_standardised_value_overflowing_float32_is_refused_naming_the_row(tmp_path: Path) -> None:
+    """Inputs all fine, but a std near 0 sends one standardised value past float32: refused, never trained as inf."""
+    dwell = list(DWELL)
+    dwell[5] = 1e30
+    root = _priced(tmp_path / "ds", PRICE, dwell)
+    path = root / "impressions/p.parquet"
+    group, first, last = _row_group_of(path, 5)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} \(row group {group}, file rows {first}-{last}\): "
+                                         r"dense feature 'dwell' \(source impressions\), row 5: value 1e\+30 is -?inf"):
+        list(ImpressionReader(root, replace(CONFIG, dense_stats={"dwell": (0.0, 1e-38)})))

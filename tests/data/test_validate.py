@@ -741,3 +741,78 @@ def test_the_search_log_is_checked_for_the_declared_content_only(dataset: Path) 
     _manifest(dataset, lambda raw: raw["features"].update(content=[]))  # no content: the search log is not read
     report = validate_dataset(dataset)
     assert "searches" not in report.counts and report.searches.startswith("present, not read: no item content")
+
+
+# --- dense values as the reader takes them: float32, through their transform ---
+
+F32_OVER = "expected a finite number (float32 overflows to inf beyond 3.403e+38)"
+LOG1P = "transform 'log1p_standardize' takes log1p"
+_LOG1P_DWELL = _features(lambda f: f["dense"][1].update(transform="log1p_standardize"))
+
+
+def _floor_to_int(column: str) -> Edit:
+    return lambda t: t.set_column(t.schema.get_field_index(column), column, pc.cast(pc.floor(t[column]), pa.int64()))
+
+
+@pytest.mark.parametrize(
+    ("rel", "edit", "change", "message"),
+    [
+        (MI0, _set("price", 4, 1e39), None, f"column 'price', row 4: value 1e+39, {F32_OVER}"),  # finite in float64
+        (MI1, _set("price", 2, -1e300), None, f"column 'price', row 2: value -1e+300, {F32_OVER}"),
+        (MI1, _set("price", 3, -1.0), None, "column 'price', row 3: value -1.0, expected > -1 (transform 'log1p' takes log1p)"),
+        (MI0, _set("price", 5, -7.5), None, "column 'price', row 5: value -7.5, expected > -1 (transform 'log1p' takes log1p)"),
+        (MD11, _set("dwell", 7, -3.0), _LOG1P_DWELL, f"column 'dwell', row 7: value -3.0, expected > -1 ({LOG1P})"),
+        (MD12, _then(_floor_to_int("dwell"), _set("dwell", 13, -1)), _LOG1P_DWELL,
+         f"column 'dwell', row 13: value -1, expected > -1 ({LOG1P})"),  # integers too
+    ],
+    ids=["price 1e39", "price -1e300", "log1p -1", "log1p -7.5", "log1p_standardize -3", "log1p_standardize int -1"],
+)  # fmt: skip
+def test_dense_value_the_reader_refuses_is_refused_by_validate(
+    market: Path, small_batches: None, rel: str, edit: Edit, change: Callable[[dict], None] | None, message: str
+) -> None:
+    if change is not None:
+        _manifest(market, change)
+    assert validate_dataset(market).counts  # valid before the edit
+    _edit(market, rel, edit)
+    with pytest.raises(DatasetError) as e:
+        validate_dataset(market)
+    assert str(e.value) == f"{rel}: {message}"
+
+
+def test_dense_value_overflowing_float32_in_impressions_is_refused(dataset: Path, small_batches: None) -> None:
+    _edit(dataset, IMP3, _then(_cast("position", pa.float64()), _set("position", 10, 5e38)))
+    with pytest.raises(DatasetError) as e:
+        validate_dataset(dataset)
+    assert str(e.value) == f"{IMP3}: column 'position', row 10: value 5e+38, {F32_OVER}"
+
+
+def test_a_standardised_dense_value_below_minus_one_passes(market: Path) -> None:
+    """``standardize`` (no log) takes any finite value: -3.0 is fine there."""
+    _edit(market, MD11, _set("dwell", 7, -3.0))
+    assert validate_dataset(market).counts["impressions"] == 45
+
+
+@pytest.mark.parametrize(
+    ("rel", "edit", "change", "when"),
+    [(MI0, _set("price", 4, 1e39), None, "built"), (MI1, _set("price", 1, -1.0), None, "built"),
+     (MD11, _set("dwell", 7, -3.0), _LOG1P_DWELL, "read"), (MD10, _set("clk", 12, 2.0), None, "read")],
+    ids=["price 1e39", "price -1", "dwell -3 log1p_standardize", "label 2"],
+)  # fmt: skip
+def test_validate_and_the_reader_refuse_the_same_value_in_the_same_words(
+    market: Path, rel: str, edit: Edit, change: Callable[[dict], None] | None, when: str
+) -> None:
+    """What ``mmctr train`` would refuse (it does not run validate) validate refuses first, naming the same row."""
+    from recsys.data.reader import ImpressionReader, ReaderConfig
+
+    if change is not None:
+        _manifest(market, change)
+    _edit(market, rel, edit)
+    with pytest.raises(DatasetError) as by_validate:
+        validate_dataset(market)
+    place, what = str(by_validate.value).split(": ", 2)[1:]  # "column 'c', row r", the fault
+    with pytest.raises(ValueError) as by_reader:
+        reader = ImpressionReader(market, ReaderConfig(batch_size=4, prefetch=0, dense_stats={"dwell": (0.0, 1.0)}))
+        assert when == "read"
+        list(reader)
+    text = str(by_reader.value)
+    assert text.startswith(str(market / rel)) and f": {place}" in text and text.endswith(f": {what}"), text
