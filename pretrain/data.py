@@ -35,11 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pretrain.config import content_modalities
 from recsys.data.content import ContentError, check_text, content_columns, decode_image, first_fault, where
-from recsys.data.schema import Manifest, table_files
+from recsys.data.schema import Manifest, read_table_file, table_files
 
 MAX_HARD_NEGATIVES = 3  # Hn: hard negatives kept per session
 DECODE_CHUNK = 1024  # images per task of decode_images' pool
@@ -133,7 +132,7 @@ def load_item_content(world: Path, workers: int = 2) -> ItemContent:
     key = Manifest.read(world).features.item_key  # the items' ID column (the spec's item key)
     ids, titles, images = [], [], []
     for f in table_files(world, "items"):
-        t = pq.read_table(f, columns=[key, *columns])
+        t = read_table_file(f, columns=[key, *columns])
         file_ids = t[key].to_numpy()
         name = str(f.relative_to(world))
         if "title" in columns:
@@ -220,7 +219,7 @@ def load_search_pairs(world: Path, items: ItemContent, workers: int = 2) -> Sear
     cols = ["session_id", "day", *queries, "clicked_item_ids", "purchased_item_id"]
     parts: dict[str, list] = {k: [] for k in ("sid", "day", "img", "txt", "pur", "hard")}
     for f in table_files(world, "searches"):
-        t = pq.read_table(f, columns=cols)
+        t = read_table_file(f, columns=cols)
         sid = t["session_id"].to_numpy()
         name = f.relative_to(world)
         pur = items.rows(t["purchased_item_id"].to_numpy())

@@ -21,7 +21,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from pretrain.config import TowerConfig
@@ -29,7 +28,7 @@ from pretrain.data import check_texts, declared_content, decode_images, has_sear
 from pretrain.encoder import MODALITY_FILES, load_encoder
 from pretrain.towers import build_tokenizer
 from recsys.data.content import content_columns, where
-from recsys.data.schema import Manifest, table_files
+from recsys.data.schema import Manifest, read_table_file, table_files
 from recsys.data.vectors import VECTORS_MANIFEST, load_vectors
 
 PURITY_SAMPLE = 5_000  # items whose neighbours are checked
@@ -81,7 +80,7 @@ def _heldout_queries(world: Path) -> dict[str, object]:
     columns = content_columns("searches", content)
     imgs, texts, purchased = [], [], []
     for f in table_files(world, "searches"):
-        t = pq.read_table(f, columns=["session_id", "day", *columns, "purchased_item_id"])
+        t = read_table_file(f, columns=["session_id", "day", *columns, "purchased_item_id"])
         keep = np.flatnonzero(t["day"].to_numpy() == m.test_day)
         if len(keep) == 0:
             continue
@@ -113,7 +112,7 @@ def _categories(world: Path, item_ids: np.ndarray) -> np.ndarray | None:
     column = spec.history_side[0] if spec.history_side else ("category_id" if "category_id" in items else None)
     if column is None:
         return None
-    parts = [pq.read_table(f, columns=[spec.item_key, column]) for f in table_files(world, "items")]
+    parts = [read_table_file(f, columns=[spec.item_key, column]) for f in table_files(world, "items")]
     ids = np.concatenate([p[spec.item_key].to_numpy() for p in parts]).astype(np.int64)
     cats = np.concatenate([p[column].to_numpy() for p in parts]).astype(np.int64)
     order = np.argsort(ids)

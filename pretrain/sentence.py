@@ -67,7 +67,7 @@ import pyarrow.parquet as pq
 
 from pretrain.data import check_texts
 from recsys.data.content import where
-from recsys.data.schema import MANIFEST, Manifest, table_files
+from recsys.data.schema import MANIFEST, Manifest, read_table_file, table_files
 from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, first_repeat, write_item_vectors
 from recsys.settings import setting
 
@@ -122,7 +122,7 @@ def item_titles(world: Path) -> tuple[np.ndarray, list[str]]:
                          "there is no text to embed")  # fmt: skip
     ids, titles = [], []
     for f in table_files(world, "items"):
-        t = pq.read_table(f, columns=[key, "title"])
+        t = read_table_file(f, columns=[key, "title"])
         file_ids, file_titles = t[key].to_numpy(), t["title"].to_pylist()
         name = str(f.relative_to(world))
         check_texts(file_titles, [f"{where(name, 'title', r)} (item {i})" for r, i in enumerate(file_ids)], "title")

@@ -13,8 +13,13 @@ A dataset directory holds::
     truth/                        generator-only hidden truth (optional; only
                                   evaluation reports may read it)
 
-Every table is a directory of Parquet files read in sorted name order, so a
-real log can be written in shards of any size.
+Every table is a directory of Parquet files, so a real log can be written in
+shards of any size. Every ``*.parquet`` file under the table's directory is
+read, at any depth (Hive-style partition folders such as
+``impressions/day=6/part-0.parquet`` included; symlinked folders are followed),
+in sorted order of its path relative to that directory (:func:`table_files`).
+Folder names carry no data: ``day=6`` is not a column, each file holds every
+column itself, and a file that lacks one is refused, naming the file.
 
 Example::
 
@@ -29,10 +34,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from recsys.data.spec import FeatureSpec, world_spec
 
@@ -233,10 +240,81 @@ class Manifest:
 
 
 def table_files(directory: Path, table: str) -> list[Path]:
-    """The Parquet files of ``table`` in ``directory``, in read order."""
+    """The Parquet files of ``table`` in ``directory``, in read order.
+
+    Every file named ``*.parquet`` under ``directory/table``, at any depth, so
+    partition folders (``impressions/day=6/part-0.parquet``) are read, never
+    skipped; folders whose names end in ``.parquet`` (Spark writes those) are
+    folders, not files, and are searched like any other. Symlinked folders are
+    followed, each real folder once. The order is the sorted paths relative to
+    ``directory/table`` (compared folder by folder, as ``Path`` sorts): the
+    same on every machine and run, and for a flat folder the sorted file names.
+    A folder name is not data: ``day=6`` adds no column (each file must hold
+    its own; ``mmctr validate`` refuses one that does not, naming it).
+
+    Returns:
+        list[Path]: ``directory/table/<relative path>`` per file; empty when the
+        folder is absent or holds no ``*.parquet`` file at any depth.
+
+    Raises:
+        KeyError: ``table`` is not one of ``TABLES``.
+
+    Example::
+
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for name in ("b.parquet", "day=6/part-0.parquet", "a.parquet", "day=6/notes.txt"):
+        ...     (root / "impressions" / name).parent.mkdir(parents=True, exist_ok=True)
+        ...     (root / "impressions" / name).touch()
+        >>> [p.relative_to(root / "impressions").as_posix() for p in table_files(root, "impressions")]
+        ['a.parquet', 'b.parquet', 'day=6/part-0.parquet']
+    """
     if table not in TABLES:
         raise KeyError(f"unknown table {table!r}; tables are {sorted(TABLES)}")
-    return sorted((Path(directory) / table).glob("*.parquet"))
+    top = Path(directory) / table
+    found: list[Path] = []
+    seen: set[str] = set()  # real folders walked: a symlink loop or a second link to a folder reads it once
+    for folder, subfolders, names in os.walk(top, followlinks=True):
+        subfolders.sort()  # walk order, hence which link to a folder is kept, is the same every run
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        found += [Path(folder) / n for n in names if n.endswith(".parquet")]
+    return sorted(found, key=lambda p: p.relative_to(top).parts)
+
+
+def read_table_file(path: Path, columns: list[str] | None = None, filters: list | None = None) -> pa.Table:
+    """One file of :func:`table_files`, read as it is: its own columns only, whatever folder holds it.
+
+    ``pq.read_table(path)`` treats ``name=value`` folders above ``path`` as
+    Hive partitions: under ``impressions/day=6/`` it adds a ``day`` column
+    and, as the file has its own ``day``, fails ("Unable to merge: Field day
+    has incompatible types"); under ``region=eu/`` it adds a ``region``
+    column. This reads with ``partitioning=None``: folder names are not data.
+
+    Args:
+        path (Path): a Parquet file.
+        columns (list[str] | None): the columns to read; ``None`` = all.
+        filters (list | None): row filters on the file's columns (``pq.read_table``'s).
+
+    Raises:
+        ValueError: naming ``path``: not readable, or a column it lacks.
+
+    Example::
+
+        >>> import tempfile, pyarrow.parquet as pq
+        >>> f = Path(tempfile.mkdtemp()) / "day=6" / "part-0.parquet"
+        >>> f.parent.mkdir()
+        >>> pq.write_table(pa.table({"day": pa.array([6], pa.int32()), "label": [1.0]}), f)
+        >>> read_table_file(f, ["label"], [("day", "=", 6)]).column_names
+        ['label']
+    """
+    try:
+        return pq.read_table(path, columns=columns, filters=filters, partitioning=None)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: {e}") from e
 
 
 def manifest_sha(directory: Path) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from recsys.data.schema import Manifest, table_files
+from recsys.data.schema import Manifest, read_table_file, table_files
 
 CREATED_DAY = "created_day"  # optional items column: the day an item was created (its new-item day)
 
@@ -33,7 +33,7 @@ def item_index(root: Path, manifest: Manifest | None = None) -> np.ndarray:
     """
     manifest = manifest if manifest is not None else Manifest.read(root)
     key = manifest.features.item_key
-    parts = [pq.read_table(path, columns=[key]).column(0).to_numpy().astype(np.int64) for path in table_files(Path(root), "items")]
+    parts = [read_table_file(path, columns=[key]).column(0).to_numpy().astype(np.int64) for path in table_files(Path(root), "items")]
     ids = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
     if len(ids) > 1 and bool((ids[1:] == ids[:-1]).any()):
         raise ValueError(f"{root}/items: {key} {int(ids[1:][ids[1:] == ids[:-1]][0])} appears more than once")
@@ -71,7 +71,7 @@ def train_item_counts(root: Path, days: Iterable[int], manifest: Manifest | None
     wanted = np.fromiter(days, dtype=np.int64)
     counts = np.zeros(len(index), dtype=np.int64)
     for path in table_files(Path(root), "impressions"):
-        t = pq.read_table(path, columns=[spec.day, spec.item_key])
+        t = read_table_file(path, columns=[spec.day, spec.item_key])
         items = t.column(spec.item_key).to_numpy()[np.isin(t.column(spec.day).to_numpy(), wanted)].astype(np.int64)
         counts += np.bincount(item_positions(index, items, str(path)), minlength=len(index))
     return counts
@@ -101,7 +101,7 @@ def new_item_mask(root: Path, day: int, manifest: Manifest | None = None) -> np.
         shown = train_item_counts(root, [day], manifest) > 0
         return shown & ~(train_item_counts(root, range(manifest.first_day, day), manifest) > 0)
     for path in paths:
-        t = pq.read_table(path, columns=[key, CREATED_DAY])
+        t = read_table_file(path, columns=[key, CREATED_DAY])
         ids = t.column(key).to_numpy()[t.column(CREATED_DAY).to_numpy() == day].astype(np.int64)
         out[item_positions(index, ids, str(path))] = True
     return out

@@ -55,9 +55,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 
-from recsys.data.schema import MANIFEST, Manifest, table_files
+from recsys.data.schema import MANIFEST, Manifest, read_table_file, table_files
 from recsys.data.stats import new_item_mask
 from recsys.pipeline.config import Layout, PipelineConfig
 
@@ -133,7 +132,7 @@ def data_facts(world: Path, test_day: int) -> DataFacts:
     """Counts the search sessions before and on ``test_day`` and the items new on it (``recsys.data.stats.new_item_mask``)."""
     before = on = 0
     for f in table_files(world, "searches"):  # none when searches/ is absent
-        days = pq.read_table(f, columns=["day"])["day"].to_numpy()
+        days = read_table_file(f, columns=["day"])["day"].to_numpy()
         before, on = before + int((days < test_day).sum()), on + int((days == test_day).sum())
     new = int(new_item_mask(world, test_day).sum()) if table_files(world, "items") else 0
     return DataFacts(before, on, new)

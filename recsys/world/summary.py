@@ -1,5 +1,11 @@
 """A summary of a dataset read from its public files only (never ``truth/``).
 
+Columns are named by the dataset's feature spec (``manifest.json``'s
+``features``: ``item_key``, ``day``, ``label``, ``history``), so a log of any
+column names is summarized as the generated world is. A figure that needs a
+column the log does not have (an items ``created_day``, a history) is left
+out, and the ``skipped`` entry says which and why.
+
 Example::
 
     >>> import tempfile, pathlib
@@ -7,7 +13,7 @@ Example::
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "w"
     >>> _ = generate_world(out, preset="tiny", seed=0)
     >>> s = summarize(out)
-    >>> 0.0 < s["ctr"] < 1.0 and s["impressions"] == 20000
+    >>> 0.0 < s["ctr"] < 1.0 and s["impressions"] == 20000 and "skipped" not in s
     True
 """
 
@@ -19,45 +25,69 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recsys.data.schema import Manifest, table_files
+from recsys.data.schema import Manifest, read_table_file, table_files
+from recsys.data.stats import CREATED_DAY, item_index, item_positions
+
+NEW_ITEM_FIGURES = ("test_day_new_item_share", "items_created_on_test_day")  # need items' created_day
 
 
-def summarize(directory: Path) -> dict[str, float | int]:
+def summarize(directory: Path) -> dict[str, float | int | str]:
     """Counts, click rate, cold-start share and popularity tail of a dataset.
 
-    Item IDs may be dense or raw (any int64): items are looked up by their row
-    in ``items/``. A dataset without ``searches/`` counts 0 searches.
+    The impression columns are the spec's (``features.item_key``, ``day``,
+    ``label``, ``history``); item IDs may be dense or raw (any int64): items
+    are looked up by their position among the sorted item IDs
+    (``recsys.data.stats.item_index``). ``items``, ``users`` and ``searches``
+    count the rows of those tables' files (0 for a table without files).
+
+    The new-item figures (``NEW_ITEM_FIGURES``) need an items ``created_day``
+    column in every items file, and ``mean_history_len`` a history
+    (``features.history``); without them those figures are left out and the
+    entry ``skipped`` names them and the missing column.
 
     Raises:
-        ValueError: an impression names an item not in ``items/``.
+        ValueError: naming the file: an impression names an item not in
+            ``items/``, an item is listed twice, or a file lacks a column the
+            spec names.
     """
-    m = Manifest.read(directory)
-    parts = [pq.read_table(f, columns=["item_id", "created_day"]) for f in table_files(directory, "items")]
-    ids = np.concatenate([t["item_id"].to_numpy() for t in parts]) if parts else np.zeros(0, np.int64)
-    order = np.argsort(ids, kind="stable")
-    ids = ids[order]  # sorted: an item's row is its searchsorted index
-    created = np.concatenate([t["created_day"].to_numpy() for t in parts])[order] if parts else np.zeros(0, np.int64)
+    root = Path(directory)
+    m = Manifest.read(root)
+    spec = m.features
+    item_files = table_files(root, "items")
+    for f in item_files:
+        _need(f, [spec.item_key], "items")
+    ids = item_index(root, m)  # sorted int64; an item's position is its row in the per-item arrays
+    has_created = bool(item_files) and all(CREATED_DAY in pq.read_schema(f).names for f in item_files)
+    created = np.zeros(len(ids), dtype=np.int64)
+    for f in item_files if has_created else ():
+        t = read_table_file(f, [spec.item_key, CREATED_DAY])
+        key = t.column(spec.item_key).to_numpy().astype(np.int64)
+        created[item_positions(ids, key, str(f))] = t.column(CREATED_DAY).to_numpy()
+    columns = [spec.day, spec.item_key, spec.label, *([spec.history] if spec.history is not None else [])]
     freq = np.zeros(len(ids), dtype=np.int64)
-    clicks = rows = test_rows = test_new = hist_total = 0
-    for f in table_files(directory, "impressions"):
-        for batch in pq.ParquetFile(f).iter_batches(columns=["day", "item_id", "history_item_ids", "label"]):
-            day = batch.column("day").to_numpy()
-            item = batch.column("item_id").to_numpy()
+    clicks = 0.0
+    rows = test_rows = test_new = hist_total = 0
+    for f in table_files(root, "impressions"):
+        _need(f, columns, "impressions")
+        for batch in pq.ParquetFile(f).iter_batches(columns=columns):
+            day = batch.column(spec.day).to_numpy()
+            item = batch.column(spec.item_key).to_numpy().astype(np.int64)
             rows += len(day)
-            clicks += float(batch.column("label").to_numpy().sum())
-            hist_total += int(pc.sum(pc.list_value_length(batch.column("history_item_ids"))).as_py() or 0)
+            clicks += float(batch.column(spec.label).to_numpy().sum())
+            if spec.history is not None:
+                hist_total += int(pc.sum(pc.list_value_length(batch.column(spec.history))).as_py() or 0)
             test = day == m.test_day
             test_rows += int(test.sum())
-            row = _rows(ids, item, f)
+            row = item_positions(ids, item, str(f))
             test_new += int((created[row[test]] == m.test_day).sum())
             np.add.at(freq, row[~test], 1)
     seen = np.sort(freq[freq > 0])[::-1]
     top = max(1, len(seen) // 100)
-    return {
-        "items": m.counts["items"],
-        "users": m.counts["users"],
+    out: dict[str, float | int | str] = {
+        "items": int(len(ids)),
+        "users": _rows(root, "users"),
         "impressions": rows,
-        "searches": m.counts.get("searches", 0),
+        "searches": _rows(root, "searches"),
         "days": m.last_day - m.first_day + 1,
         "ctr": clicks / max(rows, 1),
         "mean_history_len": hist_total / max(rows, 1),
@@ -66,18 +96,35 @@ def summarize(directory: Path) -> dict[str, float | int]:
         "top1pct_item_impression_share": float(seen[:top].sum() / max(seen.sum(), 1)),
         "items_created_on_test_day": int((created == m.test_day).sum()),
     }
+    skipped = []
+    if not has_created:
+        skipped.append(f"{', '.join(NEW_ITEM_FIGURES)} (items/ has no {CREATED_DAY} column)")
+        for name in NEW_ITEM_FIGURES:
+            del out[name]
+    if spec.history is None:
+        skipped.append("mean_history_len (no history: features.history is null)")
+        del out["mean_history_len"]
+    if skipped:
+        out["skipped"] = "; ".join(skipped)
+    return out
 
 
-def _rows(ids: np.ndarray, item: np.ndarray, where: Path) -> np.ndarray:
-    """Rows of ``item`` in the sorted item IDs ``ids`` (both int64, any values)."""
-    row = np.minimum(np.searchsorted(ids, item), max(len(ids) - 1, 0))
-    bad = ids[row] != item if len(ids) else np.ones(len(item), dtype=bool)
-    if bad.any():
-        raise ValueError(f"{where}: item_id {int(item[bad][0])} is not in items/")
-    return row
+def _need(path: Path, columns: list[str], table: str) -> None:
+    """ValueError naming ``path`` if it lacks one of ``columns`` (named by the manifest's feature spec)."""
+    missing = [c for c in columns if c not in pq.read_schema(path).names]
+    if missing:
+        raise ValueError(
+            f"{path}: no column {missing[0]!r}, which the feature spec names for {table}/ "
+            f"(manifest.json 'features'); `mmctr validate` checks every file"
+        )
 
 
-def format_summary(s: dict[str, float | int]) -> str:
+def _rows(root: Path, table: str) -> int:
+    """Rows of ``table``'s files (their footers; 0 without files)."""
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in table_files(root, table))
+
+
+def format_summary(s: dict[str, float | int | str]) -> str:
     """One aligned line per entry."""
     width = max(len(k) for k in s)
     return "\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in s.items())
