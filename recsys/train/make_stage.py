@@ -31,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -50,7 +51,8 @@ from recsys.models.make import MakeModel
 from recsys.train.checkpoint import Progress, TrainState
 from recsys.train.config import SHARDING, TrainConfig, resolve_train_pipeline
 from recsys.train.loop import EpochPlan, EpochResult, predict, run_epochs
-from recsys.train.setup import capped_table_sizes, fill_mm_table, mm_rows, shard_and_optimize, split_days
+from recsys.train.setup import (capped_table_sizes, check_validation_day, fill_mm_table, mm_rows, shard_and_optimize,
+                                 split_days)
 
 MAKE_FILE = "make.pt"
 MAKE_LOG = "make.json"
@@ -91,8 +93,8 @@ class MakeEpoch:
     """One epoch of stage 1 in ``make.json``."""
 
     epoch: int
-    val_auc: float  # AUC on the validation day
-    loss: float | None  # the epoch's last loss-curve point
+    val_auc: float  # AUC on the validation day (never NaN: EarlyStopping refuses an undefined one)
+    loss: float | None  # the epoch's last loss-curve point (None: none, or not a number)
     samples_per_s: float
     seconds: float = 0.0  # the epoch's training time (0.0 in logs written before it was recorded)
 
@@ -108,9 +110,10 @@ class MakeLog:
     config: dict[str, Any] | None = None  # {"model": ModelConfig, "train": TrainConfig} as dicts
 
     def write(self, file: Path) -> None:
+        """Writes the log as JSON (atomically): a float that is not finite (NaN, inf) as ``null``, never bare."""
         tmp = file.parent / f".{file.name}.tmp"
-        tmp.write_text(json.dumps(asdict(self) if self.config is not None else
-                                  {k: v for k, v in asdict(self).items() if k != "config"}, indent=2))
+        raw = asdict(self) if self.config is not None else {k: v for k, v in asdict(self).items() if k != "config"}
+        tmp.write_text(json.dumps(_finite(raw), indent=2, allow_nan=False))
         os.replace(tmp, file)
 
     @staticmethod
@@ -121,6 +124,17 @@ class MakeLog:
                            best_val_auc=raw["best_val_auc"], stopped=raw["stopped"], config=raw.get("config"))
         except (KeyError, TypeError) as e:
             raise ValueError(f"{file}: not a MAKE stage-1 log ({e!r}); remove the stage-1 folder to start over") from e
+
+
+def _finite(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, tuples, scalars) with every non-finite float replaced by ``None``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def stop_reason(
@@ -161,10 +175,22 @@ class EarlyStopping:
         return self.log.stopped is not None
 
     def after_epoch(self, epoch: int, result: EpochResult, reader: ImpressionReader) -> None:
+        """Scores the validation day, keeps the weights of a better AUC, writes ``make.json`` and decides the stop.
+
+        Raises:
+            ValueError: the validation AUC is undefined (NaN: the day holds no
+                impressions or one label only; ``setup.check_validation_day``
+                refuses such a day before training), naming the day; nothing
+                is written for the epoch.
+        """
         ctx, cfg = self.state.ctx, self.job.train
         val = predict(self.state.model, self.job.world, self.day, ctx, self.validation, quiet=True)
         auc = ranking_metrics(torch.from_numpy(val.predictions), torch.from_numpy(val.labels),
                               torch.from_numpy(val.user_ids))["auc"]
+        if math.isnan(auc):  # NaN compares false with everything: it would neither win nor lose, silently
+            raise ValueError(f"{Path(self.job.world) / 'impressions'}: MAKE stage 1 epoch {epoch}: validation AUC on "
+                             f"day {self.day} is undefined ({len(val.labels)} impressions, {int(val.labels.sum())} "
+                             "clicks): it needs both clicks and non-clicks to pick MAKE's best epoch")
         point = MakeEpoch(epoch=epoch, val_auc=auc, loss=result.curve[-1]["loss"] if result.curve else None,
                           samples_per_s=result.samples / max(result.seconds, 1e-9), seconds=result.seconds)
         log = replace(self.log, epochs=(*self.log.epochs, point))
@@ -198,6 +224,12 @@ def train_make(job: Stage1Job, vectors: ItemVectors, manifest: Manifest, ctx: Di
 
     Returns:
         Path: the stage-1 folder, holding ``make.pt``.
+
+    Raises:
+        ValueError: no fit day before the validation day; a validation day
+            without impressions or with one label only
+            (``setup.check_validation_day``), before any training; an epoch
+            whose validation AUC is undefined (``EarlyStopping.after_epoch``).
     """
     out = Path(job.out)
     if (out / MAKE_FILE).exists():
@@ -209,6 +241,7 @@ def train_make(job: Stage1Job, vectors: ItemVectors, manifest: Manifest, ctx: Di
             f"{job.world}: MAKE stage 1 needs a fit day and a validation day before the test day; "
             f"this split trains on day {split.validation} only (train id_only or simtier, or add a day)"
         )
+    check_validation_day(Path(job.world), manifest, split.validation)  # its AUC picks the epoch: refused before training
     sizes = capped_table_sizes(manifest, job.train)
     torch.manual_seed(job.train.seed)
     rows = mm_rows(manifest, sizes, vectors)

@@ -6,7 +6,8 @@ day ``until`` (default: the day before the last):
 * the ID model trains on ``first_day .. until`` and is tested on ``until + 1``
   (none when ``until`` is the world's last day: a production model for tomorrow);
 * MAKE's stage 1 fits on ``first_day .. until - 1`` and is validated on
-  ``until``, where its AUC decides when to stop.
+  ``until``, where its AUC decides when to stop (a ``until`` without
+  impressions, or with one label only, is refused: :func:`check_validation_day`).
 
 Example::
 
@@ -28,12 +29,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim.keyed import CombinedOptimizer
 
-from recsys.data.schema import Manifest
+from recsys.data.schema import Manifest, table_files
+from recsys.data.stats import item_index
 from recsys.data.projection import PROJECTION_FILE, fit_projection, load_projection, project_rows, save_projection
 from recsys.data.vectors import ItemVectors
 from recsys.distributed import DistContext, on_main
@@ -71,6 +75,54 @@ def split_days(manifest: Manifest, until: int | None = None) -> DaySplit:
         test=until + 1 if until < last else None,
         make_fit=range(first, until),
         validation=until,
+    )
+
+
+def check_validation_day(world: Path, manifest: Manifest, day: int) -> int:
+    """Refuses MAKE stage 1's validation ``day`` when its AUC is undefined: no impressions, or one label only.
+
+    Stage 1 keeps the epoch of the best validation AUC (``make_stage``); on a
+    day without impressions, or whose impressions are all clicks or all
+    non-clicks, there is no (click, non-click) pair and the AUC is undefined,
+    so stage 1 would pick its weights on nothing. The day's label column is
+    read once, file by file (row groups whose day statistics exclude the day
+    are skipped): its rows and both classes come from that one pass.
+
+    Args:
+        world (Path): the dataset directory.
+        manifest (Manifest): its manifest.
+        day (int): the validation day (``DaySplit.validation``).
+
+    Returns:
+        int: the impressions of ``day``.
+
+    Raises:
+        ValueError: ``day`` holds no impressions, or only clicks or only
+            non-clicks (naming the day and the world, and what to do); an
+            impressions file without the day or label column, or unreadable
+            (naming the file).
+    """
+    spec = manifest.features
+    labels = []
+    for path in table_files(Path(world), "impressions"):
+        try:  # partitioning=None: a folder such as day=6/ above the file is not a column
+            part = pq.read_table(path, columns=[spec.label], filters=[(spec.day, "=", day)], partitioning=None)
+        except (pa.ArrowException, OSError) as e:
+            raise ValueError(f"{path}: cannot read columns {spec.day!r}, {spec.label!r} of day {day} ({e})") from e
+        labels.append(part.column(0).to_numpy(zero_copy_only=False))
+    y = np.concatenate(labels) if labels else np.zeros(0)
+    clicks, non_clicks = int((y == 1).sum()), int((y == 0).sum())
+    if clicks and non_clicks:
+        return len(y)
+    held = ("no impressions" if not len(y) else
+            f"{len(y)} impressions, all {'clicks' if clicks else 'non-clicks'} ({spec.label} = {1 if clicks else 0})")
+    before = f", the day before the test day {day + 1}" if day < manifest.last_day else ""
+    raise ValueError(
+        f"{Path(world) / 'impressions'}: MAKE stage 1 validates on day {day} (the ID model's last training day{before}), "
+        f"which holds {held}: its validation AUC, which picks MAKE's best epoch, is undefined. Use a world whose "
+        f"day {day} holds both clicks and non-clicks (at least one labelled day before the test day with both "
+        "classes), or pass --train-until D with an earlier day D that does (the test day becomes D + 1), or train "
+        "a variant without MAKE (id_only, simtier)"
     )
 
 
@@ -204,8 +256,8 @@ def projected_vectors(vectors: ItemVectors, width: int, out: Path, saved: Path |
                                                                  "energy_kept_here": kept}})
 
 
-def fill_mm_table(arch: MultimodalArch, vectors: ItemVectors, manifest: Manifest) -> int:
-    """Loads the vectors into the (unsharded) frozen table; returns how many rows lack one.
+def fill_mm_table(arch: MultimodalArch, vectors: ItemVectors, manifest: Manifest, world: Path | None = None) -> int:
+    """Loads the vectors into the (unsharded) frozen table; returns how many of the item table's items lack one.
 
     Args:
         arch (MultimodalArch): holds the table (built with ``mm_rows`` rows).
@@ -213,15 +265,34 @@ def fill_mm_table(arch: MultimodalArch, vectors: ItemVectors, manifest: Manifest
         manifest (Manifest): the world's; with item IDs as rows (identity), a
             vector of an item outside its ID range means the vectors belong to
             another world (ValueError).
+        world (Path | None): the dataset directory; with raw item IDs its
+            ``items/`` lists the items counted. ``None``: not counted (0), for
+            a caller that only fills the table.
+
+    Returns:
+        int: with item IDs as rows, the rows of the item table (its ID range,
+        or ``max_table_rows`` when capped) left without a vector; with raw
+        item IDs, the items ``world/items/`` lists that have no vector (its
+        IDs absent from ``vectors.item_ids``; vectors of items it does not
+        list take rows but count for nothing).
+
+    Raises:
+        ValueError: (identity) a vector's item ID outside the world's range;
+            (raw IDs) more vectors than rows or an item ID with two vectors
+            (``MultimodalArch.load_raw``), an item listed twice in ``items/``
+            (``recsys.data.stats.item_index``).
 
     With a capped item table (``max_table_rows`` < the item range) item ``i``
     goes to row ``i % rows``, as the reader hashes IDs; on a collision the
     larger ID wins. With raw item IDs every vector has its own row
-    (``MultimodalArch.load_raw``), and 0 is returned (only the missing row).
+    (``MultimodalArch.load_raw``).
     """
     if arch.raw_ids:
         arch.load_raw(vectors.item_ids, vectors.vectors)
-        return 0
+        if world is None:
+            return 0
+        items = item_index(Path(world), manifest)
+        return int(np.count_nonzero(~np.isin(items, vectors.item_ids)))
     spec = manifest.features
     num_items = spec.table_rows(manifest.id_ranges)[spec.table_of(spec.item_key)]  # the ID range, uncapped
     weight = arch.table_weight()

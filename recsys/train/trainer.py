@@ -158,7 +158,7 @@ def build_plain(job: TrainJob, ctx: DistContext) -> Plain:
     plain = CtrTrain(CtrModel(job.model, manifest.features, sizes, mm_dim, history_slots=manifest.max_history_len, mm_rows=rows))
     missing = 0
     if vectors is not None:
-        missing = fill_mm_table(plain.model.mm_arch, vectors, manifest)
+        missing = fill_mm_table(plain.model.mm_arch, vectors, manifest, Path(job.world))
     if make_state is not None:
         plain.model.make.load_state_dict(make_state)
     return Plain(plain, split, sizes, vectors, missing, manifest, stats)
@@ -353,9 +353,11 @@ def _run(job: TrainJob, ctx: DistContext) -> RunMetrics | None:
         _check_resumed_model(folder.read_train_log().model, job.model, folder.path)
     built = build(job, ctx)
     if built.missing_vectors and ctx.is_main:  # zero rows with the missing flag (mm_table), said once, also --quiet
-        print(f"{job.model.variant}: {built.missing_vectors} item ID(s) of the item table's range have no vector in "
-              f"{job.vectors} (items not in the table, or IDs no item uses): zero rows with the missing flag "
-              "(train_log.json: items_without_vector)", file=sys.stderr)
+        spec = built.manifest.features
+        which = ("item(s) the world's items/ lists" if spec.table(spec.table_of(spec.item_key)).ids != "identity"
+                 else "item ID(s) of the item table's range (items not in the vector table, or IDs no item uses)")
+        print(f"{job.model.variant}: {built.missing_vectors} {which} have no vector in {job.vectors}: zero rows "
+              "with the missing flag (train_log.json: items_without_vector)", file=sys.stderr)
     state = TrainState(RunFolder(job.out).checkpoints, built.model, built.optimizer, ctx)
     reader = _reader_config(job, built, ctx)
     progress, tally = _resume_or_warm_start(job, built, state, reader, ctx)

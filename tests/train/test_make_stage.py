@@ -1,0 +1,96 @@
+"""MAKE stage 1's validation day: a day whose AUC is undefined is refused before training, never picked on (NaN)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from recsys.data.schema import Manifest, table_files
+from recsys.data.vectors import VECTORS_FILE, write_item_vectors
+from recsys.distributed import DistContext
+from recsys.models.config import ModelConfig
+from recsys.train import make_stage
+from recsys.train.config import TrainConfig
+from recsys.train.loop import EpochResult, Predictions
+from recsys.train.make_stage import MAKE_LOG, EarlyStopping, MakeEpoch, MakeLog, Stage1Job
+from recsys.train.checkpoint import Progress
+from recsys.train.setup import split_days
+from recsys.train.trainer import TrainJob, run_train
+
+D = 8
+
+
+def _vectors(world: Path, out: Path) -> Path:
+    n = Manifest.read(world).id_ranges["item_id"]
+    v = np.random.default_rng(0).standard_normal((n, D)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    write_item_vectors(out / VECTORS_FILE, np.arange(n), v, dim=D)
+    return out / VECTORS_FILE
+
+
+def _with_day(tiny_world: Path, dst: Path, day: int, keep: str) -> int:
+    """A copy of the tiny world whose impressions of ``day`` are dropped (``keep="none"``) or all
+    made non-clicks (``keep="non-clicks"``); returns how many impressions ``day`` holds in the copy."""
+    shutil.copytree(tiny_world, dst)
+    label = Manifest.read(dst).features.label
+    rows = 0
+    for f in table_files(dst, "impressions"):
+        t = pq.read_table(f)
+        on_day = pc.equal(t["day"], day)
+        if keep == "none":
+            t = t.filter(pc.invert(on_day))
+        else:
+            i = t.schema.get_field_index(label)
+            t = t.set_column(i, label, pc.if_else(on_day, pa.scalar(0, t[label].type), t[label]))
+        rows += int(pc.sum(pc.equal(t["day"], day)).as_py() or 0)
+        pq.write_table(t, f)
+    return rows
+
+
+@pytest.mark.parametrize("keep", ["none", "non-clicks"])
+def test_validation_day_without_auc_refused_before_training(tiny_world: Path, tmp_path: Path, keep: str) -> None:
+    day = split_days(Manifest.read(tiny_world)).validation  # the day before the test day
+    world = tmp_path / "world"
+    rows = _with_day(tiny_world, world, day, keep)
+    t = pq.read_table(world / "impressions", columns=["day", "label"])
+    y = t["label"].to_numpy()[t["day"].to_numpy() == day]  # the day's labels as written, read another way
+    assert len(y) == rows and (rows == 0 if keep == "none" else (rows > 0 and not y.any()))
+    held = "no impressions" if keep == "none" else f"{len(y)} impressions, all non-clicks"
+    out = tmp_path / "run"
+    job = TrainJob(world=world, out=out, model=ModelConfig(variant="make"), vectors=_vectors(world, tmp_path),
+                   train=TrainConfig(batch_size=256), quiet=True)
+    refused = rf"impressions: MAKE stage 1 validates on day {day} .*which holds {held}\b.*: its validation AUC.*undefined"
+    with pytest.raises(ValueError, match=refused):
+        run_train(job)
+    stage1 = out / "make_stage1"
+    assert not (stage1 / MAKE_LOG).exists() and not any((stage1 / "checkpoints").glob("*"))  # nothing trained
+
+
+def test_nan_validation_auc_refused_and_make_json_never_bare_nan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a log with a value that is not a number is written as valid JSON, with null
+    log = MakeLog(epochs=(MakeEpoch(0, 0.6, float("nan"), 10.0),), best_epoch=0, best_val_auc=0.6)
+    log.write(tmp_path / MAKE_LOG)
+    raw = json.loads((tmp_path / MAKE_LOG).read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert raw["epochs"][0]["loss"] is None and MakeLog.read(tmp_path / MAKE_LOG).epochs[0].loss is None
+
+    # a validation day of one class gives a NaN AUC: the early stopping raises instead of comparing with it
+    labels = np.zeros(5)
+    scored = Predictions(np.full(5, 0.5), labels, np.arange(5), np.arange(5))
+    monkeypatch.setattr(make_stage, "predict", lambda *a, **k: scored)
+    job = Stage1Job(world=tmp_path, out=tmp_path, model=ModelConfig(variant="make"), train=TrainConfig())
+    state = SimpleNamespace(ctx=DistContext(0, 1, torch.device("cpu")), model=None)
+    hook = EarlyStopping(job, state, None, day=7, mm_dim=D)  # type: ignore[arg-type]
+    result = EpochResult(Progress(epoch=1, step=3, world_size=1), [{"loss": 0.5}], 5, 1.0, False)
+    (tmp_path / MAKE_LOG).unlink()
+    with pytest.raises(ValueError, match=rf"day 7 is undefined \({len(labels)} impressions, {int(labels.sum())} clicks\)"):
+        hook.after_epoch(0, result, None)  # type: ignore[arg-type]
+    assert hook.log == MakeLog() and not (tmp_path / MAKE_LOG).exists() and not hook.best_file.exists()
