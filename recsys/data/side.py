@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsys.data.content import where as _where
-from recsys.data.schema import table_files
+from recsys.data.schema import read_table_file, table_files
 
 # A key range up to this many times the table's rows is held as a dense array.
 DENSE_LOOKUP_FACTOR = 4
@@ -96,7 +96,7 @@ class SideTable:
         paths = table_files(root, name)
         ids_parts, value_parts, file_of = [], [], []
         for f, path in enumerate(paths):
-            part = pq.read_table(path, columns=[key, *columns])
+            part = read_table_file(path, columns=[key, *columns])
             ids = read_column(part, key, str(path)).astype(np.int64, copy=False)
             if size is not None:
                 check_range(ids, size, key, str(path))
