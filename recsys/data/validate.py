@@ -76,7 +76,7 @@ Example::
       tables: uid hash 8 rows; iid managed 8 rows (lfu every 1 step)
       content: none
       search log: none (and no item content: no pre-training, ID features only)
-      split: days 0..1; train 0..0 (1 impressions), test day 1 (1 impressions)
+      split: days 0..1; train 0..0 (1 impressions), test day 1 (1 impressions); new items: first shown that day
       ignored columns: impressions: ip
       users/: not read (no feature comes from users; an impression's user needs no row)
     >>> write("impressions", {"day": [0, 1], "uid": [-5, 3], "iid": [7, 8], "clk": [0.0, 1.0]})
@@ -107,6 +107,7 @@ from recsys.data.content import check_image, check_text, first_fault, where
 from recsys.data.layout import TYPES, Column, layout, needs_users
 from recsys.data.schema import MANIFEST, TABLES, Manifest, table_files
 from recsys.data.side import dense_fault, label_fault
+from recsys.data.stats import CREATED_DAY
 from recsys.data.spec import Table
 
 BATCH_ROWS = 65_536  # rows per batch of a table without images
@@ -143,6 +144,7 @@ class Report:
     unread: tuple[str, ...] = ()  # table directories present but not read, with why
     long_histories: int = 0  # histories longer than max_history_len (cut by the reader)
     rows: dict[str, int] = field(default_factory=dict)  # identity tables' rows, as resolved
+    created_day: bool = False  # items/ holds CREATED_DAY: evaluation's new items are those created on the day
 
 
 def _where(path: str, column: str, row: int, what: str) -> DatasetError:
@@ -414,6 +416,7 @@ def validate_dataset(directory: Path, *, progress: bool = False, workers: int | 
     columns = layout(spec, tables)
     counts: dict[str, int] = {}
     ignored: dict[str, tuple[str, ...]] = {}
+    created = False  # an items column CREATED_DAY, read by evaluation (recsys.data.stats.new_item_mask)
     for table in tables:  # footers only: layout and counts before any data is read
         if not files[table]:
             raise DatasetError(f"{table}/: no Parquet files")
@@ -423,7 +426,15 @@ def validate_dataset(directory: Path, *, progress: bool = False, workers: int | 
             pf = _open(root, f)
             _check_footer(str(f.relative_to(root)), columns[table], pf.schema_arrow)
             counts[table] += pf.metadata.num_rows
-            extra.update(dict.fromkeys(n for n in pf.schema_arrow.names if n not in names))
+            if table == "items" and CREATED_DAY in pf.schema_arrow.names:
+                kind = pf.schema_arrow.field(CREATED_DAY).type
+                if not pa.types.is_integer(kind):
+                    raise DatasetError(f"{f.relative_to(root)}: column '{CREATED_DAY}' is {kind}, expected an integer "
+                                       "day numbered as the impressions' days (evaluation's new items are those "
+                                       "created on the test day); rename it if it means something else")
+                created = True
+            read = names | ({CREATED_DAY} if table == "items" else set())
+            extra.update(dict.fromkeys(n for n in pf.schema_arrow.names if n not in read))
         ignored[table] = tuple(extra)
     for table, n in {**counts, "searches": search_rows}.items():
         if table in manifest.counts and n != manifest.counts[table]:
@@ -446,7 +457,7 @@ def validate_dataset(directory: Path, *, progress: bool = False, workers: int | 
         searches = f"{counts['searches']} sessions (SCL pre-training; queries: {', '.join(queries)})"
     return Report(
         manifest, {t: counts[t] for t in TABLES if t in counts}, ignored, dict(sorted(checker.days.items())),
-        searches, tuple(unread), checker.long_histories, id_rows,
+        searches, tuple(unread), checker.long_histories, id_rows, created,
     )  # fmt: skip
 
 
@@ -501,6 +512,7 @@ def format_report(report: Report, directory: Path | str) -> str:
     split = (
         f"days {m.first_day}..{m.last_day}; train {min(train)}..{max(train)} ({sum(train.values())} impressions), "
         f"test day {m.test_day} ({report.days[m.test_day]} impressions)" + (f", {later} after it" if later else "")
+        + f"; new items: {'created that day (items: ' + CREATED_DAY + ')' if report.created_day else 'first shown that day'}"
     )
     ignored = "; ".join(f"{t}: {', '.join(cols)}" for t, cols in report.ignored.items() if cols) or "none"
     lines = [

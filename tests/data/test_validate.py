@@ -222,8 +222,8 @@ WORLD_REPORT = """\
   tables: user_id identity 8 rows (id_ranges); age_bucket identity 3 rows (id_ranges); gender identity 2 rows (id_ranges); city_id identity 4 rows (id_ranges); item_id identity 14 rows (id_ranges); shop_id identity 3 rows (id_ranges); brand_id identity 3 rows (id_ranges); category_id identity 4 rows (id_ranges); price_bucket identity 5 rows (id_ranges)
   content: title, image (8 px)
   search log: 6 sessions (SCL pre-training; queries: query_text, query_image)
-  split: days 3..4; train 3..3 (20 impressions), test day 4 (20 impressions)
-  ignored columns: items: created_day
+  split: days 3..4; train 3..3 (20 impressions), test day 4 (20 impressions); new items: created that day (items: created_day)
+  ignored columns: none
 """
 
 
@@ -232,7 +232,8 @@ def test_valid_dataset(dataset: Path) -> None:
     report = validate_dataset(dataset)
     assert report.counts == expected and report.days == {3: 20, 4: 20}
     assert list(validate_dataset(dataset, workers=1).counts) == list(TABLES)
-    assert report.ignored == {"users": (), "items": ("created_day",), "impressions": (), "searches": ()}
+    assert report.ignored == {"users": (), "items": (), "impressions": (), "searches": ()}  # created_day: read
+    assert report.created_day
     assert report.searches == "6 sessions (SCL pre-training; queries: query_text, query_image)"
 
 
@@ -552,7 +553,7 @@ OK: market: items=10, impressions=45
   tables: uid hash 32 rows; iid managed 64 rows (lfu every 1 step); device identity 4 rows; cat identity 5 rows (id_ranges); seller managed 16 rows (distance_lfu every 10 steps)
   content: title
   search log: none (SCL unavailable; titles only: pre-training runs random towers, --method random)
-  split: days 10..12; train 10..11 (30 impressions), test day 12 (15 impressions)
+  split: days 10..12; train 10..11 (30 impressions), test day 12 (15 impressions); new items: first shown that day
   ignored columns: items: brand_name; impressions: request_id
   users/: not read (no feature comes from users; an impression's user needs no row)"""
 
@@ -680,7 +681,8 @@ def test_the_split_reports_days_after_the_test_day(market: Path) -> None:
     _manifest(market, lambda raw: raw.update(test_day=11))
     report = validate_dataset(market)
     line = [x for x in validate.format_report(report, "m").splitlines() if "split:" in x][0]
-    assert line == "  split: days 10..12; train 10..10 (15 impressions), test day 11 (15 impressions), 15 after it"
+    assert line == ("  split: days 10..12; train 10..10 (15 impressions), test day 11 (15 impressions), 15 after it; "
+                    "new items: first shown that day")
 
 
 def test_a_feature_from_users_makes_users_needed(market: Path) -> None:
@@ -734,7 +736,7 @@ def test_the_search_log_is_checked_for_the_declared_content_only(dataset: Path) 
     _edit(dataset, SEARCHES0, _then(_drop("query_image"), _drop("shown_item_ids"), _drop("user_id")))
     report = validate_dataset(dataset)
     assert report.searches == "6 sessions (SCL pre-training; queries: query_text)"
-    assert report.ignored["items"] == ("created_day", "image")  # ITEMS1's images: not declared, so ignored
+    assert report.ignored["items"] == ("image",)  # ITEMS1's images: not declared, so ignored
     _edit(dataset, SEARCHES0, _set("purchased_item_id", 1, 99))
     with pytest.raises(DatasetError, match=rf"^{SEARCHES0}: column 'purchased_item_id', row 1: ID 99 outside \[0, 14\)"):
         validate_dataset(dataset)
@@ -816,3 +818,14 @@ def test_validate_and_the_reader_refuse_the_same_value_in_the_same_words(
         list(reader)
     text = str(by_reader.value)
     assert text.startswith(str(market / rel)) and f": {place}" in text and text.endswith(f": {what}"), text
+
+
+def test_created_day_is_read_not_ignored_and_must_be_an_integer_day(dataset: Path) -> None:
+    # evaluation's new items are those whose items' created_day is the test day: a column of that name
+    # that is no integer day (a date, a string) is refused, naming it, rather than silently changing them
+    report = validate_dataset(dataset)
+    assert report.created_day and "created_day" not in report.ignored["items"]
+    _edit(dataset, ITEMS0, lambda t: t.set_column(t.schema.get_field_index("created_day"), "created_day",
+                                                  pa.array([None] * t.num_rows, pa.date32())))
+    with pytest.raises(DatasetError, match=rf"^{ITEMS0}: column 'created_day' is date32\[day\], expected an integer day"):
+        validate_dataset(dataset)
