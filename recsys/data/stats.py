@@ -129,3 +129,74 @@ def unseen_item_ids(
     spec = manifest.features
     identity = spec.table(spec.table_of(spec.item_key)).ids == "identity"  # raw IDs are admitted, not hashed
     return int(len(fresh)), int((fresh >= rows).sum()) if identity else 0
+
+
+def day_rows(world: Path, day: int, manifest: Manifest | None = None) -> int:
+    """Impressions of ``day`` in ``world/impressions``, counted as ``ImpressionReader`` plans an epoch.
+
+    Row groups whose ``day`` statistics are exactly ``day`` count from the
+    Parquet metadata; those whose statistics exclude it are skipped; only a
+    row group that straddles ``day`` (or has no statistics) has its ``day``
+    column read. No other column is read.
+
+    Args:
+        world (Path): dataset directory (``manifest.json``, ``impressions/``).
+        day (int): the impression day counted.
+        manifest (Manifest | None): the dataset's manifest when the caller has
+            it; ``None`` reads ``world/manifest.json``.
+
+    Returns:
+        int: the number of impressions (rows) with that day; 0 for a day without any.
+
+    Raises:
+        ValueError: an impressions file without the manifest's day column (naming the file).
+    """
+    manifest = manifest if manifest is not None else Manifest.read(world)
+    name = manifest.features.day
+    total = 0
+    for path in table_files(Path(world), "impressions"):
+        meta = pq.read_metadata(path)
+        if meta.num_row_groups == 0:
+            continue
+        col = next((i for i in range(meta.num_columns) if meta.schema.column(i).path == name), None)
+        if col is None:
+            raise ValueError(f"{path}: no column {name!r} (the manifest's day column)")
+        file: pq.ParquetFile | None = None  # opened for straddling row groups only
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            if group.num_rows == 0:
+                continue
+            stats = group.column(col).statistics
+            if stats is not None and stats.has_min_max:
+                lo, hi = int(stats.min), int(stats.max)
+                if not lo <= day <= hi:
+                    continue
+                if lo == hi:
+                    total += group.num_rows
+                    continue
+            file = file or pq.ParquetFile(path)
+            days = file.read_row_group(g, columns=[name]).column(0).to_numpy()
+            total += int(np.count_nonzero(days == day))
+    return total
+
+
+def check_day_has_impressions(world: Path, day: int, manifest: Manifest, what: str) -> int:
+    """The impressions of ``day`` (:func:`day_rows`), refusing a day without any.
+
+    Args:
+        world (Path): dataset directory.
+        day (int): the day a job is about to read.
+        manifest (Manifest): the dataset's manifest.
+        what (str): what the job would do with the day, for the message (``"evaluate"``, ``"retrain on"``).
+
+    Returns:
+        int: the day's impressions, at least 1.
+
+    Raises:
+        ValueError: the day has no impressions, naming the day and the impressions folder, e.g.
+            ``--day 4: day 4 has no impressions in w/impressions; nothing to evaluate``.
+    """
+    n = day_rows(world, day, manifest)
+    if n == 0:
+        raise ValueError(f"--day {day}: day {day} has no impressions in {Path(world) / 'impressions'}; nothing to {what}")
+    return n

@@ -2,8 +2,11 @@
 
 The job, on every rank (``torchrun``/TorchX) or in one process:
 
-1. Checks the day lies in the world and every run (``runs.load_run``):
-   finished checkpoint, same world, inputs present.
+1. Checks the day lies in the world and holds impressions
+   (``recsys.data.stats.check_day_has_impressions``, from the Parquet
+   metadata), and every run (``runs.load_run``): finished checkpoint, same
+   world, inputs present; reads the days each run's weights were trained on
+   (:func:`trained_days`).
 2. Scores every impression of the day with each run (``score.score_day``),
    all ranks together.
 3. On rank 0: AUC, GAUC, NE, calibration of every run on all impressions,
@@ -12,6 +15,14 @@ The job, on every rank (``torchrun``/TorchX) or in one process:
    (``bootstrap``); the true click probability's metrics where the world
    has ``truth/`` (``truth``); SimTier histograms (``tiers``); then
    ``OUT/report.json`` and ``OUT/report.html`` (``report``).
+
+In-sample days. ``day_in_training`` in ``report.json`` is true when any
+evaluated run trained on the scored day, whatever the manifest's
+``test_day`` (``mmctr train --train-until`` past it, or ``mmctr retrain
+--day`` on it); ``models_trained_on_day`` names those runs, each model's
+entry lists its ``trained_days``, and ``report.html`` adds a section (after
+the plots; the in-sample warning at the top is ``report``'s) naming them,
+with each run's days.
 
 ``OUT`` defaults to ``eval-day-D`` next to the first run folder (the
 runs' parent folder).
@@ -27,7 +38,7 @@ import torch
 import torch.distributed as dist
 
 from recsys.data.schema import Manifest, manifest_sha
-from recsys.data.stats import item_index, item_positions, new_item_mask, train_item_counts
+from recsys.data.stats import check_day_has_impressions, item_index, item_positions, new_item_mask, train_item_counts
 from recsys.distributed import DistContext, init_distributed
 from recsys.eval.bootstrap import GaucComparison, compare_gauc, user_auc_table
 from recsys.eval.report import SCHEMA, write_report
@@ -36,6 +47,7 @@ from recsys.eval.runs import RunSpec, choose_baseline, load_run, run_names
 from recsys.eval.job import EvalJob
 from recsys.eval.score import RunScores, ScoredDay, score_day
 from recsys.eval.truth import truth_report
+from recsys.train.run_folder import RunFolder
 
 CONFIDENCE = 0.95  # bootstrap interval coverage
 
@@ -64,17 +76,55 @@ def check_day(manifest: Manifest, day: int | None, world: Path) -> int:
     return day
 
 
+def trained_days(run: Path) -> tuple[int, ...]:
+    """The days behind a finished run's weights, sorted: what it trained on, its parents' days included.
+
+    A run's ``lineage.json`` ``all_days`` (a retrain's hold its parent's days
+    plus its own), else, for a run folder without a lineage, its
+    ``train_log.json`` ``days``, else (a log without ``days``) every day of
+    its ``metrics.json`` ``train_days`` (first, last).
+
+    Args:
+        run (Path): the run folder (or one of its JSON files).
+
+    Returns:
+        tuple[int, ...]: the days, ascending; empty when no file records any.
+
+    Raises:
+        FileNotFoundError: the folder has no ``train_log.json`` (nor a lineage).
+        ValueError: a malformed ``lineage.json`` or ``train_log.json``, naming the file and field.
+    """
+    folder = RunFolder.at(run)
+    try:
+        return tuple(sorted(folder.read_lineage().all_days))
+    except FileNotFoundError:
+        pass
+    days = tuple(sorted(folder.read_train_log().days))
+    if not days and folder.metrics_file.is_file():  # a log older than its "days" field: the job's first..last day
+        first, last = folder.read_metrics().train_days
+        days = tuple(range(first, last + 1))
+    return days
+
+
 def run_evaluate(job: EvalJob) -> dict | None:
     """Runs the job on this process's rank; returns the report on rank 0, ``None`` on the others.
 
     Makes a one-rank process group when run plainly, and destroys a group it made.
+
+    Raises:
+        ValueError: no runs, ``resamples`` or ``batch_size`` below 1; a day outside the world
+            (:func:`check_day`) or one without impressions (``check_day_has_impressions``), before
+            any run is loaded or scored; a run refused (``runs.RunError``).
+        FileNotFoundError: the world has no ``manifest.json``.
     """
     if job.resamples < 1 or job.batch_size < 1 or not job.models:
         raise ValueError(f"need at least one run, resamples >= 1 and batch_size >= 1; got {len(job.models)} run(s), "
                          f"{job.resamples}, {job.batch_size}")
     manifest = Manifest.read(job.world)
     day = check_day(manifest, job.day, job.world)
+    check_day_has_impressions(Path(job.world), day, manifest, "evaluate")
     runs = [load_run(p, n, job.world) for p, n in zip(job.models, run_names(list(job.models)))]
+    days = [trained_days(r.path) for r in runs]
     if job.store is not None:  # today's vectors: the runs' tables plus the store's new items
         runs = [replace(r, store=Path(job.store)) if r.vectors is not None else r for r in runs]
     baseline = choose_baseline(runs, job.baseline)
@@ -82,15 +132,16 @@ def run_evaluate(job: EvalJob) -> dict | None:
     ctx = init_distributed(always=True)
     try:
         scored = score_day(runs, job.world, day, ctx, job.batch_size, job.quiet)
-        return _report(job, manifest, runs, baseline, scored, ctx) if ctx.is_main else None
+        return _report(job, manifest, runs, days, baseline, scored, ctx) if ctx.is_main else None
     finally:
         if created and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _report(job: EvalJob, manifest: Manifest, runs: list[RunSpec], baseline: int, scored: ScoredDay,
-            ctx: DistContext) -> dict:
+def _report(job: EvalJob, manifest: Manifest, runs: list[RunSpec], days: list[tuple[int, ...]], baseline: int,
+            scored: ScoredDay, ctx: DistContext) -> dict:
     day, world = scored.day, Path(job.world)
+    in_sample = [run.name for run, trained in zip(runs, days) if day in trained]
     buckets = item_buckets(train_item_counts(world, range(manifest.first_day, day), manifest))
     new_items = new_item_mask(world, day, manifest)
     labels, users = torch.from_numpy(scored.labels), torch.from_numpy(scored.user_ids)
@@ -109,11 +160,13 @@ def _report(job: EvalJob, manifest: Manifest, runs: list[RunSpec], baseline: int
         for name, mask in masks.items()
     }
     truth = truth_report(world, day, buckets, new_items, index)
-    models = {run.name: _model_entry(m, run, s, metrics[m], metrics[baseline], comparisons, truth)
-              for m, (run, s) in enumerate(zip(runs, scored.runs))}
+    models = {run.name: {**_model_entry(m, run, s, metrics[m], metrics[baseline], comparisons, truth),
+                         "trained_days": list(trained)}
+              for m, (run, s, trained) in enumerate(zip(runs, scored.runs, days))}
     report = {
         "schema": SCHEMA, "world": str(world.resolve()), "world_manifest_sha": manifest_sha(world),
-        "day": day, "test_day": manifest.test_day, "day_in_training": day < manifest.test_day,
+        "day": day, "test_day": manifest.test_day, "day_in_training": bool(in_sample),
+        "models_trained_on_day": in_sample,
         "impressions": len(scored.labels), "clicks": float(scored.labels.sum()),
         "users": len(np.unique(scored.user_ids)),
         "subsets": {name: int(mask.sum()) for name, mask in masks.items()},
@@ -122,6 +175,8 @@ def _report(job: EvalJob, manifest: Manifest, runs: list[RunSpec], baseline: int
                       "unit": "user", "interval": "percentile"},
         "truth": truth, "models": models, "world_size": ctx.world_size,
     }
+    if in_sample:  # the HTML names them (report.py's warning says only that some run trained on the day)
+        report["sections"] = [_in_sample_section(day, runs, days, in_sample)]
     json_path, html_path = write_report(report, job.out_dir(day))
     for name, m in models.items():  # the result lines, also with --quiet (which only hides progress bars)
         a, v = m["metrics"]["all"], m["vs_baseline"]["all"]
@@ -130,6 +185,27 @@ def _report(job: EvalJob, manifest: Manifest, runs: list[RunSpec], baseline: int
               f"GAUC lift {100 * v['gauc_lift']:+.2f}% [{100 * lo:+.2f}%, {100 * hi:+.2f}%]")
     print(f"wrote {json_path} and {html_path}")
     return report
+
+
+def _in_sample_section(day: int, runs: list[RunSpec], days: list[tuple[int, ...]], in_sample: list[str]) -> dict:
+    """The report section (``report`` module docstring) naming the runs that trained on ``day``."""
+    return {"title": f"In-sample on day {day}: trained on it by {', '.join(in_sample)}",
+            "header": ["model", "days behind the weights", f"trained on day {day}"],
+            "rows": [[run.name, _day_ranges(trained) or "unknown", "yes (in-sample)" if day in trained else "no"]
+                     for run, trained in zip(runs, days)],
+            "note": f"Numbers of {', '.join(in_sample)} on day {day} are in-sample: those runs trained on it "
+                    "(lineage.json all_days, or train_log.json days). Compare held-out days only."}
+
+
+def _day_ranges(days: tuple[int, ...]) -> str:
+    """Sorted days as runs, e.g. ``(0, 1, 2, 5)`` -> ``"0..2, 5"``."""
+    spans: list[list[int]] = []
+    for d in days:
+        if spans and d == spans[-1][1] + 1:
+            spans[-1][1] = d
+        else:
+            spans.append([d, d])
+    return ", ".join(str(lo) if lo == hi else f"{lo}..{hi}" for lo, hi in spans)
 
 
 def _model_entry(m: int, run: RunSpec, scores: RunScores, own: dict, base: dict, comparisons: dict[str, GaucComparison],

@@ -6,7 +6,8 @@ Notation: ``M`` models, ``T`` SimTier tiers; a **subset** is ``all``,
 ``report.json`` (``nan`` written as ``null``)::
 
     schema          "mmctr-eval/1"
-    world, world_manifest_sha, day, test_day, day_in_training (bool: the runs trained on this day)
+    world, world_manifest_sha, day, test_day, day_in_training (bool: any evaluated run trained on this day)
+    models_trained_on_day [names of those runs]; each model also holds trained_days
     impressions, clicks, users               the scored day
     subsets         {subset: impressions}
     baseline        name of the baseline model
@@ -186,8 +187,11 @@ def render_html(report: dict) -> str:
         f"GAUC intervals: {b['confidence']:.0%} percentile intervals over {b['resamples']:,} bootstrap resamples "
         f"of users (seed {b['seed']}).</p>")
     if r["day_in_training"]:
-        parts.append(f"<p class='warn'>Day {r['day']} is one of the runs' training days: these numbers are "
-                     f"in-sample. Evaluate the test day ({r['test_day']}) for held-out results.</p>")
+        names = ", ".join(html.escape(str(n)) for n in r.get("models_trained_on_day", [])) or "the runs"
+        after = (f"Evaluate the test day ({r['test_day']}) for held-out results." if r["day"] != r["test_day"]
+                 else "Evaluate a day none of them trained on for held-out results.")
+        parts.append(f"<p class='warn'>Day {r['day']} is a training day of {names}: their numbers are "
+                     f"in-sample. {after}</p>")
     parts += ["<h2>All impressions</h2>", _models_table(r),
               "<h2>GAUC per subset: value, lift over the baseline, 95% CI</h2>", _subsets_table(r)]
     for plot in figures(r):

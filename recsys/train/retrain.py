@@ -40,7 +40,7 @@ from pathlib import Path
 
 from recsys.data.projection import PROJECTION_FILE
 from recsys.data.schema import Manifest
-from recsys.data.stats import unseen_item_ids
+from recsys.data.stats import check_day_has_impressions, unseen_item_ids
 from recsys.train.config import SHARDING
 from recsys.train.run_folder import RetrainNote, RunFolder, RunMetrics
 from recsys.train.setup import capped_table_sizes, run_started
@@ -67,7 +67,8 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
 
     Raises:
         FileNotFoundError: the parent has no training log or no lineage (not a finished run).
-        ValueError: ``job.day`` is not a day after the parent's last, inside the world; the parent's
+        ValueError: ``job.day`` is not a day after the parent's last, inside the world; the world has no
+            impressions on ``job.day`` (``recsys.data.stats.check_day_has_impressions``); the parent's
             projection basis (``projection.npz``) is gone while its log records one.
     """
     folder = RunFolder.at(job.parent)
@@ -85,6 +86,7 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
             f"{folder.path} already trained up to day {max(lineage.all_days)} (its days: {lineage.all_days[0]}.."
             f"{lineage.all_days[-1]}); a retrain trains one pass over a later day than its parent's last, got --day {job.day}"
         )
+    check_day_has_impressions(world, job.day, manifest, "retrain on")
     train = replace(log.train, epochs=1, out_of_range="hash", stop_after_steps=None)
     sizes = log.table_sizes or capped_table_sizes(manifest if Path(log.world) == world else Manifest.read(log.world), train)
     spec = manifest.features
@@ -130,7 +132,7 @@ def run_retrain(job: RetrainJob) -> RunMetrics | None:
 def retrain_summary(metrics: RunMetrics) -> str:
     """One line: the retrained vs the stale model on the next day."""
     if metrics.metrics is None or metrics.warm_start_metrics is None:
-        return f"trained through day {metrics.train_days[1]}: no next day in this world to score"
+        return f"trained through day {metrics.train_days[1]}: no next day with impressions in this world to score"
     new, stale = metrics.metrics["all"], metrics.warm_start_metrics["all"]
     return (
         f"day {metrics.test_day}: retrained GAUC {new['gauc']:.4f} AUC {new['auc']:.4f} vs stale GAUC "

@@ -42,7 +42,7 @@ from recsys.allocator import pinned
 from recsys.data.plan import count as count_rows
 from recsys.data.reader import ImpressionReader, ReaderConfig, dense_moments
 from recsys.data.schema import Manifest, manifest_sha
-from recsys.data.stats import item_index, item_positions, new_item_mask, train_item_counts
+from recsys.data.stats import day_rows, item_index, item_positions, new_item_mask, train_item_counts
 from recsys.data.vectors import ItemVectors, load_vectors
 from recsys.distributed import DistContext, init_distributed
 from recsys.eval.metrics import evaluation_report, item_buckets
@@ -133,6 +133,10 @@ def build_plain(job: TrainJob, ctx: DistContext) -> Plain:
     """
     manifest = Manifest.read(job.world)
     split = split_days(manifest, job.train_until)
+    if split.test is not None and day_rows(Path(job.world), split.test, manifest) == 0:  # nothing to score: not NaNs
+        print(f"{job.model.variant}: day {split.test} has no impressions in {Path(job.world) / 'impressions'}: "
+              "the run is not scored on it", file=sys.stderr)
+        split = replace(split, test=None)
     sizes = dict(job.table_sizes) if job.table_sizes is not None else capped_table_sizes(manifest, job.train)
     days = tuple(job.days) if job.days is not None else split.train  # the days this job trains on
     stats = dict(job.dense_stats) if job.dense_stats is not None else dense_moments(Path(job.world), days)

@@ -82,3 +82,86 @@ def test_store_gives_new_items_their_served_vectors(tiny_world: Path, oracle_vec
     # same training data (no training day shows a test-day item), so the same weights; only the frozen table differs
     assert reports["with"]["auc"] == pytest.approx(reports["full"]["auc"], abs=1e-6)
     assert reports["without"]["auc"] != pytest.approx(reports["full"]["auc"], abs=1e-4)
+
+
+def world_without_day(world: Path, day: int, dst: Path) -> Path:
+    """A copy of ``world`` whose impressions keep every row but those of ``day`` (its files stay, emptied)."""
+    import shutil
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from recsys.data.schema import Manifest, table_files
+
+    shutil.copytree(world, dst)
+    column = Manifest.read(dst).features.day
+    for f in table_files(dst, "impressions"):
+        t = pq.read_table(f)
+        pq.write_table(t.filter(pc.not_equal(t[column], day)), f)
+    return dst
+
+
+def _impressions_per_day(world: Path) -> dict[int, int]:
+    """Rows per day, from every impression's day column (the full read ``day_impressions`` avoids)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from recsys.data.schema import Manifest, table_files
+
+    column = Manifest.read(world).features.day
+    days = np.concatenate([pq.read_table(f, columns=[column]).column(0).to_numpy() for f in table_files(world, "impressions")])
+    values, counts = np.unique(days, return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist()))
+
+
+def test_day_in_training_names_the_runs_that_trained_on_the_day(tiny_world: Path, eval_runs: dict[str, Path],
+                                                                tmp_path: Path) -> None:
+    """A retrain on the test day makes that day in-sample for it (not for its parent); its parents' days count too."""
+    from recsys.data.schema import Manifest
+    from recsys.eval.evaluate import EvalJob, run_evaluate
+    from recsys.train.retrain import RetrainJob, run_retrain
+
+    test_day = Manifest.read(tiny_world).test_day
+    parent, retrained = eval_runs["id_only"], tmp_path / "retrained"
+    run_retrain(RetrainJob(parent=parent, day=test_day, out=retrained, quiet=True))
+
+    def logged(run: Path) -> set[int]:  # the days a run's own train_log.json records
+        return set(json.loads((run / "train_log.json").read_text())["days"])
+
+    behind = {"id_only": logged(parent), "retrained": logged(parent) | logged(retrained)}  # a retrain's log: its day only
+    assert test_day not in behind["id_only"] and test_day in behind["retrained"]
+    for day in (test_day, test_day - 1):  # the test day (in-sample for the retrain only), a day both trained on
+        out = tmp_path / f"eval-{day}"
+        report = run_evaluate(EvalJob(world=tiny_world, models=(parent, retrained), day=day, out=out, resamples=10,
+                                      quiet=True))
+        assert report is not None
+        expected = [name for name in ("id_only", "retrained") if day in behind[name]]
+        written = json.loads((out / REPORT_JSON).read_text())
+        for r in (report, written):
+            assert r["day_in_training"] is True and r["models_trained_on_day"] == expected
+            assert {name: set(m["trained_days"]) for name, m in r["models"].items()} == behind
+        page = (out / REPORT_HTML).read_text()
+        assert "in-sample" in page and f"In-sample on day {day}: trained on it by {', '.join(expected)}" in page
+    assert expected == ["id_only", "retrained"]  # day test_day - 1: the retrain's log has only test_day; its lineage counts
+
+
+def test_refuses_a_day_without_impressions(tiny_world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before any run is read: the day and the impressions folder named; the CLI exits 1 with the message."""
+    from recsys.cli import main
+    from recsys.data.schema import Manifest
+    from recsys.eval.evaluate import EvalJob, run_evaluate
+    from recsys.data.stats import day_rows as day_impressions
+
+    m = Manifest.read(tiny_world)
+    empty = m.test_day - 1
+    world = world_without_day(tiny_world, empty, tmp_path / "world")
+    rows = _impressions_per_day(world)
+    assert empty not in rows and set(rows) == set(range(m.first_day, m.last_day + 1)) - {empty}
+    assert {d: day_impressions(world, d) for d in rows} == rows and day_impressions(world, empty) == 0
+    message = f"--day {empty}: day {empty} has no impressions in {world / 'impressions'}; nothing to evaluate"
+    no_run = tmp_path / "no-run"  # would be refused (RunError) if the day check came later
+    with pytest.raises(ValueError) as refused:
+        run_evaluate(EvalJob(world=world, models=(no_run,), day=empty, out=tmp_path / "out", quiet=True))
+    assert str(refused.value) == message and not (tmp_path / "out").exists()
+    assert main(["evaluate", "--world", str(world), "--models", str(no_run), "--day", str(empty)]) == 1
+    assert capsys.readouterr().err.strip() == f"mmctr evaluate: {message}"

@@ -127,3 +127,50 @@ def _frozen_make(tmp: Path) -> Path:
     path = tmp / "frozen.yaml"
     path.write_text("model:\n  make_frozen: true\ntrain:\n  make_max_epochs: 2\n")
     return path
+
+
+def test_refuses_a_day_without_impressions(tiny_world: Path, eval_runs: dict[str, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Before any work: no run folder, the parent's lineage as it was; the CLI exits 1 naming day and folder."""
+    from recsys.cli import main
+    from tests.eval.test_evaluate import _impressions_per_day, world_without_day
+
+    parent, day = eval_runs["id_only"], Manifest.read(tiny_world).last_day
+    assert day > max(RunFolder(parent).read_lineage().all_days)  # a day the parent may be retrained on
+    world = world_without_day(tiny_world, day, tmp_path / "world")
+    assert day not in _impressions_per_day(world)
+    lineage = (parent / "lineage.json").read_text()
+    message = f"--day {day}: day {day} has no impressions in {world / 'impressions'}; nothing to retrain on"
+    out = tmp_path / "retrained"
+    with pytest.raises(ValueError) as refused:
+        run_retrain(RetrainJob(parent=parent, day=day, out=out, world=world, quiet=True))
+    assert str(refused.value) == message and not out.exists()
+    assert main(["retrain", "--from", str(parent), "--day", str(day), "--out", str(out), "--world", str(world)]) == 1
+    assert capsys.readouterr().err.strip() == f"mmctr retrain: {message}" and not out.exists()
+    assert (parent / "lineage.json").read_text() == lineage
+
+
+def test_day_impressions_counts_from_metadata_as_a_full_read_does(tiny_world: Path, tmp_path: Path) -> None:
+    """Per-day counts match the day column read in full: per-day files; days mixed in row groups, with and without stats."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys.data.schema import table_files
+    from recsys.data.stats import day_rows as day_impressions
+    from tests.eval.test_evaluate import _impressions_per_day
+
+    m = Manifest.read(tiny_world)
+    days = range(m.first_day - 1, m.last_day + 2)  # and a day before and after the world's
+    assert {d: day_impressions(tiny_world, d) for d in days} == {d: _impressions_per_day(tiny_world).get(d, 0) for d in days}
+    files = table_files(tiny_world, "impressions")
+    t = pa.concat_tables([pq.read_table(f) for f in files])
+    t = t.filter(pa.array(t.column(m.features.day).to_numpy() != m.last_day - 1))  # a day inside every row group's range
+    t = t.take(np.random.default_rng(0).permutation(t.num_rows))
+    for stats in (True, False):
+        world = tmp_path / f"mixed-{stats}"
+        (world / "impressions").mkdir(parents=True)
+        (world / "manifest.json").write_bytes((tiny_world / "manifest.json").read_bytes())
+        pq.write_table(t, world / "impressions" / "all.parquet", row_group_size=997, write_statistics=stats)
+        assert pq.read_metadata(world / "impressions" / "all.parquet").row_group(0).column(0).is_stats_set is stats
+        expected = {d: _impressions_per_day(world).get(d, 0) for d in days}
+        assert expected[m.last_day - 1] == 0 and {d: day_impressions(world, d) for d in days} == expected
