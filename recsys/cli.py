@@ -515,7 +515,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     add_settings(p, TrainConfig, override=True,
                  only=("seed", "epochs", "batch_size", "checkpoint_every", "stop_after_steps", "renormalize_vectors",
                        "train_pipeline"))
-    p.add_argument("--train-until", type=int, help="last training day (default: the day before the world's last); "
+    p.add_argument("--train-until", type=int, help="last training day (default: the day before the manifest's test_day); "
                    "the next day is the test day")
     _quiet(p)
 
