@@ -166,8 +166,8 @@ def _subsets_table(report: dict) -> str:
 
 def _section_html(section: dict) -> str:
     """An extra section of the report: a title, a table of preformatted cells and a note."""
-    rows = [_row([html.escape(str(h)) for h in section.get("header", [])], header=True)]
-    rows += [_row([html.escape("–" if c is None else str(c)) for c in row]) for row in section.get("rows", [])]
+    rows = [_row([str(h) for h in section.get("header", [])], header=True)]  # _row escapes, once
+    rows += [_row(["–" if c is None else str(c) for c in row]) for row in section.get("rows", [])]
     note = f"<p class='note'>{html.escape(section['note'])}</p>" if section.get("note") else ""
     return f"<h2>{html.escape(section['title'])}</h2><table>{''.join(rows)}</table>{note}"
 

@@ -125,3 +125,21 @@ def test_headless_check_sees_a_broken_image(eval_report: tuple[dict, Path], tmp_
     dom = _chromium(broken, f"--window-size={WIDTH},2000", "--dump-dom").stdout
     assert [img["data-natural-width"] for img in _images(dom)][0] == "0"
     assert "4 of 5 plots loaded" in dom
+
+
+def test_extra_sections_escape_their_cells_once() -> None:
+    # a run named with markup characters shows as written: escaped once, read back by an HTML parser
+    from recsys.eval.report import _section_html
+
+    class Cells(html.parser.HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.text: list[str] = []
+
+        def handle_data(self, data: str) -> None:
+            self.text.append(data)
+
+    page = _section_html({"title": "A & B", "header": ["run <x>"], "rows": [["r&d", None]], "note": "n & m"})
+    parser = Cells()
+    parser.feed(page)
+    assert parser.text == ["A & B", "run <x>", "r&d", "–", "n & m"]
