@@ -95,10 +95,8 @@ def trained_days(run: Path) -> tuple[int, ...]:
         ValueError: a malformed ``lineage.json`` or ``train_log.json``, naming the file and field.
     """
     folder = RunFolder.at(run)
-    try:
+    if folder.lineage_file.is_file():
         return tuple(sorted(folder.read_lineage().all_days))
-    except FileNotFoundError:
-        pass
     days = tuple(sorted(folder.read_train_log().days))
     if not days and folder.metrics_file.is_file():  # a log older than its "days" field: the job's first..last day
         first, last = folder.read_metrics().train_days
