@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from recsys.data.schema import Manifest, table_files
+from recsys.data.schema import Manifest, read_table_file, table_files
 from recsys.data.vectors import VECTORS_FILE, write_item_vectors
 
 TRUTH_ITEMS = Path("truth") / "items.parquet"  # the generator's hidden item traits (recsys.world)
@@ -41,7 +41,7 @@ TRUTH_ITEMS = Path("truth") / "items.parquet"  # the generator's hidden item tra
 def world_items(world: Path) -> np.ndarray:
     """The item IDs of ``world``'s ``items/`` (as the dataset writes them), int64 (N,)."""
     key = Manifest.read(world).features.item_key
-    return np.concatenate([pq.read_table(f, columns=[key]).column(key).to_numpy() for f in table_files(world, "items")])
+    return np.concatenate([read_table_file(f, [key]).column(key).to_numpy() for f in table_files(world, "items")])
 
 
 def _write(out: Path, ids: np.ndarray, vectors: np.ndarray) -> Path:

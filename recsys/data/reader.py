@@ -125,6 +125,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recsys.data import plan
 from recsys.data.batch import Batch
 from recsys.data.prefetch import prefetch
+from recsys.data.row_groups import RowGroup, select_row_groups
 from recsys.data.schema import Manifest, table_files
 from recsys.data.side import SideTable, dense_fault, label_fault, read_column as _column
 from recsys.data.spec import FeatureSpec
@@ -166,18 +167,6 @@ class ReaderConfig:
             raise ValueError(f"max_history_len must be >= 0 or None, got {self.max_history_len}")
         if self.out_of_range not in OUT_OF_RANGE:
             raise ValueError(f"out_of_range must be one of {OUT_OF_RANGE}, got {self.out_of_range!r}")
-
-
-@dataclass(frozen=True)
-class _RowGroup:
-    """A selected row group of one impressions file."""
-
-    file: int  # index into the sorted impressions files
-    index: int  # row group index within the file
-    rows: int  # rows of the selected days
-    whole: bool  # every row is of a selected day (no row filter needed)
-    first: int = 0  # the row group's first row within the file (errors name rows as validate does)
-    size: int = 0  # the row group's rows, all days
 
 
 @dataclass(frozen=True)
@@ -232,7 +221,7 @@ class ImpressionReader(IterableDataset[Batch]):
         ))
         self._days = None if config.days is None else np.unique(np.asarray(list(config.days), dtype=np.int64))
         self._files = table_files(self.root, "impressions")
-        self._groups = self._select_row_groups()
+        self._groups = select_row_groups(self._files, self.spec.day, self._days, self._columns)
         self.total_rows = sum(rg.rows for rg in self._groups)  # N
         whole = plan.whole(self.total_rows)
         self._remaining = whole if config.remaining is None else plan.normalize(config.remaining, self.total_rows)
@@ -304,43 +293,7 @@ class ImpressionReader(IterableDataset[Batch]):
 
     # -- planning (metadata only) -------------------------------------------
 
-    def _select_row_groups(self) -> list[_RowGroup]:
-        days = self._days
-        out: list[_RowGroup] = []
-        for fi, path in enumerate(self._files):
-            meta = pq.read_metadata(path)
-            if meta.num_row_groups == 0:
-                continue
-            file: pq.ParquetFile | None = None  # opened for straddling row groups only
-            day_col = _leaf_index(meta, self.spec.day, path, self._columns)
-            first = 0  # the file row of row group gi's first row
-            for gi in range(meta.num_row_groups):
-                group = meta.row_group(gi)
-                n = group.num_rows
-                first, start = first + n, first
-                if n == 0:
-                    continue
-                if days is None:
-                    out.append(_RowGroup(fi, gi, n, True, start, n))
-                    continue
-                stats = group.column(day_col).statistics
-                if stats is not None and stats.has_min_max:
-                    lo, hi = int(stats.min), int(stats.max)
-                    inside = int(np.searchsorted(days, hi, "right") - np.searchsorted(days, lo, "left"))
-                    if inside == 0:
-                        continue
-                    if inside == hi - lo + 1:
-                        out.append(_RowGroup(fi, gi, n, True, start, n))
-                        continue
-                # Straddles a day boundary (or has no statistics): count exactly.
-                file = file or pq.ParquetFile(path)
-                day = file.read_row_group(gi, columns=[self.spec.day]).column(0).to_numpy()
-                k = int(np.isin(day, days).sum())
-                if k:
-                    out.append(_RowGroup(fi, gi, k, k == n, start, n))
-        return out
-
-    def _order(self) -> tuple[list[_RowGroup], np.ndarray]:
+    def _order(self) -> tuple[list[RowGroup], np.ndarray]:
         """This epoch's row groups in global order and where each starts (int64 (G + 1,))."""
         c = self.config
         order = [self._groups[i] for i in plan.row_group_order(len(self._groups), c.shuffle, c.seed, self._epoch)]
@@ -414,7 +367,7 @@ class ImpressionReader(IterableDataset[Batch]):
                      users=np.zeros(n, dtype=np.int64), items=np.zeros(n, dtype=np.int64), weights=np.zeros(n, dtype=np.float32))  # fmt: skip
         return [*pieces, (pad, 0, n)]
 
-    def _load(self, file: pq.ParquetFile, rg: _RowGroup, lo: int, hi: int) -> _Block:
+    def _load(self, file: pq.ParquetFile, rg: RowGroup, lo: int, hi: int) -> _Block:
         """Rows ``[lo, hi)`` of row group ``rg`` in the epoch's order (day-filtered, shuffled), joined."""
         where = f"{self._files[rg.file]} (row group {rg.index}, file rows {rg.first}-{rg.first + rg.size - 1})"
         spec = self.spec
@@ -684,10 +637,3 @@ def _jagged_take(
 
 def _take(array: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     return array if rows is None else array[rows]
-
-
-def _leaf_index(meta: pq.FileMetaData, name: str, path: Path, columns: tuple[str, ...]) -> int:
-    for i in range(meta.num_columns):
-        if meta.schema.column(i).path == name:
-            return i
-    raise ValueError(f"{path}: no column {name!r}; impressions need {list(columns)} (the feature spec)")

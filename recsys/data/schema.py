@@ -228,8 +228,10 @@ class Manifest:
             raise ValueError(f"{path}: format_version 1 has no 'features'; declare format_version {FORMAT_VERSION}")
         if "features" in raw:
             raw["features"] = FeatureSpec.from_dict(raw["features"], str(path))
-        for name in ("first_day", "last_day", "max_history_len", "seed"):
-            if name in raw and (not isinstance(raw[name], int) or isinstance(raw[name], bool)):
+        nullable = ("test_day", "image_size")  # null: the default (last_day; no images)
+        for name in ("first_day", "last_day", "max_history_len", "seed", *nullable):
+            if name in raw and not (raw[name] is None and name in nullable) and (
+                    not isinstance(raw[name], int) or isinstance(raw[name], bool)):
                 raise ValueError(f"{path}: {name} must be an integer, got {raw[name]!r}")
         m = Manifest(**raw)
         if m.max_history_len < 1:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from recsys.data.row_groups import select_row_groups
 from recsys.data.schema import Manifest, read_table_file, table_files
 
 CREATED_DAY = "created_day"  # optional items column: the day an item was created (its new-item day)
@@ -132,12 +133,12 @@ def unseen_item_ids(
 
 
 def day_rows(world: Path, day: int, manifest: Manifest | None = None) -> int:
-    """Impressions of ``day`` in ``world/impressions``, counted as ``ImpressionReader`` plans an epoch.
+    """Impressions of ``day`` in ``world/impressions``, counted by the plan ``ImpressionReader`` reads an epoch by.
 
-    Row groups whose ``day`` statistics are exactly ``day`` count from the
-    Parquet metadata; those whose statistics exclude it are skipped; only a
-    row group that straddles ``day`` (or has no statistics) has its ``day``
-    column read. No other column is read.
+    The row groups are selected as the reader selects them
+    (``recsys.data.row_groups``): from the Parquet metadata where the ``day``
+    statistics decide, reading only the ``day`` column of a row group that
+    straddles ``day`` (or has no statistics). No other column is read.
 
     Args:
         world (Path): dataset directory (``manifest.json``, ``impressions/``).
@@ -152,32 +153,8 @@ def day_rows(world: Path, day: int, manifest: Manifest | None = None) -> int:
         ValueError: an impressions file without the manifest's day column (naming the file).
     """
     manifest = manifest if manifest is not None else Manifest.read(world)
-    name = manifest.features.day
-    total = 0
-    for path in table_files(Path(world), "impressions"):
-        meta = pq.read_metadata(path)
-        if meta.num_row_groups == 0:
-            continue
-        col = next((i for i in range(meta.num_columns) if meta.schema.column(i).path == name), None)
-        if col is None:
-            raise ValueError(f"{path}: no column {name!r} (the manifest's day column)")
-        file: pq.ParquetFile | None = None  # opened for straddling row groups only
-        for g in range(meta.num_row_groups):
-            group = meta.row_group(g)
-            if group.num_rows == 0:
-                continue
-            stats = group.column(col).statistics
-            if stats is not None and stats.has_min_max:
-                lo, hi = int(stats.min), int(stats.max)
-                if not lo <= day <= hi:
-                    continue
-                if lo == hi:
-                    total += group.num_rows
-                    continue
-            file = file or pq.ParquetFile(path)
-            days = file.read_row_group(g, columns=[name]).column(0).to_numpy()
-            total += int(np.count_nonzero(days == day))
-    return total
+    files = table_files(Path(world), "impressions")
+    return sum(g.rows for g in select_row_groups(files, manifest.features.day, np.array([day], dtype=np.int64)))
 
 
 def check_day_has_impressions(world: Path, day: int, manifest: Manifest, what: str) -> int:

@@ -1,7 +1,8 @@
 """The generator's true click probability as a model: the ceiling a ranking model can reach on a day.
 
 A generated world has ``truth/impressions/`` with one file per
-``impressions/`` file, the same name and rows (row-aligned), holding the
+``impressions/`` file, at the same relative path (sub-folders included) and
+with the same rows (row-aligned), holding the
 hidden ``p_click`` of each impression. Scored with the same metrics and
 subsets as the models, it gives the AUC and GAUC the labels allow; a
 model's **gap** is its metric minus the truth's (negative: short of it).
@@ -19,10 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from recsys.data.schema import TRUTH_DIR, table_files
+from recsys.data.schema import TRUTH_DIR, read_table_file, table_files
 from recsys.data.stats import item_positions
 from recsys.eval.metrics import evaluation_report
 
@@ -50,12 +50,13 @@ def truth_report(
     if not folder.is_dir():
         return None
     cols: dict[str, list[np.ndarray]] = {"p": [], "label": [], "user_id": [], "item_id": []}
+    impressions = Path(world) / "impressions"
     for path in table_files(Path(world), "impressions"):
-        twin = folder / path.name
+        twin = folder / path.relative_to(impressions)  # the same relative path, sub-folders included
         if not twin.is_file():
             raise FileNotFoundError(f"{twin}: missing; truth/impressions/ must mirror impressions/ file by file")
-        t = pq.read_table(path, columns=["day", "user_id", "item_id", "label"])
-        p = pq.read_table(twin, columns=[TRUE_PROBABILITY]).column(0).to_numpy()
+        t = read_table_file(path, ["day", "user_id", "item_id", "label"])
+        p = read_table_file(twin, [TRUE_PROBABILITY]).column(0).to_numpy()
         if len(p) != t.num_rows:
             raise ValueError(f"{twin}: {len(p)} rows, but {path} has {t.num_rows}; truth must be row-aligned")
         keep = t.column("day").to_numpy() == day

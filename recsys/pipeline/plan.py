@@ -219,8 +219,9 @@ def plan_stages(
     else:
         skip("catalogue", "no item vectors: no item content, no --vectors")
     # MAKE's stage 1 first, then simtier_make, which shares it (it starts once that is done: the others go
-    # first meanwhile), then the rest in the config's order
-    for v in sorted(cfg.variants, key=lambda v: (v != "make", v != "simtier_make")):
+    # first meanwhile), then the rest in the config's order but id_only, the shortest job, last: it fills the
+    # lane that frees first (the small world: 383 s for the training block against 406 s with id_only first)
+    for v in sorted(cfg.variants, key=lambda v: (v != "make", v != "simtier_make", v == "id_only")):
         if has_vectors or v == "id_only":
             run(f"train_{v}")
         else:

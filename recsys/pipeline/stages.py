@@ -15,7 +15,7 @@ train_VARIANT      ``mmctr train --train-until T-1`` per variant, up to    train
                    ``training.parallel`` at once (``make`` first: its      slots
                    MAKE stage 1 is shared with ``simtier_make``, which
                    starts once that has finished; the others start
-                   meanwhile)
+                   meanwhile, ``id_only``, the shortest, last)
 export             ``mmctr export``: Triton repositories of the encoder;   1
                    in a training slot, beside the training stages
                    (Triton starts once it is done)
@@ -50,7 +50,7 @@ Example::
     >>> m = Manifest(format_version=2, first_day=10, last_day=14)
     >>> plan = plan_stages(m, DataFacts(900, 200, 60), PRESETS["tiny"])
     >>> [s.name for s in stages(plan)][:7]
-    ['world', 'pretrain_clip', 'pretrain_scl', 'catalogue', 'train_make', 'train_simtier_make', 'train_id_only']
+    ['world', 'pretrain_clip', 'pretrain_scl', 'catalogue', 'train_make', 'train_simtier_make', 'train_simtier']
 """
 
 from __future__ import annotations

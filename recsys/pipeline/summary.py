@@ -255,11 +255,24 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def merged_sections(existing: list[dict], ours: list[dict]) -> list[dict]:
+    """The report's sections with the pipeline's added: evaluate's own kept, ours replaced by title (a rerun adds none twice).
+
+    Example::
+
+        >>> old = [{"title": "In-sample on day 9: trained on it by a"}, {"title": "Online ranking"}]
+        >>> [s["title"] for s in merged_sections(old, [{"title": "Online ranking"}, {"title": "Production retrain"}])]
+        ['In-sample on day 9: trained on it by a', 'Online ranking', 'Production retrain']
+    """
+    titles = {s["title"] for s in ours}
+    return [s for s in existing if s["title"] not in titles] + ours
+
+
 def finish_report(cfg: PipelineConfig, layout: Layout, plan: Plan) -> dict:
     """Adds the pipeline's sections to the report, writes ``summary.json`` and prints the table."""
     summary = collect(cfg, layout, plan)
     report = json.loads((layout.report / REPORT_JSON).read_text())
-    report["sections"] = sections(summary)
+    report["sections"] = merged_sections(report.get("sections") or [], sections(summary))
     write_report(report, layout.report)
     layout.summary.write_text(json.dumps(summary, indent=2))
     print(format_table(summary), flush=True)

@@ -6,8 +6,11 @@ import csv
 import doctest
 import io
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 import bench.ranking
 from bench.ranking import CANDIDATES, HISTORY, PerfRow, input_data, parse_perf_csv
@@ -50,3 +53,26 @@ def test_input_data_holds_each_request_without_the_batch_dimension() -> None:
             assert np.array_equal(np.array(entry[name]["content"]), want)
         assert all(isinstance(v, float) for v in entry["position"]["content"])  # FP32 input
         assert all(isinstance(v, int) for v in entry["candidates"]["content"])  # INT64 inputs
+
+
+def test_requests_read_the_test_day_in_any_file_layout(tiny_world: Path, tmp_path: Path) -> None:
+    """The test day's users and histories, the same whether impressions lie flat or in ``day=K/`` folders."""
+    from bench.ranking import bench_requests
+    from bench.vectors import world_items
+    from recsys.data.schema import Manifest, table_files
+
+    manifest = Manifest.read(tiny_world)
+    items = world_items(tiny_world)
+    flat = bench_requests(tiny_world, items, 30, seed=1)
+    nested = tmp_path / "nested"
+    shutil.copytree(tiny_world, nested, ignore=shutil.ignore_patterns("impressions"))
+    for path in table_files(tiny_world, "impressions"):
+        day = int(pq.read_table(path, columns=["day"]).column(0)[0].as_py())
+        (nested / "impressions" / f"day={day}").mkdir(parents=True)
+        shutil.copy(path, nested / "impressions" / f"day={day}" / "part.parquet")
+    got = bench_requests(nested, items, 30, seed=1)
+    assert [(r.user, r.history.tolist(), r.candidates.tolist()) for r in got] == \
+        [(r.user, r.history.tolist(), r.candidates.tolist()) for r in flat]
+    test_users = set(pq.read_table(tiny_world / "impressions", filters=[("day", "=", manifest.test_day)],
+                                   columns=["user_id"]).column(0).to_pylist())
+    assert {r.user for r in flat} <= test_users and all(len(r.history) == HISTORY for r in flat)

@@ -664,11 +664,14 @@ def _features(change: Callable[[dict], None]) -> Callable[[dict], None]:
         (lambda raw: raw.update(test_day=10),
          "impressions/: no impressions before test_day 10 (manifest.json); training needs at least one earlier day"),
         (lambda raw: raw.update(test_day=14), "manifest.json: test_day 14 outside the days [10, 12]"),
+        (lambda raw: raw.update(test_day="12"), "manifest.json: test_day must be an integer, got '12'"),
+        (lambda raw: raw.update(image_size=64.0), "manifest.json: image_size must be an integer, got 64.0"),
         (_features(lambda f: f["content"].append("image")),
          "manifest.json: image_size is None, expected an integer >= 1 (features.content has 'image')"),
     ],
     ids=["unknown sparse source", "unknown dense source", "identity table without rows", "test day empty",
-         "no day before the test day", "test day outside the days", "images without image_size"],
+         "no day before the test day", "test day outside the days", "test day a string", "image size a float",
+         "images without image_size"],
 )  # fmt: skip
 def test_a_fault_of_the_unlike_manifest_is_named(market: Path, change: Callable[[dict], None], message: str) -> None:
     _manifest(market, change)

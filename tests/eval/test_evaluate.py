@@ -102,7 +102,7 @@ def world_without_day(world: Path, day: int, dst: Path) -> Path:
 
 
 def _impressions_per_day(world: Path) -> dict[int, int]:
-    """Rows per day, from every impression's day column (the full read ``day_impressions`` avoids)."""
+    """Rows per day, from every impression's day column (the full read ``day_rows`` avoids)."""
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -150,14 +150,14 @@ def test_refuses_a_day_without_impressions(tiny_world: Path, tmp_path: Path, cap
     from recsys.cli import main
     from recsys.data.schema import Manifest
     from recsys.eval.evaluate import EvalJob, run_evaluate
-    from recsys.data.stats import day_rows as day_impressions
+    from recsys.data.stats import day_rows
 
     m = Manifest.read(tiny_world)
     empty = m.test_day - 1
     world = world_without_day(tiny_world, empty, tmp_path / "world")
     rows = _impressions_per_day(world)
     assert empty not in rows and set(rows) == set(range(m.first_day, m.last_day + 1)) - {empty}
-    assert {d: day_impressions(world, d) for d in rows} == rows and day_impressions(world, empty) == 0
+    assert {d: day_rows(world, d) for d in rows} == rows and day_rows(world, empty) == 0
     message = f"--day {empty}: day {empty} has no impressions in {world / 'impressions'}; nothing to evaluate"
     no_run = tmp_path / "no-run"  # would be refused (RunError) if the day check came later
     with pytest.raises(ValueError) as refused:

@@ -32,3 +32,21 @@ def test_truth_report_matches_sklearn_on_the_day(tiny_world: Path) -> None:
     assert report["all"]["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)
     assert report["all"]["auc"] >= 0.7
     assert sum(report[b]["impressions"] for b in ("head", "torso", "tail")) == len(y)
+
+
+def test_truth_in_partition_folders_is_found_by_relative_path(tiny_world: Path, tmp_path: Path) -> None:
+    """Impressions and truth moved into ``day=K/`` folders under one file name: the same report as the flat world."""
+    m = Manifest.read(tiny_world)
+    day = m.last_day
+    buckets = item_buckets(train_item_counts(tiny_world, range(m.first_day, day)))
+    world = tmp_path / "nested"
+    for path in table_files(tiny_world, "impressions"):
+        d = int(pq.read_table(path, columns=["day"]).column(0)[0].as_py())
+        for src, root in ((path, world / "impressions"), (tiny_world / TRUTH_DIR / "impressions" / path.name,
+                                                          world / TRUTH_DIR / "impressions")):
+            (root / f"day={d}").mkdir(parents=True, exist_ok=True)
+            (root / f"day={d}" / "part.parquet").write_bytes(src.read_bytes())  # one name in every folder
+    assert truth_report(world, day, buckets) == truth_report(tiny_world, day, buckets)
+    (world / TRUTH_DIR / "impressions" / f"day={day}" / "part.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match=rf"truth/impressions/day={day}/part\.parquet: missing"):
+        truth_report(world, day, buckets)

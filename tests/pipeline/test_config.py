@@ -28,3 +28,4 @@ def test_clip_and_scl_share_the_towers_the_preset_and_the_images_allow(
     assert scl.init_from == str(tmp_path / "pretrain-clip" / "encoder.pt")
     assert (clip.epochs, scl.epochs, scl.queue_size, scl.triplet_weight) == (
         PRESETS[preset].clip_epochs, PRESETS[preset].scl_epochs, 512, 0.0)
+    assert (clip.max_steps, scl.max_steps) == (PRESETS[preset].clip_max_steps, None)

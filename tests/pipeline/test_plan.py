@@ -17,7 +17,7 @@ CFG = PRESETS["tiny"]
 FULL = DataFacts(searches_before_test_day=900, searches_on_test_day=200, items_new_on_test_day=60)
 NO_SEARCHES = dataclasses.replace(FULL, searches_before_test_day=0, searches_on_test_day=0)
 WORLD = Path("/data/log")
-TODAY = ["pretrain_clip", "pretrain_scl", "catalogue", "train_make", "train_simtier_make", "train_id_only", "train_simtier",
+TODAY = ["pretrain_clip", "pretrain_scl", "catalogue", "train_make", "train_simtier_make", "train_simtier", "train_id_only",
          "export", "pretrain_eval", "embed", "evaluate", "retrain", "rank_online", "report"]  # fmt: skip
 
 
@@ -105,8 +105,8 @@ def test_own_vectors_skip_pretraining_and_serving(content: tuple[str, ...]) -> N
     for name in ("pretrain_clip", "pretrain_scl", "pretrain_eval"):
         assert skipped[name] == f"--vectors {file}: the item vectors are given"
     assert skipped["export"] == skipped["embed"] == f"--vectors {file}: no encoder of ours to embed the new items with"
-    assert plan.run_names() == ["validate", "catalogue", *(f"train_{v}" for v in ("make", "simtier_make", "id_only",
-                                "simtier")), "evaluate", "retrain", "rank_online", "report"]  # fmt: skip
+    assert plan.run_names() == ["validate", "catalogue", *(f"train_{v}" for v in ("make", "simtier_make", "simtier",
+                                "id_only")), "evaluate", "retrain", "rank_online", "report"]  # fmt: skip
     assert plan.vectors == f"{file} (--vectors)" and vectors_source(plan, Layout(Path("out"))) == file
     assert plan.retrain_variant == "simtier_make" and plan.catalogue_before == 15
 

@@ -55,7 +55,7 @@ def test_a_log_unlike_the_world_runs_every_stage_it_allows(
                                "pretrain_scl": NO_SEARCH_LOG,
                                "pretrain_eval": "SCL against CLIP needs image and title; the dataset has title only"}  # fmt: skip
     assert plan["test_day"] == 13 and plan["train_until"] == 12  # declared, not the last day (14)
-    assert plan["stages"] == ["validate", "pretrain_random", "catalogue", "train_id_only", "train_simtier", "export",
+    assert plan["stages"] == ["validate", "pretrain_random", "catalogue", "train_simtier", "train_id_only", "export",
                               "embed", "evaluate", "retrain", "rank_online", "report"]  # fmt: skip
     assert list(state["stages"]) == plan["stages"] and all(s["done"] for s in state["stages"].values())
     assert state["inputs"]["world"] == str(world) and not (out / "world").exists()

@@ -150,18 +150,18 @@ def test_refuses_a_day_without_impressions(tiny_world: Path, eval_runs: dict[str
     assert (parent / "lineage.json").read_text() == lineage
 
 
-def test_day_impressions_counts_from_metadata_as_a_full_read_does(tiny_world: Path, tmp_path: Path) -> None:
+def test_day_rows_counts_from_metadata_as_a_full_read_does(tiny_world: Path, tmp_path: Path) -> None:
     """Per-day counts match the day column read in full: per-day files; days mixed in row groups, with and without stats."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from recsys.data.schema import table_files
-    from recsys.data.stats import day_rows as day_impressions
+    from recsys.data.stats import day_rows
     from tests.eval.test_evaluate import _impressions_per_day
 
     m = Manifest.read(tiny_world)
     days = range(m.first_day - 1, m.last_day + 2)  # and a day before and after the world's
-    assert {d: day_impressions(tiny_world, d) for d in days} == {d: _impressions_per_day(tiny_world).get(d, 0) for d in days}
+    assert {d: day_rows(tiny_world, d) for d in days} == {d: _impressions_per_day(tiny_world).get(d, 0) for d in days}
     files = table_files(tiny_world, "impressions")
     t = pa.concat_tables([pq.read_table(f) for f in files])
     t = t.filter(pa.array(t.column(m.features.day).to_numpy() != m.last_day - 1))  # a day inside every row group's range
@@ -173,4 +173,4 @@ def test_day_impressions_counts_from_metadata_as_a_full_read_does(tiny_world: Pa
         pq.write_table(t, world / "impressions" / "all.parquet", row_group_size=997, write_statistics=stats)
         assert pq.read_metadata(world / "impressions" / "all.parquet").row_group(0).column(0).is_stats_set is stats
         expected = {d: _impressions_per_day(world).get(d, 0) for d in days}
-        assert expected[m.last_day - 1] == 0 and {d: day_impressions(world, d) for d in days} == expected
+        assert expected[m.last_day - 1] == 0 and {d: day_rows(world, d) for d in days} == expected
