@@ -319,6 +319,41 @@ def read_table_file(path: Path, columns: list[str] | None = None, filters: list 
         raise ValueError(f"{path}: {e}") from e
 
 
+GROWING_FIELDS = ("last_day", "test_day", "counts", "id_ranges", "extra")  # change as days land in a log
+
+
+def schema_sha(directory: Path) -> str:
+    """A dataset's schema identity: the SHA-256 of its parsed manifest without ``GROWING_FIELDS``, first 16 hex digits.
+
+    What stays when a day lands in a log (``last_day``, ``test_day``, the
+    row ``counts``, identity tables' ``id_ranges`` and the free ``extra``
+    notes change): the format, ``first_day``, the feature spec, the history
+    length, the image size, the preset and seed. Computed from the parsed
+    manifest, so rewriting ``manifest.json`` with other whitespace or key
+    order keeps it. Run folders record it (``world_schema_sha``); a run is
+    scored or retrained on a world of its schema whose days it trained on
+    still hold the rows it trained on (``recsys.train.world_check``).
+
+    Raises:
+        FileNotFoundError, ValueError: as :meth:`Manifest.read`.
+
+    Example::
+
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> Manifest(format_version=2, first_day=0, last_day=3).write(d)
+        >>> before = schema_sha(d)
+        >>> Manifest(format_version=2, first_day=0, last_day=4, counts={"impressions": 9}).write(d)
+        >>> schema_sha(d) == before
+        True
+    """
+    manifest = Manifest.read(directory)
+    raw = asdict(manifest)
+    raw["features"] = manifest.features.to_dict()
+    kept = {k: v for k, v in raw.items() if k not in GROWING_FIELDS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
 def manifest_sha(directory: Path) -> str:
     """A dataset's identity: the SHA-256 of its ``manifest.json`` bytes, first 16 hex digits.
 

@@ -8,8 +8,9 @@ naming the run and the field, a run that
 * has no ``train_log.json`` or one without a field the evaluation needs;
 * has no complete checkpoint, or one whose ``progress.json`` says training
   has not finished (``finished: false``: stopped early, resume it first);
-* was trained on another world (``world_manifest_sha`` is not this world's
-  ``recsys.data.schema.manifest_sha``);
+* was trained on another world: another schema, or the days it trained on
+  no longer hold the rows it trained on (``recsys.train.world_check``; a
+  log grown by later days is the same world);
 * names item vectors or a MAKE stage-1 folder that no longer exist.
   ``mmctr train`` logs paths as given; a relative one is looked up from the
   current directory, then from the directory the run was trained from
@@ -34,13 +35,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from recsys.data.schema import MANIFEST, manifest_sha
 from recsys.models.config import ModelConfig
 from recsys.models.ctr_model import VARIANT_SPECS
 from recsys.train.checkpoint import Progress
 from recsys.train.config import SHARDING, TrainConfig
 from recsys.train.run_folder import RunFolder
 from recsys.train.trainer import TrainJob
+from recsys.train.world_check import check_run_world
 
 
 class RunError(ValueError):
@@ -126,10 +127,10 @@ def load_run(path: Path, name: str, world: Path) -> RunSpec:
     except (OSError, ValueError) as e:
         raise RunError(f"run {name}: {e}") from e
     where = f"run {name}: {folder.train_log_file}"
-    want = manifest_sha(world)
-    if log.world_manifest_sha != want:
-        raise RunError(f"{where}: field 'world_manifest_sha' is {log.world_manifest_sha}, but {Path(world) / MANIFEST} "
-                       f"hashes to {want}: the run was trained on another world ({log.world})")
+    try:
+        check_run_world(log, world, where)
+    except ValueError as e:
+        raise RunError(str(e)) from e
     try:
         found = folder.latest_checkpoint()
     except ValueError as e:

@@ -45,6 +45,7 @@ from recsys.train.config import SHARDING
 from recsys.train.run_folder import RetrainNote, RunFolder, RunMetrics
 from recsys.train.setup import capped_table_sizes, run_started
 from recsys.train.trainer import TrainJob, run_train
+from recsys.train.world_check import check_run_world
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
 
     Raises:
         FileNotFoundError: the parent has no training log or no lineage (not a finished run).
-        ValueError: ``job.day`` is not a day after the parent's last, inside the world; the world has no
+        ValueError: the parent does not belong to the world (``recsys.train.world_check``: another schema,
+            or its days' rows changed); ``job.day`` is not a day after the parent's last, inside the world; the world has no
             impressions on ``job.day`` (``recsys.data.stats.check_day_has_impressions``); the parent's
             projection basis (``projection.npz``) is gone while its log records one.
     """
@@ -78,6 +80,8 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
         raise FileNotFoundError(f"{e}; --from must name a finished `mmctr train`/`retrain` run") from e
     lineage = folder.read_lineage()
     world = Path(job.world) if job.world is not None else Path(log.world)
+    if log.world_schema_sha is not None:  # a parent logged before it: retrained on any world, as then
+        check_run_world(log, world, str(folder.train_log_file))
     manifest = Manifest.read(world)
     if not manifest.first_day < job.day <= manifest.last_day:
         raise ValueError(f"--day {job.day} is outside the retrainable days {manifest.first_day + 1}..{manifest.last_day} of {world}")

@@ -106,6 +106,8 @@ class TrainLog:
     world: str  # the dataset directory, resolved
     world_manifest_sha: str  # recsys.data.schema.manifest_sha of the world
     days: tuple[int, ...] = ()  # the days trained on
+    # recsys.data.schema.schema_sha of the world (recsys.train.world_check); None: a run logged before it existed
+    world_schema_sha: str | None = None
     curve: tuple[dict[str, float], ...] = ()  # {"step", "epoch", "loss"} points, loss averaged over ranks
     segments: tuple[Segment, ...] = ()  # one per job (resume adds one)
     out_of_range_ids: dict[str, int] = field(default_factory=dict)  # IDs beyond a table's rows, per feature
@@ -164,6 +166,8 @@ class TrainLog:
             rows_in_days=self.rows_in_days,
             rows_trained=self.rows_trained,
         )
+        if self.world_schema_sha is not None:  # runs logged since it exists
+            out["world_schema_sha"] = self.world_schema_sha
         if self.managed_ids:  # only runs with managed tables have it (world runs' logs stay as they were)
             out["managed_ids"] = {t: dict(c) for t, c in self.managed_ids.items()}
         if self.dense_stats:  # only datasets with standardised dense features
@@ -188,6 +192,7 @@ class TrainLog:
                 train=train,
                 world=str(_field(raw, "world", source)),
                 world_manifest_sha=str(_field(raw, "world_manifest_sha", source)),
+                world_schema_sha=None if raw.get("world_schema_sha") is None else str(raw["world_schema_sha"]),
                 days=tuple(int(d) for d in raw.get("days", ())),
                 curve=tuple(dict(p) for p in raw.get("curve", ())),
                 segments=tuple(Segment(**s) for s in raw.get("segments", ())),

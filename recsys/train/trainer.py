@@ -41,7 +41,7 @@ from torchrec.optim.keyed import CombinedOptimizer
 from recsys.allocator import pinned
 from recsys.data.plan import count as count_rows
 from recsys.data.reader import ImpressionReader, ReaderConfig, dense_moments
-from recsys.data.schema import Manifest, manifest_sha
+from recsys.data.schema import Manifest, manifest_sha, schema_sha
 from recsys.data.stats import day_rows, item_index, item_positions, new_item_mask, train_item_counts
 from recsys.data.vectors import ItemVectors, load_vectors
 from recsys.distributed import DistContext, init_distributed
@@ -310,6 +310,7 @@ def _write_train_log(job: TrainJob, built: Built, tally: _Tally, progress: Progr
         sharding=job.sharding,
         world=str(Path(job.world).resolve()),
         world_manifest_sha=manifest_sha(job.world),
+        world_schema_sha=schema_sha(job.world),
         days=_days(job, built),
         table_sizes=built.sizes,
         warm_start=None if job.warm_start is None else str(Path(job.warm_start).resolve()),

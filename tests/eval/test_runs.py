@@ -51,11 +51,18 @@ def test_unfinished_checkpoint_refused(tiny_world: Path, eval_runs: dict[str, Pa
 def test_run_of_another_world_or_without_inputs_refused(tiny_world: Path, eval_runs: dict[str, Path], tmp_path: Path) -> None:
     run = _copy(eval_runs["simtier"], tmp_path)
     log = json.loads((run / TRAIN_LOG).read_text())
-    _edit_log(run, world_manifest_sha="0123456789abcdef")
+    _edit_log(run, world_schema_sha="0123456789abcdef")
+    with pytest.raises(RunError, match=r"run r: .*train_log.json: field 'world_schema_sha' is 0123456789abcdef, but the "
+                                       r"schema of .*manifest.json .* hashes to [0-9a-f]{16}: the run was trained on a "
+                                       r"world of another schema"):
+        load_run(run, "r", tiny_world)
+    legacy = {k: v for k, v in log.items() if k != "world_schema_sha"}  # a run logged before the schema hash
+    (run / TRAIN_LOG).write_text(json.dumps({**legacy, "world_manifest_sha": "0123456789abcdef"}))
     with pytest.raises(RunError, match=r"run r: .*train_log.json: field 'world_manifest_sha' is 0123456789abcdef, but "
                                        r".*manifest.json hashes to [0-9a-f]{16}: the run was trained on another world"):
         load_run(run, "r", tiny_world)
-    _edit_log(run, world_manifest_sha=log["world_manifest_sha"], vectors={"path": "gone/item_vectors.parquet"})
+    (run / TRAIN_LOG).write_text(json.dumps(log))
+    _edit_log(run, vectors={"path": "gone/item_vectors.parquet"})
     with pytest.raises(RunError, match=r"field 'vectors.path' names gone/item_vectors.parquet, which does not exist"):
         load_run(run, "r", tiny_world)
     del log["config"]
@@ -74,3 +81,42 @@ def test_cli_refuses_with_exit_code_1(tiny_world: Path, eval_runs: dict[str, Pat
     assert main([*args, "--models", str(tmp_path)]) == 1
     assert "train_log.json does not exist" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_run_scores_on_its_log_grown_by_a_day_not_on_changed_days(tiny_world: Path, eval_runs: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    """The daily routine: a day lands (manifest rewritten, last_day, counts); the run still loads. Its days' rows
+    changed, or another schema: refused, naming what differs."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from recsys.data.schema import Manifest, table_files
+
+    world = tmp_path / "grown"
+    shutil.copytree(tiny_world, world)
+    m = Manifest.read(world)
+    log = json.loads((eval_runs["id_only"] / TRAIN_LOG).read_text())
+    assert log["days"] and max(log["days"]) < m.last_day and log["rows_in_days"] > 0
+    last = [f for f in table_files(world, "impressions") if f.name.startswith(f"day-{m.last_day:04d}")]
+    assert last
+    for f in last:  # tomorrow's file: the last day's rows one day later
+        t = pq.read_table(f)
+        t = t.set_column(t.schema.get_field_index("day"), "day", pc.add(t["day"], pa.scalar(1, t["day"].type)))
+        pq.write_table(t, f.with_name(f.name.replace(f"day-{m.last_day:04d}", f"day-{m.last_day + 1:04d}")))
+    raw = json.loads((world / "manifest.json").read_text())
+    raw.update(last_day=m.last_day + 1, test_day=m.last_day + 1, counts={**raw["counts"], "impressions": -1})
+    (world / "manifest.json").write_text(json.dumps(raw))  # other whitespace, other counts: the same schema
+    assert load_run(eval_runs["id_only"], "r", world).variant == "id_only"
+    first = next(f for f in table_files(world, "impressions") if f.name.startswith(f"day-{log['days'][0]:04d}"))
+    t = pq.read_table(first)
+    pq.write_table(t.slice(0, t.num_rows - 3), first)  # three rows of a trained day gone
+    with pytest.raises(RunError, match=rf"run r: .*the run trained on {log['rows_in_days']} impressions of days "
+                                       rf"{log['days'][0]}..{log['days'][-1]} \(field 'rows_in_days'\), but "
+                                       rf".*impressions now holds {log['rows_in_days'] - 3} on those days"):
+        load_run(eval_runs["id_only"], "r", world)
+    pq.write_table(t, first)
+    raw["max_history_len"] = raw.get("max_history_len", 50) + 1  # not a growing field: another schema
+    (world / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(RunError, match=r"world of another schema"):
+        load_run(eval_runs["id_only"], "r", world)

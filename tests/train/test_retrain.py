@@ -174,3 +174,20 @@ def test_day_rows_counts_from_metadata_as_a_full_read_does(tiny_world: Path, tmp
         assert pq.read_metadata(world / "impressions" / "all.parquet").row_group(0).column(0).is_stats_set is stats
         expected = {d: _impressions_per_day(world).get(d, 0) for d in days}
         assert expected[m.last_day - 1] == 0 and {d: day_rows(world, d) for d in days} == expected
+
+
+def test_refuses_a_world_of_another_schema(tiny_world: Path, eval_runs: dict[str, Path], tmp_path: Path) -> None:
+    """Another schema (here the history length; the spec, first day or seed alike): refused before any work."""
+    import json
+    import shutil
+
+    parent, day = eval_runs["id_only"], Manifest.read(tiny_world).last_day
+    world = tmp_path / "other"
+    shutil.copytree(tiny_world, world)
+    raw = json.loads((world / "manifest.json").read_text())
+    (world / "manifest.json").write_text(json.dumps({**raw, "max_history_len": raw.get("max_history_len", 50) + 1}))
+    out = tmp_path / "retrained"
+    with pytest.raises(ValueError, match=r"train_log.json: field 'world_schema_sha' is [0-9a-f]{16}, but the schema of "
+                                         r".*other/manifest.json .*: the run was trained on a world of another schema"):
+        run_retrain(RetrainJob(parent=parent, day=day, out=out, world=world, quiet=True))
+    assert not out.exists()
