@@ -41,6 +41,11 @@ What one epoch of rank ``r`` reads:
    ID when the ID range is at most ``DENSE_LOOKUP_FACTOR`` times the rows. An
    ID listed twice in a side table, or an impression whose user or item has
    no row, is a ``ValueError`` naming the file.
+   Before anything is read, each impressions file's footer is checked as
+   ``mmctr validate`` checks it (``side.type_fault``, in its words): a column
+   the spec names of a type validate refuses (a Parquet DATE day, a string
+   ID) is a ``ValueError`` naming the file and column. A label may be of any
+   integer, float or bool type (read as float32).
    A null, a label not exactly 0 or 1, or a dense value that is not finite
    once cast to float32 (NaN, inf, beyond +-3.4e38) or outside its transform's
    domain (``log1p``: > -1) is a ``ValueError`` naming the file, column and row
@@ -124,10 +129,11 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data import plan
 from recsys.data.batch import Batch
+from recsys.data.layout import layout
 from recsys.data.prefetch import prefetch
 from recsys.data.row_groups import RowGroup, select_row_groups
 from recsys.data.schema import Manifest, table_files
-from recsys.data.side import SideTable, dense_fault, label_fault, read_column as _column
+from recsys.data.side import SideTable, dense_fault, label_fault, read_column as _column, type_fault
 from recsys.data.spec import FeatureSpec
 
 OUT_OF_RANGE: tuple[str, ...] = ("refuse", "hash")
@@ -195,7 +201,9 @@ class ImpressionReader(IterableDataset[Batch]):
         config (ReaderConfig): batch size, days, sharding, shuffle, prefetch, resume point.
 
     Raises:
-        ValueError: when built, a side table's fault (``SideTable.read``: a
+        ValueError: when built, an impressions column of a type ``mmctr
+            validate`` refuses (naming file and column, in validate's words:
+            ``side.type_fault``); a side table's fault (``SideTable.read``: a
             null, a dense value not finite as float32 or outside its
             transform's domain, naming file, column, row and ID; an ID
             listed twice); while iterating, an impressions row group's
@@ -221,6 +229,7 @@ class ImpressionReader(IterableDataset[Batch]):
         ))
         self._days = None if config.days is None else np.unique(np.asarray(list(config.days), dtype=np.int64))
         self._files = table_files(self.root, "impressions")
+        self._check_types()
         self._groups = select_row_groups(self._files, self.spec.day, self._days, self._columns)
         self.total_rows = sum(rg.rows for rg in self._groups)  # N
         whole = plan.whole(self.total_rows)
@@ -241,6 +250,22 @@ class ImpressionReader(IterableDataset[Batch]):
         self.out_of_range_counts: dict[str, int] = {k: 0 for k in spec.kjt_keys()}
         # IDs with no side-table row that batch_of(lenient=True) scored with default side features.
         self.unknown_counts: dict[str, int] = {"users": 0, "items": 0, "history_items": 0}
+
+    def _check_types(self) -> None:
+        """Refuses an impressions file whose footer gives a column the spec names a type ``mmctr validate`` refuses.
+
+        The rule and words of ``validate`` (``side.type_fault``), naming the file and column, e.g.
+        ``.../impressions/day0.parquet: column 'ds' has type date32[day], expected a signed integer
+        (features.day)``: a Parquet DATE day is refused here, not met as a traceback later. A
+        missing column is left to the reading, whose error lists the columns the spec needs.
+        """
+        columns = layout(self.spec, ("impressions",))["impressions"]
+        for path in self._files:
+            schema = pq.read_schema(path)
+            for c in columns:
+                fault = type_fault(c, schema) if c.name in schema.names else None
+                if fault is not None:
+                    raise ValueError(f"{path}: {fault}")
 
     def _identity_ranges(self) -> dict[str, int | None]:
         """The ID range of each sparse column (and key) whose table is identity; raw-ID columns get None."""

@@ -34,6 +34,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from recsys.data.layout import Column
+from recsys.data.side import type_fault
+
 
 @dataclass(frozen=True)
 class RowGroup:
@@ -72,7 +75,9 @@ def select_row_groups(
 
     Raises:
         ValueError: a file without ``day_column``, naming the file, e.g.
-            ``w/impressions/a.parquet: no column 'day'; impressions need ['day', 'label'] (the feature spec)``.
+            ``w/impressions/a.parquet: no column 'day'; impressions need ['day', 'label'] (the feature spec)``;
+            a ``day_column`` that is not a signed integer (a Parquet DATE), in ``mmctr validate``'s words
+            (``side.type_fault``): ``...: column 'ds' has type date32[day], expected a signed integer (features.day)``.
     """
     out: list[RowGroup] = []
     for fi, path in enumerate(files):
@@ -80,6 +85,9 @@ def select_row_groups(
         if meta.num_row_groups == 0:
             continue
         day_col = _leaf_index(meta, day_column, path, columns or (day_column,))
+        fault = type_fault(Column(day_column, "int", "features.day"), meta.schema.to_arrow_schema())
+        if fault is not None:  # a Parquet DATE day, say: refused in validate's words (its statistics are no days)
+            raise ValueError(f"{path}: {fault}")
         file: pq.ParquetFile | None = None  # opened for straddling row groups only
         first = 0  # the file row of row group gi's first row
         for gi in range(meta.num_row_groups):

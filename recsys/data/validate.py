@@ -16,9 +16,13 @@ Checks, in order:
    when the content holds images; ``counts`` and days are integers.
 2. From Parquet footers only (no data read), the columns of :func:`layout`,
    each with its type: IDs (the spec's sparse features, user and item keys)
-   ``int32``/``int64``; the history a list of them; the label a float; the
-   day an integer; dense features numbers; ``title`` a string, ``image``
-   bytes (``large_`` layouts count as one). Columns the spec does not name
+   ``int32``/``int64``; the history a list of them; the label any integer,
+   float or bool (real logs store clicks as ``int8``, ``bool``...; its values
+   must be 0 or 1, below); the day a signed integer (not a Parquet ``DATE``);
+   dense features numbers; ``title`` a string, ``image`` bytes (``large_``
+   layouts count as one): the reader's own rule, in its words
+   (``recsys/data/side.py`` ``type_fault``), so the reader refuses an
+   impressions file's types as this does. Columns the spec does not name
    are allowed (a real log has more) and reported as ignored. ``items/`` and
    ``impressions/`` must have files; ``users/`` too when a feature comes from
    it (else it is not read, and an impression's user needs no row);
@@ -104,9 +108,9 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from recsys.data.content import check_image, check_text, first_fault, where
-from recsys.data.layout import TYPES, Column, layout, needs_users
+from recsys.data.layout import Column, layout, needs_users
 from recsys.data.schema import MANIFEST, TABLES, Manifest, table_files
-from recsys.data.side import dense_fault, label_fault
+from recsys.data.side import dense_fault, label_fault, type_fault
 from recsys.data.stats import CREATED_DAY
 from recsys.data.spec import Table
 
@@ -213,15 +217,11 @@ def _open(root: Path, f: Path) -> pq.ParquetFile:
 
 
 def _check_footer(path: str, columns: tuple[Column, ...], got: pa.Schema) -> None:
+    """Each column present with a type its kind accepts (``side.type_fault``, the reader's own rule and words)."""
     for c in columns:
-        accepts, expected = TYPES[c.kind]
-        if c.name not in got.names:
-            if c.optional:
-                continue
-            raise DatasetError(f"{path}: missing column '{c.name}' (expected {expected}: {c.why})")
-        t = got.field(c.name).type
-        if not accepts(t):
-            raise DatasetError(f"{path}: column '{c.name}' has type {t}, expected {expected} ({c.why})")
+        fault = type_fault(c, got)
+        if fault is not None:
+            raise DatasetError(f"{path}: {fault}")
 
 
 class _IdSet:

@@ -290,6 +290,33 @@ def _check_resumed_model(logged: ModelConfig, given: ModelConfig, run: Path) -> 
                          "the config its train_log.json records, or train into a new --out")
 
 
+def _check_resumed_inputs(logged: TrainLog, job: TrainJob, run: Path) -> None:
+    """Refuses to resume a run on other days or from another warm start than its checkpoints were trained from.
+
+    A resume continues the logged job; with other days it would relabel the
+    checkpoint's weights as trained on days they never saw (and leave out the
+    ones they did), and with another warm start as another lineage.
+
+    Raises:
+        ValueError: naming the run, the logged days or warm start and the new ones.
+    """
+    days = tuple(job.days) if job.days is not None else tuple(split_days(Manifest.read(job.world), job.train_until).train)
+    if logged.days and days != logged.days:
+        raise ValueError(f"{run}: has checkpoints trained on days {_span(logged.days)} (its train_log.json), but this "
+                         f"job trains on days {_span(days)}; resume it with the days it records, or train into a new --out")
+    warm = None if job.warm_start is None else str(Path(job.warm_start).resolve())
+    if logged.warm_start != warm:
+        raise ValueError(f"{run}: has checkpoints warm-started from {logged.warm_start} (its train_log.json), but this "
+                         f"job starts from {warm}; resume it as it began, or train into a new --out")
+
+
+def _span(days: tuple[int, ...]) -> str:
+    """Days as ``a`` (one), ``a..b`` (a run without a gap) or listed."""
+    if len(days) == 1:
+        return str(days[0])
+    return f"{days[0]}..{days[-1]}" if days == tuple(range(days[0], days[-1] + 1)) else str(list(days))
+
+
 def _days(job: TrainJob, built: Built) -> tuple[int, ...]:
     return tuple(job.days) if job.days is not None else tuple(built.split.train)
 
@@ -355,7 +382,9 @@ def _run(job: TrainJob, ctx: DistContext) -> RunMetrics | None:
     Path(job.out).mkdir(parents=True, exist_ok=True)
     folder = RunFolder(job.out)
     if folder.latest_checkpoint() is not None and folder.train_log_file.exists():  # before build: no stage 1, no basis
-        _check_resumed_model(folder.read_train_log().model, job.model, folder.path)
+        logged = folder.read_train_log()
+        _check_resumed_model(logged.model, job.model, folder.path)
+        _check_resumed_inputs(logged, job, folder.path)
     built = build(job, ctx)
     if built.missing_vectors and ctx.is_main:  # zero rows with the missing flag (mm_table), said once, also --quiet
         spec = built.manifest.features
@@ -376,11 +405,12 @@ def _run(job: TrainJob, ctx: DistContext) -> RunMetrics | None:
         if ctx.is_main and not job.quiet:
             print(f"stopped after step {outcome.progress.step} (stop_after_steps); run again with the same --out to resume")
         return None
+    # the row count first: a run that lost or repeated rows is never marked finished (evaluation refuses it)
+    _check_rows(_write_train_log(job, built, tally, outcome.progress, ctx), job.train.epochs, RunFolder(job.out).train_log_file)
     progress = replace(outcome.progress, finished=True)
     state.save_if_new(progress)
     report = _score(job, built, built.split.test, reader, ctx) if built.split.test is not None else None
     log = _write_train_log(job, built, tally, progress, ctx)
-    _check_rows(log, job.train.epochs, RunFolder(job.out).train_log_file)
     metrics = _run_metrics(job, built, log, report, ctx)
     if ctx.is_main:
         _write_records(job, log, metrics)

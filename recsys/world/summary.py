@@ -25,7 +25,10 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recsys.data.days import split_days
+from recsys.data.layout import layout
 from recsys.data.schema import Manifest, read_table_file, table_files
+from recsys.data.side import type_fault
 from recsys.data.stats import CREATED_DAY, item_index, item_positions
 
 NEW_ITEM_FIGURES = ("test_day_new_item_share", "items_created_on_test_day")  # need items' created_day
@@ -40,6 +43,12 @@ def summarize(directory: Path) -> dict[str, float | int | str]:
     (``recsys.data.stats.item_index``). ``items``, ``users`` and ``searches``
     count the rows of those tables' files (0 for a table without files).
 
+    ``train_items_seen`` and ``top1pct_item_impression_share`` count the
+    training days of ``mmctr train`` (``recsys.data.days.split_days``:
+    ``first_day`` .. ``test_day - 1``), never the test day nor the days after
+    it. An impressions column of a type ``mmctr validate`` refuses (a Parquet
+    DATE day) is refused in its words (``side.type_fault``).
+
     The new-item figures (``NEW_ITEM_FIGURES``) need an items ``created_day``
     column in every items file, and ``mean_history_len`` a history
     (``features.history``); without them those figures are left out and the
@@ -48,11 +57,15 @@ def summarize(directory: Path) -> dict[str, float | int | str]:
     Raises:
         ValueError: naming the file: an impression names an item not in
             ``items/``, an item is listed twice, or a file lacks a column the
-            spec names.
+            spec names or holds it as a type ``mmctr validate`` refuses.
     """
     root = Path(directory)
     m = Manifest.read(root)
     spec = m.features
+    try:
+        train_days = np.asarray(split_days(m).train, dtype=np.int64)
+    except ValueError:  # test_day == first_day: no day before it, nothing `mmctr train` could train on
+        train_days = np.zeros(0, dtype=np.int64)
     item_files = table_files(root, "items")
     for f in item_files:
         _need(f, [spec.item_key], "items")
@@ -67,20 +80,26 @@ def summarize(directory: Path) -> dict[str, float | int | str]:
     freq = np.zeros(len(ids), dtype=np.int64)
     clicks = 0.0
     rows = test_rows = test_new = hist_total = 0
+    typed = [c for c in layout(spec, ("impressions",))["impressions"] if c.name in columns]
     for f in table_files(root, "impressions"):
         _need(f, columns, "impressions")
+        schema = pq.read_schema(f)
+        for c in typed:
+            fault = type_fault(c, schema)
+            if fault is not None:
+                raise ValueError(f"{f}: {fault}")
         for batch in pq.ParquetFile(f).iter_batches(columns=columns):
             day = batch.column(spec.day).to_numpy()
             item = batch.column(spec.item_key).to_numpy().astype(np.int64)
             rows += len(day)
-            clicks += float(batch.column(spec.label).to_numpy().sum())
+            clicks += float(batch.column(spec.label).to_numpy(zero_copy_only=False).sum())  # a bool label too
             if spec.history is not None:
                 hist_total += int(pc.sum(pc.list_value_length(batch.column(spec.history))).as_py() or 0)
             test = day == m.test_day
             test_rows += int(test.sum())
             row = item_positions(ids, item, str(f))
             test_new += int((created[row[test]] == m.test_day).sum())
-            np.add.at(freq, row[~test], 1)
+            np.add.at(freq, row[np.isin(day, train_days)], 1)
     seen = np.sort(freq[freq > 0])[::-1]
     top = max(1, len(seen) // 100)
     out: dict[str, float | int | str] = {

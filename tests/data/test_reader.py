@@ -650,3 +650,52 @@ def test_standardised_value_overflowing_float32_is_refused_naming_the_row(tmp_pa
     with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} \(row group {group}, file rows {first}-{last}\): "
                                          r"dense feature 'dwell' \(source impressions\), row 5: value 1e\+30 is -?inf"):
         list(ImpressionReader(root, replace(CONFIG, dense_stats={"dwell": (0.0, 1e-38)})))
+
+
+def _cast_impressions(root: Path, column: str, type_: pa.DataType, names: list[str] | None = None) -> None:
+    """Rewrites ``column`` of the impressions files (``names``, default all) as ``type_``, row groups as written."""
+    for path in table_files(root, "impressions"):
+        if names is None or path.stem in names:
+            t = pq.read_table(path)
+            i = t.schema.get_field_index(column)
+            pq.write_table(t.set_column(i, pa.field(column, type_), t[column].cast(type_)), path, row_group_size=5)
+
+
+def test_a_date_day_column_is_refused_naming_file_and_column_in_validates_words(tmp_path: Path) -> None:
+    """A Parquet DATE day (date32, a log's usual ``ds``) is refused when the reader is built, as validate refuses it."""
+    root = write_dataset(tmp_path / "ds")
+    _cast_impressions(root, "day", pa.date32(), ["day-0002-part-00001"])  # not the first file
+    path = root / "impressions/day-0002-part-00001.parquet"
+    want = f"{path}: column 'day' has type date32[day], expected a signed integer (features.day)"
+    for days in (None, [3]):
+        with pytest.raises(ValueError) as e:
+            ImpressionReader(root, ReaderConfig(batch_size=4, days=days, prefetch=0))
+        assert str(e.value) == want
+
+
+@pytest.mark.parametrize("type_", [pa.int8(), pa.int32(), pa.uint8(), pa.bool_(), pa.float64()], ids=str)
+def test_a_label_of_any_integer_float_or_bool_type_reads_as_its_0_or_1(tmp_path: Path, type_: pa.DataType) -> None:
+    root = write_dataset(tmp_path / "ds")
+    want = [r["label"] for r in reference_rows(root)]  # in file order (no shuffle)
+    _cast_impressions(root, "label", type_)
+    got = [y for b in ImpressionReader(root, ReaderConfig(batch_size=7, prefetch=0))
+           for y, w in zip(b.labels.tolist(), b.weights.tolist()) if w > 0]  # fmt: skip
+    assert got == want and len(got) == N_ROWS
+
+
+@pytest.mark.parametrize(("type_", "value"), [(pa.int8(), 2), (pa.int32(), -1), (pa.uint8(), 255)], ids=str)
+def test_an_integer_label_not_0_or_1_is_refused_naming_file_column_and_row(
+    tmp_path: Path, type_: pa.DataType, value: int
+) -> None:
+    root = write_dataset(tmp_path / "ds")
+    _cast_impressions(root, "label", type_)
+    path = root / "impressions/day-0002-part-00000.parquet"
+    t = pq.read_table(path)
+    labels = t.column("label").to_pylist()
+    labels[11] = value
+    pq.write_table(t.set_column(t.schema.get_field_index("label"), "label", pa.array(labels, type_)), path, row_group_size=5)
+    group, first, last = _row_group_of(path, 11)
+    want = f"{path} (row group {group}, file rows {first}-{last}): column 'label', row 11: value {value}, expected 0 or 1"
+    with pytest.raises(ValueError) as e:
+        list(ImpressionReader(root, ReaderConfig(batch_size=4, prefetch=0)))
+    assert str(e.value) == want

@@ -182,7 +182,7 @@ TRUNCATED_PNG = _png(7)[:60]
 
 # (file, edit, what the message says after "<file>: ")
 CASES = [
-    (IMP4, _drop("label"), "missing column 'label' (expected float32 or float64: features.label)"),
+    (IMP4, _drop("label"), "missing column 'label' (expected an integer, float or bool: features.label)"),
     (USERS0, _drop("city_id"), "missing column 'city_id' (expected int32 or int64: features.sparse 'city_id' (source users))"),
     (IMP3, _cast("user_id", pa.float64()), "column 'user_id' has type double, expected int32 or int64 (features.user_key)"),
     (IMP4, _cast("history_item_ids", pa.list_(pa.float64())), "column 'history_item_ids' has type list<element: double>, expected a list of int32 or int64 (features.history)"),
@@ -622,7 +622,8 @@ MARKET_CASES = [
     (MI0, _drop("title"), "missing column 'title' (expected string: features.content 'title')"),
     (MD11, _drop("ts_day"), "missing column 'ts_day' (expected a signed integer: features.day)"),
     (MD12, _cast("dwell", pa.string()), "column 'dwell' has type string, expected a number (integer or float) (features.dense"),
-    (MD10, _cast("clk", pa.int64()), "column 'clk' has type int64, expected float32 or float64 (features.label)"),
+    (MD10, _cast("clk", pa.string()), "column 'clk' has type string, expected an integer, float or bool (features.label)"),
+    (MD11, _cast("ts_day", pa.date32()), "column 'ts_day' has type date32[day], expected a signed integer (features.day)"),
     (MD10, _set("device", 7, 4), "column 'device', row 7: ID 4 outside [0, 4) (identity table 'device')"),
     (MI1, _set("cat", 1, -1), "column 'cat', row 1: ID -1 outside [0, 5) (identity table 'cat')"),
     (MI0, _set("seller", 3, SENTINEL),
@@ -800,8 +801,10 @@ def test_a_standardised_dense_value_below_minus_one_passes(market: Path) -> None
 @pytest.mark.parametrize(
     ("rel", "edit", "change", "when"),
     [(MI0, _set("price", 4, 1e39), None, "built"), (MI1, _set("price", 1, -1.0), None, "built"),
-     (MD11, _set("dwell", 7, -3.0), _LOG1P_DWELL, "read"), (MD10, _set("clk", 12, 2.0), None, "read")],
-    ids=["price 1e39", "price -1", "dwell -3 log1p_standardize", "label 2"],
+     (MD11, _set("dwell", 7, -3.0), _LOG1P_DWELL, "read"), (MD10, _set("clk", 12, 2.0), None, "read"),
+     (MD11, _then(_cast("clk", pa.int8()), _set("clk", 6, 2)), None, "read"),
+     (MD12, _then(_cast("clk", pa.int32()), _set("clk", 3, -1)), None, "read")],
+    ids=["price 1e39", "price -1", "dwell -3 log1p_standardize", "label 2", "int8 label 2", "int32 label -1"],
 )  # fmt: skip
 def test_validate_and_the_reader_refuse_the_same_value_in_the_same_words(
     market: Path, rel: str, edit: Edit, change: Callable[[dict], None] | None, when: str
@@ -832,3 +835,50 @@ def test_created_day_is_read_not_ignored_and_must_be_an_integer_day(dataset: Pat
                                                   pa.array([None] * t.num_rows, pa.date32())))
     with pytest.raises(DatasetError, match=rf"^{ITEMS0}: column 'created_day' is date32\[day\], expected an integer day"):
         validate_dataset(dataset)
+
+
+# --- column types: validate and the reader (which `mmctr train` runs without validate) agree ---
+
+
+@pytest.mark.parametrize(
+    ("rel", "edit", "message"),
+    [
+        (MD11, _cast("ts_day", pa.date32()), "column 'ts_day' has type date32[day], expected a signed integer (features.day)"),
+        (MD12, _cast("ts_day", pa.string()), "column 'ts_day' has type string, expected a signed integer (features.day)"),
+        (MD12, _cast("clk", pa.string()), "column 'clk' has type string, expected an integer, float or bool (features.label)"),
+        (MD10, _cast("device", pa.float64()), "column 'device' has type double, expected int32 or int64 (features.sparse 'device' (source impressions))"),
+    ],
+    ids=["date32 day", "string day", "string label", "float sparse ID"],
+)  # fmt: skip
+def test_validate_and_the_reader_refuse_a_column_type_in_the_same_words(
+    market: Path, rel: str, edit: Edit, message: str
+) -> None:
+    """A Parquet DATE day (a log's usual ``ds``) is refused by both, naming file and column, never a traceback."""
+    from recsys.data.reader import ImpressionReader, ReaderConfig
+
+    _edit(market, rel, edit)
+    with pytest.raises(DatasetError) as by_validate:
+        validate_dataset(market)
+    assert str(by_validate.value) == f"{rel}: {message}"
+    with pytest.raises(ValueError) as by_reader:
+        ImpressionReader(market, ReaderConfig(batch_size=4, prefetch=0, dense_stats={"dwell": (0.0, 1.0)}))
+    assert str(by_reader.value) == f"{market / rel}: {message}"
+
+
+@pytest.mark.parametrize("type_", [pa.int8(), pa.int32(), pa.int64(), pa.uint8(), pa.bool_(), pa.float32()], ids=str)
+def test_a_label_of_any_integer_float_or_bool_type_holding_0_or_1_passes_validate_and_the_reader(
+    market: Path, type_: pa.DataType
+) -> None:
+    """Real logs store clicks as int8, int32, bool...: validate accepts them as the reader trains on them."""
+    from recsys.data.reader import ImpressionReader, ReaderConfig
+
+    rels = (MD10, MD11, MD12)  # the impressions files, in the reader's (sorted) order
+    want = [float(v) for rel in rels for v in pq.read_table(market / rel).column("clk").to_pylist()]
+    assert set(want) == {0.0, 1.0}
+    for rel in rels:
+        _edit(market, rel, _cast("clk", type_))
+        assert pq.read_schema(market / rel).field("clk").type == type_
+    assert validate_dataset(market).counts["impressions"] == len(want) == 45
+    reader = ImpressionReader(market, ReaderConfig(batch_size=4, prefetch=0, dense_stats={"dwell": (0.0, 1.0)}))
+    got = [y for b in reader for y, w in zip(b.labels.tolist(), b.weights.tolist()) if w > 0]
+    assert got == want

@@ -298,3 +298,24 @@ def test_resume_with_another_model_config_is_refused(tiny_world: Path, vectors: 
     assert latest_checkpoint(out / CHECKPOINTS) == saved  # nothing written
     logged = RunFolder(out).read_train_log().model
     _check_resumed_model(logged, replace(logged, fused_kernels=not logged.fused_kernels), out)  # a runtime switch
+
+
+def test_resume_on_other_days_or_another_warm_start_is_refused(tiny_world: Path, tmp_path: Path) -> None:
+    """Resuming into the folder with other days (or warm start) would relabel its weights: refused, nothing written."""
+    from recsys.data.schema import Manifest
+
+    m = Manifest.read(tiny_world)
+    out = tmp_path / "run"
+    job = TrainJob(world=tiny_world, out=out, model=ModelConfig(variant="id_only"), quiet=True,
+                   train=TrainConfig(batch_size=BATCH, stop_after_steps=2), train_until=m.last_day - 2)
+    assert run_train(job) is None
+    saved, log = latest_checkpoint(out / CHECKPOINTS), (out / TRAIN_LOG).read_text()
+    assert RunFolder(out).read_train_log().days == tuple(range(m.first_day, m.last_day - 1))
+    with pytest.raises(ValueError, match=rf"{out}: has checkpoints trained on days {m.first_day}..{m.last_day - 2} "
+                                         rf"\(its train_log.json\), but this job trains on days {m.first_day}.."
+                                         rf"{m.last_day - 1}; resume it with the days it records"):
+        run_train(replace(job, train_until=m.last_day - 1))
+    with pytest.raises(ValueError, match=rf"has checkpoints warm-started from None .* but this job starts from "
+                                         rf"{tmp_path.resolve() / 'parent'}"):
+        run_train(replace(job, warm_start=tmp_path / "parent"))
+    assert latest_checkpoint(out / CHECKPOINTS) == saved and (out / TRAIN_LOG).read_text() == log  # nothing written
