@@ -63,7 +63,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_summary(args: argparse.Namespace) -> int:
     from recsys.world.summary import format_summary, summarize
 
-    print(format_summary(summarize(args.directory)))
+    try:
+        summary = summarize(args.directory)
+    except (ValueError, FileNotFoundError) as e:  # a refused file or column (a DATE day, an unknown item), named
+        print(f"mmctr summary: {e}", file=sys.stderr)
+        return 1
+    print(format_summary(summary))
     return 0
 
 
@@ -307,20 +312,32 @@ def _run_world(args: argparse.Namespace) -> Path:
     return Path(RunFolder.at(args.run).read_train_log().world)
 
 
-def rank_context(items: list[str]) -> dict[str, "np.ndarray"]:
-    """``mmctr rank --context NAME=V1,V2,...`` values: each feature's per-candidate floats.
+def rank_context(items: list[str], sparse: Collection[str] | None = None) -> dict[str, "np.ndarray"]:
+    """``mmctr rank --context NAME=V1,V2,...`` values: each feature's per-candidate values.
+
+    A categorical (sparse) feature's values are IDs, kept exactly as int64 (a raw 64-bit ID would lose its
+    low bits through a float); a dense feature's are float64. ``sparse``: the categorical features' names
+    (the run's spec); None (a served ranker, which types its own inputs): a feature whose values are all
+    integers is int64, else float64.
 
     Raises:
-        ValueError: an item without ``NAME=``, a value that is not a number, or a feature given twice.
+        ValueError: an item without ``NAME=``, a value that is not a number (not an integer ID for a
+            feature in ``sparse``), or a feature given twice.
 
     Example::
 
-        >>> {k: v.tolist() for k, v in rank_context(["position=0,1"]).items()}
-        {'position': [0.0, 1.0]}
+        >>> {k: v.tolist() for k, v in rank_context(["position=0.5,1"], sparse=("slot",)).items()}
+        {'position': [0.5, 1.0]}
+        >>> rank_context(["slot=1152921504606846977"], sparse=("slot",))["slot"].tolist()
+        [1152921504606846977]
         >>> rank_context(["position"])
         Traceback (most recent call last):
             ...
         ValueError: --context 'position': expected NAME=V1,V2,... (e.g. position=0,1,2)
+        >>> rank_context(["slot=1.5"], sparse=("slot",))
+        Traceback (most recent call last):
+            ...
+        ValueError: --context 'slot=1.5': slot is a categorical feature; every value must be an integer ID (int64)
     """
     import numpy as np
 
@@ -331,8 +348,19 @@ def rank_context(items: list[str]) -> dict[str, "np.ndarray"]:
             raise ValueError(f"--context {item!r}: expected NAME=V1,V2,... (e.g. position=0,1,2)")
         if name in context:
             raise ValueError(f"--context {name!r} is given twice")
+        strings = values.split(",")
+        try:  # int() of a decimal string is exact at any width; int64 refuses what it cannot hold (OverflowError)
+            ids = np.array([int(v) for v in strings], dtype=np.int64)
+        except (ValueError, OverflowError):
+            ids = None
+        if sparse is not None and name in sparse and ids is None:
+            raise ValueError(f"--context {item!r}: {name} is a categorical feature; every value must be an "
+                             f"integer ID (int64)")
+        if ids is not None and (sparse is None or name in sparse):
+            context[name] = ids
+            continue
         try:
-            context[name] = np.array([float(v) for v in values.split(",")])
+            context[name] = np.array([float(v) for v in strings])
         except ValueError:
             raise ValueError(f"--context {item!r}: every value must be a number") from None
     return context
@@ -362,18 +390,21 @@ def _cmd_rank(args: argparse.Namespace) -> int:
 def _rank(args: argparse.Namespace) -> int:
     import numpy as np
 
-    context = rank_context(args.context or [])
     history, candidates = np.array(args.history or [], dtype=np.int64), np.array(args.candidates, dtype=np.int64)
     if args.run is not None:
+        from recsys.data.schema import Manifest
         from serving.ranker import Ranker, RankRequest
 
-        ranker = Ranker.load(args.run, _run_world(args), store=args.store, precision=args.precision)
+        world = _run_world(args)
+        context = rank_context(args.context or [], sparse={f.name for f in Manifest.read(world).features.sparse})
+        ranker = Ranker.load(args.run, world, store=args.store, precision=args.precision)
         scores = ranker.score(RankRequest(args.user, history, candidates, context))
         print(f"run {args.run}")
     else:
         from serving.client import ClientConfig
         from serving.ranker_client import RankerClient
 
+        context = rank_context(args.context or [])  # integers stay exact; the client types them as the server does
         with RankerClient(ClientConfig(url=args.url, model=args.name, timeout_s=args.timeout_s)) as client:
             ranked = client.rank(args.user, history, candidates, context)
         scores = ranked.scores
@@ -384,10 +415,23 @@ def _rank(args: argparse.Namespace) -> int:
 
 
 def _cmd_online_eval(args: argparse.Namespace) -> int:
+    from serving.ranker_client import RankerError
+
+    try:
+        return _online_eval(args)
+    except (ValueError, FileNotFoundError, RankerError) as e:  # a day outside the world or without impressions,
+        # a run or world refused (runs.RunError is a ValueError), a server down (naming its URL) or refusing
+        print(f"mmctr online-eval: {e}", file=sys.stderr)
+        return 1
+
+
+def _online_eval(args: argparse.Namespace) -> int:
+    from recsys.data.schema import Manifest
+    from recsys.eval.evaluate import check_day
     from serving.ranker_online import OnlineEvalConfig, online_eval
 
     world = _run_world(args)
-    day = args.day if args.day is not None else _test_day(world)
+    day = check_day(Manifest.read(world), args.day, world)  # --day, else the test day; refused as `mmctr evaluate` does
     report = online_eval(args.url, args.run, world, day, settings_from_args(OnlineEvalConfig, args), store=args.store,
                          model=args.name, max_candidates=args.max_candidates)
     on, off = report.online, report.offline
@@ -399,12 +443,6 @@ def _cmd_online_eval(args: argparse.Namespace) -> int:
     if args.out is not None:
         args.out.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     return 0
-
-
-def _test_day(world: Path) -> int:
-    from recsys.data.schema import Manifest
-
-    return Manifest.read(world).test_day
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

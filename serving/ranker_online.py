@@ -104,6 +104,8 @@ def sample_requests(table: pa.Table, spec: FeatureSpec, users: int, seed: int,
     Returns:
         list[tuple[RankRequest, np.ndarray]]: each request and the rows (int64 (N,), positions
         in ``table``) its candidates are, in candidate order; every sampled user's row is in exactly one.
+        Each request's context holds the rows' logged values (:func:`request_context`: a categorical
+        feature's IDs int64, exact; a dense feature's float64).
     """
     user = table[spec.user_key].to_numpy()
     chosen = np.unique(user)
@@ -112,7 +114,8 @@ def sample_requests(table: pa.Table, spec: FeatureSpec, users: int, seed: int,
     rows = np.flatnonzero(np.isin(user, chosen))
     item = table[spec.item_key].to_numpy()
     history = table[spec.history].to_pylist() if spec.history is not None else None
-    context = {n: table[n].to_numpy(zero_copy_only=False) for n in context_features(spec)}
+    sparse = {f.name for f in spec.sparse}
+    context = {n: request_context(table[n].to_numpy(zero_copy_only=False), n in sparse) for n in context_features(spec)}
     groups: dict[tuple, list[int]] = {}
     for r in rows:
         groups.setdefault((int(user[r]), tuple(history[r] or ()) if history is not None else ()), []).append(int(r))
@@ -121,8 +124,24 @@ def sample_requests(table: pa.Table, spec: FeatureSpec, users: int, seed: int,
         for lo in range(0, len(members), max_candidates):
             idx = np.array(members[lo : lo + max_candidates], dtype=np.int64)
             out.append((RankRequest(u, np.array(hist, dtype=np.int64), item[idx],
-                                    {n: v[idx].astype(np.float64) for n, v in context.items()}), idx))
+                                    {n: v[idx] for n, v in context.items()}), idx))
     return out
+
+
+def request_context(values: np.ndarray, sparse: bool) -> np.ndarray:
+    """A logged context column as a request sends it: a categorical (sparse) feature's IDs as int64, exactly
+    (a raw 64-bit ID would lose its low bits through float64), a dense feature's values as float64.
+
+    Example::
+
+        >>> request_context(np.array([2**60 + 1]), sparse=True).tolist() == [2**60 + 1]
+        True
+        >>> request_context(np.array([1, 2], dtype=np.int32), sparse=False)
+        array([1., 2.])
+    """
+    if sparse and np.issubdtype(values.dtype, np.integer):
+        return values.astype(np.int64)
+    return values.astype(np.float64)
 
 
 def _offline_scores(run: Path, world: Path, day: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,15 +189,22 @@ def online_eval(url: str, run: Path, world: Path, day: int, config: OnlineEvalCo
         max_candidates (int): the most candidates per request (the served ranker's ``max_candidates``).
 
     Raises:
-        ValueError: the day has no impression, the offline rows are not the sampled ones (naming the row),
-            or more than one served version answered (a hot update during the run: the scores mix models).
+        ValueError: the day is outside the world (``recsys.eval.evaluate.check_day``) or has no impression
+            (``recsys.data.stats.check_day_has_impressions``), the offline rows are not the sampled ones
+            (naming the row), or more than one served version answered (a hot update during the run: the
+            scores mix models).
         RankerRequestError, RankerUnavailable: the server refused a request, or did not answer.
     """
+    from recsys.data.stats import check_day_has_impressions
+    from recsys.eval.evaluate import check_day
     from serving.client import ClientConfig
     from serving.ranker_client import RankerClient
 
     run, world = Path(run), Path(world)
-    spec = Manifest.read(world).features
+    manifest = Manifest.read(world)
+    check_day(manifest, day, world)  # refused as `mmctr evaluate` refuses it, before any request is sent
+    check_day_has_impressions(world, day, manifest, "rank online")
+    spec = manifest.features
     table = day_impressions(world, day, spec)
     if table.num_rows == 0:
         raise ValueError(f"{world}: no impression on day {day} to rank")

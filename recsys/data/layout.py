@@ -54,7 +54,10 @@ TYPES: dict[str, tuple[Callable[[pa.DataType], bool], str]] = {
     "id": (_ids_type, "int32 or int64"),
     "ids": (_list_of_ids, "a list of int32 or int64"),
     "int": (pa.types.is_signed_integer, "a signed integer"),
-    "label": (lambda t: t in (pa.float32(), pa.float64()), "float32 or float64"),
+    # any integer, float or bool, as real logs store clicks (int8, int32, bool, float32); its values must be
+    # exactly 0 or 1 (side.label_fault); read as float32
+    "label": (lambda t: pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t),
+              "an integer, float or bool"),
     "dense": (lambda t: pa.types.is_integer(t) or pa.types.is_floating(t), "a number (integer or float)"),
     "text": (lambda t: t in (pa.string(), pa.large_string()), "string"),
     "image": (lambda t: t in (pa.binary(), pa.large_binary()), "binary"),

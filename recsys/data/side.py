@@ -40,12 +40,6 @@ from recsys.data.schema import read_table_file, table_files
 # A key range up to this many times the table's rows is held as a dense array.
 DENSE_LOOKUP_FACTOR = 4
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the reader holds dense features and labels as float32
-# A label column's types (accepts, what is expected): any integer, float or bool, as real logs store clicks
-# (int8, int32, bool, float32); its values must be exactly 0 or 1 (:func:`label_fault`). Read as float32.
-LABEL_TYPE: tuple[Callable[[pa.DataType], bool], str] = (
-    lambda t: pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t),
-    "an integer, float or bool",
-)
 
 
 @dataclass(frozen=True)
@@ -255,7 +249,7 @@ def dense_fault(values: np.ndarray, transform: str = "none") -> tuple[int, str] 
 def label_fault(values: np.ndarray) -> tuple[int, str] | None:
     """The first label that is not exactly 0 or 1 (NaN included), and why; None if none. Vectorised.
 
-    Labels of any integer, float or bool type (:data:`LABEL_TYPE`) are judged by value: an int8 or
+    Labels of any integer, float or bool type (``layout.TYPES``) are judged by value: an int8 or
     bool click column of 0s and 1s passes as a float32 one does.
 
     Example::
@@ -276,9 +270,8 @@ def type_fault(column: Column, schema: pa.Schema) -> str | None:
     """Why a file of footer ``schema`` cannot hold ``column`` (missing, or of a type its kind refuses); None if it can.
 
     The type rule ``mmctr validate`` and the reader share, in the same words: a
-    column's kind accepts the types of ``layout.TYPES``, but a label takes
-    :data:`LABEL_TYPE` (any integer, float or bool; :func:`label_fault` then
-    checks its values). An ``optional`` column may be missing. The caller
+    column's kind accepts the types of ``layout.TYPES`` (a label: any
+    integer, float or bool; :func:`label_fault` then checks its values). An ``optional`` column may be missing. The caller
     prefixes the file.
 
     Example::
@@ -291,7 +284,7 @@ def type_fault(column: Column, schema: pa.Schema) -> str | None:
         >>> type_fault(Column("y", "label", "features.label"), pa.schema([("ds", pa.int32())]))
         "missing column 'y' (expected an integer, float or bool: features.label)"
     """
-    accepts, expected = LABEL_TYPE if column.kind == "label" else TYPES[column.kind]
+    accepts, expected = TYPES[column.kind]
     if column.name not in schema.names:
         return None if column.optional else f"missing column '{column.name}' (expected {expected}: {column.why})"
     t = schema.field(column.name).type
