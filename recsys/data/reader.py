@@ -133,7 +133,7 @@ from recsys.data.layout import layout
 from recsys.data.prefetch import prefetch
 from recsys.data.row_groups import RowGroup, select_row_groups
 from recsys.data.schema import Manifest, table_files
-from recsys.data.side import SideTable, dense_fault, label_fault, read_column as _column, type_fault
+from recsys.data.side import SideTable, dense_fault, label_fault, read_column as _column
 from recsys.data.spec import FeatureSpec
 
 OUT_OF_RANGE: tuple[str, ...] = ("refuse", "hash")
@@ -229,8 +229,9 @@ class ImpressionReader(IterableDataset[Batch]):
         ))
         self._days = None if config.days is None else np.unique(np.asarray(list(config.days), dtype=np.int64))
         self._files = table_files(self.root, "impressions")
-        self._check_types()
-        self._groups = select_row_groups(self._files, self.spec.day, self._days, self._columns)
+        # the footers' types checked as validate checks them, in the one pass over the footers that plans the epoch
+        self._groups = select_row_groups(self._files, self.spec.day, self._days, self._columns,
+                                         typed=layout(self.spec, ("impressions",))["impressions"])
         self.total_rows = sum(rg.rows for rg in self._groups)  # N
         whole = plan.whole(self.total_rows)
         self._remaining = whole if config.remaining is None else plan.normalize(config.remaining, self.total_rows)
@@ -250,22 +251,6 @@ class ImpressionReader(IterableDataset[Batch]):
         self.out_of_range_counts: dict[str, int] = {k: 0 for k in spec.kjt_keys()}
         # IDs with no side-table row that batch_of(lenient=True) scored with default side features.
         self.unknown_counts: dict[str, int] = {"users": 0, "items": 0, "history_items": 0}
-
-    def _check_types(self) -> None:
-        """Refuses an impressions file whose footer gives a column the spec names a type ``mmctr validate`` refuses.
-
-        The rule and words of ``validate`` (``side.type_fault``), naming the file and column, e.g.
-        ``.../impressions/day0.parquet: column 'ds' has type date32[day], expected a signed integer
-        (features.day)``: a Parquet DATE day is refused here, not met as a traceback later. A
-        missing column is left to the reading, whose error lists the columns the spec needs.
-        """
-        columns = layout(self.spec, ("impressions",))["impressions"]
-        for path in self._files:
-            schema = pq.read_schema(path)
-            for c in columns:
-                fault = type_fault(c, schema) if c.name in schema.names else None
-                if fault is not None:
-                    raise ValueError(f"{path}: {fault}")
 
     def _identity_ranges(self) -> dict[str, int | None]:
         """The ID range of each sparse column (and key) whose table is identity; raw-ID columns get None."""

@@ -60,7 +60,8 @@ class RowGroup:
 
 
 def select_row_groups(
-    files: Sequence[Path], day_column: str, days: np.ndarray | None, columns: Sequence[str] = ()
+    files: Sequence[Path], day_column: str, days: np.ndarray | None, columns: Sequence[str] = (),
+    typed: Sequence[Column] = (),
 ) -> list[RowGroup]:
     """The row groups of ``files`` holding rows of ``days``, each with its count of them.
 
@@ -69,6 +70,8 @@ def select_row_groups(
         day_column (str): the column holding each row's day (the spec's ``day``).
         days (np.ndarray | None): sorted unique int64 days, shape (K,); None: every row group, whole.
         columns (Sequence[str]): the columns the caller reads, named in the error for a file without the day column.
+        typed (Sequence[Column]): columns whose types are checked from the footer read here, as ``mmctr validate``
+            checks them (the day column always is); one absent from a file is left to the caller's read.
 
     Returns:
         list[RowGroup]: the selected row groups, empty ones and those without a row of ``days`` left out.
@@ -76,18 +79,22 @@ def select_row_groups(
     Raises:
         ValueError: a file without ``day_column``, naming the file, e.g.
             ``w/impressions/a.parquet: no column 'day'; impressions need ['day', 'label'] (the feature spec)``;
-            a ``day_column`` that is not a signed integer (a Parquet DATE), in ``mmctr validate``'s words
-            (``side.type_fault``): ``...: column 'ds' has type date32[day], expected a signed integer (features.day)``.
+            a ``day_column`` that is not a signed integer (a Parquet DATE), or a column of ``typed`` of a type
+            validate refuses, in its words (``side.type_fault``):
+            ``...: column 'ds' has type date32[day], expected a signed integer (features.day)``.
     """
+    day_type = Column(day_column, "int", "features.day")
     out: list[RowGroup] = []
     for fi, path in enumerate(files):
         meta = pq.read_metadata(path)
         if meta.num_row_groups == 0:
             continue
         day_col = _leaf_index(meta, day_column, path, columns or (day_column,))
-        fault = type_fault(Column(day_column, "int", "features.day"), meta.schema.to_arrow_schema())
-        if fault is not None:  # a Parquet DATE day, say: refused in validate's words (its statistics are no days)
-            raise ValueError(f"{path}: {fault}")
+        schema = meta.schema.to_arrow_schema()
+        for c in (day_type, *typed):  # a Parquet DATE day, say: refused in validate's words (its statistics are no days)
+            fault = type_fault(c, schema) if c.name in schema.names else None
+            if fault is not None:
+                raise ValueError(f"{path}: {fault}")
         file: pq.ParquetFile | None = None  # opened for straddling row groups only
         first = 0  # the file row of row group gi's first row
         for gi in range(meta.num_row_groups):
