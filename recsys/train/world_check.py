@@ -8,7 +8,7 @@ run belongs to a world when
 * the world's schema is the run's (``recsys.data.schema.schema_sha``: the
   manifest without its growing fields; the feature spec above all), and
 * the days the run trained on still hold the impressions it trained on
-  (``rows_in_days`` against ``recsys.data.stats.day_rows``): a world
+  (``rows_in_days`` against the reader's row-group plan, ``recsys.data.row_groups``): a world
   rewritten under the same schema, or another log with the same columns,
   is refused.
 
@@ -20,8 +20,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recsys.data.schema import MANIFEST, Manifest, manifest_sha, schema_sha
-from recsys.data.stats import day_rows
+import numpy as np
+
+from recsys.data.row_groups import select_row_groups
+from recsys.data.schema import MANIFEST, Manifest, manifest_sha, schema_sha, table_files
 from recsys.train.run_folder import TrainLog
 
 
@@ -56,7 +58,8 @@ def check_run_world(log: TrainLog, world: Path, where: str) -> None:
     if outside:
         raise ValueError(f"{where}: the run trained on day(s) {outside}, outside {path}'s days "
                          f"{manifest.first_day}..{manifest.last_day}: the run was trained on another world ({log.world})")
-    now = sum(day_rows(world, d, manifest) for d in log.days)
+    days = np.unique(np.asarray(log.days, dtype=np.int64))  # one pass over the footers for every trained day
+    now = sum(g.rows for g in select_row_groups(table_files(Path(world), "impressions"), manifest.features.day, days))
     if now != log.rows_in_days:
         raise ValueError(f"{where}: the run trained on {log.rows_in_days} impressions of days {log.days[0]}.."
                          f"{log.days[-1]} (field 'rows_in_days'), but {Path(world) / 'impressions'} now holds {now} on "
