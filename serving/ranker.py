@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,8 +99,59 @@ class RankRequestError(ValueError):
     """A request the ranker refuses; the message names the field."""
 
 
-def check_request(request: RankRequest, known: tuple[str, ...], max_candidates: int) -> None:
+INT64_EXACT = 2**53  # floats hold every integer up to this exactly; an ID given as a larger float may have lost bits
+
+
+def context_ids(name: str, values: object) -> np.ndarray:
+    """A categorical context feature's per-candidate values as int64 IDs; never a silent cast.
+
+    Integers (and bools) pass as they are; floats only where each is a whole
+    number of magnitude <= 2**53 (a larger float cannot say which ID it was);
+    anything else is refused.
+
+    Args:
+        name (str): the feature (named in the error).
+        values (object): array-like of shape (N,).
+
+    Returns:
+        np.ndarray: int64 of shape (N,).
+
+    Raises:
+        RankRequestError: a value with a fractional part, NaN or infinite, a float beyond 2**53,
+            an unsigned ID beyond int64, or a non-numeric dtype; the message names the feature
+            and the first bad candidate.
+
+    Example::
+
+        >>> context_ids("slot", [3, 1152921504606846977]).tolist(), context_ids("slot", np.array([2.0])).tolist()
+        ([3, 1152921504606846977], [2])
+        >>> context_ids("slot", [0, 1.5])
+        Traceback (most recent call last):
+            ...
+        serving.ranker.RankRequestError: context feature 'slot': candidate 1's value 1.5 is not an integer ID (a categorical feature's values are int64 IDs)
+    """
+    array = np.asarray(values)
+    if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.signedinteger):
+        return array.astype(np.int64)
+    if np.issubdtype(array.dtype, np.unsignedinteger):
+        bad = array > np.iinfo(np.int64).max
+    elif np.issubdtype(array.dtype, np.floating):
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.isfinite(array) & (np.floor(array) == array) & (np.abs(array) <= INT64_EXACT))
+    else:
+        raise RankRequestError(f"context feature {name!r}: IDs must be integers, got dtype {array.dtype}")
+    if bad.any():
+        i = int(np.flatnonzero(bad.reshape(-1))[0])
+        raise RankRequestError(f"context feature {name!r}: candidate {i}'s value {array.reshape(-1)[i].item()!r} is not "
+                               f"an integer ID (a categorical feature's values are int64 IDs)")
+    return array.astype(np.int64)
+
+
+def check_request(request: RankRequest, known: tuple[str, ...], max_candidates: int,
+                  categorical: Collection[str] = ()) -> None:
     """Refuses a malformed request (:class:`RankRequestError` naming the field).
+
+    ``categorical``: the context features whose values are IDs (:func:`context_ids` checks them).
 
     Example::
 
@@ -122,7 +174,9 @@ def check_request(request: RankRequest, known: tuple[str, ...], max_candidates: 
             raise RankRequestError(f"context feature {name!r} is not one of the dataset's {list(known)}")
         if np.shape(values) != (n,):
             raise RankRequestError(f"context feature {name!r}: shape {np.shape(values)}, expected ({n},), one per candidate")
-        if not np.all(np.isfinite(np.asarray(values, dtype=np.float64))):
+        if name in categorical:
+            context_ids(name, values)
+        elif not np.all(np.isfinite(np.asarray(values, dtype=np.float64))):
             raise RankRequestError(f"context feature {name!r}: NaN or infinite values")
 
 
@@ -348,7 +402,8 @@ class Ranker:
         Raises:
             RankRequestError: a malformed request (:func:`check_request`).
         """
-        check_request(request, self.context, self.max_candidates)
+        sparse = {f.name for f in self.spec.sparse}
+        check_request(request, self.context, self.max_candidates, sparse)
         spec = self.spec
         n = len(request.candidates)
         columns: dict[str, pa.Array] = {
@@ -367,12 +422,11 @@ class Ranker:
                 offsets = np.arange(n + 1, dtype=np.int32) * len(history)
                 values = np.tile(history, n)
             columns[spec.history] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-        sparse = {f.name for f in spec.sparse}
         for name in self.context:
             values = request.context.get(name)
             if values is None:
                 values = np.full(n, CONTEXT_DEFAULT)
-            columns[name] = pa.array(np.asarray(values, dtype=np.int64 if name in sparse else np.float64))
+            columns[name] = pa.array(context_ids(name, values) if name in sparse else np.asarray(values, dtype=np.float64))
         return pa.table(columns)
 
     def score(self, request: RankRequest) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 A typed class over ``tritonclient.grpc`` for the ``ranker`` model of
 ``mmctr export-ranker`` (interface: ``serving.ranker_export``). Requests are
-checked before sending (1-D integer IDs, a context value per candidate);
+checked before sending (1-D integer IDs, a context value per candidate, whole-number IDs for
+a categorical context feature: ``serving.ranker.context_ids``, never a silent cast);
 retryable gRPC failures are retried with backoff as the encoder client does
 (``serving.client.retrying``); a request the server refuses raises
 :class:`RankerRequestError` with the server's message.
@@ -27,6 +28,7 @@ import tritonclient.grpc as grpcclient
 
 from serving import ranker_export as rx
 from serving.client import ClientConfig, retrying
+from serving.ranker import context_ids
 
 
 class RankerError(RuntimeError):
@@ -85,7 +87,7 @@ class RankerClient:
             Ranked: scores (N,) and the serving version.
 
         Raises:
-            ValueError: a malformed request (nothing sent).
+            ValueError: a malformed request (nothing sent), e.g. a categorical context value 1.5.
             RankerRequestError: the server refused it (too many candidates, an unknown context feature...).
             RankerUnavailable: no answer within the retries.
         """  # fmt: skip
@@ -96,7 +98,7 @@ class RankerClient:
         arrays = {rx.USER_INPUT: np.array([[int(user)]], dtype=np.int64), rx.HISTORY_INPUT: hist, rx.CANDIDATES_INPUT: cands}
         dtypes, batched = self._inputs()
         for name, values in (context or {}).items():
-            v = np.asarray(values, dtype=np.int64 if dtypes.get(name) == "INT64" else np.float32)
+            v = context_ids(name, values) if dtypes.get(name) == "INT64" else np.asarray(values, dtype=np.float32)
             if v.shape != (n,):
                 raise ValueError(f"context feature {name!r}: shape {v.shape}, expected ({n},), one per candidate")
             arrays[name] = v.reshape(1, -1)

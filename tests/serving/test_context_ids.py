@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,9 @@ from recsys.data.spec import FeatureSpec, Sparse, Table
 from recsys.models.config import ModelConfig
 from recsys.train.config import TrainConfig
 from recsys.train.trainer import TrainJob, run_train
-from serving.ranker import Ranker, RankRequest
+from serving.client import ClientConfig
+from serving.ranker import Ranker, RankRequest, RankRequestError, context_ids
+from serving.ranker_client import RankerClient
 from serving.ranker_export import RankerExportConfig, export_ranker
 from serving.ranker_online import _offline_scores, day_impressions, sample_requests
 from serving.server import ServerConfig, TritonServer
@@ -77,8 +80,13 @@ def offline(page_log: Path, page_run: Path) -> np.ndarray:
 
 
 def _rounded(request: RankRequest) -> RankRequest:
-    """The request with ``page_id`` through a float64, as online-eval sent it before."""
+    """The request with ``page_id`` through a float64, as online-eval sent it before (now refused)."""
     return dataclasses.replace(request, context={"page_id": request.context["page_id"].astype(np.float64)})
+
+
+def _cast(request: RankRequest) -> RankRequest:
+    """The rounded request cast back to int64: what the ranker silently scored before it refused floats."""
+    return dataclasses.replace(request, context={"page_id": _rounded(request).context["page_id"].astype(np.int64)})
 
 
 def test_sampled_requests_carry_the_logged_int64_ids(page_log: Path) -> None:
@@ -99,9 +107,33 @@ def test_sampled_requests_score_in_process_as_offline(page_log: Path, page_run: 
     for (_, idx), scores in zip(requests, ranker.score_many([r for r, _ in requests])):
         got[idx] = scores
     assert np.abs(got[rows] - offline[rows]).max() <= TOL
-    # the test sees the bug: the IDs through a float64 score other pages
-    rounded = np.concatenate([ranker.score(_rounded(r)) for r, _ in requests])
+    # the test sees the bug: the IDs through a float64 score other pages; the ranker now refuses such a request
+    rounded = np.concatenate([ranker.score(_cast(r)) for r, _ in requests])
     assert np.abs(rounded - offline[np.concatenate([idx for _, idx in requests])]).max() > 1e-3
+    with pytest.raises(RankRequestError, match=r"context feature 'page_id': candidate 0's value .* is not an integer ID"):
+        ranker.score(_rounded(requests[0][0]))
+
+
+def test_a_categorical_context_value_is_never_cast(page_log: Path, page_run: Path) -> None:
+    """A fractional, NaN or > 2**53 float ID is refused by the in-process ranker, naming the feature and the
+    candidate; a whole-number float below 2**53 is the ID it spells (the same scores as the int64 request)."""
+    ranker = Ranker.load(page_run, page_log)
+    table = day_impressions(page_log, DAY)
+    request = sample_requests(table, Manifest.read(page_log).features, users=1, seed=0)[0][0]
+    n = len(request.candidates)
+    small = np.arange(n, dtype=np.int64) * 7 + 3  # IDs a float64 holds exactly
+    exact = ranker.score(dataclasses.replace(request, context={"page_id": small}))
+    as_float = ranker.score(dataclasses.replace(request, context={"page_id": small.astype(np.float64)}))
+    assert np.array_equal(exact, as_float)
+    for bad, shown in ((1.5, "1.5"), (np.nan, "nan"), (float(2**60), str(float(2**60)))):
+        values = small.astype(np.float64)
+        values[n - 1] = bad
+        with pytest.raises(RankRequestError, match=rf"'page_id': candidate {n - 1}'s value {re.escape(shown)} is not"):
+            ranker.score(dataclasses.replace(request, context={"page_id": values}))
+    with pytest.raises(RankRequestError, match="'page_id': IDs must be integers, got dtype <U"):
+        ranker.score(dataclasses.replace(request, context={"page_id": np.array(["a"] * n)}))
+    with pytest.raises(RankRequestError, match=r"candidate 1's value 9223372036854775809"):
+        context_ids("page_id", np.array([1, 2**63 + 1], dtype=np.uint64))  # would wrap to a negative int64
 
 
 def test_rank_context_keeps_a_sparse_id_exact() -> None:
@@ -159,6 +191,18 @@ def test_online_eval_on_triton_equals_offline(page_log: Path, page_run: Path, pa
     assert main(["rank", "--url", page_server.grpc_url, "--user", str(request.user), "--candidates",
                  *map(str, request.candidates), "--context", context]) == 0
     assert np.allclose(_printed_scores(capsys.readouterr().out), offline[idx], atol=1e-5)
+    # a fractional ID is refused before anything is sent, in one line naming the feature (it was cast to 1)
+    bad = ",".join(["1.5"] * len(request.candidates))
+    assert main(["rank", "--url", page_server.grpc_url, "--user", str(request.user), "--candidates",
+                 *map(str, request.candidates), "--context", f"page_id={bad}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "context feature 'page_id': candidate 0's value 1.5 is not an integer ID" in err
+    with RankerClient(ClientConfig(url=page_server.grpc_url, model="ranker")) as client:
+        ids = table["page_id"].to_numpy()[idx]
+        served = client.rank(request.user, request.history, request.candidates, {"page_id": ids}).scores
+        assert np.allclose(served, offline[idx], atol=TOL)
+        with pytest.raises(ValueError, match="'page_id'"):
+            client.rank(request.user, request.history, request.candidates, {"page_id": ids.astype(np.float64)})
 
 
 def _err_line(capsys: pytest.CaptureFixture[str], command: str) -> str:
