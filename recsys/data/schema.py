@@ -137,8 +137,9 @@ ID_COLUMNS: dict[str, dict[str, str]] = {
 class Manifest:
     """``manifest.json``: what a dataset holds.
 
-    Required: ``format_version``, ``first_day``, ``last_day``; everything else
-    has a default, so a real log's manifest can be a few lines.
+    Required: ``format_version``, ``first_day``, ``last_day`` and, from format
+    2 on, ``features`` when read from a file; everything else has a default, so
+    a real log's manifest is a few lines and its spec.
 
     Args:
         format_version (int): version of this format (``FORMAT_VERSION``);
@@ -202,7 +203,8 @@ class Manifest:
         Raises:
             FileNotFoundError: no ``manifest.json``.
             ValueError: naming the file and the field: not JSON, a missing
-                required or unknown field, an unread format version, a bad spec.
+                required or unknown field, an unread format version, a bad spec,
+                a format 2 manifest without ``features``.
         """
         path = Path(directory) / MANIFEST
         if not path.is_file():
@@ -228,6 +230,11 @@ class Manifest:
             raise ValueError(f"{path}: format_version 1 has no 'features'; declare format_version {FORMAT_VERSION}")
         if "features" in raw:
             raw["features"] = FeatureSpec.from_dict(raw["features"], str(path))
+        elif raw["format_version"] != 1:  # world_spec() would apply, and every check would name its columns, not the log's
+            raise ValueError(
+                f"{path}: no 'features'; a format_version {raw['format_version']} manifest declares its feature spec "
+                f"(which columns are the user, item, label, day and features: README, \"Bring your own log\")"
+            )
         nullable = ("test_day", "image_size")  # null: the default (last_day; no images)
         for name in ("first_day", "last_day", "max_history_len", "seed", *nullable):
             if name in raw and not (raw[name] is None and name in nullable) and (

@@ -84,6 +84,11 @@ def test_manifest_round_trip_and_errors(tmp_path: Path, tiny_manifest: Manifest)
     with pytest.raises(ValueError, match="format_version 1 has no 'features'"):
         Manifest.read(tmp_path)
     raw["format_version"] = 2
+    features = raw.pop("features")  # format 2 without a spec would read as the generated world's: refused
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"manifest.json: no 'features'; a format_version 2 manifest declares"):
+        Manifest.read(tmp_path)
+    raw["features"] = features
     del raw["first_day"]
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="first_day"):
