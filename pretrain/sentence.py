@@ -67,7 +67,9 @@ import pyarrow.parquet as pq
 
 from pretrain.data import check_texts
 from recsys.data.content import where
+from recsys.data.layout import layout
 from recsys.data.schema import MANIFEST, Manifest, read_table_file, table_files
+from recsys.data.side import type_fault
 from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, first_repeat, write_item_vectors
 from recsys.settings import setting
 
@@ -112,16 +114,27 @@ def item_titles(world: Path) -> tuple[np.ndarray, list[str]]:
         tuple[np.ndarray, list[str]]: item IDs, int64 (N,), ascending; their N titles.
 
     Raises:
-        ValueError: no ``title`` content declared, no items, a blank or missing
-            title (naming file, column, row and item), an item listed twice.
+        ValueError: no ``title`` content declared, no items, a file without the
+            item key or title column or with one of another type (``mmctr validate``'s
+            words: ``recsys.data.side.type_fault``), a blank or missing title (naming
+            file, column, row and item), an item listed twice.
     """
     m = Manifest.read(world)
     key = m.features.item_key
     if "title" not in m.features.content:
         raise ValueError(f"{world / MANIFEST}: features.content is {list(m.features.content)}, no 'title': "
                          "there is no text to embed")  # fmt: skip
+    # the key and title columns as `mmctr validate` types them, in its words, from each file's footer
+    columns = [c for c in layout(m.features, ("items",))["items"] if c.name in (key, "title")]
     ids, titles = [], []
     for f in table_files(world, "items"):
+        try:
+            schema = pq.read_schema(f)
+        except Exception as e:  # noqa: BLE001 - any footer that does not read
+            raise ValueError(f"{f}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+        fault = next((msg for c in columns if (msg := type_fault(c, schema)) is not None), None)
+        if fault is not None:
+            raise ValueError(f"{f.relative_to(world)}: {fault}")
         t = read_table_file(f, columns=[key, "title"])
         file_ids, file_titles = t[key].to_numpy(), t["title"].to_pylist()
         name = str(f.relative_to(world))

@@ -57,6 +57,23 @@ def test_blank_titles_and_no_titles_are_refused(tmp_path: Path) -> None:
         item_titles(_world(tmp_path / "none", TITLES, content=()))
 
 
+@pytest.mark.parametrize("title, fault", [
+    (pa.array([1, 2, 3], pa.int64()), r"column 'title' has type int64, expected string \(features.content 'title'\)"),
+    (pa.array([b"x", b"y", b"z"], pa.binary()), r"column 'title' has type binary, expected string \(features"),
+    (None, r"missing column 'title' \(expected string: features.content 'title'\)"),
+])
+def test_a_title_column_of_another_type_is_refused_as_validate_does(tmp_path: Path, title: pa.Array | None,
+                                                                   fault: str) -> None:
+    """One file's title column an int, bytes or absent: refused before any model loads, in `mmctr validate`'s
+    words (an int title was an AttributeError traceback, bytes the model's "Unsupported input type")."""
+    world = _world(tmp_path / "w", TITLES)
+    b = world / "items" / "b.parquet"
+    table = pq.read_table(b).drop_columns(["title"])
+    pq.write_table(table if title is None else table.append_column("title", title), b)
+    with pytest.raises(ValueError, match=rf"^items/b.parquet: {fault}"):
+        item_titles(world)
+
+
 def test_no_model_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(sentence.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="no sentence model: pass --model DIR"):
