@@ -117,6 +117,7 @@ class TrainLog:
     warm_start: str | None = None  # the warm-start run folder, resolved
     vectors: dict[str, Any] | None = None  # the item vectors' vectors.json plus "path" (and "store", "store_version")
     items_without_vector: int = 0  # item rows of the frozen table without a vector
+    vectors_without_item: int = 0  # vectors of items the world's items/ does not list (loaded, read by no impression)
     make_from: str | None = None  # the MAKE stage-1 folder, resolved; None without MAKE
     progress: Progress | None = None  # where training stands (the last checkpoint's progress)
     malloc_pinned: bool = False  # glibc malloc thresholds pinned by the entry point (recsys.allocator)
@@ -168,6 +169,8 @@ class TrainLog:
         )
         if self.world_schema_sha is not None:  # runs logged since it exists
             out["world_schema_sha"] = self.world_schema_sha
+        if self.vectors_without_item:  # only where there are some: every other log keeps its bytes
+            out["vectors_without_item"] = self.vectors_without_item
         if self.managed_ids:  # only runs with managed tables have it (world runs' logs stay as they were)
             out["managed_ids"] = {t: dict(c) for t, c in self.managed_ids.items()}
         if self.dense_stats:  # only datasets with standardised dense features
@@ -203,6 +206,7 @@ class TrainLog:
                 warm_start=raw.get("warm_start"),
                 vectors=raw.get("vectors"),
                 items_without_vector=int(raw.get("items_without_vector", 0)),
+                vectors_without_item=int(raw.get("vectors_without_item", 0)),
                 make_from=raw.get("make_from"),
                 progress=None if progress is None else Progress.from_json(progress),
                 malloc_pinned=bool(raw.get("malloc_pinned", False)),

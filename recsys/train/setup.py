@@ -212,6 +212,30 @@ def projected_vectors(vectors: ItemVectors, width: int, out: Path, saved: Path |
                                                                  "energy_kept_here": kept}})
 
 
+def vectors_without_item(vectors: ItemVectors, manifest: Manifest, world: Path) -> int:
+    """How many of the vector table's items ``world/items/`` does not list.
+
+    Such vectors are loaded (raw item IDs: each takes a row of the frozen
+    table; identity IDs: rows of the ID range no item uses) and, with a
+    projection, are part of the table its basis is fitted on, but no
+    impression reads them: counted so a run says so (``train_log.json``:
+    ``vectors_without_item``), not refused (a catalogue's vectors may cover
+    items beyond one log).
+
+    Args:
+        vectors (ItemVectors): the vectors the run loads, item IDs (M,).
+        manifest (Manifest): the world's (its item key).
+        world (Path): the dataset directory.
+
+    Returns:
+        int: vectors whose item ID is not in ``items/``, 0 <= count <= M.
+
+    Raises:
+        ValueError: an item listed twice in ``items/`` (``recsys.data.stats.item_index``).
+    """
+    return int(np.count_nonzero(~np.isin(vectors.item_ids, item_index(Path(world), manifest))))
+
+
 def fill_mm_table(arch: MultimodalArch, vectors: ItemVectors, manifest: Manifest, world: Path | None = None) -> int:
     """Loads the vectors into the (unsharded) frozen table; returns how many of the item table's items lack one.
 

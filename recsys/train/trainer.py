@@ -60,6 +60,7 @@ from recsys.train.setup import (
     DaySplit,
     capped_table_sizes,
     fill_mm_table,
+    vectors_without_item,
     mm_rows,
     projected_vectors,
     shard_and_optimize,
@@ -115,6 +116,7 @@ class Plain:
     sizes: dict[str, int]  # rows per ID table
     vectors: ItemVectors | None
     missing_vectors: int  # item rows without a vector
+    vectors_without_item: int  # vectors of items the world's items/ does not list (setup.vectors_without_item)
     manifest: Manifest  # the world's manifest
     dense_stats: dict[str, tuple[float, float]]  # standardised dense features' (mean, std), training days only
 
@@ -160,19 +162,21 @@ def build_plain(job: TrainJob, ctx: DistContext) -> Plain:
     torch.manual_seed(job.train.seed)
     rows = mm_rows(manifest, sizes, vectors) if vectors is not None else None
     plain = CtrTrain(CtrModel(job.model, manifest.features, sizes, mm_dim, history_slots=manifest.max_history_len, mm_rows=rows))
-    missing = 0
+    missing = extra = 0
     if vectors is not None:
         missing = fill_mm_table(plain.model.mm_arch, vectors, manifest, Path(job.world))
+        extra = vectors_without_item(vectors, manifest, Path(job.world))
     if make_state is not None:
         plain.model.make.load_state_dict(make_state)
-    return Plain(plain, split, sizes, vectors, missing, manifest, stats)
+    return Plain(plain, split, sizes, vectors, missing, extra, manifest, stats)
 
 
 def build(job: TrainJob, ctx: DistContext) -> Built:
     """Builds the variant's model on every rank (``build_plain``) and shards it."""
     p = build_plain(job, ctx)
     dmp, optimizer = shard_and_optimize(p.model, ctx, job.sharding, job.train.sparse_lr, job.train.dense_lr)
-    return Built(dmp, p.split, p.sizes, p.vectors, p.missing_vectors, p.manifest, p.dense_stats, optimizer)
+    return Built(dmp, p.split, p.sizes, p.vectors, p.missing_vectors, p.vectors_without_item, p.manifest, p.dense_stats,
+                 optimizer)
 
 
 @dataclass
@@ -343,6 +347,7 @@ def _write_train_log(job: TrainJob, built: Built, tally: _Tally, progress: Progr
         warm_start=None if job.warm_start is None else str(Path(job.warm_start).resolve()),
         vectors=None if vectors is None else {**vectors.manifest, "path": str(Path(vectors.path).resolve())},
         items_without_vector=built.missing_vectors,
+        vectors_without_item=built.vectors_without_item,
         make_from=None if not spec.make else str(Path(job.make_from or folder.make_stage1).resolve()),
         progress=progress,
         malloc_pinned=pinned(),
@@ -392,6 +397,10 @@ def _run(job: TrainJob, ctx: DistContext) -> RunMetrics | None:
                  else "item ID(s) of the item table's range (items not in the vector table, or IDs no item uses)")
         print(f"{job.model.variant}: {built.missing_vectors} {which} have no vector in {job.vectors}: zero rows "
               "with the missing flag (train_log.json: items_without_vector)", file=sys.stderr)
+    if built.vectors_without_item and ctx.is_main:  # loaded, fitted into a projection's basis, read by no impression
+        print(f"{job.model.variant}: {built.vectors_without_item} of the {len(built.vectors.item_ids)} vectors in "
+              f"{job.vectors} are of items {Path(job.world) / 'items'} does not list: loaded, read by no impression "
+              "(train_log.json: vectors_without_item)", file=sys.stderr)
     state = TrainState(RunFolder(job.out).checkpoints, built.model, built.optimizer, ctx)
     reader = _reader_config(job, built, ctx)
     progress, tally = _resume_or_warm_start(job, built, state, reader, ctx)

@@ -58,6 +58,10 @@ def test_train_log_writes_the_legacy_json_and_reads_it_back(tmp_path: Path, warm
     assert text == json.dumps(_legacy_train_log(log, warm), indent=2)
     back = folder.read_train_log()
     assert back.to_json() == log.to_json() or warm is not None  # nan != nan inside the report
+    extra = _log(warm_start_metrics=warm, vectors_without_item=20)  # a catalogue's vectors beyond the log: recorded
+    folder.write_train_log(extra)
+    assert json.loads(folder.train_log_file.read_text())["vectors_without_item"] == 20
+    assert folder.read_train_log().vectors_without_item == 20
     assert json.dumps(back.to_json(), indent=2) == text
     assert back.vectors_path == Path("/v/item_vectors.parquet") and back.vectors_store is None
     assert RunFolder.at(folder.train_log_file) == folder

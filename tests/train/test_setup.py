@@ -1,4 +1,5 @@
-"""``recsys.train.setup``: items without a vector counted alike for item IDs as rows and for raw item IDs."""
+"""``recsys.train.setup``: items without a vector, and vectors without an item, counted alike for item IDs as rows
+and for raw item IDs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 from recsys.data.schema import Manifest
 from recsys.data.vectors import ItemVectors
 from recsys.models.mm_table import MultimodalArch
-from recsys.train.setup import fill_mm_table
+from recsys.train.setup import fill_mm_table, vectors_without_item
 
 D = 4
 
@@ -39,3 +40,18 @@ def test_items_without_vector_counted_for_raw_and_identity_item_ids(unlike_log: 
         assert expected == 7
         assert fill_mm_table(arch, _vectors(given, tmp_path / "v.parquet"), m, world) == expected, world
         assert int(arch.row_missing.sum()) == (1 if raw else expected)  # raw: only the shared missing row
+
+
+def test_vectors_of_items_the_world_does_not_list_are_counted(unlike_log: Path, tiny_world: Path, tmp_path: Path) -> None:
+    """A catalogue's vectors beyond the log (raw: IDs no item has; identity: IDs of the range no item uses), counted
+    against a plain set difference, duplicates of a listed item not counted."""
+    for world in (unlike_log, tiny_world):
+        m = Manifest.read(world)
+        key = m.features.item_key
+        items = pq.read_table(world / "items", columns=[key])[key].to_numpy()
+        unlisted = np.setdiff1d(np.arange(int(items.min()), int(items.min()) + 5 * len(items)), items)[:11]
+        given = np.r_[items[::2], unlisted]
+        expected = len(set(given.tolist()) - set(items.tolist()))
+        assert expected == 11
+        assert vectors_without_item(_vectors(given, tmp_path / "v.parquet"), m, world) == expected, world
+        assert vectors_without_item(_vectors(items, tmp_path / "v.parquet"), m, world) == 0
