@@ -39,6 +39,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
@@ -309,6 +310,25 @@ def is_store(path: Path) -> bool:
         return False
     with open(path, "rb") as f:
         return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+
+
+def table_sha256(path: Path) -> str | None:
+    """SHA-256 (hex) of a vector table's bytes, the identity a run records of the table it trained on; ``None``
+    for a vector store, whose rows change as items arrive (its version is recorded instead).
+
+    Example::
+
+        >>> import tempfile
+        >>> f = Path(tempfile.mkdtemp()) / VECTORS_FILE
+        >>> _ = f.write_bytes(b"abc")
+        >>> table_sha256(f)[:12]
+        'ba7816bf8f01'
+    """
+    path = Path(path)
+    if is_store(path):
+        return None
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def store_meta(db: sqlite3.Connection, key: str) -> str | None:

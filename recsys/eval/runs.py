@@ -11,7 +11,8 @@ naming the run and the field, a run that
 * was trained on another world: another schema, or the days it trained on
   no longer hold the rows it trained on (``recsys.train.world_check``; a
   log grown by later days is the same world);
-* names item vectors or a MAKE stage-1 folder that no longer exist.
+* names item vectors or a MAKE stage-1 folder that no longer exist, or a vector
+  table whose bytes changed since it trained (``vectors.table_sha256``).
   ``mmctr train`` logs paths as given; a relative one is looked up from the
   current directory, then from the directory the run was trained from
   (inferred from the logged ``world`` path, :func:`training_dir`).
@@ -35,11 +36,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from recsys.data.vectors import table_sha256
 from recsys.models.config import ModelConfig
 from recsys.models.ctr_model import VARIANT_SPECS
 from recsys.train.checkpoint import Progress
 from recsys.train.config import SHARDING, TrainConfig
-from recsys.train.run_folder import RunFolder
+from recsys.train.run_folder import RunFolder, TrainLog
 from recsys.train.trainer import TrainJob
 from recsys.train.world_check import check_run_world
 
@@ -107,6 +109,18 @@ def _existing(value: str | Path | None, dotted: str, where: str, base: Path | No
                    f"(looked for {' and '.join(str(t.absolute()) for t in tried)})")
 
 
+def _check_table(log: TrainLog, vectors: Path, where: str) -> None:
+    """Refuses a vector table whose bytes are not those the run trained on (``vectors.table_sha256``, logged since
+    it exists): its frozen rows would not be the model's, and nothing else would say so."""
+    logged = (log.vectors or {}).get("table_sha256")
+    now = table_sha256(vectors) if logged is not None else None
+    if now is not None and now != logged:
+        raise RunError(f"{where}: field 'vectors.table_sha256': {vectors} has changed since the run trained on it "
+                       f"(sha256 {logged[:12]}... then, {now[:12]}... now), so its scores would not be the model's; "
+                       f"put back the table it trained on, or retrain on this one "
+                       f"(`mmctr retrain --from RUN --day D --vectors {vectors}`)")
+
+
 def load_run(path: Path, name: str, world: Path) -> RunSpec:
     """Reads and checks one finished run folder against ``world`` (module docstring).
 
@@ -147,6 +161,7 @@ def load_run(path: Path, name: str, world: Path) -> RunSpec:
     if spec.uses_vectors():
         vectors = _existing(log.vectors_path, "vectors.path", where, base)
         store = _existing(log.vectors_store, "vectors.store", where, base) if log.vectors_store else None
+        _check_table(log, vectors, where)
     if spec.make:
         make_from = _existing(log.make_from, "make_from", where, base)
     return RunSpec(name=name, path=folder.path, variant=log.model.variant, model=log.model, train=log.train,

@@ -97,6 +97,8 @@ class MakeEpoch:
     loss: float | None  # the epoch's last loss-curve point (None: none, or not a number)
     samples_per_s: float
     seconds: float = 0.0  # the epoch's training time (0.0 in logs written before it was recorded)
+    rows: int = 0  # impressions trained in the epoch, over all ranks: the fit days' rows, checked (loop.RowCountError)
+    validation_rows: int = 0  # impressions of the validation day scored for val_auc (0: logs written before)
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,8 @@ class EarlyStopping:
                              f"day {self.day} is undefined ({len(val.labels)} impressions, {int(val.labels.sum())} "
                              "clicks): it needs both clicks and non-clicks to pick MAKE's best epoch")
         point = MakeEpoch(epoch=epoch, val_auc=auc, loss=result.curve[-1]["loss"] if result.curve else None,
-                          samples_per_s=result.samples / max(result.seconds, 1e-9), seconds=result.seconds)
+                          samples_per_s=result.samples / max(result.seconds, 1e-9), seconds=result.seconds,
+                          rows=result.samples, validation_rows=len(val.labels))
         log = replace(self.log, epochs=(*self.log.epochs, point))
         if log.best_val_auc is None or auc > log.best_val_auc:
             log = replace(log, best_epoch=epoch, best_val_auc=auc)

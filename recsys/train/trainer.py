@@ -43,7 +43,7 @@ from recsys.data.plan import count as count_rows
 from recsys.data.reader import ImpressionReader, ReaderConfig, dense_moments
 from recsys.data.schema import Manifest, manifest_sha, schema_sha
 from recsys.data.stats import day_rows, item_index, item_positions, new_item_mask, train_item_counts
-from recsys.data.vectors import ItemVectors, load_vectors
+from recsys.data.vectors import ItemVectors, load_vectors, table_sha256
 from recsys.distributed import DistContext, init_distributed
 from recsys.eval.metrics import evaluation_report, item_buckets
 from recsys.models.config import ModelConfig
@@ -148,6 +148,9 @@ def build_plain(job: TrainJob, ctx: DistContext) -> Plain:
         if job.vectors is None:
             raise ValueError(f"variant {job.model.variant!r} needs item vectors: pass --vectors FILE")
         vectors = load_vectors(job.vectors, store=job.store, renormalize=job.train.renormalize_vectors)
+        sha = table_sha256(vectors.path)  # the table's identity in train_log.json, which evaluation holds it to
+        if sha is not None:
+            vectors = replace(vectors, manifest={**vectors.manifest, "table_sha256": sha})
         vectors = projected_vectors(vectors, job.model.mm_width, job.out, job.projection, ctx)
     mm_dim = vectors.dim if vectors is not None else 0
     make_state = None

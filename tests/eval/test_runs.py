@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from recsys.cli import main
+from recsys.data.vectors import VECTORS_FILE, read_item_vectors, write_item_vectors
 from recsys.eval.runs import RunError, choose_baseline, load_run
 from recsys.train.checkpoint import LATEST_FILE, PROGRESS_FILE
 from recsys.train.run_folder import CHECKPOINTS, TRAIN_LOG
@@ -71,6 +73,26 @@ def test_run_of_another_world_or_without_inputs_refused(tiny_world: Path, eval_r
         load_run(run, "r", tiny_world)
     with pytest.raises(RunError, match=r"run x: .*train_log.json does not exist"):
         load_run(tmp_path, "x", tiny_world)
+
+
+def test_a_vector_table_changed_since_training_is_refused(tiny_world: Path, eval_runs: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    """The run records its table's SHA-256; the same bytes load, another table at the same path (same items, same
+    width: nothing else would tell) is refused, naming the field and the file."""
+    run = _copy(eval_runs["simtier"], tmp_path)
+    log = json.loads((run / TRAIN_LOG).read_text())
+    trained_on = Path(log["vectors"]["path"])
+    assert log["vectors"]["table_sha256"] == hashlib.sha256(trained_on.read_bytes()).hexdigest()
+    table = tmp_path / "vectors" / VECTORS_FILE
+    table.parent.mkdir()
+    shutil.copyfile(trained_on, table)
+    _edit_log(run, vectors={**log["vectors"], "path": str(table)})
+    assert load_run(run, "r", tiny_world).vectors == table  # the same bytes elsewhere
+    ids, vectors = read_item_vectors(table)
+    write_item_vectors(table, ids, vectors[::-1].copy(), vectors.shape[1])  # the rows of other items
+    with pytest.raises(RunError, match=rf"run r: .*train_log.json: field 'vectors.table_sha256': {table} has changed "
+                                       r"since the run trained on it \(sha256 [0-9a-f]{12}\.\.\. then"):
+        load_run(run, "r", tiny_world)
 
 
 def test_cli_refuses_with_exit_code_1(tiny_world: Path, eval_runs: dict[str, Path], tmp_path: Path,

@@ -164,6 +164,11 @@ def test_frozen_table_bitwise_unchanged_and_stateless(tiny_world: Path, vectors:
         assert torch.equal(state["model"][full], value), key
     log = json.loads((out / "make_stage1" / "make.json").read_text())
     assert len(log["epochs"]) == 2 and log["best_epoch"] in (0, 1)
+    # each stage-1 epoch's rows and its validation day's, against the Parquet files
+    split = split_days(Manifest.read(tiny_world))
+    days = np.concatenate([pq.read_table(f, columns=["day"]).column(0).to_numpy() for f in table_files(tiny_world, "impressions")])
+    assert [e["rows"] for e in log["epochs"]] == [int(np.isin(days, list(split.make_fit)).sum())] * 2
+    assert [e["validation_rows"] for e in log["epochs"]] == [int((days == split.validation).sum())] * 2
 
 
 def test_ids_beyond_capped_tables_hashed_or_refused(tiny_world: Path, tmp_path: Path) -> None:
