@@ -60,11 +60,11 @@ from recsys.train.setup import (
     DaySplit,
     capped_table_sizes,
     fill_mm_table,
-    vectors_without_item,
     mm_rows,
     projected_vectors,
     shard_and_optimize,
     split_days,
+    vectors_without_item,
 )
 
 
@@ -116,7 +116,6 @@ class Plain:
     sizes: dict[str, int]  # rows per ID table
     vectors: ItemVectors | None
     missing_vectors: int  # item rows without a vector
-    vectors_without_item: int  # vectors of items the world's items/ does not list (setup.vectors_without_item)
     manifest: Manifest  # the world's manifest
     dense_stats: dict[str, tuple[float, float]]  # standardised dense features' (mean, std), training days only
 
@@ -148,9 +147,6 @@ def build_plain(job: TrainJob, ctx: DistContext) -> Plain:
         if job.vectors is None:
             raise ValueError(f"variant {job.model.variant!r} needs item vectors: pass --vectors FILE")
         vectors = load_vectors(job.vectors, store=job.store, renormalize=job.train.renormalize_vectors)
-        sha = table_sha256(vectors.path)  # the table's identity in train_log.json, which evaluation holds it to
-        if sha is not None:
-            vectors = replace(vectors, manifest={**vectors.manifest, "table_sha256": sha})
         vectors = projected_vectors(vectors, job.model.mm_width, job.out, job.projection, ctx)
     mm_dim = vectors.dim if vectors is not None else 0
     make_state = None
@@ -165,21 +161,19 @@ def build_plain(job: TrainJob, ctx: DistContext) -> Plain:
     torch.manual_seed(job.train.seed)
     rows = mm_rows(manifest, sizes, vectors) if vectors is not None else None
     plain = CtrTrain(CtrModel(job.model, manifest.features, sizes, mm_dim, history_slots=manifest.max_history_len, mm_rows=rows))
-    missing = extra = 0
+    missing = 0
     if vectors is not None:
         missing = fill_mm_table(plain.model.mm_arch, vectors, manifest, Path(job.world))
-        extra = vectors_without_item(vectors, manifest, Path(job.world))
     if make_state is not None:
         plain.model.make.load_state_dict(make_state)
-    return Plain(plain, split, sizes, vectors, missing, extra, manifest, stats)
+    return Plain(plain, split, sizes, vectors, missing, manifest, stats)
 
 
 def build(job: TrainJob, ctx: DistContext) -> Built:
     """Builds the variant's model on every rank (``build_plain``) and shards it."""
     p = build_plain(job, ctx)
     dmp, optimizer = shard_and_optimize(p.model, ctx, job.sharding, job.train.sparse_lr, job.train.dense_lr)
-    return Built(dmp, p.split, p.sizes, p.vectors, p.missing_vectors, p.vectors_without_item, p.manifest, p.dense_stats,
-                 optimizer)
+    return Built(dmp, p.split, p.sizes, p.vectors, p.missing_vectors, p.manifest, p.dense_stats, optimizer)
 
 
 @dataclass
@@ -194,6 +188,7 @@ class _Tally:
     warm_start_metrics: Report | None = None  # the stale model's test-day scores (a warm start)
     rows_in_days: int | None = None  # impressions of the training days (the reader's N)
     managed_before: dict[str, dict[str, int]] = field(default_factory=dict)  # admitted/evicted of earlier jobs
+    vectors_without_item: int = 0  # this job's vectors of items items/ does not list (setup.vectors_without_item)
 
     @staticmethod
     def resumed(log: TrainLog, world_size: int) -> _Tally:
@@ -256,17 +251,17 @@ def _score(job: TrainJob, built: Built, day: int, reader: ReaderConfig, ctx: Dis
 
 
 def _resume_or_warm_start(
-    job: TrainJob, built: Built, state: TrainState, reader: ReaderConfig, ctx: DistContext
+    job: TrainJob, built: Built, state: TrainState, reader: ReaderConfig, ctx: DistContext, vectors_without_item: int
 ) -> tuple[Progress, _Tally]:
     """Where training starts: this run's newest checkpoint and log, a warm start (scored stale), or zeros."""
     folder = RunFolder(job.out)
     progress = Progress(epoch=0, step=0, world_size=ctx.world_size)
-    tally = _Tally(ctx.world_size)
+    tally = _Tally(ctx.world_size, vectors_without_item=vectors_without_item)
     found = state.resume(skip=is_mm_table_param)  # the frozen table keeps this job's vectors (the ones its log records)
     if found is not None:
         progress = found[1]
         if folder.train_log_file.exists():
-            tally = _Tally.resumed(folder.read_train_log(), ctx.world_size)
+            tally = replace(_Tally.resumed(folder.read_train_log(), ctx.world_size), vectors_without_item=vectors_without_item)
         if ctx.is_main and not job.quiet:
             left = "all" if progress.remaining is None else f"{count_rows(progress.remaining)} rows"
             print(f"resuming {folder.path} from {found[0].name} (epoch {progress.epoch}, {left} left, "
@@ -350,7 +345,7 @@ def _write_train_log(job: TrainJob, built: Built, tally: _Tally, progress: Progr
         warm_start=None if job.warm_start is None else str(Path(job.warm_start).resolve()),
         vectors=None if vectors is None else {**vectors.manifest, "path": str(Path(vectors.path).resolve())},
         items_without_vector=built.missing_vectors,
-        vectors_without_item=built.vectors_without_item,
+        vectors_without_item=tally.vectors_without_item,
         make_from=None if not spec.make else str(Path(job.make_from or folder.make_stage1).resolve()),
         progress=progress,
         malloc_pinned=pinned(),
@@ -394,19 +389,20 @@ def _run(job: TrainJob, ctx: DistContext) -> RunMetrics | None:
         _check_resumed_model(logged.model, job.model, folder.path)
         _check_resumed_inputs(logged, job, folder.path)
     built = build(job, ctx)
+    extra = _record_vectors(job, built)
     if built.missing_vectors and ctx.is_main:  # zero rows with the missing flag (mm_table), said once, also --quiet
         spec = built.manifest.features
         which = ("item(s) the world's items/ lists" if spec.table(spec.table_of(spec.item_key)).ids != "identity"
                  else "item ID(s) of the item table's range (items not in the vector table, or IDs no item uses)")
         print(f"{job.model.variant}: {built.missing_vectors} {which} have no vector in {job.vectors}: zero rows "
               "with the missing flag (train_log.json: items_without_vector)", file=sys.stderr)
-    if built.vectors_without_item and ctx.is_main:  # loaded, fitted into a projection's basis, read by no impression
-        print(f"{job.model.variant}: {built.vectors_without_item} of the {len(built.vectors.item_ids)} vectors in "
+    if extra and ctx.is_main:  # loaded, fitted into a projection's basis, read by no impression
+        print(f"{job.model.variant}: {extra} of the {len(built.vectors.item_ids)} vectors in "
               f"{job.vectors} are of items {Path(job.world) / 'items'} does not list: loaded, read by no impression "
               "(train_log.json: vectors_without_item)", file=sys.stderr)
     state = TrainState(RunFolder(job.out).checkpoints, built.model, built.optimizer, ctx)
     reader = _reader_config(job, built, ctx)
-    progress, tally = _resume_or_warm_start(job, built, state, reader, ctx)
+    progress, tally = _resume_or_warm_start(job, built, state, reader, ctx, extra)
     plan = EpochPlan(root=Path(job.world), reader=reader, days=_days(job, built), epochs=job.train.epochs,
                      log_every=job.train.log_every, checkpoint_every=job.train.checkpoint_every,
                      stop_after_steps=job.train.stop_after_steps, desc=job.model.variant, quiet=job.quiet,
@@ -427,6 +423,19 @@ def _run(job: TrainJob, ctx: DistContext) -> RunMetrics | None:
     if ctx.is_main:
         _write_records(job, log, metrics)
     return metrics
+
+
+def _record_vectors(job: TrainJob, built: Built) -> int:
+    """What a training job's log records of its vector table, found once per job (not in ``build``, which
+    evaluation and serving share): the table's SHA-256 into ``built.vectors.manifest`` (``table_sha256``, which
+    ``recsys.eval.runs.load_run`` holds the file to; none for a store), and the returned count of its vectors
+    of items ``items/`` does not list (``setup.vectors_without_item``; 0 without vectors)."""
+    if built.vectors is None:
+        return 0
+    sha = table_sha256(built.vectors.path)
+    if sha is not None:
+        built.vectors = replace(built.vectors, manifest={**built.vectors.manifest, "table_sha256": sha})
+    return vectors_without_item(built.vectors, built.manifest, Path(job.world))
 
 
 def _check_rows(log: TrainLog, epochs: int, where: Path) -> None:
