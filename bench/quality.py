@@ -109,7 +109,8 @@ MAKE_QUICK: Candidates = {"fine-tuned, attention 32": _make(False, 32), "frozen,
                           "fine-tuned, attention 8": _make(False, 8),
                           "attention frozen, MLP fine-tuned, attention 32": _make(False, 32, attention_frozen=True),
                           "fine-tuned, attention 32, stage 1 <= 2 epochs": _make(False, 32, max_epochs=2)}
-MAKE_FULL: Candidates = {**MAKE_QUICK, "frozen, attention 8": _make(True, 8)}
+MAKE_FULL: Candidates = {**MAKE_QUICK, "frozen, attention 8": _make(True, 8),
+                         "fine-tuned, bilinear attention": {**_make(False, 32), "make_attention": "bilinear"}}
 PEER_QUICK: Candidates = {"lr 1e-3": {"lr": 1e-3}, "lr 1e-2": {"lr": 1e-2}}
 PEER_FULL: Candidates = {**PEER_QUICK, "lr 3e-3": {"lr": 3e-3}, "lr 3e-2": {"lr": 3e-2}}
 

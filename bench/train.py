@@ -247,6 +247,8 @@ def _ratio_candidates(base: Run, narrow_vectors: str) -> dict[str, Run]:
             sm, model_overrides=(("make_attention_frozen", not ModelConfig().make_attention_frozen),)
         ),
         "MAKE's attention unit 8 wide": replace(sm, make_attention_hidden=(8,)),
+        "MAKE's attention bilinear (make_attention: bilinear)": replace(
+            sm, model_overrides=(("make_attention", "bilinear"),)),
         "SimTier soft, learned metric, 50 (simtier's form; the default before)": replace(
             sm, model_overrides=tuple(SOFT_LEARNED_SIMTIER.items())),
     }

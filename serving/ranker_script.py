@@ -77,7 +77,7 @@ from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.spec import FeatureSpec
-from recsys.models.attention import TargetAttention
+from recsys.models.attention import BilinearTargetAttention, TargetAttention
 from recsys.models.ctr_model import CtrModel
 from recsys.models.simtier import SimTier
 
@@ -96,6 +96,16 @@ def _sequential(mlp: MLP) -> nn.Sequential:
             raise ValueError(f"the artefact serves ReLU MLPs; got activation {perceptron._activation_fn}")
         layers += [perceptron._linear, nn.ReLU()]
     return nn.Sequential(*layers)
+
+
+def _pool(scores: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, softmax: bool, masked_score: float) -> torch.Tensor:
+    """``recsys.models.attention.pool`` (scores (B, L), keys (B, L, D) -> (B, D)); ``masked_score``: the
+    float32 minimum, a masked position's score before the softmax (TorchScript takes no global constant)."""
+    if softmax:
+        weights = torch.softmax(scores.masked_fill(~mask, masked_score), dim=1) * mask
+    else:
+        weights = scores.masked_fill(~mask, 0.0)
+    return torch.bmm(weights.unsqueeze(1), keys).squeeze(1)
 
 
 class _Attention(nn.Module):
@@ -123,13 +133,22 @@ class _Attention(nn.Module):
         for i, layer in enumerate(self.unit):
             if i > 0:
                 scores = layer(scores)
-        scores = scores.squeeze(-1)  # (B, L)
-        if self.softmax:
-            scores = scores.masked_fill(~mask, self.masked_score)
-            weights = torch.softmax(scores, dim=1) * mask
-        else:
-            weights = scores.masked_fill(~mask, 0.0)
-        return torch.bmm(weights.unsqueeze(1), keys).squeeze(1)  # (B, D)
+        return _pool(scores.squeeze(-1), keys, mask, self.softmax, self.masked_score)
+
+
+class _BilinearAttention(nn.Module):
+    """``BilinearTargetAttention.forward``'s unfused path (same weights)."""
+
+    def __init__(self, attention: BilinearTargetAttention) -> None:
+        super().__init__()
+        self.weight = attention.weight
+        self.bias = attention.bias
+        self.softmax: bool = attention._softmax
+        self.masked_score: float = _FLOAT32_MIN  # the artefact computes in float32
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, extra: Optional[torch.Tensor]) -> torch.Tensor:
+        scores = torch.bmm(keys, (query @ self.weight).unsqueeze(2)).squeeze(2) + self.bias  # (B, L)
+        return _pool(scores, keys, mask, self.softmax, self.masked_score)
 
 
 class _SimTier(nn.Module):
@@ -170,7 +189,10 @@ class _Make(nn.Module):
 
     def __init__(self, make: nn.Module) -> None:
         super().__init__()
-        self.attention = _Attention(make.attention)
+        attention = make.attention
+        self.attention = (
+            _BilinearAttention(attention) if isinstance(attention, BilinearTargetAttention) else _Attention(attention)
+        )
         self.mlp = _sequential(make.mlp)
         self.logit = make.logit
 

@@ -18,6 +18,33 @@ from torch import nn
 from recsys.models import fused as fused_kernels
 
 
+def pool(scores: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, softmax: bool) -> torch.Tensor:
+    """The history pooled by its positions' scores: ``sum_l w_l k_l`` over unmasked positions.
+
+    Args:
+        scores (torch.Tensor): per-position scores, tensor of shape (B, L).
+        keys (torch.Tensor): history, tensor of shape (B, L, D).
+        mask (torch.Tensor): bool tensor of shape (B, L), True = real item.
+        softmax (bool): ``w`` a softmax of the scores over the unmasked positions; else the
+            scores themselves (DIN's unnormalised weights).
+
+    Returns:
+        torch.Tensor: tensor of shape (B, D); zeros for an all-masked row.
+
+    Example::
+
+        >>> keys = torch.eye(2).expand(1, 2, 2)
+        >>> pool(torch.tensor([[2.0, 5.0]]), keys, torch.tensor([[True, False]]), softmax=False).tolist()
+        [[2.0, 0.0]]
+    """
+    if softmax:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=1) * mask  # all-masked rows: uniform * 0 = 0
+    else:
+        weights = scores.masked_fill(~mask, 0.0)
+    return torch.bmm(weights.unsqueeze(1), keys).squeeze(1)  # (B, D)
+
+
 class TargetAttention(nn.Module):
     """Weighted sum of history items, weights from an MLP over (target, item) pairs.
 
@@ -147,13 +174,7 @@ class TargetAttention(nn.Module):
         hidden = torch.baddbmm(row_term.unsqueeze(1), keys, per_row)  # (B, L, H1)
         if self._extra_dim:
             hidden = hidden + extra.to(keys.dtype) @ w_x.t()
-        scores = self.unit[1:](hidden).squeeze(-1)  # (B, L)
-        if self._softmax:
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-            weights = torch.softmax(scores, dim=1) * mask  # all-masked rows: uniform * 0 = 0
-        else:
-            weights = scores.masked_fill(~mask, 0.0)
-        return torch.bmm(weights.unsqueeze(1), keys).squeeze(1)  # (B, D)
+        return pool(self.unit[1:](hidden).squeeze(-1), keys, mask, self._softmax)
 
 
 class _FusedDinAttention(torch.autograd.Function):
@@ -199,3 +220,119 @@ class _FusedDinAttention(torch.autograd.Function):
             grad, *ctx.saved_tensors, ctx.softmax, keys_grad
         )
         return keys if keys_grad else None, None, query, key_weight, product_weight, row_term, w2, b2, None, None
+
+
+class BilinearTargetAttention(nn.Module):
+    """Weighted sum of history items, weights from a learned bilinear form of (target, item).
+
+    For each position ``l`` the score is ``s_l = q^T W k_l + b`` (``W`` a
+    (D, D) matrix initialised to the identity, so training starts from the
+    dot product: the cosine for the unit vectors of a multimodal table), and
+    the output is ``sum_l w_l * k_l`` over unmasked positions, ``w_l = s_l``
+    (DIN's unnormalised weights, ``softmax=False``) or a softmax over the
+    unmasked positions. Masked positions get weight 0; an all-masked row gives
+    zeros. It is :class:`TargetAttention` without the activation unit's MLP:
+    the bilinear term is what that unit's ``q * k`` input gives its first
+    layer, and a step costs O(B L D) instead of O(B L D H) (MAKE's attention,
+    ``ModelConfig.make_attention``: README, "MAKE's target attention").
+
+    Built with ``fused=True``, CPU float32 calls whose keys take no gradient
+    (MAKE's frozen history) run ``recsys.models.fused``'s kernels: one pass
+    over each history's unmasked positions forward, one backward, the same
+    values and gradients as the eager ops.
+
+    Args:
+        dim (int): D, width of the query and of each key.
+        softmax (bool): normalise the weights with a masked softmax.
+        fused (bool): use the fused kernels where they apply (built here, in the constructor).
+        device (torch.device | None): where to create parameters (``meta`` works).
+
+    Example::
+
+        >>> att = BilinearTargetAttention(dim=4)
+        >>> q, k = torch.eye(4)[:2], torch.eye(4).expand(2, 4, 4)
+        >>> mask = torch.tensor([[True, True, False, False], [False, False, False, False]])
+        >>> att(q, k, mask).tolist()  # identity W: row 0 matches its first key only
+        [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        softmax: bool = False,
+        fused: bool = False,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"BilinearTargetAttention needs dim >= 1, got {dim}")
+        self._dim = dim
+        self._softmax = softmax
+        self.weight = nn.Parameter(torch.eye(dim, device=device))
+        self.bias = nn.Parameter(torch.zeros((), device=device))
+        self._fused = fused and fused_kernels.load()
+
+    def output_dim(self) -> int:
+        return self._dim
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            query (torch.Tensor): target, tensor of shape (B, D).
+            keys (torch.Tensor): history, tensor of shape (B, L, D).
+            mask (torch.Tensor): bool tensor of shape (B, L), True = real item.
+
+        Returns:
+            torch.Tensor: pooled history, tensor of shape (B, D).
+
+        Raises:
+            ValueError: the shapes disagree with each other or with ``dim``.
+        """
+        B, L, D = keys.shape
+        if query.shape != (B, D) or mask.shape != (B, L) or D != self._dim:
+            raise ValueError(
+                f"BilinearTargetAttention(dim={self._dim}) expects query (B, D), keys (B, L, D), mask (B, L); "
+                f"got {tuple(query.shape)}, {tuple(keys.shape)}, {tuple(mask.shape)}"
+            )
+        projected = query @ self.weight  # (B, D): u_b = W^T q_b, so s_l = k_l . u_b = q_b^T W k_l
+        if (
+            self._fused
+            and not keys.requires_grad
+            and keys.stride(2) == 1
+            and fused_kernels.applies(keys, projected, self.bias)
+        ):
+            return _FusedBilinearAttention.apply(keys, mask, projected, self.bias, self._softmax)
+        return pool(torch.bmm(keys, projected.unsqueeze(2)).squeeze(2) + self.bias, keys, mask, self._softmax)
+
+
+class _FusedBilinearAttention(torch.autograd.Function):
+    """:class:`BilinearTargetAttention`'s pooling in ``recsys.models.fused``'s kernels (CPU float32,
+    keys without gradient): forward and backward each walk every impression's unmasked positions once.
+    Gradients: the projected query u (B, D) and the bias; autograd takes u's on to the query and W.
+
+    Args (forward):
+        keys (torch.Tensor): (B, L, D); mask (torch.Tensor): bool (B, L); projected (torch.Tensor):
+            u = q W, (B, D); bias (torch.Tensor): (); softmax (bool).
+
+    Its backward is not itself differentiable: a backward with ``create_graph=True`` raises RuntimeError.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, keys: torch.Tensor, mask: torch.Tensor,
+                projected: torch.Tensor, bias: torch.Tensor, softmax: bool) -> torch.Tensor:
+        ctx.softmax = softmax
+        ctx.save_for_backward(keys, mask, projected, bias)
+        return torch.ops.mmctr_fused.bilinear_attention(keys, mask, projected, bias, softmax)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "the fused attention kernel has no double backward (create_graph=True); "
+                "build the model with fused_kernels: false (or MMCTR_FUSED=0) for higher-order gradients"
+            )
+        grad_projected, grad_bias = torch.ops.mmctr_fused.bilinear_attention_backward(
+            grad.contiguous(), *ctx.saved_tensors, ctx.softmax
+        )
+        return None, None, grad_projected, grad_bias, None

@@ -45,6 +45,8 @@ VARIANTS: tuple[str, ...] = ("id_only", "simtier", "make", "simtier_make", "vect
 SIMTIER_ALONE = (True, True, 50)
 SIMTIER_PAPER = (False, False, 20)  # the paper's SimTier: hard tiers of width 0.1 over the fixed cosine
 SIMTIER_FORMS: dict[str, tuple[bool, bool, int]] = {"simtier_make": SIMTIER_PAPER}
+# MAKE's target attention: DIN's activation unit, or a learned bilinear score (README, "MAKE's target attention").
+MAKE_ATTENTIONS: tuple[str, ...] = ("din", "bilinear")
 
 
 def simtier_fields(form: tuple[bool, bool, int]) -> dict[str, object]:
@@ -85,8 +87,13 @@ class ModelConfig:
             variant by building a new config. ``simtier_learned_metric: true``
             alone also turns ``simtier_soft`` on; ``simtier_soft: false``
             alone turns the learned metric off.
+        make_attention (str): MAKE's target attention over the D-wide
+            vectors: ``"din"``, DIN's activation unit (an MLP over
+            ``[q, k, q - k, q * k]``, ``make_attention_hidden`` wide), or
+            ``"bilinear"``, a learned bilinear score ``q^T W k + b``
+            (``recsys.models.attention.BilinearTargetAttention``).
         make_attention_hidden (tuple[int, ...]): hidden widths of the
-            activation unit of MAKE's target attention (over the D-wide vectors).
+            activation unit of MAKE's target attention (``make_attention: din``).
         make_hidden (tuple[int, ...]): hidden widths of MAKE's shallow MLP;
             its last hidden output joins the ID model in stage 2.
         make_frozen (bool): in stage 2, MAKE runs without gradients (its
@@ -109,6 +116,7 @@ class ModelConfig:
     simtier_tiers: int | None = None  # T; None: the variant's (SIMTIER_FORMS)
     simtier_soft: bool | None = None  # soft tiers, needed by the learned metric (the paper's hard counts: false)
     simtier_learned_metric: bool | None = None  # None: the variant's (SIMTIER_FORMS)
+    make_attention: str = "din"  # DIN's unit: the bilinear score loses on two of the three validation days (README)
     make_attention_hidden: tuple[int, ...] = (32,)  # as the ID model's unit
     make_hidden: tuple[int, ...] = (64,)  # "shallow MLP": one hidden layer
     make_frozen: bool = False  # fine-tune MAKE in stage 2: measured better than frozen on the small world (README)
@@ -128,6 +136,10 @@ class ModelConfig:
             object.__setattr__(self, "simtier_soft", soft or self.simtier_learned_metric is True)
         if self.simtier_tiers is None:
             object.__setattr__(self, "simtier_tiers", tiers)
+        if self.make_attention not in MAKE_ATTENTIONS:
+            raise ValueError(
+                f"ModelConfig.make_attention must be one of {list(MAKE_ATTENTIONS)}, got {self.make_attention!r}"
+            )
         check_positive(self, ("embedding_dim", "simtier_tiers"))
         check_positive(self, ("mm_width",), zero=True)
         for name in ("mlp_hidden", "attention_hidden", "make_attention_hidden", "make_hidden"):

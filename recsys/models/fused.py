@@ -18,7 +18,9 @@ hidden layer's pre-activations, for its backward, where the eager ops keep
 several (2-5x faster on one CPU thread, ``bench/fused``). The same
 attention kernels run the ID model's target attention, whose keys are its
 trained embeddings: their backward also gives the keys' gradient (zeros at
-padded positions), which flows on to the embedding tables.
+padded positions), which flows on to the embedding tables. MAKE's bilinear
+attention (``ModelConfig.make_attention: bilinear``) has its own pair, one
+pass forward and one backward over the frozen history, any D.
 
 They are C++ built with ``torch.utils.cpp_extension`` (g++ and ninja;
 about 20 s once, then cached by source hash) and registered as

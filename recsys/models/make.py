@@ -28,7 +28,7 @@ from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys.data.spec import FeatureSpec
-from recsys.models.attention import TargetAttention
+from recsys.models.attention import BilinearTargetAttention, TargetAttention
 from recsys.models.config import ModelConfig
 from recsys.models.mm_table import MultimodalFeatures, multimodal_arch
 from recsys.models.sequence import DEFAULT_HISTORY_SLOTS
@@ -72,12 +72,15 @@ class MakeConfig:
     """Widths and switches of :class:`Make` (from ``ModelConfig`` by :func:`make_config`).
 
     Args:
-        attention_hidden (tuple[int, ...]): hidden widths of the target attention's unit.
+        attention (str): the target attention, ``"din"`` (:class:`TargetAttention`) or
+            ``"bilinear"`` (:class:`BilinearTargetAttention`).
+        attention_hidden (tuple[int, ...]): hidden widths of the target attention's unit (``"din"``).
         attention_softmax (bool): normalise the attention weights with a masked softmax.
         hidden (tuple[int, ...]): hidden widths of the shallow MLP; the last is H.
         fused_kernels (bool): the attention may use ``recsys.models.fused``'s kernel.
     """
 
+    attention: str  # ModelConfig.make_attention
     attention_hidden: tuple[int, ...]  # ModelConfig.make_attention_hidden
     attention_softmax: bool  # ModelConfig.attention_softmax (shared with the ID model's attention)
     hidden: tuple[int, ...]  # ModelConfig.make_hidden
@@ -93,6 +96,7 @@ def make_config(config: ModelConfig) -> MakeConfig:
         (16,)
     """
     return MakeConfig(
+        attention=config.make_attention,
         attention_hidden=config.make_attention_hidden,
         attention_softmax=config.attention_softmax,
         hidden=config.make_hidden,
@@ -111,7 +115,8 @@ class Make(nn.Module):
 
     Example::
 
-        >>> config = MakeConfig(attention_hidden=(8,), attention_softmax=False, hidden=(64,), fused_kernels=False)
+        >>> config = MakeConfig(attention="din", attention_hidden=(8,), attention_softmax=False, hidden=(64,),
+        ...     fused_kernels=False)
         >>> make = Make(config, mm_dim=4, dense_dim=2)
         >>> mm = MultimodalFeatures(target=torch.randn(2, 4), history=torch.randn(2, 3, 4),
         ...     history_mask=torch.ones(2, 3, dtype=torch.bool), target_missing=torch.zeros(2, 1))
@@ -124,12 +129,18 @@ class Make(nn.Module):
         super().__init__()
         self._mm_dim = mm_dim
         self._hidden_dim = config.hidden[-1]
-        self.attention = TargetAttention(
-            mm_dim,
-            config.attention_hidden,
-            softmax=config.attention_softmax,
-            fused=config.fused_kernels,
-            device=device,
+        self.attention: TargetAttention | BilinearTargetAttention = (
+            BilinearTargetAttention(
+                mm_dim, softmax=config.attention_softmax, fused=config.fused_kernels, device=device
+            )
+            if config.attention == "bilinear"
+            else TargetAttention(
+                mm_dim,
+                config.attention_hidden,
+                softmax=config.attention_softmax,
+                fused=config.fused_kernels,
+                device=device,
+            )
         )
         self.mlp = MLP(3 * mm_dim + 1 + dense_dim, list(config.hidden), device=device)
         self.logit = nn.Linear(self._hidden_dim, 1, device=device)

@@ -33,12 +33,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from recsys.config_file import config_from_dict
 from recsys.data.paths import artefact_path
 from recsys.data.reader import ImpressionReader, ReaderConfig
 from recsys.data.schema import Manifest
@@ -47,7 +48,7 @@ from recsys.distributed import DistContext, on_main
 from recsys.eval.metrics import ranking_metrics
 from recsys.models.config import ModelConfig
 from recsys.models.ctr_model import CtrTrain
-from recsys.models.make import MakeModel
+from recsys.models.make import MakeModel, make_config
 from recsys.train.checkpoint import Progress, TrainState
 from recsys.train.config import SHARDING, TrainConfig, resolve_train_pipeline
 from recsys.train.loop import EpochPlan, EpochResult, predict, run_epochs
@@ -58,12 +59,15 @@ MAKE_FILE = "make.pt"
 MAKE_LOG = "make.json"
 
 
-def load_make_state(path: Path, mm_dim: int) -> dict[str, torch.Tensor]:
-    """MAKE's stage-1 weights from a stage-1 folder or its ``make.pt``, checked against the vector width D.
+def load_make_state(path: Path, mm_dim: int, config: ModelConfig | None = None) -> dict[str, torch.Tensor]:
+    """MAKE's stage-1 weights from a stage-1 folder or its ``make.pt``, checked against the vector width D
+    and, with ``config``, against the MAKE part of the model config (``make_config``: the attention's form
+    and widths, the softmax, the MLP) that ``make.json`` beside it records.
 
     Raises:
         FileNotFoundError: no ``make.pt`` there.
-        ValueError: MAKE was trained on vectors of another width.
+        ValueError: MAKE was trained on vectors of another width, or in another form than ``config``'s
+            (naming the file and each field that differs).
     """
     file = artefact_path(Path(path), MAKE_FILE)
     if not file.exists():
@@ -71,6 +75,17 @@ def load_make_state(path: Path, mm_dim: int) -> dict[str, torch.Tensor]:
     saved = torch.load(file, weights_only=True, map_location="cpu")
     if int(saved["mm_dim"]) != mm_dim:
         raise ValueError(f"{file}: MAKE was trained on D={int(saved['mm_dim'])} vectors, these vectors have D={mm_dim}")
+    log_file = file.with_name(MAKE_LOG)
+    if config is not None and log_file.exists():
+        logged = MakeLog.read(log_file).config
+        if logged is not None:  # a log written before stage 1 recorded its config: nothing to compare
+            was = make_config(config_from_dict(ModelConfig, logged["model"], str(log_file), section="config.model"))
+            now = make_config(config)
+            differ = [f"{f.name}: {getattr(was, f.name)!r} there, {getattr(now, f.name)!r} now"
+                      for f in fields(was) if f.name != "fused_kernels" and getattr(was, f.name) != getattr(now, f.name)]
+            if differ:
+                raise ValueError(f"{file}: MAKE stage 1 was trained in another form ({'; '.join(differ)}); "
+                                 "train stage 1 again with this config, or give the model config it was trained with")
     return saved["state_dict"]
 
 

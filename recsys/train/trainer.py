@@ -157,7 +157,7 @@ def build_plain(job: TrainJob, ctx: DistContext) -> Plain:
             stage1 = Stage1Job(world=job.world, out=RunFolder(job.out).make_stage1, model=job.model, train=job.train,
                                sharding=job.sharding, until=job.train_until, quiet=job.quiet, dense_stats=stats)
             make_dir = train_make(stage1, vectors, manifest, ctx)
-        make_state = load_make_state(make_dir, mm_dim)
+        make_state = load_make_state(make_dir, mm_dim, job.model)
     torch.manual_seed(job.train.seed)
     rows = mm_rows(manifest, sizes, vectors) if vectors is not None else None
     plain = CtrTrain(CtrModel(job.model, manifest.features, sizes, mm_dim, history_slots=manifest.max_history_len, mm_rows=rows))

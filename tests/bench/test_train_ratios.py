@@ -29,3 +29,5 @@ def test_candidates_build_the_configurations_they_name(tmp_path: Path) -> None:
     (attention,) = [c for label, c in configs.items() if label.startswith("MAKE's attention") and "stage 2" in label]
     default = ModelConfig(variant="simtier_make")
     assert attention == replace(default, make_attention_frozen=not default.make_attention_frozen)
+    (bilinear,) = [c for label, c in configs.items() if "bilinear" in label]
+    assert bilinear == replace(default, make_attention="bilinear") and default.make_attention == "din"

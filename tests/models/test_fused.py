@@ -12,7 +12,7 @@ import torch
 
 from recsys.data.spec import world_spec
 from recsys.models import fused
-from recsys.models.attention import TargetAttention
+from recsys.models.attention import BilinearTargetAttention, TargetAttention
 from recsys.models.config import ModelConfig
 from recsys.models.ctr_model import CtrModel
 from recsys.models.simtier import SimTier
@@ -295,16 +295,79 @@ def test_id_model_attention_over_trained_embeddings_equals_eager(sizes: dict[str
         torch.testing.assert_close(g, want_grads[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+def plain_bilinear(query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: float,
+                   softmax: bool) -> torch.Tensor:
+    """BilinearTargetAttention's definition, one impression and one position at a time, in float64."""
+    out = torch.zeros(query.shape, dtype=torch.float64)
+    for b in range(len(query)):
+        items = [keys[b, l].double() for l in range(keys.shape[1]) if mask[b, l]]
+        scores = [float(query[b].double() @ weight.double() @ k) + bias for k in items]
+        if softmax and scores:
+            top = max(scores)
+            e = [np.exp(s - top) for s in scores]
+            scores = [x / sum(e) for x in e]
+        for w, k in zip(scores, items):
+            out[b] += w * k
+    return out
+
+
+@needs_kernels
+@pytest.mark.parametrize("softmax", [False, True])
+@pytest.mark.parametrize("D, threads", [(8, 1), (16, 2), (64, 1), (12, 2)])
+def test_bilinear_attention_equals_eager_and_a_plain_sum(softmax: bool, D: int, threads: int) -> None:
+    # the kernel's forward and backward against autograd's eager ops, and the forward against the
+    # definition written out; D = 12: the kernel's plain loop; 2 threads: rows split between them
+    query, keys, mask = history_batch(B=37, S=11, D=D, seed=D)
+    probe = torch.randn(37, D, generator=torch.Generator().manual_seed(5))
+    weight = torch.eye(D) + 0.2 * torch.randn(D, D, generator=torch.Generator().manual_seed(6))
+    results = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for use_kernels in (True, False):
+            att = BilinearTargetAttention(D, softmax=softmax, fused=use_kernels)
+            with torch.no_grad():
+                att.weight.copy_(weight)
+                att.bias.fill_(0.3)
+            q = query.clone().requires_grad_()
+            out = att(q, keys, mask)
+            (out * probe).sum().backward()
+            results.append((out.detach(), q.grad, att.weight.grad, att.bias.grad, out.grad_fn.name()))
+    finally:
+        torch.set_num_threads(before)
+    (got, got_q, got_w, got_b, fused_fn), (want, want_q, want_w, want_b, eager_fn) = results
+    assert "Fused" in fused_fn and "Fused" not in eager_fn
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.double(), plain_bilinear(query, keys, mask, weight, 0.3, softmax), rtol=1e-5, atol=1e-5)
+    for g, w in ((got_q, want_q), (got_w, want_w), (got_b, want_b)):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    assert got[0].eq(0).all() and got_q[0].abs().max() < 1e-6  # the empty history: no output, no gradient
+    assert got_w.abs().sum() > 0 and (softmax or got_b.abs() > 0)  # (a softmax ignores the bias)
+
+
+def test_bilinear_attention_with_trained_keys_keeps_the_eager_ops() -> None:
+    # the kernel gives no keys' gradient: keys that need one (the ID model's embeddings) take autograd's
+    query, keys, mask = history_batch(B=5, S=4, D=8, seed=1)
+    att = BilinearTargetAttention(8, fused=True)
+    k = keys.clone().requires_grad_()
+    out = att(query, k, mask)
+    out.sum().backward()
+    assert "Fused" not in out.grad_fn.name() and k.grad[mask].abs().sum() > 0
+    torch.testing.assert_close(out.double(), plain_bilinear(query, keys, mask, torch.eye(8), 0.0, False))
+
+
 @needs_kernels
 @pytest.mark.parametrize("stage2", ["frozen", "fine-tuned", "attention frozen"])
 @pytest.mark.parametrize("learned", [True, False], ids=["soft_learned", "paper"])
-def test_make_model_equals_eager(sizes: dict[str, int], make_batch, stage2: str, learned: bool) -> None:
+@pytest.mark.parametrize("attention", ["din", "bilinear"])
+def test_make_model_equals_eager(sizes: dict[str, int], make_batch, stage2: str, learned: bool, attention: str) -> None:
     batch = make_batch([4, 0, 7, 2, 3])
     results = []
     make_frozen = stage2 == "frozen"
     for use_kernels in (True, False):  # the switch changes no parameter: the same seed, the same weights
         config = ModelConfig(variant="simtier_make", make_frozen=make_frozen, make_attention_frozen=stage2 == "attention frozen",
-                             make_attention_hidden=(8,), fused_kernels=use_kernels, simtier_soft=learned,
+                             make_attention=attention, make_attention_hidden=(8,), fused_kernels=use_kernels,
+                             simtier_soft=learned,
                              simtier_learned_metric=learned)
         torch.manual_seed(0)
         model = CtrModel(config, WORLD, sizes, mm_dim=16)
@@ -355,6 +418,12 @@ def test_kernels_name_the_bad_argument() -> None:
             history, torch.ones(2, 3, dtype=torch.bool), *unit, torch.zeros(4), torch.zeros(()), False, False
         )
     mask = torch.ones(2, 3, dtype=torch.bool)
+    with pytest.raises(RuntimeError, match="query_projection: expected shape"):
+        torch.ops.mmctr_fused.bilinear_attention(history, mask, torch.zeros(2, 4), torch.zeros(()), False)
+    with pytest.raises(RuntimeError, match="grad: expected shape"):
+        torch.ops.mmctr_fused.bilinear_attention_backward(
+            torch.zeros(3, 8), history, mask, torch.zeros(2, 8), torch.zeros(()), False
+        )
     with pytest.raises(RuntimeError, match="grad: expected shape"):
         torch.ops.mmctr_fused.din_attention_backward(
             torch.zeros(2, 7), torch.zeros(0), history, mask, *unit, torch.zeros(8), torch.zeros(()), False, True

@@ -39,10 +39,12 @@ def test_stage1_model_trains_make(make_batch: Callable[..., Batch]) -> None:
 
 @pytest.mark.parametrize("variant", ["make", "simtier_make"])
 @pytest.mark.parametrize("frozen", [True, False, "attention"])
+@pytest.mark.parametrize("attention", ["din", "bilinear"])
 def test_stage2_gradients_reach_make_only_when_not_frozen(
-    make_batch: Callable[..., Batch], sizes: dict[str, int], variant: str, frozen: bool | str
+    make_batch: Callable[..., Batch], sizes: dict[str, int], variant: str, frozen: bool | str, attention: str
 ) -> None:
-    cfg = ModelConfig(variant=variant, make_frozen=frozen is True, make_attention_frozen=frozen == "attention", **CFG)
+    cfg = ModelConfig(variant=variant, make_frozen=frozen is True, make_attention_frozen=frozen == "attention",
+                      make_attention=attention, **CFG)
     stage1 = MakeModel(cfg, WORLD, num_items=20, mm_dim=4)
     model = CtrModel(cfg, WORLD, sizes, mm_dim=4)
     model.make.load_state_dict(stage1.make.state_dict())  # stage-1 weights carry over
@@ -64,8 +66,23 @@ def test_stage2_gradients_reach_make_only_when_not_frozen(
 
 def test_make_reads_only_its_config() -> None:
     config = ModelConfig(make_attention_hidden=(8,), attention_softmax=True, make_hidden=(6,), fused_kernels=False)
-    assert make_config(config) == MakeConfig(attention_hidden=(8,), attention_softmax=True, hidden=(6,), fused_kernels=False)
+    assert make_config(config) == MakeConfig(attention="din", attention_hidden=(8,), attention_softmax=True, hidden=(6,),
+                                             fused_kernels=False)
     make = Make(make_config(config), mm_dim=4, dense_dim=len(WORLD.dense))
     stage1 = MakeModel(config, WORLD, num_items=20, mm_dim=4)
     assert make.output_dim() == 4 + 6 + 1
     assert list(make.state_dict()) == list(stage1.make.state_dict())
+
+
+def test_bilinear_attention_replaces_the_activation_unit() -> None:
+    config = ModelConfig(make_attention="bilinear", make_hidden=(6,), fused_kernels=False)
+    stage1 = MakeModel(config, WORLD, num_items=20, mm_dim=4)
+    assert {n for n, _ in stage1.make.attention.named_parameters()} == {"weight", "bias"}
+    torch.testing.assert_close(stage1.make.attention.weight.detach(), torch.eye(4))  # starts from the dot product
+    make = Make(make_config(config), mm_dim=4, dense_dim=len(WORLD.dense))
+    make.load_state_dict(stage1.make.state_dict())  # stage 1's weights carry over to stage 2
+    din = Make(make_config(ModelConfig(make_hidden=(6,))), mm_dim=4, dense_dim=len(WORLD.dense))
+    with pytest.raises(RuntimeError, match="attention.weight"):  # a stage 1 of the other form does not load
+        din.load_state_dict(stage1.make.state_dict())
+    with pytest.raises(ValueError, match="make_attention must be one of"):
+        ModelConfig(make_attention="dot")

@@ -78,9 +78,10 @@ def _compare(ranker: Ranker, requests: list[RankRequest], tmp_path: Path) -> flo
     ModelConfig(variant="simtier", simtier_soft=False, simtier_learned_metric=False),  # the paper's
     ModelConfig(variant="make", attention_softmax=True),
     ModelConfig(variant="simtier_make"),
+    ModelConfig(variant="make", make_attention="bilinear"),
     ModelConfig(variant="vector"),
     ModelConfig(variant="simscore"),
-], ids=["id_only", "simtier", "simtier_paper", "make_softmax", "simtier_make", "vector", "simscore"])
+], ids=["id_only", "simtier", "simtier_paper", "make_softmax", "simtier_make", "make_bilinear", "vector", "simscore"])
 def test_scripted_equals_eager_for_every_variant(config: ModelConfig, tiny_world: Path, tmp_path: Path) -> None:
     ranker = _random_ranker(tiny_world, config)
     requests = check_requests(tiny_world, 12)

@@ -94,3 +94,27 @@ def test_nan_validation_auc_refused_and_make_json_never_bare_nan(tmp_path: Path,
     with pytest.raises(ValueError, match=rf"day 7 is undefined \({len(labels)} impressions, {int(labels.sum())} clicks\)"):
         hook.after_epoch(0, result, None)  # type: ignore[arg-type]
     assert hook.log == MakeLog() and not (tmp_path / MAKE_LOG).exists() and not hook.best_file.exists()
+
+
+def test_stage1_of_another_form_is_refused_naming_the_fields(tmp_path: Path) -> None:
+    # a stage-1 folder (make.pt + make.json) of a DIN-attention MAKE, given to a job of another MAKE form
+    from dataclasses import asdict
+
+    from recsys.data.spec import world_spec
+    from recsys.models.make import MakeModel
+
+    trained = ModelConfig(variant="simtier_make", make_hidden=(6,), fused_kernels=False)
+    model = MakeModel(trained, world_spec(), num_items=5, mm_dim=4)
+    torch.save({"state_dict": model.make.state_dict(), "mm_dim": 4}, tmp_path / make_stage.MAKE_FILE)
+    MakeLog(config={"model": asdict(trained), "train": asdict(TrainConfig())}).write(tmp_path / MAKE_LOG)
+    same = make_stage.load_make_state(tmp_path, 4, ModelConfig(variant="simtier_make", make_hidden=(6,)))
+    assert same.keys() == model.make.state_dict().keys()  # fused_kernels is a runtime switch: no difference
+    with pytest.raises(ValueError, match=r"make\.pt: MAKE stage 1 was trained in another form \(attention: 'din' there, "
+                                         r"'bilinear' now; hidden: \(6,\) there, \(64,\) now\)"):
+        make_stage.load_make_state(tmp_path, 4, ModelConfig(variant="simtier_make", make_attention="bilinear"))
+    with pytest.raises(ValueError, match="attention_softmax: False there, True now"):  # same weights, other arithmetic
+        make_stage.load_make_state(tmp_path, 4, ModelConfig(make_hidden=(6,), attention_softmax=True))
+    with pytest.raises(ValueError, match="trained on D=4 vectors, these vectors have D=8"):
+        make_stage.load_make_state(tmp_path, 8, trained)
+    MakeLog().write(tmp_path / MAKE_LOG)  # a log that records no config: nothing to compare against
+    assert make_stage.load_make_state(tmp_path, 4, ModelConfig(make_attention="bilinear")).keys() == same.keys()

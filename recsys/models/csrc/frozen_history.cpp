@@ -505,6 +505,113 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           total.narrow(0, 2 * D * H + H, 1).squeeze(0)};
 }
 
+// Bilinear target attention over the unmasked positions of rows [b0, b1): score_i = k_i . u_b + bias
+// (u = q W, computed outside), weight_i = score_i or its softmax over the row's positions, out_b =
+// sum_i weight_i k_i. grad == nullptr: the forward, into out (B, D). Else the backward from grad =
+// dL/dout (B, D): dL/du_b = sum_i dL/dscore_i k_i into out (B, D), and sum_i dL/dscore_i (the bias's
+// gradient) into bias_grad[b]. The keys take no gradient (a frozen history). DV > 0: D = 8 * DV.
+template <int DV>
+void bilinear_rows(int64_t b0, int64_t b1, const History& k, const bool* mask, const float* u, float bias,
+                   bool softmax, const float* grad, float* out, float* bias_grad) {
+  const int64_t L = k.L, D = k.D;
+  std::vector<float> scores(L), gw(L);
+  std::vector<int64_t> pos(L);
+  std::vector<float> acc_buf(D);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t n = unmasked(b, L, mask, pos.data());
+    if (n == 0) continue;  // an empty history: output and gradients 0
+    const float* ub = u + b * D;
+    float top = -INFINITY;
+    for (int64_t i = 0; i < n; ++i) {
+      const float* item = k.item(b, pos[i]);
+      float s = 0.f;
+      if constexpr (DV > 0) {
+        v8 q[DV];
+        for (int v = 0; v < DV; ++v) q[v] = load8(ub + 8 * v);
+        s = dot<DV>(item, q);
+      } else {
+        for (int64_t d = 0; d < D; ++d) s += item[d] * ub[d];
+      }
+      scores[i] = s + bias;
+      top = std::max(top, scores[i]);
+    }
+    if (softmax) {
+      float z = 0.f;
+      for (int64_t i = 0; i < n; ++i) z += (scores[i] = std::exp(scores[i] - top));
+      for (int64_t i = 0; i < n; ++i) scores[i] /= z;
+    }
+    // scores now hold the weights
+    const float* go = grad == nullptr ? nullptr : grad + b * D;
+    float mean = 0.f;  // softmax: sum_j weight_j dL/dweight_j
+    if (go != nullptr) {
+      for (int64_t i = 0; i < n; ++i) {
+        const float* item = k.item(b, pos[i]);
+        float s = 0.f;
+        for (int64_t d = 0; d < D; ++d) s += go[d] * item[d];
+        gw[i] = s;  // dL/dweight_i
+        mean += scores[i] * s;
+      }
+    }
+    float* acc = acc_buf.data();
+    std::fill(acc, acc + D, 0.f);
+    float gbias = 0.f;
+    for (int64_t i = 0; i < n; ++i) {
+      // forward: weight_i; backward: dL/dscore_i
+      const float c = go == nullptr ? scores[i] : (softmax ? scores[i] * (gw[i] - mean) : gw[i]);
+      gbias += c;
+      const float* item = k.item(b, pos[i]);
+      for (int64_t d = 0; d < D; ++d) acc[d] += c * item[d];
+    }
+    std::memcpy(out + b * D, acc, D * sizeof(float));
+    if (bias_grad != nullptr) bias_grad[b] = gbias;
+  }
+}
+
+at::Tensor bilinear_pass(const at::Tensor* grad, const at::Tensor& keys, const at::Tensor& mask,
+                         const at::Tensor& u, const at::Tensor& bias, bool softmax, at::Tensor* bias_grad) {
+  const History k = history_of(keys, "keys");
+  check_shape(mask, {k.B, k.L}, at::kBool, "mask");
+  check_shape(u, {k.B, k.D}, at::kFloat, "query_projection");
+  check_shape(bias, {}, at::kFloat, "bias");
+  const at::Tensor m = mask.contiguous(), uc = u.contiguous();
+  at::Tensor go;
+  if (grad != nullptr) {
+    check_shape(*grad, {k.B, k.D}, at::kFloat, "grad");
+    go = grad->contiguous();
+  }
+  at::Tensor out = at::zeros({k.B, k.D}, keys.options());
+  const bool* mp = m.data_ptr<bool>();
+  const float *up = uc.data_ptr<float>(), *gp = grad == nullptr ? nullptr : go.data_ptr<float>();
+  float *op = out.data_ptr<float>(), *bp = bias_grad == nullptr ? nullptr : bias_grad->data_ptr<float>();
+  const float b = bias.item<float>();
+  at::parallel_for(0, k.B, 16, [&](int64_t b0, int64_t b1) {
+    switch (k.D) {
+      case 8: bilinear_rows<1>(b0, b1, k, mp, up, b, softmax, gp, op, bp); break;
+      case 16: bilinear_rows<2>(b0, b1, k, mp, up, b, softmax, gp, op, bp); break;
+      case 32: bilinear_rows<4>(b0, b1, k, mp, up, b, softmax, gp, op, bp); break;
+      case 64: bilinear_rows<8>(b0, b1, k, mp, up, b, softmax, gp, op, bp); break;
+      default: bilinear_rows<0>(b0, b1, k, mp, up, b, softmax, gp, op, bp); break;
+    }
+  });
+  return out;
+}
+
+// The pooled history (B, D) of the bilinear target attention (bilinear_rows).
+at::Tensor bilinear_attention(const at::Tensor& keys, const at::Tensor& mask, const at::Tensor& query_projection,
+                              const at::Tensor& bias, bool softmax) {
+  return bilinear_pass(nullptr, keys, mask, query_projection, bias, softmax, nullptr);
+}
+
+// The gradients of query_projection (B, D) and of bias (a scalar) from grad = dL/dout (B, D).
+std::tuple<at::Tensor, at::Tensor> bilinear_attention_backward(const at::Tensor& grad, const at::Tensor& keys,
+                                                               const at::Tensor& mask,
+                                                               const at::Tensor& query_projection,
+                                                               const at::Tensor& bias, bool softmax) {
+  at::Tensor per_row = at::zeros({keys.size(0)}, keys.options());
+  at::Tensor grad_u = bilinear_pass(&grad, keys, mask, query_projection, bias, softmax, &per_row);
+  return {grad_u, per_row.sum()};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(mmctr_fused, m) {
@@ -518,6 +625,10 @@ TORCH_LIBRARY(mmctr_fused, m) {
       "din_attention_backward(Tensor grad, Tensor hidden, Tensor keys, Tensor mask, Tensor query, Tensor key_weight, "
       "Tensor product_weight, Tensor row_term, Tensor w2, Tensor b2, bool softmax, bool keys_grad) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("bilinear_attention(Tensor keys, Tensor mask, Tensor query_projection, Tensor bias, bool softmax) -> Tensor");
+  m.def(
+      "bilinear_attention_backward(Tensor grad, Tensor keys, Tensor mask, Tensor query_projection, Tensor bias, "
+      "bool softmax) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mmctr_fused, CPU, m) {
@@ -526,4 +637,6 @@ TORCH_LIBRARY_IMPL(mmctr_fused, CPU, m) {
   m.impl("soft_tiers_backward", soft_tiers_backward);
   m.impl("din_attention", din_attention);
   m.impl("din_attention_backward", din_attention_backward);
+  m.impl("bilinear_attention", bilinear_attention);
+  m.impl("bilinear_attention_backward", bilinear_attention_backward);
 }
