@@ -312,6 +312,24 @@ def _check_resumed_inputs(logged: TrainLog, job: TrainJob, run: Path) -> None:
                          f"job starts from {warm}; resume it as it began, or train into a new --out")
 
 
+def _check_resumed_table(logged: TrainLog, built: Built, run: Path) -> None:
+    """Refuses to resume a run on a vector table other than the one its checkpoints were trained with.
+
+    The frozen table is filled from the file at each start (its weights are not
+    in the checkpoint), so a resume on another table would train the rest of the
+    run on other vectors, and its log would record only the new table.
+
+    Raises:
+        ValueError: naming the run, both tables and their SHA-256 prefixes.
+    """
+    was = (logged.vectors or {}).get("table_sha256")
+    now = None if built.vectors is None else built.vectors.manifest.get("table_sha256")
+    if was is not None and now is not None and was != now:
+        raise ValueError(f"{run}: has checkpoints trained on the vector table {logged.vectors_path} "
+                         f"(SHA-256 {was[:12]}..., its train_log.json), but {built.vectors.path} now has {now[:12]}...; "
+                         "resume it with the table it trained on, or train into a new --out")
+
+
 def _span(days: tuple[int, ...]) -> str:
     """Days as ``a`` (one), ``a..b`` (a run without a gap) or listed."""
     if len(days) == 1:
@@ -384,12 +402,15 @@ def _write_records(job: TrainJob, log: TrainLog, metrics: RunMetrics) -> None:
 def _run(job: TrainJob, ctx: DistContext) -> RunMetrics | None:
     Path(job.out).mkdir(parents=True, exist_ok=True)
     folder = RunFolder(job.out)
+    logged = None
     if folder.latest_checkpoint() is not None and folder.train_log_file.exists():  # before build: no stage 1, no basis
         logged = folder.read_train_log()
         _check_resumed_model(logged.model, job.model, folder.path)
         _check_resumed_inputs(logged, job, folder.path)
     built = build(job, ctx)
     extra = _record_vectors(job, built)
+    if logged is not None:
+        _check_resumed_table(logged, built, folder.path)
     if built.missing_vectors and ctx.is_main:  # zero rows with the missing flag (mm_table), said once, also --quiet
         spec = built.manifest.features
         which = ("item(s) the world's items/ lists" if spec.table(spec.table_of(spec.item_key)).ids != "identity"

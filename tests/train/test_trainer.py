@@ -305,6 +305,33 @@ def test_resume_with_another_model_config_is_refused(tiny_world: Path, vectors: 
     _check_resumed_model(logged, replace(logged, fused_kernels=not logged.fused_kernels), out)  # a runtime switch
 
 
+def test_resume_on_another_vector_table_is_refused(tiny_world: Path, vectors: Path, tmp_path: Path) -> None:
+    """The frozen table is refilled from the file at each start: a resume on a changed table would train the
+    rest of the run on other vectors. Refused, nothing written; on the table it trained on, it resumes."""
+    import hashlib
+
+    table = tmp_path / VECTORS_FILE
+    table.write_bytes(vectors.read_bytes())
+    out = tmp_path / "run"
+    job = TrainJob(world=tiny_world, out=out, model=ModelConfig(variant="simtier"), vectors=table,
+                   train=TrainConfig(batch_size=BATCH, stop_after_steps=2), quiet=True)
+    assert run_train(job) is None  # stopped as if preempted
+    saved, log = latest_checkpoint(out / CHECKPOINTS), (out / TRAIN_LOG).read_text()
+    was = hashlib.sha256(vectors.read_bytes()).hexdigest()
+    assert RunFolder(out).read_train_log().vectors["table_sha256"] == was
+    got = pq.read_table(vectors)
+    ids = got.column(0).to_numpy()
+    rows = np.stack(got.column(1).to_numpy(zero_copy_only=False))
+    write_item_vectors(table, ids, rows[::-1].copy(), dim=D)  # the same items and width, other rows
+    now = hashlib.sha256(table.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match=rf"{out}: has checkpoints trained on the vector table {table} \(SHA-256 "
+                                         rf"{was[:12]}\.\.\., its train_log.json\), but {table} now has {now[:12]}"):
+        run_train(replace(job, train=replace(job.train, stop_after_steps=None)))
+    assert latest_checkpoint(out / CHECKPOINTS) == saved and (out / TRAIN_LOG).read_text() == log  # nothing written
+    table.write_bytes(vectors.read_bytes())
+    assert run_train(replace(job, train=replace(job.train, stop_after_steps=None))) is not None
+
+
 def test_resume_on_other_days_or_another_warm_start_is_refused(tiny_world: Path, tmp_path: Path) -> None:
     """Resuming into the folder with other days (or warm start) would relabel its weights: refused, nothing written."""
     from recsys.data.schema import Manifest
