@@ -232,8 +232,9 @@ class BilinearTargetAttention(nn.Module):
     (DIN's unnormalised weights, ``softmax=False``) or a softmax over the
     unmasked positions. Masked positions get weight 0; an all-masked row gives
     zeros. It is :class:`TargetAttention` without the activation unit's MLP:
-    the bilinear term is what that unit's ``q * k`` input gives its first
-    layer, and a step costs O(B L D) instead of O(B L D H) (MAKE's attention,
+    a full ``W`` generalises the diagonal bilinear term ``q^T diag(w) k`` that
+    the unit's ``q * k`` input gives its first layer, and a step costs
+    O(B L D) instead of O(B L D H) (MAKE's attention,
     ``ModelConfig.make_attention``: README, "MAKE's target attention").
 
     Built with ``fused=True``, CPU float32 calls whose keys take no gradient

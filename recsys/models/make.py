@@ -74,7 +74,8 @@ class MakeConfig:
     Args:
         attention (str): the target attention, ``"din"`` (:class:`TargetAttention`) or
             ``"bilinear"`` (:class:`BilinearTargetAttention`).
-        attention_hidden (tuple[int, ...]): hidden widths of the target attention's unit (``"din"``).
+        attention_hidden (tuple[int, ...]): hidden widths of the target attention's unit (``"din"``;
+            empty for ``"bilinear"``, which has none).
         attention_softmax (bool): normalise the attention weights with a masked softmax.
         hidden (tuple[int, ...]): hidden widths of the shallow MLP; the last is H.
         fused_kernels (bool): the attention may use ``recsys.models.fused``'s kernel.
@@ -97,7 +98,7 @@ def make_config(config: ModelConfig) -> MakeConfig:
     """
     return MakeConfig(
         attention=config.make_attention,
-        attention_hidden=config.make_attention_hidden,
+        attention_hidden=config.make_attention_hidden if config.make_attention == "din" else (),  # bilinear: no unit
         attention_softmax=config.attention_softmax,
         hidden=config.make_hidden,
         fused_kernels=config.fused_kernels,

@@ -67,7 +67,7 @@ def load_make_state(path: Path, mm_dim: int, config: ModelConfig | None = None) 
     Raises:
         FileNotFoundError: no ``make.pt`` there.
         ValueError: MAKE was trained on vectors of another width, or in another form than ``config``'s
-            (naming the file and each field that differs).
+            (:func:`check_stage1_form`, naming the file and each field that differs).
     """
     file = artefact_path(Path(path), MAKE_FILE)
     if not file.exists():
@@ -75,18 +75,31 @@ def load_make_state(path: Path, mm_dim: int, config: ModelConfig | None = None) 
     saved = torch.load(file, weights_only=True, map_location="cpu")
     if int(saved["mm_dim"]) != mm_dim:
         raise ValueError(f"{file}: MAKE was trained on D={int(saved['mm_dim'])} vectors, these vectors have D={mm_dim}")
-    log_file = file.with_name(MAKE_LOG)
-    if config is not None and log_file.exists():
-        logged = MakeLog.read(log_file).config
-        if logged is not None:  # a log written before stage 1 recorded its config: nothing to compare
-            was = make_config(config_from_dict(ModelConfig, logged["model"], str(log_file), section="config.model"))
-            now = make_config(config)
-            differ = [f"{f.name}: {getattr(was, f.name)!r} there, {getattr(now, f.name)!r} now"
-                      for f in fields(was) if f.name != "fused_kernels" and getattr(was, f.name) != getattr(now, f.name)]
-            if differ:
-                raise ValueError(f"{file}: MAKE stage 1 was trained in another form ({'; '.join(differ)}); "
-                                 "train stage 1 again with this config, or give the model config it was trained with")
+    if config is not None:
+        check_stage1_form(file.with_name(MAKE_LOG), config, file)
     return saved["state_dict"]
+
+
+def check_stage1_form(log_file: Path, config: ModelConfig, what: Path) -> None:
+    """Refuses a stage 1 (finished or to be resumed) whose ``make.json`` records MAKE in another form than
+    ``config``'s: ``make_config``'s fields but ``fused_kernels`` (a runtime switch). Nothing is compared where
+    there is no ``make.json`` (a bare ``make.pt``) or it records no config (written before configs were).
+
+    Raises:
+        ValueError: naming ``what`` and each field that differs; ``make.json`` unreadable (naming it).
+    """
+    if not log_file.exists():
+        return
+    logged = MakeLog.read(log_file).config
+    if not logged or "model" not in logged:
+        return
+    was = make_config(config_from_dict(ModelConfig, logged["model"], str(log_file), section="config.model"))
+    now = make_config(config)
+    differ = [f"{f.name}: {getattr(was, f.name)!r} there, {getattr(now, f.name)!r} now"
+              for f in fields(was) if f.name != "fused_kernels" and getattr(was, f.name) != getattr(now, f.name)]
+    if differ:
+        raise ValueError(f"{what}: MAKE stage 1 was trained in another form ({'; '.join(differ)}); train stage 1 "
+                         "again with this config (into a new folder), or give the model config it was trained with")
 
 
 @dataclass(frozen=True)
@@ -244,7 +257,8 @@ def train_make(job: Stage1Job, vectors: ItemVectors, manifest: Manifest, ctx: Di
         Path: the stage-1 folder, holding ``make.pt``.
 
     Raises:
-        ValueError: no fit day before the validation day; a validation day
+        ValueError: a stopped stage 1 in ``job.out`` of another MAKE form (:func:`check_stage1_form`);
+            no fit day before the validation day; a validation day
             without impressions or with one label only
             (``setup.check_validation_day``), before any training; an epoch
             whose validation AUC is undefined (``EarlyStopping.after_epoch``).
@@ -252,6 +266,7 @@ def train_make(job: Stage1Job, vectors: ItemVectors, manifest: Manifest, ctx: Di
     out = Path(job.out)
     if (out / MAKE_FILE).exists():
         return out
+    check_stage1_form(out / MAKE_LOG, job.model, out)  # a stopped stage 1 resumes only in its own form
     out.mkdir(parents=True, exist_ok=True)
     split = split_days(manifest, job.until)
     if not len(split.make_fit):

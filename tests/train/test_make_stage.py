@@ -110,7 +110,8 @@ def test_stage1_of_another_form_is_refused_naming_the_fields(tmp_path: Path) -> 
     same = make_stage.load_make_state(tmp_path, 4, ModelConfig(variant="simtier_make", make_hidden=(6,)))
     assert same.keys() == model.make.state_dict().keys()  # fused_kernels is a runtime switch: no difference
     with pytest.raises(ValueError, match=r"make\.pt: MAKE stage 1 was trained in another form \(attention: 'din' there, "
-                                         r"'bilinear' now; hidden: \(6,\) there, \(64,\) now\)"):
+                                         r"'bilinear' now; attention_hidden: \(32,\) there, \(\) now; hidden: \(6,\) "
+                                         r"there, \(64,\) now\)"):
         make_stage.load_make_state(tmp_path, 4, ModelConfig(variant="simtier_make", make_attention="bilinear"))
     with pytest.raises(ValueError, match="attention_softmax: False there, True now"):  # same weights, other arithmetic
         make_stage.load_make_state(tmp_path, 4, ModelConfig(make_hidden=(6,), attention_softmax=True))
@@ -118,3 +119,26 @@ def test_stage1_of_another_form_is_refused_naming_the_fields(tmp_path: Path) -> 
         make_stage.load_make_state(tmp_path, 8, trained)
     MakeLog().write(tmp_path / MAKE_LOG)  # a log that records no config: nothing to compare against
     assert make_stage.load_make_state(tmp_path, 4, ModelConfig(make_attention="bilinear")).keys() == same.keys()
+
+
+def test_bilinear_stage1_ignores_the_din_unit_width_and_a_stopped_one_resumes_only_in_its_form(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from recsys.data.spec import world_spec
+    from recsys.models.make import MakeModel
+
+    bilinear = ModelConfig(variant="simtier_make", make_attention="bilinear")
+    model = MakeModel(bilinear, world_spec(), num_items=5, mm_dim=4)
+    torch.save({"state_dict": model.make.state_dict(), "mm_dim": 4}, tmp_path / make_stage.MAKE_FILE)
+    MakeLog(config={"model": asdict(bilinear), "train": asdict(TrainConfig())}).write(tmp_path / MAKE_LOG)
+    # the DIN unit's width is not part of a bilinear MAKE: configs differing only there share a stage 1
+    narrow = ModelConfig(variant="simtier_make", make_attention="bilinear", make_attention_hidden=(8,))
+    assert make_stage.load_make_state(tmp_path, 4, narrow).keys() == model.make.state_dict().keys()
+    # a stopped stage 1 (make.json, no make.pt yet) is not resumed in another form: refused before any work
+    (tmp_path / make_stage.MAKE_FILE).unlink()
+    job = Stage1Job(world=tmp_path / "no-world", out=tmp_path, model=ModelConfig(variant="simtier_make"),
+                    train=TrainConfig())
+    with pytest.raises(ValueError, match=rf"{tmp_path}: MAKE stage 1 was trained in another form \(attention: "
+                                         r"'bilinear' there, 'din' now; attention_hidden: \(\) there, \(32,\) now\)"):
+        make_stage.train_make(job, None, None, None)  # type: ignore[arg-type]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MAKE_LOG]  # nothing written

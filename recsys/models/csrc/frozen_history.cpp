@@ -521,13 +521,15 @@ void bilinear_rows(int64_t b0, int64_t b1, const History& k, const bool* mask, c
     const int64_t n = unmasked(b, L, mask, pos.data());
     if (n == 0) continue;  // an empty history: output and gradients 0
     const float* ub = u + b * D;
+    v8 q[DV > 0 ? DV : 1];  // the row's u in registers (DV > 0)
+    if constexpr (DV > 0) {
+      for (int v = 0; v < DV; ++v) q[v] = load8(ub + 8 * v);
+    }
     float top = -INFINITY;
     for (int64_t i = 0; i < n; ++i) {
       const float* item = k.item(b, pos[i]);
       float s = 0.f;
       if constexpr (DV > 0) {
-        v8 q[DV];
-        for (int v = 0; v < DV; ++v) q[v] = load8(ub + 8 * v);
         s = dot<DV>(item, q);
       } else {
         for (int64_t d = 0; d < D; ++d) s += item[d] * ub[d];
