@@ -23,7 +23,9 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim.keyed import CombinedOptimizer
 
 from recsys.data.days import DaySplit, split_days  # noqa: F401  (re-exported: the training stages' day split)
+from recsys.data.row_groups import select_row_groups
 from recsys.data.schema import Manifest, table_files
+from recsys.data.side import label_fault, read_column
 from recsys.data.stats import item_index
 from recsys.data.projection import PROJECTION_FILE, fit_projection, load_projection, project_rows, save_projection
 from recsys.data.vectors import ItemVectors
@@ -80,6 +82,45 @@ def check_validation_day(world: Path, manifest: Manifest, day: int) -> int:
         "classes), or pass --train-until D with an earlier day D that does (the test day becomes D + 1), or train "
         "a variant without MAKE (id_only, simtier)"
     )
+
+
+def check_day_labels(world: Path, manifest: Manifest, day: int) -> int:
+    """Refuses a label the reader would refuse in the row groups holding ``day``, before any training.
+
+    The test day is read only when the trained model is scored, so a null or
+    a label not exactly 0 or 1 there would stop a finished training job at its
+    last step. The reader checks every row of each row group it reads
+    (``ImpressionReader``); this reads the same row groups (the row-group plan
+    of ``select_row_groups``: only those holding ``day``) and checks their day
+    and label columns with the same rule (``side.label_fault``) and words.
+
+    Args:
+        world (Path): the dataset directory.
+        manifest (Manifest): its manifest.
+        day (int): the day (a job's test day).
+
+    Returns:
+        int: the impressions of ``day``.
+
+    Raises:
+        ValueError: a null day or label, or a label not exactly 0 or 1, naming
+            the file, its row group and row, and the column; a file without the
+            columns (naming it).
+    """
+    spec = manifest.features
+    files = table_files(Path(world), "impressions")
+    columns = [spec.day, spec.label]
+    rows = 0
+    for rg in select_row_groups(files, spec.day, np.array([day], dtype=np.int64), columns):
+        where = f"{files[rg.file]} (row group {rg.index}, file rows {rg.first}-{rg.first + rg.size - 1})"
+        try:
+            table = pq.ParquetFile(files[rg.file]).read_row_group(rg.index, columns=columns)
+        except (KeyError, pa.ArrowInvalid) as e:
+            raise ValueError(f"{where}: {e}; the feature spec needs impressions columns {columns}") from e
+        read_column(table, spec.day, where, rg.first)
+        read_column(table, spec.label, where, rg.first, fault=label_fault)
+        rows += rg.rows
+    return rows
 
 
 def capped_table_sizes(manifest: Manifest, config: TrainConfig) -> dict[str, int]:

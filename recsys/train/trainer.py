@@ -59,6 +59,7 @@ from recsys.models.remap import IdRemapper
 from recsys.train.setup import (
     DaySplit,
     capped_table_sizes,
+    check_day_labels,
     fill_mm_table,
     mm_rows,
     projected_vectors,
@@ -407,6 +408,10 @@ def _run(job: TrainJob, ctx: DistContext) -> RunMetrics | None:
         logged = folder.read_train_log()
         _check_resumed_model(logged.model, job.model, folder.path)
         _check_resumed_inputs(logged, job, folder.path)
+    manifest = Manifest.read(job.world)
+    test_day = split_days(manifest, job.train_until).test
+    if test_day is not None:  # read only at scoring: a bad label there is refused now, not after training
+        check_day_labels(Path(job.world), manifest, test_day)
     built = build(job, ctx)
     extra = _record_vectors(job, built)
     if logged is not None:

@@ -351,3 +351,46 @@ def test_resume_on_other_days_or_another_warm_start_is_refused(tiny_world: Path,
                                          rf"{tmp_path.resolve() / 'parent'}"):
         run_train(replace(job, warm_start=tmp_path / "parent"))
     assert latest_checkpoint(out / CHECKPOINTS) == saved and (out / TRAIN_LOG).read_text() == log  # nothing written
+
+
+@pytest.mark.parametrize("fault", ["value 2", "null"])
+def test_a_bad_test_day_label_is_refused_before_training_as_the_reader_refuses_it(
+    tiny_world: Path, tmp_path: Path, fault: str
+) -> None:
+    """The test day is read only when the trained model is scored: its labels are checked before training,
+    in the reader's words (naming file, row group, column and row), and nothing is written."""
+    import shutil
+
+    import pyarrow as pa
+
+    from recsys.data.reader import ImpressionReader, ReaderConfig
+    from recsys.train.setup import check_day_labels
+
+    world = tmp_path / "world"
+    shutil.copytree(tiny_world, world)
+    m = Manifest.read(world)
+    day = split_days(m).test
+    files = [f for f in table_files(world, "impressions") if (pq.read_table(f, columns=["day"]).column(0).to_numpy() == day).any()]
+    table = pq.read_table(files[0])
+    labels = table.column("label")
+    row = int(np.flatnonzero(table.column("day").to_numpy() == day)[3])
+    values = labels.to_numpy().copy()
+    values[row] = 2
+    mask = np.arange(len(values)) == row if fault == "null" else None
+    table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(values, type=labels.type, mask=mask))
+    pq.write_table(table, files[0], row_group_size=97)  # other row groups than the generator's
+    with pytest.raises(ValueError) as by_reader:  # the same fault, found by reading the test day
+        list(ImpressionReader(world, ReaderConfig(batch_size=64, days=[day], prefetch=0)))
+    assert f"column 'label', row {row}: " in str(by_reader.value)
+    with pytest.raises(ValueError) as early:
+        check_day_labels(world, m, day)
+    assert str(early.value) == str(by_reader.value)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError) as by_train:
+        run_train(TrainJob(world=world, out=out, model=ModelConfig(variant="id_only"), quiet=True,
+                           train=TrainConfig(batch_size=BATCH)))
+    assert str(by_train.value) == str(by_reader.value)
+    assert not (out / CHECKPOINTS).exists() and not (out / TRAIN_LOG).exists()  # refused before any training
+    in_day = sum(int((pq.read_table(f, columns=["day"]).column(0).to_numpy() == day).sum())
+                 for f in table_files(tiny_world, "impressions"))
+    assert check_day_labels(tiny_world, m, day) == in_day > 0  # the clean world passes, its day's rows counted
