@@ -97,15 +97,21 @@ class TrainJob:
 def run_train(job: TrainJob) -> RunMetrics | None:
     """Runs the job on this process's rank; returns the metrics (every rank), or ``None`` if stopped early.
 
-    Makes a one-rank process group when run plainly, and destroys a group it made.
+    Makes a one-rank process group when run plainly, and destroys a group it made: after a barrier when the
+    job succeeded, so no rank tears the group down (rank 0 its store) while another still uses it.
     """
     created = not dist.is_initialized()
     ctx = init_distributed(always=True)
     try:
-        return _run(job, ctx)
-    finally:
+        metrics = _run(job, ctx)
+    except BaseException:
         if created and dist.is_initialized():
             dist.destroy_process_group()
+        raise
+    if created and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return metrics
 
 
 @dataclass
