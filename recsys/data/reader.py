@@ -379,7 +379,7 @@ class ImpressionReader(IterableDataset[Batch]):
 
     def _load(self, file: pq.ParquetFile, rg: RowGroup, lo: int, hi: int) -> _Block:
         """Rows ``[lo, hi)`` of row group ``rg`` in the epoch's order (day-filtered, shuffled), joined."""
-        where = f"{self._files[rg.file]} (row group {rg.index}, file rows {rg.first}-{rg.first + rg.size - 1})"
+        where = rg.where(self._files)
         spec = self.spec
         try:
             table = file.read_row_group(rg.index, columns=list(self._columns))

@@ -58,6 +58,16 @@ class RowGroup:
     first: int = 0
     size: int = 0
 
+    def where(self, files: Sequence[Path]) -> str:
+        """The row group as errors name it: ``FILE (row group I, file rows A-B)`` (``files``: those selected from).
+
+        Example::
+
+            >>> RowGroup(file=0, index=2, rows=5, whole=True, first=200, size=100).where([Path("a.parquet")])
+            'a.parquet (row group 2, file rows 200-299)'
+        """
+        return f"{files[self.file]} (row group {self.index}, file rows {self.first}-{self.first + self.size - 1})"
+
 
 def select_row_groups(
     files: Sequence[Path], day_column: str, days: np.ndarray | None, columns: Sequence[str] = (),

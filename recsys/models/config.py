@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +156,23 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
         if self.simtier_learned_metric and not self.simtier_soft:
             raise ValueError("ModelConfig.simtier_learned_metric needs simtier_soft: true (hard tiers pass no gradient)")
+
+
+RUNTIME_SWITCHES: tuple[str, ...] = ("fused_kernels",)  # fields that change how, not what, a model computes
+
+
+def differing_fields(was: object, now: object, there: str = "there") -> list[str]:
+    """``field: WAS <there>, NOW now`` for each field of two configs of one dataclass type (a ``ModelConfig``, a
+    ``MakeConfig``) that differs, :data:`RUNTIME_SWITCHES` aside: what keeps a run's weights from another's model.
+
+    Example::
+
+        >>> differing_fields(ModelConfig(), ModelConfig(embedding_dim=8, fused_kernels=False))
+        ['embedding_dim: 16 there, 8 now']
+    """
+    return [f"{f.name}: {getattr(was, f.name)!r} {there}, {getattr(now, f.name)!r} now"
+            for f in dataclasses.fields(was)  # type: ignore[arg-type]
+            if f.name not in RUNTIME_SWITCHES and getattr(was, f.name) != getattr(now, f.name)]
 
 
 def table_sizes(manifest: Manifest) -> dict[str, int]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from recsys.data.schema import Manifest
 from recsys.data.vectors import ItemVectors
 from recsys.distributed import DistContext, on_main
 from recsys.eval.metrics import ranking_metrics
-from recsys.models.config import ModelConfig
+from recsys.models.config import ModelConfig, differing_fields
 from recsys.models.ctr_model import CtrTrain
 from recsys.models.make import MakeModel, make_config
 from recsys.train.checkpoint import Progress, TrainState
@@ -82,7 +82,7 @@ def load_make_state(path: Path, mm_dim: int, config: ModelConfig | None = None) 
 
 def check_stage1_form(log_file: Path, config: ModelConfig, what: Path) -> None:
     """Refuses a stage 1 (finished or to be resumed) whose ``make.json`` records MAKE in another form than
-    ``config``'s: ``make_config``'s fields but ``fused_kernels`` (a runtime switch). Nothing is compared where
+    ``config``'s: ``make_config``'s fields but the runtime switches (``differing_fields``). Nothing is compared where
     there is no ``make.json`` (a bare ``make.pt``) or it records no config (written before configs were).
 
     Raises:
@@ -95,8 +95,7 @@ def check_stage1_form(log_file: Path, config: ModelConfig, what: Path) -> None:
         return
     was = make_config(config_from_dict(ModelConfig, logged["model"], str(log_file), section="config.model"))
     now = make_config(config)
-    differ = [f"{f.name}: {getattr(was, f.name)!r} there, {getattr(now, f.name)!r} now"
-              for f in fields(was) if f.name != "fused_kernels" and getattr(was, f.name) != getattr(now, f.name)]
+    differ = differing_fields(was, now)
     if differ:
         raise ValueError(f"{what}: MAKE stage 1 was trained in another form ({'; '.join(differ)}); train stage 1 "
                          "again with this config (into a new folder), or give the model config it was trained with")

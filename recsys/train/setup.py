@@ -112,7 +112,7 @@ def check_day_labels(world: Path, manifest: Manifest, day: int) -> int:
     columns = [spec.day, spec.label]
     rows = 0
     for rg in select_row_groups(files, spec.day, np.array([day], dtype=np.int64), columns):
-        where = f"{files[rg.file]} (row group {rg.index}, file rows {rg.first}-{rg.first + rg.size - 1})"
+        where = rg.where(files)
         try:
             table = pq.ParquetFile(files[rg.file]).read_row_group(rg.index, columns=columns)
         except (KeyError, pa.ArrowInvalid) as e:

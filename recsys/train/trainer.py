@@ -31,7 +31,7 @@ Output folder (``run_folder.RunFolder``)::
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -46,7 +46,7 @@ from recsys.data.stats import day_rows, item_index, item_positions, new_item_mas
 from recsys.data.vectors import ItemVectors, load_vectors, table_sha256
 from recsys.distributed import DistContext, init_distributed
 from recsys.eval.metrics import evaluation_report, item_buckets
-from recsys.models.config import ModelConfig
+from recsys.models.config import ModelConfig, differing_fields
 from recsys.models.ctr_model import VARIANT_SPECS, CtrModel, CtrTrain
 from recsys.models.make import is_make_param
 from recsys.models.mm_table import is_mm_table_param
@@ -286,14 +286,12 @@ def _check_resumed_model(logged: ModelConfig, given: ModelConfig, run: Path) -> 
 
     Without it a resume could load weights of one shape into another model, or
     silently train on with, say, other SimTier tiers or MAKE frozen where it was
-    fine-tuned. ``fused_kernels`` is a runtime switch (the same values) and may differ.
+    fine-tuned. The runtime switches (``fused_kernels``: the same values) may differ.
 
     Raises:
         ValueError: naming the run and every field that differs.
     """
-    differ = [f"{f.name}: {getattr(logged, f.name)!r} in its train log, {getattr(given, f.name)!r} now"
-              for f in fields(ModelConfig)
-              if f.name != "fused_kernels" and getattr(logged, f.name) != getattr(given, f.name)]
+    differ = differing_fields(logged, given, there="in its train log")
     if differ:
         raise ValueError(f"{run}: has checkpoints of another model config ({'; '.join(differ)}); resume it with "
                          "the config its train_log.json records, or train into a new --out")
