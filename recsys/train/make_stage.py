@@ -43,7 +43,7 @@ from recsys.config_file import config_from_dict
 from recsys.data.paths import artefact_path
 from recsys.data.reader import ImpressionReader, ReaderConfig
 from recsys.data.schema import Manifest
-from recsys.data.vectors import ItemVectors
+from recsys.data.vectors import ItemVectors, table_sha256
 from recsys.distributed import DistContext, on_main
 from recsys.eval.metrics import ranking_metrics
 from recsys.models.config import ModelConfig, differing_fields
@@ -101,6 +101,33 @@ def check_stage1_form(log_file: Path, config: ModelConfig, what: Path) -> None:
                          "again with this config (into a new folder), or give the model config it was trained with")
 
 
+def check_stage1_table(log_file: Path, sha: str | None, table: Path, what: Path) -> None:
+    """Refuses to resume a stopped stage 1 on a vector table other than the one its ``make.json`` records.
+
+    A stage-1 checkpoint holds its frozen table, so a resume on another table
+    would finish MAKE on the vectors it began on while stage 2 trains on the
+    new ones. Nothing is compared where either SHA-256 is unknown (a vector
+    store; a log written before tables were recorded).
+
+    Raises:
+        ValueError: naming ``what``, the table and both SHA-256 prefixes.
+    """
+    if sha is None or not log_file.exists():
+        return
+    was = MakeLog.read(log_file).table_sha256
+    if was is not None and was != sha:
+        raise ValueError(f"{what}: MAKE stage 1 began on another vector table (SHA-256 {was[:12]}..., its "
+                         f"{log_file.name}), but {table} now has {sha[:12]}...; resume it with the table it began "
+                         "on, or remove the stage-1 folder to train stage 1 again")
+
+
+def stage1_table_sha256(path: Path) -> str | None:
+    """The SHA-256 of the vector table a finished stage 1 (a folder or its ``make.pt``) was trained on, as its
+    ``make.json`` records it; ``None`` where none is recorded (no log, a store, a log from before)."""
+    log_file = artefact_path(Path(path), MAKE_FILE).with_name(MAKE_LOG)
+    return MakeLog.read(log_file).table_sha256 if log_file.exists() else None
+
+
 @dataclass(frozen=True)
 class Stage1Job:
     """One MAKE stage 1 (fields documented inline)."""
@@ -137,11 +164,13 @@ class MakeLog:
     best_val_auc: float | None = None
     stopped: str | None = None
     config: dict[str, Any] | None = None  # {"model": ModelConfig, "train": TrainConfig} as dicts
+    table_sha256: str | None = None  # the vector table's SHA-256 (data.vectors.table_sha256); None: a store, or older logs
 
     def write(self, file: Path) -> None:
-        """Writes the log as JSON (atomically): a float that is not finite (NaN, inf) as ``null``, never bare."""
+        """Writes the log as JSON (atomically): a float that is not finite (NaN, inf) as ``null``, never bare;
+        ``config`` and ``table_sha256`` only where set."""
         tmp = file.parent / f".{file.name}.tmp"
-        raw = asdict(self) if self.config is not None else {k: v for k, v in asdict(self).items() if k != "config"}
+        raw = {k: v for k, v in asdict(self).items() if v is not None or k not in ("config", "table_sha256")}
         tmp.write_text(json.dumps(_finite(raw), indent=2, allow_nan=False))
         os.replace(tmp, file)
 
@@ -150,7 +179,8 @@ class MakeLog:
         raw = json.loads(Path(file).read_text())
         try:
             return MakeLog(epochs=tuple(MakeEpoch(**e) for e in raw["epochs"]), best_epoch=raw["best_epoch"],
-                           best_val_auc=raw["best_val_auc"], stopped=raw["stopped"], config=raw.get("config"))
+                           best_val_auc=raw["best_val_auc"], stopped=raw["stopped"], config=raw.get("config"),
+                           table_sha256=raw.get("table_sha256"))
         except (KeyError, TypeError) as e:
             raise ValueError(f"{file}: not a MAKE stage-1 log ({e!r}); remove the stage-1 folder to start over") from e
 
@@ -195,6 +225,7 @@ class EarlyStopping:
     day: int  # the validation day
     mm_dim: int  # D, saved with the weights
     log: MakeLog = field(default_factory=MakeLog)
+    table_sha256: str | None = None  # of the vector table stage 1 trains on, recorded in make.json
 
     @property
     def best_file(self) -> Path:
@@ -229,7 +260,8 @@ class EarlyStopping:
             self._save_best()
         stopped = stop_reason(log, epoch, result.progress.epoch, cfg.make_patience, cfg.make_max_epochs,
                               cfg.make_max_seconds)
-        self.log = replace(log, stopped=stopped, config={"model": asdict(self.job.model), "train": asdict(cfg)})
+        self.log = replace(log, stopped=stopped, config={"model": asdict(self.job.model), "train": asdict(cfg)},
+                           table_sha256=self.table_sha256)
         if ctx.is_main:
             self.log.write(Path(self.job.out) / MAKE_LOG)
             if not self.job.quiet:
@@ -256,7 +288,8 @@ def train_make(job: Stage1Job, vectors: ItemVectors, manifest: Manifest, ctx: Di
         Path: the stage-1 folder, holding ``make.pt``.
 
     Raises:
-        ValueError: a stopped stage 1 in ``job.out`` of another MAKE form (:func:`check_stage1_form`);
+        ValueError: a stopped stage 1 in ``job.out`` of another MAKE form (:func:`check_stage1_form`)
+            or begun on another vector table (:func:`check_stage1_table`);
             no fit day before the validation day; a validation day
             without impressions or with one label only
             (``setup.check_validation_day``), before any training; an epoch
@@ -266,6 +299,8 @@ def train_make(job: Stage1Job, vectors: ItemVectors, manifest: Manifest, ctx: Di
     if (out / MAKE_FILE).exists():
         return out
     check_stage1_form(out / MAKE_LOG, job.model, out)  # a stopped stage 1 resumes only in its own form
+    sha = table_sha256(vectors.path)
+    check_stage1_table(out / MAKE_LOG, sha, vectors.path, out)  # and on the table it began on
     out.mkdir(parents=True, exist_ok=True)
     split = split_days(manifest, job.until)
     if not len(split.make_fit):
@@ -287,7 +322,8 @@ def train_make(job: Stage1Job, vectors: ItemVectors, manifest: Manifest, ctx: Di
                           seed=job.train.seed, prefetch=job.train.prefetch, table_sizes=sizes,
                           out_of_range=job.train.out_of_range, dense_stats=job.dense_stats or None)
     hook = EarlyStopping(job, state, replace(reader, batch_size=job.train.eval_batch_size), split.validation,
-                         vectors.dim, log=MakeLog.read(out / MAKE_LOG) if found is not None else MakeLog())
+                         vectors.dim, log=MakeLog.read(out / MAKE_LOG) if found is not None else MakeLog(),
+                         table_sha256=sha)
     plan = EpochPlan(root=Path(job.world), reader=reader, days=tuple(split.make_fit), epochs=job.train.make_max_epochs,
                      log_every=job.train.log_every, checkpoint_each_epoch=True, desc="MAKE stage 1", quiet=job.quiet,
                      pipeline=resolve_train_pipeline(job.train.train_pipeline, ctx.world_size, ctx.device.type))

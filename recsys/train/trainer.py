@@ -53,7 +53,7 @@ from recsys.models.mm_table import is_mm_table_param
 from recsys.train.checkpoint import Progress, TrainState, load_checkpoint
 from recsys.train.config import SHARDING, TrainConfig, resolve_train_pipeline
 from recsys.train.loop import EpochPlan, EpochResult, RowCountError, predict, run_epochs
-from recsys.train.make_stage import Stage1Job, load_make_state, train_make
+from recsys.train.make_stage import Stage1Job, load_make_state, stage1_table_sha256, train_make
 from recsys.train.run_folder import Lineage, Report, RetrainNote, RunFolder, RunMetrics, Segment, TrainLog
 from recsys.models.remap import IdRemapper
 from recsys.train.setup import (
@@ -430,6 +430,8 @@ def _run(job: TrainJob, ctx: DistContext) -> RunMetrics | None:
         print(f"{job.model.variant}: {extra} of the {len(built.vectors.item_ids)} vectors in "
               f"{job.vectors} are of items {Path(job.world) / 'items'} does not list: loaded, read by no impression "
               "(train_log.json: vectors_without_item)", file=sys.stderr)
+    if ctx.is_main:
+        _say_stage1_table(job, built)
     state = TrainState(RunFolder(job.out).checkpoints, built.model, built.optimizer, ctx)
     reader = _reader_config(job, built, ctx)
     progress, tally = _resume_or_warm_start(job, built, state, reader, ctx, extra)
@@ -453,6 +455,21 @@ def _run(job: TrainJob, ctx: DistContext) -> RunMetrics | None:
     if ctx.is_main:
         _write_records(job, log, metrics)
     return metrics
+
+
+def _say_stage1_table(job: TrainJob, built: Built) -> None:
+    """One line (stderr) where the MAKE stage 1 this job loads was trained on another vector table than the one
+    stage 2 trains on (``--make-from`` another run's, or a finished stage 1 kept in ``--out``): allowed, as a
+    retrain keeps its parent's MAKE on fresh vectors, but said. Nothing where MAKE comes from a warm start."""
+    if not VARIANT_SPECS[job.model.variant].make or built.vectors is None or (
+        job.warm_start is not None and job.warm_start_make
+    ):
+        return
+    stage1 = job.make_from or RunFolder(job.out).make_stage1
+    was, now = stage1_table_sha256(stage1), built.vectors.manifest.get("table_sha256")
+    if was is not None and now is not None and was != now:
+        print(f"{job.model.variant}: MAKE stage 1 in {stage1} was trained on another vector table (SHA-256 "
+              f"{was[:12]}...) than {built.vectors.path} ({now[:12]}...); stage 2 loads it as trained", file=sys.stderr)
 
 
 def _record_vectors(job: TrainJob, built: Built) -> int:

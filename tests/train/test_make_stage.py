@@ -142,3 +142,50 @@ def test_bilinear_stage1_ignores_the_din_unit_width_and_a_stopped_one_resumes_on
                                          r"'bilinear' there, 'din' now; attention_hidden: \(\) there, \(32,\) now\)"):
         make_stage.train_make(job, None, None, None)  # type: ignore[arg-type]
     assert sorted(p.name for p in tmp_path.iterdir()) == [MAKE_LOG]  # nothing written
+
+
+def test_a_stopped_stage1_resumes_only_on_the_table_it_began_on(tiny_world: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+    from dataclasses import replace
+
+    first, other = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), other.mkdir()
+    table = _vectors(tiny_world, first)
+    moved = pq.read_table(table)  # the same items and width, other vectors: a table re-exported by another encoder
+    n = moved.num_rows
+    v = np.random.default_rng(1).standard_normal((n, D)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    write_item_vectors(other / VECTORS_FILE, moved["item_id"].to_numpy(), v, dim=D)
+    sha = hashlib.sha256(table.read_bytes()).hexdigest()
+    out = tmp_path / "run"
+    job = TrainJob(world=tiny_world, out=out, model=ModelConfig(variant="make"), vectors=table,
+                   train=TrainConfig(batch_size=256, make_max_epochs=1), quiet=True)
+    assert run_train(job) is not None
+    stage1 = out / "make_stage1"
+    log = MakeLog.read(stage1 / MAKE_LOG)
+    assert log.table_sha256 == sha and len(log.epochs) == 1
+    # stage 1 as it stood after epoch 1 of 2: its log (not stopped), its best weights, its checkpoint; no make.pt
+    (stage1 / make_stage.MAKE_FILE).rename(stage1 / f".{make_stage.MAKE_FILE}.best")
+    replace(log, stopped=None).write(stage1 / MAKE_LOG)
+    for p in out.iterdir():  # the ID model's part goes: only stage 1 is resumed
+        if p.name != "make_stage1":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    before = (stage1 / MAKE_LOG).read_bytes()
+    two = replace(job, train=replace(job.train, make_max_epochs=2))
+    moved_sha = hashlib.sha256((other / VECTORS_FILE).read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match=rf"{stage1}: MAKE stage 1 began on another vector table \(SHA-256 "
+                                         rf"{sha[:12]}\.\.\., its make\.json\), but {other / VECTORS_FILE} now has "
+                                         rf"{moved_sha[:12]}\.\.\."):
+        run_train(replace(two, vectors=other / VECTORS_FILE))
+    assert (stage1 / MAKE_LOG).read_bytes() == before and not (stage1 / make_stage.MAKE_FILE).exists()
+    assert run_train(two) is not None  # on its own table it resumes and finishes its second epoch
+    resumed = MakeLog.read(stage1 / MAKE_LOG)
+    assert [e.epoch for e in resumed.epochs] == [0, 1] and resumed.table_sha256 == sha
+    capsys.readouterr()
+    # a finished stage 1 given to a run on another table is loaded, and said
+    run_train(TrainJob(world=tiny_world, out=tmp_path / "other-run", model=ModelConfig(variant="make"),
+                       vectors=other / VECTORS_FILE, make_from=stage1, train=TrainConfig(batch_size=256), quiet=True))
+    said = capsys.readouterr().err
+    assert f"MAKE stage 1 in {stage1} was trained on another vector table (SHA-256 {sha[:12]}...)" in said
+    assert f"({moved_sha[:12]}...); stage 2 loads it as trained" in said
