@@ -67,6 +67,11 @@ class Progress:
     # rows of `epoch` still to train: global [start, end) intervals (recsys.data.plan); None = all
     remaining: tuple[tuple[int, int], ...] | None = None
     finished: bool = False  # every epoch done
+    # impressions these weights were trained on, counted by the loop over all ranks and jobs of the run, and the
+    # seconds of those steps (rank 0's): what a resumed run's log holds, whatever its killed jobs left unwritten.
+    # None: a checkpoint written before they were recorded
+    trained: int | None = 0
+    seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.remaining is not None:  # lists (from JSON) become the canonical tuple
@@ -82,6 +87,7 @@ class Progress:
                 f"progress records batch {batch} of epoch {raw.get('epoch')} (a batch count, before row "
                 f"positions were recorded); it cannot be resumed exactly, start the run again"
             )
+        raw.setdefault("trained", None)  # older checkpoints did not count: unknown, not zero
         return Progress(**raw)
 
 

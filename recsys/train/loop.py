@@ -154,7 +154,7 @@ def train_epoch(
     ctx: DistContext,
     progress: Progress,
     log_every: int,
-    on_step: Callable[[Progress], None] | None = None,
+    on_step: Callable[[Progress, Callable[[Progress], Progress]], None] | None = None,
     stop_after_steps: int | None = None,
     desc: str = "train",
     quiet: bool = False,
@@ -172,7 +172,10 @@ def train_epoch(
         log_every (int): steps between loss-curve points.
         on_step (Callable | None): called with the new progress after every
             step (e.g. to checkpoint every N steps); its ``remaining`` is what
-            the epoch has left once every rank has done the steps so far.
+            the epoch has left once every rank has done the steps so far. Its
+            second argument stamps a progress with the impressions trained so
+            far (``Progress.trained``, ``seconds``): a collective, so every rank
+            calls it at the same steps or none does.
         stop_after_steps (int | None): stop once ``progress.step`` reaches it.
         desc (str): progress-bar label.
         quiet (bool): no progress bar.
@@ -197,6 +200,17 @@ def train_epoch(
     real = torch.zeros((), dtype=torch.int64, device=ctx.device)  # impressions trained by this rank (no host sync per step)
     start = time.perf_counter()
     stopped = False
+    base_trained, base_seconds = progress.trained, progress.seconds
+
+    def stamped(p: Progress) -> Progress:
+        """``p`` with the run's impressions so far (this epoch's summed over ranks) and its steps' seconds."""
+        if base_trained is None:
+            return replace(p, seconds=base_seconds + time.perf_counter() - start)
+        now = real.clone()
+        if ctx.world_size > 1:
+            dist.all_reduce(now)
+        return replace(p, trained=base_trained + int(now.item()), seconds=base_seconds + time.perf_counter() - start)
+
     with closing(training_steps(model, optimizer, reader, ctx.device, pipeline)) as steps:
         while done < total:
             if stop_after_steps is not None and progress.step >= stop_after_steps:
@@ -220,7 +234,7 @@ def train_epoch(
                 running, counted = 0.0, 0
             bar.update(1)
             if on_step is not None:
-                on_step(progress)
+                on_step(progress, stamped)
     bar.close()
     seconds = time.perf_counter() - start
     if ctx.world_size > 1:
@@ -231,6 +245,8 @@ def train_epoch(
         raise RowCountError(f"{desc}: trained {samples} impressions where the data plan has {planned} "
                             f"({reader.total_rows} rows in the selected days, {count_rows(reader.remaining)} left "
                             f"at the start of this job); rows were lost or trained twice")
+    progress = replace(progress, trained=None if base_trained is None else base_trained + samples,
+                       seconds=base_seconds + seconds)
     if not stopped and done >= total:
         progress = replace(progress, epoch=progress.epoch + 1, remaining=None)
     if stopped and ctx.world_size > 1:
@@ -275,14 +291,15 @@ class EpochsOutcome:
     stopped: bool  # ended by `stop_after_steps`; the last progress is checkpointed
 
 
-def _step_checkpoints(state: TrainState, every: int) -> Callable[[Progress], None] | None:
-    """``train_epoch``'s ``on_step``: a checkpoint every ``every`` steps (None when ``every`` is 0)."""
+def _step_checkpoints(state: TrainState, every: int) -> Callable[[Progress, Callable[[Progress], Progress]], None] | None:
+    """``train_epoch``'s ``on_step``: a checkpoint every ``every`` steps (None when ``every`` is 0), its progress
+    stamped with the impressions trained so far."""
     if not every:
         return None
 
-    def on_step(p: Progress) -> None:
+    def on_step(p: Progress, stamped: Callable[[Progress], Progress]) -> None:
         if p.step % every == 0:
-            state.save(p)
+            state.save(stamped(p))
 
     return on_step
 

@@ -269,6 +269,8 @@ def _resume_or_warm_start(
         progress = found[1]
         if folder.train_log_file.exists():
             tally = replace(_Tally.resumed(folder.read_train_log(), ctx.world_size), vectors_without_item=vectors_without_item)
+        tally.segments, tally.curve = segments_at(tally.segments, progress), [
+            point for point in tally.curve if point["step"] <= progress.step]
         if ctx.is_main and not job.quiet:
             left = "all" if progress.remaining is None else f"{count_rows(progress.remaining)} rows"
             print(f"resuming {folder.path} from {found[0].name} (epoch {progress.epoch}, {left} left, "
@@ -279,6 +281,41 @@ def _resume_or_warm_start(
             tally.warm_start_metrics = _score(job, built, built.split.test, reader, ctx)
             _write_train_log(job, built, tally, progress, ctx)  # kept if the job is stopped and resumed
     return progress, tally
+
+
+def segments_at(segments: list[Segment], progress: Progress) -> list[Segment]:
+    """A run's logged segments made to hold the impressions its checkpoint's weights were trained on.
+
+    A job killed after a checkpoint (SIGKILL, a lost machine) never wrote the
+    segment of the steps it saved, and a job that wrote its log past its last
+    checkpoint (a finished run whose row check failed, killed before its
+    final checkpoint) logged steps the resumed weights do not hold. So on a
+    resume the log's segments are kept while they fit in ``progress.trained``
+    (counted by the loop and saved with the weights), and the rest is one
+    segment at the checkpoint's world size. Unchanged where the checkpoint
+    does not record ``trained`` (written before it was counted).
+
+    Example::
+
+        >>> log = [Segment(1, 100, 1.0), Segment(2, 50, 1.0)]
+        >>> segments_at(log, Progress(epoch=0, step=9, world_size=2, trained=180, seconds=2.5))[-1]
+        Segment(world_size=2, samples=30, seconds=0.5)
+        >>> segments_at(log, Progress(epoch=0, step=9, world_size=1, trained=120, seconds=1.5))
+        [Segment(world_size=1, samples=100, seconds=1.0), Segment(world_size=1, samples=20, seconds=0.5)]
+    """
+    if progress.trained is None:
+        return list(segments)
+    kept: list[Segment] = []
+    rows, seconds = 0, 0.0
+    for segment in segments:
+        if rows + segment.samples > progress.trained:
+            break
+        kept.append(segment)
+        rows, seconds = rows + segment.samples, seconds + segment.seconds
+    if rows < progress.trained:
+        kept.append(Segment(world_size=progress.world_size, samples=progress.trained - rows,
+                            seconds=max(progress.seconds - seconds, 0.0)))
+    return kept
 
 
 def _check_resumed_model(logged: ModelConfig, given: ModelConfig, run: Path) -> None:
@@ -348,7 +385,9 @@ def _days(job: TrainJob, built: Built) -> tuple[int, ...]:
 
 def _write_train_log(job: TrainJob, built: Built, tally: _Tally, progress: Progress, ctx: DistContext) -> TrainLog:
     """The job's training log as it stands (every rank: counts summed over ranks), written by rank 0."""
-    merged = {k: tally.logged_out_of_range.get(k, 0) + v for k, v in _sum_over_ranks(tally.counts, ctx).items()}
+    # earlier jobs' counts (their log) and this job's so far: recomputed at each write, never added twice
+    now = _sum_over_ranks(tally.counts, ctx)
+    merged = {k: tally.logged_out_of_range.get(k, 0) + now.get(k, 0) for k in sorted(set(tally.logged_out_of_range) | set(now))}
     spec, vectors = VARIANT_SPECS[job.model.variant], built.vectors
     folder = RunFolder(job.out)
     log = TrainLog(
@@ -377,7 +416,6 @@ def _write_train_log(job: TrainJob, built: Built, tally: _Tally, progress: Progr
         dense_stats=built.dense_stats,
     )
     if ctx.is_main:
-        tally.logged_out_of_range = merged  # a later write of this job adds to them, as the written log holds them
         folder.write_train_log(log)
     return log
 

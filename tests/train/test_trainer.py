@@ -175,7 +175,16 @@ def test_ids_beyond_capped_tables_hashed_or_refused(tiny_world: Path, tmp_path: 
     capped = TrainConfig(batch_size=BATCH, max_table_rows=1000, out_of_range="hash")
     run_train(TrainJob(world=tiny_world, out=tmp_path / "hash", model=ModelConfig(), train=capped, quiet=True))
     counts = json.loads((tmp_path / "hash" / TRAIN_LOG).read_text())["out_of_range_ids"]
-    assert counts["item_id"] > 0 and counts["history_item_ids"] > 0 and counts["category_id"] == 0
+    # the counts are the training days' IDs at or past the cap, counted from the Parquet (one epoch), once
+    m = Manifest.read(tiny_world)
+    t = pq.read_table(tiny_world / "impressions", columns=["day", "item_id", "history_item_ids"])
+    t = t.filter(np.isin(t["day"].to_numpy(), list(split_days(m).train)))
+    history = [h[-m.max_history_len:] for h in t["history_item_ids"].to_pylist()]
+    assert counts["item_id"] == int((t["item_id"].to_numpy() >= 1000).sum()) > 0
+    assert counts["history_item_ids"] == sum(int(i >= 1000) for h in history for i in h) > 0
+    assert counts["category_id"] == 0
+    run_train(TrainJob(world=tiny_world, out=tmp_path / "hash", model=ModelConfig(), train=capped, quiet=True))
+    assert json.loads((tmp_path / "hash" / TRAIN_LOG).read_text())["out_of_range_ids"] == counts  # run again: kept
     refuse = TrainConfig(batch_size=BATCH, max_table_rows=1000)
     with pytest.raises(ValueError, match=r"item_ids? value\(s\) >= the table's 1000 rows"):
         run_train(TrainJob(world=tiny_world, out=tmp_path / "refuse", model=ModelConfig(), train=refuse, quiet=True))
@@ -394,3 +403,33 @@ def test_a_bad_test_day_label_is_refused_before_training_as_the_reader_refuses_i
     in_day = sum(int((pq.read_table(f, columns=["day"]).column(0).to_numpy() == day).sum())
                  for f in table_files(tiny_world, "impressions"))
     assert check_day_labels(tiny_world, m, day) == in_day > 0  # the clean world passes, its day's rows counted
+
+
+def test_a_job_killed_after_a_checkpoint_resumes_and_trains_every_row_once(tiny_world: Path, tmp_path: Path) -> None:
+    # SIGKILL leaves no train log behind: the rows of the steps a checkpoint saved are counted in the checkpoint
+    import signal
+    import time
+
+    out, batch = tmp_path / "run", 128
+    cmd = [sys.executable, "-m", "recsys.cli", "train", "--world", str(tiny_world), "--out", str(out), "--variant",
+           "id_only", "--batch-size", str(batch), "--checkpoint-every", "4", "--quiet"]
+    job = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while job.poll() is None and time.monotonic() < deadline:
+        found = latest_checkpoint(out / CHECKPOINTS) if (out / CHECKPOINTS / LATEST_FILE).exists() else None
+        if found is not None and found[1].step >= 4:
+            os.killpg(job.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert job.wait() == -signal.SIGKILL, "the job ended before its first checkpoint could be killed"
+    path, saved = latest_checkpoint(out / CHECKPOINTS)
+    assert saved.trained == saved.step * batch and not saved.finished  # every step before the epoch's end is full
+    m = Manifest.read(tiny_world)
+    days = pq.read_table(tiny_world / "impressions", columns=["day"])["day"].to_numpy()
+    rows = int(np.isin(days, list(split_days(m).train)).sum())
+    resumed = TrainJob(world=tiny_world, out=out, model=ModelConfig(variant="id_only"), quiet=True,
+                       train=TrainConfig(batch_size=batch, checkpoint_every=4))
+    assert run_train(resumed) is not None
+    log = RunFolder(out).read_train_log()
+    assert log.rows_trained == rows and log.progress.finished and log.progress.trained == rows
+    assert log.segments[0].samples == saved.trained and sum(s.samples for s in log.segments) == rows
