@@ -118,6 +118,7 @@ class TrainLog:
     vectors: dict[str, Any] | None = None  # the item vectors' vectors.json plus "path" (and "store", "store_version")
     items_without_vector: int = 0  # item rows of the frozen table without a vector
     vectors_without_item: int = 0  # vectors of items the world's items/ does not list (loaded, read by no impression)
+    vectors_sharing_rows: int = 0  # vectors whose item's frozen-table row holds another item's (setup.vectors_sharing_rows)
     make_from: str | None = None  # the MAKE stage-1 folder, resolved; None without MAKE
     progress: Progress | None = None  # where training stands (the last checkpoint's progress)
     malloc_pinned: bool = False  # glibc malloc thresholds pinned by the entry point (recsys.allocator)
@@ -171,6 +172,8 @@ class TrainLog:
             out["world_schema_sha"] = self.world_schema_sha
         if self.vectors_without_item:  # only where there are some: every other log keeps its bytes
             out["vectors_without_item"] = self.vectors_without_item
+        if self.vectors_sharing_rows:  # the same
+            out["vectors_sharing_rows"] = self.vectors_sharing_rows
         if self.managed_ids:  # only runs with managed tables have it (world runs' logs stay as they were)
             out["managed_ids"] = {t: dict(c) for t, c in self.managed_ids.items()}
         if self.dense_stats:  # only datasets with standardised dense features
@@ -207,6 +210,7 @@ class TrainLog:
                 vectors=raw.get("vectors"),
                 items_without_vector=int(raw.get("items_without_vector", 0)),
                 vectors_without_item=int(raw.get("vectors_without_item", 0)),
+                vectors_sharing_rows=int(raw.get("vectors_sharing_rows", 0)),
                 make_from=raw.get("make_from"),
                 progress=None if progress is None else Progress.from_json(progress),
                 malloc_pinned=bool(raw.get("malloc_pinned", False)),

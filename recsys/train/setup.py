@@ -277,6 +277,32 @@ def vectors_without_item(vectors: ItemVectors, manifest: Manifest, world: Path) 
     return int(np.count_nonzero(~np.isin(vectors.item_ids, item_index(Path(world), manifest))))
 
 
+def vectors_sharing_rows(item_ids: np.ndarray, rows: int) -> int:
+    """How many items of a vector table lose their frozen-table row to another item's vector (item IDs as rows).
+
+    With item IDs as rows (``identity``) and an item table of fewer rows than
+    the vectors' IDs reach (``max_table_rows``, or a retrain keeping its
+    parent's table sizes while the catalogue grew), item ``i`` goes to row
+    ``i % rows`` as the reader hashes its ID, and the larger ID's vector
+    holds the row (:func:`fill_mm_table`): the other items of that row are
+    scored with it. Counted so a run says so (``train_log.json``:
+    ``vectors_sharing_rows``). Raw item IDs give every vector its own row.
+
+    Args:
+        item_ids (np.ndarray): the vectors' item IDs (M,), non-negative.
+        rows (int): rows of the frozen table (``mm_rows``), >= 1.
+
+    Returns:
+        int: items whose row holds another item's vector, 0 <= count < M (0 for M = 0).
+
+    Example::
+
+        >>> vectors_sharing_rows(np.arange(5), rows=3)  # items 0 and 1 give way to 3 and 4
+        2
+    """
+    return int(len(item_ids) - len(np.unique(np.asarray(item_ids) % rows)))
+
+
 def fill_mm_table(arch: MultimodalArch, vectors: ItemVectors, manifest: Manifest, world: Path | None = None) -> int:
     """Loads the vectors into the (unsharded) frozen table; returns how many of the item table's items lack one.
 

@@ -65,6 +65,7 @@ from recsys.train.setup import (
     projected_vectors,
     shard_and_optimize,
     split_days,
+    vectors_sharing_rows,
     vectors_without_item,
 )
 
@@ -196,6 +197,7 @@ class _Tally:
     rows_in_days: int | None = None  # impressions of the training days (the reader's N)
     managed_before: dict[str, dict[str, int]] = field(default_factory=dict)  # admitted/evicted of earlier jobs
     vectors_without_item: int = 0  # this job's vectors of items items/ does not list (setup.vectors_without_item)
+    vectors_sharing_rows: int = 0  # this job's vectors that lose their frozen-table row (setup.vectors_sharing_rows)
 
     @staticmethod
     def resumed(log: TrainLog, world_size: int) -> _Tally:
@@ -408,6 +410,7 @@ def _write_train_log(job: TrainJob, built: Built, tally: _Tally, progress: Progr
         vectors=None if vectors is None else {**vectors.manifest, "path": str(Path(vectors.path).resolve())},
         items_without_vector=built.missing_vectors,
         vectors_without_item=tally.vectors_without_item,
+        vectors_sharing_rows=tally.vectors_sharing_rows,
         make_from=None if not spec.make else str(Path(job.make_from or folder.make_stage1).resolve()),
         progress=progress,
         malloc_pinned=pinned(),
@@ -468,11 +471,22 @@ def _run(job: TrainJob, ctx: DistContext) -> RunMetrics | None:
         print(f"{job.model.variant}: {extra} of the {len(built.vectors.item_ids)} vectors in "
               f"{job.vectors} are of items {Path(job.world) / 'items'} does not list: loaded, read by no impression "
               "(train_log.json: vectors_without_item)", file=sys.stderr)
+    spec = built.manifest.features
+    identity = spec.table(spec.table_of(spec.item_key)).ids == "identity"
+    shared = 0 if built.vectors is None or not identity else vectors_sharing_rows(
+        built.vectors.item_ids, mm_rows(built.manifest, built.sizes, built.vectors))
+    if shared and ctx.is_main:  # the larger ID's vector holds the row; the others are scored with it
+        print(f"{job.model.variant}: {shared} of the {len(built.vectors.item_ids)} vectors in {job.vectors} lose their "
+              f"frozen-table row to another item's: {spec.item_key} IDs reach past the item table's "
+              f"{built.sizes[spec.table_of(spec.item_key)]} rows, so item i takes row i % rows and the larger "
+              "ID's vector holds it (train_log.json: vectors_sharing_rows); a table as large as the ID range (a new "
+              "run, not a retrain of a smaller one) or managed IDs keeps each item its own", file=sys.stderr)
     if ctx.is_main:
         _say_stage1_table(job, built)
     state = TrainState(RunFolder(job.out).checkpoints, built.model, built.optimizer, ctx)
     reader = _reader_config(job, built, ctx)
     progress, tally = _resume_or_warm_start(job, built, state, reader, ctx, extra)
+    tally.vectors_sharing_rows = shared
     plan = EpochPlan(root=Path(job.world), reader=reader, days=_days(job, built), epochs=job.train.epochs,
                      log_every=job.train.log_every, checkpoint_every=job.train.checkpoint_every,
                      stop_after_steps=job.train.stop_after_steps, desc=job.model.variant, quiet=job.quiet,

@@ -433,3 +433,22 @@ def test_a_job_killed_after_a_checkpoint_resumes_and_trains_every_row_once(tiny_
     log = RunFolder(out).read_train_log()
     assert log.rows_trained == rows and log.progress.finished and log.progress.trained == rows
     assert log.segments[0].samples == saved.trained and sum(s.samples for s in log.segments) == rows
+
+
+def test_vectors_that_lose_their_row_to_a_capped_table_are_counted_and_said(
+    tiny_world: Path, vectors: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capped = TrainConfig(batch_size=BATCH, max_table_rows=1000, out_of_range="hash")
+    run_train(TrainJob(world=tiny_world, out=tmp_path / "run", model=ModelConfig(variant="simtier"), vectors=vectors,
+                       train=capped, quiet=True))
+    ids = pq.read_table(vectors, columns=["item_id"])["item_id"].to_pylist()
+    per_row: dict[int, int] = {}
+    for i in ids:  # items per row of a 1000-row table, counted one by one
+        per_row[i % 1000] = per_row.get(i % 1000, 0) + 1
+    expected = sum(n - 1 for n in per_row.values())
+    assert expected > 0 and RunFolder(tmp_path / "run").read_train_log().vectors_sharing_rows == expected
+    assert f"simtier: {expected} of the {len(ids)} vectors in {vectors} lose their frozen-table row" in capsys.readouterr().err
+    uncapped = tmp_path / "uncapped"
+    run_train(TrainJob(world=tiny_world, out=uncapped, model=ModelConfig(variant="simtier"), vectors=vectors,
+                       train=TrainConfig(batch_size=BATCH), quiet=True))
+    assert "vectors_sharing_rows" not in json.loads((uncapped / TRAIN_LOG).read_text())  # none: the log keeps its bytes
