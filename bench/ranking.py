@@ -67,7 +67,7 @@ import torch
 from tqdm import tqdm
 
 from bench.vectors import TRUTH_ITEMS, world_items, write_truth_vectors
-from recsys.data.schema import Manifest, read_table_file, table_files
+from recsys.data.schema import Manifest, read_table_files, table_files
 from recsys.data.vectors import VECTORS_FILE, load_vectors, read_item_vectors
 from recsys.eval.runs import load_run
 from serving.client import ClientConfig
@@ -251,8 +251,8 @@ def bench_requests(world: Path, items: np.ndarray, n: int, seed: int = 0) -> lis
     manifest = Manifest.read(world)
     spec = manifest.features
     columns = [spec.user_key] + ([spec.history] if spec.history else [])
-    table = pa.concat_tables([read_table_file(path, columns, [(spec.day, "=", manifest.test_day)])
-                              for path in table_files(Path(world), "impressions")])  # every file, sub-folders too
+    table = read_table_files(table_files(Path(world), "impressions"), columns,
+                             [(spec.day, "=", manifest.test_day)])  # every file, sub-folders too
     slots = {name: np.arange(CANDIDATES, dtype=np.float64) for name in context_features(spec)}
     rng = np.random.default_rng(seed)
     rows = rng.choice(table.num_rows, size=n, replace=table.num_rows < n)

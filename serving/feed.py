@@ -176,7 +176,7 @@ def publish_world_items(
     Returns:
         int: items published.
     """
-    from recsys.data.schema import Manifest, read_table_file, table_files
+    from recsys.data.schema import Manifest, read_table_files, table_files
 
     if per_file < 1 or (rate is not None and rate <= 0):
         raise ValueError(f"per_file must be >= 1 and rate > 0, got per_file={per_file}, rate={rate}")
@@ -188,8 +188,7 @@ def publish_world_items(
     key = manifest.features.item_key
     files = table_files(world, "items")
     created = bool(files) and CREATED_DAY in pq.read_schema(files[0]).names
-    parts = [read_table_file(f, columns=[key, *content, *([CREATED_DAY] if created else [])]) for f in files]
-    items = pa.concat_tables(parts)
+    items = read_table_files(files, columns=[key, *content, *([CREATED_DAY] if created else [])])
     if created:
         items = items.filter(pc.equal(items[CREATED_DAY], day))
     else:  # a log without creation days: the items first shown on the day

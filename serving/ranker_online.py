@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from recsys.data.schema import Manifest, read_table_file, table_files
+from recsys.data.schema import Manifest, read_table_files, table_files
 from recsys.data.spec import FeatureSpec
 from recsys.eval.metrics import ranking_metrics
 from recsys.settings import setting
@@ -86,8 +86,7 @@ def day_impressions(world: Path, day: int, spec: FeatureSpec | None = None) -> p
     columns = [spec.user_key, spec.item_key, spec.label, spec.day, *context_features(spec)]
     columns += [] if spec.history is None else [spec.history]
     # pyarrow's filter skips the row groups whose day statistics exclude the day, and keeps the file's row order
-    parts = [read_table_file(path, columns=columns, filters=[(spec.day, "=", day)]) for path in table_files(world, "impressions")]
-    return pa.concat_tables(parts).combine_chunks() if parts else pa.table({c: [] for c in columns})
+    return read_table_files(table_files(world, "impressions"), columns, [(spec.day, "=", day)]).combine_chunks()
 
 
 def sample_requests(table: pa.Table, spec: FeatureSpec, users: int, seed: int,

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -324,6 +325,51 @@ def read_table_file(path: Path, columns: list[str] | None = None, filters: list 
         return pq.read_table(path, columns=columns, filters=filters, partitioning=None)
     except (pa.ArrowException, OSError) as e:
         raise ValueError(f"{path}: {e}") from e
+
+
+def read_table_files(paths: Sequence[Path], columns: list[str] | None = None, filters: list | None = None) -> pa.Table:
+    """Files of one table (:func:`read_table_file` each) as one table, in the order given.
+
+    Files of a real log differ in ways ``validate`` and the reader accept: a
+    label stored as ``int8`` in one and ``float`` in another, a column
+    ``not null`` in one file only. Their columns are unified as pyarrow's
+    permissive promotion does (``pa.concat_tables(promote_options="permissive")``:
+    the wider numeric type, nullable where any file is).
+
+    Args:
+        paths (Sequence[Path]): the files, e.g. ``table_files(world, "impressions")``.
+        columns (list[str] | None): the columns to read; ``None`` = all.
+        filters (list | None): row filters on the files' columns.
+
+    Returns:
+        pa.Table: their rows, file after file (no columns when ``paths`` is empty and ``columns`` None).
+
+    Raises:
+        ValueError: naming a file that cannot be read, or the first file whose columns cannot be
+            unified with the files before it.
+
+    Example::
+
+        >>> import tempfile, pyarrow.parquet as pq
+        >>> d = Path(tempfile.mkdtemp())
+        >>> pq.write_table(pa.table({"label": pa.array([1.0], pa.float32())}), d / "a.parquet")
+        >>> pq.write_table(pa.table({"label": pa.array([0], pa.int8())}), d / "b.parquet")
+        >>> t = read_table_files([d / "a.parquet", d / "b.parquet"])
+        >>> str(t.schema.field("label").type), t["label"].to_pylist()
+        ('float', [1.0, 0.0])
+    """
+    parts = [read_table_file(path, columns=columns, filters=filters) for path in paths]
+    if not parts:
+        return pa.table({c: pa.array([], pa.null()) for c in columns or []})
+    try:
+        return pa.concat_tables(parts, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        for i in range(1, len(parts)):  # the first file that does not unify with those before it
+            try:
+                pa.concat_tables(parts[: i + 1], promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+                raise ValueError(f"{paths[i]}: its columns do not unify with {paths[0]}'s ({e})") from e
+        raise
 
 
 GROWING_FIELDS = ("last_day", "test_day", "counts", "id_ranges", "extra")  # change as days land in a log

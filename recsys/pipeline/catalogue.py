@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys.data.schema import Manifest, read_table_file, table_files
+from recsys.data.schema import Manifest, read_table_files, table_files
 from recsys.data.stats import CREATED_DAY, item_index, train_item_counts
 from recsys.data.vectors import VECTORS_FILE, VECTORS_MANIFEST, load_vectors, write_item_vectors
 
@@ -68,7 +68,7 @@ def _items_before(world: Path, day: int) -> tuple[np.ndarray, np.ndarray]:
     index = item_index(world, manifest)
     files = table_files(world, "items")
     if files and CREATED_DAY in pq.read_schema(files[0]).names:
-        items = pa.concat_tables(read_table_file(f, columns=[manifest.features.item_key, CREATED_DAY]) for f in files)
+        items = read_table_files(files, columns=[manifest.features.item_key, CREATED_DAY])
         order = np.argsort(items[manifest.features.item_key].to_numpy())
         return index, items[CREATED_DAY].to_numpy()[order] < day
     later = train_item_counts(world, range(day, manifest.last_day + 1), manifest) > 0

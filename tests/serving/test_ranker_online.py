@@ -85,3 +85,30 @@ def test_the_sample_is_seeded_and_takes_every_user_when_asked_for_more(tiny_worl
     assert users(0, 10**6) == sorted(set(table["user_id"].to_numpy().tolist()))
     with pytest.raises(ValueError, match="users"):
         OnlineEvalConfig(users=0)
+
+
+def test_a_day_in_files_whose_label_types_and_nullability_differ(tiny_world: Path, tmp_path: Path) -> None:
+    # one file's label as int8 (accepted by validate and the reader), another's columns declared not null
+    import shutil
+
+    import pyarrow as pa
+
+    from recsys.data.validate import validate_dataset
+
+    world = tmp_path / "world"
+    shutil.copytree(tiny_world, world)
+    files = table_files(world, "impressions")
+    assert len(files) >= 2
+    first = pq.read_table(files[0])
+    i = first.schema.get_field_index("label")
+    pq.write_table(first.set_column(i, "label", first["label"].cast(pa.int8())), files[0])
+    second = pq.read_table(files[1])
+    pq.write_table(second.cast(pa.schema([f.with_nullable(False) for f in second.schema])), files[1])
+    validate_dataset(world)  # the log is accepted as it is
+    day = Manifest.read(world).test_day
+    table = day_impressions(world, day)
+    users, items = _reader_order(world, day)
+    assert np.array_equal(table["user_id"].to_numpy(), users) and np.array_equal(table["item_id"].to_numpy(), items)
+    labels = np.concatenate([pq.read_table(f, columns=["day", "label"]).filter(
+        pq.read_table(f, columns=["day"])["day"].to_numpy() == day)["label"].to_numpy().astype(np.float64) for f in files])
+    assert np.array_equal(table["label"].to_numpy().astype(np.float64), labels)
