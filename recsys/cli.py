@@ -388,9 +388,10 @@ def _cmd_rank(args: argparse.Namespace) -> int:
 
 
 def _rank(args: argparse.Namespace) -> int:
-    import numpy as np
+    from serving.ranker import item_ids, user_id
 
-    history, candidates = np.array(args.history or [], dtype=np.int64), np.array(args.candidates, dtype=np.int64)
+    history, candidates = item_ids("--history", args.history or []), item_ids("--candidates", args.candidates)
+    user_id(args.user)  # a uint64 platform ID past int64 is refused here, never wrapped into another user
     if args.run is not None:
         from recsys.data.schema import Manifest
         from serving.ranker import Ranker, RankRequest

@@ -147,6 +147,70 @@ def context_ids(name: str, values: object) -> np.ndarray:
     return array.astype(np.int64)
 
 
+INT64 = np.iinfo(np.int64)
+
+
+def item_ids(name: str, values: object) -> np.ndarray:
+    """Item IDs (``candidates``, ``history``) as int64, never wrapped: a platform's uint64 ID past int64 is refused.
+
+    Args:
+        name (str): the field (named in the error).
+        values (object): array-like of integers, shape (N,) (N may be 0).
+
+    Returns:
+        np.ndarray: int64 of shape (N,).
+
+    Raises:
+        RankRequestError: not 1-D, not integers, or an ID outside int64 (naming the field, its position and value).
+
+    Example::
+
+        >>> item_ids("candidates", [3, 2**62]).tolist()
+        [3, 4611686018427387904]
+        >>> item_ids("candidates", [3, 2**63])
+        Traceback (most recent call last):
+            ...
+        serving.ranker.RankRequestError: candidates: item ID 9223372036854775808 (position 1) is outside int64, the IDs the model takes
+    """
+    # a list of Python ints is read as objects: np.asarray([3, 2**63]) would be float64, the ID's low bits lost
+    array = values if isinstance(values, np.ndarray) else np.array(values, dtype=object)
+    if array.ndim != 1:
+        raise RankRequestError(f"{name}: a 1-D sequence of item IDs, got shape {array.shape}")
+    if not array.size:
+        return array.astype(np.int64)
+    if array.dtype == object:  # Python (or numpy) integers, each checked as the integer it is
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in array):
+            raise RankRequestError(f"{name}: item IDs must be integers")
+        bad = np.array([not INT64.min <= int(v) <= INT64.max for v in array])
+        if not bad.any():
+            return np.array([int(v) for v in array], dtype=np.int64)
+    elif np.issubdtype(array.dtype, np.unsignedinteger):
+        bad = array > INT64.max
+    elif np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.int64)
+    else:
+        raise RankRequestError(f"{name}: item IDs must be integers, got dtype {array.dtype}")
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise RankRequestError(f"{name}: item ID {int(array[i])} (position {i}) is outside int64, the IDs the model takes")
+    return array.astype(np.int64)
+
+
+def user_id(value: object) -> int:
+    """The user ID as an int within int64, or :class:`RankRequestError` (never wrapped into another user).
+
+    Example::
+
+        >>> user_id(np.uint64(7))
+        7
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise RankRequestError(f"user: the user ID must be an integer, got {value!r}")
+    if not INT64.min <= int(value) <= INT64.max:
+        raise RankRequestError(f"user: ID {int(value)} is outside int64, the IDs the model takes")
+    return int(value)
+
+
 def check_request(request: RankRequest, known: tuple[str, ...], max_candidates: int,
                   categorical: Collection[str] = ()) -> None:
     """Refuses a malformed request (:class:`RankRequestError` naming the field).
@@ -166,9 +230,9 @@ def check_request(request: RankRequest, known: tuple[str, ...], max_candidates: 
                                f"and {np.shape(request.history)}")
     if not 1 <= n <= max_candidates:
         raise RankRequestError(f"candidates: {'empty' if n == 0 else f'{n} items'}; a request ranks 1 to {max_candidates} items")
+    user_id(request.user)
     for name, array in (("candidates", request.candidates), ("history", request.history)):
-        if len(array) and not np.issubdtype(np.asarray(array).dtype, np.integer):
-            raise RankRequestError(f"{name}: item IDs must be integers, got dtype {np.asarray(array).dtype}")
+        item_ids(name, array)
     for name, values in request.context.items():
         if name not in known:
             raise RankRequestError(f"context feature {name!r} is not one of the dataset's {list(known)}")

@@ -28,7 +28,7 @@ import tritonclient.grpc as grpcclient
 
 from serving import ranker_export as rx
 from serving.client import ClientConfig, retrying
-from serving.ranker import context_ids
+from serving.ranker import context_ids, item_ids, user_id
 
 
 class RankerError(RuntimeError):
@@ -52,12 +52,7 @@ class Ranked:
 
 
 def _ids(name: str, values: Sequence[int] | np.ndarray) -> np.ndarray:
-    array = np.asarray(values)
-    if array.ndim != 1:
-        raise ValueError(f"{name}: a 1-D sequence of item IDs, got shape {array.shape}")
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name}: item IDs must be integers, got dtype {array.dtype}")
-    return array.astype(np.int64).reshape(1, -1)
+    return item_ids(name, values).reshape(1, -1)
 
 
 class RankerClient:
@@ -95,7 +90,7 @@ class RankerClient:
         n = cands.shape[1]
         if n == 0:
             raise ValueError("candidates: empty; a request ranks at least one item")
-        arrays = {rx.USER_INPUT: np.array([[int(user)]], dtype=np.int64), rx.HISTORY_INPUT: hist, rx.CANDIDATES_INPUT: cands}
+        arrays = {rx.USER_INPUT: np.array([[user_id(user)]], dtype=np.int64), rx.HISTORY_INPUT: hist, rx.CANDIDATES_INPUT: cands}
         dtypes, batched = self._inputs()
         for name, values in (context or {}).items():
             v = context_ids(name, values) if dtypes.get(name) == "INT64" else np.asarray(values, dtype=np.float32)

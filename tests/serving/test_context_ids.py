@@ -148,6 +148,28 @@ def test_rank_context_keeps_a_sparse_id_exact() -> None:
         rank_context([f"page_id={2**63}"], sparse={"page_id"})  # beyond int64
 
 
+def test_an_id_past_int64_is_refused_never_wrapped(page_log: Path, page_run: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A platform's uint64 user or item ID at or past 2**63 would wrap into another (negative) int64 ID: the ranker,
+    `mmctr rank` and the client refuse it, naming the field and the ID as given."""
+    ranker = Ranker.load(page_run, page_log)
+    request = sample_requests(day_impressions(page_log, DAY), Manifest.read(page_log).features, users=1, seed=0)[0][0]
+    big = 2**63 + 5
+    with pytest.raises(RankRequestError, match=rf"user: ID {big} is outside int64"):
+        ranker.score(dataclasses.replace(request, user=big))
+    wide = np.append(request.candidates.astype(np.uint64), np.uint64(big))
+    with pytest.raises(RankRequestError, match=rf"candidates: item ID {big} \(position {len(wide) - 1}\) is outside int64"):
+        ranker.score(dataclasses.replace(request, candidates=wide))
+    for flag, value in (("--user", big), ("--candidates", 2**64 + 7)):
+        args = {"--user": str(request.user), "--candidates": str(int(request.candidates[0]))}
+        args[flag] = str(value)
+        assert main(["rank", "--run", str(page_run), "--world", str(page_log), *[x for kv in args.items() for x in kv]]) == 1
+        err = _err_line(capsys, "rank")
+        assert str(value) in err and "outside int64" in err
+    with pytest.raises(RankRequestError, match="outside int64"):
+        RankerClient(ClientConfig(url="127.0.0.1:1", model="ranker")).rank(big, request.history, request.candidates)
+
+
 def _printed_scores(out: str) -> list[float]:
     return [float(line.split()[1]) for line in out.splitlines() if line[:1].isdigit()]
 
