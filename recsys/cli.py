@@ -180,7 +180,8 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     from recsys.train.retrain import RetrainJob, retrain_summary, run_retrain
 
     job = RetrainJob(parent=args.from_run, day=args.day, out=args.out, vectors=args.vectors, store=args.store,
-                     retrain_make=args.retrain_make, world=args.world, sharding=args.sharding, quiet=args.quiet)
+                     retrain_make=args.retrain_make, skip_days=args.skip_days, world=args.world,
+                     sharding=args.sharding, quiet=args.quiet)
     try:
         metrics = run_retrain(job)
     except (ValueError, FileNotFoundError, RowCountError) as e:
@@ -567,6 +568,8 @@ def _add_retrain(p: argparse.ArgumentParser) -> None:
                    "store (default: the parent's)")
     p.add_argument("--store", type=Path, help="vector store adding vectors of items --vectors lacks (default: the parent's)")
     p.add_argument("--retrain-make", action="store_true", help="run MAKE stage 1 again instead of keeping the parent's")
+    p.add_argument("--skip-days", action="store_true", help="accept days with impressions between the parent's last "
+                   "trained day and --day, left out (lineage.json: skipped_days); refused without it")
     p.add_argument("--world", type=Path, help="dataset directory (default: the parent's)")
     _sharding(p, "")
     _quiet(p)

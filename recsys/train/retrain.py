@@ -40,7 +40,7 @@ from pathlib import Path
 
 from recsys.data.projection import PROJECTION_FILE
 from recsys.data.schema import Manifest
-from recsys.data.stats import check_day_has_impressions, unseen_item_ids
+from recsys.data.stats import check_day_has_impressions, day_rows, unseen_item_ids
 from recsys.train.config import SHARDING
 from recsys.train.run_folder import RetrainNote, RunFolder, RunMetrics
 from recsys.train.setup import capped_table_sizes, run_started
@@ -58,6 +58,7 @@ class RetrainJob:
     vectors: Path | None = None  # item vectors to load (parquet or store); None = the parent's
     store: Path | None = None  # a vector store adding vectors of new items to `vectors`; None = the parent's
     retrain_make: bool = False  # run MAKE stage 1 again (days up to `day`) instead of keeping the parent's MAKE
+    skip_days: bool = False  # accept days with impressions between the parent's last and `day`, left out (lineage)
     world: Path | None = None  # dataset directory; None = the parent's
     sharding: str = SHARDING  # ID table sharding of this job
     quiet: bool = False  # no progress bars
@@ -71,7 +72,8 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
         ValueError: the parent does not belong to the world (``recsys.train.world_check``: another schema,
             or its days' rows changed); ``job.day`` is not a day after the parent's last, inside the world; the world has no
             impressions on ``job.day`` (``recsys.data.stats.check_day_has_impressions``); the parent's
-            projection basis (``projection.npz``) is gone while its log records one.
+            projection basis (``projection.npz``) is gone while its log records one; days with impressions
+            between the parent's last and ``job.day`` without ``job.skip_days`` (naming them and their rows).
     """
     folder = RunFolder.at(job.parent)
     try:
@@ -91,6 +93,15 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
             f"{lineage.all_days[-1]}); a retrain trains one pass over a later day than its parent's last, got --day {job.day}"
         )
     check_day_has_impressions(world, job.day, manifest, "retrain on")
+    last = max(lineage.all_days)
+    gap = {d: day_rows(world, d, manifest) for d in range(last + 1, job.day)}
+    skipped = tuple(d for d, rows in gap.items() if rows)
+    if skipped and not job.skip_days:  # their rows would be in no model of the lineage, with no word
+        raise ValueError(
+            f"--day {job.day} skips day(s) {', '.join(map(str, skipped))} of {world / 'impressions'} "
+            f"({sum(gap.values())} impressions) after {folder.path}'s last trained day {last}: retrain on each day in "
+            "turn, or pass --skip-days to leave them out (lineage.json records skipped_days)"
+        )
     train = replace(log.train, epochs=1, out_of_range="hash", stop_after_steps=None)
     sizes = log.table_sizes or capped_table_sizes(manifest if Path(log.world) == world else Manifest.read(log.world), train)
     spec = manifest.features
@@ -120,7 +131,8 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
         dense_stats=dict(log.dense_stats),  # the parent's inputs' scale, so its weights keep their meaning
         projection=parent_projection if parent_projection.is_file() else None,  # the parent's basis for wide vectors
         parent=lineage,
-        retrain=RetrainNote(new_item_ids=new, new_item_ids_hashed=hashed, make_retrained=job.retrain_make),
+        retrain=RetrainNote(new_item_ids=new, new_item_ids_hashed=hashed, make_retrained=job.retrain_make,
+                            skipped_days=skipped),
     )
 
 

@@ -269,6 +269,7 @@ class RetrainNote:
     new_item_ids: int  # item IDs of the trained day that no earlier training day showed
     new_item_ids_hashed: int  # of those, IDs beyond the item table's rows (hashed into it)
     make_retrained: bool  # MAKE stage 1 run again instead of kept from the parent
+    skipped_days: tuple[int, ...] = ()  # days with impressions between the parent's last and this one, left out (--skip-days)
 
 
 @dataclass(frozen=True)
@@ -317,6 +318,10 @@ class Lineage:
         out.update(days=list(self.days), all_days=list(self.all_days))
         if self.retrain is not None:
             out.update(asdict(self.retrain))
+            if self.retrain.skipped_days:
+                out["skipped_days"] = list(self.retrain.skipped_days)
+            else:  # only where days were skipped: every other lineage keeps its bytes
+                del out["skipped_days"]
         return out
 
     @staticmethod
@@ -327,7 +332,8 @@ class Lineage:
 
         retrain = None
         if "new_item_ids" in raw:
-            retrain = RetrainNote(int(raw["new_item_ids"]), int(raw["new_item_ids_hashed"]), bool(raw["make_retrained"]))
+            retrain = RetrainNote(int(raw["new_item_ids"]), int(raw["new_item_ids_hashed"]), bool(raw["make_retrained"]),
+                                  tuple(int(d) for d in raw.get("skipped_days", ())))
         parent_version = get("parent_version")
         return Lineage(
             version=int(get("version")), run=str(get("run")), parent=get("parent"),

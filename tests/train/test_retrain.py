@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ from recsys.data.vectors import VECTORS_FILE, write_item_vectors
 from recsys.eval.evaluate import EvalJob, run_evaluate
 from recsys.train.make_stage import MAKE_FILE
 from recsys.train.retrain import RetrainJob, retrain_summary, retrain_train_job, run_retrain
-from recsys.train.run_folder import RunFolder
+from recsys.train.run_folder import Lineage, RunFolder
 from recsys.world.config import PRESETS
 from recsys.world.generate import generate_world
 from tests.train.test_trainer import full_checkpoint, torchrun_train
@@ -116,6 +117,21 @@ def test_refuses_days_already_trained_and_unfinished_parents(week: tuple[Path, P
         retrain_train_job(RetrainJob(parent=base, day=17, out=tmp_path / "x"))
     with pytest.raises(FileNotFoundError, match="no training log"):
         retrain_train_job(RetrainJob(parent=tmp_path / "nothing", day=13, out=tmp_path / "x"))
+    # a day with impressions between the parent's last and --day is never left out with no word
+    days = pq.read_table(world / "impressions", columns=["day"])["day"].to_numpy()
+    rows13 = int((days == 13).sum())
+    assert rows13 > 0
+    with pytest.raises(ValueError, match=rf"--day 14 skips day\(s\) 13 of {world / 'impressions'} \({rows13} "
+                                         rf"impressions\) after {base}'s last trained day 12: .*--skip-days"):
+        retrain_train_job(RetrainJob(parent=base, day=14, out=tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+    job = retrain_train_job(RetrainJob(parent=base, day=14, out=tmp_path / "x", skip_days=True))
+    assert job.retrain.skipped_days == (13,) and job.days == (14,)
+    lineage = RunFolder(base).read_lineage()
+    noted = dataclasses.replace(lineage, retrain=job.retrain)
+    assert Lineage.from_json(noted.to_json(), "x") == noted and noted.to_json()["skipped_days"] == [13]
+    unskipped = dataclasses.replace(lineage, retrain=dataclasses.replace(job.retrain, skipped_days=()))
+    assert "skipped_days" not in unskipped.to_json()
     cut = tmp_path / "cut"
     torchrun_train(1, "--world", str(world), "--variant", "id_only", "--train-until", "12", "--out", str(cut),
                    "--stop-after-steps", "2")
