@@ -153,8 +153,11 @@ def load_run(path: Path, name: str, world: Path) -> RunSpec:
         raise RunError(f"run {name}: no complete checkpoint under {folder.checkpoints} (no LATEST file); train it first")
     checkpoint, progress = found
     if not progress.finished:
+        again = (f"mmctr retrain --from {log.warm_start} --day {log.days[-1]} --out {folder.path}"
+                 if log.warm_start is not None and len(log.days) == 1 else f"mmctr train --out {folder.path} ...")
         raise RunError(f"run {name}: checkpoint {checkpoint} has field 'finished' false in progress.json "
-                       f"(stopped at step {progress.step}); resume `mmctr train --out {folder.path}` to finish it")
+                       f"(stopped at step {progress.step}); run the job that started it again to finish it "
+                       f"(`{again}`, with its other options as before)")
     spec = VARIANT_SPECS[log.model.variant]
     base = training_dir(log.world, world)
     vectors = store = make_from = None

@@ -79,8 +79,8 @@ def check_validation_day(world: Path, manifest: Manifest, day: int) -> int:
         f"{Path(world) / 'impressions'}: MAKE stage 1 validates on day {day} (the ID model's last training day{before}), "
         f"which holds {held}: its validation AUC, which picks MAKE's best epoch, is undefined. Use a world whose "
         f"day {day} holds both clicks and non-clicks (at least one labelled day before the test day with both "
-        "classes), or pass --train-until D with an earlier day D that does (the test day becomes D + 1), or train "
-        "a variant without MAKE (id_only, simtier)"
+        "classes): `mmctr train --train-until D` with an earlier day D that does (the test day becomes D + 1); "
+        "`mmctr retrain` without --retrain-make (MAKE kept from the parent); or a variant without MAKE (id_only, simtier)"
     )
 
 

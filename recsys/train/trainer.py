@@ -438,7 +438,10 @@ def _write_records(job: TrainJob, log: TrainLog, metrics: RunMetrics) -> None:
     folder.write_lineage(Lineage.of_run(folder.path.resolve(), log, job.parent, job.retrain))
     folder.write_metrics(metrics)
     if metrics.metrics is None:
-        print(f"{job.model.variant}: trained through day {metrics.train_days[1]} (the world's last: no test day) -> {folder.path}")
+        last = Manifest.read(job.world).last_day
+        why = ("the world's last: no test day" if metrics.train_days[1] >= last else
+               f"day {metrics.train_days[1] + 1} has no impressions: not scored")
+        print(f"{job.model.variant}: trained through day {metrics.train_days[1]} ({why}) -> {folder.path}")
     else:
         a = metrics.metrics["all"]  # the one result line, also with --quiet (which only hides progress bars)
         print(f"{job.model.variant}: test day {metrics.test_day} AUC {a['auc']:.4f} GAUC {a['gauc']:.4f} "
