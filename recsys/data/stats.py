@@ -108,6 +108,16 @@ def new_item_mask(root: Path, day: int, manifest: Manifest | None = None) -> np.
     return out
 
 
+def unseen_items(root: Path, day: int, seen_days: Iterable[int], manifest: Manifest) -> np.ndarray:
+    """The item IDs shown on ``day`` that no day of ``seen_days`` showed, sorted (int64 (K,); raw or identity IDs).
+
+    Raises:
+        ValueError: as :func:`item_index` and :func:`train_item_counts` (an unreadable or inconsistent table).
+    """
+    seen = train_item_counts(root, seen_days, manifest) > 0
+    return item_index(root, manifest)[(train_item_counts(root, [day], manifest) > 0) & ~seen]
+
+
 def unseen_item_ids(
     root: Path, day: int, seen_days: Iterable[int], rows: int, manifest: Manifest | None = None
 ) -> tuple[int, int]:
@@ -125,8 +135,7 @@ def unseen_item_ids(
         tuple[int, int]: the number of unseen item IDs, and how many of them are ``>= rows``.
     """
     manifest = manifest if manifest is not None else Manifest.read(root)
-    seen = train_item_counts(root, seen_days, manifest) > 0
-    fresh = item_index(root, manifest)[(train_item_counts(root, [day], manifest) > 0) & ~seen]
+    fresh = unseen_items(root, day, seen_days, manifest)
     spec = manifest.features
     identity = spec.table(spec.table_of(spec.item_key)).ids == "identity"  # raw IDs are admitted, not hashed
     return int(len(fresh)), int((fresh >= rows).sum()) if identity else 0

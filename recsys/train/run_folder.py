@@ -270,6 +270,8 @@ class RetrainNote:
     new_item_ids_hashed: int  # of those, IDs beyond the item table's rows (hashed into it)
     make_retrained: bool  # MAKE stage 1 run again instead of kept from the parent
     skipped_days: tuple[int, ...] = ()  # days with impressions between the parent's last and this one, left out (--skip-days)
+    # a managed item table: new IDs still on the unseen-ID row after the retrain (not admitted); None: identity IDs
+    new_item_ids_without_row: int | None = None
 
 
 @dataclass(frozen=True)
@@ -322,6 +324,8 @@ class Lineage:
                 out["skipped_days"] = list(self.retrain.skipped_days)
             else:  # only where days were skipped: every other lineage keeps its bytes
                 del out["skipped_days"]
+            if self.retrain.new_item_ids_without_row is None:  # identity item IDs: hashed ones are counted instead
+                del out["new_item_ids_without_row"]
         return out
 
     @staticmethod
@@ -333,7 +337,8 @@ class Lineage:
         retrain = None
         if "new_item_ids" in raw:
             retrain = RetrainNote(int(raw["new_item_ids"]), int(raw["new_item_ids_hashed"]), bool(raw["make_retrained"]),
-                                  tuple(int(d) for d in raw.get("skipped_days", ())))
+                                  tuple(int(d) for d in raw.get("skipped_days", ())),
+                                  None if raw.get("new_item_ids_without_row") is None else int(raw["new_item_ids_without_row"]))
         parent_version = get("parent_version")
         return Lineage(
             version=int(get("version")), run=str(get("run")), parent=get("parent"),

@@ -34,6 +34,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torchrec.optim.keyed import CombinedOptimizer
@@ -42,7 +43,7 @@ from recsys.allocator import pinned
 from recsys.data.plan import count as count_rows
 from recsys.data.reader import ImpressionReader, ReaderConfig, dense_moments
 from recsys.data.schema import Manifest, manifest_sha, schema_sha
-from recsys.data.stats import day_rows, item_index, item_positions, new_item_mask, train_item_counts
+from recsys.data.stats import day_rows, item_index, item_positions, new_item_mask, train_item_counts, unseen_items
 from recsys.data.vectors import ItemVectors, load_vectors, table_sha256
 from recsys.distributed import DistContext, init_distributed
 from recsys.eval.metrics import evaluation_report, item_buckets
@@ -432,10 +433,40 @@ def _run_metrics(job: TrainJob, built: Built, log: TrainLog, report: Report | No
                       world_size=ctx.world_size, metrics=report, warm_start_metrics=log.warm_start_metrics)
 
 
-def _write_records(job: TrainJob, log: TrainLog, metrics: RunMetrics) -> None:
+def _retrain_note(job: TrainJob, built: Built) -> RetrainNote | None:
+    """A retrain's note with, for a managed item table, its new item IDs still on the unseen-ID row once trained.
+
+    A managed table admits IDs in admission rounds (every ``eviction_interval``
+    steps, by its eviction policy), so a day's new items may end the retrain
+    without a row of their own: until a later round admits them they share
+    the unseen-ID row ``R - 1`` (``recsys.models.remap``). Counted here, after
+    training, and said, so the lineage does not read as if every new item
+    had its own embedding. Unchanged for identity item IDs (hashed ones are
+    counted before training) and for jobs that are not retrains.
+    """
+    if job.retrain is None or job.parent is None or job.days is None:
+        return job.retrain
+    spec = built.manifest.features
+    table = spec.table_of(spec.item_key)
+    remap = next((m for m in built.model.modules() if isinstance(m, IdRemapper)), None)
+    if remap is None or remap.tables.get(table) is None or remap.tables[table].ids != "managed":
+        return job.retrain
+    fresh = unseen_items(Path(job.world), job.days[-1], job.parent.all_days, built.manifest)
+    rows = int(remap.tables[table].rows)
+    unseen = int((remap.rows_of(table, torch.from_numpy(fresh.astype(np.int64))) == rows - 1).sum()) if len(fresh) else 0
+    return replace(job.retrain, new_item_ids_without_row=unseen)
+
+
+def _write_records(job: TrainJob, built: Built, log: TrainLog, metrics: RunMetrics) -> None:
     """Rank 0: ``lineage.json`` and ``metrics.json`` of the finished run, and the one result line."""
     folder = RunFolder(job.out)
-    folder.write_lineage(Lineage.of_run(folder.path.resolve(), log, job.parent, job.retrain))
+    note = _retrain_note(job, built)
+    if note is not None and note.new_item_ids_without_row:
+        print(f"{job.model.variant}: {note.new_item_ids_without_row} of the {note.new_item_ids} new item IDs of day "
+              f"{job.days[-1]} were not admitted to a row of the managed table by the end of the retrain (its admission "
+              "rounds and eviction policy): they share the unseen-ID row until a later round admits them "
+              "(lineage.json: new_item_ids_without_row)", file=sys.stderr)
+    folder.write_lineage(Lineage.of_run(folder.path.resolve(), log, job.parent, note))
     folder.write_metrics(metrics)
     if metrics.metrics is None:
         last = Manifest.read(job.world).last_day
@@ -508,7 +539,7 @@ def _run(job: TrainJob, ctx: DistContext) -> RunMetrics | None:
     log = _write_train_log(job, built, tally, progress, ctx)
     metrics = _run_metrics(job, built, log, report, ctx)
     if ctx.is_main:
-        _write_records(job, log, metrics)
+        _write_records(job, built, log, metrics)
     return metrics
 
 

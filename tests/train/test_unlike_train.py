@@ -49,3 +49,34 @@ def test_train_and_retrain_admit_raw_ids(unlike_log: Path, tmp_path: Path) -> No
     assert relog["dense_stats"] == log["dense_stats"]  # the parent's scale
     remetrics = json.loads((re / "metrics.json").read_text())
     assert remetrics["test_day"] == 14 and remetrics["metrics"]["all"]["auc"] > 0.6
+
+
+def test_a_retrain_counts_new_items_left_on_the_unseen_row_of_a_full_managed_table(unlike_log: Path,
+                                                                                  tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+
+    from recsys.models.remap import IdRemapper
+    from serving.ranker import Ranker
+
+    world = tmp_path / "full"
+    shutil.copytree(unlike_log, world)
+    seen = _distinct_items(world, [10, 11, 12])
+    raw = json.loads((world / "manifest.json").read_text())
+    (item,) = [t for t in raw["features"]["tables"] if t["name"] == "item"]
+    item["rows"] = len(seen) + 1  # the training days' items fill it: day 13's new items must evict to get a row
+    (world / "manifest.json").write_text(json.dumps(raw, indent=2))
+    run, re = tmp_path / "run", tmp_path / "retrain"
+    _mmctr("train", "--world", str(world), "--out", str(run), "--batch-size", "256")
+    _mmctr("retrain", "--from", str(run), "--day", "13", "--out", str(re))
+    lineage = json.loads((re / "lineage.json").read_text())
+    t = pq.read_table(world / "impressions", columns=["ts_day", "iid"])  # shown items (targets), as the lineage counts
+    shown = {d: set(t["iid"].to_numpy()[t["ts_day"].to_numpy() == d].tolist()) for d in (10, 11, 12, 13)}
+    fresh = sorted(shown[13] - shown[10] - shown[11] - shown[12])
+    assert lineage["new_item_ids"] == len(fresh) > 0
+    # the retrained run as serving loads it, from its checkpoint: which new items hold a row of their own
+    remap = next(m for m in Ranker.load(re, world).model.modules() if isinstance(m, IdRemapper))
+    rows = remap.rows_of("item", torch.tensor(fresh, dtype=torch.int64))
+    assert 0 < lineage["new_item_ids_without_row"] == int((rows == item["rows"] - 1).sum()) < len(fresh)
+    assert "new_item_ids_without_row" not in json.loads((run / "lineage.json").read_text())  # a first run: none
