@@ -44,6 +44,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -211,10 +212,23 @@ def render_html(report: dict) -> str:
 
 
 def write_report(report: dict, out: Path) -> tuple[Path, Path]:
-    """Writes ``report.json`` and ``report.html`` into ``out`` (created); returns their paths."""
+    """Writes ``report.json`` and ``report.html`` into ``out`` (created); returns their paths.
+
+    Both are rendered to hidden files first and then moved over the old ones
+    (``os.replace``, the HTML first): a process killed while rendering leaves
+    the previous report whole, and the two files disagree at most for the
+    instant between the two renames, not for the seconds the HTML's plots take.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     clean = sanitize(report)
-    write_json(clean, out / REPORT_JSON)
-    (out / REPORT_HTML).write_text(render_html(clean))
+    json_tmp, html_tmp = out / f".{REPORT_JSON}.tmp", out / f".{REPORT_HTML}.tmp"
+    try:
+        write_json(clean, json_tmp)
+        html_tmp.write_text(render_html(clean))
+        os.replace(html_tmp, out / REPORT_HTML)
+        os.replace(json_tmp, out / REPORT_JSON)
+    finally:  # a failed render leaves no half-written file beside the previous report
+        json_tmp.unlink(missing_ok=True)
+        html_tmp.unlink(missing_ok=True)
     return out / REPORT_JSON, out / REPORT_HTML

@@ -143,3 +143,26 @@ def test_extra_sections_escape_their_cells_once() -> None:
     parser = Cells()
     parser.feed(page)
     assert parser.text == ["A & B", "run <x>", "r&d", "–", "n & m"]
+
+
+def test_a_report_that_fails_to_render_leaves_the_previous_one_whole(eval_report: tuple[dict, Path], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from recsys.eval import report as report_module
+
+    report, folder = eval_report
+    out = tmp_path / "report"
+    shutil.copytree(folder, out)
+    before = {name: (out / name).read_bytes() for name in (REPORT_JSON, REPORT_HTML)}
+
+    def broken(_: dict) -> str:  # a plot that cannot be drawn, or the process killed while drawing
+        raise RuntimeError("render failed")
+
+    monkeypatch.setattr(report_module, "render_html", broken)
+    with pytest.raises(RuntimeError, match="render failed"):
+        report_module.write_report({**report, "day": report["day"] + 1}, out)
+    assert {name: (out / name).read_bytes() for name in before} == before  # both as they were: no mixed report
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    report_module.write_report({**report, "day": report["day"] + 1}, out)
+    assert json.loads((out / REPORT_JSON).read_text())["day"] == report["day"] + 1
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # nothing half-written left beside it
