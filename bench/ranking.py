@@ -251,8 +251,8 @@ def bench_requests(world: Path, items: np.ndarray, n: int, seed: int = 0) -> lis
     manifest = Manifest.read(world)
     spec = manifest.features
     columns = [spec.user_key] + ([spec.history] if spec.history else [])
-    table = read_table_files(table_files(Path(world), "impressions"), columns,
-                             [(spec.day, "=", manifest.test_day)])  # every file, sub-folders too
+    table = read_table_files(table_files(Path(world), "impressions"), columns, [(spec.day, "=", manifest.test_day)],
+                             ids=columns)  # every file, sub-folders too
     slots = {name: np.arange(CANDIDATES, dtype=np.float64) for name in context_features(spec)}
     rng = np.random.default_rng(seed)
     rows = rng.choice(table.num_rows, size=n, replace=table.num_rows < n)

@@ -188,7 +188,7 @@ def publish_world_items(
     key = manifest.features.item_key
     files = table_files(world, "items")
     created = bool(files) and CREATED_DAY in pq.read_schema(files[0]).names
-    items = read_table_files(files, columns=[key, *content, *([CREATED_DAY] if created else [])])
+    items = read_table_files(files, columns=[key, *content, *([CREATED_DAY] if created else [])], ids=[key])
     if created:
         items = items.filter(pc.equal(items[CREATED_DAY], day))
     else:  # a log without creation days: the items first shown on the day

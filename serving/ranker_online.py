@@ -86,7 +86,8 @@ def day_impressions(world: Path, day: int, spec: FeatureSpec | None = None) -> p
     columns = [spec.user_key, spec.item_key, spec.label, spec.day, *context_features(spec)]
     columns += [] if spec.history is None else [spec.history]
     # pyarrow's filter skips the row groups whose day statistics exclude the day, and keeps the file's row order
-    return read_table_files(table_files(world, "impressions"), columns, [(spec.day, "=", day)]).combine_chunks()
+    ids = [spec.user_key, spec.item_key, *([] if spec.history is None else [spec.history])]
+    return read_table_files(table_files(world, "impressions"), columns, [(spec.day, "=", day)], ids=ids).combine_chunks()
 
 
 def sample_requests(table: pa.Table, spec: FeatureSpec, users: int, seed: int,

@@ -327,7 +327,8 @@ def read_table_file(path: Path, columns: list[str] | None = None, filters: list 
         raise ValueError(f"{path}: {e}") from e
 
 
-def read_table_files(paths: Sequence[Path], columns: list[str] | None = None, filters: list | None = None) -> pa.Table:
+def read_table_files(paths: Sequence[Path], columns: list[str] | None = None, filters: list | None = None,
+                     ids: Sequence[str] = ()) -> pa.Table:
     """Files of one table (:func:`read_table_file` each) as one table, in the order given.
 
     Files of a real log differ in ways ``validate`` and the reader accept: a
@@ -340,13 +341,16 @@ def read_table_files(paths: Sequence[Path], columns: list[str] | None = None, fi
         paths (Sequence[Path]): the files, e.g. ``table_files(world, "impressions")``.
         columns (list[str] | None): the columns to read; ``None`` = all.
         filters (list | None): row filters on the files' columns.
+        ids (Sequence[str]): ID columns (integers, or lists of them, such as a history): never
+            promoted to floats, which would lose the low bits of a 64-bit ID.
 
     Returns:
         pa.Table: their rows, file after file (no columns when ``paths`` is empty and ``columns`` None).
 
     Raises:
-        ValueError: naming a file that cannot be read, or the first file whose columns cannot be
-            unified with the files before it.
+        ValueError: naming a file that cannot be read, the first file whose columns cannot be
+            unified with the files before it (e.g. uint64 IDs past int64 beside int64 ones), or
+            the first file that stores an ID column as floats beside integer files.
 
     Example::
 
@@ -362,7 +366,7 @@ def read_table_files(paths: Sequence[Path], columns: list[str] | None = None, fi
     if not parts:
         return pa.table({c: pa.array([], pa.null()) for c in columns or []})
     try:
-        return pa.concat_tables(parts, promote_options="permissive")
+        table = pa.concat_tables(parts, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         for i in range(1, len(parts)):  # the first file that does not unify with those before it
             try:
@@ -370,6 +374,19 @@ def read_table_files(paths: Sequence[Path], columns: list[str] | None = None, fi
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
                 raise ValueError(f"{paths[i]}: its columns do not unify with {paths[0]}'s ({e})") from e
         raise
+    for name in ids:
+        if name in table.column_names and _floating(table.schema.field(name).type):
+            where = next((p for p, t in zip(paths, parts) if _floating(t.schema.field(name).type)), paths[0])
+            raise ValueError(f"{where}: column {name!r} holds IDs as floats ({table.schema.field(name).type} after "
+                             "unifying the files); store IDs as integers")
+    return table
+
+
+def _floating(kind: pa.DataType) -> bool:
+    """Whether ``kind`` is a floating-point type, or a list of them."""
+    while pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        kind = kind.value_type
+    return pa.types.is_floating(kind)
 
 
 GROWING_FIELDS = ("last_day", "test_day", "counts", "id_ranges", "extra")  # change as days land in a log

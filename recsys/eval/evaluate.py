@@ -182,7 +182,7 @@ def _report(job: EvalJob, manifest: Manifest, runs: list[RunSpec], days: list[tu
         print(f"{name}: day {day} AUC {a['auc']:.4f} GAUC {a['gauc']:.4f} NE {a['ne']:.4f} "
               f"GAUC lift {100 * v['gauc_lift']:+.2f}% [{100 * lo:+.2f}%, {100 * hi:+.2f}%]")
     clicks = int(scored.labels.sum())
-    if clicks in (0, len(scored.labels)):  # the NaNs printed above, said why (report.json: clicks, impressions)
+    if len(scored.labels) and clicks in (0, len(scored.labels)):  # the NaNs printed above, said why
         print(f"day {day} holds {len(scored.labels)} impressions, all {'clicks' if clicks else 'non-clicks'}: AUC and "
               "GAUC need both and are undefined (NaN); NE is undefined without both labels too")
     print(f"wrote {json_path} and {html_path}")

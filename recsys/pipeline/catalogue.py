@@ -68,7 +68,7 @@ def _items_before(world: Path, day: int) -> tuple[np.ndarray, np.ndarray]:
     index = item_index(world, manifest)
     files = table_files(world, "items")
     if files and CREATED_DAY in pq.read_schema(files[0]).names:
-        items = read_table_files(files, columns=[manifest.features.item_key, CREATED_DAY])
+        items = read_table_files(files, columns=[manifest.features.item_key, CREATED_DAY], ids=[manifest.features.item_key])
         order = np.argsort(items[manifest.features.item_key].to_numpy())
         return index, items[CREATED_DAY].to_numpy()[order] < day
     later = train_item_counts(world, range(day, manifest.last_day + 1), manifest) > 0

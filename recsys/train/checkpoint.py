@@ -71,7 +71,7 @@ class Progress:
     # seconds of those steps (rank 0's): what a resumed run's log holds, whatever its killed jobs left unwritten.
     # None: a checkpoint written before they were recorded
     trained: int | None = 0
-    seconds: float = 0.0
+    seconds: float = dataclasses.field(default=0.0, compare=False)  # rank 0's clock; ranks differ: not compared
 
     def __post_init__(self) -> None:
         if self.remaining is not None:  # lists (from JSON) become the canonical tuple

@@ -321,9 +321,11 @@ def train_make(job: Stage1Job, vectors: ItemVectors, manifest: Manifest, ctx: Di
     reader = ReaderConfig(batch_size=job.train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                           seed=job.train.seed, prefetch=job.train.prefetch, table_sizes=sizes,
                           out_of_range=job.train.out_of_range, dense_stats=job.dense_stats or None)
+    log = MakeLog.read(out / MAKE_LOG) if found is not None else MakeLog()
+    # a stage 1 begun before tables were recorded keeps recording none: the table it began on is unknown
+    known = sha if found is None or log.table_sha256 is not None else None
     hook = EarlyStopping(job, state, replace(reader, batch_size=job.train.eval_batch_size), split.validation,
-                         vectors.dim, log=MakeLog.read(out / MAKE_LOG) if found is not None else MakeLog(),
-                         table_sha256=sha)
+                         vectors.dim, log=log, table_sha256=known)
     plan = EpochPlan(root=Path(job.world), reader=reader, days=tuple(split.make_fit), epochs=job.train.make_max_epochs,
                      log_every=job.train.log_every, checkpoint_each_epoch=True, desc="MAKE stage 1", quiet=job.quiet,
                      pipeline=resolve_train_pipeline(job.train.train_pipeline, ctx.world_size, ctx.device.type))

@@ -261,17 +261,19 @@ def _score(job: TrainJob, built: Built, day: int, reader: ReaderConfig, ctx: Dis
 
 
 def _resume_or_warm_start(
-    job: TrainJob, built: Built, state: TrainState, reader: ReaderConfig, ctx: DistContext, vectors_without_item: int
+    job: TrainJob, built: Built, state: TrainState, reader: ReaderConfig, ctx: DistContext, vectors_without_item: int,
+    vectors_sharing_rows: int = 0,
 ) -> tuple[Progress, _Tally]:
     """Where training starts: this run's newest checkpoint and log, a warm start (scored stale), or zeros."""
     folder = RunFolder(job.out)
     progress = Progress(epoch=0, step=0, world_size=ctx.world_size)
-    tally = _Tally(ctx.world_size, vectors_without_item=vectors_without_item)
+    tally = _Tally(ctx.world_size, vectors_without_item=vectors_without_item, vectors_sharing_rows=vectors_sharing_rows)
     found = state.resume(skip=is_mm_table_param)  # the frozen table keeps this job's vectors (the ones its log records)
     if found is not None:
         progress = found[1]
         if folder.train_log_file.exists():
-            tally = replace(_Tally.resumed(folder.read_train_log(), ctx.world_size), vectors_without_item=vectors_without_item)
+            tally = replace(_Tally.resumed(folder.read_train_log(), ctx.world_size), vectors_without_item=vectors_without_item,
+                            vectors_sharing_rows=vectors_sharing_rows)
         tally.segments, tally.curve = segments_at(tally.segments, progress), [
             point for point in tally.curve if point["step"] <= progress.step]
         if ctx.is_main and not job.quiet:
@@ -296,7 +298,10 @@ def segments_at(segments: list[Segment], progress: Progress) -> list[Segment]:
     resume the log's segments are kept while they fit in ``progress.trained``
     (counted by the loop and saved with the weights), and the rest is one
     segment at the checkpoint's world size. Unchanged where the checkpoint
-    does not record ``trained`` (written before it was counted).
+    does not record ``trained`` (written before it was counted). The log's
+    other counts (``out_of_range_ids``, managed-ID admissions) are not cut
+    back: a log written past its checkpoint keeps those steps' counts, and the
+    resumed job counts them again.
 
     Example::
 
@@ -453,7 +458,9 @@ def _retrain_note(job: TrainJob, built: Built) -> RetrainNote | None:
         return job.retrain
     fresh = unseen_items(Path(job.world), job.days[-1], job.parent.all_days, built.manifest)
     rows = int(remap.tables[table].rows)
-    unseen = int((remap.rows_of(table, torch.from_numpy(fresh.astype(np.int64))) == rows - 1).sum()) if len(fresh) else 0
+    device = next((b.device for b in remap.buffers()), torch.device("cpu"))  # DMP moved it to the job's device
+    ids = torch.from_numpy(fresh.astype(np.int64)).to(device)
+    unseen = int((remap.rows_of(table, ids) == rows - 1).sum()) if len(fresh) else 0
     return replace(job.retrain, new_item_ids_without_row=unseen)
 
 
@@ -519,8 +526,7 @@ def _run(job: TrainJob, ctx: DistContext) -> RunMetrics | None:
         _say_stage1_table(job, built)
     state = TrainState(RunFolder(job.out).checkpoints, built.model, built.optimizer, ctx)
     reader = _reader_config(job, built, ctx)
-    progress, tally = _resume_or_warm_start(job, built, state, reader, ctx, extra)
-    tally.vectors_sharing_rows = shared
+    progress, tally = _resume_or_warm_start(job, built, state, reader, ctx, extra, shared)
     plan = EpochPlan(root=Path(job.world), reader=reader, days=_days(job, built), epochs=job.train.epochs,
                      log_every=job.train.log_every, checkpoint_every=job.train.checkpoint_every,
                      stop_after_steps=job.train.stop_after_steps, desc=job.model.variant, quiet=job.quiet,

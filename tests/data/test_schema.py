@@ -95,3 +95,23 @@ def test_evaluation_statistics_read_partition_folders(tiny_world: Path, tmp_path
     days = range(manifest.first_day, manifest.last_day + 1)
     assert int(train_item_counts(world, days, manifest).sum()) == total  # every impression of every day
     assert new_item_mask(world, manifest.test_day, manifest).shape == (len(ids),)
+
+
+def test_files_whose_id_columns_cannot_unify_exactly_are_named(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from recsys.data.schema import read_table_files
+
+    small, big, floats, wide = (tmp_path / f"{n}.parquet" for n in "abcd")
+    pq.write_table(pa.table({"item_id": pa.array([5], pa.int64()), "label": pa.array([1], pa.int8())}), small)
+    pq.write_table(pa.table({"item_id": pa.array([2**60 + 1], pa.int64()), "label": pa.array([1], pa.int8())}), big)
+    pq.write_table(pa.table({"item_id": pa.array([7.0], pa.float64()), "label": pa.array([0.0], pa.float32())}), floats)
+    pq.write_table(pa.table({"item_id": pa.array([2**63 + 1], pa.uint64()), "label": pa.array([1], pa.int8())}), wide)
+    both = read_table_files([small, floats])  # not declared IDs: promoted as pyarrow does (the label's case)
+    assert both["label"].to_pylist() == [1.0, 0.0] and both["item_id"].to_pylist() == [5.0, 7.0]
+    with pytest.raises(ValueError, match=rf"{floats}: column 'item_id' holds IDs as floats"):
+        read_table_files([small, floats], ids=["item_id"])
+    for other in (floats, wide):  # an ID past what the other type holds exactly: pyarrow refuses, the file named
+        with pytest.raises(ValueError, match=rf"{other}: its columns do not unify with {big}'s"):
+            read_table_files([big, other], ids=["item_id"])
+    assert read_table_files([big, big], ids=["item_id"])["item_id"].to_pylist() == [2**60 + 1] * 2  # exact
