@@ -42,7 +42,7 @@ from recsys.data.projection import PROJECTION_FILE
 from recsys.data.schema import Manifest
 from recsys.data.stats import check_day_has_impressions, day_rows, unseen_item_ids
 from recsys.train.config import SHARDING
-from recsys.train.run_folder import RetrainNote, RunFolder, RunMetrics
+from recsys.train.run_folder import Lineage, RetrainNote, RunFolder, RunMetrics
 from recsys.train.setup import capped_table_sizes, run_started
 from recsys.train.trainer import TrainJob, run_train
 from recsys.train.world_check import check_run_world
@@ -64,13 +64,39 @@ class RetrainJob:
     quiet: bool = False  # no progress bars
 
 
+def check_ancestors_world(lineage: Lineage, world: Path) -> None:
+    """Refuses a world whose days trained by the parent's ancestors no longer hold the rows they trained on.
+
+    The parent's own days are checked with its log (``recsys.train.world_check``);
+    rows appended since to an older day of the lineage (a late-arriving batch
+    of yesterday's-but-one impressions) would be in no model of it and said
+    nowhere. Each ancestor whose folder and log remain is checked the same
+    way, back to the first run; a missing one ends the walk (its days cannot
+    be checked without its log).
+
+    Raises:
+        ValueError: naming the ancestor's log and what differs (``check_run_world``).
+    """
+    seen: set[str] = set()
+    parent = lineage.parent
+    while parent is not None and parent not in seen:
+        seen.add(parent)
+        folder = RunFolder.at(Path(parent))
+        if not (folder.train_log_file.is_file() and folder.lineage_file.is_file()):
+            return
+        log = folder.read_train_log()
+        if log.world_schema_sha is not None:
+            check_run_world(log, world, f"{folder.train_log_file} (an ancestor of this retrain's parent)")
+        parent = folder.read_lineage().parent
+
+
 def retrain_train_job(job: RetrainJob) -> TrainJob:
     """The :class:`TrainJob` that performs a retrain (module docstring); checks the parent first.
 
     Raises:
         FileNotFoundError: the parent has no training log or no lineage (not a finished run).
-        ValueError: the parent does not belong to the world (``recsys.train.world_check``: another schema,
-            or its days' rows changed); ``job.day`` is not a day after the parent's last, inside the world; the world has no
+        ValueError: the parent, or an ancestor whose log remains, does not belong to the world
+            (``recsys.train.world_check``: another schema, or its days' rows changed; :func:`check_ancestors_world`); ``job.day`` is not a day after the parent's last, inside the world; the world has no
             impressions on ``job.day`` (``recsys.data.stats.check_day_has_impressions``); the parent's
             projection basis (``projection.npz``) is gone while its log records one; days with impressions
             between the parent's last and ``job.day`` without ``job.skip_days`` (naming them and their rows).
@@ -84,6 +110,7 @@ def retrain_train_job(job: RetrainJob) -> TrainJob:
     world = Path(job.world) if job.world is not None else Path(log.world)
     if log.world_schema_sha is not None:  # a parent logged before it: retrained on any world, as then
         check_run_world(log, world, str(folder.train_log_file))
+    check_ancestors_world(lineage, world)
     manifest = Manifest.read(world)
     if not manifest.first_day < job.day <= manifest.last_day:
         raise ValueError(f"--day {job.day} is outside the retrainable days {manifest.first_day + 1}..{manifest.last_day} of {world}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,16 @@ def test_refuses_days_already_trained_and_unfinished_parents(week: tuple[Path, P
     assert Lineage.from_json(noted.to_json(), "x") == noted and noted.to_json()["skipped_days"] == [13]
     unskipped = dataclasses.replace(lineage, retrain=dataclasses.replace(job.retrain, skipped_days=()))
     assert "skipped_days" not in unskipped.to_json()
+    # rows appended late to a day an ancestor trained on (base's day 11, not the parent's 13): refused, named
+    child = tmp_path / "v2"
+    run_retrain(RetrainJob(parent=base, day=13, out=child, quiet=True))
+    grown = tmp_path / "grown"
+    shutil.copytree(world, grown)
+    late = pq.read_table(grown / "impressions").filter(days == 11).slice(0, 10)
+    pq.write_table(late, grown / "impressions" / "zz-late.parquet")
+    with pytest.raises(ValueError, match=rf"{base / 'train_log.json'} \(an ancestor of this retrain's parent\)"):
+        retrain_train_job(RetrainJob(parent=child, day=14, out=tmp_path / "z", world=grown))
+    assert retrain_train_job(RetrainJob(parent=child, day=14, out=tmp_path / "z")).days == (14,)  # as it was: taken
     cut = tmp_path / "cut"
     torchrun_train(1, "--world", str(world), "--variant", "id_only", "--train-until", "12", "--out", str(cut),
                    "--stop-after-steps", "2")
