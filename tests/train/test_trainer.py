@@ -241,10 +241,13 @@ def test_every_impression_trained_once_on_uneven_row_groups_resumed_one_to_two_r
     cut = RunFolder(out).read_train_log()
     n = _training_rows(world)
     assert cut.rows_trained == 11 * BATCH and plan.count(cut.progress.remaining) == n - 11 * BATCH
-    torchrun_train(2, "--world", str(world), "--variant", "id_only", "--sharding", "table_wise", "--out", str(out))
+    # resumed on 2 ranks with periodic checkpoints: each stamps the rows trained, summed over both ranks
+    torchrun_train(2, "--world", str(world), "--variant", "id_only", "--sharding", "table_wise", "--out", str(out),
+                   "--checkpoint-every", "3")
     log = RunFolder(out).read_train_log()
     assert [s.world_size for s in log.segments] == [1, 2]
     assert log.rows_in_days == n and log.rows_trained == n  # each impression once (one epoch)
+    assert log.progress.trained == n and log.progress.finished
     assert json.loads((out / TRAIN_LOG).read_text())["rows_trained"] == n
     assert 0.5 < metrics(out)["all"]["auc"] < 1.0
 
